@@ -1,0 +1,245 @@
+"""Typed exceptions.
+
+Every exception a caller can see subclasses the matching class from ``redis.exceptions``, so code
+written against redis-py (``except redis.exceptions.TimeoutError``) keeps working. Server error
+replies are turned into these classes by :func:`error_from_reply`.
+"""
+
+from __future__ import annotations
+
+from redis import exceptions as rex
+
+__all__ = [
+    "AskError",
+    "AuthenticationError",
+    "BusyError",
+    "BusyLoadingError",
+    "ClusterCrossSlotError",
+    "ClusterDownError",
+    "ConnectTimeoutError",
+    "ConnectionClosedError",
+    "ExecAbortError",
+    "InvalidTransition",
+    "MasterDownError",
+    "MovedError",
+    "NoPermissionError",
+    "NoScriptError",
+    "OutOfMemoryError",
+    "PoolClosedError",
+    "PoolExhaustedError",
+    "PoolTimeoutError",
+    "ProtocolError",
+    "ReadOnlyError",
+    "ReadTimeoutError",
+    "ReleaseError",
+    "ResponseError",
+    "StateMachineClosed",
+    "TryAgainError",
+    "UnknownCommandError",
+    "WriteTimeoutError",
+    "error_from_reply",
+]
+
+ResponseError = rex.ResponseError
+
+
+# --- client-side conditions -------------------------------------------------------------------
+
+
+class ProtocolError(rex.InvalidResponse):
+    """The byte stream from the server is not valid RESP; the connection is closed for good."""
+
+
+class ConnectTimeoutError(rex.TimeoutError):
+    """Opening a connection (TCP, TLS and handshake) took longer than the connect timeout."""
+
+
+class ReadTimeoutError(rex.TimeoutError):
+    """The server did not send a complete reply within the read timeout."""
+
+
+class WriteTimeoutError(rex.TimeoutError):
+    """The command's bytes could not be written within the write timeout."""
+
+
+class PoolTimeoutError(rex.TimeoutError):
+    """No connection became available within the pool's wait timeout."""
+
+
+class PoolExhaustedError(rex.MaxConnectionsError):
+    """The pool already has ``max_active`` connections out; the get fails at once."""
+
+
+class PoolClosedError(rex.ConnectionError):
+    """The pool (or the client owning it) is closed."""
+
+
+class ConnectionClosedError(rex.ConnectionError):
+    """The connection was closed (by us or the peer) and cannot carry a command."""
+
+
+class InvalidTransition(RuntimeError):
+    """A connection state change that the transition table does not allow."""
+
+    def __init__(self, from_state: object, to_state: object) -> None:
+        self.from_state = from_state
+        self.to_state = to_state
+        super().__init__(
+            f"invalid connection state transition {_name(from_state)} -> {_name(to_state)}"
+        )
+
+
+class StateMachineClosed(RuntimeError):
+    """A wait on a connection's state could not finish because the connection is CLOSED."""
+
+
+class ReleaseError(RuntimeError):
+    """A connection was released twice, or released to a pool that never handed it out."""
+
+
+def _name(state: object) -> str:
+    return str(getattr(state, "name", state))
+
+
+# --- server error replies ---------------------------------------------------------------------
+
+
+class AuthenticationError(rex.AuthenticationError):
+    """NOAUTH / WRONGPASS / invalid username-password pair."""
+
+
+class NoPermissionError(rex.NoPermissionError):
+    """NOPERM: the ACL user may not run this command or touch this key."""
+
+
+class _RedirectMixin:
+    """Parses ``<slot> <host>:<port>`` (host may be IPv6, or empty meaning "the same host")."""
+
+    slot: int
+    slot_id: int
+    host: str
+    port: int
+    node_addr: tuple[str, int]
+
+    def _parse_target(self, rest: str) -> None:
+        try:
+            slot_text, addr = rest.split(" ", 1)
+            host, _, port_text = addr.strip().rpartition(":")
+            self.slot = self.slot_id = int(slot_text)
+            self.host = host
+            self.port = int(port_text)
+        except ValueError:
+            raise ValueError(f"malformed redirect error reply: {rest!r}") from None
+        self.node_addr = (self.host, self.port)
+
+
+class MovedError(_RedirectMixin, rex.MovedError):
+    """MOVED: the slot now lives on another node; ``slot``, ``host``, ``port`` say where."""
+
+    def __init__(self, resp: str) -> None:
+        rex.ResponseError.__init__(self, resp)
+        self.message = resp
+        self._parse_target(resp)
+
+
+class AskError(_RedirectMixin, rex.AskError):
+    """ASK: this one command must go to the slot's importing node, preceded by ASKING."""
+
+    def __init__(self, resp: str) -> None:
+        rex.ResponseError.__init__(self, resp)
+        self.message = resp
+        self._parse_target(resp)
+
+
+class TryAgainError(rex.TryAgainError):
+    """TRYAGAIN: a multi-key command hit a slot that is being migrated; retry later."""
+
+
+class ClusterDownError(rex.ClusterDownError):
+    """CLUSTERDOWN: the cluster cannot serve this slot right now."""
+
+    def __init__(self, resp: str) -> None:
+        super().__init__(resp)
+
+
+class MasterDownError(rex.MasterDownError):
+    """MASTERDOWN: the replica lost its link with the primary."""
+
+    def __init__(self, resp: str) -> None:
+        super().__init__(resp)
+
+
+class BusyLoadingError(rex.BusyLoadingError):
+    """LOADING: the server is loading its dataset into memory."""
+
+
+class ReadOnlyError(rex.ReadOnlyError):
+    """READONLY: a write reached a replica."""
+
+
+class BusyError(rex.ResponseError):
+    """BUSY: the server is running a script or function that has not yielded."""
+
+
+class NoScriptError(rex.NoScriptError):
+    """NOSCRIPT: EVALSHA named a script the server does not have."""
+
+
+class ExecAbortError(rex.ExecAbortError):
+    """EXECABORT: a transaction was discarded because a queued command was rejected."""
+
+
+class OutOfMemoryError(rex.OutOfMemoryError):
+    """OOM: the server is over maxmemory and the command would use more."""
+
+
+class ClusterCrossSlotError(rex.ClusterCrossSlotError):
+    """CROSSSLOT: the keys of one command hash to different slots."""
+
+
+class UnknownCommandError(rex.ResponseError):
+    """The server does not know the command (older server or renamed command)."""
+
+
+# Error code (first word of the reply) -> exception class.  The classes that parse their
+# message take the text after the code; the others keep the whole message, as redis-py does.
+_BY_CODE: dict[str, type[Exception]] = {
+    "MOVED": MovedError,
+    "ASK": AskError,
+    "TRYAGAIN": TryAgainError,
+    "CLUSTERDOWN": ClusterDownError,
+    "MASTERDOWN": MasterDownError,
+    "LOADING": BusyLoadingError,
+    "READONLY": ReadOnlyError,
+    "BUSY": BusyError,
+    "NOSCRIPT": NoScriptError,
+    "EXECABORT": ExecAbortError,
+    "OOM": OutOfMemoryError,
+    "CROSSSLOT": ClusterCrossSlotError,
+    "NOAUTH": AuthenticationError,
+    "WRONGPASS": AuthenticationError,
+    "NOPERM": NoPermissionError,
+}
+_REDIRECTS = (MovedError, AskError)
+
+
+def error_from_reply(message: str) -> Exception:
+    """Turn the text of a RESP error reply into the matching typed exception.
+
+    Returns (does not raise) the exception: replies inside arrays (EXEC, pipelines) carry
+    errors as values, and the caller decides when to raise.
+    """
+    code, _, rest = message.partition(" ")
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        if code == "ERR" and rest.startswith("unknown command"):
+            return UnknownCommandError(message)
+        if code == "ERR" and "invalid username-password pair" in rest:
+            return AuthenticationError(message)
+        return ResponseError(message)
+    if cls in _REDIRECTS:
+        try:
+            return cls(rest)
+        except ValueError:
+            return ResponseError(message)
+    return cls(message)
