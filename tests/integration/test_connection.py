@@ -1,0 +1,358 @@
+"""Connection against real servers: handshake, fallbacks, timeouts, errors, cancellation, TLS."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+from redis import exceptions as rex
+
+from trio_cluster.config import ConnectionConfig
+from trio_cluster.connection import Connection
+from trio_cluster.errors import (
+    AuthenticationError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    WriteTimeoutError,
+)
+from trio_cluster.state import ConnState
+from trio_cluster.testing import LocalServer
+
+SECRET = "s3cret-pa55word-xyz"
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[LocalServer]:
+    with LocalServer(password=SECRET) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def resp2_server() -> Iterator[LocalServer]:
+    """A server that does not know HELLO, as servers before Redis 6 did."""
+    with LocalServer(password=SECRET, extra_args=["--rename-command", "HELLO", ""]) as server:
+        yield server
+
+
+async def test_resp3_handshake_sets_name_and_library(local_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        conn = await Connection.open(local_server.config(client_name="hs-test"))
+        try:
+            assert conn.protocol == 3
+            assert conn.state.state is ConnState.IDLE
+            info = (await conn.execute(["CLIENT", "INFO"])).decode()
+            assert "name=hs-test" in info
+            assert "resp=3" in info
+            # CLIENT SETINFO exists from Redis 7.2; older servers' errors must be ignored.
+            known = await conn.execute(["COMMAND", "INFO", "CLIENT|SETINFO"])
+            if known != [None]:
+                assert "lib-name=trio-cluster" in info
+                assert "lib-ver=0.1.0" in info
+            else:
+                assert "lib-name=" not in info
+        finally:
+            await conn.aclose()
+        assert conn.state.state is ConnState.CLOSED
+
+
+async def test_resp2_fallback_when_hello_is_unknown(resp2_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        conn = await Connection.open(resp2_server.config(client_name="old"))
+        try:
+            assert conn.protocol == 2
+            assert await conn.execute(["SET", "k", "v"]) == b"OK"
+            assert await conn.execute(["GET", "k"]) == b"v"
+            info = (await conn.execute(["CLIENT", "INFO"])).decode()
+            assert "name=old" in info and "resp=2" in info
+        finally:
+            await conn.aclose()
+
+
+async def test_resp2_requested_explicitly(local_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        conn = await Connection.open(local_server.config(protocol=2))
+        try:
+            assert conn.protocol == 2
+            assert "resp=2" in (await conn.execute(["CLIENT", "INFO"])).decode()
+        finally:
+            await conn.aclose()
+
+
+@pytest.mark.parametrize("server_name", ["auth_server", "resp2_server"])
+async def test_wrong_password_is_typed_and_secret_free(
+    server_name: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    server: LocalServer = request.getfixturevalue(server_name)
+    caplog.set_level(logging.DEBUG)
+    wrong = "not-the-" + SECRET
+    with trio.fail_after(10), pytest.raises(AuthenticationError) as info:
+        await Connection.open(server.config(password=wrong))
+    assert isinstance(info.value, rex.AuthenticationError)
+    assert wrong not in str(info.value) and wrong not in repr(info.value)
+    assert wrong not in caplog.text
+
+
+async def test_password_never_in_repr(auth_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        config = auth_server.config()
+        conn = await Connection.open(config)
+        try:
+            assert await conn.execute(["PING"]) == b"PONG"
+            assert SECRET not in repr(conn)
+            assert SECRET not in repr(config)
+        finally:
+            await conn.aclose()
+
+
+async def test_missing_password_is_noauth(auth_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        conn = await Connection.open(auth_server.config(password=None, protocol=2))
+        try:
+            with pytest.raises(AuthenticationError):
+                await conn.execute(["GET", "x"])
+            assert not conn.broken  # an error reply is not a broken connection
+        finally:
+            await conn.aclose()
+
+
+async def test_connection_refused_is_connection_error_with_cause() -> None:
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        with trio.fail_after(10), pytest.raises(rex.ConnectionError) as info:
+            await Connection.open(ConnectionConfig(port=port))
+    assert isinstance(info.value.__cause__, OSError)
+    assert f"127.0.0.1:{port}" in str(info.value)
+
+
+async def test_connect_timeout_covers_a_silent_handshake() -> None:
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, silent, 0)
+            port = listeners[0].socket.getsockname()[1]
+            with pytest.raises(ConnectTimeoutError) as info:
+                await Connection.open(ConnectionConfig(port=port, connect_timeout=0.2))
+            assert isinstance(info.value, rex.TimeoutError)
+            nursery.cancel_scope.cancel()
+
+
+async def test_read_timeout_breaks_the_connection(local_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        conn = await Connection.open(local_server.config(read_timeout=0.1))
+        try:
+            with pytest.raises(ReadTimeoutError) as info:
+                await conn.execute(["DEBUG", "SLEEP", "0.5"])
+            assert isinstance(info.value, rex.TimeoutError)
+            assert conn.broken
+            with pytest.raises(ConnectionClosedError):
+                await conn.execute(["PING"])
+        finally:
+            await conn.aclose()
+
+
+async def test_write_timeout_when_the_peer_stops_reading() -> None:
+    accepted = trio.Event()
+
+    async def never_reads(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"+OK\r\n" * 2)  # answers the handshake blindly
+        accepted.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, never_reads, 0)
+            port = listeners[0].socket.getsockname()[1]
+            conn = await Connection.open(ConnectionConfig(port=port, protocol=2, write_timeout=0.2))
+            await accepted.wait()
+            with pytest.raises(WriteTimeoutError):
+                await conn.execute(["SET", "big", b"x" * 64_000_000])
+            assert conn.broken
+            await conn.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_server_closing_the_connection(local_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        conn = await Connection.open(local_server.config(client_name="victim"))
+        try:
+            assert not conn.peer_closed()
+            await local_server.execute("CLIENT", "KILL", "SKIPME", "no", "ID",
+                                       await conn.execute(["CLIENT", "ID"]))  # fmt: skip
+            with pytest.raises(rex.ConnectionError):
+                await conn.execute(["PING"])
+            assert conn.broken and conn.peer_closed()
+        finally:
+            await conn.aclose()
+
+
+async def test_peer_closed_detects_an_idle_connection_killed(local_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        conn = await Connection.open(local_server.config())
+        try:
+            conn_id = await conn.execute(["CLIENT", "ID"])
+            await local_server.execute("CLIENT", "KILL", "ID", conn_id)
+            await trio.lowlevel.wait_readable(conn._fd)  # the FIN has arrived
+            assert conn.peer_closed()
+            assert conn.broken
+        finally:
+            await conn.aclose()
+
+
+async def test_cancelled_after_write_owes_a_reply_and_drain_settles_it(
+    local_server: LocalServer,
+) -> None:
+    with trio.fail_after(10):
+        conn = await Connection.open(local_server.config())
+        try:
+            await conn.execute(["SET", "drain-key", "right"])
+            with trio.move_on_after(0.05) as scope:
+                await conn.execute(["DEBUG", "SLEEP", "0.3"])
+            assert scope.cancelled_caught
+            assert conn.owed_replies == 1 and not conn.broken
+            await conn.drain()
+            assert conn.owed_replies == 0
+            assert await conn.execute(["GET", "drain-key"]) == b"right"
+        finally:
+            await conn.aclose()
+
+
+async def test_cancelled_before_write_owes_nothing(local_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        conn = await Connection.open(local_server.config())
+        try:
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await conn.execute(["SET", "never", "written"])
+            assert conn.owed_replies == 0 and not conn.broken
+            assert await conn.execute(["EXISTS", "never"]) == 0
+        finally:
+            await conn.aclose()
+
+
+async def test_push_frames_are_dispatched_not_returned(local_server: LocalServer) -> None:
+    pushes: list[list[object]] = []
+    with trio.fail_after(10):
+        conn = await Connection.open(local_server.config())
+        conn.on_push = lambda _conn, frame: pushes.append(list(frame))
+        try:
+            await conn.execute(["CLIENT", "TRACKING", "ON"])
+            await conn.execute(["SET", "tracked", "1"])
+            assert await conn.execute(["GET", "tracked"]) == b"1"
+            await local_server.execute("SET", "tracked", "2")  # invalidates our cached read
+            while not pushes:
+                assert await conn.execute(["PING"]) == b"PONG"  # never the push frame
+            assert pushes[0][0] == b"invalidate"
+            assert await conn.execute(["GET", "tracked"]) == b"2"
+        finally:
+            await conn.aclose()
+
+
+async def test_unix_socket(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    with LocalServer(extra_args=["--unixsocket", str(path)]) as server:
+        assert server.running
+        with trio.fail_after(10):
+            conn = await Connection.open(ConnectionConfig(unix_socket_path=str(path)))
+            try:
+                assert await conn.execute(["PING"]) == b"PONG"
+                assert conn.config.address == f"unix:{path}"
+            finally:
+                await conn.aclose()
+
+
+# --- TLS, through a real TLS terminator in front of the real server ---------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+async def _tls_front(
+    nursery: trio.Nursery, ca: trustme.CA, upstream: LocalServer, hostname: str
+) -> int:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(hostname).configure_cert(server_ctx)
+
+    async def handle(raw: trio.SocketStream) -> None:
+        tls = trio.SSLStream(raw, server_ctx, server_side=True)
+        try:
+            await tls.do_handshake()
+        except trio.BrokenResourceError:
+            return
+        up = await trio.open_tcp_stream(*upstream.address)
+        async with trio.open_nursery() as pipes:
+            pipes.start_soon(_pipe, tls, up)
+            pipes.start_soon(_pipe, up, tls)
+
+    listeners = await nursery.start(trio.serve_tcp, handle, 0)
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def _pipe(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+    try:
+        while data := await src.receive_some(65536):
+            await dst.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(dst)
+
+
+async def test_tls_verified_round_trip(ca: trustme.CA, local_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await _tls_front(nursery, ca, local_server, "localhost")
+            ctx = ssl.create_default_context()
+            ca.configure_trust(ctx)
+            conn = await Connection.open(
+                ConnectionConfig(host="localhost", port=port, ssl_context=ctx)
+            )
+            assert await conn.execute(["ECHO", "over tls"]) == b"over tls"
+            await conn.aclose()
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("case", ["unknown-ca", "wrong-hostname"])
+async def test_tls_rejects_unverified_peers(
+    case: str, ca: trustme.CA, local_server: LocalServer
+) -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            cert_host = "other.example" if case == "wrong-hostname" else "localhost"
+            port = await _tls_front(nursery, ca, local_server, cert_host)
+            ctx = ssl.create_default_context()
+            if case == "wrong-hostname":
+                ca.configure_trust(ctx)
+            with pytest.raises(rex.ConnectionError) as info:
+                await Connection.open(
+                    ConnectionConfig(host="localhost", port=port, ssl_context=ctx)
+                )
+            assert isinstance(info.value.__cause__, ssl.SSLError)
+            nursery.cancel_scope.cancel()
+
+
+async def test_tls_verification_off_when_the_context_says_so(
+    ca: trustme.CA, local_server: LocalServer
+) -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await _tls_front(nursery, ca, local_server, "other.example")
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            conn = await Connection.open(
+                ConnectionConfig(host="localhost", port=port, ssl_context=ctx)
+            )
+            assert await conn.execute(["PING"]) == b"PONG"
+            await conn.aclose()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,154 @@
+"""How to reach and greet one node: address, TLS, credentials, timeouts, handshake options.
+
+Everything here is a frozen attrs class validated at construction, so a bad value fails where
+it was written with a ``ValueError`` naming the field, never later inside a connection.
+Secrets are kept out of ``repr()``.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+
+__all__ = ["ConnectionConfig", "parse_url", "redact_url"]
+
+LIB_NAME = "trio-cluster"
+
+
+def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"{attribute.name} must be a finite number of seconds > 0, or None; got {value!r}"
+        )
+
+
+def _protocol(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in (2, 3):
+        raise ValueError(f"{attribute.name} must be 2 or 3; got {value!r}")
+
+
+def _port(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError(f"{attribute.name} must be an integer in 1..65535; got {value!r}")
+
+
+def _db(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name} must be an integer >= 0; got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionConfig:
+    """Everything one connection needs to open and greet a node.
+
+    ``password`` never appears in ``repr()``.  ``ssl_context`` enables TLS: certificates and
+    host names are verified exactly as the context says (``ssl.create_default_context()``
+    verifies both).  ``unix_socket_path`` replaces host and port.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=6379, validator=_port)
+    unix_socket_path: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    client_name: str | None = None
+    db: int = attrs.field(default=0, validator=_db)
+    protocol: int = attrs.field(default=3, validator=_protocol)
+    connect_timeout: float | None = attrs.field(default=5.0, validator=_positive_or_none)
+    read_timeout: float | None = attrs.field(default=3.0, validator=_positive_or_none)
+    write_timeout: float | None = attrs.field(default=3.0, validator=_positive_or_none)
+    readonly: bool = False
+    lib_name: str = LIB_NAME
+    lib_version: str = attrs.field(factory=lambda: _version())
+
+    @property
+    def address(self) -> str:
+        """A printable address (``host:port`` or the socket path), with no credentials."""
+        if self.unix_socket_path is not None:
+            return f"unix:{self.unix_socket_path}"
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """Turn a ``redis://``, ``rediss://`` or ``unix://`` URL into ConnectionConfig keywords.
+
+    ``rediss://`` turns TLS on with ``ssl.create_default_context()`` (certificates and host
+    names verified).  Query options: ``protocol``, ``client_name``, ``db``,
+    ``connect_timeout``, ``read_timeout``, ``write_timeout``.  Errors name the URL only in its
+    redacted form.
+    """
+    parts = urlsplit(url)
+    shown = redact_url(url)
+    kwargs: dict[str, Any] = {}
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"unsupported URL scheme in {shown}: use redis://, rediss:// or unix://")
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    if parts.password is not None:
+        kwargs["password"] = unquote(parts.password)
+    elif parts.username and parts.scheme != "unix":
+        # redis://secret@host: a lone user-info field is the password (as redis-py reads it).
+        kwargs["password"] = kwargs.pop("username")
+    if parts.scheme == "unix":
+        kwargs["unix_socket_path"] = unquote(parts.path)
+    else:
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"bad port in {shown}") from None
+        if parts.hostname:
+            kwargs["host"] = parts.hostname
+        if port is not None:
+            kwargs["port"] = port
+        path = parts.path.lstrip("/")
+        if path:
+            if not path.isdigit():
+                raise ValueError(f"bad database number in {shown}")
+            kwargs["db"] = int(path)
+        if parts.scheme == "rediss":
+            kwargs["ssl_context"] = ssl.create_default_context()
+    for key, values in parse_qs(parts.query).items():
+        value = values[-1]
+        if key in ("connect_timeout", "read_timeout", "write_timeout"):
+            kwargs[key] = float(value)
+        elif key in ("protocol", "db"):
+            kwargs[key] = int(value)
+        elif key == "client_name":
+            kwargs[key] = value
+        else:
+            raise ValueError(f"unknown URL option {key!r} in {shown}")
+    return kwargs
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe to log or put in an error)."""
+    parts = urlsplit(url)
+    if parts.password is None and not (parts.username and parts.scheme != "unix"):
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    if parts.password is not None:
+        userinfo = f"{parts.username}:***" if parts.username else ":***"
+    else:
+        userinfo = "***"
+    return parts._replace(netloc=f"{userinfo}@{host}").geturl()

@@ -1,0 +1,362 @@
+"""One trio stream to one node: open it, greet the server, run commands, account for replies.
+
+A connection keeps exact books on what the server owes it.  ``owed_replies`` grows when a
+command's bytes have all gone out and shrinks as replies are read.  A caller cancelled while
+waiting for a reply leaves ``owed_replies > 0``: the pool then keeps the connection away from
+every other caller until :meth:`Connection.drain` has read what is owed (the misdelivered-reply
+bug of redis-py's CVE-2023-28858/28859 cannot happen).  A write that may have been cut short, a
+timeout, an I/O error or a corrupt stream sets ``broken``: the connection is closed, never reused.
+
+Timeouts cost one cancel scope per round trip: its deadline is the write deadline while the
+command goes out, then moved to the read deadline, so one scope serves both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import select
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+from redis import exceptions as rex
+
+from .config import ConnectionConfig
+from .errors import (
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    ProtocolError,
+    ReadTimeoutError,
+    UnknownCommandError,
+    WriteTimeoutError,
+)
+from .protocol import NEED_DATA, EncodableArg, PushFrame, RespParser, encode_command, is_push
+from .state import ConnState, ConnStateMachine
+
+__all__ = ["Connection", "PushHandler"]
+
+logger = logging.getLogger("trio_cluster.connection")
+
+PushHandler = Callable[["Connection", PushFrame], None]
+
+_RECEIVE_SIZE = 65536
+_ids = itertools.count(1)
+
+
+def _network_error(message: str, cause: BaseException) -> rex.ConnectionError:
+    error = rex.ConnectionError(f"{message}: {type(cause).__name__}: {cause}")
+    error.__cause__ = cause
+    return error
+
+
+class Connection:
+    """A connection to one node.  Create it with :meth:`open`; close it with :meth:`aclose`.
+
+    Not safe for two tasks at once: the pool hands it to one caller at a time.
+    """
+
+    def __init__(self, config: ConnectionConfig, stream: trio.abc.Stream) -> None:
+        self.id = next(_ids)
+        self.config = config
+        self.state = ConnStateMachine()
+        self.created_at = trio.current_time()
+        self.last_used_at = self.created_at
+        #: Replies the server still owes us (commands fully written, replies not yet read).
+        self.owed_replies = 0
+        #: Set when the connection must never carry another command.
+        self.broken = False
+        #: The RESP version agreed in the handshake (2 or 3).
+        self.protocol = 2
+        #: Called with every push frame (RESP3 ``>``) that arrives; never given to a caller.
+        self.on_push: PushHandler | None = None
+        self._stream = stream
+        self._parser = RespParser()
+        # On plain sockets we write with a non-blocking system call first: it lets us know
+        # exactly whether any byte went out (the cancel-safety books depend on it), and it is
+        # cheaper than a full ``send_all``.  TLS streams always go through ``send_all``.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Connection id={self.id} {self.config.address} {self.state.state.name}"
+            f" owed={self.owed_replies}{' broken' if self.broken else ''}>"
+        )
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, config: ConnectionConfig) -> Connection:
+        """Connect, and run the handshake, within ``config.connect_timeout``.
+
+        The returned connection is IDLE.  Raises :class:`ConnectTimeoutError`,
+        ``redis.exceptions.ConnectionError`` (cause chained), or the server's error (for
+        example :class:`~trio_cluster.errors.AuthenticationError`).
+        """
+        conn: Connection | None = None
+        timeout = config.connect_timeout
+        with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+            try:
+                stream = await _open_stream(config)
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise _network_error(f"cannot connect to {config.address}", exc) from exc
+            conn = cls(config, stream)
+            try:
+                conn.state.transition(ConnState.INITIALIZING)
+                await conn._handshake()
+                conn.state.transition(ConnState.IDLE)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+                raise
+            return conn
+        if conn is not None:
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+        assert scope.cancelled_caught
+        raise ConnectTimeoutError(f"connecting to {config.address} took longer than {timeout} s")
+
+    async def _handshake(self) -> None:
+        config = self.config
+        if config.protocol == 3:
+            hello: list[EncodableArg] = ["HELLO", 3]
+            if config.password is not None:
+                hello += ["AUTH", config.username or "default", config.password]
+            if config.client_name:
+                hello += ["SETNAME", config.client_name]
+            try:
+                await self._call_unbounded(hello)
+                self.protocol = 3
+            except rex.ResponseError as exc:
+                if not _hello_unsupported(exc):
+                    raise
+        follow_up: list[Sequence[EncodableArg]] = []
+        if self.protocol == 2:
+            if config.password is not None:
+                auth: list[EncodableArg] = ["AUTH", config.password]
+                if config.username:
+                    auth.insert(1, config.username)
+                follow_up.append(auth)
+            if config.client_name:
+                follow_up.append(["CLIENT", "SETNAME", config.client_name])
+        if config.db:
+            follow_up.append(["SELECT", config.db])
+        if config.readonly:
+            follow_up.append(["READONLY"])
+        # Old servers do not know SETINFO: their errors are expected and ignored below.
+        optional_from = len(follow_up)
+        follow_up.append(["CLIENT", "SETINFO", "LIB-NAME", config.lib_name])
+        follow_up.append(["CLIENT", "SETINFO", "LIB-VER", config.lib_version])
+        replies = await self._pipeline_unbounded(follow_up)
+        for reply in replies[:optional_from]:
+            if isinstance(reply, Exception):
+                raise reply
+
+    async def _call_unbounded(self, args: Sequence[EncodableArg]) -> Any:
+        reply = (await self._pipeline_unbounded([args]))[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def _pipeline_unbounded(self, commands: Sequence[Sequence[EncodableArg]]) -> list[Any]:
+        # The handshake runs inside the connect timeout's scope, so no scope of its own.
+        data = b"".join([encode_command(args) for args in commands])
+        await self._send(data, len(commands))
+        return [await self._read_reply() for _ in commands]
+
+    # --- running commands ------------------------------------------------------------------
+
+    async def execute(self, args: Sequence[EncodableArg]) -> Any:
+        """Send one command and return its reply; an error reply is raised as its typed error."""
+        reply = (await self.execute_many([args]))[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def execute_many(self, commands: Sequence[Sequence[EncodableArg]]) -> list[Any]:
+        """Send commands in one write and return their replies in order (errors as values).
+
+        Bounded by the write timeout while sending, then by the read timeout for the replies.
+        """
+        if self.broken or self._closed:
+            raise ConnectionClosedError(f"connection {self.id} to {self.config.address} is closed")
+        data = b"".join([encode_command(args) for args in commands])
+        config = self.config
+        now = trio.current_time()
+        write_timeout = config.write_timeout
+        scope = trio.CancelScope(
+            deadline=now + write_timeout if write_timeout is not None else float("inf")
+        )
+        writing = True
+        replies: list[Any] = []
+        with scope:
+            await self._send(data, len(commands))
+            writing = False
+            read_timeout = config.read_timeout
+            scope.deadline = (
+                trio.current_time() + read_timeout if read_timeout is not None else float("inf")
+            )
+            for _ in commands:
+                replies.append(await self._read_reply())
+        if scope.cancelled_caught:
+            self.broken = True
+            if writing:
+                raise WriteTimeoutError(
+                    f"writing to {config.address} took longer than {write_timeout} s"
+                )
+            raise ReadTimeoutError(f"no reply from {config.address} within {config.read_timeout} s")
+        return replies
+
+    async def _send(self, data: bytes, count: int) -> None:
+        """Write ``data`` (``count`` commands); on success the server owes ``count`` replies."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        sent = 0
+        try:
+            if self._fd >= 0:
+                try:
+                    sent = os.write(self._fd, data)
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(data):
+                    # Whatever happens from here (cancel, error), a partial command may be on
+                    # the wire: only closing the connection is safe.
+                    self.broken = True
+                    await self._stream.send_all(memoryview(data)[sent:])
+                    self.broken = False
+            else:
+                self.broken = True
+                await self._stream.send_all(data)
+                self.broken = False
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.broken = True
+            raise _network_error(f"writing to {self.config.address} failed", exc) from exc
+        self.owed_replies += count
+
+    async def _read_reply(self) -> Any:
+        """Read the next reply that answers a command, dispatching push frames on the way."""
+        parser = self._parser
+        while True:
+            try:
+                reply = parser.next_reply()
+            except ProtocolError:
+                self.broken = True
+                raise
+            if reply is NEED_DATA:
+                await self._receive()
+                continue
+            if is_push(reply):
+                self._dispatch_push(reply)
+                continue
+            self.owed_replies -= 1
+            return reply
+
+    async def _receive(self) -> None:
+        try:
+            data = await self._stream.receive_some(_RECEIVE_SIZE)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.broken = True
+            raise _network_error(f"reading from {self.config.address} failed", exc) from exc
+        if not data:
+            self.broken = True
+            raise ConnectionClosedError(f"{self.config.address} closed the connection")
+        self._parser.feed(data)
+
+    def _dispatch_push(self, frame: PushFrame) -> None:
+        handler = self.on_push
+        if handler is not None:
+            handler(self, frame)
+
+    # --- pool support ----------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Read and discard every reply still owed, bounded by the read timeout.
+
+        Used for a connection whose caller was cancelled after its command went out.  Raises
+        (and leaves the connection broken) if the replies do not come in time.
+        """
+        timeout = self.config.read_timeout
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            while self.owed_replies > 0:
+                await self._read_reply()
+            return
+        self.broken = True
+        raise ReadTimeoutError(f"draining {self.config.address} took longer than {timeout} s")
+
+    def peer_closed(self) -> bool:
+        """Cheap, non-blocking: is this idle connection unfit to hand out?
+
+        One ``select`` call.  An idle connection normally has nothing to read; if it does, the
+        bytes are read: push frames are dispatched (maintenance notifications arrive on idle
+        connections), while EOF, an error, garbage or an unsolicited reply mean it is unfit.
+        """
+        if self._closed or self.broken:
+            return True
+        if self._fd < 0:
+            return False
+        try:
+            readable, _, _ = select.select([self._fd], [], [], 0)
+            if not readable:
+                return False
+            data = os.read(self._fd, _RECEIVE_SIZE)
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):
+            self.broken = True
+            return True
+        if not data:
+            self.broken = True
+            return True
+        self._parser.feed(data)
+        try:
+            while (reply := self._parser.next_reply()) is not NEED_DATA:
+                if not is_push(reply):
+                    self.broken = True
+                    return True
+                self._dispatch_push(reply)
+        except ProtocolError:
+            self.broken = True
+            return True
+        return False
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has run."""
+        return self._closed
+
+    async def aclose(self) -> None:
+        """Close the connection (idempotent); the state becomes CLOSED."""
+        if not self._closed:
+            self._closed = True
+            self.state.transition(ConnState.CLOSED)
+            await trio.aclose_forcefully(self._stream)
+
+
+def _hello_unsupported(exc: Exception) -> bool:
+    """Whether a HELLO error means "no RESP3 here" (old server), not a real failure."""
+    return isinstance(exc, UnknownCommandError) or str(exc).startswith("NOPROTO")
+
+
+async def _open_stream(config: ConnectionConfig) -> trio.abc.Stream:
+    stream: trio.abc.Stream
+    if config.unix_socket_path is not None:
+        stream = await trio.open_unix_socket(config.unix_socket_path)
+    else:
+        stream = await trio.open_tcp_stream(config.host, config.port)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    if config.ssl_context is not None:
+        hostname = config.server_hostname or (
+            None if config.unix_socket_path is not None else config.host
+        )
+        tls = trio.SSLStream(stream, config.ssl_context, server_hostname=hostname)
+        try:
+            await tls.do_handshake()
+        except (ssl.SSLError, trio.BrokenResourceError) as exc:
+            await trio.aclose_forcefully(stream)
+            cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+            raise _network_error(f"TLS handshake with {config.address} failed", cause) from cause
+        stream = tls
+    return stream
