@@ -200,7 +200,9 @@ class Toxic:
         self.attributes = attributes
 
 
-def _decode_attributes(toxic_type: str, doc: dict[str, Any], base: dict[str, int]) -> dict[str, int]:
+def _decode_attributes(
+    toxic_type: str, doc: dict[str, Any], base: dict[str, int]
+) -> dict[str, int]:
     found, raw = _lookup(doc, "attributes")
     result = dict(base)
     if not found or raw is None:
@@ -240,8 +242,9 @@ class ProxyInput:
     enabled: bool
 
 
-def proxy_input(doc: Any, *, name: str = "", listen: str = "", upstream: str = "",
-                enabled: bool = True) -> ProxyInput:
+def proxy_input(
+    doc: Any, *, name: str = "", listen: str = "", upstream: str = "", enabled: bool = True
+) -> ProxyInput:
     """Decode a proxy body on top of defaults (the current values, for an update)."""
     if not isinstance(doc, dict):
         raise _type_error(doc, "main.Proxy", "")

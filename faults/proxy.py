@@ -1,0 +1,397 @@
+"""The TCP data plane: one listener per proxy, one upstream dial per accepted client.
+
+Each connection has two links (``upstream`` = client to server, ``downstream`` = server to
+client).  A link is a reader task and a writer task joined by a memory channel.  While a
+direction has no toxic and nothing is queued, the reader writes straight to the destination
+(the fast path: no per-chunk Python work beyond ``recv``/``send``).  Otherwise chunks, stamped
+with their read time, go through the queue and the writer runs them through the toxic chain as
+it is at that moment, so toxics can be added or removed on a live connection without losing or
+reordering a byte.  Closing follows Toxiproxy: EOF in one direction fully closes the other
+socket, which tears the whole connection down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import socket as stdsocket
+import struct
+from typing import Any, Final
+
+import trio
+
+from faults.model import ApiError, Toxic
+from faults.toxics import HANDLERS, Chunk
+
+__all__ = ["Connection", "Proxy", "bind_listener", "resolve_listen"]
+
+RECV_SIZE: Final = 65536
+QUEUE_SIZE: Final = 1024  # Go buffers 1024 chunks in front of latency; we do it for all toxics.
+_EOF: Final = object()
+_WAKE: Final = object()
+
+
+def _split_host_port(addr: str, kind: str) -> tuple[str, str]:
+    """Split like Go's ``net.SplitHostPort``, with Go's error text."""
+    if addr.startswith("["):
+        end = addr.find("]")
+        if end < 0 or not addr[end + 1 :].startswith(":"):
+            raise ApiError(500, f"{kind} tcp: address {addr}: missing port in address")
+        return addr[1:end], addr[end + 2 :]
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        raise ApiError(500, f"{kind} tcp: address {addr}: missing port in address")
+    if ":" in host:
+        raise ApiError(500, f"{kind} tcp: address {addr}: too many colons in address")
+    return host, port
+
+
+def _display(family: int, host: str, port: int) -> str:
+    return f"[{host}]:{port}" if family == stdsocket.AF_INET6 else f"{host}:{port}"
+
+
+async def resolve_listen(listen: str) -> tuple[int, str, int, str]:
+    """Resolve a listen string to ``(family, host, port, display)`` as Go's resolver would.
+
+    Hostnames resolve (IPv4 preferred, so ``localhost:p`` shows as ``127.0.0.1:p``); an empty
+    or wildcard host means every interface.  Errors are 500s carrying Go's error text.
+    """
+    # Go's net.Listen accepts an empty address: every interface, a random port.
+    host, port_text = _split_host_port(listen, "listen") if listen else ("", "0")
+    try:
+        port = int(port_text) if port_text else 0
+    except ValueError:
+        raise ApiError(500, f"listen tcp: lookup tcp/{port_text}: unknown port") from None
+    if not 0 <= port <= 65535:
+        raise ApiError(500, f"listen tcp: address {port}: invalid port")
+    if host in ("", "0.0.0.0", "::"):
+        if stdsocket.has_ipv6:
+            return stdsocket.AF_INET6, "::", port, _display(stdsocket.AF_INET6, "::", port)
+        return stdsocket.AF_INET, "0.0.0.0", port, _display(stdsocket.AF_INET, "0.0.0.0", port)
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=stdsocket.SOCK_STREAM)
+    except OSError:
+        raise ApiError(500, f"listen tcp: lookup {host}: no such host") from None
+    infos.sort(key=lambda info: info[0] != stdsocket.AF_INET)
+    family, _, _, _, sockaddr = infos[0]
+    ip = str(sockaddr[0])
+    return int(family), ip, port, _display(int(family), ip, port)
+
+
+async def bind_listener(listen: str) -> tuple[trio.socket.SocketType, str]:
+    """Bind and listen; return the socket and the real address (``:0`` gets a real port)."""
+    family, host, port, display = await resolve_listen(listen)
+    sock = trio.socket.socket(family, stdsocket.SOCK_STREAM)
+    try:
+        sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+        if family == stdsocket.AF_INET6 and host == "::":
+            sock.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_V6ONLY, 0)
+        await sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        reason = (exc.strerror or str(exc)).lower()
+        raise ApiError(500, f"listen tcp {display}: bind: {reason}") from None
+    real_port = sock.getsockname()[1]
+    return sock, _display(family, host, real_port)
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+_SOCKET_ERRORS: Final = (OSError, trio.ClosedResourceError, trio.BrokenResourceError)
+
+
+class Link:
+    """One direction of one connection: a reader, a queue, and a writer running the chain."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        direction: str,
+        src: trio.socket.SocketType,
+        dst: trio.socket.SocketType,
+    ) -> None:
+        self.conn = conn
+        self.direction = direction
+        self.src = src
+        self.dst = dst
+        self.state: dict[int, float] = {}
+        self.rng = conn.proxy.rng
+        self.rolls: dict[int, bool] = {}
+        self.pending = 0
+        self._send, self._recv = trio.open_memory_channel[Any](QUEUE_SIZE)
+        self.reroll()
+
+    @property
+    def chain(self) -> list[Toxic]:
+        """The toxics of this direction, in order (the live list: copy before iterating)."""
+        return self.conn.proxy.toxics[self.direction]
+
+    def reroll(self) -> None:
+        """Draw toxicity for every toxic again (Go re-rolls whenever the chain changes)."""
+        self.rolls = {t.ident: self.rng.random() < t.toxicity for t in self.chain}
+
+    def wake(self) -> None:
+        """Make an idle writer re-read the chain (restarting its timeout timer)."""
+        # If the queue is full the writer has work queued and re-reads the chain soon anyway.
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+            self._send.send_nowait(_WAKE)
+
+    def close(self, *, reset: bool = False) -> None:
+        """Close the whole connection (``LinkContext`` protocol for toxics)."""
+        self.conn.close(reset=reset)
+
+    async def read_loop(self) -> None:
+        """Read the source; write directly when no toxic applies, else queue stamped chunks."""
+        src, dst, chain = self.src, self.dst, self.chain
+        while True:
+            try:
+                data = await src.recv(RECV_SIZE)
+            except _SOCKET_ERRORS:
+                data = b""
+            if not data:
+                await self._send.send(_EOF)
+                return
+            if not chain and not self.pending:
+                try:
+                    await _send_all(dst, data)
+                except _SOCKET_ERRORS:
+                    self.conn.close()
+                    return
+            else:
+                self.pending += 1
+                await self._send.send(Chunk(data, trio.current_time()))
+
+    def _timeout_deadline(self) -> float:
+        deadline = math.inf
+        for t in self.chain:
+            if t.type == "timeout" and self.rolls.get(t.ident) and t.attributes["timeout"] > 0:
+                deadline = min(deadline, trio.current_time() + t.attributes["timeout"] / 1000)
+        return deadline
+
+    async def write_loop(self) -> None:
+        """Run queued chunks through the chain; enforce the timeout toxic's idle timer."""
+        while True:
+            with trio.move_on_at(self._timeout_deadline()) as scope:
+                item = await self._recv.receive()
+            if scope.cancelled_caught:
+                self.conn.close()  # timeout toxic: no data for `timeout` ms
+                return
+            if item is _WAKE:
+                continue
+            if item is _EOF:
+                await self._on_eof()
+                return
+            try:
+                await self._through(list(self.chain), 0, item)
+            except _SOCKET_ERRORS:
+                self.conn.close()
+                return
+            self.pending -= 1
+
+    async def _through(self, chain: list[Toxic], index: int, chunk: Chunk) -> None:
+        rolls = self.rolls
+        while index < len(chain) and not rolls.get(chain[index].ident, False):
+            index += 1
+        if index == len(chain):
+            await _send_all(self.dst, chunk.data)
+            return
+        toxic = chain[index]
+
+        async def forward(piece: Chunk) -> None:
+            await self._through(chain, index + 1, piece)
+
+        await HANDLERS[toxic.type](self, toxic, chunk, forward)
+
+    async def _on_eof(self) -> None:
+        for toxic in list(self.chain):
+            if not self.rolls.get(toxic.ident):
+                continue
+            if toxic.type == "slow_close":
+                with trio.move_on_after(max(toxic.attributes["delay"], 0) / 1000):
+                    await toxic.interrupt.wait()
+            elif toxic.type == "reset_peer":
+                await trio.sleep(max(toxic.attributes["timeout"], 0) / 1000)
+                self.conn.close(reset=True)
+                return
+        # Full close, as Toxiproxy does: the peer link then reads an error and closes too.
+        self.dst.close()
+
+
+class Connection:
+    """One accepted client and its upstream socket."""
+
+    def __init__(
+        self, proxy: Proxy, client: trio.socket.SocketType, upstream: trio.socket.SocketType
+    ) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.upstream = upstream
+        self.scope = trio.CancelScope()
+        self.links = {
+            "upstream": Link(self, "upstream", client, upstream),
+            "downstream": Link(self, "downstream", upstream, client),
+        }
+
+    def close(self, *, reset: bool = False) -> None:
+        """Close both sockets now and stop the link tasks.
+
+        A reset is an RST only if linger 0 was set at accept time (a reset_peer toxic existed
+        then); otherwise it is a normal close, exactly as in Toxiproxy.
+        """
+        self.client.close()
+        self.upstream.close()
+        self.scope.cancel()
+
+    async def run(self) -> None:
+        """Pump both directions until the connection closes."""
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    for link in self.links.values():
+                        nursery.start_soon(link.read_loop)
+                        nursery.start_soon(link.write_loop)
+        finally:
+            self.close()
+
+
+_LINGER_ZERO: Final = struct.pack("ii", 1, 0)
+
+
+class Proxy:
+    """A named proxy: its configuration, its toxics, its listener and its live connections."""
+
+    def __init__(self, name: str, listen: str, upstream: str, rng: random.Random) -> None:
+        self.name = name
+        self.listen = listen
+        self.upstream = upstream
+        self.enabled = False
+        self.rng = rng
+        self.toxics: dict[str, list[Toxic]] = {"upstream": [], "downstream": []}
+        self.connections: set[Connection] = set()
+        self._sock: trio.socket.SocketType | None = None
+        self._scope: trio.CancelScope | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The proxy's JSON object in Go's field order (``Logger`` included, as 2.5+ emits)."""
+        return {
+            "name": self.name,
+            "listen": self.listen,
+            "upstream": self.upstream,
+            "enabled": self.enabled,
+            "Logger": {},
+            "toxics": [t.to_json() for t in self.all_toxics()],
+        }
+
+    def all_toxics(self) -> list[Toxic]:
+        """Upstream chain first, then downstream, each in insertion order (as Go lists them)."""
+        return self.toxics["upstream"] + self.toxics["downstream"]
+
+    def find_toxic(self, name: str) -> Toxic | None:
+        """The toxic with this name in either direction, if any."""
+        return next((t for t in self.all_toxics() if t.name == name), None)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Listen (a no-op when running) and serve in ``nursery``; bind errors are 500s."""
+        if self._sock is not None:
+            return
+        sock, display = await bind_listener(self.listen)
+        self.listen = display
+        self._sock = sock
+        self._scope = await nursery.start(self._serve, sock)
+        self.enabled = True
+
+    def stop(self) -> None:
+        """Close the listener (new clients are refused) and every live connection, now."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for conn in list(self.connections):
+            conn.close()
+        if self._scope is not None:
+            self._scope.cancel()
+            self._scope = None
+        self.enabled = False
+
+    async def _serve(
+        self, sock: trio.socket.SocketType, task_status: trio.TaskStatus[trio.CancelScope]
+    ) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    task_status.started(scope)
+                    while True:
+                        try:
+                            client, _ = await sock.accept()
+                        except _SOCKET_ERRORS:
+                            return
+                        nursery.start_soon(self._handle, client)
+        finally:
+            sock.close()
+
+    async def _handle(self, client: trio.socket.SocketType) -> None:
+        upstream = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_STREAM)
+        try:
+            host, port_text = _split_host_port(self.upstream, "dial")
+            infos = await trio.socket.getaddrinfo(
+                host or None, int(port_text), type=stdsocket.SOCK_STREAM
+            )
+            infos.sort(key=lambda info: info[0] != stdsocket.AF_INET)
+            family, _, _, _, sockaddr = infos[0]
+            if family != upstream.family:
+                upstream.close()
+                upstream = trio.socket.socket(family, stdsocket.SOCK_STREAM)
+            await upstream.connect(sockaddr)
+        except (*_SOCKET_ERRORS, ApiError, ValueError, IndexError):
+            # Upstream unreachable: the client just sees the connection close (Go behaviour).
+            client.close()
+            upstream.close()
+            return
+        for s in (client, upstream):
+            s.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+            if any(t.type == "reset_peer" for t in self.all_toxics()):
+                s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_LINGER, _LINGER_ZERO)
+        conn = Connection(self, client, upstream)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+
+    # --- toxic changes on live connections -------------------------------------------------
+
+    def add_toxic(self, toxic: Toxic) -> None:
+        """Append to its direction's chain and splice into every live link."""
+        self.toxics[toxic.direction].append(toxic)
+        self._chain_changed(toxic.direction)
+
+    def toxic_updated(self, toxic: Toxic) -> None:
+        """Interrupt in-flight waits of the toxic and re-roll toxicity on live links."""
+        toxic.poke()
+        self._chain_changed(toxic.direction)
+
+    def remove_toxic(self, toxic: Toxic) -> None:
+        """Remove from the chain; removing a timeout closes the connections it was holding."""
+        self.toxics[toxic.direction].remove(toxic)
+        toxic.poke()
+        for conn in list(self.connections):
+            if toxic.type == "timeout" and conn.links[toxic.direction].rolls.get(toxic.ident):
+                conn.close()
+        self._chain_changed(toxic.direction)
+
+    def remove_all_toxics(self) -> None:
+        """Remove every toxic (reset)."""
+        for toxic in self.all_toxics():
+            self.remove_toxic(toxic)
+
+    def _chain_changed(self, direction: str) -> None:
+        for conn in self.connections:
+            link = conn.links[direction]
+            link.reroll()
+            link.wake()
