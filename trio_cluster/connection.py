@@ -71,6 +71,8 @@ class Connection:
         self.broken = False
         #: The RESP version agreed in the handshake (2 or 3).
         self.protocol = 2
+        #: The server's CLIENT ID for this connection (None if the server could not say).
+        self.client_id: int | None = None
         #: Called with every push frame (RESP3 ``>``) that arrives; never given to a caller.
         self.on_push: PushHandler | None = None
         self._stream = stream
@@ -149,12 +151,15 @@ class Connection:
             follow_up.append(["READONLY"])
         # Old servers do not know SETINFO: their errors are expected and ignored below.
         optional_from = len(follow_up)
+        follow_up.append(["CLIENT", "ID"])  # lets a cancelled blocking command be unblocked
         follow_up.append(["CLIENT", "SETINFO", "LIB-NAME", config.lib_name])
         follow_up.append(["CLIENT", "SETINFO", "LIB-VER", config.lib_version])
         replies = await self._pipeline_unbounded(follow_up)
         for reply in replies[:optional_from]:
             if isinstance(reply, Exception):
                 raise reply
+        client_id = replies[optional_from]
+        self.client_id = client_id if isinstance(client_id, int) else None
 
     async def _call_unbounded(self, args: Sequence[EncodableArg]) -> Any:
         reply = (await self._pipeline_unbounded([args]))[0]
@@ -170,17 +175,24 @@ class Connection:
 
     # --- running commands ------------------------------------------------------------------
 
-    async def execute(self, args: Sequence[EncodableArg]) -> Any:
-        """Send one command and return its reply; an error reply is raised as its typed error."""
-        reply = (await self.execute_many([args]))[0]
+    async def execute(self, args: Sequence[EncodableArg], *, blocks_for: float = 0.0) -> Any:
+        """Send one command and return its reply; an error reply is raised as its typed error.
+
+        ``blocks_for``: seconds the server may legitimately hold the reply back (a blocking
+        command's own timeout; ``math.inf`` for "forever"), added to the read timeout.
+        """
+        reply = (await self.execute_many([args], blocks_for=blocks_for))[0]
         if isinstance(reply, Exception):
             raise reply
         return reply
 
-    async def execute_many(self, commands: Sequence[Sequence[EncodableArg]]) -> list[Any]:
+    async def execute_many(
+        self, commands: Sequence[Sequence[EncodableArg]], *, blocks_for: float = 0.0
+    ) -> list[Any]:
         """Send commands in one write and return their replies in order (errors as values).
 
-        Bounded by the write timeout while sending, then by the read timeout for the replies.
+        Bounded by the write timeout while sending, then by the read timeout (plus
+        ``blocks_for``) for the replies.
         """
         if self.broken or self._closed:
             raise ConnectionClosedError(f"connection {self.id} to {self.config.address} is closed")
@@ -197,9 +209,10 @@ class Connection:
             await self._send(data, len(commands))
             writing = False
             read_timeout = config.read_timeout
-            scope.deadline = (
-                trio.current_time() + read_timeout if read_timeout is not None else float("inf")
-            )
+            if read_timeout is not None:
+                scope.deadline = trio.current_time() + read_timeout + blocks_for
+            else:
+                scope.deadline = float("inf")
             for _ in commands:
                 replies.append(await self._read_reply())
         if scope.cancelled_caught:
@@ -269,6 +282,18 @@ class Connection:
         handler = self.on_push
         if handler is not None:
             handler(self, frame)
+
+    async def read_owed_reply(self) -> Any:
+        """Read the next reply the server owes (errors as values), bounded by the read timeout.
+
+        For a caller that gave up on a command but wants to see how it ended (a cancelled
+        blocking command, unblocked with CLIENT UNBLOCK).
+        """
+        timeout = self.config.read_timeout
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            return await self._read_reply()
+        self.broken = True
+        raise ReadTimeoutError(f"no reply from {self.config.address} within {timeout} s")
 
     # --- pool support ----------------------------------------------------------------------
 

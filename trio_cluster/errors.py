@@ -10,6 +10,7 @@ from __future__ import annotations
 from redis import exceptions as rex
 
 __all__ = [
+    "ArgumentTypeError",
     "AskError",
     "AuthenticationError",
     "BusyError",
@@ -48,6 +49,10 @@ ResponseError = rex.ResponseError
 
 class ProtocolError(rex.InvalidResponse):
     """The byte stream from the server is not valid RESP; the connection is closed for good."""
+
+
+class ArgumentTypeError(TypeError, rex.DataError):
+    """A command argument of a type that cannot be sent (also a redis-py ``DataError``)."""
 
 
 class ConnectTimeoutError(rex.TimeoutError):

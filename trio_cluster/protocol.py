@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import hiredis
 
-from .errors import ProtocolError, error_from_reply
+from .errors import ArgumentTypeError, ProtocolError, error_from_reply
 
 __all__ = [
     "NEED_DATA",
@@ -62,7 +62,8 @@ _ALLOWED_ARG_TYPES = (bytes, str, int, float, memoryview)
 def encode_command(args: Sequence[EncodableArg]) -> bytes:
     """Encode one command (name and arguments) as a RESP array of bulk strings.
 
-    Raises ``TypeError`` naming the position and type of the first argument that is not bytes,
+    Raises :class:`~trio_cluster.errors.ArgumentTypeError` (a ``TypeError`` and a redis-py
+    ``DataError``) naming the position and type of the first argument that is not bytes,
     str, int, float or memoryview (``bool`` is refused: its meaning as a Redis argument is
     ambiguous), and ``ValueError`` for an empty command.
     """
@@ -83,7 +84,7 @@ def encode_commands(commands: Iterable[Sequence[EncodableArg]]) -> bytes:
 def _raise_for_bad_argument(args: Sequence[object]) -> None:
     for position, arg in enumerate(args):
         if isinstance(arg, bool) or not isinstance(arg, _ALLOWED_ARG_TYPES):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"command argument {position} has type {type(arg).__name__}; "
                 "expected bytes, str, int, float or memoryview"
             )

@@ -1,0 +1,410 @@
+"""``Client``: one node behind one pool, with redis-py's command API.
+
+``async with Client(host=..., port=...) as r:`` opens a nursery that holds the pool's background
+work (min-idle filling, reaping, draining cancelled replies); leaving the block stops all of it
+and closes every connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
+
+import trio
+from redis.client import EMPTY_RESPONSE
+from redis.commands import AsyncCoreCommands
+from redis.exceptions import ExecAbortError, ResponseError, WatchError
+
+from .commands import DATA_TAKING_COMMANDS, ReplyParser, blocking_seconds, normalize_args
+from .config import ConnectionConfig, parse_url, redact_url
+from .connection import Connection
+from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+
+__all__ = ["Client", "Pipeline"]
+
+logger = logging.getLogger("trio_cluster.client")
+
+
+class Client(AsyncCoreCommands):
+    """A client for one Redis/Valkey node.
+
+    Keyword arguments configure the connections (see
+    :class:`~trio_cluster.config.ConnectionConfig`) and ``pool`` the pool
+    (:class:`~trio_cluster.pool.PoolOptions`).  ``protocol=None`` speaks RESP3 and returns
+    redis-py's default reply shapes; ``protocol=3`` returns RESP3 shapes; ``protocol=2``
+    speaks RESP2.  Command methods take no ``timeout=``: wrap a call in ``trio.move_on_after``.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        *,
+        pool: PoolOptions | None = None,
+        protocol: int | None = None,
+        **connection: Any,
+    ) -> None:
+        self._config = ConnectionConfig(
+            host=host, port=port, protocol=2 if protocol == 2 else 3, **connection
+        )
+        self.pool_options = pool if pool is not None else PoolOptions()
+        self._pool: Pool[Connection] = Pool(
+            self._dial,
+            self.pool_options,
+            node_name=self._config.address,
+            timeout=_pool_timeout(self.pool_options, self._config),
+        )
+        self._replies = ReplyParser(protocol)
+        self._stack: AsyncExitStack | None = None
+        self._shown_url: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """A client for ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS,
+        verified) or ``unix://path``; keyword arguments override what the URL says."""
+        options = parse_url(url)
+        options.update(kwargs)
+        client = cls(**options)
+        client._shown_url = redact_url(url)
+        return client
+
+    def __repr__(self) -> str:
+        where = self._shown_url or self._config.address
+        return f"<{type(self).__name__} {where} {self._pool!r}>"
+
+    @property
+    def config(self) -> ConnectionConfig:
+        """How this client's connections reach and greet the node."""
+        return self._config
+
+    async def _dial(self) -> Connection:
+        return await Connection.open(self._config)
+
+    # --- lifetime ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise RuntimeError(f"{self!r} is already open")
+        stack = AsyncExitStack()
+        try:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            await self._pool.start_background(nursery)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        try:
+            await self._pool.aclose()
+        except BaseException as close_error:
+            if stack is None or not await stack.__aexit__(
+                type(close_error), close_error, close_error.__traceback__
+            ):
+                raise
+            return None
+        if stack is not None:
+            return await stack.__aexit__(exc_type, exc, tb)
+        return None
+
+    async def aclose(self) -> None:
+        """Close the pool: every connection, in use or not.  Prefer leaving ``async with``."""
+        await self._pool.aclose()
+
+    # --- observability -----------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool's counters and connection counts."""
+        return self._pool.stats()
+
+    def connections(self) -> list[ConnectionInfo]:
+        """Every connection of the pool: id, node, state, creation and last-use times."""
+        return self._pool.connections()
+
+    @property
+    def pool(self) -> Pool[Connection]:
+        """The pool (for hooks and advanced use)."""
+        return self._pool
+
+    def set_response_callback(self, command: str, callback: Any) -> None:
+        """Replace how one command's reply is parsed (as in redis-py)."""
+        self._replies.set_callback(command, callback)
+
+    # --- running commands --------------------------------------------------------------------
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Run one command (what every command method calls) and parse its reply."""
+        args = normalize_args(args)
+        name = args[0]
+        blocks = blocking_seconds(name, args)
+        pool = self._pool
+        conn = await pool.get()
+        try:
+            if blocks is None:
+                reply = await conn.execute(args)
+            else:
+                reply = await self._execute_blocking(conn, args, blocks)
+        except ResponseError:
+            if options and EMPTY_RESPONSE in options:
+                return options[EMPTY_RESPONSE]
+            raise
+        finally:
+            pool.put(conn)
+        return self._replies.parse(name, reply, options)
+
+    async def _execute_blocking(
+        self, conn: Connection, args: tuple[Any, ...], blocks: float
+    ) -> Any:
+        """Run a blocking command so that cancelling it never loses what it took.
+
+        If the caller is cancelled while the server holds the command, the command is ended
+        with CLIENT UNBLOCK from a second connection before the cancellation proceeds.  If the
+        server had already served it (an element was popped), the result is returned: the
+        operation completed, and dropping its reply would lose the element.
+        """
+        try:
+            return await conn.execute(args, blocks_for=blocks)
+        except trio.Cancelled:
+            if conn.owed_replies != 1 or conn.broken or conn.client_id is None:
+                raise
+            with trio.CancelScope(shield=True) as cleanup:
+                cleanup.deadline = trio.current_time() + _cleanup_budget(self._config)
+                reply = await self._unblock(conn)
+            if cleanup.cancelled_caught:
+                conn.broken = True
+                logger.warning(
+                    "could not unblock a cancelled %s on %s; its connection is closed and an "
+                    "element it popped, if any, is lost",
+                    args[0],
+                    self._config.address,
+                )
+                raise
+            if reply is None or isinstance(reply, Exception) or not _takes_data(args[0]):
+                raise
+            return reply
+
+    async def _unblock(self, conn: Connection) -> Any:
+        helper = await Connection.open(self._config)
+        try:
+            await helper.execute(["CLIENT", "UNBLOCK", conn.client_id or 0])
+        finally:
+            await helper.aclose()
+        return await conn.read_owed_reply()
+
+    # --- pipelines -----------------------------------------------------------------------------
+
+    def pipeline(self, transaction: bool = False) -> Pipeline:
+        """Queue commands and send them in one round trip; ``transaction=True`` wraps them in
+        MULTI/EXEC.  Use ``watch()`` for optimistic locking (on a dedicated connection)."""
+        return Pipeline(self, transaction)
+
+    async def transaction(self, func: Any, *watches: Any, value_from_callable: bool = False) -> Any:
+        """Run ``await func(pipe)`` under WATCH ``watches`` until EXEC succeeds (as redis-py)."""
+        async with self.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    if watches:
+                        await pipe.watch(*watches)
+                    result = await func(pipe)
+                    executed = await pipe.execute()
+                    return result if value_from_callable else executed
+                except WatchError:
+                    continue
+
+
+class Pipeline(AsyncCoreCommands):
+    """Commands queued on the client side, sent together by :meth:`execute`.
+
+    Command methods queue and return the pipeline (do not await them).  After :meth:`watch`,
+    commands run at once on the pipeline's own connection until :meth:`multi`.
+    """
+
+    # redis-py's command protocol declares it; nothing here dispatches redis-py events.
+    _event_dispatcher: Any = None
+
+    def __init__(self, client: Client, transaction: bool) -> None:
+        self._client = client
+        self.transaction = transaction
+        self.command_stack: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self._conn: Connection | None = None  # held while WATCHing
+        self._explicit_multi = False
+
+    def __len__(self) -> int:
+        return len(self.command_stack)
+
+    def __bool__(self) -> bool:
+        return True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.reset()
+
+    @property
+    def watching(self) -> bool:
+        """Whether WATCH is in force on the pipeline's connection."""
+        return self._conn is not None
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Queue a command (or, while watching and before MULTI, run it at once)."""
+        if self._conn is not None and not self._explicit_multi:
+            return self._immediate(normalize_args(args), options)
+        self.command_stack.append((normalize_args(args), options))
+        return self
+
+    async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        assert self._conn is not None
+        reply = await self._conn.execute(args)
+        return self._client._replies.parse(args[0], reply, options)
+
+    def multi(self) -> None:
+        """Start the transaction after WATCH: later commands are queued for MULTI/EXEC."""
+        if self._explicit_multi:
+            raise ResponseError("MULTI calls can not be nested")
+        if self.command_stack:
+            raise ResponseError("commands without an initial WATCH have already been issued")
+        self._explicit_multi = True
+
+    async def watch(self, *names: Any) -> bool:  # type: ignore[override]
+        """WATCH keys on a connection the pipeline keeps until execute() or reset()."""
+        if self._explicit_multi:
+            raise ResponseError("cannot issue a WATCH after a MULTI")
+        if self._conn is None:
+            self._conn = await self._client._pool.get()
+        result = await self._conn.execute(("WATCH", *names))
+        return bool(result == b"OK")
+
+    async def unwatch(self) -> bool:  # type: ignore[override]
+        """Forget every WATCH and give the connection back."""
+        if self._conn is not None:
+            await self._conn.execute(("UNWATCH",))
+            self._release()
+        return True
+
+    def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._client._pool.put(conn)
+
+    async def reset(self) -> None:  # type: ignore[override]
+        """Empty the queue; if still watching, UNWATCH and give the connection back."""
+        self.command_stack = []
+        self._explicit_multi = False
+        conn = self._conn
+        if conn is not None:
+            try:
+                if not conn.broken and conn.owed_replies == 0:
+                    with trio.CancelScope(shield=True):
+                        await conn.execute(("UNWATCH",))
+            except Exception:
+                conn.broken = True  # never pool a connection that may still watch keys
+            finally:
+                self._release()
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Send every queued command in one write and return their results in order."""
+        stack = self.command_stack
+        if not stack and self._conn is None:
+            return []
+        transaction = self.transaction or self._explicit_multi
+        conn = self._conn
+        pool = self._client._pool
+        self._conn = None
+        if conn is None:
+            conn = await pool.get()
+        try:
+            if transaction:
+                results = await _run_transaction(conn, stack)
+            else:
+                results = await conn.execute_many([args for args, _ in stack])
+        finally:
+            pool.put(conn)
+            self.command_stack = []
+            self._explicit_multi = False
+        return self._parse_all(stack, results, raise_on_error)
+
+    def _parse_all(
+        self,
+        stack: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        results: list[Any],
+        raise_on_error: bool,
+    ) -> list[Any]:
+        parse = self._client._replies.parse
+        out: list[Any] = []
+        for position, ((args, options), result) in enumerate(zip(stack, results, strict=True)):
+            if isinstance(result, Exception):
+                if isinstance(result, ResponseError) and EMPTY_RESPONSE in options:
+                    out.append(options[EMPTY_RESPONSE])
+                    continue
+                if raise_on_error:
+                    _annotate(result, position, args)
+                    raise result
+                out.append(result)
+            else:
+                out.append(parse(args[0], result, dict(options)))
+        return out
+
+
+async def _run_transaction(
+    conn: Connection, stack: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> list[Any]:
+    """MULTI, the commands, EXEC in one write; returns EXEC's results (errors as values)."""
+    commands: list[Sequence[Any]] = [("MULTI",), *(args for args, _ in stack), ("EXEC",)]
+    replies = await conn.execute_many(commands)
+    queued, executed = replies[1:-1], replies[-1]
+    if isinstance(replies[0], Exception):
+        raise replies[0]
+    if isinstance(executed, ExecAbortError):
+        for position, reply in enumerate(queued):
+            if isinstance(reply, Exception):
+                _annotate(reply, position, stack[position][0])
+                raise reply from executed
+        raise executed
+    if isinstance(executed, Exception):
+        raise executed
+    if executed is None:
+        raise WatchError("a watched key changed; the transaction was not executed")
+    if len(executed) != len(stack):
+        conn.broken = True
+        raise ResponseError("wrong number of results from EXEC")
+    return list(executed)
+
+
+def _annotate(error: Exception, position: int, args: tuple[Any, ...]) -> None:
+    command = " ".join(str(a) for a in args[:2])
+    message = f"Command # {position + 1} ({command}) of pipeline caused error: {error.args[0]}"
+    error.args = (message, *error.args[1:])
+
+
+def _takes_data(name: str) -> bool:
+    return name.upper() in DATA_TAKING_COMMANDS
+
+
+def _cleanup_budget(config: ConnectionConfig) -> float:
+    parts = (config.connect_timeout, config.write_timeout, config.read_timeout)
+    return sum(p if p is not None else 5.0 for p in parts)
+
+
+def _pool_timeout(options: PoolOptions, config: ConnectionConfig) -> float:
+    if options.timeout is not None:
+        return options.timeout
+    if config.read_timeout is None:
+        return math.inf
+    return config.read_timeout + 1.0

@@ -1,0 +1,119 @@
+"""The command layer shared by every client: redis-py's command mixins on top of our I/O.
+
+redis-py's ``AsyncCoreCommands`` build each command's arguments and call
+``self.execute_command(*args, **options)``; its response callbacks turn raw replies into the
+Python shapes redis-py users know.  This module supplies what those mixins expect from a client,
+without asyncio: argument normalisation, the callback table, and reply parsing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis._parsers.response_callbacks import get_response_callbacks
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE
+
+__all__ = [
+    "BLOCKING_COMMANDS",
+    "ReplyParser",
+    "blocking_seconds",
+    "normalize_args",
+]
+
+
+def normalize_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Split a multi-word command name (redis-py passes ``"CLUSTER SLOTS"`` as one string)."""
+    name = args[0]
+    if isinstance(name, str) and " " in name:
+        return (*name.split(), *args[1:])
+    return args
+
+
+def _last_arg_seconds(args: Sequence[Any]) -> float:
+    return float(args[-1])
+
+
+def _second_arg_seconds(args: Sequence[Any]) -> float:
+    return float(args[1])
+
+
+def _block_option_ms(args: Sequence[Any]) -> float | None:
+    for index, arg in enumerate(args):
+        if (
+            isinstance(arg, str | bytes)
+            and str(arg if isinstance(arg, str) else arg.decode()).upper() == "BLOCK"
+        ):
+            return float(args[index + 1]) / 1000.0
+    return None
+
+
+def _wait_ms(position: int) -> Callable[[Sequence[Any]], float]:
+    return lambda args: float(args[position]) / 1000.0
+
+
+#: Commands the server may legitimately hold for a while, and how to read how long from their
+#: arguments (seconds; 0 means "forever").  The read timeout is extended by that much.
+BLOCKING_COMMANDS: dict[str, Callable[[Sequence[Any]], float | None]] = {
+    "BLPOP": _last_arg_seconds,
+    "BRPOP": _last_arg_seconds,
+    "BRPOPLPUSH": _last_arg_seconds,
+    "BLMOVE": _last_arg_seconds,
+    "BZPOPMIN": _last_arg_seconds,
+    "BZPOPMAX": _last_arg_seconds,
+    "BLMPOP": _second_arg_seconds,
+    "BZMPOP": _second_arg_seconds,
+    "XREAD": _block_option_ms,
+    "XREADGROUP": _block_option_ms,
+    "WAIT": _wait_ms(2),
+    "WAITAOF": _wait_ms(3),
+}
+
+#: Blocking commands whose reply carries data taken from the server (a popped element, stream
+#: entries delivered to a group): if such a reply arrives, the data exists nowhere else.
+DATA_TAKING_COMMANDS = frozenset(BLOCKING_COMMANDS) - {"WAIT", "WAITAOF"}
+
+
+def blocking_seconds(name: str, args: Sequence[Any]) -> float | None:
+    """How long a blocking command may wait server-side (``math.inf`` for forever), or None
+    if ``name`` is not a blocking command (or XREAD without BLOCK)."""
+    reader = BLOCKING_COMMANDS.get(name.upper())
+    if reader is None:
+        return None
+    try:
+        seconds = reader(args)
+    except (IndexError, ValueError):
+        return None  # malformed: the server will answer with an error at once
+    if seconds is None:
+        return None
+    return math.inf if seconds == 0 else seconds
+
+
+class ReplyParser:
+    """redis-py's response callbacks, chosen as redis-py chooses them.
+
+    ``protocol=None`` (the default) speaks RESP3 on the wire but returns the same shapes as
+    redis-py's default client; ``3`` returns RESP3 shapes; ``2`` RESP2 shapes.
+    """
+
+    def __init__(self, protocol: int | None) -> None:
+        callbacks = get_response_callbacks(user_protocol=protocol, legacy_responses=True)
+        self.callbacks: dict[str, Callable[..., Any]] = {k.upper(): v for k, v in callbacks.items()}
+
+    def set_callback(self, command: str, callback: Callable[..., Any]) -> None:
+        """Replace the callback of one command (as redis-py's ``set_response_callback``)."""
+        self.callbacks[command.upper()] = callback
+
+    def parse(self, name: str, reply: Any, options: dict[str, Any]) -> Any:
+        """Apply the command's callback to its reply (``options`` as the mixin passed them)."""
+        if options:
+            options.pop(NEVER_DECODE, None)
+            options.pop(EMPTY_RESPONSE, None)
+            options.pop("keys", None)
+        callback = self.callbacks.get(name)
+        if callback is None:
+            callback = self.callbacks.get(name.upper())
+            if callback is None:
+                return reply
+        return callback(reply, **options)
