@@ -1,24 +1,60 @@
-"""trio-cluster: a trio-native Redis Cluster client whose connection pool is a state machine."""
+"""trio-cluster: a trio-native Redis Cluster client whose connection pool is a state machine.
+
+``Client`` talks to one node, ``ClusterClient`` to a Redis Cluster; both take ``PoolOptions``
+and expose ``stats()`` and ``connections()``.  Errors subclass redis-py's.
+"""
 
 from __future__ import annotations
 
+__version__ = "0.1.0"
+
+from .breaker import BreakerOptions, BreakerState, CircuitOpenError
+from .client import Client, Pipeline
+from .cluster import ClusterClient, ClusterStats, ReadFrom, RetryOptions
+from .cluster_pipeline import ClusterPipeline
+from .config import ConnectionConfig
 from .errors import (
+    AskError,
+    AuthenticationError,
     ConnectTimeoutError,
+    InvalidTransition,
+    MovedError,
+    PoolClosedError,
     PoolExhaustedError,
     PoolTimeoutError,
     ProtocolError,
     ReadTimeoutError,
     WriteTimeoutError,
 )
-
-__version__ = "0.1.0"
+from .pool import ConnectionInfo, PoolOptions, PoolStats
+from .state import ConnState
 
 __all__ = [
+    "AskError",
+    "AuthenticationError",
+    "BreakerOptions",
+    "BreakerState",
+    "CircuitOpenError",
+    "Client",
+    "ClusterClient",
+    "ClusterPipeline",
+    "ClusterStats",
+    "ConnState",
     "ConnectTimeoutError",
+    "ConnectionConfig",
+    "ConnectionInfo",
+    "InvalidTransition",
+    "MovedError",
+    "Pipeline",
+    "PoolClosedError",
     "PoolExhaustedError",
+    "PoolOptions",
+    "PoolStats",
     "PoolTimeoutError",
     "ProtocolError",
+    "ReadFrom",
     "ReadTimeoutError",
+    "RetryOptions",
     "WriteTimeoutError",
     "__version__",
 ]

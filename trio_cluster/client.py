@@ -24,7 +24,7 @@ from .config import ConnectionConfig, parse_url, redact_url
 from .connection import Connection
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 
-__all__ = ["Client", "Pipeline"]
+__all__ = ["Client", "Pipeline", "run_blocking"]
 
 logger = logging.getLogger("trio_cluster.client")
 
@@ -154,7 +154,7 @@ class Client(AsyncCoreCommands):
             if blocks is None:
                 reply = await conn.execute(args)
             else:
-                reply = await self._execute_blocking(conn, args, blocks)
+                reply = await run_blocking(conn, args, blocks)
         except ResponseError:
             if options and EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
@@ -162,45 +162,6 @@ class Client(AsyncCoreCommands):
         finally:
             pool.put(conn)
         return self._replies.parse(name, reply, options)
-
-    async def _execute_blocking(
-        self, conn: Connection, args: tuple[Any, ...], blocks: float
-    ) -> Any:
-        """Run a blocking command so that cancelling it never loses what it took.
-
-        If the caller is cancelled while the server holds the command, the command is ended
-        with CLIENT UNBLOCK from a second connection before the cancellation proceeds.  If the
-        server had already served it (an element was popped), the result is returned: the
-        operation completed, and dropping its reply would lose the element.
-        """
-        try:
-            return await conn.execute(args, blocks_for=blocks)
-        except trio.Cancelled:
-            if conn.owed_replies != 1 or conn.broken or conn.client_id is None:
-                raise
-            with trio.CancelScope(shield=True) as cleanup:
-                cleanup.deadline = trio.current_time() + _cleanup_budget(self._config)
-                reply = await self._unblock(conn)
-            if cleanup.cancelled_caught:
-                conn.broken = True
-                logger.warning(
-                    "could not unblock a cancelled %s on %s; its connection is closed and an "
-                    "element it popped, if any, is lost",
-                    args[0],
-                    self._config.address,
-                )
-                raise
-            if reply is None or isinstance(reply, Exception) or not _takes_data(args[0]):
-                raise
-            return reply
-
-    async def _unblock(self, conn: Connection) -> Any:
-        helper = await Connection.open(self._config)
-        try:
-            await helper.execute(["CLIENT", "UNBLOCK", conn.client_id or 0])
-        finally:
-            await helper.aclose()
-        return await conn.read_owed_reply()
 
     # --- pipelines -----------------------------------------------------------------------------
 
@@ -391,6 +352,45 @@ def _annotate(error: Exception, position: int, args: tuple[Any, ...]) -> None:
     command = " ".join(str(a) for a in args[:2])
     message = f"Command # {position + 1} ({command}) of pipeline caused error: {error.args[0]}"
     error.args = (message, *error.args[1:])
+
+
+async def run_blocking(conn: Connection, args: tuple[Any, ...], blocks: float) -> Any:
+    """Run a blocking command so that cancelling it never loses what it took.
+
+    If the caller is cancelled while the server holds the command, the command is ended with
+    CLIENT UNBLOCK from a second connection before the cancellation proceeds.  If the server
+    had already served it (an element was popped), the result is returned: the operation
+    completed, and dropping its reply would lose the element.
+    """
+    try:
+        return await conn.execute(args, blocks_for=blocks)
+    except trio.Cancelled:
+        if conn.owed_replies != 1 or conn.broken or conn.client_id is None:
+            raise
+        with trio.CancelScope(shield=True) as cleanup:
+            cleanup.deadline = trio.current_time() + _cleanup_budget(conn.config)
+            reply = await _unblock(conn)
+        if cleanup.cancelled_caught:
+            conn.broken = True
+            logger.warning(
+                "could not unblock a cancelled %s on %s; its connection is closed and an "
+                "element it popped, if any, is lost",
+                args[0],
+                conn.config.address,
+            )
+            raise
+        if reply is None or isinstance(reply, Exception) or not _takes_data(args[0]):
+            raise
+        return reply
+
+
+async def _unblock(conn: Connection) -> Any:
+    helper = await Connection.open(conn.config)
+    try:
+        await helper.execute(["CLIENT", "UNBLOCK", conn.client_id or 0])
+    finally:
+        await helper.aclose()
+    return await conn.read_owed_reply()
 
 
 def _takes_data(name: str) -> bool:

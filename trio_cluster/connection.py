@@ -37,7 +37,7 @@ from .errors import (
 from .protocol import NEED_DATA, EncodableArg, PushFrame, RespParser, encode_command, is_push
 from .state import ConnState, ConnStateMachine
 
-__all__ = ["Connection", "PushHandler"]
+__all__ = ["Connection", "PushHandler", "mark_unsent", "was_unsent"]
 
 logger = logging.getLogger("trio_cluster.connection")
 
@@ -47,10 +47,26 @@ _RECEIVE_SIZE = 65536
 _ids = itertools.count(1)
 
 
-def _network_error(message: str, cause: BaseException) -> rex.ConnectionError:
+def _network_error(
+    message: str, cause: BaseException, *, unsent: bool = False
+) -> rex.ConnectionError:
     error = rex.ConnectionError(f"{message}: {type(cause).__name__}: {cause}")
     error.__cause__ = cause
+    if unsent:
+        mark_unsent(error)
     return error
+
+
+def mark_unsent(error: BaseException) -> BaseException:
+    """Record on ``error`` that the command provably never reached the server."""
+    error.command_unsent = True  # type: ignore[attr-defined]
+    return error
+
+
+def was_unsent(error: BaseException) -> bool:
+    """Whether ``error`` proves its command never reached the server (safe to retry for any
+    command): the connection could not be made, or not one byte of the command was written."""
+    return bool(getattr(error, "command_unsent", False))
 
 
 class Connection:
@@ -105,7 +121,9 @@ class Connection:
             try:
                 stream = await _open_stream(config)
             except (OSError, trio.BrokenResourceError) as exc:
-                raise _network_error(f"cannot connect to {config.address}", exc) from exc
+                raise _network_error(
+                    f"cannot connect to {config.address}", exc, unsent=True
+                ) from exc
             conn = cls(config, stream)
             try:
                 conn.state.transition(ConnState.INITIALIZING)
@@ -120,7 +138,9 @@ class Connection:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
         assert scope.cancelled_caught
-        raise ConnectTimeoutError(f"connecting to {config.address} took longer than {timeout} s")
+        raise mark_unsent(
+            ConnectTimeoutError(f"connecting to {config.address} took longer than {timeout} s")
+        )
 
     async def _handshake(self) -> None:
         config = self.config
@@ -195,7 +215,9 @@ class Connection:
         ``blocks_for``) for the replies.
         """
         if self.broken or self._closed:
-            raise ConnectionClosedError(f"connection {self.id} to {self.config.address} is closed")
+            raise mark_unsent(
+                ConnectionClosedError(f"connection {self.id} to {self.config.address} is closed")
+            )
         data = b"".join([encode_command(args) for args in commands])
         config = self.config
         now = trio.current_time()
@@ -245,8 +267,11 @@ class Connection:
                 await self._stream.send_all(data)
                 self.broken = False
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            unsent = self._fd >= 0 and sent == 0 and not self.broken
             self.broken = True
-            raise _network_error(f"writing to {self.config.address} failed", exc) from exc
+            raise _network_error(
+                f"writing to {self.config.address} failed", exc, unsent=unsent
+            ) from exc
         self.owed_replies += count
 
     async def _read_reply(self) -> Any:

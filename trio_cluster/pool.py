@@ -718,7 +718,7 @@ class Pool(Generic[C]):
 
     def _offer(self, entry: _Entry[C], is_new: bool) -> None:
         """An IDLE connection nobody holds: to the first parked get, else to the idle list."""
-        if False:
+        if self._waiters:
             if self._hooks:
                 try:
                     if not self._get_hooks_accept(entry, is_new):

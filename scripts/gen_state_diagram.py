@@ -1,0 +1,67 @@
+"""Generate the mermaid state diagram in ``docs/state-machine.md`` from the transition table.
+
+The diagram is never edited by hand: it sits between two marker comments and is rewritten from
+:data:`trio_cluster.state.ALLOWED_TRANSITIONS`, so the doc cannot drift from the code (a unit test
+checks it). Usage::
+
+    python scripts/gen_state_diagram.py          # rewrite the block in place
+    python scripts/gen_state_diagram.py --check  # exit 1 if the doc is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from trio_cluster.state import ALLOWED_TRANSITIONS, ConnState  # noqa: E402
+
+DOC = ROOT / "docs" / "state-machine.md"
+BEGIN = "<!-- BEGIN GENERATED: scripts/gen_state_diagram.py -->"
+END = "<!-- END GENERATED -->"
+
+
+def render_mermaid() -> str:
+    """The diagram block (markers included) for the current table, in enum order."""
+    lines = [BEGIN, "```mermaid", "stateDiagram-v2", "    [*] --> CREATED"]
+    for frm in ConnState:
+        for to in ConnState:  # enum order, so the output is stable
+            if to in ALLOWED_TRANSITIONS[frm]:
+                lines.append(f"    {frm.name} --> {to.name}")
+    lines += ["    CLOSED --> [*]", "```", END]
+    return "\n".join(lines)
+
+
+def splice(doc_text: str, block: str) -> str:
+    """Replace the generated block inside ``doc_text`` with ``block``."""
+    head, sep, rest = doc_text.partition(BEGIN)
+    if not sep:
+        raise ValueError(f"{DOC} has no {BEGIN!r} marker")
+    _, sep, tail = rest.partition(END)
+    if not sep:
+        raise ValueError(f"{DOC} has no {END!r} marker")
+    return head + block + tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite (or with ``--check`` verify) the generated block of the doc."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the doc is stale")
+    args = parser.parse_args(argv)
+    current = DOC.read_text(encoding="utf-8")
+    wanted = splice(current, render_mermaid())
+    if args.check:
+        if current != wanted:
+            sys.stderr.write(f"{DOC} is stale: run python scripts/gen_state_diagram.py\n")
+            return 1
+        return 0
+    if current != wanted:
+        DOC.write_text(wanted, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

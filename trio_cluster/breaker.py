@@ -1,0 +1,119 @@
+"""A per-node circuit breaker: stop sending to a node that keeps failing, then probe it.
+
+CLOSED: calls pass; ``failure_threshold`` consecutive failures open it.  OPEN: calls fail at
+once with :class:`CircuitOpenError` (a ``ConnectionError`` that proves nothing was sent, so the
+cluster client retries elsewhere after a topology refresh) until ``cooldown`` seconds pass.
+HALF_OPEN: up to ``half_open_probes`` calls go through; a success closes the breaker, a failure
+opens it again.  Synchronous and clock-driven (``trio.current_time``), so it costs a comparison
+per call and is tested on the mock clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+import attrs
+import trio
+from redis import exceptions as rex
+
+from .connection import mark_unsent
+
+__all__ = ["BreakerOptions", "BreakerState", "CircuitBreaker", "CircuitOpenError"]
+
+
+class CircuitOpenError(rex.ConnectionError):
+    """The node's circuit breaker is open: the call was not sent."""
+
+
+class BreakerState(enum.Enum):
+    """The three states of a breaker."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+@attrs.frozen(kw_only=True)
+class BreakerOptions:
+    """Circuit breaker settings; ``enabled=False`` turns breakers off."""
+
+    enabled: bool = True
+    failure_threshold: int = 5
+    cooldown: float = 1.0
+    half_open_probes: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.failure_threshold, int) or self.failure_threshold < 1:
+            raise ValueError(
+                f"failure_threshold must be an int >= 1; got {self.failure_threshold!r}"
+            )
+        if not isinstance(self.cooldown, int | float) or not (
+            math.isfinite(self.cooldown) and self.cooldown > 0
+        ):
+            raise ValueError(
+                f"cooldown must be a finite number of seconds > 0; got {self.cooldown!r}"
+            )
+        if not isinstance(self.half_open_probes, int) or self.half_open_probes < 1:
+            raise ValueError(f"half_open_probes must be an int >= 1; got {self.half_open_probes!r}")
+
+
+class CircuitBreaker:
+    """The breaker of one node."""
+
+    def __init__(self, name: str, options: BreakerOptions) -> None:
+        self.name = name
+        self.options = options
+        self.state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = -math.inf
+        self._probes = 0
+        #: How many times it opened, and how many calls it refused, since creation.
+        self.opened = 0
+        self.rejected = 0
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name} {self.state.value} failures={self._failures}>"
+
+    def before_call(self) -> None:
+        """Raise :class:`CircuitOpenError` if the call must not be sent."""
+        if not self.options.enabled or self.state is BreakerState.CLOSED:
+            return
+        if self.state is BreakerState.OPEN:
+            if trio.current_time() - self._opened_at < self.options.cooldown:
+                self.rejected += 1
+                raise self._refusal()
+            self.state = BreakerState.HALF_OPEN
+            self._probes = 0
+        if self._probes >= self.options.half_open_probes:
+            self.rejected += 1
+            raise self._refusal()
+        self._probes += 1
+
+    def _refusal(self) -> CircuitOpenError:
+        error = CircuitOpenError(f"circuit breaker for {self.name} is open; call not sent")
+        mark_unsent(error)
+        return error
+
+    def record_success(self) -> None:
+        """A call to the node succeeded (an error reply counts: the node answered)."""
+        self._failures = 0
+        if self.state is not BreakerState.CLOSED:
+            self.state = BreakerState.CLOSED
+
+    def record_failure(self) -> None:
+        """A call failed for a reason that says the node is unwell (connection, timeout)."""
+        if not self.options.enabled:
+            return
+        self._failures += 1
+        if self.state is BreakerState.HALF_OPEN or self._failures >= self.options.failure_threshold:
+            if self.state is not BreakerState.OPEN:
+                self.opened += 1
+            self.state = BreakerState.OPEN
+            self._opened_at = trio.current_time()
+            self._failures = 0
+
+    def abandon_probe(self) -> None:
+        """A half-open probe was cancelled before it could decide anything."""
+        if self._probes > 0:
+            self._probes -= 1

@@ -1,0 +1,815 @@
+"""``ClusterClient``: the slot map, one pool per node, routing, redirects, retries, refresh.
+
+How a command travels: its keys give a slot (``routing``), the slot gives a node (the current
+``Topology``), the node's breaker lets it through, its pool lends a connection, and the reply
+comes back typed.  Then:
+
+* MOVED: the slot is pointed at the new owner at once, a topology refresh is requested
+  (single-flight, rate-limited, in the background) and the command goes to the new owner.
+* ASK: ASKING and the command go to the named node; the map is left alone.
+* TRYAGAIN, CLUSTERDOWN, MASTERDOWN, LOADING: retried with exponential backoff and jitter.
+* A command that provably never reached a server (refused, dial failure, breaker open) is
+  retried for any command, after a refresh, inside a time budget long enough to ride out a
+  failover.  A command that may have run is retried only when it only reads.
+
+Every redirect and retry is counted in :meth:`ClusterClient.stats`, apart from the errors
+that reached callers.  Background work (pools, refresh, retiring departed nodes) lives in the
+nursery that ``async with ClusterClient(...)`` opens.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
+
+import attrs
+import trio
+from redis import exceptions as rex
+from redis.client import EMPTY_RESPONSE
+from redis.commands import AsyncCoreCommands
+
+from .breaker import BreakerOptions, BreakerState, CircuitBreaker
+from .client import run_blocking
+from .commands import ReplyParser, blocking_seconds, normalize_args
+from .config import ConnectionConfig, parse_url, redact_url
+from .connection import Connection, mark_unsent, was_unsent
+from .errors import (
+    AskError,
+    BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    PoolClosedError,
+    PoolTimeoutError,
+    TryAgainError,
+    UnknownCommandError,
+)
+from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from .routing import RESULT_CALLBACKS, CommandTable, Target, keyless_target, slot_of
+from .topology import SLOTS, Address, AddressRemap, Topology, parse_shards, parse_slots
+
+__all__ = ["ClusterClient", "ClusterStats", "ReadFrom", "RetryOptions"]
+
+logger = logging.getLogger("trio_cluster.cluster")
+
+_TRANSIENT = (TryAgainError, ClusterDownError, MasterDownError, BusyLoadingError)
+_NETWORK = (rex.ConnectionError, rex.TimeoutError)
+#: Multi-key commands split per slot when their keys span several slots (not atomic).
+_SPLITTABLE = frozenset({"MGET", "MSET", "DEL", "EXISTS", "UNLINK", "TOUCH"})
+
+
+class ReadFrom(enum.Enum):
+    """Where read-only commands go."""
+
+    PRIMARY = "primary"
+    ROUND_ROBIN = "round-robin"
+    RANDOM = "random"
+    LOWEST_LATENCY = "lowest-latency"
+
+
+@attrs.frozen(kw_only=True)
+class RetryOptions:
+    """How hard the client tries before an error reaches the caller."""
+
+    max_redirects: int = 5
+    """MOVED/ASK followed per command."""
+    retries: int = 3
+    """Retries of a read whose outcome is unknown (a timeout or a dropped connection)."""
+    transient_retries: int = 30
+    """Retries of replies saying the server did not run the command (TRYAGAIN, CLUSTERDOWN,
+    MASTERDOWN, LOADING), within ``budget``."""
+    backoff_base: float = 0.025
+    """First backoff (seconds); doubles each retry, with full jitter."""
+    backoff_cap: float = 0.5
+    """Longest single backoff."""
+    budget: float = 10.0
+    """Seconds a command that provably never reached a server keeps being retried."""
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_redirects", "retries", "transient_retries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0; got {value!r}")
+        for name in ("backoff_base", "backoff_cap", "budget"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0; got {value!r}")
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff for the ``attempt``-th retry (0-based)."""
+        return random.uniform(0, min(self.backoff_cap, self.backoff_base * (2**attempt)))
+
+
+@attrs.frozen
+class ClusterStats:
+    """A snapshot of the whole client: per-node pools, totals, redirects, retries, errors."""
+
+    nodes: dict[str, PoolStats]
+    totals: dict[str, float]
+    moved: int
+    ask: int
+    retries: dict[str, int]
+    errors: dict[str, int]
+    """Errors that reached callers, by exception class name."""
+    refreshes: int
+    refresh_failures: int
+    breakers: dict[str, str]
+    breaker_rejections: int
+    topology: dict[str, list[str]]
+    """Primary -> replicas, as the client currently sees the cluster."""
+
+
+class _Node:
+    """One node: its pool, breaker and measured latency."""
+
+    def __init__(self, address: Address, pool: Pool[Connection], breaker: CircuitBreaker) -> None:
+        self.address = address
+        self.name = f"{address[0]}:{address[1]}"
+        self.pool = pool
+        self.breaker = breaker
+        self.latency = 0.0
+        self.started = trio.Event()
+        self.retired = False
+
+    def __repr__(self) -> str:
+        return f"<node {self.name}{' retired' if self.retired else ''}>"
+
+
+class ClusterClient(AsyncCoreCommands):
+    """A Redis Cluster client.
+
+    Start from ``host``/``port``, or ``startup_nodes=[(host, port), ...]``, or
+    :meth:`from_url`.  Other keywords configure connections
+    (:class:`~trio_cluster.config.ConnectionConfig`: timeouts, credentials, TLS...).
+    ``pool`` sizes each node's pool.  ``read_from`` sends read-only commands to replicas.
+    ``address_remap`` maps every address the cluster announces, in topology replies and in
+    MOVED/ASK, before use.
+    """
+
+    # redis-py's command protocol declares it; nothing here dispatches redis-py events.
+    _event_dispatcher: Any = None
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        startup_nodes: Sequence[Address] | None = None,
+        pool: PoolOptions | None = None,
+        protocol: int | None = None,
+        read_from: ReadFrom | str = ReadFrom.PRIMARY,
+        address_remap: AddressRemap | None = None,
+        retry: RetryOptions | None = None,
+        breaker: BreakerOptions | None = None,
+        refresh_interval: float = 30.0,
+        refresh_min_interval: float = 0.1,
+        **connection: Any,
+    ) -> None:
+        nodes = list(startup_nodes or [])
+        if host is not None or port is not None:
+            nodes.insert(0, (host or "127.0.0.1", port or 6379))
+        if not nodes:
+            raise ValueError("give host/port or startup_nodes: at least one node to start from")
+        self.read_from = ReadFrom(read_from)
+        self._remap = address_remap
+        self.startup_nodes = [self._map(tuple(n)) for n in nodes]  # type: ignore[arg-type]
+        self._base_config = ConnectionConfig(
+            host=self.startup_nodes[0][0],
+            port=self.startup_nodes[0][1],
+            protocol=2 if protocol == 2 else 3,
+            readonly=self.read_from is not ReadFrom.PRIMARY,
+            **connection,
+        )
+        self.pool_options = pool if pool is not None else PoolOptions()
+        self.retry = retry if retry is not None else RetryOptions()
+        self.breaker_options = breaker if breaker is not None else BreakerOptions()
+        for name, value in (("refresh_interval", refresh_interval),
+                            ("refresh_min_interval", refresh_min_interval)):  # fmt: skip
+            if not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0; got {value!r}")
+        self.refresh_interval = float(refresh_interval)
+        self.refresh_min_interval = float(refresh_min_interval)
+        self._replies = ReplyParser(protocol)
+        self._commands = CommandTable()
+        self._nodes: dict[Address, _Node] = {}
+        self._retired: list[_Node] = []
+        self._topology = Topology.from_shards([])
+        self._slot_primary: list[_Node | None] = [None] * SLOTS
+        self._slot_replicas: list[tuple[_Node, ...]] = [()] * SLOTS
+        self._shard_nodes: list[tuple[_Node, tuple[_Node, ...]]] = []
+        self._round_robin = itertools.count()
+        self._default_node: _Node | None = None
+        self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+        self._refresh_wanted = trio.Event()
+        self._refresh_done = trio.Event()
+        self._last_refresh = -math.inf
+        self._closed = False
+        self._shown_url: str | None = None
+        self._moved = 0
+        self._ask = 0
+        self._retries: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
+        self._refreshes = 0
+        self._refresh_failures = 0
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """A client that starts from the node a ``redis://`` / ``rediss://`` URL names."""
+        options = parse_url(url)
+        options.update(kwargs)
+        client = cls(**options)
+        client._shown_url = redact_url(url)
+        return client
+
+    def __repr__(self) -> str:
+        where = self._shown_url or ",".join(f"{h}:{p}" for h, p in self.startup_nodes)
+        return f"<ClusterClient {where} nodes={len(self._nodes)}>"
+
+    def _map(self, address: Address) -> Address:
+        return self._remap(address) if self._remap is not None else address
+
+    # --- lifetime ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise RuntimeError(f"{self!r} is already open")
+        stack = AsyncExitStack()
+        try:
+            self._nursery = await stack.enter_async_context(trio.open_nursery())
+            await self._refresh_once(initial=True)
+            self._nursery.start_soon(self._refresher)
+        except BaseException:
+            await self._shutdown()
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        try:
+            await self._shutdown()
+        except BaseException as close_error:
+            if stack is None or not await stack.__aexit__(
+                type(close_error), close_error, close_error.__traceback__
+            ):
+                raise
+            return None
+        if stack is not None:
+            return await stack.__aexit__(exc_type, exc, tb)
+        return None
+
+    async def _shutdown(self) -> None:
+        self._closed = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            for node in [*self._nodes.values(), *self._retired]:
+                await node.pool.aclose()
+
+    # --- nodes and topology ------------------------------------------------------------------
+
+    async def _node(self, address: Address) -> _Node:
+        """The node at ``address`` (already remapped), its pool started."""
+        node = self._nodes.get(address)
+        if node is None:
+            if self._closed or self._nursery is None:
+                raise PoolClosedError("the cluster client is closed")
+            config = attrs.evolve(self._base_config, host=address[0], port=address[1])
+            name = config.address
+
+            async def dial() -> Connection:
+                return await Connection.open(config)
+
+            pool: Pool[Connection] = Pool(
+                dial, self.pool_options, node_name=name, timeout=self._pool_timeout()
+            )
+            node = _Node(address, pool, CircuitBreaker(name, self.breaker_options))
+            self._nodes[address] = node
+            try:
+                await pool.start_background(self._nursery)
+            finally:
+                node.started.set()
+        elif not node.started.is_set():
+            await node.started.wait()
+        return node
+
+    def _pool_timeout(self) -> float:
+        if self.pool_options.timeout is not None:
+            return self.pool_options.timeout
+        read = self._base_config.read_timeout
+        return math.inf if read is None else read + 1.0
+
+    async def _install(self, topology: Topology) -> None:
+        """Make ``topology`` current: nodes created, slot tables rebuilt, departed nodes retired."""
+        shard_nodes = []
+        for shard in topology.shards:
+            primary = await self._node(shard.primary)
+            replicas = tuple([await self._node(r) for r in shard.replicas])
+            shard_nodes.append((primary, replicas))
+        slot_primary: list[_Node | None] = [None] * SLOTS
+        slot_replicas: list[tuple[_Node, ...]] = [()] * SLOTS
+        for slot, index in enumerate(topology.owner):
+            if index >= 0:
+                slot_primary[slot], slot_replicas[slot] = shard_nodes[index]
+        self._slot_primary = slot_primary
+        self._slot_replicas = slot_replicas
+        self._shard_nodes = shard_nodes
+        self._topology = topology
+        current = set(topology.nodes)
+        for address in [a for a in self._nodes if a not in current]:
+            node = self._nodes.pop(address)
+            node.retired = True
+            self._retired.append(node)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._retire, node)
+        if self._default_node is None or self._default_node.address not in topology.primaries:
+            self._default_node = shard_nodes[0][0] if shard_nodes else None
+
+    async def _retire(self, node: _Node) -> None:
+        """Close a departed node's pool once its in-flight commands are done (bounded)."""
+        with trio.move_on_after(30.0):
+            while node.pool.stats().in_use_connections:  # noqa: ASYNC110 - no event for "all returned"
+                await trio.sleep(0.05)
+        await node.pool.aclose()
+        self._retired.remove(node)
+
+    def request_refresh(self) -> None:
+        """Ask the background refresher for a topology refresh (never blocks)."""
+        self._refresh_wanted.set()
+
+    async def refresh(self) -> None:
+        """Request a topology refresh and wait until one has completed."""
+        done = self._refresh_done
+        self.request_refresh()
+        await done.wait()
+
+    async def _refresher(self) -> None:
+        while True:
+            with trio.move_on_after(self.refresh_interval):
+                await self._refresh_wanted.wait()
+            # Rate limit: a storm of MOVED replies costs one refresh per interval.
+            await trio.sleep_until(self._last_refresh + self.refresh_min_interval)
+            self._refresh_wanted = trio.Event()
+            try:
+                await self._refresh_once()
+            except Exception as exc:
+                self._refresh_failures += 1
+                logger.warning("topology refresh failed: %s", exc)
+            finally:
+                done, self._refresh_done = self._refresh_done, trio.Event()
+                done.set()
+
+    async def _refresh_once(self, *, initial: bool = False) -> None:
+        """Fetch the slot map from the first node that answers and install it."""
+        self._last_refresh = trio.current_time()
+        candidates = list(self._topology.primaries)
+        random.shuffle(candidates)
+        replicas = [a for a in self._topology.nodes if a not in candidates]
+        random.shuffle(replicas)
+        candidates += replicas
+        candidates += [a for a in self.startup_nodes if a not in candidates]
+        failures = []
+        for address in candidates:
+            try:
+                topology, table = await self._fetch_topology(address, load_commands=initial)
+            except Exception as exc:
+                failures.append(f"{address[0]}:{address[1]}: {exc}")
+                continue
+            if not topology.covered:
+                failures.append(f"{address[0]}:{address[1]}: no slot is assigned")
+                continue
+            if table is not None:
+                self._commands = table
+            await self._install(topology)
+            self._refreshes += 1
+            return
+        raise rex.ConnectionError(
+            "could not load the cluster topology from any node: " + "; ".join(failures)
+        )
+
+    async def _fetch_topology(
+        self, address: Address, *, load_commands: bool
+    ) -> tuple[Topology, CommandTable | None]:
+        config = attrs.evolve(self._base_config, host=address[0], port=address[1])
+        conn = await Connection.open(config)
+        try:
+            try:
+                reply = await conn.execute(["CLUSTER", "SHARDS"])
+                topology = parse_shards(reply, address, self._remap)
+            except UnknownCommandError:
+                reply = await conn.execute(["CLUSTER", "SLOTS"])
+                topology = parse_slots(reply, address, self._remap)
+            table = CommandTable(await conn.execute(["COMMAND"])) if load_commands else None
+            return topology, table
+        finally:
+            await conn.aclose()
+
+    # --- routing -------------------------------------------------------------------------------
+
+    def _slot_for(self, args: tuple[Any, ...]) -> int | Target:
+        keys = self._commands.keys(args)
+        if keys:
+            slot = slot_of(keys)
+            if slot is None:
+                raise ClusterCrossSlotError(
+                    f"CROSSSLOT keys of {args[0]} do not hash to the same slot (use a hash tag)"
+                )
+            return slot
+        name = str(args[0]).upper()
+        target = keyless_target(f"{name} {str(args[1]).upper()}" if len(args) > 1 else name)
+        if target is None:
+            target = keyless_target(name)
+        if target is Target.SLOT_ID:
+            return int(args[2])
+        return target if target is not None else Target.DEFAULT_NODE
+
+    def _read_node(self, slot: int, primary: _Node) -> _Node:
+        replicas = self._slot_replicas[slot]
+        if not replicas:
+            return primary
+        strategy = self.read_from
+        if strategy is ReadFrom.ROUND_ROBIN:
+            candidates = (primary, *replicas)
+            return candidates[next(self._round_robin) % len(candidates)]
+        if strategy is ReadFrom.RANDOM:
+            return random.choice(replicas)
+        return min((primary, *replicas), key=lambda n: n.latency)
+
+    # --- running commands ----------------------------------------------------------------------
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Route and run one command, following redirects and retrying as documented."""
+        args = normalize_args(args)
+        name = args[0]
+        try:
+            if options and "target_nodes" in options:
+                return await self._execute_on_targets(options.pop("target_nodes"), args, options)
+            if name in _SPLITTABLE and len(args) > 2:
+                split = await self._execute_split(args, options)
+                if split is not _NOT_SPLIT:
+                    return split
+            if self._commands.needs_getkeys(args):
+                route = await self._route_with_getkeys(args)
+            else:
+                route = self._slot_for(args)
+            if type(route) is int:
+                reply = await self._execute_on_slot(route, args)
+            else:
+                return await self._execute_keyless(route, args, options)  # type: ignore[arg-type]
+        except rex.ResponseError:
+            if options and EMPTY_RESPONSE in options:
+                return options[EMPTY_RESPONSE]
+            raise
+        except Exception as exc:
+            self._errors[type(exc).__name__] += 1
+            raise
+        return self._replies.parse(name, reply, options)
+
+    async def _route_with_getkeys(self, args: tuple[Any, ...]) -> int | Target:
+        node = self._default_node or await self._node(self.startup_nodes[0])
+        try:
+            keys = await self._execute_on_node(node, ("COMMAND", "GETKEYS", *args))
+        except rex.ResponseError:
+            return Target.DEFAULT_NODE  # no keys (or malformed: the real call will say so)
+        slot = slot_of(keys) if keys else None
+        if keys and slot is None:
+            raise ClusterCrossSlotError(f"CROSSSLOT keys of {args[0]} do not hash to the same slot")
+        return slot if slot is not None else Target.DEFAULT_NODE
+
+    async def _execute_on_slot(self, slot: int, args: tuple[Any, ...]) -> Any:
+        """Run a command on the owner of ``slot`` (or a replica for reads), with every
+        redirect and retry rule applied."""
+        retry = self.retry
+        readonly = self._commands.is_readonly(args)
+        use_replica = readonly and self.read_from is not ReadFrom.PRIMARY
+        redirects = transient = unknown = 0
+        asking: _Node | None = None
+        node: _Node | None = None
+        deadline = trio.current_time() + retry.budget
+        while True:
+            try:
+                if asking is not None:
+                    node, asking = asking, None
+                    return await self._execute_on_node(node, args, asking=True)
+                primary = self._slot_primary[slot]
+                if primary is None:
+                    self.request_refresh()
+                    raise mark_unsent(ClusterDownError(f"CLUSTERDOWN slot {slot} is not served"))
+                node = self._read_node(slot, primary) if use_replica else primary
+                return await self._execute_on_node(node, args)
+            except MovedError as moved:
+                redirects += 1
+                self._moved += 1
+                if redirects > retry.max_redirects:
+                    raise
+                target = await self._node(self.redirect_address(moved, node))
+                self._slot_primary[moved.slot] = target
+                self.request_refresh()
+            except AskError as ask:
+                redirects += 1
+                self._ask += 1
+                if redirects > retry.max_redirects:
+                    raise
+                asking = await self._node(self.redirect_address(ask, node))
+            except _TRANSIENT as error:
+                # The server says it did not run the command: safe to retry for any command.
+                if transient >= retry.transient_retries or trio.current_time() >= deadline:
+                    raise
+                self._retries[type(error).__name__] += 1
+                if isinstance(error, ClusterDownError | MasterDownError):
+                    self.request_refresh()
+                await trio.sleep(retry.backoff(transient))
+                transient += 1
+            except PoolTimeoutError:
+                raise  # waiting again would break the caller's bound on a pool wait
+            except _NETWORK as error:
+                if was_unsent(error):
+                    if trio.current_time() >= deadline:
+                        raise
+                    self._retries["unsent"] += 1
+                    await self._settle_after_failure(unknown)
+                    unknown += 1
+                elif readonly and unknown < retry.retries:
+                    self._retries["read"] += 1
+                    if use_replica and node is not self._slot_primary[slot]:
+                        use_replica = False  # a replica failed: fall back to the primary
+                    else:
+                        await self._settle_after_failure(unknown)
+                    unknown += 1
+                else:
+                    raise
+
+    async def _settle_after_failure(self, attempt: int) -> None:
+        """Back off, and wait (briefly) for a fresh topology: the node may be gone."""
+        with trio.move_on_after(max(self.retry.backoff(attempt), 0.01) + 1.0):
+            await self.refresh()
+        await trio.sleep(self.retry.backoff(attempt))
+
+    def redirect_address(self, error: MovedError | AskError, node: _Node | None) -> Address:
+        """Where a MOVED/ASK points, remapped; an empty host means "the node you asked"."""
+        host = error.host or (node.address[0] if node is not None else "127.0.0.1")
+        return self._map((host, error.port))
+
+    async def _execute_on_node(
+        self, node: _Node, args: tuple[Any, ...], *, asking: bool = False
+    ) -> Any:
+        """One attempt on one node: breaker, pool, connection; errors raised typed."""
+        breaker = node.breaker
+        breaker.before_call()
+        pool = node.pool
+        conn = await pool.get()
+        measure = self.read_from is ReadFrom.LOWEST_LATENCY
+        started = trio.current_time() if measure else 0.0
+        try:
+            blocks = blocking_seconds(args[0], args)
+            if asking:
+                replies = await conn.execute_many([("ASKING",), args])
+                reply = replies[1]
+                if isinstance(reply, Exception):
+                    raise reply
+            elif blocks is not None:
+                reply = await run_blocking(conn, args, blocks)
+            else:
+                reply = await conn.execute(args)
+        except _NETWORK as error:
+            if not isinstance(error, BusyLoadingError | PoolTimeoutError):
+                breaker.record_failure()
+            raise
+        except trio.Cancelled:
+            breaker.abandon_probe()
+            raise
+        except BaseException:
+            breaker.record_success()  # an error reply: the node answered
+            raise
+        finally:
+            pool.put(conn)
+        breaker.record_success()
+        if measure:
+            node.latency = 0.8 * node.latency + 0.2 * (trio.current_time() - started)
+        return reply
+
+    async def execute_batch(self, node: _Node, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send ``commands`` to one node in one write; replies in order, errors as values.
+
+        A failure of the node itself becomes that error for every command of the batch.
+        """
+        breaker = node.breaker
+        try:
+            breaker.before_call()
+            conn = await node.pool.get()
+        except Exception as error:
+            return [error] * len(commands)
+        try:
+            replies = await conn.execute_many(commands)
+        except _NETWORK as error:
+            if not isinstance(error, BusyLoadingError):
+                breaker.record_failure()
+            return [error] * len(commands)
+        except trio.Cancelled:
+            breaker.abandon_probe()
+            raise
+        finally:
+            node.pool.put(conn)
+        breaker.record_success()
+        return replies
+
+    async def _execute_on_targets(
+        self, targets: Any, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
+        """redis-py's ``target_nodes=``: a flag ("primaries", "replicas", "all", "random"),
+        a node name ``host:port``, or a list of names."""
+        if isinstance(targets, str) and targets in _TARGET_NAMES:
+            return await self._execute_keyless(_TARGET_NAMES[targets], args, options)
+        names = [targets] if isinstance(targets, str) else list(targets)
+        by_name = {node.name: node for node in self._nodes.values()}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ValueError(f"target_nodes names unknown nodes: {', '.join(map(str, unknown))}")
+        return self._combine(args, await self._on_each([by_name[n] for n in names], args, options))
+
+    async def _execute_keyless(
+        self, target: Target, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
+        if target in (Target.PRIMARIES, Target.ALL_NODES, Target.REPLICAS):
+            if target is Target.PRIMARIES:
+                nodes = [primary for primary, _ in self._shard_nodes]
+            elif target is Target.REPLICAS:
+                nodes = [r for _, replicas in self._shard_nodes for r in replicas]
+            else:
+                nodes = list(self._nodes.values())
+            return self._combine(args, await self._on_each(nodes, args, options))
+        if target is Target.RANDOM:
+            node = random.choice(list(self._nodes.values()))
+        else:
+            node = self._default_node or await self._node(self.startup_nodes[0])
+        reply = await self._execute_on_node(node, args)
+        return self._replies.parse(str(args[0]), reply, options)
+
+    @staticmethod
+    def _combine(args: tuple[Any, ...], results: dict[str, Any]) -> Any:
+        """Combine replies from several nodes as redis-py's cluster client does."""
+        name = " ".join(str(a).upper() for a in args[:2]) if len(args) > 1 else str(args[0])
+        callback = RESULT_CALLBACKS.get(name) or RESULT_CALLBACKS.get(str(args[0]).upper())
+        if callback is not None:
+            return callback(name, results)
+        return next(iter(results.values())) if len(results) == 1 else results
+
+    async def _on_each(
+        self, nodes: Sequence[_Node], args: tuple[Any, ...], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Run ``args`` on every node concurrently; {node name: parsed reply}."""
+        results: dict[str, Any] = {}
+
+        async def one(node: _Node) -> None:
+            reply = await self._execute_on_node(node, args)
+            results[node.name] = self._replies.parse(str(args[0]), reply, dict(options))
+
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(one, node)
+        return {n.name: results[n.name] for n in nodes}
+
+    async def _execute_split(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """MGET/MSET/DEL/... whose keys span slots: one command per slot, concurrently,
+        reassembled in the caller's order.  Not atomic across slots."""
+        name = args[0]
+        step = 2 if name == "MSET" else 1
+        items = args[1:]
+        groups: dict[int, list[int]] = {}
+        for index in range(0, len(items), step):
+            groups.setdefault(slot_of([items[index]]) or 0, []).append(index)
+        if len(groups) == 1:
+            return _NOT_SPLIT
+        replies: dict[int, Any] = {}
+
+        async def run(slot: int, indexes: list[int]) -> None:
+            part = tuple(x for i in indexes for x in items[i : i + step])
+            replies[slot] = await self._execute_on_slot(slot, (name, *part))
+
+        async with trio.open_nursery() as nursery:
+            for slot, indexes in groups.items():
+                nursery.start_soon(run, slot, indexes)
+        if name == "MGET":
+            values: list[Any] = [None] * len(items)
+            for slot, indexes in groups.items():
+                for index, value in zip(indexes, replies[slot], strict=True):
+                    values[index] = value
+            return self._replies.parse(name, values, options)
+        if name == "MSET":
+            return self._replies.parse(name, b"OK", options)
+        return sum(int(r) for r in replies.values())
+
+    # --- multi-node helpers ------------------------------------------------------------------
+
+    async def scan_iter(  # type: ignore[override]
+        self,
+        match: Any = None,
+        count: int | None = None,
+        _type: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Any]:
+        """Every key of every primary, node by node (keys may repeat across a resharding)."""
+        for node, _ in list(self._shard_nodes):
+            cursor: Any = 0
+            while True:
+                args: list[Any] = ["SCAN", cursor]
+                if match is not None:
+                    args += ["MATCH", match]
+                if count is not None:
+                    args += ["COUNT", count]
+                if _type is not None:
+                    args += ["TYPE", _type]
+                cursor, keys = await self._execute_on_node(node, tuple(args))
+                for key in keys:
+                    yield key
+                if int(cursor) == 0:
+                    break
+
+    def pipeline(self, transaction: bool = False) -> Any:
+        """A pipeline across nodes (``transaction=True``: MULTI/EXEC within one slot)."""
+        from .cluster_pipeline import ClusterPipeline
+
+        return ClusterPipeline(self, transaction)
+
+    # --- observability -------------------------------------------------------------------------
+
+    def stats(self) -> ClusterStats:
+        """Per-node pool stats, totals, redirects, retries, surfaced errors, breakers."""
+        per_node = {node.name: node.pool.stats() for node in self._nodes.values()}
+        totals: dict[str, float] = {}
+        for pool_stats in per_node.values():
+            for field in attrs.fields(PoolStats):
+                value = getattr(pool_stats, field.name)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    totals[field.name] = totals.get(field.name, 0) + value
+        topology = {
+            f"{s.primary[0]}:{s.primary[1]}": [f"{h}:{p}" for h, p in s.replicas]
+            for s in self._topology.shards
+        }
+        return ClusterStats(
+            nodes=per_node,
+            totals=totals,
+            moved=self._moved,
+            ask=self._ask,
+            retries=dict(self._retries),
+            errors=dict(self._errors),
+            refreshes=self._refreshes,
+            refresh_failures=self._refresh_failures,
+            breakers={n.name: n.breaker.state.value for n in self._nodes.values()},
+            breaker_rejections=sum(n.breaker.rejected for n in self._nodes.values()),
+            topology=topology,
+        )
+
+    def connections(self) -> list[ConnectionInfo]:
+        """Every connection of every node's pool."""
+        return [info for node in self._nodes.values() for info in node.pool.connections()]
+
+    def node_names(self) -> list[str]:
+        """``host:port`` of every node the client currently knows."""
+        return [node.name for node in self._nodes.values()]
+
+    @property
+    def topology(self) -> Topology:
+        """The slot map the client is routing by."""
+        return self._topology
+
+    def breaker_state(self, name: str) -> BreakerState:
+        """The breaker state of node ``host:port``."""
+        for node in self._nodes.values():
+            if node.name == name:
+                return node.breaker.state
+        raise KeyError(name)
+
+    def set_response_callback(self, command: str, callback: Callable[..., Any]) -> None:
+        """Replace how one command's reply is parsed (as in redis-py)."""
+        self._replies.set_callback(command, callback)
+
+
+_NOT_SPLIT: Any = object()
+_TARGET_NAMES = {
+    "primaries": Target.PRIMARIES,
+    "replicas": Target.REPLICAS,
+    "all": Target.ALL_NODES,
+    "random": Target.RANDOM,
+    "default-node": Target.DEFAULT_NODE,
+}
