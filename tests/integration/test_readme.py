@@ -19,4 +19,6 @@ def test_readme_quick_start_runs_as_written() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "b'hello'" in result.stdout
-        assert "[1, 2]" in result.stdout
+        assert "[True, b'1', 1]" in result.stdout
+        assert "[b'hello', b'1', None]" in result.stdout
+        assert "IDLE" in result.stdout
