@@ -43,6 +43,22 @@ def _port(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
         raise ValueError(f"{attribute.name} must be an integer in 1..65535; got {value!r}")
 
 
+MAINT_MODES = ("disabled", "auto", "enabled")
+ENDPOINT_TYPES = ("internal-ip", "internal-fqdn", "external-ip", "external-fqdn", "none")
+
+
+def _maint_mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in MAINT_MODES:
+        raise ValueError(f"{attribute.name} must be one of {', '.join(MAINT_MODES)}; got {value!r}")
+
+
+def _endpoint_type(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in ENDPOINT_TYPES:
+        raise ValueError(
+            f"{attribute.name} must be one of {', '.join(ENDPOINT_TYPES)}; got {value!r}"
+        )
+
+
 def _db(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{attribute.name} must be an integer >= 0; got {value!r}")
@@ -71,6 +87,11 @@ class ConnectionConfig:
     read_timeout: float | None = attrs.field(default=3.0, validator=_positive_or_none)
     write_timeout: float | None = attrs.field(default=3.0, validator=_positive_or_none)
     readonly: bool = False
+    maint_notifications: str = attrs.field(default="disabled", validator=_maint_mode)
+    """Ask for maintenance push notifications (RESP3 only): "disabled", "auto" (an error
+    reply is accepted quietly and the connection carries on) or "enabled" (it fails)."""
+    moving_endpoint_type: str = attrs.field(default="internal-ip", validator=_endpoint_type)
+    """What kind of address MOVING notifications should carry."""
     lib_name: str = LIB_NAME
     lib_version: str = attrs.field(factory=lambda: _version())
 

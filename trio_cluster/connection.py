@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import select
 import socket
@@ -27,6 +28,7 @@ from redis import exceptions as rex
 
 from .config import ConnectionConfig
 from .errors import (
+    AuthenticationError,
     ConnectionClosedError,
     ConnectTimeoutError,
     ProtocolError,
@@ -89,6 +91,17 @@ class Connection:
         self.protocol = 2
         #: The server's CLIENT ID for this connection (None if the server could not say).
         self.client_id: int | None = None
+        #: Whether the server agreed to send maintenance notifications on this connection.
+        self.maint_notifications = False
+        #: Which credentials (a number kept by the credential manager) this connection uses.
+        self.credentials_version = 0
+        #: While ``trio.current_time() < relaxed_until``, ``relaxed_timeout`` replaces the read
+        #: and write timeouts (a maintenance notification said the node is migrating).
+        self.relaxed_until = -math.inf
+        self.relaxed_timeout = 0.0
+        #: Where a pending endpoint handoff should move this connection (set by the handoff
+        #: manager; None when none is pending).
+        self.handoff_to: tuple[str, int] | None = None
         #: Called with every push frame (RESP3 ``>``) that arrives; never given to a caller.
         self.on_push: PushHandler | None = None
         self._stream = stream
@@ -156,6 +169,11 @@ class Connection:
             except rex.ResponseError as exc:
                 if not _hello_unsupported(exc):
                     raise
+            except AuthenticationError as exc:
+                # NOAUTH for a HELLO that carried AUTH means HELLO itself was not understood
+                # (some servers check authentication before looking the command up).
+                if config.password is None or not str(exc).startswith("NOAUTH"):
+                    raise
         follow_up: list[Sequence[EncodableArg]] = []
         if self.protocol == 2:
             if config.password is not None:
@@ -169,15 +187,25 @@ class Connection:
             follow_up.append(["SELECT", config.db])
         if config.readonly:
             follow_up.append(["READONLY"])
+        maint_at = -1
+        if self.protocol == 3 and config.maint_notifications != "disabled":
+            maint_at = len(follow_up)
+            follow_up.append(
+                ["CLIENT", "MAINT_NOTIFICATIONS", "ON",
+                 "moving-endpoint-type", config.moving_endpoint_type]
+            )  # fmt: skip
         # Old servers do not know SETINFO: their errors are expected and ignored below.
         optional_from = len(follow_up)
         follow_up.append(["CLIENT", "ID"])  # lets a cancelled blocking command be unblocked
         follow_up.append(["CLIENT", "SETINFO", "LIB-NAME", config.lib_name])
         follow_up.append(["CLIENT", "SETINFO", "LIB-VER", config.lib_version])
         replies = await self._pipeline_unbounded(follow_up)
-        for reply in replies[:optional_from]:
+        for position, reply in enumerate(replies[:optional_from]):
             if isinstance(reply, Exception):
+                if position == maint_at and config.maint_notifications == "auto":
+                    continue  # the server has no maintenance notifications: carry on without
                 raise reply
+        self.maint_notifications = maint_at >= 0 and not isinstance(replies[maint_at], Exception)
         client_id = replies[optional_from]
         self.client_id = client_id if isinstance(client_id, int) else None
 
@@ -222,6 +250,9 @@ class Connection:
         config = self.config
         now = trio.current_time()
         write_timeout = config.write_timeout
+        read_timeout = config.read_timeout
+        if now < self.relaxed_until:
+            write_timeout = read_timeout = self.relaxed_timeout
         scope = trio.CancelScope(
             deadline=now + write_timeout if write_timeout is not None else float("inf")
         )
@@ -230,7 +261,6 @@ class Connection:
         with scope:
             await self._send(data, len(commands))
             writing = False
-            read_timeout = config.read_timeout
             if read_timeout is not None:
                 scope.deadline = trio.current_time() + read_timeout + blocks_for
             else:
@@ -319,6 +349,41 @@ class Connection:
             return await self._read_reply()
         self.broken = True
         raise ReadTimeoutError(f"no reply from {self.config.address} within {timeout} s")
+
+    # --- maintenance support ---------------------------------------------------------------
+
+    def relax(self, timeout: float, until: float) -> None:
+        """Use ``timeout`` for reads and writes until ``until`` (trio clock) or :meth:`unrelax`."""
+        self.relaxed_timeout = timeout
+        self.relaxed_until = until
+
+    def unrelax(self) -> None:
+        """Back to the configured timeouts."""
+        self.relaxed_until = -math.inf
+
+    @property
+    def relaxed(self) -> bool:
+        """Whether relaxed timeouts are in force right now."""
+        return trio.current_time() < self.relaxed_until
+
+    async def reconnect(self, config: ConnectionConfig) -> None:
+        """Move this connection to a new endpoint (a handoff): open and greet a new stream
+        with ``config``, then swap it in and close the old one.
+
+        The caller owns the connection (state UNUSABLE); it is INITIALIZING while this runs
+        and stays INITIALIZING on return, for the owner to give back.  On failure the old
+        stream is untouched and the error propagates.
+        """
+        if self.owed_replies or self.broken:
+            raise ConnectionClosedError(f"connection {self.id} cannot be handed off in this state")
+        self.state.transition(ConnState.INITIALIZING)
+        fresh = await Connection.open(config)
+        old_stream = self._stream
+        self._stream, self._parser, self._fd = fresh._stream, fresh._parser, fresh._fd
+        self.config, self.protocol, self.client_id = fresh.config, fresh.protocol, fresh.client_id
+        self.maint_notifications = fresh.maint_notifications
+        fresh._closed = True  # its stream now belongs to this connection
+        await trio.aclose_forcefully(old_stream)
 
     # --- pool support ----------------------------------------------------------------------
 

@@ -163,7 +163,7 @@ async def test_write_timeout_when_the_peer_stops_reading() -> None:
     accepted = trio.Event()
 
     async def never_reads(stream: trio.SocketStream) -> None:
-        await stream.send_all(b"+OK\r\n" * 2)  # answers the handshake blindly
+        await stream.send_all(b"+OK\r\n" * 3)  # answers the handshake (AUTH-less RESP2) blindly
         accepted.set()
         await trio.sleep_forever()
 
