@@ -1,0 +1,339 @@
+"""trio-cluster against peer cluster clients on one local cluster (3 primaries + 3 replicas).
+
+Clients: ``raw`` (trio streams + hiredis, one connection per task and node, no pool, no
+timeouts: the ceiling), ``redis-py`` (``redis.asyncio.cluster.RedisCluster`` on asyncio),
+``coredis`` (``coredis.RedisCluster`` on trio) and ``trio-cluster`` (``ClusterClient``).
+Workload: 50/50 GET/SET of 64-byte values over 10,000 keys, in three shapes (50 tasks, 1 task,
+4 tasks x pipelines of 100 SETs).  Each measurement runs in its own subprocess; the parent
+interleaves clients and shapes over ``--rounds`` rounds and prints one JSON document with the
+medians, p50/p99 latencies, the ratios, and trio-cluster's memory per idle pooled connection.
+
+    python -m benchmarks.peers [--rounds 3] [--seconds 3] [--json FILE]
+
+The server binary comes from ``TRIO_CLUSTER_SERVER`` or PATH (see ``trio_cluster.testing``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from benchmarks._common import (
+    SHAPES,
+    VALUE,
+    Address,
+    Shape,
+    drive_asyncio,
+    drive_trio,
+    emit,
+    figure,
+    format_nodes,
+    format_slots,
+    idle_connection_memory,
+    keys_by_primary,
+    parse_nodes,
+    parse_slots,
+    preload_cluster,
+    progress,
+    ratio,
+    raw_task_client,
+    run_worker,
+    slot_table,
+    summarize,
+)
+
+CLIENTS = ("raw", "redis-py", "coredis", "trio-cluster")
+#: Pool size per node for the pooled clients: one connection per task at 50 tasks.
+POOL_SIZE = 50
+MEMORY_SHAPE = "idle-memory"
+
+
+# --- workers (each runs in its own process) ---------------------------------------------------
+
+
+async def raw_worker(
+    shape: Shape, ranges: list[tuple[int, int, Address]], seconds: float, warmup: float
+) -> dict[str, Any]:
+    """The ceiling: one raw connection per task and primary, routed by slot."""
+    primaries, table = slot_table(ranges)
+    return await drive_trio(
+        shape, seconds, warmup, per_task=lambda: raw_task_client(primaries, table)
+    )
+
+
+def redis_py_worker(
+    shape: Shape, nodes: list[Address], seconds: float, warmup: float
+) -> dict[str, Any]:
+    """``redis.asyncio.cluster.RedisCluster`` (RESP2, hiredis parser) under ``asyncio.run``."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    async def main() -> dict[str, Any]:
+        rc = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            max_connections=POOL_SIZE,
+        )
+        await rc.initialize()
+        try:
+
+            async def pipe(keys: Sequence[bytes]) -> Any:
+                async with rc.pipeline() as p:
+                    for key in keys:
+                        p.set(key, VALUE)
+                    return await p.execute()
+
+            return await drive_asyncio(shape, seconds, warmup, get=rc.get, set_=rc.set, pipe=pipe)
+        finally:
+            await rc.aclose()
+
+    return asyncio.run(main())
+
+
+async def coredis_worker(
+    shape: Shape, nodes: list[Address], seconds: float, warmup: float
+) -> dict[str, Any]:
+    """``coredis.RedisCluster`` (anyio) running on trio."""
+    import coredis
+
+    client: Any = coredis.RedisCluster(
+        startup_nodes=[{"host": host, "port": port} for host, port in nodes],
+        max_connections=POOL_SIZE,
+        max_connections_per_node=True,
+    )
+    async with client:
+
+        async def pipe(keys: Sequence[bytes]) -> None:
+            async with client.pipeline() as p:
+                for key in keys:
+                    p.set(key, VALUE)
+
+        return await drive_trio(shape, seconds, warmup, get=client.get, set_=client.set, pipe=pipe)
+
+
+@asynccontextmanager
+async def open_trio_cluster(nodes: list[Address], size: int) -> AsyncIterator[Any]:
+    """``ClusterClient`` with pools of ``size`` per node and 3 s read/write timeouts."""
+    from trio_cluster import ClusterClient, PoolOptions
+
+    async with ClusterClient(
+        startup_nodes=nodes, pool=PoolOptions(size=size), read_timeout=3.0, write_timeout=3.0
+    ) as rc:
+        yield rc
+
+
+async def trio_cluster_worker(
+    shape: Shape, nodes: list[Address], seconds: float, warmup: float
+) -> dict[str, Any]:
+    """``trio_cluster.ClusterClient``."""
+    async with open_trio_cluster(nodes, POOL_SIZE) as rc:
+
+        async def pipe(keys: Sequence[bytes]) -> Any:
+            async with rc.pipeline() as p:
+                for key in keys:
+                    p.set(key, VALUE)
+                return await p.execute()
+
+        return await drive_trio(shape, seconds, warmup, get=rc.get, set_=rc.set, pipe=pipe)
+
+
+async def trio_cluster_memory(
+    nodes: list[Address], ranges: list[tuple[int, int, Address]], per_node: int
+) -> dict[str, Any]:
+    """Bytes per idle pooled connection of ``ClusterClient`` (see ``idle_connection_memory``)."""
+    return await idle_connection_memory(
+        lambda size: open_trio_cluster(nodes, size), keys_by_primary(ranges), per_node
+    )
+
+
+def worker_main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one measurement in this process and return its JSON record."""
+    nodes = parse_nodes(args.nodes)
+    ranges = parse_slots(args.slots)
+    record: dict[str, Any] = {"client": args.worker, "shape": args.shape}
+    try:
+        if args.shape == MEMORY_SHAPE:
+            record.update(trio.run(trio_cluster_memory, nodes, ranges, args.idle_per_node))
+            return record
+        shape = SHAPES[args.shape]
+        if args.worker == "raw":
+            result = trio.run(raw_worker, shape, ranges, args.seconds, args.warmup)
+        elif args.worker == "redis-py":
+            result = redis_py_worker(shape, nodes, args.seconds, args.warmup)
+        elif args.worker == "coredis":
+            result = trio.run(coredis_worker, shape, nodes, args.seconds, args.warmup)
+        elif args.worker == "trio-cluster":
+            result = trio.run(trio_cluster_worker, shape, nodes, args.seconds, args.warmup)
+        else:
+            raise ValueError(f"unknown client {args.worker!r}")
+        record.update(result)
+    except Exception as exc:  # reported, so the run continues with the other clients
+        traceback.print_exc(file=sys.stderr)
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    return record
+
+
+# --- the parent: one cluster, interleaved measurements ----------------------------------------
+
+
+async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the cluster, run every (round, shape, client) worker, and build the report."""
+    from trio_cluster.testing import LocalCluster, server_version
+
+    clients: list[str] = args.clients
+    shapes: list[str] = args.shapes
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {
+        c: {s: [] for s in shapes} for c in clients
+    }
+    memory: dict[str, Any] | None = None
+    started = time.monotonic()
+    progress("starting the cluster ...")
+    async with LocalCluster(masters=3, replicas_per_master=1) as cluster:
+        server = server_version(cluster.nodes[0].binary)
+        ranges = [(r.start, r.end, r.primary) for r in await cluster.slot_map()]
+        await preload_cluster(ranges)
+        common = [
+            "--nodes", format_nodes(cluster.startup_nodes),
+            "--slots", format_slots(ranges),
+            "--seconds", str(args.seconds),
+            "--warmup", str(args.warmup),
+            "--idle-per-node", str(args.idle_per_node),
+        ]  # fmt: skip
+        timeout = args.seconds + args.warmup + 60
+        for round_ in range(args.rounds):
+            for shape in shapes:
+                # Rotate the order each round so no client always runs first or last.
+                shift = round_ % len(clients)
+                for client in clients[shift:] + clients[:shift]:
+                    record = await run_worker(
+                        "benchmarks.peers",
+                        ["--worker", client, "--shape", shape, *common],
+                        timeout,
+                    )
+                    samples[client][shape].append(record)
+                    shown = record.get("error") or f"{record.get('ops_per_s')} ops/s"
+                    progress(f"round {round_ + 1} {shape:9} {client:13} {shown}")
+        if "trio-cluster" in clients and not args.no_memory:
+            memory = await run_worker(
+                "benchmarks.peers",
+                ["--worker", "trio-cluster", "--shape", MEMORY_SHAPE, *common],
+                120,
+            )
+            progress(f"memory: {memory}")
+    results = {c: {s: summarize(samples[c][s]) for s in shapes} for c in clients}
+    return {
+        "benchmark": "peers",
+        "workload": "50/50 GET/SET, 64-byte values, 10,000 keys; cluster 3 primaries + 3 replicas",
+        "shapes": {
+            "tasks50": "50 tasks, ops/s",
+            "tasks1": "1 task, ops/s",
+            "pipeline": "4 tasks x pipelines of 100 SET, commands/s",
+        },
+        "settings": {
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "pool_size_per_node": POOL_SIZE,
+        },
+        "environment": _environment(server),
+        "results": results,
+        "ratios": _ratios(results),
+        "trio_cluster_idle_memory": _memory_summary(memory),
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def ops(client: str, shape: str) -> Any:
+        return figure(results, client, shape, "ops_per_s")
+
+    def p99(client: str, shape: str) -> Any:
+        return figure(results, client, shape, "p99_ms")
+
+    out: dict[str, Any] = {}
+    for shape in SHAPES:
+        out[f"trio_cluster_over_redis_py_{shape}"] = ratio(
+            ops("trio-cluster", shape), ops("redis-py", shape)
+        )
+    for shape in SHAPES:
+        out[f"trio_cluster_over_raw_{shape}"] = ratio(ops("trio-cluster", shape), ops("raw", shape))
+    for shape in SHAPES:
+        out[f"redis_py_over_raw_{shape}"] = ratio(ops("redis-py", shape), ops("raw", shape))
+    for shape in ("tasks50", "tasks1"):
+        out[f"p99_trio_cluster_over_redis_py_{shape}"] = ratio(
+            p99("trio-cluster", shape), p99("redis-py", shape)
+        )
+        out[f"p99_ms_{shape}"] = {c: p99(c, shape) for c in results}
+    return out
+
+
+def _memory_summary(memory: dict[str, Any] | None) -> dict[str, Any] | None:
+    if memory is None or "error" in memory:
+        return None if memory is None else {"error": memory["error"], "bytes": None}
+    return {k: v for k, v in memory.items() if k not in ("client", "shape")}
+
+
+def _environment(server: str) -> dict[str, Any]:
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "server": server,
+        "cpus": len(os.sched_getaffinity(0)),
+        "packages": {
+            name: version(name)
+            for name in ("trio", "redis", "hiredis", "coredis", "anyio", "trio-cluster")
+        },
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options (the ``--worker`` ones are internal)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every client x shape")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds each")
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds first")
+    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS))
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument(
+        "--idle-per-node", type=int, default=100, help="idle connections per node (memory)"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory figure")
+    parser.add_argument("--json", metavar="FILE", help="also write the report to FILE")
+    parser.add_argument("--worker", choices=CLIENTS, help=argparse.SUPPRESS)
+    parser.add_argument("--shape", help=argparse.SUPPRESS)
+    parser.add_argument("--nodes", help=argparse.SUPPRESS)
+    parser.add_argument("--slots", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: a worker measurement (``--worker``) or the whole comparison."""
+    args = parse_args(argv)
+    if args.worker:
+        emit(worker_main(args))
+        return
+    report = trio.run(run_all, args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
