@@ -159,7 +159,7 @@ class MaintInjector:
 
                 nursery.start_soon(client_to_server)
                 nursery.start_soon(server_to_client)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError, OSError):
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError, OSError):
             pass  # either side went away or spoke garbage: the connection is over
         finally:
             del self._conns[conn.id]

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
 
+import attrs
 import trio
 from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
@@ -22,6 +23,8 @@ from redis.exceptions import ExecAbortError, ResponseError, WatchError
 from .commands import DATA_TAKING_COMMANDS, ReplyParser, blocking_seconds, normalize_args
 from .config import ConnectionConfig, parse_url, redact_url
 from .connection import Connection
+from .credentials import CredentialManager, CredentialSource
+from .maint import MaintenanceManager, MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 
 __all__ = ["Client", "Pipeline", "run_blocking"]
@@ -46,10 +49,22 @@ class Client(AsyncCoreCommands):
         *,
         pool: PoolOptions | None = None,
         protocol: int | None = None,
+        credentials: CredentialSource | None = None,
+        maint_notifications: str | MaintNotificationsOptions = "auto",
         **connection: Any,
     ) -> None:
+        maint = (
+            maint_notifications
+            if isinstance(maint_notifications, MaintNotificationsOptions)
+            else MaintNotificationsOptions(mode=maint_notifications)
+        )
         self._config = ConnectionConfig(
-            host=host, port=port, protocol=2 if protocol == 2 else 3, **connection
+            host=host,
+            port=port,
+            protocol=2 if protocol == 2 else 3,
+            maint_notifications=maint.mode,
+            moving_endpoint_type=maint.endpoint_type,
+            **connection,
         )
         self.pool_options = pool if pool is not None else PoolOptions()
         self._pool: Pool[Connection] = Pool(
@@ -60,7 +75,19 @@ class Client(AsyncCoreCommands):
         )
         self._replies = ReplyParser(protocol)
         self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
         self._shown_url: str | None = None
+        self._credentials = CredentialManager(credentials) if credentials is not None else None
+        if self._credentials is not None:
+            self._credentials.watch(self._pool)
+        self._maint: MaintenanceManager | None = None
+        if maint.mode != "disabled":
+            self._maint = MaintenanceManager(
+                maint, self._pool, lambda: self._config, self._set_config
+            )
+
+    def _set_config(self, config: ConnectionConfig) -> None:
+        self._config = config
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
@@ -82,7 +109,21 @@ class Client(AsyncCoreCommands):
         return self._config
 
     async def _dial(self) -> Connection:
-        return await Connection.open(self._config)
+        config = self._config
+        version = 0
+        if self._credentials is not None:
+            credentials, version = await self._credentials.for_new_connection()
+            if credentials is not None:
+                config = attrs.evolve(config, username=credentials[0], password=credentials[1])
+        conn = await Connection.open(config)
+        conn.credentials_version = version
+        if self._maint is not None:
+            if config.maint_notifications == "auto" and not conn.maint_notifications:
+                # The server has no maintenance notifications: stop asking (quietly, once).
+                self._config = attrs.evolve(self._config, maint_notifications="disabled")
+                logger.debug("%s has no maintenance notifications", config.address)
+            conn.on_push = self._maint.on_push
+        return conn
 
     # --- lifetime ----------------------------------------------------------------------------
 
@@ -92,6 +133,11 @@ class Client(AsyncCoreCommands):
         stack = AsyncExitStack()
         try:
             nursery = await stack.enter_async_context(trio.open_nursery())
+            self._nursery = nursery
+            if self._credentials is not None:
+                await self._credentials.start(nursery)
+            if self._maint is not None:
+                self._maint.start(nursery)
             await self._pool.start_background(nursery)
         except BaseException:
             await stack.aclose()
@@ -108,6 +154,8 @@ class Client(AsyncCoreCommands):
         stack, self._stack = self._stack, None
         try:
             await self._pool.aclose()
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()  # credential stream, notification sweep
         except BaseException as close_error:
             if stack is None or not await stack.__aexit__(
                 type(close_error), close_error, close_error.__traceback__
@@ -127,6 +175,33 @@ class Client(AsyncCoreCommands):
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counters and connection counts."""
         return self._pool.stats()
+
+    def maintenance_stats(self) -> dict[str, Any]:
+        """Handoffs and re-authentications done and failed, relaxed connections, and
+        notifications received by type."""
+        maint, creds = self._maint, self._credentials
+        return {
+            "handoffs": maint.handoffs if maint else 0,
+            "handoff_failures": maint.handoff_failures if maint else 0,
+            "longest_unusable": maint.longest_unusable if maint else 0.0,
+            "relaxed_connections": maint.relaxed_connections() if maint else 0,
+            "notifications": dict(maint.received) if maint else {},
+            "malformed_notifications": maint.malformed if maint else 0,
+            "reauths": creds.reauths if creds else 0,
+            "reauth_failures": creds.reauth_failures if creds else 0,
+            "credential_rotations": creds.rotations if creds else 0,
+            "stale_credential_connections": creds.stale_connections() if creds else 0,
+        }
+
+    def rotate_credentials(self, username: str | None, password: str) -> None:
+        """Switch to new credentials now: new connections use them, pooled ones
+        re-authenticate in the background.  (A streaming provider does this by itself.)"""
+        if self._credentials is None:
+            self._credentials = CredentialManager((username, password))
+            self._credentials.watch(self._pool)
+            if self._stack is not None:
+                raise RuntimeError("give credentials= at construction to rotate while open")
+        self._credentials.rotate((username, password))
 
     def connections(self) -> list[ConnectionInfo]:
         """Every connection of the pool: id, node, state, creation and last-use times."""

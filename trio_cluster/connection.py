@@ -376,7 +376,8 @@ class Connection:
         """
         if self.owed_replies or self.broken:
             raise ConnectionClosedError(f"connection {self.id} cannot be handed off in this state")
-        self.state.transition(ConnState.INITIALIZING)
+        if self.state.state is not ConnState.INITIALIZING:  # a retry stays INITIALIZING
+            self.state.transition(ConnState.INITIALIZING)
         fresh = await Connection.open(config)
         old_stream = self._stream
         self._stream, self._parser, self._fd = fresh._stream, fresh._parser, fresh._fd

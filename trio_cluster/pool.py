@@ -625,6 +625,16 @@ class Pool(Generic[C]):
             closes=dict(self._closes),
         )
 
+    def live_connections(self) -> list[C]:
+        """The connection objects the pool owns right now (not those being closed), for
+        background jobs that must visit each one (re-authentication, handoff)."""
+        return [entry.conn for entry in self._entries.values()]
+
+    def owns(self, conn: C) -> bool:
+        """Whether ``conn`` belongs to this pool."""
+        entry = self._entries.get(conn.id)
+        return entry is not None and entry.conn is conn
+
     def connections(self) -> list[ConnectionInfo]:
         """Every connection the pool has open (closing ones included), oldest first."""
         conns = [e.conn for e in self._entries.values()] + list(self._closing.values())

@@ -1,0 +1,211 @@
+"""Credentials that change while the client runs, and keeping every connection on the newest.
+
+A source of credentials is one of:
+
+* a static ``(username, password)`` pair (``username`` may be None for the default user);
+* a callable, sync or async, returning such a pair: asked at every new connection;
+* a streaming provider: an async iterable the client consumes in its nursery, yielding new
+  pairs over time (token rotation).
+
+When new credentials arrive, every pooled connection re-authenticates in the background:
+idle ones at once, in-use ones right after their command (a job waits for the connection to
+become IDLE and claims it before any caller can).  A connection takes part only while its job
+owns it (state UNUSABLE), so callers never see a half-authenticated connection.  AUTH failing
+(WRONGPASS, a timeout) closes the connection: none stays on stale credentials.  New
+connections always use the newest credentials.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any, TypeAlias
+
+import trio
+
+from .connection import Connection
+from .errors import StateMachineClosed
+from .pool import BasePoolHook, Pool
+from .state import ConnState
+
+__all__ = ["CredentialManager", "CredentialSource", "Credentials"]
+
+logger = logging.getLogger("trio_cluster.credentials")
+
+Credentials: TypeAlias = tuple[str | None, str]
+CredentialSource: TypeAlias = (
+    Credentials | Callable[[], Credentials | Awaitable[Credentials]] | AsyncIterable[Credentials]
+)
+
+_IDLE = (ConnState.IDLE,)
+
+
+class CredentialManager(BasePoolHook[Connection]):
+    """Owns the current credentials and the re-authentication jobs of the pools it watches."""
+
+    def __init__(self, source: CredentialSource, *, timeout: float = 5.0) -> None:
+        self._source = source
+        self._timeout = timeout
+        self._current: Credentials | None = None
+        self.version = 0
+        self._pools: list[Pool[Connection]] = []
+        self._nursery: trio.Nursery | None = None
+        self._pending: set[int] = set()  # connection ids with a job
+        #: Counters, for stats.
+        self.reauths = 0
+        self.reauth_failures = 0
+        self.rotations = 0
+        if isinstance(source, tuple):
+            self._current = _check(source)
+            self.version = 1
+
+    def __repr__(self) -> str:  # never the secret
+        user = self._current[0] if self._current else None
+        return f"<CredentialManager user={user!r} version={self.version}>"
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the source is an async iterable consumed in the background."""
+        return isinstance(self._source, AsyncIterable)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Begin: for a streaming source, wait for its first credentials, then keep consuming."""
+        self._nursery = nursery
+        if self.streaming:
+            await nursery.start(self._consume)
+
+    async def _consume(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert isinstance(self._source, AsyncIterable)
+        started = False
+        async for credentials in self._source:
+            self.rotate(credentials)
+            if not started:
+                started = True
+                task_status.started()
+        if not started:
+            raise ValueError("the credentials provider ended without yielding credentials")
+
+    async def for_new_connection(self) -> tuple[Credentials | None, int]:
+        """The credentials a new connection must use, and their version."""
+        source = self._source
+        if callable(source) and not isinstance(source, tuple):
+            result = source()
+            if inspect.isawaitable(result):
+                result = await result
+            credentials = _check(result)
+            if credentials != self._current:
+                self._current = credentials
+                self.version += 1
+            return credentials, self.version
+        return self._current, self.version
+
+    def watch(self, pool: Pool[Connection]) -> None:
+        """Keep ``pool``'s connections on the current credentials."""
+        self._pools.append(pool)
+        pool.add_hook(self)
+
+    def rotate(self, credentials: Credentials) -> None:
+        """New credentials: new connections use them at once; existing ones re-authenticate
+        in the background (idle ones now, in-use ones when released)."""
+        self._current = _check(credentials)
+        self.version += 1
+        self.rotations += 1
+        for pool in self._pools:
+            for conn in pool.live_connections():
+                self._schedule(pool, conn)
+
+    def stale_connections(self) -> int:
+        """How many open connections still use older credentials."""
+        return sum(
+            1
+            for pool in self._pools
+            for conn in pool.live_connections()
+            if conn.credentials_version < self.version and conn.state.state is not ConnState.CLOSED
+        )
+
+    # --- the pool hook -----------------------------------------------------------------------
+
+    def on_get(self, conn: Connection, is_new: bool) -> bool:
+        """Never hand out a connection on stale credentials: claim it for a job instead."""
+        if conn.credentials_version >= self.version or self._nursery is None:
+            return True
+        pool = next((p for p in self._pools if p.owns(conn)), None)
+        if pool is None or not conn.state.try_transition(_IDLE, ConnState.UNUSABLE):
+            return True
+        self._pending.discard(conn.id)
+        self._pending.add(conn.id)
+        self._nursery.start_soon(self._reauth_claimed, pool, conn)
+        return False
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def _schedule(self, pool: Pool[Connection], conn: Connection) -> None:
+        if conn.id in self._pending or self._nursery is None:
+            return
+        self._pending.add(conn.id)
+        self._nursery.start_soon(self._claim_and_reauth, pool, conn)
+
+    async def _claim_and_reauth(self, pool: Pool[Connection], conn: Connection) -> None:
+        """Wait until ``conn`` is IDLE (its caller or another job is done with it), claim it,
+        re-authenticate it."""
+        try:
+            with trio.move_on_after(self._timeout * 4) as waited:
+                if not conn.state.try_transition(_IDLE, ConnState.UNUSABLE):
+                    await conn.state.wait_and_transition(_IDLE, ConnState.UNUSABLE)
+            if waited.cancelled_caught:
+                # Held too long: leave it; the on_get hook catches it before any caller can.
+                self._pending.discard(conn.id)
+                return
+        except StateMachineClosed:
+            self._pending.discard(conn.id)
+            return
+        await self._reauth_claimed(pool, conn)
+
+    async def _reauth_claimed(self, pool: Pool[Connection], conn: Connection) -> None:
+        """``conn`` is ours (UNUSABLE): AUTH with the newest credentials, then give it back."""
+        try:
+            while conn.credentials_version < self.version and self._current is not None:
+                version = self.version
+                username, password = self._current
+                args: list[Any] = (
+                    ["AUTH", password] if username is None else ["AUTH", username, password]
+                )
+                with trio.move_on_after(self._timeout) as scope:
+                    try:
+                        await conn.execute(args)
+                    except Exception as exc:
+                        self.reauth_failures += 1
+                        logger.warning(
+                            "re-authentication on %s failed: %s", conn.config.address, exc
+                        )
+                        conn.broken = True
+                        break
+                if scope.cancelled_caught:
+                    self.reauth_failures += 1
+                    conn.broken = True
+                    break
+                conn.credentials_version = version
+                self.reauths += 1
+        finally:
+            self._pending.discard(conn.id)
+            if conn.broken:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+            pool.return_from_background(conn)
+
+
+def _check(credentials: Any) -> Credentials:
+    if (
+        not isinstance(credentials, tuple)
+        or len(credentials) != 2
+        or not (credentials[0] is None or isinstance(credentials[0], str))
+        or not isinstance(credentials[1], str)
+    ):
+        raise TypeError(
+            "credentials must be a (username or None, password) pair of strings; got a "
+            f"{type(credentials).__name__}"
+        )
+    return credentials
