@@ -26,6 +26,7 @@ from .connection import Connection
 from .credentials import CredentialManager, CredentialSource
 from .maint import MaintenanceManager, MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from .watchdog import Watchdog
 
 __all__ = ["Client", "Pipeline", "run_blocking"]
 
@@ -76,6 +77,7 @@ class Client(AsyncCoreCommands):
         self._replies = ReplyParser(protocol)
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
+        self._watchdog = Watchdog()
         self._shown_url: str | None = None
         self._credentials = CredentialManager(credentials) if credentials is not None else None
         if self._credentials is not None:
@@ -116,6 +118,7 @@ class Client(AsyncCoreCommands):
             if credentials is not None:
                 config = attrs.evolve(config, username=credentials[0], password=credentials[1])
         conn = await Connection.open(config)
+        conn.watchdog = self._watchdog
         conn.credentials_version = version
         if self._maint is not None:
             if config.maint_notifications == "auto" and not conn.maint_notifications:
@@ -134,6 +137,7 @@ class Client(AsyncCoreCommands):
         try:
             nursery = await stack.enter_async_context(trio.open_nursery())
             self._nursery = nursery
+            await nursery.start(self._watchdog.run)
             if self._credentials is not None:
                 await self._credentials.start(nursery)
             if self._maint is not None:
@@ -155,7 +159,8 @@ class Client(AsyncCoreCommands):
         try:
             await self._pool.aclose()
             if self._nursery is not None:
-                self._nursery.cancel_scope.cancel()  # credential stream, notification sweep
+                # The watchdog, the credential stream, the notification sweep.
+                self._nursery.cancel_scope.cancel()
         except BaseException as close_error:
             if stack is None or not await stack.__aexit__(
                 type(close_error), close_error, close_error.__traceback__

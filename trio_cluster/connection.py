@@ -38,6 +38,7 @@ from .errors import (
 )
 from .protocol import NEED_DATA, EncodableArg, PushFrame, RespParser, encode_command, is_push
 from .state import ConnState, ConnStateMachine
+from .watchdog import Watchdog
 
 __all__ = ["Connection", "PushHandler", "mark_unsent", "was_unsent"]
 
@@ -99,6 +100,11 @@ class Connection:
         #: and write timeouts (a maintenance notification said the node is migrating).
         self.relaxed_until = -math.inf
         self.relaxed_timeout = 0.0
+        #: Set by the owner: enforces read/write deadlines without a cancel scope per command.
+        self.watchdog: Watchdog | None = None
+        #: When the command in flight times out (trio clock); read by the watchdog.
+        self.io_deadline = math.inf
+        self._timed_out = False
         #: Where a pending endpoint handoff should move this connection (set by the handoff
         #: manager; None when none is pending).
         self.handoff_to: tuple[str, int] | None = None
@@ -240,7 +246,8 @@ class Connection:
         """Send commands in one write and return their replies in order (errors as values).
 
         Bounded by the write timeout while sending, then by the read timeout (plus
-        ``blocks_for``) for the replies.
+        ``blocks_for``) for the replies.  With a watchdog (plain sockets), the deadlines cost
+        no cancel scope; otherwise one scope serves both phases.
         """
         if self.broken or self._closed:
             raise mark_unsent(
@@ -253,31 +260,83 @@ class Connection:
         read_timeout = config.read_timeout
         if now < self.relaxed_until:
             write_timeout = read_timeout = self.relaxed_timeout
+        watchdog = self.watchdog
+        if watchdog is None or self._fd < 0:
+            return await self._execute_scoped(
+                data, len(commands), now, write_timeout, read_timeout, blocks_for
+            )
+        self.io_deadline = now + write_timeout if write_timeout is not None else math.inf
+        watchdog.watch(self)
+        writing = True
+        try:
+            if not await self._send(data, len(commands)):
+                now = trio.current_time()  # the write had to wait
+            writing = False
+            if read_timeout is None:
+                self.io_deadline = math.inf
+            else:
+                self.io_deadline = now + read_timeout + blocks_for
+                watchdog.watch(self)  # the deadline may be earlier than the write's
+            replies = [await self._read_reply() for _ in commands]
+        except (rex.ConnectionError, trio.ClosedResourceError):
+            if not self._timed_out:
+                raise
+            raise self._timeout_error(writing, write_timeout, read_timeout) from None
+        finally:
+            watchdog.unwatch(self)
+        if self._timed_out:
+            self.broken = True  # expired just as the reply came: used, but never again
+        return replies
+
+    async def _execute_scoped(
+        self,
+        data: bytes,
+        count: int,
+        now: float,
+        write_timeout: float | None,
+        read_timeout: float | None,
+        blocks_for: float,
+    ) -> list[Any]:
         scope = trio.CancelScope(
-            deadline=now + write_timeout if write_timeout is not None else float("inf")
+            deadline=now + write_timeout if write_timeout is not None else math.inf
         )
         writing = True
         replies: list[Any] = []
         with scope:
-            await self._send(data, len(commands))
+            await self._send(data, count)
             writing = False
             if read_timeout is not None:
                 scope.deadline = trio.current_time() + read_timeout + blocks_for
             else:
-                scope.deadline = float("inf")
-            for _ in commands:
+                scope.deadline = math.inf
+            for _ in range(count):
                 replies.append(await self._read_reply())
         if scope.cancelled_caught:
-            self.broken = True
-            if writing:
-                raise WriteTimeoutError(
-                    f"writing to {config.address} took longer than {write_timeout} s"
-                )
-            raise ReadTimeoutError(f"no reply from {config.address} within {config.read_timeout} s")
+            raise self._timeout_error(writing, write_timeout, read_timeout)
         return replies
 
-    async def _send(self, data: bytes, count: int) -> None:
-        """Write ``data`` (``count`` commands); on success the server owes ``count`` replies."""
+    def _timeout_error(
+        self, writing: bool, write_timeout: float | None, read_timeout: float | None
+    ) -> Exception:
+        self.broken = True
+        if writing:
+            return WriteTimeoutError(
+                f"writing to {self.config.address} took longer than {write_timeout} s"
+            )
+        return ReadTimeoutError(f"no reply from {self.config.address} within {read_timeout} s")
+
+    def expire(self) -> None:
+        """Called by the watchdog when the deadline passed with a command in flight."""
+        self._timed_out = True
+        self.broken = True
+        if self._fd >= 0:
+            trio.lowlevel.notify_closing(self._fd)
+
+    async def _send(self, data: bytes, count: int) -> bool:
+        """Write ``data`` (``count`` commands); on success the server owes ``count`` replies.
+
+        Returns whether it went out at once (no waiting for the socket).
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         sent = 0
         try:
@@ -303,6 +362,7 @@ class Connection:
                 f"writing to {self.config.address} failed", exc, unsent=unsent
             ) from exc
         self.owed_replies += count
+        return sent == len(data)
 
     async def _read_reply(self) -> Any:
         """Read the next reply that answers a command, dispatching push frames on the way."""
@@ -323,8 +383,20 @@ class Connection:
             return reply
 
     async def _receive(self) -> None:
+        data: bytes | bytearray
         try:
-            data = await self._stream.receive_some(_RECEIVE_SIZE)
+            if self._fd >= 0:
+                # Straight to the socket: trio's stream layers add several microseconds per
+                # read, and nothing else reads this socket.
+                while True:
+                    await trio.lowlevel.wait_readable(self._fd)
+                    try:
+                        data = os.read(self._fd, _RECEIVE_SIZE)
+                        break
+                    except BlockingIOError:
+                        continue
+            else:
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.broken = True
             raise _network_error(f"reading from {self.config.address} failed", exc) from exc

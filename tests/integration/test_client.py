@@ -253,3 +253,18 @@ async def test_thundering_herd_opens_at_most_size(local_server: LocalServer) -> 
                 done.set()
             assert 1 <= peak <= 10
             assert r.stats().dials <= 10
+
+
+async def test_read_timeout_through_the_watchdog_closes_the_connection(
+    local_server: LocalServer,
+) -> None:
+    with trio.fail_after(10):
+        async with _client(local_server, read_timeout=0.1) as r:
+            await r.set("wd", "v")
+            started = trio.current_time()
+            with pytest.raises(rex.TimeoutError, match="within 0.1 s"):
+                await r.execute_command("DEBUG", "SLEEP", "0.4")
+            assert 0.09 <= trio.current_time() - started < 0.35
+            assert r._watchdog.expired == 1
+            assert await r.get("wd") == b"v"  # a fresh connection, never the one owing a reply
+            assert r.stats().closes.get("broken") == 1
