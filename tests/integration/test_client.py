@@ -224,6 +224,7 @@ async def test_cancellation_storm_never_misdelivers(local_server: LocalServer) -
     new_connections = after - before
     assert new_connections / cancelled <= 0.05, (new_connections, cancelled, stats)
     assert stats.total_connections <= 100
+    assert dict(stats.closes) == {}  # no connection was lost to a cancellation
 
 
 async def test_thundering_herd_opens_at_most_size(local_server: LocalServer) -> None:
