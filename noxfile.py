@@ -53,3 +53,16 @@ def demo(session: nox.Session) -> None:
         "python", "-m", "trio_cluster.testing", *session.posargs,
         env={"TRIO_CLUSTER_SERVER": bundled.strip()},
     )  # fmt: skip
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The default chaos suite against a local cluster from the bundled server, behind the
+    embedded proxies; extra arguments go to ``python -m chaos run``."""
+    session.install("-e", ".[server,chaos]")
+    bundled = session.run("python", "-c", BUNDLED, silent=True)
+    assert isinstance(bundled, str)
+    session.run(
+        "python", "-m", "chaos", "run", *session.posargs,
+        env={"TRIO_CLUSTER_SERVER": bundled.strip()},
+    )  # fmt: skip

@@ -1,0 +1,69 @@
+"""How the chaos client is configured, and the bounds that configuration implies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from trio_cluster import BreakerOptions, PoolOptions, RetryOptions
+
+__all__ = ["ClientSpec", "blocked_bound"]
+
+#: Added to every time bound: scheduling noise on a loaded 2-core machine.
+SLACK = 0.5
+
+#: Retries kept small, so the bound on a blocked caller stays meaningful.
+CHAOS_RETRY = RetryOptions(retries=1, budget=1.0, backoff_cap=0.2)
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """The client a scenario's workload uses."""
+
+    pool: PoolOptions = field(default_factory=lambda: PoolOptions(size=8, min_idle=2, timeout=1.0))
+    read_timeout: float = 0.5
+    write_timeout: float = 0.5
+    connect_timeout: float = 0.5
+    retry: RetryOptions = CHAOS_RETRY
+    breaker: BreakerOptions = field(default_factory=BreakerOptions)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keywords for ``ClusterClient``."""
+        return {
+            "pool": self.pool,
+            "read_timeout": self.read_timeout,
+            "write_timeout": self.write_timeout,
+            "connect_timeout": self.connect_timeout,
+            "retry": self.retry,
+            "breaker": self.breaker,
+        }
+
+    @property
+    def pool_limit(self) -> int:
+        """Most connections one node's pool may hold."""
+        size = self.pool.size
+        return min(size, self.pool.max_active) if self.pool.max_active else size
+
+    @property
+    def pool_timeout(self) -> float:
+        """The pool wait as the client resolves it."""
+        return self.pool.timeout if self.pool.timeout is not None else self.read_timeout + 1.0
+
+    @property
+    def unusable_bound(self) -> float:
+        """Longest a connection may stay UNUSABLE: draining is bounded by the read timeout."""
+        return self.read_timeout + SLACK
+
+
+def blocked_bound(spec: ClientSpec) -> float:
+    """Longest a caller may be blocked in one command.
+
+    One attempt costs at most pool wait + write timeout + read timeout.  The client may retry:
+    a command that provably never reached a server is retried until ``retry.budget`` has
+    passed (the attempt running when it passes finishes), a read with an unknown outcome up to
+    ``retry.retries`` times; before each retry it waits up to 1 s for a topology refresh plus
+    two backoffs.  So: budget + (1 + retries) * (attempt + settle) + slack.
+    """
+    attempt = spec.pool_timeout + spec.write_timeout + spec.read_timeout
+    settle = 1.0 + 2 * spec.retry.backoff_cap
+    return spec.retry.budget + (1 + spec.retry.retries) * (attempt + settle) + SLACK

@@ -1,0 +1,278 @@
+"""The faults scenarios inject: each is ``async def fault(ctx) -> None`` that applies the fault,
+holds it for ``ctx.hold`` seconds (or until the cluster has reacted), and undoes it.
+
+Proxy faults act only on the proxies this run created.  Process faults and admin commands
+(SIGSTOP, kill, restart, failover, resharding) require the local cluster.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+from redis.crc import key_slot
+
+from faults import ToxiproxyError
+from faults.nodes import ProxiedNode, bandwidth, hang, latency, limit_data, node_down, reset_peer
+from trio_cluster.testing import LocalCluster
+from trio_cluster.testing.servers import LocalServer
+
+from .env import Address, Environment, SetupError
+from .records import RunRecord, Window
+
+__all__ = [
+    "FaultContext",
+    "FaultFn",
+    "bandwidth_starvation",
+    "graceful_failover",
+    "kill_primary",
+    "latency_spike",
+    "live_reshard",
+    "node_down_fault",
+    "node_hang",
+    "reset_storm",
+    "restart_primary",
+    "sigstop_primary",
+    "slow_close",
+]
+
+#: Writes acknowledged this long before a primary died may not have reached its replica.
+REPLICATION_SLACK = 1.0
+#: Upper bound on the cluster reacting to a process fault (failover, rejoin).
+CLUSTER_REACTION_TIMEOUT = 30.0
+
+
+@dataclass
+class FaultContext:
+    """What a fault may act on, and where it records what it did."""
+
+    env: Environment
+    record: RunRecord
+    rng: random.Random
+    hold: float
+    keys: list[str]
+    primaries: list[Address]
+    restores: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Run after the load stops (e.g. bring a killed node back), in order."""
+
+    def loss_window(self, name: str, start: float, end: float) -> None:
+        """Declare that the server itself may lose acknowledged writes made in this window."""
+        self.record.loss_windows.append(Window(name, start, end))
+
+    def note(self, text: str) -> None:
+        """Add a line to the scenario's report."""
+        self.record.notes.append(text)
+
+    def target(self) -> ProxiedNode:
+        """The proxy of the first primary (the node most faults hit)."""
+        return self.env.proxied(self.primaries[0])
+
+    def all_nodes(self) -> list[ProxiedNode]:
+        """Every proxy of this run."""
+        return self.env.proxies.nodes
+
+    def local(self) -> LocalCluster:
+        """The local cluster, or a setup error if the run is against an external one."""
+        if self.env.cluster is None:
+            raise SetupError("this fault needs --cluster local")
+        return self.env.cluster
+
+
+FaultFn = Callable[[FaultContext], Awaitable[None]]
+
+# --- network faults (proxies) -----------------------------------------------------------------
+
+
+async def node_down_fault(ctx: FaultContext) -> None:
+    """The first primary's proxy is disabled: connections drop and dials are refused."""
+    async with node_down(ctx.target()):
+        await trio.sleep(ctx.hold)
+
+
+async def node_hang(ctx: FaultContext) -> None:
+    """The first primary stops answering (timeout toxic): data is swallowed, sockets held."""
+    async with hang(ctx.target()):
+        await trio.sleep(ctx.hold)
+
+
+async def latency_spike(ctx: FaultContext) -> None:
+    """Replies from the first primary arrive 800 ms late: above the 500 ms read timeout."""
+    async with latency(ctx.target(), 800):
+        await trio.sleep(ctx.hold)
+
+
+async def reset_storm(ctx: FaultContext) -> None:
+    """Half of all connections, to every node, are reset on their first data."""
+    async with reset_peer(ctx.all_nodes(), toxicity=0.5):
+        await trio.sleep(ctx.hold)
+
+
+@asynccontextmanager
+async def _slow_close_toxic(node: ProxiedNode, delay_ms: int) -> AsyncIterator[None]:
+    name = await node.toxiproxy.add_toxic(
+        node.proxy, "slow_close", stream="downstream", name="chaos_slow_close",
+        attributes={"delay": delay_ms},
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + 10
+            try:
+                await node.toxiproxy.remove_toxic(node.proxy, name)
+            except ToxiproxyError as exc:
+                if exc.status != 404:
+                    raise
+
+
+async def slow_close(ctx: FaultContext) -> None:
+    """The proxy cuts connections to the first primary after 2 KB of replies, but closes them
+    only 1.5 s later: the client sees connections go silent (half-dead peers)."""
+    node = ctx.target()
+    async with _slow_close_toxic(node, 1500), limit_data(node, 2048):
+        await trio.sleep(ctx.hold)
+
+
+async def bandwidth_starvation(ctx: FaultContext) -> None:
+    """Replies from the first primary trickle at 1 KB/s."""
+    async with bandwidth(ctx.target(), 1):
+        await trio.sleep(ctx.hold)
+
+
+# --- process faults (local cluster only) ---------------------------------------------------------
+
+
+def _server(ctx: FaultContext, address: Address) -> LocalServer:
+    return ctx.local().node(address[1])
+
+
+async def sigstop_primary(ctx: FaultContext) -> None:
+    """SIGSTOP the first primary for ``hold`` seconds (kept under the cluster node timeout, so
+    the cluster does not fail over: a pure hang with the sockets open)."""
+    cluster = ctx.local()
+    server = _server(ctx, ctx.primaries[0])
+    hold = min(ctx.hold, 0.7)
+    with cluster.paused(server):
+        await trio.sleep(hold)
+    ctx.restores.append(cluster.wait_ready)
+
+
+async def _primary_of(cluster: LocalCluster, slot: int, ask: LocalServer) -> int:
+    for slot_range in await cluster.slot_map(ask):
+        if slot_range.start <= slot <= slot_range.end:
+            return slot_range.primary[1]
+    return -1
+
+
+async def kill_primary(ctx: FaultContext) -> None:
+    """SIGKILL the first primary; the window lasts until its replica has been promoted.
+
+    Writes acknowledged from ``REPLICATION_SLACK`` before the kill until the promotion may be
+    lost by the server (asynchronous replication): that is the declared loss window.  The
+    killed node is restarted after the load stops and rejoins as a replica.
+    """
+    cluster = ctx.local()
+    server = _server(ctx, ctx.primaries[0])
+    shard = cluster.shard_of(server)
+    replica = shard.replicas[0]
+    slot = next(r.start for r in await cluster.slot_map(replica) if r.primary[1] == server.port)
+    start = trio.current_time()
+    server.kill()
+    with trio.fail_after(CLUSTER_REACTION_TIMEOUT):
+        while True:
+            try:
+                if await _primary_of(cluster, slot, replica) == replica.port:
+                    break
+            except Exception:
+                pass
+            await trio.sleep(0.05)
+    end = trio.current_time()
+    ctx.loss_window("primary killed", start - REPLICATION_SLACK, end)
+    ctx.note(
+        f"replica :{replica.port} promoted {end - start:.2f} s after :{server.port} was killed"
+    )
+
+    async def restore() -> None:
+        await server.restart()
+        await cluster.refresh_roles()
+        await cluster.wait_ready()
+
+    ctx.restores.append(restore)
+
+
+async def restart_primary(ctx: FaultContext) -> None:
+    """Restart the first primary (SIGTERM, then start it again with its AOF); it comes back
+    before the cluster gives up on it.  If the cluster failed over anyway, the window is
+    declared a loss window and the report says so."""
+    cluster = ctx.local()
+    server = _server(ctx, ctx.primaries[0])
+    start = trio.current_time()
+    await server.restart()
+    with trio.fail_after(CLUSTER_REACTION_TIMEOUT):
+        await cluster.refresh_roles()
+        await cluster.wait_ready()
+    end = trio.current_time()
+    if cluster.shard_of(server).primary is not server:
+        ctx.loss_window("restart turned into a failover", start - REPLICATION_SLACK, end)
+        ctx.note(f":{server.port} was failed over while restarting")
+    else:
+        ctx.note(f":{server.port} restarted in {end - start:.2f} s and kept its slots")
+
+
+async def graceful_failover(ctx: FaultContext) -> None:
+    """CLUSTER FAILOVER on the first shard's replica (lossless by design: no loss window)."""
+    cluster = ctx.local()
+    server = _server(ctx, ctx.primaries[0])
+    shard = cluster.shard_of(server)
+    await cluster.failover(shard)
+    ctx.note(f"shard of :{server.port}: replica :{shard.primary.port} is primary now")
+
+
+# --- resharding ------------------------------------------------------------------------------
+
+
+async def _move_slot(
+    cluster: LocalCluster, slot: int, src: LocalServer, dst: LocalServer, pace: float
+) -> int:
+    ids = cluster.node_ids
+    moved = 0
+    await dst.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src.port])
+    await src.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst.port])
+    while True:
+        keys = await src.execute("CLUSTER", "GETKEYSINSLOT", slot, 2)
+        if not keys:
+            break
+        await src.execute("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", *keys)
+        moved += len(keys)
+        await trio.sleep(pace)  # keep the slot half-moved for a while: an ASK storm
+    await dst.execute("CLUSTER", "SETSLOT", slot, "NODE", ids[dst.port])
+    await src.execute("CLUSTER", "SETSLOT", slot, "NODE", ids[dst.port])
+    for other in cluster.primaries:
+        if other not in (src, dst):
+            await other.execute("CLUSTER", "SETSLOT", slot, "NODE", ids[dst.port])
+    return moved
+
+
+async def live_reshard(ctx: FaultContext) -> None:
+    """Move the slots holding this run's keys off the first primary and back, key by key,
+    while the load runs: MOVED and ASK storms (IMPORTING/MIGRATING, MIGRATE ... KEYS,
+    SETSLOT NODE)."""
+    cluster = ctx.local()
+    src = _server(ctx, ctx.primaries[0])
+    dst = _server(ctx, ctx.primaries[1])
+    owned = {r.start: r for r in await cluster.slot_map() if r.primary[1] == src.port}
+    slots = sorted({key_slot(k.encode()) for k in ctx.keys})
+    mine = [s for s in slots if any(r.start <= s <= r.end for r in owned.values())]
+    chosen = mine[:12]
+    pace = max(0.01, ctx.hold / max(1, 2 * len(chosen)) / 3)
+    there = back = 0
+    for slot in chosen:
+        there += await _move_slot(cluster, slot, src, dst, pace)
+    for slot in chosen:
+        back += await _move_slot(cluster, slot, dst, src, pace)
+    ctx.note(f"moved {len(chosen)} slots :{src.port} -> :{dst.port} ({there} keys) and back "
+             f"({back} keys)")  # fmt: skip
+    ctx.restores.append(cluster.wait_ready)

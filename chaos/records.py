@@ -1,0 +1,138 @@
+"""What a run records: one ``Op`` per command, read observations, windows and samples.
+
+These are plain data, so the invariant checkers (``chaos.invariants``) are pure functions over
+them and tests can feed them synthetic records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ConnSample",
+    "Observation",
+    "Op",
+    "RunRecord",
+    "Window",
+    "decode_value",
+    "encode_value",
+]
+
+#: Separator inside every value the workload writes: ``<key>|<version>|<padding>``.
+SEP = "|"
+
+
+def encode_value(key: str, version: int, pad: int = 0) -> str:
+    """The value written for ``version`` of ``key``: it names both, so a misdelivered reply
+    (another key's value, an older version, or another command's reply) is detectable."""
+    return f"{key}{SEP}{version}{SEP}{'x' * pad}"
+
+
+def decode_value(value: object) -> tuple[str, int] | None:
+    """``(key, version)`` from a value written by :func:`encode_value`; None if it is not one."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode()
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(value, str):
+        return None
+    parts = value.split(SEP)
+    if len(parts) != 3:
+        return None
+    try:
+        return parts[0], int(parts[1])
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class Op:
+    """One command (or pipeline) as a caller saw it."""
+
+    worker: int
+    kind: str
+    start: float
+    end: float
+    ok: bool
+    error: str | None = None
+    """Exception class name, or ``"Cancelled"`` for a deadline the workload set itself."""
+
+    @property
+    def latency(self) -> float:
+        """Seconds the caller was blocked."""
+        return self.end - self.start
+
+
+@dataclass(slots=True)
+class Observation:
+    """A value read back for a key that has exactly one writer.
+
+    ``lo`` is the version of the last write the writer saw acknowledged (0: none), ``hi`` the
+    highest version it ever sent (acknowledged or not). A correct read names ``key`` and a
+    version in ``lo..hi``; a missing key reads as ``got_key == key`` and ``got_version == -1``;
+    ``got_key`` is None when the reply was not a value this workload writes at all.
+    """
+
+    key: str
+    at: float
+    got_key: str | None
+    got_version: int
+    lo: int
+    hi: int
+    acked_at: float
+    """When version ``lo`` was acknowledged."""
+    final: bool = False
+    """Read in the end-of-run verification (not by a worker during the run)."""
+    raw: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A time interval: a fault being active, or a window where the server may lose writes."""
+
+    name: str
+    start: float
+    end: float
+
+    def contains(self, t: float) -> bool:
+        """Whether ``t`` lies in ``[start, end]``."""
+        return self.start <= t <= self.end
+
+
+@dataclass(slots=True)
+class ConnSample:
+    """Connections of one client at one instant, by node and state."""
+
+    at: float
+    client: int
+    per_node: dict[str, int]
+    states: dict[str, int]
+
+
+@dataclass
+class RunRecord:
+    """Everything one scenario run recorded, in the time base of ``trio.current_time()``."""
+
+    start: float = 0.0
+    end: float = 0.0
+    ops: list[Op] = field(default_factory=list)
+    anomalies: list[Observation] = field(default_factory=list)
+    """Reads whose value was outside ``lo..hi`` or named another key."""
+    final_reads: list[Observation] = field(default_factory=list)
+    reads_checked: int = 0
+    fault_windows: list[Window] = field(default_factory=list)
+    loss_windows: list[Window] = field(default_factory=list)
+    samples: list[ConnSample] = field(default_factory=list)
+    max_per_node: dict[str, int] = field(default_factory=dict)
+    """Most connections seen open at once per node (any client)."""
+    unusable_spans: dict[int, float] = field(default_factory=dict)
+    """Connection id -> longest time it was seen UNUSABLE (seconds)."""
+    leaked_connections: list[str] = field(default_factory=list)
+    """Connections a client still listed after it was closed."""
+    baseline_clients: dict[int, int] = field(default_factory=dict)
+    final_clients: dict[int, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    client_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per client: its last ``ClusterStats`` (per-node pools, redirects, retries, errors)."""

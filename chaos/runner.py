@@ -1,0 +1,209 @@
+"""Runs one scenario: load, fault schedule, monitor, restore, verify, clean up, check."""
+
+from __future__ import annotations
+
+import random
+import sys
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import attrs
+import trio
+
+from trio_cluster import ClusterClient
+
+from .clientspec import blocked_bound
+from .env import Environment
+from .faultlib import FaultContext
+from .invariants import Bounds, Recovery, Violation, check_all
+from .monitor import Monitor
+from .records import Observation, RunRecord, Window
+from .scenarios import Scenario
+from .workload import WorkloadRunner
+
+__all__ = ["ScenarioResult", "run_scenario"]
+
+#: Hard cap on one scenario, setup and verification included.
+SCENARIO_TIMEOUT = 120.0
+#: How long the servers may take to notice that the client's sockets closed.
+CLIENT_COUNT_SETTLE = 5.0
+
+
+@dataclass
+class ScenarioResult:
+    """One scenario's record, bounds and verdict."""
+
+    scenario: Scenario
+    seed: int
+    record: RunRecord
+    bounds: Bounds
+    violations: list[Violation] = field(default_factory=list)
+    excused: list[Observation] = field(default_factory=list)
+    recoveries: list[Recovery] = field(default_factory=list)
+    skipped: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Every invariant held (a skipped scenario passes)."""
+        return not self.violations
+
+
+def _bounds(scenario: Scenario) -> Bounds:
+    spec = scenario.client
+    return Bounds(
+        pool_size=spec.pool_limit,
+        unusable=spec.unusable_bound,
+        blocked=blocked_bound(spec),
+        recovery=scenario.recovery_bound,
+    )
+
+
+async def _normal_clients(env: Environment) -> dict[int, int]:
+    """Per-node count of ordinary clients (replication links excluded), ours excluded."""
+    if env.cluster is None:
+        return {}
+    counts = {}
+    for node in env.cluster.nodes:
+        if node.running and not node.paused:
+            listing = await node.execute("CLIENT", "LIST", "TYPE", "normal")
+            text = listing.decode() if isinstance(listing, bytes) else str(listing)
+            # MIGRATE keeps a cached connection from node to node (cmd=restore-asking): not ours.
+            lines = [ln for ln in text.splitlines() if ln.strip() and "cmd=restore" not in ln]
+            counts[node.port] = len(lines) - 1
+    return counts
+
+
+async def _settled_counts(env: Environment, baseline: dict[int, int]) -> dict[int, int]:
+    counts = await _normal_clients(env)
+    with trio.move_on_after(CLIENT_COUNT_SETTLE):
+        while any(counts.get(p, 0) > n for p, n in baseline.items()):
+            await trio.sleep(0.1)
+            counts = await _normal_clients(env)
+    return counts
+
+
+def skipped(scenario: Scenario, seed: int, reason: str) -> ScenarioResult:
+    """A result for a scenario that was not run."""
+    return ScenarioResult(scenario, seed, RunRecord(), _bounds(scenario), skipped=reason)
+
+
+async def run_scenario(
+    env: Environment,
+    scenario: Scenario,
+    seed: int,
+    *,
+    hold: float | None = None,
+    duration: float | None = None,
+    progress: TextIO | None = sys.stderr,
+) -> ScenarioResult:
+    """Run ``scenario`` in ``env`` and check every invariant."""
+    if scenario.unavailable:
+        return skipped(scenario, seed, scenario.unavailable)
+    if scenario.needs_local and not env.local:
+        return skipped(scenario, seed, "needs --cluster local (process faults, admin commands)")
+    with trio.fail_after(SCENARIO_TIMEOUT):
+        return await _run(env, scenario, seed, hold, duration, progress)
+
+
+async def _run(
+    env: Environment,
+    scenario: Scenario,
+    seed: int,
+    hold: float | None,
+    duration: float | None,
+    progress: TextIO | None,
+) -> ScenarioResult:
+    if env.cluster is not None:
+        await env.cluster.refresh_roles()
+        await env.cluster.wait_ready()
+    record = RunRecord()
+    record.baseline_clients = await _normal_clients(env)
+    monitor = Monitor(record, name=scenario.name, progress=progress)
+    prefix = f"chaos:{env.run_id}:{scenario.name}"
+
+    def open_client() -> AbstractAsyncContextManager[ClusterClient]:
+        return monitor.watch(env.client(**scenario.client.kwargs()))
+
+    workload = WorkloadRunner(scenario.workload, prefix, seed, record, open_client)
+    ctx = FaultContext(
+        env=env,
+        record=record,
+        rng=random.Random(f"{seed}:{scenario.name}:faults"),
+        hold=hold if hold is not None else scenario.hold,
+        keys=workload.all_keys,
+        primaries=await env.primaries(),
+    )
+    stop = trio.Event()
+    record.start = trio.current_time()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(monitor.run)
+            async with trio.open_nursery() as load:
+                load.start_soon(_drive, workload, stop)
+                await _schedule(scenario, ctx, monitor, stop, duration)
+            record.end = trio.current_time()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(60):
+            for restore in ctx.restores:
+                await restore()
+    monitor.progress = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(monitor.run)
+        async with open_client() as rc:
+            await workload.verify(rc)
+            await workload.cleanup(rc)
+        nursery.cancel_scope.cancel()
+    record.final_clients = await _settled_counts(env, record.baseline_clients)
+    bounds = _bounds(scenario)
+    violations, excused, found = check_all(record, bounds)
+    return ScenarioResult(scenario, seed, record, bounds, violations, excused, found)
+
+
+async def _drive(workload: WorkloadRunner, stop: trio.Event) -> None:
+    await workload.run(stop)
+    stop.set()
+
+
+async def _schedule(
+    scenario: Scenario,
+    ctx: FaultContext,
+    monitor: Monitor,
+    stop: trio.Event,
+    duration: float | None,
+) -> None:
+    """Warm up, run each fault (recording its window), leave a tail of load, stop."""
+    record = ctx.record
+    if scenario.faults:
+        await trio.sleep(scenario.warmup)
+        for name, fault in scenario.faults:
+            monitor.fault = name
+            start = trio.current_time()
+            try:
+                await fault(ctx)
+            finally:
+                record.fault_windows.append(Window(name, start, trio.current_time()))
+                monitor.fault = None
+            await trio.sleep(scenario.tail)
+        stop.set()
+        return
+    spec = scenario.workload
+    if spec.shape == "steady" and spec.ops_per_worker is None:
+        await trio.sleep(duration if duration is not None else scenario.duration)
+        stop.set()
+        return
+    await stop.wait()  # a fixed amount of work: the workload sets stop when done
+
+
+def result_summary(result: ScenarioResult) -> dict[str, object]:
+    """The scenario's static description, for reports."""
+    s = result.scenario
+    return {
+        "name": s.name,
+        "group": s.group,
+        "description": s.description,
+        "origin": s.origin,
+        "workload": attrs.asdict(s.workload),
+        "client": {k: repr(v) for k, v in s.client.kwargs().items()},
+    }

@@ -1,0 +1,188 @@
+"""Every scenario: the origin's load tests (basic, advanced, detect), scaled to run in seconds,
+and the failure scenarios it only recommends (faults).  ``SCENARIOS`` is the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trio_cluster import PoolOptions
+
+from . import faultlib
+from .clientspec import ClientSpec
+from .faultlib import FaultFn
+from .workload import Workload
+
+__all__ = ["GROUPS", "SCENARIOS", "Scenario", "select"]
+
+GROUPS = ("basic", "advanced", "detect", "faults")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A seeded workload, a schedule of faults, and the bounds its invariants use."""
+
+    name: str
+    group: str
+    description: str
+    workload: Workload = field(default_factory=Workload)
+    client: ClientSpec = field(default_factory=ClientSpec)
+    faults: tuple[tuple[str, FaultFn], ...] = ()
+    hold: float = 2.0
+    """Seconds each fault stays (``--duration`` scales it)."""
+    warmup: float = 1.0
+    tail: float = 3.0
+    """Load after each fault, to measure recovery."""
+    duration: float = 3.0
+    """Load time for a steady workload with no faults and no op count."""
+    recovery_bound: float = 4.0
+    needs_local: bool = False
+    unavailable: str | None = None
+    """Why this scenario cannot run yet (listed, never run)."""
+    origin: str = ""
+    """The origin test this reproduces, and how it was scaled."""
+
+
+def _pool(
+    size: int, timeout: float, *, min_idle: int = 0, max_idle: int = 0, max_active: int = 0
+) -> PoolOptions:
+    return PoolOptions(
+        size=size, timeout=timeout, min_idle=min_idle, max_idle=max_idle, max_active=max_active
+    )
+
+
+def _origin_client(pool: PoolOptions) -> ClientSpec:
+    # The origin keeps go-redis's 3 s read/write timeouts.
+    return ClientSpec(pool=pool, read_timeout=3.0, write_timeout=3.0, connect_timeout=3.0)
+
+
+SETS = (("set", 1.0),)
+FAULT_LOAD = Workload(workers=16, think=(0.001, 0.004), keys_per_worker=4)
+
+_LOAD = [
+    Scenario("basic-concurrent", "basic", "many tasks, SETs on their own keys",
+             Workload(workers=50, ops_per_worker=100, mix=SETS),
+             _origin_client(PoolOptions()),
+             origin="Basic Concurrent Operations: 100 goroutines x 5000 SET -> 50 x 100"),
+    Scenario("basic-stress", "basic", "high concurrency on a pool of 5, 0-99 us think time",
+             Workload(workers=100, ops_per_worker=50, mix=SETS, think=(0.0, 0.0001)),
+             _origin_client(_pool(5, 2.0)),
+             origin="High Concurrency Stress: PoolSize 5, PoolTimeout 2 s, 250 x 250 SET -> "
+                    "100 x 50"),
+    Scenario("basic-pool-load", "basic", "workers hold the pool busy for a few seconds",
+             Workload(workers=50, mix=(("incr", 1.0),), think=(0.0, 0.049)),
+             _origin_client(_pool(8, 3.0, min_idle=2)), duration=3.0,
+             origin="Pool Behavior Under Load: PoolSize 8, MinIdle 2, 100 workers x 5 s -> "
+                    "50 x 3 s"),
+    Scenario("basic-mixed", "basic", "60 % GET / 40 % SET over prepopulated keys",
+             Workload(workers=60, ops_per_worker=80, mix=(("get", 0.6), ("set", 0.4)),
+                      keys_per_worker=4, prepopulate=True),
+             _origin_client(_pool(10, 5.0)),
+             origin="Mixed Read/Write: PoolSize 10, 300 x 1000 ops 60/40 -> 60 x 80"),
+    Scenario("advanced-contention", "advanced", "200 tasks on a pool of 2",
+             Workload(workers=200, ops_per_worker=10, mix=SETS),
+             _origin_client(_pool(2, 1.0)),
+             origin="Extreme Contention: PoolSize 2, PoolTimeout 1 s, 200 x 10 (unscaled)"),
+    Scenario("advanced-rapid-cycles", "advanced", "acquire/release with max_idle 1",
+             Workload(workers=50, ops_per_worker=100, mix=SETS),
+             _origin_client(_pool(5, 2.0, max_idle=1)),
+             origin="Rapid Acquire/Release: PoolSize 5, MaxIdle 1, 50 x 100 (unscaled)"),
+    Scenario("advanced-long-running", "advanced", "pipelines (SET, GET, INCR) with think time",
+             Workload(workers=40, ops_per_worker=40, mix=(("pipeline", 1.0),),
+                      think=(0.0, 0.019)),
+             _origin_client(_pool(2, 3.0, max_idle=1, max_active=5)),
+             origin="Long-Running Operations: PoolSize 2, MaxIdle 1, MaxActive 5, 100 x 200 "
+                    "pipelines -> 40 x 40"),
+    Scenario("advanced-pipelines", "advanced", "concurrent pipelines of 50 SETs",
+             Workload(workers=16, ops_per_worker=20, mix=(("pipeline", 1.0),),
+                      pipeline_sets=50, keys_per_worker=50),
+             _origin_client(_pool(10, 5.0, max_idle=5, min_idle=5)),
+             origin="Concurrent Pipelines: PoolSize 10, 64 x 100 pipelines x 100 SET -> "
+                    "16 x 20 x 50"),
+    Scenario("advanced-pubsub", "advanced", "PUBLISH/SUBSCRIBE with GET/SET",
+             unavailable="pub/sub is not implemented in trio_cluster yet",
+             origin="PubSub + Get/Set: PoolSize 100, 10 subscribers, 100 publishers"),
+    Scenario("detect-thundering-herd", "detect", "100 tasks released at once on a pool of 5",
+             Workload(workers=100, ops_per_worker=1, mix=SETS, shape="rounds", rounds=3,
+                      pause=0.2),
+             _origin_client(_pool(5, 2.0)),
+             origin="Thundering Herd: PoolSize 5, 100 goroutines x 1 SET (3 rounds here)"),
+    Scenario("detect-bursty", "detect", "5 bursts of 50 tasks, 100 ms apart",
+             Workload(workers=50, ops_per_worker=1, mix=SETS, shape="rounds", rounds=5,
+                      pause=0.1),
+             _origin_client(_pool(8, 3.0)),
+             origin="Bursty Traffic: PoolSize 8, 5 bursts x 50, 100 ms quiet"),
+    Scenario("detect-churn", "detect", "a new client per iteration, closed after it",
+             Workload(workers=20, ops_per_worker=1, mix=SETS, shape="churn", rounds=10,
+                      pause=0.05),
+             _origin_client(_pool(5, 2.0)),
+             origin="Connection Churn: 10 iterations x 20 goroutines, new client each"),
+    Scenario("detect-race", "detect", "SET / GET / pipeline(SET+GET) cycled on a pool of 3",
+             Workload(workers=100, ops_per_worker=20, cycle=True, shape="rounds"),
+             _origin_client(_pool(3, 1.0)),
+             origin="Race Condition Detection (defined but never run by the origin): PoolSize 3, "
+                    "PoolTimeout 1 s, 100 x 20"),
+]  # fmt: skip
+
+
+def _fault(
+    name: str,
+    fn: FaultFn,
+    description: str,
+    *,
+    workload: Workload = FAULT_LOAD,
+    needs_local: bool = False,
+    recovery_bound: float = 4.0,
+) -> Scenario:
+    return Scenario(
+        name,
+        "faults",
+        description,
+        workload,
+        faults=((name, fn),),
+        needs_local=needs_local,
+        recovery_bound=recovery_bound,
+    )
+
+
+_FAULTS = [
+    _fault("node-down", faultlib.node_down_fault, "a primary's proxy disabled for 2 s"),
+    _fault("node-hang", faultlib.node_hang, "a primary swallows all data for 2 s (timeout toxic)"),
+    _fault("node-sigstop", faultlib.sigstop_primary, "a primary SIGSTOPped for 0.7 s",
+           needs_local=True),
+    _fault("latency-spike", faultlib.latency_spike, "800 ms latency, read timeout 500 ms"),
+    _fault("reset-storm", faultlib.reset_storm, "half the connections to every node reset"),
+    _fault("slow-close", faultlib.slow_close, "connections cut after 2 KB, closed 1.5 s later"),
+    _fault("bandwidth", faultlib.bandwidth_starvation, "replies trickle at 1 KB/s (400 B values)",
+           workload=Workload(workers=16, think=(0.001, 0.004), value_pad=400)),
+    _fault("kill-primary", faultlib.kill_primary, "a primary SIGKILLed; its replica promoted",
+           needs_local=True, recovery_bound=6.0),
+    _fault("failover", faultlib.graceful_failover, "CLUSTER FAILOVER of a shard (lossless)",
+           needs_local=True),
+    _fault("restart-primary", faultlib.restart_primary, "a primary restarted (SIGTERM, AOF)",
+           needs_local=True, recovery_bound=6.0),
+    _fault("reshard", faultlib.live_reshard, "slots with live keys moved away and back (ASK/MOVED)",
+           needs_local=True, workload=Workload(workers=16, think=(0.001, 0.004),
+                                               keys_per_worker=8)),
+    Scenario("cancel-storm", "faults",
+             "every command under a random 0-20 ms move_on_after deadline",
+             Workload(workers=24, think=(0.0, 0.002), cancel=(0.0, 0.02), keys_per_worker=4),
+             duration=4.0),
+    Scenario("maintenance-handoff", "faults", "MOVING push: endpoint handoff",
+             unavailable="maintenance notifications (MOVING handoff) are not implemented in the "
+                         "client yet"),
+    Scenario("credential-rotation", "faults", "re-authentication with rotated credentials",
+             unavailable="streaming credentials / re-auth are not implemented in the client yet"),
+]  # fmt: skip
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [*_LOAD, *_FAULTS]}
+
+
+def select(names: list[str], mode: str) -> list[Scenario]:
+    """The scenarios named (any order kept), or every scenario of ``mode`` ("all": all)."""
+    if names:
+        unknown = [n for n in names if n not in SCENARIOS]
+        if unknown:
+            raise KeyError(", ".join(unknown))
+        return [SCENARIOS[n] for n in names]
+    groups = GROUPS if mode == "all" else (mode,)
+    return [s for s in SCENARIOS.values() if s.group in groups]
