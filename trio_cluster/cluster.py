@@ -28,15 +28,16 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 import trio
 from redis import exceptions as rex
 from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
+from redis.exceptions import WatchError
 
-from .breaker import BreakerOptions, BreakerState, CircuitBreaker
+from .breaker import BreakerOptions, BreakerState, CircuitBreaker, CircuitOpenError
 from .client import run_blocking
 from .commands import ReplyParser, blocking_seconds, normalize_args
 from .config import ConnectionConfig, parse_url, redact_url
@@ -54,8 +55,19 @@ from .errors import (
     UnknownCommandError,
 )
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
-from .routing import RESULT_CALLBACKS, CommandTable, Target, keyless_target, slot_of
+from .routing import (
+    MOVABLE_KEYS,
+    RESULT_CALLBACKS,
+    CommandSpec,
+    CommandTable,
+    Target,
+    keyless_target,
+    slot_of,
+)
 from .topology import SLOTS, Address, AddressRemap, Topology, parse_shards, parse_slots
+
+if TYPE_CHECKING:
+    from .cluster_pipeline import ClusterPipeline
 
 __all__ = ["ClusterClient", "ClusterStats", "ReadFrom", "RetryOptions"]
 
@@ -225,6 +237,7 @@ class ClusterClient(AsyncCoreCommands):
         self._errors: Counter[str] = Counter()
         self._refreshes = 0
         self._refresh_failures = 0
+        self._retired_rejections = 0
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
@@ -339,6 +352,7 @@ class ClusterClient(AsyncCoreCommands):
         for address in [a for a in self._nodes if a not in current]:
             node = self._nodes.pop(address)
             node.retired = True
+            self._retired_rejections += node.breaker.rejected  # keep the count cumulative
             self._retired.append(node)
             assert self._nursery is not None
             self._nursery.start_soon(self._retire, node)
@@ -426,8 +440,12 @@ class ClusterClient(AsyncCoreCommands):
 
     # --- routing -------------------------------------------------------------------------------
 
-    def _slot_for(self, args: tuple[Any, ...]) -> int | Target:
-        keys = self._commands.keys(args)
+    def _slot_for(
+        self, args: tuple[Any, ...], spec: CommandSpec | bool | None = False
+    ) -> int | Target:
+        """The slot of a keyed command, or where a keyless one goes.  Raises
+        ClusterCrossSlotError if its keys span slots."""
+        keys = self._commands.keys(args, spec)
         if keys:
             slot = slot_of(keys)
             if slot is None:
@@ -468,17 +486,20 @@ class ClusterClient(AsyncCoreCommands):
                 split = await self._execute_split(args, options)
                 if split is not _NOT_SPLIT:
                     return split
-            if self._commands.needs_getkeys(args):
+            # One look-up in the command table serves routing and the retry rules.
+            spec = self._commands.spec(args)
+            if spec is not None and spec.movable and spec.name not in MOVABLE_KEYS:
                 route = await self._route_with_getkeys(args)
             else:
-                route = self._slot_for(args)
+                route = self._slot_for(args, spec)
             if type(route) is int:
-                reply = await self._execute_on_slot(route, args)
+                reply = await self._execute_on_slot(route, args, spec is not None and spec.readonly)
             else:
                 return await self._execute_keyless(route, args, options)  # type: ignore[arg-type]
-        except rex.ResponseError:
+        except rex.ResponseError as exc:
             if options and EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
+            self._errors[type(exc).__name__] += 1
             raise
         except Exception as exc:
             self._errors[type(exc).__name__] += 1
@@ -496,16 +517,20 @@ class ClusterClient(AsyncCoreCommands):
             raise ClusterCrossSlotError(f"CROSSSLOT keys of {args[0]} do not hash to the same slot")
         return slot if slot is not None else Target.DEFAULT_NODE
 
-    async def _execute_on_slot(self, slot: int, args: tuple[Any, ...]) -> Any:
+    async def _execute_on_slot(
+        self, slot: int, args: tuple[Any, ...], readonly: bool | None = None
+    ) -> Any:
         """Run a command on the owner of ``slot`` (or a replica for reads), with every
-        redirect and retry rule applied."""
+        redirect and retry rule applied.  ``readonly``: whether the command only reads
+        (looked up when not given)."""
         retry = self.retry
-        readonly = self._commands.is_readonly(args)
+        if readonly is None:
+            readonly = self._commands.is_readonly(args)
         use_replica = readonly and self.read_from is not ReadFrom.PRIMARY
         redirects = transient = unknown = 0
         asking: _Node | None = None
         node: _Node | None = None
-        deadline = trio.current_time() + retry.budget
+        deadline = math.inf  # set at the first retry: the happy path never reads the clock
         while True:
             try:
                 if asking is not None:
@@ -533,7 +558,10 @@ class ClusterClient(AsyncCoreCommands):
                 asking = await self._node(self.redirect_address(ask, node))
             except _TRANSIENT as error:
                 # The server says it did not run the command: safe to retry for any command.
-                if transient >= retry.transient_retries or trio.current_time() >= deadline:
+                now = trio.current_time()
+                if deadline == math.inf:
+                    deadline = now + retry.budget
+                if transient >= retry.transient_retries or now >= deadline:
                     raise
                 self._retries[type(error).__name__] += 1
                 if isinstance(error, ClusterDownError | MasterDownError):
@@ -543,18 +571,24 @@ class ClusterClient(AsyncCoreCommands):
             except PoolTimeoutError:
                 raise  # waiting again would break the caller's bound on a pool wait
             except _NETWORK as error:
+                if use_replica and node is not self._slot_primary[slot]:
+                    # A replica failed (or its breaker is open): fall back to the primary at
+                    # once; a read is safe to repeat there whether or not it reached the replica.
+                    self._retries["replica_fallback"] += 1
+                    use_replica = False
+                    continue
                 if was_unsent(error):
-                    if trio.current_time() >= deadline:
+                    now = trio.current_time()
+                    if deadline == math.inf:
+                        deadline = now + retry.budget
+                    if self._closed or now >= deadline:
                         raise
                     self._retries["unsent"] += 1
                     await self._settle_after_failure(unknown)
                     unknown += 1
                 elif readonly and unknown < retry.retries:
                     self._retries["read"] += 1
-                    if use_replica and node is not self._slot_primary[slot]:
-                        use_replica = False  # a replica failed: fall back to the primary
-                    else:
-                        await self._settle_after_failure(unknown)
+                    await self._settle_after_failure(unknown)
                     unknown += 1
                 else:
                     raise
@@ -577,7 +611,20 @@ class ClusterClient(AsyncCoreCommands):
         breaker = node.breaker
         breaker.before_call()
         pool = node.pool
-        conn = await pool.get()
+        try:
+            conn = await pool.get()
+        except PoolClosedError as error:
+            breaker.abandon_probe()
+            raise mark_unsent(error) from None  # the node left the map: nothing was sent
+        except PoolTimeoutError:
+            breaker.abandon_probe()  # a busy pool says nothing about the node's health
+            raise
+        except _NETWORK:
+            breaker.record_failure()  # the dial failed: the node is unreachable
+            raise
+        except trio.Cancelled:
+            breaker.abandon_probe()
+            raise
         measure = self.read_from is ReadFrom.LOWEST_LATENCY
         started = trio.current_time() if measure else 0.0
         try:
@@ -618,7 +665,17 @@ class ClusterClient(AsyncCoreCommands):
             breaker.before_call()
             conn = await node.pool.get()
         except Exception as error:
+            if isinstance(error, PoolClosedError):
+                mark_unsent(error)  # the node left the map while we waited: nothing sent
+                breaker.abandon_probe()
+            elif isinstance(error, PoolTimeoutError):
+                breaker.abandon_probe()
+            elif isinstance(error, _NETWORK) and not isinstance(error, CircuitOpenError):
+                breaker.record_failure()  # the dial failed: the node is unreachable
             return [error] * len(commands)
+        except trio.Cancelled:
+            breaker.abandon_probe()
+            raise
         try:
             replies = await conn.execute_many(commands)
         except _NETWORK as error:
@@ -745,11 +802,26 @@ class ClusterClient(AsyncCoreCommands):
                 if int(cursor) == 0:
                     break
 
-    def pipeline(self, transaction: bool = False) -> Any:
-        """A pipeline across nodes (``transaction=True``: MULTI/EXEC within one slot)."""
+    def pipeline(self, transaction: bool = False) -> ClusterPipeline:
+        """A pipeline across nodes (``transaction=True``: MULTI/EXEC within one slot; use
+        ``watch()`` for optimistic locking on a connection of the slot's primary)."""
         from .cluster_pipeline import ClusterPipeline
 
         return ClusterPipeline(self, transaction)
+
+    async def transaction(self, func: Any, *watches: Any, value_from_callable: bool = False) -> Any:
+        """Run ``await func(pipe)`` under WATCH ``watches`` (one slot) until EXEC succeeds,
+        as redis-py's ``transaction``.  A slot that moves meanwhile is one more retry."""
+        async with self.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    if watches:
+                        await pipe.watch(*watches)
+                    result = await func(pipe)
+                    executed = await pipe.execute()
+                    return result if value_from_callable else executed
+                except WatchError:
+                    continue
 
     # --- observability -------------------------------------------------------------------------
 
@@ -776,7 +848,8 @@ class ClusterClient(AsyncCoreCommands):
             refreshes=self._refreshes,
             refresh_failures=self._refresh_failures,
             breakers={n.name: n.breaker.state.value for n in self._nodes.values()},
-            breaker_rejections=sum(n.breaker.rejected for n in self._nodes.values()),
+            breaker_rejections=self._retired_rejections
+            + sum(n.breaker.rejected for n in self._nodes.values()),
             topology=topology,
         )
 

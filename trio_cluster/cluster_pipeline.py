@@ -7,6 +7,12 @@ into per-command errors for its commands only (``raise_on_error=False`` returns 
 ``True`` raises the first).  ``transaction=True`` wraps the commands in MULTI/EXEC, which
 Redis Cluster allows only within one slot: a cross-slot transaction is refused before
 anything is sent.
+
+``watch(*keys)`` (keys of one slot) takes a connection of that slot's primary and keeps it
+until ``execute()``, ``unwatch()`` or ``reset()``: commands issued while watching, before
+``multi()``, run at once on it, and the transaction runs on it too.  If the slot moved away
+since WATCH, the transaction fails with ``WatchError`` (the watch no longer means anything),
+the slot map is updated, and :meth:`ClusterClient.transaction` simply tries again.
 """
 
 from __future__ import annotations
@@ -18,16 +24,30 @@ from typing import TYPE_CHECKING, Any, Self
 import trio
 from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ExecAbortError, ResponseError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .commands import normalize_args
-from .connection import was_unsent
-from .errors import AskError, ClusterCrossSlotError, MovedError, TryAgainError
+from .connection import Connection, mark_unsent, was_unsent
+from .errors import (
+    AskError,
+    BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    TryAgainError,
+)
+from .routing import slot_of
 
 if TYPE_CHECKING:
     from .cluster import ClusterClient, _Node
 
 __all__ = ["ClusterPipeline"]
+
+#: Error replies saying the command was not run (so a retry is safe for any command).
+_SERVER_DID_NOT_RUN = (TryAgainError, ClusterDownError, MasterDownError, BusyLoadingError)
 
 _Command = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -45,6 +65,11 @@ class ClusterPipeline(AsyncCoreCommands):
         self._client = client
         self.transaction = transaction
         self.command_stack: list[_Command] = []
+        # While WATCHing: the connection (of the watched slot's primary) and where it is from.
+        self._conn: Connection | None = None
+        self._watch_node: _Node | None = None
+        self._watch_slot: int | None = None
+        self._explicit_multi = False
 
     def __len__(self) -> int:
         return len(self.command_stack)
@@ -61,19 +86,137 @@ class ClusterPipeline(AsyncCoreCommands):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.command_stack = []
+        await self.reset()
 
-    def execute_command(self, *args: Any, **options: Any) -> Self:
-        """Queue one command."""
+    @property
+    def watching(self) -> bool:
+        """Whether WATCH is in force on the pipeline's connection."""
+        return self._conn is not None
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Queue one command (or, while watching and before MULTI, run it at once)."""
+        if self._conn is not None and not self._explicit_multi:
+            return self._immediate(normalize_args(args), options)
         self.command_stack.append((normalize_args(args), options))
         return self
 
+    def _check_watched_slot(self, args: tuple[Any, ...]) -> None:
+        slot = self._slot(args)
+        if slot is not None and slot != self._watch_slot:
+            raise ClusterCrossSlotError(
+                f"CROSSSLOT {args[0]} touches slot {slot}, but the pipeline watches slot "
+                f"{self._watch_slot}: a watched transaction must stay in one slot"
+            )
+
+    async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        conn, node = self._conn, self._watch_node
+        assert conn is not None and node is not None
+        self._check_watched_slot(args)
+        reply = await self._on_watched(conn, node, args)
+        return self._client._replies.parse(args[0], reply, options)
+
+    async def _on_watched(self, conn: Connection, node: _Node, args: tuple[Any, ...]) -> Any:
+        """One command on the watched connection; a network failure counts on the breaker."""
+        try:
+            reply = await conn.execute(args)
+        except (RedisConnectionError, RedisTimeoutError):
+            node.breaker.record_failure()
+            raise
+        except ResponseError:
+            node.breaker.record_success()  # an error reply: the node answered
+            raise
+        node.breaker.record_success()
+        return reply
+
+    def multi(self) -> None:
+        """Start the transaction after WATCH: later commands are queued for MULTI/EXEC."""
+        if self._explicit_multi:
+            raise ResponseError("MULTI calls can not be nested")
+        if self.command_stack:
+            raise ResponseError("commands without an initial WATCH have already been issued")
+        self._explicit_multi = True
+
+    async def watch(self, *names: Any) -> bool:  # type: ignore[override]
+        """WATCH keys (all in one slot) on a connection of the slot's primary, which the
+        pipeline keeps until execute(), unwatch() or reset()."""
+        if self._explicit_multi:
+            raise ResponseError("cannot issue a WATCH after a MULTI")
+        if not names:
+            raise ResponseError("WATCH needs at least one key")
+        args = normalize_args(("WATCH", *names))
+        slot = slot_of(names)
+        if slot is None or (self._watch_slot is not None and slot != self._watch_slot):
+            raise ClusterCrossSlotError(
+                "CROSSSLOT the keys a cluster pipeline watches must all hash to one slot"
+            )
+        client = self._client
+        if self._conn is None:
+            node = client._slot_primary[slot]
+            if node is None:
+                client.request_refresh()
+                raise ClusterDownError(f"CLUSTERDOWN slot {slot} is not served")
+            node.breaker.before_call()
+            self._conn = await node.pool.get()
+            self._watch_node, self._watch_slot = node, slot
+        assert self._watch_node is not None
+        try:
+            result = await self._on_watched(self._conn, self._watch_node, args)
+        except MovedError as moved:
+            # The slot left this node: point it at the new owner and let the caller retry.
+            await self._follow_moved(moved)
+            await self.reset()
+            raise WatchError(f"slot {slot} moved while watching; retry") from moved
+        except BaseException:
+            await self.reset()
+            raise
+        return bool(result == b"OK" or result is True)
+
+    async def _follow_moved(self, moved: MovedError) -> None:
+        client = self._client
+        client._moved += 1
+        target = await client._node(client.redirect_address(moved, self._watch_node))
+        client._slot_primary[moved.slot] = target
+        client.request_refresh()
+
+    async def unwatch(self) -> bool:  # type: ignore[override]
+        """Forget every WATCH and give the connection back."""
+        conn = self._conn
+        if conn is not None:
+            try:
+                await conn.execute(("UNWATCH",))
+            except BaseException:
+                conn.broken = True
+                raise
+            finally:
+                self._release()
+        return True
+
+    def _release(self) -> None:
+        conn, node = self._conn, self._watch_node
+        self._conn = self._watch_node = self._watch_slot = None
+        if conn is not None and node is not None:
+            node.pool.put(conn)
+
     async def reset(self) -> None:  # type: ignore[override]
-        """Forget the queued commands."""
+        """Forget the queued commands; if still watching, UNWATCH and give the connection
+        back."""
         self.command_stack = []
+        self._explicit_multi = False
+        conn = self._conn
+        if conn is not None:
+            try:
+                if not conn.broken and conn.owed_replies == 0:
+                    with trio.CancelScope(shield=True):
+                        await conn.execute(("UNWATCH",))
+            except Exception:
+                conn.broken = True  # never pool a connection that may still watch keys
+            finally:
+                self._release()
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command and return the results in the order they were queued."""
+        if self._conn is not None:
+            return await self._execute_watched(raise_on_error)
         stack, self.command_stack = self.command_stack, []
         if not stack:
             return []
@@ -82,6 +225,54 @@ class ClusterPipeline(AsyncCoreCommands):
             results = await self._transaction(stack, slots)
         else:
             results = await self._pipeline(stack, slots)
+        return self._parse_all(stack, results, raise_on_error)
+
+    async def _execute_watched(self, raise_on_error: bool) -> list[Any]:
+        """The queued commands on the watched connection (MULTI/EXEC for a transaction)."""
+        stack = self.command_stack
+        conn, node = self._conn, self._watch_node
+        assert conn is not None and node is not None
+        transaction = self.transaction or self._explicit_multi
+        try:
+            for args, _ in stack:
+                self._check_watched_slot(args)
+        except BaseException:
+            await self.reset()
+            raise
+        try:
+            if transaction:
+                commands: list[Sequence[Any]] = [("MULTI",), *(a for a, _ in stack), ("EXEC",)]
+                replies = await self._batch_on_watched(conn, node, commands)
+                queued = replies[1:-1]
+                moved = next((r for r in queued if isinstance(r, MovedError)), None)
+                if moved is not None:
+                    await self._follow_moved(moved)
+                    raise WatchError("the watched slot moved; the transaction was not executed")
+                if any(isinstance(r, AskError) for r in queued):
+                    raise WatchError("the watched slot is migrating; the transaction was not run")
+                results = _transaction_results(replies[0], queued, replies[-1], len(stack))
+            else:
+                results = await self._batch_on_watched(conn, node, [a for a, _ in stack])
+        finally:
+            self.command_stack = []
+            self._explicit_multi = False
+            self._release()  # EXEC (or its failure) ended the WATCH
+        return self._parse_all(stack, results, raise_on_error)
+
+    async def _batch_on_watched(
+        self, conn: Connection, node: _Node, commands: Sequence[Sequence[Any]]
+    ) -> list[Any]:
+        try:
+            replies = await conn.execute_many(commands)
+        except (RedisConnectionError, RedisTimeoutError):
+            node.breaker.record_failure()
+            raise
+        node.breaker.record_success()
+        return replies
+
+    def _parse_all(
+        self, stack: Sequence[_Command], results: list[Any], raise_on_error: bool
+    ) -> list[Any]:
         parse = self._client._replies.parse
         out: list[Any] = []
         for position, ((args, options), result) in enumerate(zip(stack, results, strict=True)):
@@ -118,13 +309,17 @@ class ClusterPipeline(AsyncCoreCommands):
         results: list[Any] = [None] * len(stack)
         pending = list(range(len(stack)))
         asking: dict[int, _Node] = {}
-        attempts = 0
+        rounds = waits = 0  # rounds of redirects followed; back-offs taken
+        deadline = trio.current_time() + client.retry.budget
         while pending:
             batches: dict[int, tuple[_Node, list[int]]] = {}
             for index in pending:
                 node = asking.get(index) or self._node_for(slots[index])
                 if node is None:
-                    results[index] = ResponseError(f"CLUSTERDOWN slot {slots[index]} not served")
+                    client.request_refresh()
+                    results[index] = mark_unsent(
+                        ClusterDownError(f"CLUSTERDOWN slot {slots[index]} is not served")
+                    )
                     continue
                 batches.setdefault(id(node), (node, []))[1].append(index)
             asking_now, asking = asking, {}
@@ -147,6 +342,7 @@ class ClusterPipeline(AsyncCoreCommands):
                 for node, indexes in batches.values():
                     nursery.start_soon(send, node, indexes, asking_now)
             retry: list[int] = []
+            unsent = False
             for index in pending:
                 result = results[index]
                 node = asking_now.get(index) or self._node_for(slots[index])
@@ -160,16 +356,28 @@ class ClusterPipeline(AsyncCoreCommands):
                     client._ask += 1
                     asking[index] = await client._node(client.redirect_address(result, node))
                     retry.append(index)
-                elif isinstance(result, TryAgainError) or (
-                    isinstance(result, Exception) and was_unsent(result)
+                elif (
+                    isinstance(result, Exception)
+                    and (was_unsent(result) or isinstance(result, _SERVER_DID_NOT_RUN))
+                    and trio.current_time() < deadline
+                    and not client._closed
                 ):
+                    # Safe to repeat for any command: the server did not run it.
                     client._retries[type(result).__name__] += 1
+                    unsent = unsent or was_unsent(result)
                     retry.append(index)
-            attempts += 1
-            if not retry or attempts > client.retry.max_redirects:
+            if not retry:
                 break
-            if any(not isinstance(results[i], MovedError | AskError) for i in retry):
-                await trio.sleep(client.retry.backoff(attempts - 1))
+            redirects_only = all(isinstance(results[i], MovedError | AskError) for i in retry)
+            rounds = rounds + 1 if redirects_only else rounds
+            if rounds > client.retry.max_redirects:
+                break
+            if unsent:
+                await client._settle_after_failure(waits)  # refresh: the node may be gone
+                waits += 1
+            elif not redirects_only:
+                await trio.sleep(client.retry.backoff(waits))
+                waits += 1
             pending = retry
         return results
 

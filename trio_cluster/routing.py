@@ -184,7 +184,7 @@ class CommandTable:
         """The spec that describes this invocation (the subcommand's, where it has one)."""
         spec = self.specs.get(_text(args[0]).upper())
         if spec is not None and spec.subcommands and len(args) > 1:
-            sub = spec.subcommands.get(_text(args[1]).lower())
+            sub = spec.subcommands.get(_text(args[1]).upper())
             if sub is not None:
                 return sub
         return spec
@@ -194,11 +194,15 @@ class CommandTable:
         spec = self.spec(args)
         return spec is not None and spec.readonly
 
-    def keys(self, args: Sequence[Any]) -> list[Any] | None:
+    def keys(
+        self, args: Sequence[Any], spec: CommandSpec | bool | None = False
+    ) -> list[Any] | None:
         """The command's keys; None when it has none or needs the server to tell (movable
-        keys with no local parser: see :meth:`needs_getkeys`)."""
-        spec = self.spec(args)
-        if spec is None:
+        keys with no local parser: see :meth:`needs_getkeys`).  ``spec``: the invocation's
+        spec if the caller already looked it up (saves a second lookup on the hot path)."""
+        if spec is False:
+            spec = self.spec(args)
+        if not isinstance(spec, CommandSpec):
             return None
         if spec.movable:
             parser = MOVABLE_KEYS.get(spec.name)

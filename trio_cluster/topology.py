@@ -80,14 +80,22 @@ def _pairs(entry: Any) -> Mapping[str, Any]:
 
 
 def _announced(node: Mapping[str, Any], queried: Address) -> Address:
-    """The address a node announces: its preferred endpoint, else its IP; ``?`` or empty
-    means "the address you reached me at" (only meaningful for the node we asked)."""
+    """The address a node announces in CLUSTER SHARDS.
+
+    ``endpoint`` is the preferred one.  An empty endpoint means "unknown endpoint" (the server
+    runs with ``cluster-preferred-endpoint-type unknown-endpoint``): use the host the reply
+    came from, as the Redis docs ask (and as CLUSTER SLOTS and MOVED say with an empty host).
+    ``?`` means "no hostname set" (``hostname`` type): the node's IP is the best bet.
+    """
     port = int(node.get("port") or node.get("tls-port") or 0)
-    for field in ("endpoint", "ip"):
-        host = _text(node.get(field) or "")
-        if host and host != "?":
-            return (host, port)
-    return (queried[0], port)
+    if "endpoint" in node:
+        endpoint = _text(node["endpoint"] or "")
+        if not endpoint:
+            return (queried[0], port)
+        if endpoint != "?":
+            return (endpoint, port)
+    ip = _text(node.get("ip") or "")
+    return (ip if ip and ip != "?" else queried[0], port)
 
 
 def parse_shards(reply: Sequence[Any], queried: Address, remap: AddressRemap | None) -> Topology:
@@ -136,6 +144,10 @@ def parse_slots(reply: Sequence[Any], queried: Address, remap: AddressRemap | No
 def _slot_node_address(
     info: Sequence[Any], queried: Address, remap: AddressRemap | None
 ) -> Address:
+    """``[endpoint, port, id, metadata]``: a NULL/empty endpoint is the queried host; ``?``
+    (no hostname set) falls back to the ``ip`` metadata, if any."""
     host = _text(info[0]) if info[0] else ""
+    if host == "?":
+        host = _text(_pairs(info[3]).get("ip") or "") if len(info) > 3 and info[3] else ""
     address = (host if host and host != "?" else queried[0], int(info[1]))
     return remap(address) if remap is not None else address

@@ -1,0 +1,109 @@
+"""The per-node circuit breaker on trio's mock clock: pytest-trio's ``autojump_clock`` fixture
+(``MockClock(autojump_threshold=0)``) makes every sleep instant."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trio_cluster.breaker import BreakerOptions, BreakerState, CircuitBreaker, CircuitOpenError
+from trio_cluster.connection import was_unsent
+
+
+def _breaker(**options: object) -> CircuitBreaker:
+    return CircuitBreaker("n:1", BreakerOptions(**options))  # type: ignore[arg-type]
+
+
+async def test_opens_after_threshold_fails_fast_then_half_open_probe_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        b = _breaker(failure_threshold=3, cooldown=2.0)
+        for _ in range(2):
+            b.before_call()
+            b.record_failure()
+        assert b.state is BreakerState.CLOSED
+        b.before_call()
+        b.record_failure()
+        assert b.state is BreakerState.OPEN and b.opened == 1
+        with pytest.raises(CircuitOpenError) as info:
+            b.before_call()
+        assert was_unsent(info.value)  # nothing was sent: the cluster client may retry
+        assert b.rejected == 1
+        await trio.sleep(1.9)
+        with pytest.raises(CircuitOpenError):
+            b.before_call()
+        await trio.sleep(0.2)
+        b.before_call()  # the probe goes through
+        assert b.state is BreakerState.HALF_OPEN
+        with pytest.raises(CircuitOpenError):
+            b.before_call()  # only one probe at a time
+        b.record_success()
+        assert b.state is BreakerState.CLOSED
+        b.before_call()
+
+
+async def test_failed_probe_reopens_for_a_full_cooldown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        b = _breaker(failure_threshold=1, cooldown=1.0)
+        b.record_failure()
+        await trio.sleep(1.0)
+        b.before_call()
+        b.record_failure()
+        assert b.state is BreakerState.OPEN and b.opened == 2
+        await trio.sleep(0.5)
+        with pytest.raises(CircuitOpenError):
+            b.before_call()
+        await trio.sleep(0.5)
+        b.before_call()
+        assert b.state is BreakerState.HALF_OPEN
+
+
+async def test_cancelled_probe_frees_its_place(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        b = _breaker(failure_threshold=1, cooldown=1.0, half_open_probes=1)
+        b.record_failure()
+        await trio.sleep(1.0)
+        b.before_call()
+        b.abandon_probe()
+        b.before_call()  # another probe may go
+        assert b.state is BreakerState.HALF_OPEN
+
+
+async def test_success_resets_the_consecutive_count(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        b = _breaker(failure_threshold=2)
+        b.record_failure()
+        b.record_success()
+        b.record_failure()
+        assert b.state is BreakerState.CLOSED
+        await trio.lowlevel.checkpoint()
+        b.record_failure()
+        assert b.state is BreakerState.OPEN
+
+
+async def test_disabled_breaker_never_opens(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        b = _breaker(enabled=False, failure_threshold=1)
+        for _ in range(10):
+            b.record_failure()
+            b.before_call()
+            await trio.sleep(1)
+        assert b.state is BreakerState.CLOSED and b.rejected == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("failure_threshold", 0),
+        ("cooldown", 0),
+        ("cooldown", float("inf")),
+        ("half_open_probes", 0),
+    ],
+)
+def test_bad_options_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        BreakerOptions(**{field: value})  # type: ignore[arg-type]
