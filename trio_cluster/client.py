@@ -14,7 +14,6 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
 
-import attrs
 import trio
 from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
@@ -24,7 +23,8 @@ from .commands import DATA_TAKING_COMMANDS, ReplyParser, blocking_seconds, norma
 from .config import ConnectionConfig, parse_url, redact_url
 from .connection import Connection
 from .credentials import CredentialManager, CredentialSource
-from .maint import MaintenanceManager, MaintNotificationsOptions
+from .dialer import Dialer
+from .maint import MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from .watchdog import Watchdog
 
@@ -59,7 +59,7 @@ class Client(AsyncCoreCommands):
             if isinstance(maint_notifications, MaintNotificationsOptions)
             else MaintNotificationsOptions(mode=maint_notifications)
         )
-        self._config = ConnectionConfig(
+        config = ConnectionConfig(
             host=host,
             port=port,
             protocol=2 if protocol == 2 else 3,
@@ -68,28 +68,20 @@ class Client(AsyncCoreCommands):
             **connection,
         )
         self.pool_options = pool if pool is not None else PoolOptions()
+        self._watchdog = Watchdog()
+        self._credentials = CredentialManager(credentials) if credentials is not None else None
+        self._dialer = Dialer(config, watchdog=self._watchdog, credentials=self._credentials)
         self._pool: Pool[Connection] = Pool(
-            self._dial,
+            self._dialer,
             self.pool_options,
-            node_name=self._config.address,
-            timeout=_pool_timeout(self.pool_options, self._config),
+            node_name=config.address,
+            timeout=_pool_timeout(self.pool_options, config),
         )
+        self._dialer.attach(self._pool, maint)
         self._replies = ReplyParser(protocol)
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
-        self._watchdog = Watchdog()
         self._shown_url: str | None = None
-        self._credentials = CredentialManager(credentials) if credentials is not None else None
-        if self._credentials is not None:
-            self._credentials.watch(self._pool)
-        self._maint: MaintenanceManager | None = None
-        if maint.mode != "disabled":
-            self._maint = MaintenanceManager(
-                maint, self._pool, lambda: self._config, self._set_config
-            )
-
-    def _set_config(self, config: ConnectionConfig) -> None:
-        self._config = config
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
@@ -102,31 +94,13 @@ class Client(AsyncCoreCommands):
         return client
 
     def __repr__(self) -> str:
-        where = self._shown_url or self._config.address
+        where = self._shown_url or self._dialer.config.address
         return f"<{type(self).__name__} {where} {self._pool!r}>"
 
     @property
     def config(self) -> ConnectionConfig:
-        """How this client's connections reach and greet the node."""
-        return self._config
-
-    async def _dial(self) -> Connection:
-        config = self._config
-        version = 0
-        if self._credentials is not None:
-            credentials, version = await self._credentials.for_new_connection()
-            if credentials is not None:
-                config = attrs.evolve(config, username=credentials[0], password=credentials[1])
-        conn = await Connection.open(config)
-        conn.watchdog = self._watchdog
-        conn.credentials_version = version
-        if self._maint is not None:
-            if config.maint_notifications == "auto" and not conn.maint_notifications:
-                # The server has no maintenance notifications: stop asking (quietly, once).
-                self._config = attrs.evolve(self._config, maint_notifications="disabled")
-                logger.debug("%s has no maintenance notifications", config.address)
-            conn.on_push = self._maint.on_push
-        return conn
+        """How this client's connections reach and greet the node (credentials aside)."""
+        return self._dialer.config
 
     # --- lifetime ----------------------------------------------------------------------------
 
@@ -140,8 +114,8 @@ class Client(AsyncCoreCommands):
             await nursery.start(self._watchdog.run)
             if self._credentials is not None:
                 await self._credentials.start(nursery)
-            if self._maint is not None:
-                self._maint.start(nursery)
+            if self._dialer.maint is not None:
+                self._dialer.maint.start(nursery)
             await self._pool.start_background(nursery)
         except BaseException:
             await stack.aclose()
@@ -184,7 +158,7 @@ class Client(AsyncCoreCommands):
     def maintenance_stats(self) -> dict[str, Any]:
         """Handoffs and re-authentications done and failed, relaxed connections, and
         notifications received by type."""
-        maint, creds = self._maint, self._credentials
+        maint, creds = self._dialer.maint, self._credentials
         return {
             "handoffs": maint.handoffs if maint else 0,
             "handoff_failures": maint.handoff_failures if maint else 0,
@@ -202,10 +176,7 @@ class Client(AsyncCoreCommands):
         """Switch to new credentials now: new connections use them, pooled ones
         re-authenticate in the background.  (A streaming provider does this by itself.)"""
         if self._credentials is None:
-            self._credentials = CredentialManager((username, password))
-            self._credentials.watch(self._pool)
-            if self._stack is not None:
-                raise RuntimeError("give credentials= at construction to rotate while open")
+            raise RuntimeError("give credentials= at construction to rotate them later")
         self._credentials.rotate((username, password))
 
     def connections(self) -> list[ConnectionInfo]:

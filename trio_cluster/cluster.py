@@ -42,6 +42,8 @@ from .client import run_blocking
 from .commands import ReplyParser, blocking_seconds, normalize_args
 from .config import ConnectionConfig, parse_url, redact_url
 from .connection import Connection, mark_unsent, was_unsent
+from .credentials import CredentialManager, CredentialSource
+from .dialer import Dialer
 from .errors import (
     AskError,
     BusyLoadingError,
@@ -54,6 +56,7 @@ from .errors import (
     TryAgainError,
     UnknownCommandError,
 )
+from .maint import MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from .routing import (
     MOVABLE_KEYS,
@@ -65,6 +68,7 @@ from .routing import (
     slot_of,
 )
 from .topology import SLOTS, Address, AddressRemap, Topology, parse_shards, parse_slots
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .cluster_pipeline import ClusterPipeline
@@ -155,6 +159,7 @@ class _Node:
         self.latency = 0.0
         self.started = trio.Event()
         self.retired = False
+        self.dialer: Dialer | None = None
 
     def __repr__(self) -> str:
         return f"<node {self.name}{' retired' if self.retired else ''}>"
@@ -188,6 +193,8 @@ class ClusterClient(AsyncCoreCommands):
         breaker: BreakerOptions | None = None,
         refresh_interval: float = 30.0,
         refresh_min_interval: float = 0.1,
+        credentials: CredentialSource | None = None,
+        maint_notifications: str | MaintNotificationsOptions = "auto",
         **connection: Any,
     ) -> None:
         nodes = list(startup_nodes or [])
@@ -198,13 +205,22 @@ class ClusterClient(AsyncCoreCommands):
         self.read_from = ReadFrom(read_from)
         self._remap = address_remap
         self.startup_nodes = [self._map(tuple(n)) for n in nodes]  # type: ignore[arg-type]
+        self._maint = (
+            maint_notifications
+            if isinstance(maint_notifications, MaintNotificationsOptions)
+            else MaintNotificationsOptions(mode=maint_notifications)
+        )
         self._base_config = ConnectionConfig(
             host=self.startup_nodes[0][0],
             port=self.startup_nodes[0][1],
             protocol=2 if protocol == 2 else 3,
             readonly=self.read_from is not ReadFrom.PRIMARY,
+            maint_notifications=self._maint.mode,
+            moving_endpoint_type=self._maint.endpoint_type,
             **connection,
         )
+        self._watchdog = Watchdog()
+        self._credentials = CredentialManager(credentials) if credentials is not None else None
         self.pool_options = pool if pool is not None else PoolOptions()
         self.retry = retry if retry is not None else RetryOptions()
         self.breaker_options = breaker if breaker is not None else BreakerOptions()
@@ -263,6 +279,9 @@ class ClusterClient(AsyncCoreCommands):
         stack = AsyncExitStack()
         try:
             self._nursery = await stack.enter_async_context(trio.open_nursery())
+            await self._nursery.start(self._watchdog.run)
+            if self._credentials is not None:
+                await self._credentials.start(self._nursery)
             await self._refresh_once(initial=True)
             self._nursery.start_soon(self._refresher)
         except BaseException:
@@ -309,16 +328,17 @@ class ClusterClient(AsyncCoreCommands):
                 raise PoolClosedError("the cluster client is closed")
             config = attrs.evolve(self._base_config, host=address[0], port=address[1])
             name = config.address
-
-            async def dial() -> Connection:
-                return await Connection.open(config)
-
+            dialer = Dialer(config, watchdog=self._watchdog, credentials=self._credentials)
             pool: Pool[Connection] = Pool(
-                dial, self.pool_options, node_name=name, timeout=self._pool_timeout()
+                dialer, self.pool_options, node_name=name, timeout=self._pool_timeout()
             )
+            dialer.attach(pool, self._maint, on_smigrated=self.request_refresh)
             node = _Node(address, pool, CircuitBreaker(name, self.breaker_options))
+            node.dialer = dialer
             self._nodes[address] = node
             try:
+                if dialer.maint is not None:
+                    dialer.maint.start(self._nursery)
                 await pool.start_background(self._nursery)
             finally:
                 node.started.set()
@@ -424,8 +444,12 @@ class ClusterClient(AsyncCoreCommands):
     async def _fetch_topology(
         self, address: Address, *, load_commands: bool
     ) -> tuple[Topology, CommandTable | None]:
-        config = attrs.evolve(self._base_config, host=address[0], port=address[1])
-        conn = await Connection.open(config)
+        config = attrs.evolve(
+            self._base_config, host=address[0], port=address[1], maint_notifications="disabled"
+        )
+        # A one-off connection (a saturated pool must not delay a refresh), with the newest
+        # credentials like every other.
+        conn = await Dialer(config, watchdog=None, credentials=self._credentials)()
         try:
             try:
                 reply = await conn.execute(["CLUSTER", "SHARDS"])
@@ -852,6 +876,35 @@ class ClusterClient(AsyncCoreCommands):
             + sum(n.breaker.rejected for n in self._nodes.values()),
             topology=topology,
         )
+
+    def maintenance_stats(self) -> dict[str, Any]:
+        """Handoffs and re-authentications done and failed, relaxed connections, and
+        notifications received by type, summed over the nodes."""
+        managers = [n.dialer.maint for n in self._nodes.values() if n.dialer and n.dialer.maint]
+        received: Counter[str] = Counter()
+        for manager in managers:
+            received.update(manager.received)
+        creds = self._credentials
+        return {
+            "handoffs": sum(m.handoffs for m in managers),
+            "handoff_failures": sum(m.handoff_failures for m in managers),
+            "longest_unusable": max((m.longest_unusable for m in managers), default=0.0),
+            "relaxed_connections": sum(m.relaxed_connections() for m in managers),
+            "notifications": dict(received),
+            "malformed_notifications": sum(m.malformed for m in managers),
+            "reauths": creds.reauths if creds else 0,
+            "reauth_failures": creds.reauth_failures if creds else 0,
+            "credential_rotations": creds.rotations if creds else 0,
+            "stale_credential_connections": creds.stale_connections() if creds else 0,
+            "timeouts_by_watchdog": self._watchdog.expired,
+        }
+
+    def rotate_credentials(self, username: str | None, password: str) -> None:
+        """Switch every node to new credentials now: new connections use them, pooled ones
+        re-authenticate in the background.  (A streaming provider does this by itself.)"""
+        if self._credentials is None:
+            raise RuntimeError("give credentials= at construction to rotate them later")
+        self._credentials.rotate((username, password))
 
     def connections(self) -> list[ConnectionInfo]:
         """Every connection of every node's pool."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import trio
 
-from trio_cluster import Client, PoolOptions
+from trio_cluster import Client, ClusterClient, PoolOptions
 from trio_cluster.credentials import CredentialManager
-from trio_cluster.testing import LocalServer
+from trio_cluster.testing import LocalCluster, LocalServer
 
 
 async def _acl_users(server: LocalServer) -> None:
@@ -148,3 +148,58 @@ async def test_idle_connections_reauthenticate_without_being_used() -> None:
                 )
                 assert r.stats().hits == hits  # nobody used a connection meanwhile
                 assert await _users_of(server, "idle") == ["bob"] * 4
+
+
+async def test_cluster_rotation_then_deluser_under_load(local_cluster: LocalCluster) -> None:
+    """The same rotation across every node of a cluster: zero failed commands."""
+    users = (("carol", "carol-pw"), ("dave", "dave-pw"))
+    with trio.fail_after(40):
+        for node in local_cluster.nodes:
+            for user, password in users:
+                await node.execute(
+                    "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all"
+                )
+        send, receive = trio.open_memory_channel[tuple[str | None, str]](1)
+        await send.send(users[0])
+        failures: list[BaseException] = []
+        done = 0
+        stop = trio.Event()
+        async with ClusterClient(
+            startup_nodes=local_cluster.startup_nodes, credentials=receive, client_name="crot"
+        ) as rc:
+
+            async def worker(i: int) -> None:
+                nonlocal done
+                while not stop.is_set():
+                    try:
+                        await rc.set(f"crot:{i}", i)
+                        assert await rc.get(f"crot:{i}") == str(i).encode()
+                        done += 1
+                    except Exception as exc:
+                        failures.append(exc)
+                    await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as nursery:
+                for i in range(24):
+                    nursery.start_soon(worker, i)
+                await _until(lambda: done > 300, "warm-up")
+                await send.send(users[1])
+                await _until(
+                    lambda: (
+                        rc.maintenance_stats()["stale_credential_connections"] == 0
+                        and rc.maintenance_stats()["credential_rotations"] == 2
+                    ),
+                    "rotation",
+                )
+                before = done
+                for node in local_cluster.primaries:
+                    await node.execute("ACL", "DELUSER", "carol")
+                await _until(lambda: done > before + 300, "after deluser")
+                stop.set()
+            stats = rc.maintenance_stats()
+            seen = set()
+            for node in local_cluster.primaries:
+                seen.update(await _users_of(node, "crot"))
+    assert failures == []
+    assert stats["reauths"] > 0
+    assert seen == {"dave"}
