@@ -27,6 +27,7 @@ from .errors import (
     WriteTimeoutError,
 )
 from .pool import ConnectionInfo, PoolOptions, PoolStats
+from .pubsub import PubSub, PubSubLimitError, PubSubStats
 from .state import ConnState
 
 __all__ = [
@@ -52,6 +53,9 @@ __all__ = [
     "PoolStats",
     "PoolTimeoutError",
     "ProtocolError",
+    "PubSub",
+    "PubSubLimitError",
+    "PubSubStats",
     "ReadFrom",
     "ReadTimeoutError",
     "RetryOptions",

@@ -26,6 +26,7 @@ from .credentials import CredentialManager, CredentialSource
 from .dialer import Dialer
 from .maint import MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from .pubsub import PubSub, PubSubRegistry, PubSubStats
 from .watchdog import Watchdog
 
 __all__ = ["Client", "Pipeline", "run_blocking"]
@@ -52,6 +53,7 @@ class Client(AsyncCoreCommands):
         protocol: int | None = None,
         credentials: CredentialSource | None = None,
         maint_notifications: str | MaintNotificationsOptions = "auto",
+        max_pubsub_connections: int = 64,
         **connection: Any,
     ) -> None:
         maint = (
@@ -82,6 +84,7 @@ class Client(AsyncCoreCommands):
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._shown_url: str | None = None
+        self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
@@ -150,6 +153,16 @@ class Client(AsyncCoreCommands):
         await self._pool.aclose()
 
     # --- observability -----------------------------------------------------------------------
+
+    def pubsub(self, **options: Any) -> PubSub:
+        """Subscriptions on dedicated connections, outside the command pool (see
+        ``docs/pubsub.md``): ``async with client.pubsub() as p: await p.subscribe("ch")``."""
+        options.setdefault("registry", self._pubsub_registry)
+        return PubSub(self, **options)
+
+    def pubsub_stats(self) -> PubSubStats:
+        """Pub/sub connections (open, bound) and their counters, over every PubSub."""
+        return self._pubsub_registry.stats()
 
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counters and connection counts."""

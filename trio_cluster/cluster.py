@@ -58,12 +58,14 @@ from .errors import (
 )
 from .maint import MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from .pubsub import PubSub, PubSubRegistry, PubSubStats
 from .routing import (
     MOVABLE_KEYS,
     RESULT_CALLBACKS,
     CommandSpec,
     CommandTable,
     Target,
+    key_slot_of,
     keyless_target,
     slot_of,
 )
@@ -195,6 +197,7 @@ class ClusterClient(AsyncCoreCommands):
         refresh_min_interval: float = 0.1,
         credentials: CredentialSource | None = None,
         maint_notifications: str | MaintNotificationsOptions = "auto",
+        max_pubsub_connections: int = 64,
         **connection: Any,
     ) -> None:
         nodes = list(startup_nodes or [])
@@ -247,6 +250,7 @@ class ClusterClient(AsyncCoreCommands):
         self._last_refresh = -math.inf
         self._closed = False
         self._shown_url: str | None = None
+        self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
         self._moved = 0
         self._ask = 0
         self._retries: Counter[str] = Counter()
@@ -501,6 +505,23 @@ class ClusterClient(AsyncCoreCommands):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Route and run one command, following redirects and retrying as documented."""
+        name = args[0]
+        readonly = self._commands.single_key.get(name) if len(args) > 1 else None
+        if readonly is not None and not (options and "target_nodes" in options):
+            # The hot path (GET, SET, INCR...): the slot is that of the first argument.
+            try:
+                reply = await self._execute_on_slot(
+                    key_slot_of(args[1]), args, readonly, simple=True
+                )
+            except rex.ResponseError as exc:
+                if options and EMPTY_RESPONSE in options:
+                    return options[EMPTY_RESPONSE]
+                self._errors[type(exc).__name__] += 1
+                raise
+            except Exception as exc:
+                self._errors[type(exc).__name__] += 1
+                raise
+            return self._replies.parse(name, reply, options)
         args = normalize_args(args)
         name = args[0]
         try:
@@ -542,7 +563,12 @@ class ClusterClient(AsyncCoreCommands):
         return slot if slot is not None else Target.DEFAULT_NODE
 
     async def _execute_on_slot(
-        self, slot: int, args: tuple[Any, ...], readonly: bool | None = None
+        self,
+        slot: int,
+        args: tuple[Any, ...],
+        readonly: bool | None = None,
+        *,
+        simple: bool = False,
     ) -> Any:
         """Run a command on the owner of ``slot`` (or a replica for reads), with every
         redirect and retry rule applied.  ``readonly``: whether the command only reads
@@ -565,7 +591,7 @@ class ClusterClient(AsyncCoreCommands):
                     self.request_refresh()
                     raise mark_unsent(ClusterDownError(f"CLUSTERDOWN slot {slot} is not served"))
                 node = self._read_node(slot, primary) if use_replica else primary
-                return await self._execute_on_node(node, args)
+                return await self._execute_on_node(node, args, simple=simple)
             except MovedError as moved:
                 redirects += 1
                 self._moved += 1
@@ -629,9 +655,12 @@ class ClusterClient(AsyncCoreCommands):
         return self._map((host, error.port))
 
     async def _execute_on_node(
-        self, node: _Node, args: tuple[Any, ...], *, asking: bool = False
+        self, node: _Node, args: tuple[Any, ...], *, asking: bool = False, simple: bool = False
     ) -> Any:
-        """One attempt on one node: breaker, pool, connection; errors raised typed."""
+        """One attempt on one node: breaker, pool, connection; errors raised typed.
+
+        ``simple``: a command known not to block (skips that check on the hot path).
+        """
         breaker = node.breaker
         breaker.before_call()
         pool = node.pool
@@ -652,7 +681,7 @@ class ClusterClient(AsyncCoreCommands):
         measure = self.read_from is ReadFrom.LOWEST_LATENCY
         started = trio.current_time() if measure else 0.0
         try:
-            blocks = blocking_seconds(args[0], args)
+            blocks = None if simple else blocking_seconds(args[0], args)
             if asking:
                 replies = await conn.execute_many([("ASKING",), args])
                 reply = replies[1]
@@ -848,6 +877,16 @@ class ClusterClient(AsyncCoreCommands):
                     continue
 
     # --- observability -------------------------------------------------------------------------
+
+    def pubsub(self, **options: Any) -> PubSub:
+        """Subscriptions on dedicated connections, outside the command pool (see
+        ``docs/pubsub.md``): ``async with client.pubsub() as p: await p.subscribe("ch")``."""
+        options.setdefault("registry", self._pubsub_registry)
+        return PubSub(self, **options)
+
+    def pubsub_stats(self) -> PubSubStats:
+        """Pub/sub connections (open, bound) and their counters, over every PubSub."""
+        return self._pubsub_registry.stats()
 
     def stats(self) -> ClusterStats:
         """Per-node pool stats, totals, redirects, retries, surfaced errors, breakers."""

@@ -11,12 +11,15 @@ nodes are combined with redis-py's ``RESULT_CALLBACKS``.
 from __future__ import annotations
 
 import enum
+from binascii import crc_hqx
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+
+from .commands import BLOCKING_COMMANDS
 
 __all__ = [
     "CommandSpec",
@@ -176,6 +179,19 @@ class CommandTable:
             if entry:
                 spec = _spec(entry)
                 self.specs[spec.name] = spec
+        #: The hot path's shortcut: commands whose only key is their first argument (GET,
+        #: SET, INCR, HGET...), with no subcommands and no blocking: name -> read-only flag.
+        #: Both the name as the command mixins send it and its lower case are present.
+        self.single_key: dict[str, bool] = {}
+        for spec in self.specs.values():
+            if (
+                spec.first_key == 1
+                and spec.last_key == 1
+                and not spec.movable
+                and not spec.subcommands
+                and spec.name not in BLOCKING_COMMANDS
+            ):
+                self.single_key[spec.name] = self.single_key[spec.name.lower()] = spec.readonly
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -222,6 +238,20 @@ class CommandTable:
         """Movable keys that only the server can find (COMMAND GETKEYS)."""
         spec = self.spec(args)
         return spec is not None and spec.movable and spec.name not in MOVABLE_KEYS
+
+
+def key_slot_of(key: Any) -> int:
+    """The slot of one key (CRC16 of the key or of its ``{hash tag}``, modulo 16384)."""
+    if type(key) is str:
+        key = key.encode()
+    elif type(key) is not bytes:
+        key = _as_bytes(key)
+    start = key.find(b"{")
+    if start > -1:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return crc_hqx(key, 0) & 16383
 
 
 def slot_of(keys: Sequence[Any]) -> int | None:

@@ -1,0 +1,429 @@
+"""PubSub against real servers: standalone and cluster, classic, pattern and sharded
+subscriptions, deadlines, dropped connections, a failover, a slot move, cancellation and the
+bound on pub/sub connections.
+
+Tests that kill connections or nodes, or move slots, use servers of their own."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from trio_cluster import Client, ClusterClient
+from trio_cluster.pubsub import PubSub, PubSubLimitError, PubSubRegistry
+from trio_cluster.routing import key_slot
+from trio_cluster.testing import LocalCluster, LocalServer
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[LocalServer]:
+    """A standalone server whose pub/sub connections these tests may kill."""
+    with LocalServer() as server:
+        yield server
+
+
+def _tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _pubsub(client: Client | ClusterClient, **kwargs: Any) -> PubSub:
+    # ``client.pubsub()`` once the clients are wired; the constructor is the same object.
+    factory = getattr(client, "pubsub", None)
+    if factory is not None:
+        return factory(**kwargs)  # type: ignore[no-any-return]
+    return PubSub(client, **kwargs)
+
+
+async def _expect(ps: PubSub, kind: str) -> dict[str, Any]:
+    """The next message, which must be of ``kind``."""
+    message = await ps.get_message()
+    assert message["type"] == kind, message
+    return message
+
+
+async def _until(ps: PubSub, kind: str, channel: bytes | None = None) -> list[dict[str, Any]]:
+    """Messages up to and including the first of ``kind`` (on ``channel``, if given)."""
+    seen = []
+    while True:
+        message = await ps.get_message()
+        seen.append(message)
+        if message["type"] == kind and (channel is None or message["channel"] == channel):
+            return seen
+
+
+def _channels_on_every_shard(cluster: LocalCluster, prefix: str) -> list[str]:
+    """One channel per shard (the harness splits the slot space in even thirds)."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < len(cluster.shards):
+        name = f"{prefix}{i}"
+        found.setdefault(min(key_slot(name.encode()) * 3 // 16384, 2), name)
+        i += 1
+    return [found[k] for k in sorted(found)]
+
+
+async def _owner(cluster: LocalCluster, channel: str) -> LocalServer:
+    slot = key_slot(channel.encode())
+    for r in await cluster.slot_map():
+        if r.start <= slot <= r.end:
+            return cluster.node(r.primary[1])
+    raise AssertionError(f"slot {slot} is not served")
+
+
+async def _pubsub_clients(server: LocalServer) -> int:
+    """Connections in subscribed mode on ``server`` (CLIENT LIST TYPE pubsub)."""
+    listing = (await server.execute("CLIENT", "LIST", "TYPE", "pubsub")).decode()
+    return len([line for line in listing.splitlines() if line.strip()])
+
+
+def _task_count() -> int:
+    """Every live task in this trio run (to prove none leaked)."""
+    count = 0
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
+
+
+# --- standalone ------------------------------------------------------------------------------
+
+
+async def test_subscribe_psubscribe_unsubscribe_in_order(local_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        tag = _tag()
+        a, b, pattern = f"{tag}:a", f"{tag}:b", f"{tag}:p:*"
+        async with Client(local_server.host, local_server.port) as r, _pubsub(r) as ps:
+            await ps.subscribe(a, b)
+            await ps.psubscribe(pattern)
+            assert (await _expect(ps, "subscribe"))["channel"] == a.encode()
+            assert (await _expect(ps, "subscribe"))["channel"] == b.encode()
+            confirmed = await _expect(ps, "psubscribe")
+            assert confirmed == {"type": "psubscribe", "pattern": None,
+                                 "channel": pattern.encode(), "data": 3}  # fmt: skip
+            assert ps.subscribed and ps.channels == {a.encode(), b.encode()}
+            sent = []
+            for i in range(30):
+                channel = (a, b, f"{tag}:p:{i}")[i % 3]
+                assert await r.publish(channel, f"m{i}") == 1
+                sent.append((channel.encode(), f"m{i}".encode()))
+            received = [await ps.get_message() for _ in sent]
+            # One connection, so the server's order is kept exactly.
+            assert [(m["channel"], m["data"]) for m in received] == sent
+            assert received[0] == {"type": "message", "pattern": None,
+                                   "channel": a.encode(), "data": b"m0"}  # fmt: skip
+            assert received[2]["type"] == "pmessage"
+            assert received[2]["pattern"] == pattern.encode()
+
+            await ps.unsubscribe(a)
+            assert (await _expect(ps, "unsubscribe"))["channel"] == a.encode()
+            assert await r.publish(a, "lost") == 0  # nobody listens to ``a`` any more
+            assert await r.publish(b, "kept") == 1
+            assert (await ps.get_message())["data"] == b"kept"
+            await ps.punsubscribe()
+            assert (await _expect(ps, "punsubscribe"))["channel"] == pattern.encode()
+            await ps.unsubscribe()
+            assert (await _expect(ps, "unsubscribe"))["channel"] == b.encode()
+            assert not ps.subscribed
+            assert ps.stats().messages == 31
+            assert r.stats().total_connections <= 1  # the pub/sub connection is not pooled
+
+
+async def test_get_message_deadline_comes_from_the_callers_scope(
+    local_server: LocalServer,
+) -> None:
+    with trio.fail_after(10):
+        channel = f"{_tag()}:deadline"
+        async with (
+            Client(local_server.host, local_server.port) as r,
+            _pubsub(r, ignore_subscribe_messages=True) as ps,
+        ):
+            await ps.subscribe(channel)
+            message = None
+            with trio.move_on_after(0.2) as scope:
+                message = await ps.get_message()
+            assert scope.cancelled_caught and message is None
+            with pytest.raises(trio.TooSlowError):
+                with trio.fail_after(0.1):
+                    await ps.get_message()
+            assert ps.get_message_nowait() is None
+            # A wait that ran out lost nothing: the next message is still delivered.
+            while await r.publish(channel, "late") == 0:  # noqa: ASYNC110 - polls the server
+                # Polling the server: the subscription is confirmed asynchronously and
+                # confirmations are filtered out of this stream.
+                await trio.sleep(0.01)
+            assert (await ps.get_message())["data"] == b"late"
+
+
+async def test_dropped_connection_resubscribes_and_reports_a_gap(own_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        tag = _tag()
+        channel, pattern, shard = f"{tag}:c", f"{tag}:p*", f"{tag}:s"
+        async with Client(own_server.host, own_server.port) as r, _pubsub(r) as ps:
+            await ps.subscribe(channel)
+            await ps.psubscribe(pattern)
+            await ps.ssubscribe(shard)
+            await _until(ps, "ssubscribe")
+            assert await r.publish(channel, "before") == 1
+            assert (await ps.get_message())["data"] == b"before"
+
+            assert await own_server.execute("CLIENT", "KILL", "TYPE", "pubsub") == 1
+            gap = await _expect(ps, "gap")
+            assert gap["channels"] == [channel.encode()]
+            assert gap["patterns"] == [pattern.encode()]
+            assert gap["shard_channels"] == [shard.encode()]
+            assert gap["channel"] is None and "connection lost" in gap["data"]
+            # Resubscribed on a new connection: the confirmations come again, then messages.
+            replayed = await _until(ps, "ssubscribe")
+            assert {m["type"] for m in replayed} == {"subscribe", "psubscribe", "ssubscribe"}
+            assert await r.publish(channel, "after") == 1
+            assert await r.spublish(shard, "after-s") == 1
+            assert [(await ps.get_message())["data"] for _ in range(2)] == [b"after", b"after-s"]
+            stats = ps.stats()
+            assert (stats.gaps, stats.disconnects, stats.connects) == (1, 1, 2)
+            assert ps.registry.stats().gaps >= 1
+
+
+async def test_cancelled_consumer_leaves_nothing_subscribed(own_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        channel = f"{_tag()}:cancel"
+        registry = PubSubRegistry(max_connections=4)
+        received = 0
+        consuming = trio.Event()
+        async with Client(own_server.host, own_server.port) as r:
+            tasks_before = _task_count()
+
+            async def consumer() -> None:
+                nonlocal received
+                async with _pubsub(r, registry=registry, buffer=4) as ps:
+                    await ps.subscribe(channel)
+                    await ps.ssubscribe(channel + ":s")
+                    async for message in ps:
+                        if message["type"] == "message":
+                            received += 1
+                            consuming.set()
+
+            async def publisher() -> None:
+                while True:
+                    await r.publish(channel, "x" * 100)
+                    await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consumer)
+                nursery.start_soon(publisher)
+                await consuming.wait()
+                nursery.cancel_scope.cancel()  # the consumer is cancelled mid-stream
+            assert received > 0
+            assert registry.open == 0
+            assert _task_count() == tasks_before
+            # The server closes a client's subscriptions when it reads the close, a moment
+            # after our side closed: poll its state (there is no event to wait for).
+            while await _pubsub_clients(own_server) or (  # noqa: ASYNC110 - polls the server
+                await own_server.execute("PUBSUB", "NUMSUB", channel)
+            ) != [channel.encode(), 0]:
+                await trio.sleep(0.01)
+            assert await own_server.execute("PUBSUB", "SHARDNUMSUB", channel + ":s") == [
+                (channel + ":s").encode(),
+                0,
+            ]
+            assert await r.ping() is True  # the command pool was never involved
+
+
+async def test_bound_on_pubsub_connections_is_enforced(local_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        tag = _tag()
+        registry = PubSubRegistry(max_connections=2)
+        async with Client(local_server.host, local_server.port) as r:
+            async with _pubsub(r, registry=registry) as one, _pubsub(r, registry=registry) as two:
+                await one.subscribe(f"{tag}:1")
+                await two.psubscribe(f"{tag}:*")
+                async with _pubsub(r, registry=registry) as three:
+                    with pytest.raises(PubSubLimitError, match="at most 2"):
+                        await three.subscribe(f"{tag}:3")
+                    assert not three.subscribed  # refused before anything changed
+                    assert registry.stats().limit_rejections == 1
+                    assert registry.stats().open_connections == 2
+                    await one.aclose()  # gives its connection back
+                    await three.subscribe(f"{tag}:3")
+                    assert (await _expect(three, "subscribe"))["channel"] == f"{tag}:3".encode()
+                    assert registry.open == 2
+            assert registry.open == 0
+        with pytest.raises(ValueError, match="max_pubsub_connections"):
+            PubSubRegistry(max_connections=0)
+
+
+# --- cluster ---------------------------------------------------------------------------------
+
+
+async def test_cluster_classic_pubsub_reaches_a_subscriber_on_another_node(
+    local_cluster: LocalCluster,
+) -> None:
+    with trio.fail_after(15):
+        channel = f"{_tag()}:classic"
+        async with (
+            ClusterClient(startup_nodes=local_cluster.startup_nodes[:1]) as rc,
+            _pubsub(rc) as ps,
+        ):
+            await ps.subscribe(channel)
+            await _expect(ps, "subscribe")
+            (where,) = ps.connection_addresses()
+            others = [n for n in local_cluster.nodes if f"{n.host}:{n.port}" != where]
+            assert len(others) == len(local_cluster.nodes) - 1
+            # PUBLISH on any node, primary or replica, reaches the subscriber.
+            for node in others:
+                await node.execute("PUBLISH", channel, str(node.port))
+            for node in others:
+                message = await _expect(ps, "message")
+                assert message["data"] == str(node.port).encode()
+            assert await rc.publish(channel, "via-client") >= 0
+            assert (await _expect(ps, "message"))["data"] == b"via-client"
+
+
+async def test_sharded_pubsub_across_three_shards(local_cluster: LocalCluster) -> None:
+    with trio.fail_after(15):
+        channels = _channels_on_every_shard(local_cluster, f"{_tag()}:s")
+        async with (
+            ClusterClient(startup_nodes=local_cluster.startup_nodes[:1]) as rc,
+            _pubsub(rc, ignore_subscribe_messages=True) as ps,
+        ):
+            await ps.ssubscribe(*channels)
+            owners = [await _owner(local_cluster, c) for c in channels]
+            # One connection per shard, each on the primary owning the channel's slot.
+            assert sorted(ps.connection_addresses()) == sorted(f"{o.host}:{o.port}" for o in owners)
+            for channel, owner in zip(channels, owners, strict=True):
+                while (await owner.execute("PUBSUB", "SHARDNUMSUB", channel))[1] != 1:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # polling the owner: confirmations are filtered
+            for i, channel in enumerate(channels):
+                assert await rc.spublish(channel, f"m{i}") == 1  # routed by slot
+            got = sorted(
+                (m["channel"], m["data"]) for m in [await ps.get_message() for _ in channels]
+            )
+            assert got == sorted((c.encode(), f"m{i}".encode()) for i, c in enumerate(channels))
+            await ps.sunsubscribe(channels[0])
+            while (await owners[0].execute("PUBSUB", "SHARDNUMSUB", channels[0]))[1]:  # noqa: ASYNC110 - polls the server
+                await trio.sleep(0.01)
+            assert await rc.spublish(channels[0], "gone") == 0
+            assert ps.shard_channels == {c.encode() for c in channels[1:]}
+
+
+async def test_sharded_connection_killed_on_one_shard(local_cluster: LocalCluster) -> None:
+    with trio.fail_after(15):
+        channels = _channels_on_every_shard(local_cluster, f"{_tag()}:k")
+        async with (
+            ClusterClient(startup_nodes=local_cluster.startup_nodes[:1]) as rc,
+            _pubsub(rc) as ps,
+        ):
+            await ps.ssubscribe(*channels)
+            for _ in channels:
+                await _expect(ps, "ssubscribe")
+            victim = await _owner(local_cluster, channels[1])
+            await victim.execute("CLIENT", "KILL", "TYPE", "pubsub")
+            gap = await _expect(ps, "gap")
+            assert gap["shard_channels"] == [channels[1].encode()]
+            assert gap["node"] == f"{victim.host}:{victim.port}"
+            again = await _expect(ps, "ssubscribe")
+            assert again["channel"] == channels[1].encode()
+            for i, channel in enumerate(channels):
+                assert await rc.spublish(channel, f"m{i}") == 1
+            got = {(await _expect(ps, "smessage"))["data"] for _ in channels}
+            assert got == {b"m0", b"m1", b"m2"}
+            assert ps.stats().gaps == 1
+
+
+async def test_failover_of_a_primary_resubscribes_after_promotion() -> None:
+    async with LocalCluster(
+        masters=3, replicas_per_master=1, cluster_node_timeout_ms=1000
+    ) as cluster:
+        with trio.fail_after(15):
+            channels = _channels_on_every_shard(cluster, f"{_tag()}:f")
+            async with ClusterClient(startup_nodes=cluster.startup_nodes) as rc, _pubsub(rc) as ps:
+                await ps.ssubscribe(*channels)
+                await ps.subscribe("classic")
+                # Four connections confirm in any order: wait for all four confirmations.
+                confirmed = {(await ps.get_message())["channel"] for _ in range(4)}
+                assert confirmed == {b"classic", *(c.encode() for c in channels)}
+                # Kill the primary that carries the classic connection: both kinds of
+                # subscription must come back, on other nodes.
+                classic_node = next(
+                    n for n in cluster.primaries
+                    if ps.connection_addresses().count(f"{n.host}:{n.port}") == 2
+                )  # fmt: skip
+                shard = cluster.shard_of(classic_node)
+                owners = [await _owner(cluster, c) for c in channels]
+                lost_channel = channels[owners.index(classic_node)]
+                classic_node.kill()
+                seen: list[dict[str, Any]] = []
+                back = {"subscribe": False, "ssubscribe": False}
+                while not all(back.values()):
+                    message = await ps.get_message()
+                    seen.append(message)
+                    if message["type"] == "subscribe" and message["channel"] == b"classic":
+                        back["subscribe"] = True
+                    if message["type"] == "ssubscribe":
+                        assert message["channel"] == lost_channel.encode()
+                        back["ssubscribe"] = True
+                gaps = [m for m in seen if m["type"] == "gap"]
+                assert sorted(g["channels"] + g["shard_channels"] for g in gaps) == sorted(
+                    [[b"classic"], [lost_channel.encode()]]
+                )
+                replica = shard.replicas[0]
+                assert f"{replica.host}:{replica.port}" in ps.connection_addresses()
+                for i, channel in enumerate(channels):
+                    assert await rc.spublish(channel, f"m{i}") == 1
+                # PUBLISH counts the receivers of the node it ran on only: the subscriber
+                # may be elsewhere, so the proof is the message arriving.
+                await rc.publish("classic", "c")
+                got = {(await ps.get_message())["data"] for _ in range(len(channels) + 1)}
+                assert got == {b"m0", b"m1", b"m2", b"c"}
+                stats = ps.stats()
+                assert stats.gaps == 2 and stats.disconnects == 2
+
+
+async def test_slot_move_resubscribes_on_the_new_owner() -> None:
+    async with LocalCluster(masters=2, replicas_per_master=0) as cluster:
+        with trio.fail_after(15):
+            channel = f"{_tag()}:moving"
+            slot = key_slot(channel.encode())
+            async with ClusterClient(startup_nodes=cluster.startup_nodes) as rc, _pubsub(rc) as ps:
+                await ps.ssubscribe(channel)
+                await _expect(ps, "ssubscribe")
+                source = await _owner(cluster, channel)
+                target = next(n for n in cluster.primaries if n is not source)
+                target_id = cluster.node_ids[target.port]
+                source_id = cluster.node_ids[source.port]
+                # Move the (empty) slot as redis-cli does; when the source gives it up, it
+                # drops its shard subscribers with a server-side SUNSUBSCRIBE.
+                await target.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+                await source.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+                await target.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                await source.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                gap = await _expect(ps, "gap")
+                assert gap["shard_channels"] == [channel.encode()]
+                assert "left" in gap["data"]
+                assert (await _expect(ps, "ssubscribe"))["channel"] == channel.encode()
+                assert f"{target.host}:{target.port}" in ps.connection_addresses()
+                assert await rc.spublish(channel, "moved") == 1
+                assert (await _expect(ps, "smessage"))["data"] == b"moved"
+                stats = ps.stats()
+                assert stats.slot_moves == 1 and stats.gaps == 1
+
+
+async def test_ssubscribe_over_the_bound_changes_nothing(local_cluster: LocalCluster) -> None:
+    with trio.fail_after(10):
+        channels = _channels_on_every_shard(local_cluster, f"{_tag()}:b")
+        registry = PubSubRegistry(max_connections=2)
+        async with (
+            ClusterClient(startup_nodes=local_cluster.startup_nodes[:1]) as rc,
+            _pubsub(rc, registry=registry) as ps,
+        ):
+            with pytest.raises(PubSubLimitError):
+                await ps.ssubscribe(*channels)  # needs three connections
+            assert not ps.subscribed and registry.open == 0
+            await ps.ssubscribe(*channels[:2])
+            assert registry.open == 2
