@@ -235,7 +235,7 @@ class Connection:
         ``blocks_for``: seconds the server may legitimately hold the reply back (a blocking
         command's own timeout; ``math.inf`` for "forever"), added to the read timeout.
         """
-        reply = (await self.execute_many([args], blocks_for=blocks_for))[0]
+        reply = (await self._roundtrip(encode_command(args), 1, blocks_for))[0]
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -249,11 +249,15 @@ class Connection:
         ``blocks_for``) for the replies.  With a watchdog (plain sockets), the deadlines cost
         no cancel scope; otherwise one scope serves both phases.
         """
+        data = b"".join([encode_command(args) for args in commands])
+        return await self._roundtrip(data, len(commands), blocks_for)
+
+    async def _roundtrip(self, data: bytes, count: int, blocks_for: float) -> list[Any]:
+        """Write ``count`` encoded commands and read their replies, within the deadlines."""
         if self.broken or self._closed:
             raise mark_unsent(
                 ConnectionClosedError(f"connection {self.id} to {self.config.address} is closed")
             )
-        data = b"".join([encode_command(args) for args in commands])
         config = self.config
         now = trio.current_time()
         write_timeout = config.write_timeout
@@ -263,13 +267,13 @@ class Connection:
         watchdog = self.watchdog
         if watchdog is None or self._fd < 0:
             return await self._execute_scoped(
-                data, len(commands), now, write_timeout, read_timeout, blocks_for
+                data, count, now, write_timeout, read_timeout, blocks_for
             )
         self.io_deadline = now + write_timeout if write_timeout is not None else math.inf
         watchdog.watch(self)
         writing = True
         try:
-            if not await self._send(data, len(commands)):
+            if not await self._send(data, count):
                 now = trio.current_time()  # the write had to wait
             writing = False
             if read_timeout is None:
@@ -277,7 +281,7 @@ class Connection:
             else:
                 self.io_deadline = now + read_timeout + blocks_for
                 watchdog.watch(self)  # the deadline may be earlier than the write's
-            replies = [await self._read_reply() for _ in commands]
+            replies = [await self._read_reply() for _ in range(count)]
         except (rex.ConnectionError, trio.ClosedResourceError):
             if not self._timed_out:
                 raise

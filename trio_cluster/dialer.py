@@ -67,11 +67,15 @@ class Dialer:
         conn = await Connection.open(config)
         conn.watchdog = self.watchdog
         conn.credentials_version = version
-        if self.maint is not None:
+        maint = self.maint
+        if maint is not None and not maint.disabled:
             if config.maint_notifications == "auto" and not conn.maint_notifications:
                 # The server has no maintenance notifications: stop asking, quietly and once
-                # per node (never a log line per connection).
+                # per node (never a log line per connection), and take the feature off the
+                # pool's hot path.
                 self.config = attrs.evolve(self.config, maint_notifications="disabled")
+                maint.stand_down()
                 logger.debug("%s has no maintenance notifications", config.address)
-            conn.on_push = self.maint.on_push
+            else:
+                conn.on_push = maint.on_push
         return conn

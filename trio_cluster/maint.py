@@ -182,6 +182,7 @@ class MaintenanceManager(BasePoolHook[Connection]):
         )
         self._pending: set[int] = set()
         self._nursery: trio.Nursery | None = None
+        self.disabled = False
         #: Counters, for stats.
         self.received: collections.Counter[str] = collections.Counter()
         self.malformed = 0
@@ -194,6 +195,12 @@ class MaintenanceManager(BasePoolHook[Connection]):
         """Jobs run in ``nursery``; a sweep reads pushes that land on idle connections."""
         self._nursery = nursery
         nursery.start_soon(self._sweep_idle)
+
+    def stand_down(self) -> None:
+        """The server sends no notifications (``auto`` mode found it lacks them): leave the
+        pool's hot path and stop sweeping, so the feature costs nothing."""
+        self.disabled = True
+        self._pool.remove_hook(self)
 
     def relaxed_connections(self) -> int:
         """Connections whose timeouts are relaxed right now."""
@@ -335,7 +342,7 @@ class MaintenanceManager(BasePoolHook[Connection]):
 
     async def _sweep_idle(self) -> None:
         """Read pushes that arrive on idle connections (nobody else reads them)."""
-        while True:
+        while not self.disabled:
             await trio.sleep(0.05)
             for conn in self._pool.live_connections():
                 if conn.state.state is ConnState.IDLE:
