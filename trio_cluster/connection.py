@@ -78,6 +78,33 @@ class Connection:
     Not safe for two tasks at once: the pool hands it to one caller at a time.
     """
 
+    # Slots: thousands of idle connections are common, and a dict per instance costs more
+    # than the connection's own state.
+    __slots__ = (
+        "_closed",
+        "_fd",
+        "_parser",
+        "_stream",
+        "_timed_out",
+        "broken",
+        "client_id",
+        "config",
+        "created_at",
+        "credentials_version",
+        "handoff_to",
+        "id",
+        "io_deadline",
+        "last_used_at",
+        "maint_notifications",
+        "on_push",
+        "owed_replies",
+        "protocol",
+        "relaxed_timeout",
+        "relaxed_until",
+        "state",
+        "watchdog",
+    )
+
     def __init__(self, config: ConnectionConfig, stream: trio.abc.Stream) -> None:
         self.id = next(_ids)
         self.config = config

@@ -95,7 +95,9 @@ class ConnStateMachine:
 
     def __init__(self, initial: ConnState = ConnState.CREATED) -> None:
         self._state = initial
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        # An empty tuple until someone waits: most connections never have a waiter, and a
+        # deque per connection would cost more memory than the rest of it.
+        self._waiters: collections.deque[_Waiter] | tuple[()] = ()
 
     def __repr__(self) -> str:
         return f"<ConnStateMachine {self._state.name} waiters={len(self._waiters)}>"
@@ -179,11 +181,14 @@ class ConnStateMachine:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return frm
         waiter = _Waiter(wanted, to, trio.lowlevel.current_task())
-        self._waiters.append(waiter)
+        if not self._waiters:
+            self._waiters = collections.deque()
+        waiters = self._waiters
+        waiters.append(waiter)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             # Only called while still parked, i.e. before any transition was handed to us.
-            self._waiters.remove(waiter)
+            waiters.remove(waiter)
             return trio.lowlevel.Abort.SUCCEEDED
 
         result: ConnState = await trio.lowlevel.wait_task_rescheduled(abort)
@@ -192,6 +197,7 @@ class ConnStateMachine:
     def _serve_waiters(self) -> None:
         """Hand the current state to matching waiters, first come first served, chaining."""
         waiters = self._waiters
+        assert isinstance(waiters, collections.deque)
         while waiters:
             state = self._state
             if state is ConnState.CLOSED:
