@@ -1,7 +1,7 @@
 """Memory of idle pooled connections: bytes per connection, and 10,000 of them for real.
 
 Starts a local cluster (3 primaries + 3 replicas), then a ``ClusterClient`` whose pools keep
-``PoolOptions(min_idle=N)`` idle connections on every node, so ``6 × N`` connections sit idle
+``PoolOptions(min_idle=N)`` idle connections on every node, so ``6 * N`` connections sit idle
 (10,002 by default).  The figure is the growth of the process's resident memory (RSS: Python
 objects, C buffers, allocator overhead) between a client with no idle connections and one with
 them, divided by the number of connections; the same with ``tracemalloc`` (Python allocations
