@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trio_cluster import BreakerOptions, PoolOptions, RetryOptions
+from trio_cluster.maint import MaintNotificationsOptions
 
 __all__ = ["ClientSpec", "blocked_bound"]
 
@@ -26,10 +27,12 @@ class ClientSpec:
     connect_timeout: float = 0.5
     retry: RetryOptions = CHAOS_RETRY
     breaker: BreakerOptions = field(default_factory=BreakerOptions)
+    maint: MaintNotificationsOptions | None = None
+    """Maintenance notifications (None: the client's default, ``"auto"``)."""
 
     def kwargs(self) -> dict[str, Any]:
         """Keywords for ``ClusterClient``."""
-        return {
+        options: dict[str, Any] = {
             "pool": self.pool,
             "read_timeout": self.read_timeout,
             "write_timeout": self.write_timeout,
@@ -37,6 +40,32 @@ class ClientSpec:
             "retry": self.retry,
             "breaker": self.breaker,
         }
+        if self.maint is not None:
+            options["maint_notifications"] = self.maint
+        return options
+
+    def _relaxable(self, timeout: float) -> float:
+        # A maintenance notification (or a handoff) relaxes both timeouts to relaxed_timeout.
+        if self.maint is not None and self.maint.mode != "disabled":
+            return max(timeout, self.maint.relaxed_timeout)
+        return timeout
+
+    @property
+    def longest_read_timeout(self) -> float:
+        """The read timeout, or the relaxed one if notifications may relax it."""
+        return self._relaxable(self.read_timeout)
+
+    @property
+    def longest_write_timeout(self) -> float:
+        """The write timeout, or the relaxed one if notifications may relax it."""
+        return self._relaxable(self.write_timeout)
+
+    @property
+    def handoff_timeout(self) -> float | None:
+        """How long a MOVING handoff may own a connection (None: notifications disabled)."""
+        if self.maint is None or self.maint.mode == "disabled":
+            return None
+        return self.maint.handoff_timeout
 
     @property
     def pool_limit(self) -> int:
@@ -51,19 +80,21 @@ class ClientSpec:
 
     @property
     def unusable_bound(self) -> float:
-        """Longest a connection may stay UNUSABLE: draining is bounded by the read timeout."""
-        return self.read_timeout + SLACK
+        """Longest a connection may stay UNUSABLE: draining is bounded by the read timeout
+        (relaxed or not), a MOVING handoff by the handoff timeout."""
+        return max(self.longest_read_timeout, self.handoff_timeout or 0.0) + SLACK
 
 
 def blocked_bound(spec: ClientSpec) -> float:
     """Longest a caller may be blocked in one command.
 
-    One attempt costs at most pool wait + write timeout + read timeout.  The client may retry:
+    One attempt costs at most pool wait + write timeout + read timeout (both relaxed, if
+    maintenance notifications may relax them).  The client may retry:
     a command that provably never reached a server is retried until ``retry.budget`` has
     passed (the attempt running when it passes finishes), a read with an unknown outcome up to
     ``retry.retries`` times; before each retry it waits up to 1 s for a topology refresh plus
     two backoffs.  So: budget + (1 + retries) * (attempt + settle) + slack.
     """
-    attempt = spec.pool_timeout + spec.write_timeout + spec.read_timeout
+    attempt = spec.pool_timeout + spec.longest_write_timeout + spec.longest_read_timeout
     settle = 1.0 + 2 * spec.retry.backoff_cap
     return spec.retry.budget + (1 + spec.retry.retries) * (attempt + settle) + SLACK

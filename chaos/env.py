@@ -68,13 +68,15 @@ class Environment:
         return self.cluster.node(self.proxied(address).upstream[1])
 
     def client(self, **options: Any) -> ClusterClient:
-        """A client that reaches every node through its proxy."""
-        return ClusterClient(
-            startup_nodes=self.startup_nodes,
-            address_remap=self.proxies.remap,
+        """A client that reaches every node through its proxy (unless ``options`` give
+        another ``address_remap``, e.g. one through fault tools chained before the proxies)."""
+        kwargs: dict[str, Any] = {
+            "startup_nodes": self.startup_nodes,
+            "address_remap": self.proxies.remap,
             **self.client_options,
             **options,
-        )
+        }
+        return ClusterClient(**kwargs)
 
     async def primaries(self) -> list[Address]:
         """Upstream addresses of the current primaries (asked of the cluster itself)."""

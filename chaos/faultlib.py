@@ -11,12 +11,15 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
 
 import trio
 from redis.crc import key_slot
 
 from faults import ToxiproxyError
 from faults.nodes import ProxiedNode, bandwidth, hang, latency, limit_data, node_down, reset_peer
+from trio_cluster import ClusterClient
 from trio_cluster.testing import LocalCluster
 from trio_cluster.testing.servers import LocalServer
 
@@ -26,6 +29,7 @@ from .records import RunRecord, Window
 __all__ = [
     "FaultContext",
     "FaultFn",
+    "Harness",
     "bandwidth_starvation",
     "graceful_failover",
     "kill_primary",
@@ -45,6 +49,36 @@ REPLICATION_SLACK = 1.0
 CLUSTER_REACTION_TIMEOUT = 30.0
 
 
+class Harness:
+    """What a scenario sets up around its whole run, besides the proxies every run has (fault
+    tools, ACL users...): extra client options, and a check at the end of the load.
+
+    The runner enters it before the load starts and leaves it after the end-of-run
+    verification; faults reach it as ``ctx.harness``.  This base class does nothing.
+    """
+
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def client_options(self) -> dict[str, Any]:
+        """Keywords for every client the run opens (they override the scenario's)."""
+        return {}
+
+    async def end_of_load(self, ctx: FaultContext) -> None:
+        """Called once the faults and their tails are over, with the load still running."""
+
+
 @dataclass
 class FaultContext:
     """What a fault may act on, and where it records what it did."""
@@ -57,6 +91,17 @@ class FaultContext:
     primaries: list[Address]
     restores: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """Run after the load stops (e.g. bring a killed node back), in order."""
+    harness: Harness | None = None
+    """The scenario's harness (None outside a run)."""
+    clients: Callable[[], list[ClusterClient]] = list
+    """The clients open now (the workload's, during the load)."""
+
+    def client(self) -> ClusterClient:
+        """The workload's client (the oldest one open)."""
+        clients = self.clients()
+        if not clients:
+            raise RuntimeError("no client is open")
+        return clients[0]
 
     def loss_window(self, name: str, start: float, end: float) -> None:
         """Declare that the server itself may lose acknowledged writes made in this window."""

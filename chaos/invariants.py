@@ -5,10 +5,12 @@ Each checker returns a list of :class:`Violation`; an empty list means the invar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .records import Observation, Op, RunRecord, Window
+from .records import AuthCheck, HandoffCheck, Observation, Op, RunRecord, Window
 
 __all__ = [
     "CANCELLED",
@@ -16,13 +18,17 @@ __all__ = [
     "Recovery",
     "Violation",
     "check_all",
+    "check_auth",
     "check_blocked",
     "check_client_counts",
+    "check_failures",
+    "check_handoffs",
     "check_leaks",
     "check_lost_writes",
     "check_misdelivery",
     "check_pool_bounds",
     "check_recovery",
+    "check_relaxed",
     "check_unusable",
     "recoveries",
 ]
@@ -54,6 +60,12 @@ class Bounds:
     recovery: float
     """Seconds after a fault clears by which the success rate must be back to ``target``."""
     target: float = 0.999
+    zero_failures: bool = False
+    """Every command must succeed (the fault is one the client must hide completely)."""
+    read_timeout: float = 0.5
+    """The client's read timeout (relaxed-timeout windows must have exceeded it)."""
+    handoff_timeout: float | None = None
+    """The client's handoff timeout, when it has maintenance notifications on."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +228,144 @@ def check_client_counts(baseline: dict[int, int], final: dict[int, int]) -> list
     ]
 
 
+def check_failures(ops: Sequence[Op], limit: int = 5) -> list[Violation]:
+    """No command failed (commands the workload cancelled itself do not count)."""
+    failed = [op for op in ops if not op.ok and op.error != CANCELLED]
+    if not failed:
+        return []
+    by_error = Counter(op.error or "?" for op in failed)
+    summary = ", ".join(f"{error}={n}" for error, n in sorted(by_error.items()))
+    out = [Violation("no-failed-command", f"{len(failed)} commands failed ({summary})")]
+    out += [
+        Violation(
+            "no-failed-command",
+            f"worker {op.worker} {op.kind} at t={op.start:.3f} failed with {op.error}",
+        )
+        for op in sorted(failed, key=lambda op: op.start)[:limit]
+    ]
+    return out
+
+
+def _total(maintenance: Mapping[str, Mapping[str, Any]], field: str) -> float:
+    return sum(float(stats.get(field, 0)) for stats in maintenance.values())
+
+
+def check_handoffs(
+    checks: Sequence[HandoffCheck],
+    maintenance: Mapping[str, Mapping[str, Any]],
+    timeout: float | None,
+) -> list[Violation]:
+    """After a MOVING, every connection of the node is on the new endpoint, handoffs happened,
+    none failed, and none kept its connection out of use for the handoff timeout.
+
+    ``maintenance`` is each client's ``maintenance_stats()``; nothing is checked when no MOVING
+    was sent (``checks`` empty)."""
+    if not checks:
+        return []
+    out = []
+    for check in checks:
+        if check.targeted == 0:
+            out.append(
+                Violation("handoff", f"{check.when}: no connection to {check.node} to check")
+            )
+        if check.stragglers:
+            shown = ", ".join(check.stragglers[:5])
+            more = f" and {len(check.stragglers) - 5} more" if len(check.stragglers) > 5 else ""
+            out.append(
+                Violation(
+                    "handoff",
+                    f"{check.when}: {len(check.stragglers)} of {check.targeted} connections to "
+                    f"{check.node} not on {check.endpoint}: {shown}{more}",
+                )
+            )
+    if _total(maintenance, "handoffs") == 0:
+        out.append(Violation("handoff", "MOVING was sent but the client handed off nothing"))
+    failures = _total(maintenance, "handoff_failures")
+    if failures:
+        out.append(Violation("handoff", f"{failures:.0f} handoffs failed"))
+    longest = max((float(s.get("longest_unusable", 0.0)) for s in maintenance.values()), default=0)
+    if timeout is not None and longest >= timeout:
+        out.append(
+            Violation(
+                "handoff",
+                f"a handoff kept its connection UNUSABLE {longest:.3f} s, handoff timeout "
+                f"{timeout} s",
+            )
+        )
+    return out
+
+
+def check_relaxed(
+    ops: Sequence[Op], windows: Sequence[Window], read_timeout: float
+) -> list[Violation]:
+    """While relaxed (a MIGRATING announced it), commands slower than the read timeout still
+    succeed: none that started in a relaxed window failed, and at least one of them did take
+    longer than the read timeout (otherwise the window proved nothing)."""
+    out = []
+    for window in windows:
+        inside = [op for op in ops if window.contains(op.start) and op.error != CANCELLED]
+        failed = [op for op in inside if not op.ok]
+        if failed:
+            errors = Counter(op.error or "?" for op in failed)
+            summary = ", ".join(f"{error}={n}" for error, n in sorted(errors.items()))
+            out.append(
+                Violation(
+                    "relaxed-timeouts",
+                    f"{window.name}: {len(failed)} of {len(inside)} commands failed while "
+                    f"relaxed ({summary})",
+                )
+            )
+        if not any(op.ok and op.latency > read_timeout for op in inside):
+            out.append(
+                Violation(
+                    "relaxed-timeouts",
+                    f"{window.name}: no command took longer than the read timeout "
+                    f"({read_timeout} s): the relaxed timeouts were not exercised",
+                )
+            )
+    return out
+
+
+def check_auth(
+    checks: Sequence[AuthCheck], maintenance: Mapping[str, Mapping[str, Any]]
+) -> list[Violation]:
+    """After a credential rotation, no connection was left on the old credentials, every
+    connection the client holds is authenticated as the new user, and no re-authentication
+    failed.  Nothing is checked when no rotation happened (``checks`` empty)."""
+    if not checks:
+        return []
+    out = []
+    for check in checks:
+        if check.rotated_in is None:
+            out.append(
+                Violation(
+                    "credential-rotation",
+                    f"{check.node}: connections were still on the old credentials at the "
+                    "rotation deadline",
+                )
+            )
+        if not check.users:
+            out.append(
+                Violation("credential-rotation", f"{check.node}: the client had no connection")
+            )
+        wrong = Counter(user for user in check.users if user != check.expected)
+        if wrong:
+            listed = ", ".join(f"{user} x{n}" for user, n in sorted(wrong.items()))
+            out.append(
+                Violation(
+                    "credential-rotation",
+                    f"{check.node}: {sum(wrong.values())} of {len(check.users)} connections "
+                    f"not authenticated as {check.expected}: {listed}",
+                )
+            )
+    if _total(maintenance, "reauths") == 0:
+        out.append(Violation("credential-rotation", "no connection re-authenticated"))
+    failures = _total(maintenance, "reauth_failures")
+    if failures:
+        out.append(Violation("credential-rotation", f"{failures:.0f} re-authentications failed"))
+    return out
+
+
 def check_all(
     record: RunRecord, bounds: Bounds
 ) -> tuple[list[Violation], list[Observation], list[Recovery]]:
@@ -230,4 +380,9 @@ def check_all(
     violations += check_recovery(found, bounds.recovery)
     violations += check_leaks(record.leaked_connections)
     violations += check_client_counts(record.baseline_clients, record.final_clients)
+    if bounds.zero_failures:
+        violations += check_failures(record.ops)
+    violations += check_handoffs(record.handoffs, record.maintenance, bounds.handoff_timeout)
+    violations += check_relaxed(record.ops, record.relaxed_windows, bounds.read_timeout)
+    violations += check_auth(record.auth_checks, record.maintenance)
     return violations, excused, found

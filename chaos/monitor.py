@@ -59,10 +59,15 @@ class Monitor:
                 self.sample()
                 del self._clients[cid]
                 self.record.client_stats[f"client{cid}"] = attrs.asdict(rc.stats())
+                self.record.maintenance[f"client{cid}"] = rc.maintenance_stats()
         leftover = client.connections()
         self.record.leaked_connections += [
             f"client {cid} connection {c.id} to {c.node} in {c.state.name}" for c in leftover
         ]
+
+    def clients(self) -> list[ClusterClient]:
+        """The clients open now, oldest first."""
+        return list(self._clients.values())
 
     def sample(self) -> None:
         """Take one sample of every open client now."""

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "AuthCheck",
     "ConnSample",
+    "HandoffCheck",
     "Observation",
     "Op",
     "RunRecord",
@@ -111,6 +113,32 @@ class ConnSample:
     states: dict[str, int]
 
 
+@dataclass(slots=True)
+class HandoffCheck:
+    """Where one node's connections were after a MOVING handoff had time to finish."""
+
+    node: str
+    endpoint: str
+    """The endpoint MOVING named (``host:port``)."""
+    targeted: int
+    """Connections checked (those MOVING was sent to, or those open at the end of the load)."""
+    stragglers: list[str]
+    """Connections not on ``endpoint`` when the check was made."""
+    when: str = "after MOVING"
+
+
+@dataclass(slots=True)
+class AuthCheck:
+    """Which users the client's connections to one node were authenticated as."""
+
+    node: str
+    expected: str
+    users: list[str]
+    """The ``user=`` field of every connection of the client, from ``CLIENT LIST``."""
+    rotated_in: float | None
+    """Seconds until no connection was left on the old credentials (None: never, in time)."""
+
+
 @dataclass
 class RunRecord:
     """Everything one scenario run recorded, in the time base of ``trio.current_time()``."""
@@ -136,3 +164,12 @@ class RunRecord:
     notes: list[str] = field(default_factory=list)
     client_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per client: its last ``ClusterStats`` (per-node pools, redirects, retries, errors)."""
+    maintenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per client: its last ``maintenance_stats()`` (handoffs, re-authentications...)."""
+    handoffs: list[HandoffCheck] = field(default_factory=list)
+    """Set by MOVING faults: where connections were once their handoff had time to finish."""
+    relaxed_windows: list[Window] = field(default_factory=list)
+    """Set by relaxed-timeout faults: every connection to the slowed node was relaxed, and
+    replies were slower than the read timeout but faster than the relaxed one."""
+    auth_checks: list[AuthCheck] = field(default_factory=list)
+    """Set by credential-rotation faults: the users the client's connections ended on."""

@@ -122,6 +122,22 @@ def to_json(result: ScenarioResult) -> dict[str, Any]:
         "longest_unusable_s": max(record.unusable_spans.values(), default=0.0),
         "server_clients": {"baseline": record.baseline_clients, "final": record.final_clients},
         "client_stats": record.client_stats,
+        "maintenance": record.maintenance,
+        "handoff_checks": [
+            {
+                "node": c.node,
+                "endpoint": c.endpoint,
+                "when": c.when,
+                "checked": c.targeted,
+                "stragglers": c.stragglers,
+            }
+            for c in record.handoffs
+        ],
+        "relaxed_windows": [window(w) for w in record.relaxed_windows],
+        "auth_checks": [
+            {"node": c.node, "expected": c.expected, "users": c.users, "rotated_in": c.rotated_in}
+            for c in record.auth_checks
+        ],
         "connection_states": _states_over_time(result),
         "notes": record.notes,
     }
@@ -182,6 +198,15 @@ def render_text(result: ScenarioResult) -> str:
         lines.append(
             f"    moved {main['moved']} ask {main['ask']} retries {main['retries']} "
             f"breaker rejections {main['breaker_rejections']}"
+        )
+    maint = record.maintenance.get("client0")
+    if maint and (maint["notifications"] or maint["credential_rotations"]):
+        received = ", ".join(f"{k} {v}" for k, v in sorted(maint["notifications"].items()))
+        lines.append(
+            f"    maintenance: handoffs {maint['handoffs']} failed {maint['handoff_failures']} "
+            f"longest {maint['longest_unusable']:.3f}s; notifications {received or 'none'}; "
+            f"rotations {maint['credential_rotations']} reauths {maint['reauths']} "
+            f"failed {maint['reauth_failures']}"
         )
     for note in record.notes:
         lines.append(f"  Note: {note}")

@@ -15,7 +15,7 @@ from trio_cluster import ClusterClient
 
 from .clientspec import blocked_bound
 from .env import Environment
-from .faultlib import FaultContext
+from .faultlib import FaultContext, Harness
 from .invariants import Bounds, Recovery, Violation, check_all
 from .monitor import Monitor
 from .records import Observation, RunRecord, Window
@@ -56,6 +56,9 @@ def _bounds(scenario: Scenario) -> Bounds:
         unusable=spec.unusable_bound,
         blocked=blocked_bound(spec),
         recovery=scenario.recovery_bound,
+        zero_failures=scenario.zero_failures,
+        read_timeout=spec.read_timeout,
+        handoff_timeout=spec.handoff_timeout,
     )
 
 
@@ -119,11 +122,30 @@ async def _run(
         await env.cluster.wait_ready()
     record = RunRecord()
     record.baseline_clients = await _normal_clients(env)
+    async with scenario.harness(env) as harness:
+        await _load_and_verify(env, scenario, seed, hold, duration, progress, record, harness)
+        record.final_clients = await _settled_counts(env, record.baseline_clients)
+    bounds = _bounds(scenario)
+    violations, excused, found = check_all(record, bounds)
+    return ScenarioResult(scenario, seed, record, bounds, violations, excused, found)
+
+
+async def _load_and_verify(
+    env: Environment,
+    scenario: Scenario,
+    seed: int,
+    hold: float | None,
+    duration: float | None,
+    progress: TextIO | None,
+    record: RunRecord,
+    harness: Harness,
+) -> None:
     monitor = Monitor(record, name=scenario.name, progress=progress)
     prefix = f"chaos:{env.run_id}:{scenario.name}"
 
     def open_client() -> AbstractAsyncContextManager[ClusterClient]:
-        return monitor.watch(env.client(**scenario.client.kwargs()))
+        options = {**scenario.client.kwargs(), **harness.client_options()}
+        return monitor.watch(env.client(**options))
 
     workload = WorkloadRunner(scenario.workload, prefix, seed, record, open_client)
     ctx = FaultContext(
@@ -133,6 +155,8 @@ async def _run(
         hold=hold if hold is not None else scenario.hold,
         keys=workload.all_keys,
         primaries=await env.primaries(),
+        harness=harness,
+        clients=monitor.clients,
     )
     stop = trio.Event()
     record.start = trio.current_time()
@@ -155,10 +179,6 @@ async def _run(
             await workload.verify(rc)
             await workload.cleanup(rc)
         nursery.cancel_scope.cancel()
-    record.final_clients = await _settled_counts(env, record.baseline_clients)
-    bounds = _bounds(scenario)
-    violations, excused, found = check_all(record, bounds)
-    return ScenarioResult(scenario, seed, record, bounds, violations, excused, found)
 
 
 async def _drive(workload: WorkloadRunner, stop: trio.Event) -> None:
@@ -186,6 +206,8 @@ async def _schedule(
                 record.fault_windows.append(Window(name, start, trio.current_time()))
                 monitor.fault = None
             await trio.sleep(scenario.tail)
+        if ctx.harness is not None and not stop.is_set():
+            await ctx.harness.end_of_load(ctx)
         stop.set()
         return
     spec = scenario.workload

@@ -3,13 +3,16 @@ and the failure scenarios it only recommends (faults).  ``SCENARIOS`` is the reg
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trio_cluster import PoolOptions
+from trio_cluster.maint import MaintNotificationsOptions
 
-from . import faultlib
+from . import faultlib, maintenance
 from .clientspec import ClientSpec
-from .faultlib import FaultFn
+from .env import Environment
+from .faultlib import FaultFn, Harness
 from .workload import Workload
 
 __all__ = ["GROUPS", "SCENARIOS", "Scenario", "select"]
@@ -36,6 +39,10 @@ class Scenario:
     """Load time for a steady workload with no faults and no op count."""
     recovery_bound: float = 4.0
     needs_local: bool = False
+    harness: Callable[[Environment], Harness] = Harness
+    """What the run sets up around the load besides the proxies (fault tools, ACL users)."""
+    zero_failures: bool = False
+    """Every command must succeed: the client must hide the fault completely."""
     unavailable: str | None = None
     """Why this scenario cannot run yet (listed, never run)."""
     origin: str = ""
@@ -56,6 +63,13 @@ def _origin_client(pool: PoolOptions) -> ClientSpec:
 
 
 SETS = (("set", 1.0),)
+#: Maintenance notifications for the handoff scenario: a handoff timeout short enough to be a
+#: meaningful UNUSABLE bound, and a post-handoff relaxation over before the MIGRATING part.
+HANDOFF_MAINT = MaintNotificationsOptions(
+    mode="enabled", relaxed_timeout=2.5, handoff_timeout=5.0, post_handoff_relaxed=1.0
+)
+#: Above the 0.5 s read timeout, below the 2.5 s relaxed timeout.
+RELAX_LATENCY_MS = 1000
 FAULT_LOAD = Workload(workers=16, think=(0.001, 0.004), keys_per_worker=4)
 
 _LOAD = [
@@ -167,11 +181,22 @@ _FAULTS = [
              "every command under a random 0-20 ms move_on_after deadline",
              Workload(workers=24, think=(0.0, 0.002), cancel=(0.0, 0.02), keys_per_worker=4),
              duration=4.0),
-    Scenario("maintenance-handoff", "faults", "MOVING push: endpoint handoff",
-             unavailable="maintenance notifications (MOVING handoff) are not implemented in the "
-                         "client yet"),
-    Scenario("credential-rotation", "faults", "re-authentication with rotated credentials",
-             unavailable="streaming credentials / re-auth are not implemented in the client yet"),
+    Scenario("maintenance-handoff", "faults",
+             "MOVING: every primary's connections handed to a second endpoint; then MIGRATING "
+             f"around {RELAX_LATENCY_MS} ms latency (read timeout 0.5 s, relaxed "
+             f"{HANDOFF_MAINT.relaxed_timeout:.1f} s)",
+             # Every connection is dialled up front (min_idle = size >= workers): one dialled
+             # during the latency would not have been told of the migration.
+             Workload(workers=12, think=(0.001, 0.004), keys_per_worker=4),
+             ClientSpec(pool=_pool(12, 1.0, min_idle=12), maint=HANDOFF_MAINT),
+             faults=(("moving", maintenance.moving_handoff(HANDOFF_MAINT.handoff_timeout)),
+                     ("migrating", maintenance.relaxed_migration(RELAX_LATENCY_MS))),
+             harness=maintenance.Injectors, zero_failures=True, hold=1.5, tail=2.5),
+    Scenario("credential-rotation", "faults",
+             "streaming credentials rotated to a second ACL user under load, then the first "
+             "user deleted", FAULT_LOAD,
+             faults=(("rotate", maintenance.rotate_credentials),),
+             harness=maintenance.AclUsers, zero_failures=True, needs_local=True),
 ]  # fmt: skip
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [*_LOAD, *_FAULTS]}

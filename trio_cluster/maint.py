@@ -291,6 +291,7 @@ class MaintenanceManager(BasePoolHook[Connection]):
         """``conn`` is ours (UNUSABLE): move it to its endpoint, then give it back."""
         options = self.options
         try:
+            moved = False  # did this job move it (another job may have, meanwhile)?
             with trio.move_on_after(options.handoff_timeout):
                 done = False
                 for attempt in range(options.handoff_retries):
@@ -313,6 +314,7 @@ class MaintenanceManager(BasePoolHook[Connection]):
                         await trio.sleep(min(0.5, 0.05 * 2**attempt))
                         continue
                     breaker.record_success()
+                    moved = True
                     if conn.handoff_to == endpoint:
                         conn.handoff_to = None
                     now = trio.current_time()
@@ -321,7 +323,7 @@ class MaintenanceManager(BasePoolHook[Connection]):
                     if done:
                         break
             if done:
-                self.handoffs += 1
+                self.handoffs += moved  # a job that found nothing left to do moved nothing
             else:
                 self.handoff_failures += 1
                 conn.broken = True

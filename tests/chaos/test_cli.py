@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from chaos.cli import main
+from chaos.clientspec import CHAOS_RETRY, SLACK, ClientSpec, blocked_bound
+from chaos.env import Environment
+from chaos.runner import run_scenario
 from chaos.scenarios import SCENARIOS, select
+from faults.nodes import NodeProxies
+from trio_cluster.maint import MaintNotificationsOptions
 
 
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:
@@ -34,3 +41,35 @@ def test_default_suite_is_big_enough() -> None:
     runnable = [s for s in select([], "all") if not s.unavailable]
     assert len(runnable) >= 15
     assert {s.group for s in runnable} == {"basic", "advanced", "detect", "faults"}
+
+
+def test_maintenance_scenarios_are_available() -> None:
+    handoff, rotation = SCENARIOS["maintenance-handoff"], SCENARIOS["credential-rotation"]
+    assert handoff.unavailable is None and rotation.unavailable is None
+    assert handoff.zero_failures and rotation.zero_failures
+    assert rotation.needs_local  # it changes the servers' ACLs
+    assert SCENARIOS["advanced-pubsub"].unavailable
+
+
+def test_handoff_bounds_follow_the_maintenance_options() -> None:
+    plain = ClientSpec()
+    assert plain.handoff_timeout is None
+    assert plain.unusable_bound == plain.read_timeout + SLACK
+    maint = ClientSpec(maint=MaintNotificationsOptions(relaxed_timeout=2.5, handoff_timeout=5.0))
+    assert maint.handoff_timeout == 5.0
+    assert maint.unusable_bound == 5.0 + SLACK
+    assert maint.longest_read_timeout == maint.longest_write_timeout == 2.5
+    # A relaxed connection may take the relaxed timeout to read and to write.
+    assert blocked_bound(maint) - blocked_bound(plain) == (1 + CHAOS_RETRY.retries) * 2 * 2.0
+    off = ClientSpec(maint=MaintNotificationsOptions(mode="disabled"))
+    assert off.handoff_timeout is None and off.unusable_bound == plain.unusable_bound
+    assert off.kwargs()["maint_notifications"].mode == "disabled"
+    assert "maint_notifications" not in plain.kwargs()
+
+
+async def test_credential_rotation_never_runs_against_an_external_cluster() -> None:
+    # It changes the servers' ACLs: like the process faults, it needs the local cluster.
+    external = Environment(cast(NodeProxies, None), [], "ext", cluster=None)
+    result = await run_scenario(external, SCENARIOS["credential-rotation"], 7, progress=None)
+    assert result.skipped is not None and "--cluster local" in result.skipped
+    assert result.passed and not result.record.ops

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from chaos.invariants import (
     CANCELLED,
     Bounds,
     check_all,
+    check_auth,
     check_blocked,
     check_client_counts,
+    check_failures,
+    check_handoffs,
     check_leaks,
     check_lost_writes,
     check_misdelivery,
     check_pool_bounds,
     check_recovery,
+    check_relaxed,
     check_unusable,
     recoveries,
 )
-from chaos.records import Observation, Op, RunRecord, Window, decode_value, encode_value
+from chaos.records import (
+    AuthCheck,
+    HandoffCheck,
+    Observation,
+    Op,
+    RunRecord,
+    Window,
+    decode_value,
+    encode_value,
+)
 
 
 def obs(got_key: str | None, got: int, lo: int, hi: int, acked_at: float = 1.0) -> Observation:
@@ -99,3 +114,76 @@ def test_check_all_on_a_clean_and_a_broken_record() -> None:
     record.final_reads = [Observation("k", 9.0, "k", 1, 2, 2, 3.0, final=True)]
     names = {v.invariant for v in check_all(record, bounds)[0]}
     assert names == {"pool-bound", "no-acknowledged-write-lost"}
+
+
+def test_zero_failures_only_when_asked() -> None:
+    ops = [Op(0, "set", 1.0, 1.1, True), Op(1, "get", 2.0, 2.5, False, "ReadTimeoutError")]
+    assert check_failures(ops[:1]) == []
+    assert check_failures([Op(0, "get", 1.0, 1.1, False, CANCELLED)]) == []
+    found = check_failures(ops)
+    assert found and all(v.invariant == "no-failed-command" for v in found)
+    assert "ReadTimeoutError=1" in found[0].message
+    record = RunRecord(start=0.0, end=10.0, ops=[*_ops(fail_until=0.0), ops[1]])
+    lenient = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0)
+    strict = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, zero_failures=True)
+    assert check_all(record, lenient)[0] == []
+    assert {v.invariant for v in check_all(record, strict)[0]} == {"no-failed-command"}
+
+
+def _maint(**stats: float) -> dict[str, dict[str, Any]]:
+    base: dict[str, Any] = {"handoffs": 0, "handoff_failures": 0, "longest_unusable": 0.0,
+                            "reauths": 0, "reauth_failures": 0}  # fmt: skip
+    return {"client0": {**base, **stats}, "client1": dict(base)}
+
+
+def test_handoffs() -> None:
+    moved = HandoffCheck("n1", "127.0.0.1:2", 12, [])
+    good = _maint(handoffs=12, longest_unusable=0.05)
+    assert check_handoffs([], {}, 5.0) == []  # no MOVING: nothing to check
+    assert check_handoffs([moved], good, 5.0) == []
+    late = HandoffCheck("n1", "127.0.0.1:2", 12, ["#3 on 127.0.0.1:1"], when="end of load")
+    assert "end of load: 1 of 12" in check_handoffs([late], good, 5.0)[0].message
+    assert check_handoffs([HandoffCheck("n1", "e", 0, [])], good, 5.0)  # nothing was moved
+    assert check_handoffs([moved], _maint(), 5.0)  # the client never handed off
+    assert check_handoffs([moved], _maint(handoffs=11, handoff_failures=1), 5.0)
+    slow = check_handoffs([moved], _maint(handoffs=12, longest_unusable=5.2), 5.0)
+    assert len(slow) == 1 and "UNUSABLE 5.200 s" in slow[0].message
+
+
+def test_relaxed_windows() -> None:
+    window = Window("MIGRATING n1", 1.0, 3.0)
+    slow_ok = Op(0, "get", 1.5, 2.5, True)
+    assert check_relaxed([], [], 0.5) == []
+    assert check_relaxed([slow_ok, Op(1, "set", 1.1, 1.2, True)], [window], 0.5) == []
+    timed_out = Op(2, "get", 2.0, 2.5, False, "ReadTimeoutError")
+    found = check_relaxed([slow_ok, timed_out], [window], 0.5)
+    assert len(found) == 1 and "ReadTimeoutError=1" in found[0].message
+    # Failures outside the window are not this checker's business.
+    assert check_relaxed([slow_ok, Op(2, "get", 3.5, 4.0, False, "X")], [window], 0.5) == []
+    # Nothing slower than the read timeout: the window proved nothing.
+    fast = check_relaxed([Op(0, "get", 1.5, 1.6, True)], [window], 0.5)
+    assert len(fast) == 1 and "not exercised" in fast[0].message
+
+
+def test_auth_checks() -> None:
+    good = AuthCheck(":7000", "b", ["b", "b"], 0.05)
+    done = _maint(reauths=8)
+    assert check_auth([], {}) == []
+    assert check_auth([good], done) == []
+    mixed = check_auth([AuthCheck(":7000", "b", ["b", "a", "a"], 0.05)], done)
+    assert len(mixed) == 1 and "2 of 3" in mixed[0].message and "a x2" in mixed[0].message
+    assert check_auth([AuthCheck(":7000", "b", [], 0.05)], done)  # no connection to look at
+    assert check_auth([AuthCheck(":7000", "b", ["b"], None)], done)  # stale at the deadline
+    assert check_auth([good], _maint())  # nothing re-authenticated
+    assert check_auth([good], _maint(reauths=8, reauth_failures=1))
+
+
+def test_check_all_runs_the_maintenance_checkers() -> None:
+    bounds = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, handoff_timeout=5.0)
+    record = RunRecord(start=0.0, end=10.0, ops=_ops(fail_until=0.0))
+    record.handoffs = [HandoffCheck("n1", "e", 4, ["#1"])]
+    record.relaxed_windows = [Window("MIGRATING", 4.0, 5.0)]
+    record.auth_checks = [AuthCheck(":7000", "b", ["a"], 0.1)]
+    record.maintenance = _maint(handoffs=4, reauths=4)
+    names = {v.invariant for v in check_all(record, bounds)[0]}
+    assert names == {"handoff", "relaxed-timeouts", "credential-rotation"}
