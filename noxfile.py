@@ -66,3 +66,19 @@ def chaos(session: nox.Session) -> None:
         "python", "-m", "chaos", "run", *session.posargs,
         env={"TRIO_CLUSTER_SERVER": bundled.strip()},
     )  # fmt: skip
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """trio-cluster against redis-py's asyncio cluster client, coredis on trio and a raw-trio
+    ceiling, on one local cluster, interleaved over rounds; prints JSON with the ratios.
+    Extra arguments go to ``python -m benchmarks.peers``."""
+    session.install("-e", ".[server]", "coredis==6.9.0")
+    bundled = session.run("python", "-c", BUNDLED, silent=True)
+    assert isinstance(bundled, str)
+    server = shutil.which("redis-server") or bundled.strip()
+    session.log(f"benchmarking against {server}")
+    session.run(
+        "python", "-m", "benchmarks.peers", *session.posargs,
+        env={"TRIO_CLUSTER_SERVER": server},
+    )  # fmt: skip
