@@ -443,3 +443,26 @@ async def test_replica_reads_fall_back_to_primary_and_follow_latency(
                 assert on_p >= 5 * len(keys) - 3, (on_p, on_r)
             async with ClusterClient(startup_nodes=local_cluster.startup_nodes[:1]) as rc:
                 await rc.delete(*keys)
+
+
+async def test_refresh_falls_back_to_the_startup_nodes(local_cluster: LocalCluster) -> None:
+    """Every node the client knows is down (behind its proxy): the topology still comes back,
+    from a startup node reached another way."""
+    with trio.fail_after(30):
+        host, port = local_cluster.startup_nodes[0]
+        # "localhost" is not in the remap table, so the startup node stays a direct address
+        # while every node the cluster announces is reached through a proxy.
+        async with (
+            _proxied(local_cluster) as proxies,
+            ClusterClient(startup_nodes=[("localhost", port)], address_remap=proxies.remap) as rc,
+        ):
+            assert host == "127.0.0.1"
+            known = set(rc.node_names())
+            assert known == {f"{h}:{p}" for h, p in (n.listen for n in proxies.nodes)}
+            async with node_down(proxies.nodes):
+                before = rc.stats()
+                await rc.refresh()
+                after = rc.stats()
+            assert after.refreshes == before.refreshes + 1
+            assert after.refresh_failures == before.refresh_failures
+            assert set(rc.node_names()) == known  # the same map, fetched from localhost
