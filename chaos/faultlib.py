@@ -24,6 +24,7 @@ from trio_cluster.testing import LocalCluster
 from trio_cluster.testing.servers import LocalServer
 
 from .env import Address, Environment, SetupError
+from .pubsubload import SUBSCRIBE_TIMEOUT, PubSubRunner
 from .records import RunRecord, Window
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "live_reshard",
     "node_down_fault",
     "node_hang",
+    "pubsub_node_down",
     "reset_storm",
     "restart_primary",
     "sigstop_primary",
@@ -95,6 +97,8 @@ class FaultContext:
     """The scenario's harness (None outside a run)."""
     clients: Callable[[], list[ClusterClient]] = list
     """The clients open now (the workload's, during the load)."""
+    pubsub: PubSubRunner | None = None
+    """The scenario's pub/sub load, if it has one."""
 
     def client(self) -> ClusterClient:
         """The workload's client (the oldest one open)."""
@@ -134,6 +138,34 @@ FaultFn = Callable[[FaultContext], Awaitable[None]]
 async def node_down_fault(ctx: FaultContext) -> None:
     """The first primary's proxy is disabled: connections drop and dials are refused."""
     async with node_down(ctx.target()):
+        await trio.sleep(ctx.hold)
+
+
+async def pubsub_node_down(ctx: FaultContext) -> None:
+    """The proxy of the primary carrying the most subscribers' classic channels is disabled:
+    their connections (and those of the shard channels it owns) drop, and dials to it are
+    refused, for ``hold`` seconds.  The classic channels move to another primary; the shard
+    channels come back when the node does."""
+    runner = ctx.pubsub
+    if runner is None:
+        raise SetupError("this fault needs a scenario with a pub/sub load")
+    with trio.move_on_after(SUBSCRIBE_TIMEOUT):
+        await runner.ready.wait()
+    carriers = runner.classic_nodes()
+    if carriers:
+        # The most used node; ties broken by address, so a seed always picks the same one.
+        address, count = min(carriers.items(), key=lambda item: (-item[1], item[0]))
+        host, port = address.rsplit(":", 1)
+        node = ctx.env.proxied((host, int(port)))
+    else:
+        node, count = ctx.target(), 0
+    shard = sorted(c for c in runner.data.sharded if runner.owner(c) == node.listen)
+    ctx.note(
+        f"proxy of :{node.upstream[1]} down for {ctx.hold:.1f} s: it carried the classic "
+        f"channels of {count} of {len(runner.data.subscriptions)} subscribers and "
+        f"{len(shard)} shard channels"
+    )
+    async with node_down(node):
         await trio.sleep(ctx.hold)
 
 

@@ -5,16 +5,28 @@ Each checker returns a list of :class:`Violation`; an empty list means the invar
 
 from __future__ import annotations
 
-from collections import Counter
+import math
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .records import AuthCheck, HandoffCheck, Observation, Op, RunRecord, Window
+from .records import (
+    AuthCheck,
+    Delivery,
+    HandoffCheck,
+    Observation,
+    Op,
+    Publish,
+    PubSubRecord,
+    RunRecord,
+    Window,
+)
 
 __all__ = [
     "CANCELLED",
     "Bounds",
+    "PubSubTally",
     "Recovery",
     "Violation",
     "check_all",
@@ -27,9 +39,17 @@ __all__ = [
     "check_lost_writes",
     "check_misdelivery",
     "check_pool_bounds",
+    "check_pubsub",
+    "check_pubsub_connections",
+    "check_pubsub_duplicates",
+    "check_pubsub_gaps",
+    "check_pubsub_losses",
+    "check_pubsub_misdelivery",
+    "check_pubsub_order",
     "check_recovery",
     "check_relaxed",
     "check_unusable",
+    "pubsub_tally",
     "recoveries",
 ]
 
@@ -216,12 +236,14 @@ def check_leaks(leaked: Sequence[str]) -> list[Violation]:
     return [Violation("connections-closed", f"still open after close: {c}") for c in leaked]
 
 
-def check_client_counts(baseline: dict[int, int], final: dict[int, int]) -> list[Violation]:
+def check_client_counts(
+    baseline: dict[int, int], final: dict[int, int], kind: str = "clients"
+) -> list[Violation]:
     """Each server's client count is back to its baseline (only nodes measured both times)."""
     return [
         Violation(
             "server-clients-baseline",
-            f"node :{port} has {final[port]} clients, baseline {baseline[port]}",
+            f"node :{port} has {final[port]} {kind}, baseline {baseline[port]}",
         )
         for port in sorted(baseline)
         if port in final and final[port] > baseline[port]
@@ -366,6 +388,335 @@ def check_auth(
     return out
 
 
+# --- pub/sub ---------------------------------------------------------------------------------
+
+#: A subscription may have been lost this long before its gap event reached the consumer (the
+#: client learns of a dead connection after the fact, and the consumer may lag a little).
+GAP_SLACK = 1.0
+#: Pub/sub losses and gaps may start this long before a fault window (the fault is applied a
+#: moment after its window opens, and a message may be in flight for a while).
+PUBSUB_WINDOW_SLACK = 1.0
+#: Examples shown per kind of pub/sub violation.
+SHOWN = 5
+
+_Key = tuple[int, str]
+"""(subscriber, channel)"""
+
+
+@dataclass
+class PubSubTally:
+    """What the pub/sub load published, what each subscriber should have received, and what
+    it did receive, lost (and why it may have), got twice or got on the wrong channel."""
+
+    published: int = 0
+    """Publishes the server acknowledged."""
+    failed_publishes: int = 0
+    """Publishes that failed (delivered or not: neither expected nor forbidden)."""
+    received: int = 0
+    """Deliveries of any kind, misdelivered and duplicated ones included."""
+    expected: int = 0
+    """(acknowledged message, subscriber of its channel) pairs."""
+    received_due: int = 0
+    """Of ``expected``: those received."""
+    lost: list[tuple[int, Publish]] = field(default_factory=list)
+    """(subscriber, message) pairs expected and never received."""
+    lost_in_gap: list[tuple[int, Publish]] = field(default_factory=list)
+    """Of ``lost``: published while that subscriber's subscription was down (between a gap
+    event, widened by ``GAP_SLACK``, and the confirmation of the resubscription)."""
+    gaps: int = 0
+    duplicates: list[Delivery] = field(default_factory=list)
+    misdelivered: list[tuple[Delivery, str]] = field(default_factory=list)
+    reordered: list[tuple[Delivery, int]] = field(default_factory=list)
+    """Deliveries that came after a later message of the same publisher and channel (with
+    the seq seen before), in one subscription epoch."""
+    confirms: dict[_Key, list[float]] = field(default_factory=dict)
+    gap_times: dict[_Key, list[float]] = field(default_factory=dict)
+
+
+def _in_window(t: float, windows: Sequence[Window], after: float) -> Window | None:
+    return next((w for w in windows if w.start - PUBSUB_WINDOW_SLACK <= t <= w.end + after), None)
+
+
+def _confirmed_after(confirms: Sequence[float], t: float) -> float:
+    """The first confirmation at or after ``t`` (infinity if none)."""
+    return next((c for c in confirms if c >= t), math.inf)
+
+
+def pubsub_tally(record: PubSubRecord) -> PubSubTally:
+    """Account for every message of ``record`` (pure; the checkers and the report use it)."""
+    tally = PubSubTally()
+    subscribers_of: dict[str, list[int]] = defaultdict(list)
+    for subscriber, channels in record.subscriptions.items():
+        for channel in channels:
+            subscribers_of[channel].append(subscriber)
+    confirms: dict[_Key, list[float]] = defaultdict(list)
+    gap_times: dict[_Key, list[float]] = defaultdict(list)
+    for event in record.events:
+        if event.kind in ("subscribe", "ssubscribe"):
+            for channel in event.channels:
+                confirms[(event.subscriber, channel)].append(event.at)
+        elif event.kind == "gap":
+            tally.gaps += 1
+            for channel in event.channels:
+                gap_times[(event.subscriber, channel)].append(event.at)
+    for times in (*confirms.values(), *gap_times.values()):
+        times.sort()
+    sent = {(p.channel, p.publisher, p.seq) for p in record.publishes}
+    received: set[tuple[int, str, int, int]] = set()
+    tally.received = len(record.deliveries)
+    # Stream order per subscriber: deliveries and gap events share the position numbering.
+    stream: list[tuple[int, int, Delivery | None, tuple[str, ...]]] = [
+        (d.subscriber, d.pos, d, ()) for d in record.deliveries
+    ]
+    stream += [(e.subscriber, e.pos, None, e.channels) for e in record.events if e.kind == "gap"]
+    stream.sort(key=lambda item: (item[0], item[1]))
+    epoch: Counter[_Key] = Counter()
+    last: dict[tuple[int, str, int], tuple[int, int]] = {}
+    for subscriber, _, delivery, gap_channels in stream:
+        if delivery is None:
+            for channel in gap_channels:
+                epoch[(subscriber, channel)] += 1
+            continue
+        d = delivery
+        wanted = record.subscriptions.get(subscriber, ())
+        kind = "smessage" if d.channel in record.sharded else "message"
+        reason = None
+        if d.named is None:
+            reason = "not a payload any publisher sent"
+        elif d.named != d.channel:
+            reason = f"its payload names channel {d.named}"
+        elif d.channel not in wanted:
+            reason = "a channel this subscriber never subscribed to"
+        elif d.kind != kind:
+            reason = f"a {d.kind} where a {kind} was due"
+        elif (d.channel, d.publisher, d.seq) not in sent:
+            reason = f"publisher {d.publisher} never sent seq {d.seq} there"
+        if reason is not None:
+            tally.misdelivered.append((d, reason))
+            continue
+        key = (subscriber, d.channel, d.publisher, d.seq)
+        if key in received:
+            tally.duplicates.append(d)
+            continue
+        received.add(key)
+        current = epoch[(subscriber, d.channel)]
+        previous = last.get((subscriber, d.channel, d.publisher))
+        if previous is not None and previous[0] == current and d.seq < previous[1]:
+            tally.reordered.append((d, previous[1]))
+        else:
+            last[(subscriber, d.channel, d.publisher)] = (current, d.seq)
+    for p in record.publishes:
+        if not p.ok:
+            tally.failed_publishes += 1
+            continue
+        tally.published += 1
+        for subscriber in subscribers_of.get(p.channel, ()):
+            first = confirms.get((subscriber, p.channel))
+            if not first or p.start < first[0]:
+                continue  # published before the subscription was confirmed: not due
+            tally.expected += 1
+            if (subscriber, p.channel, p.publisher, p.seq) in received:
+                tally.received_due += 1
+                continue
+            tally.lost.append((subscriber, p))
+            key2 = (subscriber, p.channel)
+            down = [
+                (g - GAP_SLACK, _confirmed_after(confirms.get(key2, []), g))
+                for g in gap_times.get(key2, [])
+            ]
+            if any(lo <= p.start <= hi for lo, hi in down):
+                tally.lost_in_gap.append((subscriber, p))
+    tally.confirms = dict(confirms)
+    tally.gap_times = dict(gap_times)
+    return tally
+
+
+def _more(count: int) -> list[Violation]:
+    return [] if count <= SHOWN else [Violation("pubsub", f"... and {count - SHOWN} more")]
+
+
+def _msg(p: Publish) -> str:
+    return f"publisher {p.publisher} seq {p.seq} on {p.channel} (published t={p.start:.3f})"
+
+
+def check_pubsub_misdelivery(tally: PubSubTally) -> list[Violation]:
+    """Every message arrived on the channel its payload names, one its subscriber subscribed
+    to, with the right type (``smessage`` for shard channels), and was really published."""
+    out = [
+        Violation(
+            "pubsub-no-misdelivery",
+            f"subscriber {d.subscriber} got {d.raw!r} as a {d.kind} on {d.channel} at "
+            f"t={d.at:.3f}: {reason}",
+        )
+        for d, reason in tally.misdelivered[:SHOWN]
+    ]
+    return out + _more(len(tally.misdelivered))
+
+
+def check_pubsub_duplicates(tally: PubSubTally) -> list[Violation]:
+    """No subscriber received one message twice (ever, gaps or not)."""
+    out = [
+        Violation(
+            "pubsub-no-duplicate",
+            f"subscriber {d.subscriber} got publisher {d.publisher} seq {d.seq} on {d.channel} "
+            f"again at t={d.at:.3f}",
+        )
+        for d in tally.duplicates[:SHOWN]
+    ]
+    return out + _more(len(tally.duplicates))
+
+
+def check_pubsub_order(tally: PubSubTally) -> list[Violation]:
+    """Per subscriber, channel and publisher, messages arrive in the order they were published
+    (within a subscription: there is no order across a gap)."""
+    out = [
+        Violation(
+            "pubsub-order",
+            f"subscriber {d.subscriber} got publisher {d.publisher} seq {d.seq} on {d.channel} "
+            f"at t={d.at:.3f}, after seq {after}",
+        )
+        for d, after in tally.reordered[:SHOWN]
+    ]
+    return out + _more(len(tally.reordered))
+
+
+def check_pubsub_losses(
+    tally: PubSubTally, faults: Sequence[Window], recovery: float
+) -> list[Violation]:
+    """Every acknowledged message reached every subscriber of its channel, except messages
+    published while that subscriber's subscription was down: after a gap event it was sent
+    (widened by ``GAP_SLACK``) and before its resubscription was confirmed.  Such losses must
+    also fall in a fault window (widened by ``PUBSUB_WINDOW_SLACK`` before it and ``recovery``
+    after it).  Without faults nothing may be lost."""
+    in_gap = {(s, id(p)) for s, p in tally.lost_in_gap}
+    no_gap: list[tuple[int, Publish]] = []
+    after_resubscribe: list[tuple[int, Publish]] = []
+    outside: list[tuple[int, Publish]] = []
+    for subscriber, p in tally.lost:
+        if (subscriber, id(p)) not in in_gap:
+            gaps = tally.gap_times.get((subscriber, p.channel), [])
+            (after_resubscribe if any(g <= p.start for g in gaps) else no_gap).append(
+                (subscriber, p)
+            )
+        elif _in_window(p.start, faults, recovery) is None:
+            outside.append((subscriber, p))
+    out = []
+    if not faults and tally.lost:
+        out.append(
+            Violation("pubsub-no-loss", f"{len(tally.lost)} of {tally.expected} messages lost")
+        )
+    for name, what, found in (
+        ("pubsub-gap-for-loss", "lost with no gap event for it", no_gap),
+        ("pubsub-after-resubscribe", "published after the resubscription yet lost",
+         after_resubscribe),
+        ("pubsub-loss-in-window", "lost outside the fault window", outside),
+    ):  # fmt: skip
+        if not found:
+            continue
+        out.append(Violation(name, f"{len(found)} messages {what}"))
+        out += [
+            Violation(name, f"subscriber {subscriber}: {_msg(p)}")
+            for subscriber, p in found[:SHOWN]
+        ]
+    return out
+
+
+def check_pubsub_gaps(
+    record: PubSubRecord, tally: PubSubTally, faults: Sequence[Window], recovery: float
+) -> list[Violation]:
+    """Every subscription was confirmed; gaps happen only around faults (and a fault that
+    should have broken subscriptions did cause at least one gap); every channel a gap lists
+    is subscribed again (a new confirmation) afterwards; no stream raised an error."""
+    out = []
+    for subscriber, channels in sorted(record.subscriptions.items()):
+        missing = [c for c in channels if not tally.confirms.get((subscriber, c))]
+        if missing:
+            out.append(
+                Violation(
+                    "pubsub-subscribed",
+                    f"subscriber {subscriber}: {len(missing)} channels never confirmed "
+                    f"({', '.join(missing[:3])})",
+                )
+            )
+    gaps = [e for e in record.events if e.kind == "gap"]
+    for event in gaps:
+        if _in_window(event.at, faults, recovery) is None:
+            out.append(
+                Violation(
+                    "pubsub-unexpected-gap",
+                    f"subscriber {event.subscriber}: gap at t={event.at:.3f} with no fault "
+                    f"({event.detail})",
+                )
+            )
+        for channel in event.channels:
+            again = _confirmed_after(tally.confirms.get((event.subscriber, channel), []), event.at)
+            if again == math.inf:
+                out.append(
+                    Violation(
+                        "pubsub-resubscribed",
+                        f"subscriber {event.subscriber}: {channel} never confirmed again after "
+                        f"the gap at t={event.at:.3f}",
+                    )
+                )
+    if faults and not gaps:
+        out.append(Violation("pubsub-gap-seen", "the fault caused no gap event"))
+    errors = [e for e in record.events if e.kind == "error"]
+    out += [
+        Violation(
+            "pubsub-stream-error",
+            f"subscriber {e.subscriber}: the stream raised {e.detail} at t={e.at:.3f}",
+        )
+        for e in errors[:SHOWN]
+    ]
+    return out + _more(len(errors))
+
+
+def check_pubsub_connections(record: PubSubRecord) -> list[Violation]:
+    """Every pub/sub connection is closed once the PubSubs are; the client never had more
+    open than its bound, nor refused one (recovery must not trip the bound)."""
+    out = []
+    if record.open_after_close != 0:
+        out.append(
+            Violation(
+                "pubsub-connections-closed",
+                f"pubsub_stats() shows {record.open_after_close} connections open after every "
+                "PubSub was closed",
+            )
+        )
+    bound = int(record.stats.get("max_connections", 0))
+    if bound and record.peak_connections > bound:
+        out.append(
+            Violation(
+                "pubsub-connection-bound",
+                f"{record.peak_connections} pub/sub connections open at once, bound {bound}",
+            )
+        )
+    refused = int(record.stats.get("limit_rejections", 0))
+    if refused:
+        out.append(Violation("pubsub-connection-bound", f"{refused} connections refused"))
+    return out
+
+
+def check_pubsub(
+    record: PubSubRecord, faults: Sequence[Window], recovery: float
+) -> list[Violation]:
+    """Every pub/sub invariant; messages were published and every subscriber received some."""
+    tally = pubsub_tally(record)
+    out = check_pubsub_misdelivery(tally)
+    out += check_pubsub_duplicates(tally)
+    out += check_pubsub_order(tally)
+    out += check_pubsub_losses(tally, faults, recovery)
+    out += check_pubsub_gaps(record, tally, faults, recovery)
+    out += check_pubsub_connections(record)
+    if not tally.published:
+        out.append(Violation("pubsub-activity", "nothing was published"))
+    heard = {d.subscriber for d in record.deliveries}
+    silent = sorted(set(record.subscriptions) - heard)
+    if tally.published and silent:
+        out.append(Violation("pubsub-activity", f"subscribers {silent} received nothing"))
+    return out
+
+
 def check_all(
     record: RunRecord, bounds: Bounds
 ) -> tuple[list[Violation], list[Observation], list[Recovery]]:
@@ -380,9 +731,14 @@ def check_all(
     violations += check_recovery(found, bounds.recovery)
     violations += check_leaks(record.leaked_connections)
     violations += check_client_counts(record.baseline_clients, record.final_clients)
+    violations += check_client_counts(
+        record.baseline_pubsub_clients, record.final_pubsub_clients, "pub/sub clients"
+    )
     if bounds.zero_failures:
         violations += check_failures(record.ops)
     violations += check_handoffs(record.handoffs, record.maintenance, bounds.handoff_timeout)
     violations += check_relaxed(record.ops, record.relaxed_windows, bounds.read_timeout)
     violations += check_auth(record.auth_checks, record.maintenance)
+    if record.pubsub is not None:
+        violations += check_pubsub(record.pubsub, record.fault_windows, bounds.recovery)
     return violations, excused, found

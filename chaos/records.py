@@ -12,12 +12,18 @@ from typing import Any
 __all__ = [
     "AuthCheck",
     "ConnSample",
+    "Delivery",
     "HandoffCheck",
     "Observation",
     "Op",
+    "PubSubEvent",
+    "PubSubRecord",
+    "Publish",
     "RunRecord",
     "Window",
+    "decode_message",
     "decode_value",
+    "encode_message",
     "encode_value",
 ]
 
@@ -139,6 +145,105 @@ class AuthCheck:
     """Seconds until no connection was left on the old credentials (None: never, in time)."""
 
 
+@dataclass(slots=True)
+class Publish:
+    """One PUBLISH (or SPUBLISH) as its publisher saw it.  The payload names the channel, the
+    publisher and ``seq`` (see :func:`encode_message`)."""
+
+    publisher: int
+    seq: int
+    """The publisher's own counter: it grows by one with every publish, whatever the channel."""
+    channel: str
+    start: float
+    end: float
+    ok: bool
+    """Acknowledged by the server (a failed publish may or may not have been delivered)."""
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A published message as one subscriber's stream gave it."""
+
+    subscriber: int
+    pos: int
+    """Position in that subscriber's stream (deliveries and events share the numbering)."""
+    at: float
+    kind: str
+    """``message``, ``smessage`` or ``pmessage``."""
+    channel: str
+    """The channel it arrived on."""
+    named: str | None
+    """The channel its payload names (None: not a payload any publisher sends)."""
+    publisher: int = -1
+    seq: int = -1
+    raw: str = ""
+
+
+@dataclass(slots=True)
+class PubSubEvent:
+    """Anything but a message in a subscriber's stream: a confirmation (``subscribe``,
+    ``ssubscribe``), a ``gap`` (with the channels it lists), an unsubscription, or an error the
+    stream raised (``error``)."""
+
+    subscriber: int
+    pos: int
+    at: float
+    kind: str
+    channels: tuple[str, ...] = ()
+    detail: str = ""
+
+
+@dataclass
+class PubSubRecord:
+    """What the pub/sub load did and saw (``chaos.pubsubload``)."""
+
+    subscriptions: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """Subscriber -> the channels it subscribed to."""
+    sharded: frozenset[str] = frozenset()
+    """The channels used with SSUBSCRIBE/SPUBLISH (the others: SUBSCRIBE/PUBLISH)."""
+    publishes: list[Publish] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    events: list[PubSubEvent] = field(default_factory=list)
+    publishing: Window | None = None
+    """From the first publish to the last (publishers start once every subscription is
+    confirmed)."""
+    peak_connections: int = 0
+    """Most pub/sub connections the client had open at once (sampled)."""
+    stats: dict[str, Any] = field(default_factory=dict)
+    """The client's ``pubsub_stats()`` before the PubSubs were closed."""
+    open_after_close: int | None = None
+    """``pubsub_stats().open_connections`` once every PubSub was closed (None: not measured)."""
+    notes: list[str] = field(default_factory=list)
+
+
+#: Separator inside every payload the publishers send: ``<channel>#<publisher>#<seq>``.
+MSG_SEP = "#"
+
+
+def encode_message(channel: str, publisher: int, seq: int) -> str:
+    """The payload of message ``seq`` of ``publisher`` on ``channel``."""
+    return f"{channel}{MSG_SEP}{publisher}{MSG_SEP}{seq}"
+
+
+def decode_message(data: object) -> tuple[str, int, int] | None:
+    """``(channel, publisher, seq)`` from a payload of :func:`encode_message`, else None."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode()
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(data, str):
+        return None
+    parts = data.rsplit(MSG_SEP, 2)
+    if len(parts) != 3:
+        return None
+    try:
+        return parts[0], int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+
+
 @dataclass
 class RunRecord:
     """Everything one scenario run recorded, in the time base of ``trio.current_time()``."""
@@ -173,3 +278,8 @@ class RunRecord:
     replies were slower than the read timeout but faster than the relaxed one."""
     auth_checks: list[AuthCheck] = field(default_factory=list)
     """Set by credential-rotation faults: the users the client's connections ended on."""
+    baseline_pubsub_clients: dict[int, int] = field(default_factory=dict)
+    """Per node: clients in subscribed mode (``CLIENT LIST TYPE pubsub``) before the run."""
+    final_pubsub_clients: dict[int, int] = field(default_factory=dict)
+    pubsub: PubSubRecord | None = None
+    """Set by scenarios with a pub/sub load."""

@@ -7,11 +7,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .invariants import CANCELLED
-from .records import Op
+from .invariants import CANCELLED, pubsub_tally
+from .records import Op, RunRecord
 from .runner import ScenarioResult, result_summary
 
-__all__ = ["metrics", "plot", "render_text", "to_json"]
+__all__ = ["metrics", "plot", "pubsub_metrics", "render_text", "to_json"]
 
 BUCKETS = (("0-1ms", 0.001), ("1-5ms", 0.005), ("5-10ms", 0.010), ("10-50ms", 0.050),
            (">50ms", math.inf))  # fmt: skip
@@ -79,6 +79,66 @@ def metrics(result: ScenarioResult) -> dict[str, Any]:
     }
 
 
+def pubsub_metrics(record: RunRecord) -> dict[str, Any] | None:
+    """Published, received and lost messages (overall and per subscriber), gap events and
+    pub/sub connections; None without a pub/sub load."""
+    data = record.pubsub
+    if data is None:
+        return None
+    tally = pubsub_tally(data)
+    t0 = record.start
+    per: dict[int, dict[str, int]] = {
+        s: {"due": 0, "received": 0, "lost": 0, "gaps": 0} for s in data.subscriptions
+    }
+    for d in data.deliveries:
+        per[d.subscriber]["received"] += 1
+    for subscriber, _ in tally.lost:
+        per[subscriber]["lost"] += 1
+    for event in data.events:
+        if event.kind == "gap":
+            per[event.subscriber]["gaps"] += 1
+    window = data.publishing
+    seconds = max(window.end - window.start, 1e-9) if window else 0.0
+    return {
+        "subscribers": len(data.subscriptions),
+        "channels": len({c for cs in data.subscriptions.values() for c in cs}),
+        "sharded_channels": sorted(data.sharded),
+        "publishers": len({p.publisher for p in data.publishes}),
+        "published": tally.published,
+        "failed_publishes": tally.failed_publishes,
+        "publish_rate_s": tally.published / seconds if seconds else 0.0,
+        "publishing": [round(window.start - t0, 3), round(window.end - t0, 3)] if window else None,
+        "due": tally.expected,
+        "received": tally.received,
+        "received_due": tally.received_due,
+        "lost": len(tally.lost),
+        "lost_while_down": len(tally.lost_in_gap),
+        "duplicates": len(tally.duplicates),
+        "misdelivered": len(tally.misdelivered),
+        "reordered": len(tally.reordered),
+        "gap_events": tally.gaps,
+        "gaps": [
+            {
+                "subscriber": e.subscriber,
+                "t": round(e.at - t0, 3),
+                "channels": len(e.channels),
+                "detail": e.detail,
+            }
+            for e in data.events
+            if e.kind == "gap"
+        ],
+        "per_subscriber": per,
+        "peak_connections": data.peak_connections,
+        "open_after_close": data.open_after_close,
+        "client": data.stats,
+        "server_pubsub_clients": {
+            "baseline": record.baseline_pubsub_clients,
+            "final": record.final_pubsub_clients,
+        },
+        "notes": data.notes,
+    }
+
+
 def _states_over_time(result: ScenarioResult) -> list[dict[str, Any]]:
     record = result.record
     out: list[dict[str, Any]] = []
@@ -138,6 +198,7 @@ def to_json(result: ScenarioResult) -> dict[str, Any]:
             {"node": c.node, "expected": c.expected, "users": c.users, "rotated_in": c.rotated_in}
             for c in record.auth_checks
         ],
+        "pubsub": pubsub_metrics(record),
         "connection_states": _states_over_time(result),
         "notes": record.notes,
     }
@@ -208,6 +269,27 @@ def render_text(result: ScenarioResult) -> str:
             f"rotations {maint['credential_rotations']} reauths {maint['reauths']} "
             f"failed {maint['reauth_failures']}"
         )
+    ps = pubsub_metrics(record)
+    if ps is not None:
+        client = ps["client"]
+        lines += [
+            f"  Pub/sub: {ps['subscribers']} subscribers on {ps['channels']} channels "
+            f"({len(ps['sharded_channels'])} sharded), {ps['publishers']} publishers: "
+            f"published {ps['published']} ({ps['publish_rate_s']:.0f}/s, "
+            f"{ps['failed_publishes']} failed)",
+            f"    received {ps['received_due']} of {ps['due']} due (deliveries in all: "
+            f"{ps['received']}); lost {ps['lost']} "
+            f"({ps['lost_while_down']} while a subscription was down); duplicates "
+            f"{ps['duplicates']}, misdelivered {ps['misdelivered']}, reordered "
+            f"{ps['reordered']}; gap events {ps['gap_events']}",
+            f"    connections: peak {ps['peak_connections']} (bound "
+            f"{client.get('max_connections', '?')}), connects {client.get('connects', '?')}, "
+            f"disconnects {client.get('disconnects', '?')}, open after close "
+            f"{ps['open_after_close']}; servers' pub/sub clients "
+            f"{sum(record.final_pubsub_clients.values())} (baseline "
+            f"{sum(record.baseline_pubsub_clients.values())})",
+        ]
+        lines += [f"  Note: {note}" for note in ps["notes"]]
     for note in record.notes:
         lines.append(f"  Note: {note}")
     for v in result.violations:

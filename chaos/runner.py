@@ -18,6 +18,7 @@ from .env import Environment
 from .faultlib import FaultContext, Harness
 from .invariants import Bounds, Recovery, Violation, check_all
 from .monitor import Monitor
+from .pubsubload import PubSubRunner
 from .records import Observation, RunRecord, Window
 from .scenarios import Scenario
 from .workload import WorkloadRunner
@@ -62,27 +63,30 @@ def _bounds(scenario: Scenario) -> Bounds:
     )
 
 
-async def _normal_clients(env: Environment) -> dict[int, int]:
-    """Per-node count of ordinary clients (replication links excluded), ours excluded."""
+async def _normal_clients(env: Environment, kind: str = "normal") -> dict[int, int]:
+    """Per-node count of ordinary clients (replication links excluded), ours excluded; or,
+    with ``kind="pubsub"``, of clients in subscribed mode."""
     if env.cluster is None:
         return {}
     counts = {}
     for node in env.cluster.nodes:
         if node.running and not node.paused:
-            listing = await node.execute("CLIENT", "LIST", "TYPE", "normal")
+            listing = await node.execute("CLIENT", "LIST", "TYPE", kind)
             text = listing.decode() if isinstance(listing, bytes) else str(listing)
             # MIGRATE keeps a cached connection from node to node (cmd=restore-asking): not ours.
             lines = [ln for ln in text.splitlines() if ln.strip() and "cmd=restore" not in ln]
-            counts[node.port] = len(lines) - 1
+            counts[node.port] = len(lines) - (1 if kind == "normal" else 0)
     return counts
 
 
-async def _settled_counts(env: Environment, baseline: dict[int, int]) -> dict[int, int]:
-    counts = await _normal_clients(env)
+async def _settled_counts(
+    env: Environment, baseline: dict[int, int], kind: str = "normal"
+) -> dict[int, int]:
+    counts = await _normal_clients(env, kind)
     with trio.move_on_after(CLIENT_COUNT_SETTLE):
         while any(counts.get(p, 0) > n for p, n in baseline.items()):
             await trio.sleep(0.1)
-            counts = await _normal_clients(env)
+            counts = await _normal_clients(env, kind)
     return counts
 
 
@@ -122,9 +126,13 @@ async def _run(
         await env.cluster.wait_ready()
     record = RunRecord()
     record.baseline_clients = await _normal_clients(env)
+    record.baseline_pubsub_clients = await _normal_clients(env, "pubsub")
     async with scenario.harness(env) as harness:
         await _load_and_verify(env, scenario, seed, hold, duration, progress, record, harness)
         record.final_clients = await _settled_counts(env, record.baseline_clients)
+        record.final_pubsub_clients = await _settled_counts(
+            env, record.baseline_pubsub_clients, "pubsub"
+        )
     bounds = _bounds(scenario)
     violations, excused, found = check_all(record, bounds)
     return ScenarioResult(scenario, seed, record, bounds, violations, excused, found)
@@ -148,6 +156,15 @@ async def _load_and_verify(
         return monitor.watch(env.client(**options))
 
     workload = WorkloadRunner(scenario.workload, prefix, seed, record, open_client)
+    pubsub: PubSubRunner | None = None
+    if scenario.pubsub is not None:
+        bound = scenario.pubsub.max_connections
+
+        def open_pubsub_client() -> AbstractAsyncContextManager[ClusterClient]:
+            options = {**scenario.client.kwargs(), **harness.client_options()}
+            return monitor.watch(env.client(**options, max_pubsub_connections=bound))
+
+        pubsub = PubSubRunner(scenario.pubsub, prefix, seed, record, open_pubsub_client)
     ctx = FaultContext(
         env=env,
         record=record,
@@ -157,6 +174,7 @@ async def _load_and_verify(
         primaries=await env.primaries(),
         harness=harness,
         clients=monitor.clients,
+        pubsub=pubsub,
     )
     stop = trio.Event()
     record.start = trio.current_time()
@@ -165,6 +183,8 @@ async def _load_and_verify(
             nursery.start_soon(monitor.run)
             async with trio.open_nursery() as load:
                 load.start_soon(_drive, workload, stop)
+                if pubsub is not None:
+                    load.start_soon(pubsub.run, stop)
                 await _schedule(scenario, ctx, monitor, stop, duration)
             record.end = trio.current_time()
             nursery.cancel_scope.cancel()
@@ -228,4 +248,5 @@ def result_summary(result: ScenarioResult) -> dict[str, object]:
         "origin": s.origin,
         "workload": attrs.asdict(s.workload),
         "client": {k: repr(v) for k, v in s.client.kwargs().items()},
+        "pubsub": attrs.asdict(s.pubsub) if s.pubsub is not None else None,
     }

@@ -13,6 +13,7 @@ from . import faultlib, maintenance
 from .clientspec import ClientSpec
 from .env import Environment
 from .faultlib import FaultFn, Harness
+from .pubsubload import PubSubLoad
 from .workload import Workload
 
 __all__ = ["GROUPS", "SCENARIOS", "Scenario", "select"]
@@ -47,6 +48,8 @@ class Scenario:
     """Why this scenario cannot run yet (listed, never run)."""
     origin: str = ""
     """The origin test this reproduces, and how it was scaled."""
+    pubsub: PubSubLoad | None = None
+    """Subscribers and publishers running beside the workload (``chaos.pubsubload``)."""
 
 
 def _pool(
@@ -71,6 +74,21 @@ HANDOFF_MAINT = MaintNotificationsOptions(
 #: Above the 0.5 s read timeout, below the 2.5 s relaxed timeout.
 RELAX_LATENCY_MS = 1000
 FAULT_LOAD = Workload(workers=16, think=(0.001, 0.004), keys_per_worker=4)
+#: The origin's "PubSub + Get/Set", scaled: 10 subscribers on 10 channels each (some shared,
+#: 6 of the 20 sharded), half the publishers and workers, half the time.  The periods are
+#: ceilings (each task sleeps them after its command): on 2 cores, with the proxies in the same
+#: process, the closed loop reaches about 1,000 publishes/s and 1,000 GET/SET/s.
+PUBSUB = PubSubLoad(subscribers=10, channels_per_subscriber=10, channels=20, sharded=6,
+                    publishers=50, interval=0.010)  # fmt: skip
+PUBSUB_GETSET = Workload(workers=50, mix=(("get", 0.5), ("set", 0.5)), think=(0.005, 0.005))
+PUBSUB_SECONDS = 5.0
+PUBSUB_ORIGIN = (
+    "PubSub + Get/Set: PoolSize 100, PoolTimeout 5 s, 10 s of 10 subscribers x 10 channels, "
+    "100 publishers (PUBLISH every 10 ms), 100 GET/SET workers (every 5 ms) -> "
+    f"{PUBSUB.subscribers} x {PUBSUB.channels_per_subscriber} channels ({PUBSUB.sharded} of "
+    f"{PUBSUB.channels} SSUBSCRIBE/SPUBLISH), {PUBSUB.publishers} publishers, "
+    f"{PUBSUB_GETSET.workers} workers"
+)
 
 _LOAD = [
     Scenario("basic-concurrent", "basic", "many tasks, SETs on their own keys",
@@ -112,9 +130,12 @@ _LOAD = [
              _origin_client(_pool(10, 5.0, max_idle=5, min_idle=5)),
              origin="Concurrent Pipelines: PoolSize 10, 64 x 100 pipelines x 100 SET -> "
                     "16 x 20 x 50"),
-    Scenario("advanced-pubsub", "advanced", "PUBLISH/SUBSCRIBE with GET/SET",
-             unavailable="pub/sub is not implemented in trio_cluster yet",
-             origin="PubSub + Get/Set: PoolSize 100, 10 subscribers, 100 publishers"),
+    Scenario("advanced-pubsub", "advanced",
+             f"{PUBSUB.subscribers} subscribers x {PUBSUB.channels_per_subscriber} channels "
+             f"({PUBSUB.sharded} of {PUBSUB.channels} sharded), {PUBSUB.publishers} publishers, "
+             f"{PUBSUB_GETSET.workers} GET/SET workers",
+             PUBSUB_GETSET, _origin_client(_pool(100, 5.0)), duration=PUBSUB_SECONDS,
+             pubsub=PUBSUB, origin=f"{PUBSUB_ORIGIN}, {PUBSUB_SECONDS:.0f} s"),
     Scenario("detect-thundering-herd", "detect", "100 tasks released at once on a pool of 5",
              Workload(workers=100, ops_per_worker=1, mix=SETS, shape="rounds", rounds=3,
                       pause=0.2),
@@ -177,6 +198,12 @@ _FAULTS = [
     _fault("reshard", faultlib.live_reshard, "slots with live keys moved away and back (ASK/MOVED)",
            needs_local=True, workload=Workload(workers=16, think=(0.001, 0.004),
                                                keys_per_worker=8)),
+    Scenario("pubsub-node-failure", "faults",
+             "the pub/sub load of advanced-pubsub; the proxy of the primary carrying most "
+             "classic subscriptions disabled for 2 s",
+             PUBSUB_GETSET, ClientSpec(pool=_pool(100, 1.0)),
+             faults=(("pubsub-node-down", faultlib.pubsub_node_down),), pubsub=PUBSUB,
+             origin=f"{PUBSUB_ORIGIN}, 1 s + the fault + 3 s (the origin has no fault)"),
     Scenario("cancel-storm", "faults",
              "every command under a random 0-20 ms move_on_after deadline",
              Workload(workers=24, think=(0.0, 0.002), cancel=(0.0, 0.02), keys_per_worker=4),

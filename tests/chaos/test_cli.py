@@ -20,14 +20,13 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for name in SCENARIOS:
         assert name in out
-    assert "unavailable" in out
+    assert "unavailable" not in out  # every scenario runs now (advanced-pubsub included)
 
 
 @pytest.mark.parametrize(
     "argv",
     [
         ["run", "no-such-scenario"],
-        ["run", "advanced-pubsub"],
         ["run", "--mode", "nonsense"],
         ["run", "--duration", "0"],
         ["frobnicate"],
@@ -48,7 +47,16 @@ def test_maintenance_scenarios_are_available() -> None:
     assert handoff.unavailable is None and rotation.unavailable is None
     assert handoff.zero_failures and rotation.zero_failures
     assert rotation.needs_local  # it changes the servers' ACLs
-    assert SCENARIOS["advanced-pubsub"].unavailable
+
+
+def test_pubsub_scenarios_are_available() -> None:
+    plain, failure = SCENARIOS["advanced-pubsub"], SCENARIOS["pubsub-node-failure"]
+    assert plain.unavailable is None and failure.unavailable is None
+    assert plain.pubsub is not None and not plain.faults  # no fault: nothing may be lost
+    assert failure.pubsub is not None and failure.faults
+    assert not failure.needs_local  # a proxy fault: external clusters too
+    assert plain.pubsub.sharded and plain.pubsub.sharded < plain.pubsub.channels
+    assert "->" in plain.origin and "->" in failure.origin  # the scaling is recorded
 
 
 def test_handoff_bounds_follow_the_maintenance_options() -> None:
