@@ -84,6 +84,7 @@ class Connection:
         "_closed",
         "_fd",
         "_parser",
+        "_poller",
         "_stream",
         "_timed_out",
         "broken",
@@ -143,6 +144,11 @@ class Connection:
         # exactly whether any byte went out (the cancel-safety books depend on it), and it is
         # cheaper than a full ``send_all``.  TLS streams always go through ``send_all``.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        # A poll object registered once: the idle health check is then one cheap system call
+        # (about a third of what ``select.select`` costs, which builds lists every time).
+        self._poller = select.poll()
+        if self._fd >= 0:
+            self._poller.register(self._fd, select.POLLIN)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -488,6 +494,7 @@ class Connection:
         fresh = await Connection.open(config)
         old_stream = self._stream
         self._stream, self._parser, self._fd = fresh._stream, fresh._parser, fresh._fd
+        self._poller = fresh._poller
         self.config, self.protocol, self.client_id = fresh.config, fresh.protocol, fresh.client_id
         self.maint_notifications = fresh.maint_notifications
         fresh._closed = True  # its stream now belongs to this connection
@@ -512,7 +519,7 @@ class Connection:
     def peer_closed(self) -> bool:
         """Cheap, non-blocking: is this idle connection unfit to hand out?
 
-        One ``select`` call.  An idle connection normally has nothing to read; if it does, the
+        One ``poll`` call.  An idle connection normally has nothing to read; if it does, the
         bytes are read: push frames are dispatched (maintenance notifications arrive on idle
         connections), while EOF, an error, garbage or an unsolicited reply mean it is unfit.
         """
@@ -521,8 +528,7 @@ class Connection:
         if self._fd < 0:
             return False
         try:
-            readable, _, _ = select.select([self._fd], [], [], 0)
-            if not readable:
+            if not self._poller.poll(0):
                 return False
             data = os.read(self._fd, _RECEIVE_SIZE)
         except BlockingIOError:
