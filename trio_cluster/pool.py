@@ -67,6 +67,8 @@ _CLOSE_TIMEOUT = 5.0
 # After a dial has failed, wait this long before dialling again just to refill min_idle. Dials
 # for parked callers are not delayed: each caller deserves its own attempt.
 _MIN_IDLE_RETRY_DELAY = 1.0
+#: Most dials in flight at once to fill ``min_idle`` (callers' own dials are not limited).
+_MAX_FILL_DIALS = 32
 
 
 class PoolableConnection(Protocol):
@@ -820,7 +822,10 @@ class Pool(Generic[C]):
         demand = len(self._waiters)
         min_idle = self.options.min_idle
         if min_idle and trio.current_time() >= self._last_dial_failure + _MIN_IDLE_RETRY_DELAY:
-            demand += max(0, min_idle - len(self._idle))
+            # Filling min_idle is background work: a bounded number of dials at a time, so a
+            # large min_idle never floods the node (or this process) with handshakes that
+            # then time out and retry, which can livelock.
+            demand += min(max(0, min_idle - len(self._idle)), _MAX_FILL_DIALS)
         for _ in range(min(room, demand - self._dialing)):
             self._dialing += 1
             self._nursery.start_soon(self._dial_one)
@@ -871,6 +876,7 @@ class Pool(Generic[C]):
             self._remove(entry, CloseReason.BAD_STATE)
         else:
             self._offer(entry, is_new=True)
+        self._schedule_dials()  # min_idle filling goes on, a bounded batch at a time
 
     async def _dial_with_retries(self) -> C:
         opts = self.options

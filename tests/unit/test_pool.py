@@ -828,3 +828,29 @@ async def test_stats_snapshot_type() -> None:
             assert isinstance(st, PoolStats) and st.node == "node-a:7000"
             with pytest.raises(attrs.exceptions.FrozenInstanceError):
                 st.hits = 1  # type: ignore[misc]
+
+
+async def test_min_idle_fill_dials_a_bounded_batch_at_a_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A large min_idle must not open hundreds of handshakes at once."""
+    dialer = FakeDialer()
+    dialer.delay = 0.1
+    in_flight = peak = 0
+
+    async def counting_dial() -> FakeConn:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await dialer()
+        finally:
+            in_flight -= 1
+
+    with trio.fail_after(100):
+        async with Pool(
+            counting_dial, PoolOptions(size=200, min_idle=200), node_name="fill", timeout=5
+        ) as pool:
+            while pool.stats().idle_connections < 200:  # noqa: ASYNC110 - mock clock
+                await trio.sleep(0.05)
+    assert peak == 32
