@@ -214,3 +214,15 @@ def test_client_routes_by_slot_and_refuses_cross_slot(table: CommandTable) -> No
         rc._slot_for(("EVAL", "s", 2, "a", "b"))
     with pytest.raises(ClusterCrossSlotError):
         rc._slot_for(("ZUNIONSTORE", "dst", 1, "src"))
+
+
+def test_key_slot_of_matches_redis_py_for_every_key_shape() -> None:
+    from redis.crc import key_slot
+
+    from trio_cluster.routing import key_slot_of
+
+    for key in ["", "a", "{user}1", "{user}2", "a{}b", "{}x", "a{b", "x}{y}", "é", "{{a}}"]:
+        assert key_slot_of(key) == key_slot(key.encode()), key
+        assert key_slot_of(key.encode()) == key_slot(key.encode())
+    assert key_slot_of(memoryview(b"{t}k")) == key_slot(b"{t}k")
+    assert key_slot_of(12345) == key_slot(b"12345")
