@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
 
@@ -24,6 +23,7 @@ from .config import ConnectionConfig, parse_url, redact_url
 from .connection import Connection
 from .credentials import CredentialManager, CredentialSource
 from .dialer import Dialer
+from .lifetime import NurseryOwner
 from .maint import MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from .pubsub import PubSub, PubSubRegistry, PubSubStats
@@ -34,7 +34,8 @@ __all__ = ["Client", "Pipeline", "run_blocking"]
 logger = logging.getLogger("trio_cluster.client")
 
 
-class Client(AsyncCoreCommands):
+# redis-py's own mixins disagree on command_info's signature once another base is added.
+class Client(NurseryOwner, AsyncCoreCommands):  # type: ignore[misc]
     """A client for one Redis/Valkey node.
 
     Keyword arguments configure the connections (see
@@ -81,8 +82,6 @@ class Client(AsyncCoreCommands):
         )
         self._dialer.attach(self._pool, maint)
         self._replies = ReplyParser(protocol)
-        self._stack: AsyncExitStack | None = None
-        self._nursery: trio.Nursery | None = None
         self._shown_url: str | None = None
         self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
 
@@ -107,46 +106,16 @@ class Client(AsyncCoreCommands):
 
     # --- lifetime ----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._stack is not None:
-            raise RuntimeError(f"{self!r} is already open")
-        stack = AsyncExitStack()
-        try:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            self._nursery = nursery
-            await nursery.start(self._watchdog.run)
-            if self._credentials is not None:
-                await self._credentials.start(nursery)
-            if self._dialer.maint is not None:
-                self._dialer.maint.start(nursery)
-            await self._pool.start_background(nursery)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._stack = stack
-        return self
+    async def _start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self._watchdog.run)
+        if self._credentials is not None:
+            await self._credentials.start(nursery)
+        if self._dialer.maint is not None:
+            self._dialer.maint.start(nursery)
+        await self._pool.start_background(nursery)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        stack, self._stack = self._stack, None
-        try:
-            await self._pool.aclose()
-            if self._nursery is not None:
-                # The watchdog, the credential stream, the notification sweep.
-                self._nursery.cancel_scope.cancel()
-        except BaseException as close_error:
-            if stack is None or not await stack.__aexit__(
-                type(close_error), close_error, close_error.__traceback__
-            ):
-                raise
-            return None
-        if stack is not None:
-            return await stack.__aexit__(exc_type, exc, tb)
-        return None
+    async def _stop(self) -> None:
+        await self._pool.aclose()
 
     async def aclose(self) -> None:
         """Close the pool: every connection, in use or not.  Prefer leaving ``async with``."""

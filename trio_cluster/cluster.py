@@ -26,8 +26,6 @@ import math
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import attrs
@@ -56,6 +54,7 @@ from .errors import (
     TryAgainError,
     UnknownCommandError,
 )
+from .lifetime import NurseryOwner
 from .maint import MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from .pubsub import PubSub, PubSubRegistry, PubSubStats
@@ -167,7 +166,8 @@ class _Node:
         return f"<node {self.name}{' retired' if self.retired else ''}>"
 
 
-class ClusterClient(AsyncCoreCommands):
+# redis-py's own mixins disagree on command_info's signature once another base is added.
+class ClusterClient(NurseryOwner, AsyncCoreCommands):  # type: ignore[misc]
     """A Redis Cluster client.
 
     Start from ``host``/``port``, or ``startup_nodes=[(host, port), ...]``, or
@@ -243,8 +243,6 @@ class ClusterClient(AsyncCoreCommands):
         self._shard_nodes: list[tuple[_Node, tuple[_Node, ...]]] = []
         self._round_robin = itertools.count()
         self._default_node: _Node | None = None
-        self._stack: AsyncExitStack | None = None
-        self._nursery: trio.Nursery | None = None
         self._refresh_wanted = trio.Event()
         self._refresh_done = trio.Event()
         self._last_refresh = -math.inf
@@ -277,44 +275,14 @@ class ClusterClient(AsyncCoreCommands):
 
     # --- lifetime ----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._stack is not None:
-            raise RuntimeError(f"{self!r} is already open")
-        stack = AsyncExitStack()
-        try:
-            self._nursery = await stack.enter_async_context(trio.open_nursery())
-            await self._nursery.start(self._watchdog.run)
-            if self._credentials is not None:
-                await self._credentials.start(self._nursery)
-            await self._refresh_once(initial=True)
-            self._nursery.start_soon(self._refresher)
-        except BaseException:
-            await self._shutdown()
-            await stack.aclose()
-            raise
-        self._stack = stack
-        return self
+    async def _start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self._watchdog.run)
+        if self._credentials is not None:
+            await self._credentials.start(nursery)
+        await self._refresh_once(initial=True)
+        nursery.start_soon(self._refresher)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        stack, self._stack = self._stack, None
-        try:
-            await self._shutdown()
-        except BaseException as close_error:
-            if stack is None or not await stack.__aexit__(
-                type(close_error), close_error, close_error.__traceback__
-            ):
-                raise
-            return None
-        if stack is not None:
-            return await stack.__aexit__(exc_type, exc, tb)
-        return None
-
-    async def _shutdown(self) -> None:
+    async def _stop(self) -> None:
         self._closed = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
@@ -506,41 +474,33 @@ class ClusterClient(AsyncCoreCommands):
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Route and run one command, following redirects and retrying as documented."""
         name = args[0]
-        readonly = self._commands.single_key.get(name) if len(args) > 1 else None
-        if readonly is not None and not (options and "target_nodes" in options):
-            # The hot path (GET, SET, INCR...): the slot is that of the first argument.
-            try:
+        try:
+            readonly = self._commands.single_key.get(name) if len(args) > 1 else None
+            if readonly is not None and not (options and "target_nodes" in options):
+                # The hot path (GET, SET, INCR...): the slot is that of the first argument.
                 reply = await self._execute_on_slot(
                     key_slot_of(args[1]), args, readonly, simple=True
                 )
-            except rex.ResponseError as exc:
-                if options and EMPTY_RESPONSE in options:
-                    return options[EMPTY_RESPONSE]
-                self._errors[type(exc).__name__] += 1
-                raise
-            except Exception as exc:
-                self._errors[type(exc).__name__] += 1
-                raise
-            return self._replies.parse(name, reply, options)
-        args = normalize_args(args)
-        name = args[0]
-        try:
-            if options and "target_nodes" in options:
-                return await self._execute_on_targets(options.pop("target_nodes"), args, options)
-            if name in _SPLITTABLE and len(args) > 2:
-                split = await self._execute_split(args, options)
-                if split is not _NOT_SPLIT:
-                    return split
-            # One look-up in the command table serves routing and the retry rules.
-            spec = self._commands.spec(args)
-            if spec is not None and spec.movable and spec.name not in MOVABLE_KEYS:
-                route = await self._route_with_getkeys(args)
             else:
-                route = self._slot_for(args, spec)
-            if type(route) is int:
-                reply = await self._execute_on_slot(route, args, spec is not None and spec.readonly)
-            else:
-                return await self._execute_keyless(route, args, options)  # type: ignore[arg-type]
+                args = normalize_args(args)
+                name = args[0]
+                if options and "target_nodes" in options:
+                    targets = options.pop("target_nodes")
+                    return await self._execute_on_targets(targets, args, options)
+                if name in _SPLITTABLE and len(args) > 2:
+                    split = await self._execute_split(args, options)
+                    if split is not _NOT_SPLIT:
+                        return split
+                # One look-up in the command table serves routing and the retry rules.
+                spec = self._commands.spec(args)
+                if spec is not None and spec.movable and spec.name not in MOVABLE_KEYS:
+                    route = await self._route_with_getkeys(args)
+                else:
+                    route = self._slot_for(args, spec)
+                if type(route) is not int:
+                    return await self._execute_keyless(route, args, options)  # type: ignore[arg-type]
+                readonly = spec is not None and spec.readonly
+                reply = await self._execute_on_slot(route, args, readonly)
         except rex.ResponseError as exc:
             if options and EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
