@@ -18,15 +18,15 @@ from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import ExecAbortError, ResponseError, WatchError
 
+from .clientbase import ClientBase
 from .commands import DATA_TAKING_COMMANDS, ReplyParser, blocking_seconds, normalize_args
 from .config import ConnectionConfig, parse_url, redact_url
 from .connection import Connection
 from .credentials import CredentialManager, CredentialSource
 from .dialer import Dialer
-from .lifetime import NurseryOwner
-from .maint import MaintNotificationsOptions
+from .maint import MaintenanceManager, MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
-from .pubsub import PubSub, PubSubRegistry, PubSubStats
+from .pubsub import PubSubRegistry
 from .watchdog import Watchdog
 
 __all__ = ["Client", "Pipeline", "run_blocking"]
@@ -35,7 +35,7 @@ logger = logging.getLogger("trio_cluster.client")
 
 
 # redis-py's own mixins disagree on command_info's signature once another base is added.
-class Client(NurseryOwner, AsyncCoreCommands):  # type: ignore[misc]
+class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     """A client for one Redis/Valkey node.
 
     Keyword arguments configure the connections (see
@@ -117,49 +117,18 @@ class Client(NurseryOwner, AsyncCoreCommands):  # type: ignore[misc]
     async def _stop(self) -> None:
         await self._pool.aclose()
 
+    def _maintenance_managers(self) -> list[MaintenanceManager]:
+        return [self._dialer.maint] if self._dialer.maint is not None else []
+
     async def aclose(self) -> None:
         """Close the pool: every connection, in use or not.  Prefer leaving ``async with``."""
         await self._pool.aclose()
 
     # --- observability -----------------------------------------------------------------------
 
-    def pubsub(self, **options: Any) -> PubSub:
-        """Subscriptions on dedicated connections, outside the command pool (see
-        ``docs/pubsub.md``): ``async with client.pubsub() as p: await p.subscribe("ch")``."""
-        options.setdefault("registry", self._pubsub_registry)
-        return PubSub(self, **options)
-
-    def pubsub_stats(self) -> PubSubStats:
-        """Pub/sub connections (open, bound) and their counters, over every PubSub."""
-        return self._pubsub_registry.stats()
-
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counters and connection counts."""
         return self._pool.stats()
-
-    def maintenance_stats(self) -> dict[str, Any]:
-        """Handoffs and re-authentications done and failed, relaxed connections, and
-        notifications received by type."""
-        maint, creds = self._dialer.maint, self._credentials
-        return {
-            "handoffs": maint.handoffs if maint else 0,
-            "handoff_failures": maint.handoff_failures if maint else 0,
-            "longest_unusable": maint.longest_unusable if maint else 0.0,
-            "relaxed_connections": maint.relaxed_connections() if maint else 0,
-            "notifications": dict(maint.received) if maint else {},
-            "malformed_notifications": maint.malformed if maint else 0,
-            "reauths": creds.reauths if creds else 0,
-            "reauth_failures": creds.reauth_failures if creds else 0,
-            "credential_rotations": creds.rotations if creds else 0,
-            "stale_credential_connections": creds.stale_connections() if creds else 0,
-        }
-
-    def rotate_credentials(self, username: str | None, password: str) -> None:
-        """Switch to new credentials now: new connections use them, pooled ones
-        re-authenticate in the background.  (A streaming provider does this by itself.)"""
-        if self._credentials is None:
-            raise RuntimeError("give credentials= at construction to rotate them later")
-        self._credentials.rotate((username, password))
 
     def connections(self) -> list[ConnectionInfo]:
         """Every connection of the pool: id, node, state, creation and last-use times."""
@@ -169,10 +138,6 @@ class Client(NurseryOwner, AsyncCoreCommands):  # type: ignore[misc]
     def pool(self) -> Pool[Connection]:
         """The pool (for hooks and advanced use)."""
         return self._pool
-
-    def set_response_callback(self, command: str, callback: Any) -> None:
-        """Replace how one command's reply is parsed (as in redis-py)."""
-        self._replies.set_callback(command, callback)
 
     # --- running commands --------------------------------------------------------------------
 
@@ -202,19 +167,6 @@ class Client(NurseryOwner, AsyncCoreCommands):  # type: ignore[misc]
         """Queue commands and send them in one round trip; ``transaction=True`` wraps them in
         MULTI/EXEC.  Use ``watch()`` for optimistic locking (on a dedicated connection)."""
         return Pipeline(self, transaction)
-
-    async def transaction(self, func: Any, *watches: Any, value_from_callable: bool = False) -> Any:
-        """Run ``await func(pipe)`` under WATCH ``watches`` until EXEC succeeds (as redis-py)."""
-        async with self.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    if watches:
-                        await pipe.watch(*watches)
-                    result = await func(pipe)
-                    executed = await pipe.execute()
-                    return result if value_from_callable else executed
-                except WatchError:
-                    continue
 
 
 class Pipeline(AsyncCoreCommands):

@@ -25,7 +25,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import attrs
@@ -33,10 +33,10 @@ import trio
 from redis import exceptions as rex
 from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
-from redis.exceptions import WatchError
 
 from .breaker import BreakerOptions, BreakerState, CircuitBreaker, CircuitOpenError
 from .client import run_blocking
+from .clientbase import ClientBase
 from .commands import ReplyParser, blocking_seconds, normalize_args
 from .config import ConnectionConfig, parse_url, redact_url
 from .connection import Connection, mark_unsent, was_unsent
@@ -54,10 +54,9 @@ from .errors import (
     TryAgainError,
     UnknownCommandError,
 )
-from .lifetime import NurseryOwner
-from .maint import MaintNotificationsOptions
+from .maint import MaintenanceManager, MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
-from .pubsub import PubSub, PubSubRegistry, PubSubStats
+from .pubsub import PubSubRegistry
 from .routing import (
     MOVABLE_KEYS,
     RESULT_CALLBACKS,
@@ -167,7 +166,7 @@ class _Node:
 
 
 # redis-py's own mixins disagree on command_info's signature once another base is added.
-class ClusterClient(NurseryOwner, AsyncCoreCommands):  # type: ignore[misc]
+class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     """A Redis Cluster client.
 
     Start from ``host``/``port``, or ``startup_nodes=[(host, port), ...]``, or
@@ -281,6 +280,9 @@ class ClusterClient(NurseryOwner, AsyncCoreCommands):  # type: ignore[misc]
             await self._credentials.start(nursery)
         await self._refresh_once(initial=True)
         nursery.start_soon(self._refresher)
+
+    def _maintenance_managers(self) -> list[MaintenanceManager]:
+        return [n.dialer.maint for n in self._nodes.values() if n.dialer and n.dialer.maint]
 
     async def _stop(self) -> None:
         self._closed = True
@@ -822,31 +824,7 @@ class ClusterClient(NurseryOwner, AsyncCoreCommands):  # type: ignore[misc]
 
         return ClusterPipeline(self, transaction)
 
-    async def transaction(self, func: Any, *watches: Any, value_from_callable: bool = False) -> Any:
-        """Run ``await func(pipe)`` under WATCH ``watches`` (one slot) until EXEC succeeds,
-        as redis-py's ``transaction``.  A slot that moves meanwhile is one more retry."""
-        async with self.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    if watches:
-                        await pipe.watch(*watches)
-                    result = await func(pipe)
-                    executed = await pipe.execute()
-                    return result if value_from_callable else executed
-                except WatchError:
-                    continue
-
     # --- observability -------------------------------------------------------------------------
-
-    def pubsub(self, **options: Any) -> PubSub:
-        """Subscriptions on dedicated connections, outside the command pool (see
-        ``docs/pubsub.md``): ``async with client.pubsub() as p: await p.subscribe("ch")``."""
-        options.setdefault("registry", self._pubsub_registry)
-        return PubSub(self, **options)
-
-    def pubsub_stats(self) -> PubSubStats:
-        """Pub/sub connections (open, bound) and their counters, over every PubSub."""
-        return self._pubsub_registry.stats()
 
     def stats(self) -> ClusterStats:
         """Per-node pool stats, totals, redirects, retries, surfaced errors, breakers."""
@@ -876,35 +854,6 @@ class ClusterClient(NurseryOwner, AsyncCoreCommands):  # type: ignore[misc]
             topology=topology,
         )
 
-    def maintenance_stats(self) -> dict[str, Any]:
-        """Handoffs and re-authentications done and failed, relaxed connections, and
-        notifications received by type, summed over the nodes."""
-        managers = [n.dialer.maint for n in self._nodes.values() if n.dialer and n.dialer.maint]
-        received: Counter[str] = Counter()
-        for manager in managers:
-            received.update(manager.received)
-        creds = self._credentials
-        return {
-            "handoffs": sum(m.handoffs for m in managers),
-            "handoff_failures": sum(m.handoff_failures for m in managers),
-            "longest_unusable": max((m.longest_unusable for m in managers), default=0.0),
-            "relaxed_connections": sum(m.relaxed_connections() for m in managers),
-            "notifications": dict(received),
-            "malformed_notifications": sum(m.malformed for m in managers),
-            "reauths": creds.reauths if creds else 0,
-            "reauth_failures": creds.reauth_failures if creds else 0,
-            "credential_rotations": creds.rotations if creds else 0,
-            "stale_credential_connections": creds.stale_connections() if creds else 0,
-            "timeouts_by_watchdog": self._watchdog.expired,
-        }
-
-    def rotate_credentials(self, username: str | None, password: str) -> None:
-        """Switch every node to new credentials now: new connections use them, pooled ones
-        re-authenticate in the background.  (A streaming provider does this by itself.)"""
-        if self._credentials is None:
-            raise RuntimeError("give credentials= at construction to rotate them later")
-        self._credentials.rotate((username, password))
-
     def connections(self) -> list[ConnectionInfo]:
         """Every connection of every node's pool."""
         return [info for node in self._nodes.values() for info in node.pool.connections()]
@@ -924,10 +873,6 @@ class ClusterClient(NurseryOwner, AsyncCoreCommands):  # type: ignore[misc]
             if node.name == name:
                 return node.breaker.state
         raise KeyError(name)
-
-    def set_response_callback(self, command: str, callback: Callable[..., Any]) -> None:
-        """Replace how one command's reply is parsed (as in redis-py)."""
-        self._replies.set_callback(command, callback)
 
 
 _NOT_SPLIT: Any = object()
