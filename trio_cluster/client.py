@@ -16,10 +16,17 @@ from typing import Any, Self
 import trio
 from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
-from redis.exceptions import ExecAbortError, ResponseError, WatchError
+from redis.exceptions import ResponseError
 
 from .clientbase import ClientBase
-from .commands import DATA_TAKING_COMMANDS, ReplyParser, blocking_seconds, normalize_args
+from .commands import (
+    DATA_TAKING_COMMANDS,
+    ReplyParser,
+    blocking_seconds,
+    normalize_args,
+    pipeline_results,
+    transaction_results,
+)
 from .config import ConnectionConfig, parse_url, redact_url
 from .connection import Connection
 from .credentials import CredentialManager, CredentialSource
@@ -284,28 +291,7 @@ class Pipeline(AsyncCoreCommands):
             pool.put(conn)
             self.command_stack = []
             self._explicit_multi = False
-        return self._parse_all(stack, results, raise_on_error)
-
-    def _parse_all(
-        self,
-        stack: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-        results: list[Any],
-        raise_on_error: bool,
-    ) -> list[Any]:
-        parse = self._client._replies.parse
-        out: list[Any] = []
-        for position, ((args, options), result) in enumerate(zip(stack, results, strict=True)):
-            if isinstance(result, Exception):
-                if isinstance(result, ResponseError) and EMPTY_RESPONSE in options:
-                    out.append(options[EMPTY_RESPONSE])
-                    continue
-                if raise_on_error:
-                    _annotate(result, position, args)
-                    raise result
-                out.append(result)
-            else:
-                out.append(parse(args[0], result, dict(options)))
-        return out
+        return pipeline_results(self._client._replies, stack, results, raise_on_error)
 
 
 async def _run_transaction(
@@ -314,29 +300,12 @@ async def _run_transaction(
     """MULTI, the commands, EXEC in one write; returns EXEC's results (errors as values)."""
     commands: list[Sequence[Any]] = [("MULTI",), *(args for args, _ in stack), ("EXEC",)]
     replies = await conn.execute_many(commands)
-    queued, executed = replies[1:-1], replies[-1]
-    if isinstance(replies[0], Exception):
-        raise replies[0]
-    if isinstance(executed, ExecAbortError):
-        for position, reply in enumerate(queued):
-            if isinstance(reply, Exception):
-                _annotate(reply, position, stack[position][0])
-                raise reply from executed
-        raise executed
-    if isinstance(executed, Exception):
-        raise executed
-    if executed is None:
-        raise WatchError("a watched key changed; the transaction was not executed")
-    if len(executed) != len(stack):
-        conn.broken = True
-        raise ResponseError("wrong number of results from EXEC")
-    return list(executed)
-
-
-def _annotate(error: Exception, position: int, args: tuple[Any, ...]) -> None:
-    command = " ".join(str(a) for a in args[:2])
-    message = f"Command # {position + 1} ({command}) of pipeline caused error: {error.args[0]}"
-    error.args = (message, *error.args[1:])
+    try:
+        return transaction_results(stack, replies[0], replies[1:-1], replies[-1])
+    except ResponseError as error:
+        if "wrong number of results" in str(error):
+            conn.broken = True  # out of step with the server: never reuse it
+        raise
 
 
 async def run_blocking(conn: Connection, args: tuple[Any, ...], blocks: float) -> Any:

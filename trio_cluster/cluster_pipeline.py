@@ -22,13 +22,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import trio
-from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ExecAbortError, ResponseError, WatchError
+from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .commands import normalize_args
+from .commands import normalize_args, pipeline_results, transaction_results
 from .connection import Connection, mark_unsent, was_unsent
 from .errors import (
     AskError,
@@ -225,7 +224,7 @@ class ClusterPipeline(AsyncCoreCommands):
             results = await self._transaction(stack, slots)
         else:
             results = await self._pipeline(stack, slots)
-        return self._parse_all(stack, results, raise_on_error)
+        return pipeline_results(self._client._replies, stack, results, raise_on_error)
 
     async def _execute_watched(self, raise_on_error: bool) -> list[Any]:
         """The queued commands on the watched connection (MULTI/EXEC for a transaction)."""
@@ -250,14 +249,14 @@ class ClusterPipeline(AsyncCoreCommands):
                     raise WatchError("the watched slot moved; the transaction was not executed")
                 if any(isinstance(r, AskError) for r in queued):
                     raise WatchError("the watched slot is migrating; the transaction was not run")
-                results = _transaction_results(replies[0], queued, replies[-1], len(stack))
+                results = transaction_results(stack, replies[0], queued, replies[-1])
             else:
                 results = await self._batch_on_watched(conn, node, [a for a, _ in stack])
         finally:
             self.command_stack = []
             self._explicit_multi = False
             self._release()  # EXEC (or its failure) ended the WATCH
-        return self._parse_all(stack, results, raise_on_error)
+        return pipeline_results(self._client._replies, stack, results, raise_on_error)
 
     async def _batch_on_watched(
         self, conn: Connection, node: _Node, commands: Sequence[Sequence[Any]]
@@ -269,29 +268,6 @@ class ClusterPipeline(AsyncCoreCommands):
             raise
         node.breaker.record_success()
         return replies
-
-    def _parse_all(
-        self, stack: Sequence[_Command], results: list[Any], raise_on_error: bool
-    ) -> list[Any]:
-        parse = self._client._replies.parse
-        out: list[Any] = []
-        for position, ((args, options), result) in enumerate(zip(stack, results, strict=True)):
-            if isinstance(result, Exception):
-                if isinstance(result, ResponseError) and EMPTY_RESPONSE in options:
-                    out.append(options[EMPTY_RESPONSE])
-                    continue
-                if raise_on_error:
-                    command = " ".join(str(a) for a in args[:2])
-                    result.args = (
-                        f"Command # {position + 1} ({command}) of pipeline caused error: "
-                        f"{result.args[0] if result.args else result}",
-                        *result.args[1:],
-                    )
-                    raise result
-                out.append(result)
-            else:
-                out.append(parse(args[0], result, dict(options)))
-        return out
 
     def _slot(self, args: tuple[Any, ...]) -> int | None:
         """The command's slot; None for keyless commands (they go to the default node)."""
@@ -395,7 +371,8 @@ class ClusterPipeline(AsyncCoreCommands):
             if node is None:
                 raise ResponseError(f"CLUSTERDOWN slot {slot} is not served")
             replies = await client.execute_batch(node, commands)
-            queued, executed = replies[1:-1], replies[-1]
+            first = len(commands) - len(stack) - 2  # MULTI's place (ASKING may come first)
+            multi, queued, executed = replies[first], replies[first + 1 : -1], replies[-1]
             redirect = next((r for r in queued if isinstance(r, MovedError | AskError)), None)
             if isinstance(redirect, MovedError):
                 client._moved += 1
@@ -408,20 +385,5 @@ class ClusterPipeline(AsyncCoreCommands):
                 node = await client._node(client.redirect_address(redirect, node))
                 commands = [("ASKING",), *commands]
                 continue
-            return _transaction_results(replies[0], queued, executed, len(stack))
+            return transaction_results(stack, multi, queued, executed)
         raise ResponseError("too many redirects for a cluster transaction")
-
-
-def _transaction_results(multi: Any, queued: list[Any], executed: Any, count: int) -> list[Any]:
-    if isinstance(multi, Exception):
-        raise multi
-    if isinstance(executed, ExecAbortError):
-        first = next((r for r in queued if isinstance(r, Exception)), None)
-        raise first if first is not None else executed
-    if isinstance(executed, Exception):
-        raise executed
-    if executed is None:
-        raise WatchError("a watched key changed; the transaction was not executed")
-    if len(executed) != count:
-        raise ResponseError("wrong number of results from EXEC")
-    return list(executed)

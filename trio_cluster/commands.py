@@ -14,12 +14,16 @@ from typing import Any
 
 from redis._parsers.response_callbacks import get_response_callbacks
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
+from redis.exceptions import ExecAbortError, ResponseError, WatchError
 
 __all__ = [
     "BLOCKING_COMMANDS",
     "ReplyParser",
+    "annotate_pipeline_error",
     "blocking_seconds",
     "normalize_args",
+    "pipeline_results",
+    "transaction_results",
 ]
 
 
@@ -117,3 +121,55 @@ class ReplyParser:
             if callback is None:
                 return reply
         return callback(reply, **options)
+
+
+PipelineStack = Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+def annotate_pipeline_error(error: Exception, position: int, args: tuple[Any, ...]) -> None:
+    """Say in ``error`` which queued command (1-based, with its name) it belongs to."""
+    command = " ".join(str(a) for a in args[:2])
+    first = error.args[0] if error.args else error
+    error.args = (f"Command # {position + 1} ({command}) of pipeline caused error: {first}",
+                  *error.args[1:])  # fmt: skip
+
+
+def transaction_results(
+    stack: PipelineStack, multi: Any, queued: Sequence[Any], executed: Any
+) -> list[Any]:
+    """EXEC's results for the queued commands, or the error the transaction ended with: the
+    first rejected command (EXECABORT), ``WatchError`` (a watched key changed), or another."""
+    if isinstance(multi, Exception):
+        raise multi
+    if isinstance(executed, ExecAbortError):
+        for position, reply in enumerate(queued):
+            if isinstance(reply, Exception):
+                annotate_pipeline_error(reply, position, stack[position][0])
+                raise reply from executed
+        raise executed
+    if isinstance(executed, Exception):
+        raise executed
+    if executed is None:
+        raise WatchError("a watched key changed; the transaction was not executed")
+    if len(executed) != len(stack):
+        raise ResponseError("wrong number of results from EXEC")
+    return list(executed)
+
+
+def pipeline_results(
+    replies: ReplyParser, stack: PipelineStack, results: Sequence[Any], raise_on_error: bool
+) -> list[Any]:
+    """Parse each queued command's result; errors stay values, or the first is raised."""
+    out: list[Any] = []
+    for position, ((args, options), result) in enumerate(zip(stack, results, strict=True)):
+        if isinstance(result, Exception):
+            if isinstance(result, ResponseError) and EMPTY_RESPONSE in options:
+                out.append(options[EMPTY_RESPONSE])
+                continue
+            if raise_on_error:
+                annotate_pipeline_error(result, position, args)
+                raise result
+            out.append(result)
+        else:
+            out.append(replies.parse(args[0], result, dict(options)))
+    return out
