@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, Self
 
 import trio
@@ -32,6 +31,7 @@ from .connection import Connection
 from .credentials import CredentialManager, CredentialSource
 from .dialer import Dialer
 from .maint import MaintenanceManager, MaintNotificationsOptions
+from .pipelinebase import PipelineBase
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from .pubsub import PubSubRegistry
 from .watchdog import Watchdog
@@ -176,64 +176,21 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         return Pipeline(self, transaction)
 
 
-class Pipeline(AsyncCoreCommands):
+class Pipeline(PipelineBase):
     """Commands queued on the client side, sent together by :meth:`execute`.
 
     Command methods queue and return the pipeline (do not await them).  After :meth:`watch`,
     commands run at once on the pipeline's own connection until :meth:`multi`.
     """
 
-    # redis-py's command protocol declares it; nothing here dispatches redis-py events.
-    _event_dispatcher: Any = None
-
     def __init__(self, client: Client, transaction: bool) -> None:
+        super().__init__(transaction)
         self._client = client
-        self.transaction = transaction
-        self.command_stack: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-        self._conn: Connection | None = None  # held while WATCHing
-        self._explicit_multi = False
-
-    def __len__(self) -> int:
-        return len(self.command_stack)
-
-    def __bool__(self) -> bool:
-        return True
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.reset()
-
-    @property
-    def watching(self) -> bool:
-        """Whether WATCH is in force on the pipeline's connection."""
-        return self._conn is not None
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        """Queue a command (or, while watching and before MULTI, run it at once)."""
-        if self._conn is not None and not self._explicit_multi:
-            return self._immediate(normalize_args(args), options)
-        self.command_stack.append((normalize_args(args), options))
-        return self
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         assert self._conn is not None
         reply = await self._conn.execute(args)
         return self._client._replies.parse(args[0], reply, options)
-
-    def multi(self) -> None:
-        """Start the transaction after WATCH: later commands are queued for MULTI/EXEC."""
-        if self._explicit_multi:
-            raise ResponseError("MULTI calls can not be nested")
-        if self.command_stack:
-            raise ResponseError("commands without an initial WATCH have already been issued")
-        self._explicit_multi = True
 
     async def watch(self, *names: Any) -> bool:  # type: ignore[override]
         """WATCH keys on a connection the pipeline keeps until execute() or reset()."""

@@ -18,11 +18,9 @@ the slot map is updated, and :meth:`ClusterClient.transaction` simply tries agai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import trio
-from redis.commands import AsyncCoreCommands
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -38,6 +36,7 @@ from .errors import (
     MovedError,
     TryAgainError,
 )
+from .pipelinebase import PipelineBase
 from .routing import slot_of
 
 if TYPE_CHECKING:
@@ -51,53 +50,18 @@ _SERVER_DID_NOT_RUN = (TryAgainError, ClusterDownError, MasterDownError, BusyLoa
 _Command = tuple[tuple[Any, ...], dict[str, Any]]
 
 
-class ClusterPipeline(AsyncCoreCommands):
+class ClusterPipeline(PipelineBase):
     """Commands queued on the client side and sent per node by :meth:`execute`.
 
     Command methods queue and return the pipeline: do not await them.
     """
 
-    # redis-py's command protocol declares it; nothing here dispatches redis-py events.
-    _event_dispatcher: Any = None
-
     def __init__(self, client: ClusterClient, transaction: bool) -> None:
+        super().__init__(transaction)
         self._client = client
-        self.transaction = transaction
-        self.command_stack: list[_Command] = []
-        # While WATCHing: the connection (of the watched slot's primary) and where it is from.
-        self._conn: Connection | None = None
+        # While WATCHing: where the watched connection comes from, and the slot it serves.
         self._watch_node: _Node | None = None
         self._watch_slot: int | None = None
-        self._explicit_multi = False
-
-    def __len__(self) -> int:
-        return len(self.command_stack)
-
-    def __bool__(self) -> bool:
-        return True
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.reset()
-
-    @property
-    def watching(self) -> bool:
-        """Whether WATCH is in force on the pipeline's connection."""
-        return self._conn is not None
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        """Queue one command (or, while watching and before MULTI, run it at once)."""
-        if self._conn is not None and not self._explicit_multi:
-            return self._immediate(normalize_args(args), options)
-        self.command_stack.append((normalize_args(args), options))
-        return self
 
     def _check_watched_slot(self, args: tuple[Any, ...]) -> None:
         slot = self._slot(args)
@@ -126,14 +90,6 @@ class ClusterPipeline(AsyncCoreCommands):
             raise
         node.breaker.record_success()
         return reply
-
-    def multi(self) -> None:
-        """Start the transaction after WATCH: later commands are queued for MULTI/EXEC."""
-        if self._explicit_multi:
-            raise ResponseError("MULTI calls can not be nested")
-        if self.command_stack:
-            raise ResponseError("commands without an initial WATCH have already been issued")
-        self._explicit_multi = True
 
     async def watch(self, *names: Any) -> bool:  # type: ignore[override]
         """WATCH keys (all in one slot) on a connection of the slot's primary, which the

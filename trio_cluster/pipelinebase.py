@@ -1,0 +1,76 @@
+"""What the standalone and the cluster pipeline share: queueing, WATCH mode, MULTI, and the
+``async with`` that resets the pipeline (and gives back a watched connection) on exit."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self
+
+from redis.commands import AsyncCoreCommands
+from redis.exceptions import ResponseError
+
+from .commands import normalize_args
+from .connection import Connection
+
+__all__ = ["PipelineBase"]
+
+
+class PipelineBase(AsyncCoreCommands):
+    """Commands queued on the client side; subclasses send them (``execute``), run commands
+    at once while watching (``_immediate``) and undo WATCH (``reset``).
+
+    Command methods queue and return the pipeline: do not await them.
+    """
+
+    # redis-py's command protocol declares it; nothing here dispatches redis-py events.
+    _event_dispatcher: Any = None
+
+    def __init__(self, transaction: bool) -> None:
+        self.transaction = transaction
+        self.command_stack: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self._conn: Connection | None = None  # held while WATCHing
+        self._explicit_multi = False
+
+    def __len__(self) -> int:
+        return len(self.command_stack)
+
+    def __bool__(self) -> bool:
+        return True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.reset()
+
+    async def reset(self) -> None:  # type: ignore[override]
+        """Empty the queue and end any WATCH."""
+        raise NotImplementedError
+
+    async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    @property
+    def watching(self) -> bool:
+        """Whether WATCH is in force on the pipeline's connection."""
+        return self._conn is not None
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Queue a command (or, while watching and before MULTI, run it at once)."""
+        if self._conn is not None and not self._explicit_multi:
+            return self._immediate(normalize_args(args), options)
+        self.command_stack.append((normalize_args(args), options))
+        return self
+
+    def multi(self) -> None:
+        """Start the transaction after WATCH: later commands are queued for MULTI/EXEC."""
+        if self._explicit_multi:
+            raise ResponseError("MULTI calls can not be nested")
+        if self.command_stack:
+            raise ResponseError("commands without an initial WATCH have already been issued")
+        self._explicit_multi = True
