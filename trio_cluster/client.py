@@ -20,16 +20,18 @@ from redis.exceptions import ResponseError
 from .clientbase import ClientBase
 from .commands import (
     DATA_TAKING_COMMANDS,
-    ReplyParser,
     blocking_seconds,
     normalize_args,
     pipeline_results,
     transaction_results,
 )
-from .config import ConnectionConfig, parse_url, redact_url
+from .config import ConnectionConfig, connection_options, parse_url, redact_url
 from .connection import Connection
 from .credentials import CredentialManager, CredentialSource
 from .dialer import Dialer
+from .encoding import Encoding, prepare_args
+from .errors import ArgumentTypeError
+from .lifetime import raise_not_open
 from .maint import MaintenanceManager, MaintNotificationsOptions
 from .pipelinebase import PipelineBase
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
@@ -69,6 +71,8 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             if isinstance(maint_notifications, MaintNotificationsOptions)
             else MaintNotificationsOptions(mode=maint_notifications)
         )
+        connection = connection_options(type(self).__name__, connection)
+        self._encoding = Encoding.take_from(connection)
         config = ConnectionConfig(
             host=host,
             port=port,
@@ -88,7 +92,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             timeout=_pool_timeout(self.pool_options, config),
         )
         self._dialer.attach(self._pool, maint)
-        self._replies = ReplyParser(protocol)
+        self._replies = self._encoding.reply_parser(protocol)
         self._shown_url: str | None = None
         self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
 
@@ -151,10 +155,12 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Run one command (what every command method calls) and parse its reply."""
         args = normalize_args(args)
+        if self._encoding.encodes_str:
+            args = prepare_args(args, self._encoding)
         name = args[0]
         blocks = blocking_seconds(name, args)
         pool = self._pool
-        conn = await pool.get()
+        conn = await self._get_connection()
         try:
             if blocks is None:
                 reply = await conn.execute(args)
@@ -164,9 +170,26 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             if options and EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
             raise
+        except ArgumentTypeError:
+            # Refused before anything was sent.  Off the hot path: convert what redis-py
+            # accepts (bytearray...) and try once more, or raise redis-py's DataError.
+            prepared = prepare_args(args, self._encoding)
+            if prepared is args:
+                raise
+            reply = _RETRY
         finally:
             pool.put(conn)
+        if reply is _RETRY:
+            return await self.execute_command(*prepared, **options)
         return self._replies.parse(name, reply, options)
+
+    async def _get_connection(self) -> Connection:
+        try:
+            return await self._pool.get()
+        except RuntimeError:
+            if self._nursery is None:
+                raise_not_open(self)
+            raise
 
     # --- pipelines -----------------------------------------------------------------------------
 
@@ -189,7 +212,7 @@ class Pipeline(PipelineBase):
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         assert self._conn is not None
-        reply = await self._conn.execute(args)
+        reply = await self._conn.execute(prepare_args(args, self._client._encoding))
         return self._client._replies.parse(args[0], reply, options)
 
     async def watch(self, *names: Any) -> bool:  # type: ignore[override]
@@ -230,15 +253,15 @@ class Pipeline(PipelineBase):
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command in one write and return their results in order."""
-        stack = self.command_stack
-        if not stack and self._conn is None:
+        if not self.command_stack and self._conn is None:
             return []
+        stack = await self._checked_stack(self._client._encoding)
         transaction = self.transaction or self._explicit_multi
         conn = self._conn
         pool = self._client._pool
         self._conn = None
         if conn is None:
-            conn = await pool.get()
+            conn = await self._client._get_connection()
         try:
             if transaction:
                 results = await _run_transaction(conn, stack)
@@ -302,6 +325,9 @@ async def _unblock(conn: Connection) -> Any:
     finally:
         await helper.aclose()
     return await conn.read_owed_reply()
+
+
+_RETRY: Any = object()
 
 
 def _takes_data(name: str) -> bool:

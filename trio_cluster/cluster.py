@@ -37,16 +37,19 @@ from redis.commands import AsyncCoreCommands
 from .breaker import BreakerOptions, BreakerState, CircuitBreaker, CircuitOpenError
 from .client import run_blocking
 from .clientbase import ClientBase
-from .commands import ReplyParser, blocking_seconds, normalize_args
-from .config import ConnectionConfig, parse_url, redact_url
+from .commands import blocking_seconds, normalize_args
+from .config import ConnectionConfig, connection_options, parse_url, redact_url
 from .connection import Connection, mark_unsent, was_unsent
 from .credentials import CredentialManager, CredentialSource
 from .dialer import Dialer
+from .encoding import Encoding, prepare_args, reply_decoder
 from .errors import (
+    ArgumentTypeError,
     AskError,
     BusyLoadingError,
-    ClusterCrossSlotError,
     ClusterDownError,
+    ClusterUnreachableError,
+    CrossSlotKeysError,
     MasterDownError,
     MovedError,
     PoolClosedError,
@@ -54,6 +57,8 @@ from .errors import (
     TryAgainError,
     UnknownCommandError,
 )
+from .lifetime import first_error, open_nursery, raise_not_open
+from .logs import LogLimiter
 from .maint import MaintenanceManager, MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from .pubsub import PubSubRegistry
@@ -212,6 +217,8 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             if isinstance(maint_notifications, MaintNotificationsOptions)
             else MaintNotificationsOptions(mode=maint_notifications)
         )
+        connection = connection_options(type(self).__name__, connection)
+        self._encoding = Encoding.take_from(connection)
         self._base_config = ConnectionConfig(
             host=self.startup_nodes[0][0],
             port=self.startup_nodes[0][1],
@@ -232,7 +239,7 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
                 raise ValueError(f"{name} must be a number of seconds > 0; got {value!r}")
         self.refresh_interval = float(refresh_interval)
         self.refresh_min_interval = float(refresh_min_interval)
-        self._replies = ReplyParser(protocol)
+        self._replies = self._encoding.reply_parser(protocol)
         self._commands = CommandTable()
         self._nodes: dict[Address, _Node] = {}
         self._retired: list[_Node] = []
@@ -255,6 +262,7 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         self._refreshes = 0
         self._refresh_failures = 0
         self._retired_rejections = 0
+        self._outage_log = LogLimiter(logger)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
@@ -283,6 +291,11 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     def _maintenance_managers(self) -> list[MaintenanceManager]:
         return [n.dialer.maint for n in self._nodes.values() if n.dialer and n.dialer.maint]
+
+    async def aclose(self) -> None:
+        """Close every node's pool and stop the background work now (redis-py's ``aclose``);
+        leaving ``async with`` does the same.  Idempotent."""
+        await self._stop()
 
     async def _stop(self) -> None:
         self._closed = True
@@ -382,7 +395,13 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
                 await self._refresh_once()
             except Exception as exc:
                 self._refresh_failures += 1
-                logger.warning("topology refresh failed: %s", exc)
+                self._outage_log.log(
+                    logging.WARNING, "topology", "topology refresh failed: %s", exc
+                )
+            else:
+                held = self._outage_log.reset("topology")
+                if held:
+                    logger.info("topology refresh works again after %d more failures", held)
             finally:
                 done, self._refresh_done = self._refresh_done, trio.Event()
                 done.set()
@@ -411,8 +430,9 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             await self._install(topology)
             self._refreshes += 1
             return
-        raise rex.ConnectionError(
-            "could not load the cluster topology from any node: " + "; ".join(failures)
+        raise ClusterUnreachableError(
+            "Redis Cluster cannot be connected. Please provide at least one reachable node: "
+            + "; ".join(failures)
         )
 
     async def _fetch_topology(
@@ -442,14 +462,12 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         self, args: tuple[Any, ...], spec: CommandSpec | bool | None = False
     ) -> int | Target:
         """The slot of a keyed command, or where a keyless one goes.  Raises
-        ClusterCrossSlotError if its keys span slots."""
+        CrossSlotKeysError if its keys span slots."""
         keys = self._commands.keys(args, spec)
         if keys:
             slot = slot_of(keys)
             if slot is None:
-                raise ClusterCrossSlotError(
-                    f"CROSSSLOT keys of {args[0]} do not hash to the same slot (use a hash tag)"
-                )
+                raise CrossSlotKeysError(_cross_slot_message(args))
             return slot
         name = str(args[0]).upper()
         target = keyless_target(f"{name} {str(args[1]).upper()}" if len(args) > 1 else name)
@@ -475,16 +493,27 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Route and run one command, following redirects and retrying as documented."""
+        if self._encoding.encodes_str:
+            args = prepare_args(args, self._encoding)
         name = args[0]
         try:
             readonly = self._commands.single_key.get(name) if len(args) > 1 else None
             if readonly is not None and not (options and "target_nodes" in options):
                 # The hot path (GET, SET, INCR...): the slot is that of the first argument.
-                reply = await self._execute_on_slot(
-                    key_slot_of(args[1]), args, readonly, simple=True
-                )
+                try:
+                    reply = await self._execute_on_slot(
+                        key_slot_of(args[1]), args, readonly, simple=True
+                    )
+                except ArgumentTypeError:
+                    # Refused before anything was sent.  Convert what redis-py accepts
+                    # (bytearray...) and route again, or raise redis-py's DataError.
+                    prepared = prepare_args(args, self._encoding)
+                    if prepared is args:
+                        raise
+                    return await self.execute_command(*prepared, **options)
             else:
-                args = normalize_args(args)
+                # Checked before anything is sent (a split command sends several).
+                args = prepare_args(normalize_args(args), self._encoding)
                 name = args[0]
                 if options and "target_nodes" in options:
                     targets = options.pop("target_nodes")
@@ -510,6 +539,8 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             raise
         except Exception as exc:
             self._errors[type(exc).__name__] += 1
+            if self._nursery is None:
+                raise_not_open(self)
             raise
         return self._replies.parse(name, reply, options)
 
@@ -521,7 +552,7 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             return Target.DEFAULT_NODE  # no keys (or malformed: the real call will say so)
         slot = slot_of(keys) if keys else None
         if keys and slot is None:
-            raise ClusterCrossSlotError(f"CROSSSLOT keys of {args[0]} do not hash to the same slot")
+            raise CrossSlotKeysError(_cross_slot_message(args))
         return slot if slot is not None else Target.DEFAULT_NODE
 
     async def _execute_on_slot(
@@ -550,6 +581,8 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
                     return await self._execute_on_node(node, args, asking=True)
                 primary = self._slot_primary[slot]
                 if primary is None:
+                    if self._nursery is None:
+                        raise_not_open(self)
                     self.request_refresh()
                     raise mark_unsent(ClusterDownError(f"CLUSTERDOWN slot {slot} is not served"))
                 node = self._read_node(slot, primary) if use_replica else primary
@@ -749,16 +782,26 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     async def _on_each(
         self, nodes: Sequence[_Node], args: tuple[Any, ...], options: dict[str, Any]
     ) -> dict[str, Any]:
-        """Run ``args`` on every node concurrently; {node name: parsed reply}."""
+        """Run ``args`` on every node concurrently; {node name: parsed reply}.
+
+        Every node runs to completion (as redis-py's ``gather``); if some failed, the first
+        failure in node order is raised with the others attached (never an ExceptionGroup).
+        """
         results: dict[str, Any] = {}
+        failures: dict[str, Exception] = {}
 
         async def one(node: _Node) -> None:
-            reply = await self._execute_on_node(node, args)
-            results[node.name] = self._replies.parse(str(args[0]), reply, dict(options))
+            try:
+                reply = await self._execute_on_node(node, args)
+                results[node.name] = self._replies.parse(str(args[0]), reply, dict(options))
+            except Exception as error:
+                failures[node.name] = error
 
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             for node in nodes:
                 nursery.start_soon(one, node)
+        if failures:
+            raise first_error([failures[n.name] for n in nodes if n.name in failures])
         return {n.name: results[n.name] for n in nodes}
 
     async def _execute_split(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
@@ -773,14 +816,20 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         if len(groups) == 1:
             return _NOT_SPLIT
         replies: dict[int, Any] = {}
+        failures: dict[int, Exception] = {}
 
         async def run(slot: int, indexes: list[int]) -> None:
             part = tuple(x for i in indexes for x in items[i : i + step])
-            replies[slot] = await self._execute_on_slot(slot, (name, *part))
+            try:
+                replies[slot] = await self._execute_on_slot(slot, (name, *part))
+            except Exception as error:
+                failures[slot] = error
 
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             for slot, indexes in groups.items():
                 nursery.start_soon(run, slot, indexes)
+        if failures:
+            raise first_error([failures[slot] for slot in groups if slot in failures])
         if name == "MGET":
             values: list[Any] = [None] * len(items)
             for slot, indexes in groups.items():
@@ -801,6 +850,7 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
         """Every key of every primary, node by node (keys may repeat across a resharding)."""
+        decode = reply_decoder(self._replies)
         for node, _ in list(self._shard_nodes):
             cursor: Any = 0
             while True:
@@ -812,6 +862,8 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
                 if _type is not None:
                     args += ["TYPE", _type]
                 cursor, keys = await self._execute_on_node(node, tuple(args))
+                if decode is not None:
+                    keys = decode(keys)
                 for key in keys:
                     yield key
                 if int(cursor) == 0:
@@ -876,6 +928,14 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
 
 _NOT_SPLIT: Any = object()
+
+
+def _cross_slot_message(args: tuple[Any, ...]) -> str:
+    """redis-py's words for a command whose keys span slots."""
+    name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+    return f"{name.upper()} - all keys must map to the same key slot"
+
+
 _TARGET_NAMES = {
     "primaries": Target.PRIMARIES,
     "replicas": Target.REPLICAS,

@@ -11,8 +11,12 @@ from redis.exceptions import ResponseError
 
 from .commands import normalize_args
 from .connection import Connection
+from .encoding import Encoding, prepare_args
+from .errors import ArgumentTypeError
 
 __all__ = ["PipelineBase"]
+
+_Command = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 class PipelineBase(AsyncCoreCommands):
@@ -54,6 +58,18 @@ class PipelineBase(AsyncCoreCommands):
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         raise NotImplementedError
+
+    async def _checked_stack(
+        self, encoding: Encoding
+    ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        """The queued commands ready to send, checked before anything is: a value redis-py
+        refuses (``None``...) raises its ``DataError`` and resets the pipeline, as redis-py's
+        ``execute`` does; ``bytearray`` values are converted."""
+        try:
+            return [(prepare_args(args, encoding), options) for args, options in self.command_stack]
+        except ArgumentTypeError:
+            await self.reset()
+            raise
 
     @property
     def watching(self) -> bool:

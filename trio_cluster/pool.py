@@ -903,7 +903,7 @@ class Pool(Generic[C]):
         self._last_dial_failure = trio.current_time()
         # Log the first failure of a run; the rest at debug (an outage fails every dial).
         level = logging.WARNING if self._dial_failures_in_row == 1 else logging.DEBUG
-        logger.log(level, "pool %s: dial failed: %r", self.node_name, exc)
+        logger.log(level, "pool %s: dial failed: %s: %s", self.node_name, type(exc).__name__, exc)
         # A parked get that no other in-flight dial is coming for gets the error now, rather
         # than a timeout later.
         if len(self._waiters) > self._dialing:
