@@ -36,11 +36,22 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format) and mypy --strict."""
-    session.install("-e", ".[dev]")
+    """ruff (lint and format), mypy --strict on the packages, and the typed application of
+    ``tests/typing`` checked as a user's project sees the installed package."""
+    # editable_mode=compat installs a plain path entry that mypy follows; setuptools' default
+    # editable finder is an import hook that mypy cannot see (import-not-found for users).
+    session.install("--config-settings", "editable_mode=compat", "-e", ".[dev]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "--strict", *PACKAGES)
+    # From tests/typing the source tree is not on mypy's path: only the installed package is.
+    session.chdir("tests/typing")
+    session.run("mypy", "--strict", "app.py")
+    # The check must be able to fail: a deliberate type error has to be reported.
+    output = session.run("mypy", "--strict", "wrong.py", success_codes=[1], silent=True)
+    expected = 'Incompatible return value type (got "bytes | str | None", expected "int")'
+    if not isinstance(output, str) or expected not in output:
+        session.error(f"mypy did not report the deliberate type error in wrong.py: {output}")
 
 
 @nox.session

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from redis.exceptions import WatchError
 
@@ -24,6 +24,13 @@ class ClientBase(NurseryOwner):
     """The parts of a client that do not depend on how commands are routed."""
 
     _credentials: CredentialManager | None
+    #: redis-py's typing marker: its command methods are typed as awaitables returning the
+    #: precise reply type (``await r.get(k)`` is ``bytes | str | None``), as for
+    #: ``redis.asyncio`` clients.
+    _is_async_client: Literal[True] = True
+    # redis-py's command protocol declares it (an abstract member for type checkers);
+    # nothing here dispatches redis-py events.
+    _event_dispatcher: Any = None
     _pubsub_registry: PubSubRegistry
     _replies: ReplyParser
     _watchdog: Watchdog

@@ -62,10 +62,21 @@ def collapse(group: BaseExceptionGroup[BaseException], preferred: BaseException 
         if isinstance(leaf, KeyboardInterrupt):
             return leaf
     members = list(group.exceptions)
-    if preferred is not None and any(m is preferred for m in members):
-        members.remove(preferred)
-        members.insert(0, preferred)
+    if preferred is not None:
+        same = [m for m in members if _same(m, preferred)]
+        if same:
+            # trio may hand back a copy of a group it passed through (derived by split()):
+            # the caller gets its own object back.
+            members = [preferred, *(m for m in members if m is not same[0])]
     return first_error(members)
+
+
+def _same(member: BaseException, preferred: BaseException) -> bool:
+    if member is preferred:
+        return True
+    if isinstance(member, BaseExceptionGroup) and isinstance(preferred, BaseExceptionGroup):
+        return [id(x) for x in _leaves(member)] == [id(x) for x in _leaves(preferred)]
+    return False
 
 
 @asynccontextmanager

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import ResponseError
@@ -28,6 +28,8 @@ class PipelineBase(AsyncCoreCommands):
 
     # redis-py's command protocol declares it; nothing here dispatches redis-py events.
     _event_dispatcher: Any = None
+    #: redis-py's typing marker, as ``redis.asyncio`` pipelines carry it.
+    _is_async_client: Literal[True] = True
 
     def __init__(self, transaction: bool) -> None:
         self.transaction = transaction
