@@ -160,7 +160,12 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         name = args[0]
         blocks = blocking_seconds(name, args)
         pool = self._pool
-        conn = await self._get_connection()
+        try:
+            conn = await pool.get()
+        except RuntimeError:
+            if self._nursery is None:
+                raise_not_open(self)
+            raise
         try:
             if blocks is None:
                 reply = await conn.execute(args)

@@ -116,7 +116,9 @@ def parse_url(url: str) -> dict[str, Any]:
 
     ``rediss://`` turns TLS on with ``ssl.create_default_context()`` (certificates and host
     names verified).  Query options: ``protocol``, ``client_name``, ``db``,
-    ``connect_timeout``, ``read_timeout``, ``write_timeout``.  Errors name the URL only in its
+    ``connect_timeout``, ``read_timeout``, ``write_timeout``, and redis-py's
+    ``socket_timeout``, ``socket_connect_timeout``, ``decode_responses``, ``encoding``,
+    ``encoding_errors``.  Errors name the URL only in its
     redacted form.
     """
     parts = urlsplit(url)
@@ -163,9 +165,23 @@ def parse_url(url: str) -> dict[str, Any]:
             kwargs[key] = int(value)
         elif key == "client_name":
             kwargs[key] = value
+        elif key in ("socket_timeout", "socket_connect_timeout"):  # redis-py's names
+            kwargs[key] = float(value)
+        elif key in ("encoding", "encoding_errors"):
+            kwargs[key] = value
+        elif key == "decode_responses":
+            kwargs[key] = _url_bool(key, value, shown)
         else:
             raise ValueError(f"unknown URL option {key!r} in {shown}")
     return kwargs
+
+
+def _url_bool(key: str, value: str, shown: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "y", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "n", "off", ""):
+        return False
+    raise ValueError(f"URL option {key} must be true or false in {shown}; got {value!r}")
 
 
 def redact_url(url: str) -> str:

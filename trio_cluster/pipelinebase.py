@@ -11,7 +11,7 @@ from redis.exceptions import ResponseError
 
 from .commands import normalize_args
 from .connection import Connection
-from .encoding import Encoding, prepare_args
+from .encoding import Encoding, prepare_stack
 from .errors import ArgumentTypeError
 
 __all__ = ["PipelineBase"]
@@ -68,7 +68,7 @@ class PipelineBase(AsyncCoreCommands):
         refuses (``None``...) raises its ``DataError`` and resets the pipeline, as redis-py's
         ``execute`` does; ``bytearray`` values are converted."""
         try:
-            return [(prepare_args(args, encoding), options) for args, options in self.command_stack]
+            return prepare_stack(self.command_stack, encoding)
         except ArgumentTypeError:
             await self.reset()
             raise

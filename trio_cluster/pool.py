@@ -916,7 +916,7 @@ class Pool(Generic[C]):
             with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_TIMEOUT):
                 await conn.aclose()
         except Exception as exc:
-            logger.debug("pool %s: closing connection %d: %r", self.node_name, conn.id, exc)
+            logger.debug("pool %s: closing connection %d: %s", self.node_name, conn.id, exc)
         finally:
             if conn.state.state is not _CLOSED:
                 conn.state.transition(_CLOSED)  # fail anyone waiting on it, whatever aclose did
@@ -929,7 +929,7 @@ class Pool(Generic[C]):
             await conn.drain()
             ok = conn.owed_replies == 0 and not conn.broken
         except Exception as exc:
-            logger.debug("pool %s: draining connection %d: %r", self.node_name, conn.id, exc)
+            logger.debug("pool %s: draining connection %d: %s", self.node_name, conn.id, exc)
             ok = False
         if entry.place is not _Place.BACKGROUND:
             return  # the pool was closed meanwhile and has closed it

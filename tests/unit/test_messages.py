@@ -86,3 +86,14 @@ def test_library_logs_never_reach_the_last_resort_handler() -> None:
     root = logging.getLogger("trio_cluster")
     assert any(isinstance(h, logging.NullHandler) for h in root.handlers)
     assert trio_cluster.__name__ == "trio_cluster"
+
+
+def test_url_takes_redis_py_query_options() -> None:
+    url = "redis://localhost:6379/0?decode_responses=true&socket_timeout=2.5&encoding=latin-1"
+    client = Client.from_url(url)
+    assert client.config.read_timeout == client.config.write_timeout == 2.5
+    assert client.config.connect_timeout == 2.5
+    assert client._encoding.decode_responses is True
+    assert client._encoding.encoding == "latin-1"
+    with pytest.raises(ValueError, match="decode_responses"):
+        parse_url("redis://localhost/0?decode_responses=maybe")
