@@ -435,3 +435,29 @@ async def test_error_classes_and_texts_match_redis_py(local_server: LocalServer)
         code = getattr(ref, "status_code", None)
         expected = str(ref) if code in (None, "ERR") else f"{code} {ref}"
         assert str(mine) == expected, (args, str(mine), str(ref))
+
+
+@pytest.mark.slow
+async def test_a_cluster_outage_logs_a_few_warnings_not_a_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trio_cluster")
+    with trio.fail_after(50):
+        async with (
+            LocalCluster(masters=3, replicas_per_master=0) as cluster,
+            _cluster(cluster, connect_timeout=0.5) as rc,
+        ):
+            await rc.set("x", 1)
+            for node in cluster.nodes:
+                node.kill()
+            caplog.clear()
+            start = trio.current_time()
+            while trio.current_time() - start < 2.0:  # load during the outage, not a wait
+                with trio.move_on_after(0.5):
+                    await rc.get("x")
+            elapsed = trio.current_time() - start
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # One subject per node (its dials) plus the topology; one record per subject per 10 s.
+    subjects = len(cluster.nodes) + 1
+    assert 1 <= len(warnings) <= subjects * (int(elapsed // 10) + 1), warnings
+    assert all("network:ConnectionError" not in w for w in warnings)
