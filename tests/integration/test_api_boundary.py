@@ -339,7 +339,14 @@ async def test_bytearray_and_memoryview_values_are_accepted(local_cluster: Local
             await rc.delete(a, b, c)
 
 
-def test_socket_timeouts_map_as_redis_py_means_them(local_server: LocalServer) -> None:
+def test_socket_timeouts_map_as_redis_py_means_them(
+    local_server: LocalServer, local_cluster: LocalCluster
+) -> None:
+    rc = _cluster(local_cluster, socket_timeout=1.5, socket_connect_timeout=0.25)
+    assert rc._base_config.read_timeout == rc._base_config.write_timeout == 1.5
+    assert rc._base_config.connect_timeout == 0.25
+    with pytest.raises(TypeError, match=r"ClusterClient\(\) got unexpected keyword argument"):
+        _cluster(local_cluster, no_such_option=1)
     client = _client(local_server, socket_timeout=1.5)
     assert (client.config.read_timeout, client.config.write_timeout) == (1.5, 1.5)
     assert client.config.connect_timeout == 1.5
@@ -461,3 +468,54 @@ async def test_a_cluster_outage_logs_a_few_warnings_not_a_stream(
     subjects = len(cluster.nodes) + 1
     assert 1 <= len(warnings) <= subjects * (int(elapsed // 10) + 1), warnings
     assert all("network:ConnectionError" not in w for w in warnings)
+
+
+CTRL_C_APP = """
+import sys, trio
+from trio_cluster import ClusterClient
+
+async def main() -> None:
+    async with ClusterClient(host=sys.argv[1], port=int(sys.argv[2])) as rc:
+        await rc.ping()
+        print("ready", flush=True)
+        while True:  # a fan-out command and a keyed one, over and over
+            await rc.dbsize()
+            await rc.get("tb:ctrl-c")
+
+trio.run(main)
+"""
+
+
+async def test_ctrl_c_traceback_is_a_plain_keyboard_interrupt(local_cluster: LocalCluster) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    host, port = local_cluster.startup_nodes[0]
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-c", CTRL_C_APP, host, str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with trio.fail_after(30):
+            assert process.stdout is not None and process.stderr is not None
+            ready = b""
+            while b"ready" not in ready:
+                chunk = await process.stdout.receive_some()
+                assert chunk, "the app ended before it was ready"
+                ready += chunk
+            process.send_signal(signal.SIGINT)
+            stderr = b""
+            while chunk := await process.stderr.receive_some():
+                stderr += chunk
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+    text = stderr.decode()
+    assert process.returncode != 0
+    assert text.rstrip().endswith("KeyboardInterrupt"), text
+    assert "ExceptionGroup" not in text and "Exception Group" not in text, text
