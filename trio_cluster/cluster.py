@@ -510,7 +510,7 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
                     prepared = prepare_args(args, self._encoding)
                     if prepared is args:
                         raise
-                    return await self.execute_command(*prepared, **options)
+                    reply = _RETRY  # outside this handler: an error is counted once
             else:
                 # Checked before anything is sent (a split command sends several).
                 args = prepare_args(normalize_args(args), self._encoding)
@@ -542,6 +542,8 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             if self._nursery is None:
                 raise_not_open(self)
             raise
+        if reply is _RETRY:
+            return await self.execute_command(*prepared, **options)
         return self._replies.parse(name, reply, options)
 
     async def _route_with_getkeys(self, args: tuple[Any, ...]) -> int | Target:
@@ -928,6 +930,7 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
 
 _NOT_SPLIT: Any = object()
+_RETRY: Any = object()
 
 
 def _cross_slot_message(args: tuple[Any, ...]) -> str:
