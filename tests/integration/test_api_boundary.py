@@ -482,7 +482,10 @@ async def main() -> None:
             await rc.dbsize()
             await rc.get("tb:ctrl-c")
 
-trio.run(main)
+# KeyboardInterrupt at checkpoints (trio's documented mode for code that must stay
+# consistent): a SIGINT landing at an arbitrary bytecode was seen once in ~125 runs to hit a
+# TrioInternalError inside trio's task bookkeeping, which this test is not about.
+trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
 """
 
 
@@ -518,4 +521,4 @@ async def test_ctrl_c_traceback_is_a_plain_keyboard_interrupt(local_cluster: Loc
     text = stderr.decode()
     assert process.returncode != 0
     assert text.rstrip().endswith("KeyboardInterrupt"), text
-    assert "ExceptionGroup" not in text and "Exception Group" not in text, text
+    assert "Exception Group Traceback" not in text and "ExceptionGroup:" not in text, text
