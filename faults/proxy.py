@@ -27,6 +27,8 @@ from typing import Any, Final
 import outcome
 import trio
 
+from faults.logs import event
+from faults.metrics import Metrics
 from faults.model import ApiError, Toxic
 from faults.toxics import HANDLERS, Chunk
 
@@ -53,6 +55,13 @@ def _split_host_port(addr: str, kind: str) -> tuple[str, str]:
     if ":" in host:
         raise ApiError(500, f"{kind} tcp: address {addr}: too many colons in address")
     return host, port
+
+
+def _reason_text(exc: BaseException) -> str:
+    """Go's lower-case error text for a failed dial (``connect: connection refused``)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"connect: {exc.strerror.lower()}"
+    return str(exc)
 
 
 def _display(family: int, host: str, port: int) -> str:
@@ -209,7 +218,9 @@ class Pump:
             return
         if not data:
             link.hand_back(_EOF, b"")
-        elif link.chain or link.pending:
+            return
+        link.received += len(data)
+        if link.chain or link.pending:
             link.hand_back(_DATA, data)
         else:
             try:
@@ -219,6 +230,7 @@ class Pump:
             except OSError:
                 link.hand_back(_BROKEN, b"")
                 return
+            link.sent += sent
             if sent < len(data):
                 link.hand_back(_REST, data[sent:])
 
@@ -265,6 +277,9 @@ class Link:
         self.rng = conn.proxy.rng
         self.rolls: dict[int, bool] = {}
         self.pending = 0
+        #: Bytes read from the source and written to the destination (for the metrics).
+        self.received = 0
+        self.sent = 0
         #: The toxics of this direction, in order (the proxy's live list: copy to iterate).
         self.chain: list[Toxic] = conn.proxy.toxics[direction]
         self._send, self._recv = trio.open_memory_channel[Any](QUEUE_SIZE)
@@ -363,6 +378,7 @@ class Link:
             else:
                 data = await self._read(fd)
                 kind = _DATA if data else _EOF
+                self.received += len(data)
                 self._ts = trio.current_time()
             if kind is _EOF:
                 await queue.send(_EOF)
@@ -372,8 +388,10 @@ class Link:
                     raise trio.BrokenResourceError
                 if kind is _REST:
                     await _send_all(dst, data)
+                    self.sent += len(data)
                 elif not chain and not self.pending:
                     await _write_all(dst, data)
+                    self.sent += len(data)
                     await trio.lowlevel.checkpoint()
                 else:
                     self.pending += 1
@@ -415,6 +433,7 @@ class Link:
             index += 1
         if index == len(chain):
             await _send_all(self.dst, chunk.data)
+            self.sent += len(chunk.data)
             return
         toxic = chain[index]
 
@@ -485,6 +504,10 @@ class Connection:
         An unexpected error in a link closes this connection and is logged; it never reaches
         the proxy's nursery, where it would take down every connection and the API server.
         """
+        proxy = self.proxy
+        listen = proxy.listen
+        for direction in self.links:
+            event(log, logging.DEBUG, "Setup connection", **proxy.log_fields, direction=direction)
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
@@ -499,6 +522,10 @@ class Connection:
             )
         finally:
             self.close()
+            for direction, link in self.links.items():
+                proxy.metrics.link_done(
+                    direction, proxy.name, listen, proxy.upstream, link.received, link.sent
+                )
 
 
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)
@@ -507,12 +534,22 @@ _LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 class Proxy:
     """A named proxy: its configuration, its toxics, its listener and its live connections."""
 
-    def __init__(self, name: str, listen: str, upstream: str, rng: random.Random) -> None:
+    def __init__(
+        self,
+        name: str,
+        listen: str,
+        upstream: str,
+        rng: random.Random,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.name = name
         self.listen = listen
         self.upstream = upstream
         self.enabled = False
         self.rng = rng
+        self.metrics = metrics or Metrics()
+        #: The fields of every log line about this proxy (fixed at creation, as in Go).
+        self.log_fields = {"name": name, "listen": listen, "upstream": upstream}
         self.toxics: dict[str, list[Toxic]] = {"upstream": [], "downstream": []}
         self.connections: set[Connection] = set()
         self._sock: trio.socket.SocketType | None = None
@@ -546,9 +583,11 @@ class Proxy:
         self._sock = sock
         self._scope = await nursery.start(self._serve, sock)
         self.enabled = True
+        event(log, logging.INFO, "Started proxy", **self.log_fields)
 
     def stop(self) -> None:
         """Close the listener (new clients are refused) and every live connection, now."""
+        was_enabled = self.enabled
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -558,6 +597,8 @@ class Proxy:
             self._scope.cancel()
             self._scope = None
         self.enabled = False
+        if was_enabled:
+            event(log, logging.INFO, "Terminated proxy", **self.log_fields)
 
     async def _serve(
         self, sock: trio.socket.SocketType, task_status: trio.TaskStatus[trio.CancelScope]
@@ -583,6 +624,12 @@ class Proxy:
             sock.close()
 
     async def _handle(self, client: trio.socket.SocketType, pump: Pump | None) -> None:
+        try:
+            peer = client.getpeername()
+            client_addr = _display(client.family, str(peer[0]), int(peer[1]))
+        except OSError:
+            client_addr = ""
+        event(log, logging.INFO, "Accepted client", **self.log_fields, client=client_addr)
         upstream = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_STREAM)
         try:
             host, port_text = _split_host_port(self.upstream, "dial")
@@ -595,8 +642,16 @@ class Proxy:
                 upstream.close()
                 upstream = trio.socket.socket(family, stdsocket.SOCK_STREAM)
             await upstream.connect(sockaddr)
-        except (*_SOCKET_ERRORS, ApiError, ValueError, IndexError):
+        except (*_SOCKET_ERRORS, ApiError, ValueError, IndexError) as exc:
             # Upstream unreachable: the client just sees the connection close (Go behaviour).
+            event(
+                log,
+                logging.ERROR,
+                "Unable to open connection to upstream",
+                **self.log_fields,
+                error=f"dial tcp {self.upstream}: {_reason_text(exc)}",
+                client=client_addr,
+            )
             client.close()
             upstream.close()
             return

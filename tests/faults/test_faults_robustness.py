@@ -191,7 +191,7 @@ async def test_churn_toxics_and_enable_over_http_while_streaming_under_load(
     await _churn_while_streaming(toxi, backend, _via_http(toxi.url))
 
 
-@embedded_only
+@embedded_only("churns through the embedded server's routes in process, at loop speed")
 @pytest.mark.slow
 @pytest.mark.usefixtures("cpu_contention")
 async def test_churn_toxics_and_enable_at_loop_speed_while_streaming_under_load(
@@ -210,7 +210,7 @@ async def _closed_by_proxy(stream: trio.SocketStream) -> bool:
         return True
 
 
-@embedded_only
+@embedded_only("injects a bug into one of the embedded server's toxics")
 async def test_an_error_in_a_toxic_closes_only_that_connection(
     backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -236,7 +236,7 @@ async def test_an_error_in_a_toxic_closes_only_that_connection(
         assert (await toxi.proxies())["p"].enabled
 
 
-@embedded_only
+@embedded_only("injects a bug into the embedded server's pump")
 async def test_an_error_in_the_pump_closes_only_that_connection(
     backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,7 +272,7 @@ async def test_an_error_in_the_pump_closes_only_that_connection(
         assert (await toxi.proxies())["p"].enabled
 
 
-@embedded_only
+@embedded_only("white-box: the race behind the pump crash, made deterministic")
 async def test_links_started_after_their_pump_stopped_read_on_their_own() -> None:
     # The exact race behind the crash, made deterministic: a connection's links start after
     # the pump of its serving period has stopped (its dial completed as the proxy stopped).
