@@ -14,13 +14,7 @@ import logging
 import os
 import sys
 
-import trio
-
-from faults import cli, logs
-from faults.api import VERSION
-from faults.logs import event
-from faults.metrics import Metrics
-from faults.server import ToxiproxyServer
+from faults.version import VERSION
 
 log = logging.getLogger("faults.server")
 
@@ -61,6 +55,13 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 def serve(argv: list[str]) -> int:
     """Run the server until interrupted."""
+    import trio
+
+    from faults import logs
+    from faults.logs import event
+    from faults.metrics import Metrics
+    from faults.server import ToxiproxyServer
+
     parser = _serve_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "serve":
         return serve(rest)
     if command == "cli":
+        from faults import cli
+
         return cli.main(rest)
     if command == "version":
         print(VERSION)

@@ -21,11 +21,10 @@ from faults.collection import ProxyCollection
 from faults.logs import event
 from faults.metrics import CONTENT_TYPE, Metrics
 from faults.model import ApiError, decode_body, dumps
+from faults.version import VERSION
 
 __all__ = ["VERSION", "Api", "Response"]
 
-#: The Toxiproxy version this server imitates.
-VERSION: Final = "2.12.0"
 _JSON: Final = "application/json"
 _TEXT: Final = "text/plain; charset=utf-8"
 _ALPHABET: Final = "0123456789abcdefghijklmnopqrstuv"

@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Final, NoReturn
 
-from faults.api import VERSION
+from faults.version import VERSION
 
 __all__ = ["CliError", "main"]
 
@@ -35,7 +35,12 @@ _MACHINE: Final = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 class CliError(Exception):
-    """A failure reported as Go's ``cli.Exit(message, 1)``: the message on stderr, status 1."""
+    """A failure reported as Go's ``cli.Exit(message, 1)``: the message on stderr, status 1
+    (``usage``: the command's help goes to stdout first, as Go's ``ShowSubcommandHelp``)."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class _ApiError(Exception):
@@ -177,7 +182,7 @@ def _list_toxics(out: _Output, toxics: list[dict[str, Any]], stream: str) -> Non
 
 def _required_name(args: argparse.Namespace, message: str) -> str:
     if not args.proxy:
-        raise CliError(message)
+        raise CliError(message, usage=True)
     return str(args.proxy)
 
 
@@ -225,7 +230,7 @@ def _toggle(client: _Client, out: _Output, args: argparse.Namespace) -> None:
 
 def _required_flag(value: str | None, flag: str) -> str:
     if not value:
-        raise CliError(f"Required argument '{flag}' was empty.\n")
+        raise CliError(f"Required argument '{flag}' was empty.\n", usage=True)
     return value
 
 
@@ -385,7 +390,7 @@ def _parser() -> argparse.ArgumentParser:
         name: str, aliases: list[str], help_text: str, action: Any
     ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, aliases=aliases, help=help_text)
-        sub.set_defaults(action=action)
+        sub.set_defaults(action=action, parser=sub)
         return sub
 
     command("list", ["l", "li", "ls"], "list all proxies", _list)
@@ -409,6 +414,7 @@ def _parser() -> argparse.ArgumentParser:
     remove = toxics.add_parser("remove", aliases=["r", "delete", "d"], help="remove a toxic")
     remove.set_defaults(action=_toxic_remove)
     for sub in (add, update, remove):
+        sub.set_defaults(parser=sub)
         sub.add_argument("--toxicName", "-n", "-toxicName", help="name of the toxic")
         sub.add_argument("proxy", nargs="?")
     for sub in (add, update):
@@ -437,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         action(_Client(args.host), _Output(), args)
     except CliError as exc:
+        if exc.usage:
+            args.parser.print_help()
         sys.stdout.flush()
         print(str(exc), file=sys.stderr)
         return 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Final
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     GCCollector,
@@ -23,8 +22,8 @@ from prometheus_client import (
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
-#: The exposition format's content type, as Go's promhttp sends it.
-CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+#: The exposition format's content type, as Go's promhttp sends it (the 0.0.4 text format).
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _LABELS: Final = ("direction", "proxy", "listener", "upstream")
 
 

@@ -458,7 +458,26 @@ class Link:
         for link in self.conn.links.values():
             if link.src is self.dst:
                 link.hand_back(_EOF, b"")
+                link.log_source_terminated()
         self.dst.close()
+
+    def log_source_terminated(self) -> None:
+        """Go's warning when a link's source is closed under it (the peer saw EOF)."""
+        if not log.isEnabledFor(logging.WARNING):
+            return
+        try:
+            local, remote = self.src.getsockname(), self.src.getpeername()
+            where = f"{local[0]}:{local[1]}->{remote[0]}:{remote[1]}"
+        except OSError:
+            where = "?"
+        event(
+            log,
+            logging.WARNING,
+            "Source terminated",
+            **self.conn.proxy.log_fields,
+            bytes=self.received,
+            error=f"read tcp {where}: use of closed network connection",
+        )
 
 
 class Connection:
