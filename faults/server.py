@@ -74,7 +74,10 @@ class ToxiproxyServer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind the API port, load the config file if any, and serve until cancelled."""
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        # Go's net.Listen binds the first address "localhost" resolves to (127.0.0.1), not
+        # every one (trio would add ::1).
+        bind_host = "127.0.0.1" if self.host == "localhost" else self.host
+        listeners = await trio.open_tcp_listeners(self.port, host=bind_host)
         self.port = listeners[0].socket.getsockname()[1]
         try:
             async with trio.open_nursery() as nursery:
