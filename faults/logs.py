@@ -17,6 +17,10 @@ from typing import Any, Final, TextIO
 
 __all__ = ["LEVELS", "TRACE", "JsonLineFormatter", "configure", "event"]
 
+# A library stays silent unless the application configures logging (no "last resort" output
+# of warnings such as Go's "Source terminated" on every closed connection).
+logging.getLogger("faults").addHandler(logging.NullHandler())
+
 #: Below DEBUG: zerolog's trace level.
 TRACE: Final = 5
 logging.addLevelName(TRACE, "TRACE")
