@@ -3,14 +3,21 @@
 Proxy metrics are Go's two counters, ``toxiproxy_proxy_received_bytes_total`` and
 ``toxiproxy_proxy_sent_bytes_total``, labelled ``direction``, ``proxy``, ``listener`` and
 ``upstream``, added to when a link ends (as Go adds ``io.Copy``'s total when it returns).
-Runtime metrics are the process collector (``process_*``, the same names as Go's) plus
-Python's own ``python_*`` collectors where Go has ``go_*``.  Each server has its own registry.
+Runtime metrics are the process collector (``process_*``, the same names as Go's), Python's
+own ``python_*`` collectors, and the three ``go_*`` series tools grep for (Toxiproxy's own
+end-to-end script checks ``go_info`` and ``go_goroutines``), measuring this runtime:
+``go_goroutines`` counts trio tasks, ``go_threads`` threads, ``go_info`` names the Python
+version.  Each server has its own registry.
 """
 
 from __future__ import annotations
 
+import platform
+import threading
+from collections.abc import Iterator
 from typing import Final
 
+import trio
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -19,6 +26,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -55,6 +64,7 @@ class Metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
+            self.registry.register(_RuntimeCollector())
 
     @property
     def enabled(self) -> bool:
@@ -90,3 +100,35 @@ def _is_created(line: bytes) -> bool:
     parts = line.split(b" ")
     name = parts[2] if line.startswith(b"#") and len(parts) > 2 else parts[0]
     return name.split(b"{")[0].endswith(b"_created")
+
+
+def _count_tasks() -> int:
+    """Live trio tasks (0 outside trio): the goroutines of this runtime."""
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        return 0
+    count, stack = 0, [root] if root is not None else []
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
+
+
+class _RuntimeCollector(Collector):
+    """``go_goroutines``, ``go_threads`` and ``go_info``, measured on this runtime."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "go_goroutines", "Number of goroutines that currently exist.", value=_count_tasks()
+        )
+        yield GaugeMetricFamily(
+            "go_threads", "Number of OS threads created.", value=threading.active_count()
+        )
+        info = GaugeMetricFamily(
+            "go_info", "Information about the Go environment.", labels=["version"]
+        )
+        info.add_metric([f"python{platform.python_version()}"], 1)
+        yield info

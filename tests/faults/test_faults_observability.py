@@ -5,11 +5,20 @@ binary when the suite runs against it (TOXIPROXY_SERVER), else ``python -m fault
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 import trio
-from faults_helpers import AGAINST_REAL, REAL_BINARY, Backend, ServerProcess, http, read_exactly
+from faults_helpers import (
+    AGAINST_REAL,
+    REAL_BINARY,
+    Backend,
+    ServerProcess,
+    free_port,
+    http,
+    read_exactly,
+)
 
 pytestmark = pytest.mark.skipif(
     AGAINST_REAL and not REAL_BINARY, reason="needs to start servers: set TOXIPROXY_SERVER"
@@ -74,6 +83,8 @@ async def test_runtime_metrics_are_process_metrics() -> None:
     async with ServerProcess("-runtime-metrics") as server:
         lines = await _metric_lines(server.url, "process_")
         for name in (
+            "go_info",  # the two Toxiproxy's end-to-end script greps for
+            "go_goroutines",
             "process_cpu_seconds_total",
             "process_open_fds",
             "process_max_fds",
@@ -81,7 +92,7 @@ async def test_runtime_metrics_are_process_metrics() -> None:
             "process_start_time_seconds",
             "process_virtual_memory_bytes",
         ):
-            assert any(line.startswith(name + " ") for line in lines), name
+            assert any(re.match(rf"{name}[ {{]", line) for line in lines), name
         assert not any(line.startswith("toxiproxy_") for line in lines)
 
 
@@ -154,3 +165,20 @@ async def test_log_level_info_drops_debug_lines(backend: Backend) -> None:
         await _log_line(server, "Terminated proxy")
         levels = {line["level"] for line in server.log_lines()}
         assert levels <= {"info", "warn"} and "info" in levels
+
+
+async def test_the_metrics_checks_of_toxiproxys_end_to_end_script(backend: Backend) -> None:
+    # scripts/test-e2e: a server with both flags, a proxy on localhost, then three greps.
+    async with ServerProcess("-proxy-metrics", "-runtime-metrics") as server:
+        port = free_port()
+        doc = {"name": "shopify_http", "listen": f"localhost:{port}", "upstream": backend.address}
+        assert (await http(server.url, "POST", "/proxies", doc)).status == 201
+        await _echo_once(f"127.0.0.1:{port}", b"GET /test1")
+        wanted = (
+            r'^toxiproxy_proxy_sent_bytes_total\{direction="downstream",'
+            rf'listener="127\.0\.0\.1:{port}",proxy="shopify_http",'
+            rf'upstream="{re.escape(backend.address)}"\}} [0-9]+'
+        )
+        lines = await _metric_lines(server.url, 'sent_bytes_total{direction="downstream"')
+        for pattern in (wanted, r"^go_info", r"^go_goroutines"):
+            assert any(re.search(pattern, line) for line in lines), pattern
