@@ -28,6 +28,7 @@ from faults.model import ApiError
 __all__ = ["ToxiproxyServer"]
 
 MAX_BODY: Final = 8 * 1024 * 1024
+MAX_HEADER_BYTES: Final = 1 << 20 | 4096  # Go's DefaultMaxHeaderBytes plus its 4 KiB slack
 READ_TIMEOUT: Final = 15.0  # Go's ReadTimeout: the whole request, headers and body
 IDLE_TIMEOUT: Final = 60.0  # Go's IdleTimeout: waiting for the next keep-alive request
 HANDLER_TIMEOUT: Final = 25.0  # Go's http.TimeoutHandler: a slower handler answers 503
@@ -110,7 +111,7 @@ class ToxiproxyServer:
             raise RuntimeError(f"populating from {path} failed: {exc.message}") from exc
 
     async def _serve_http(self, api: Api, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         try:
             peer = stream.socket.getpeername()
             client = f"{peer[0]}:{peer[1]}"
@@ -179,8 +180,7 @@ class ToxiproxyServer:
                 event_ = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    status = exc.error_status_hint
-                    await self._write(conn, stream, Response(status, b"Bad Request\n"))
+                    await stream.send_all(_protocol_error(exc))
                 return None, b""
             if event_ is h11.NEED_DATA:
                 data = b""
@@ -224,3 +224,15 @@ class ToxiproxyServer:
             out = (out or b"") + (conn.send(h11.Data(data=resp.body)) or b"")
         out = (out or b"") + (conn.send(h11.EndOfMessage()) or b"")
         await stream.send_all(out)
+
+
+def _protocol_error(exc: h11.RemoteProtocolError) -> bytes:
+    """The raw answer Go's server writes for a request it cannot parse, then it hangs up."""
+    if exc.error_status_hint == 431:
+        public = "431 Request Header Fields Too Large"
+    elif "host" in str(exc).lower():
+        public = "400 Bad Request: missing required Host header"
+    else:
+        public = "400 Bad Request"
+    headers = "Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+    return f"HTTP/1.1 {public}\r\n{headers}{public}".encode()

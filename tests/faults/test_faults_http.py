@@ -344,3 +344,28 @@ async def test_a_request_must_arrive_whole_within_the_read_timeout() -> None:
         with trio.fail_after(5):  # Go's server hangs up at the deadline, without an answer
             assert await stream.receive_some(100) == b""
         await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "public"),
+    [
+        (b"GARBAGE\r\n\r\n", "400 Bad Request"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", "400 Bad Request"),
+        (b"GET /version HTTP/1.1\r\n\r\n", "400 Bad Request: missing required Host header"),
+    ],
+)
+async def test_unparseable_requests_get_gos_raw_answer(
+    toxi: Toxiproxy, request_bytes: bytes, public: str
+) -> None:
+    host, port = toxi.url.split("://", 1)[1].rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(request_bytes)
+        answer = b""
+        while data := await stream.receive_some(65536):
+            answer += data
+    expected = (
+        f"HTTP/1.1 {public}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Connection: close\r\n\r\n{public}"
+    )
+    assert answer.decode() == expected
