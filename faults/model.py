@@ -248,7 +248,8 @@ def proxy_input(
 
 def populate_input(doc: Any) -> list[ProxyInput]:
     """Decode a populate body (``null`` is an empty list; a null ``enabled`` means true)."""
-    entries = _store(POPULATE, doc, None) or []
+    # A null element is a zero proxy (Go's struct stays empty): it fails validation later.
+    entries = [e or {} for e in _store(POPULATE, doc, None) or []]
     return [
         ProxyInput(
             e.get("name", ""),

@@ -32,6 +32,10 @@ REAL_CLI = os.environ.get("TOXIPROXY_CLI") or (
     str(Path(REAL_BINARY).with_name("toxiproxy-cli")) if REAL_BINARY else None
 )
 AGAINST_REAL = bool(REAL_URL or REAL_BINARY)
+# Where .ci/run finds the Go binaries: ../shared beside the clone.
+_SHARED_GO = Path(HERE).parents[2] / "shared" / "tools" / "toxiproxy-2.12.0" / "toxiproxy-server"
+#: The Go server binary, for tests that run it side by side with the embedded one.
+GO_SERVER = REAL_BINARY or (str(_SHARED_GO) if _SHARED_GO.exists() else None)
 
 
 def _with_deadline(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,14 +90,14 @@ class ServerProcess:
     """A Toxiproxy server in its own process: the Go binary when the suite runs against the
     real one, else ``python -m faults serve`` (same flags); its stdout lines are its log."""
 
-    def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *flags: str, env: dict[str, str] | None = None, binary: str | None = REAL_BINARY
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["-host", "127.0.0.1", "-port", str(self.port), *flags]
-        if REAL_BINARY:
-            command = [REAL_BINARY, *args]
-        else:
-            command = [sys.executable, "-m", "faults", "serve", *args]
+        ours = [sys.executable, "-m", "faults", "serve"]
+        command = [binary, *args] if binary else [*ours, *args]
         self.log_path = Path(tempfile.mkstemp(prefix="toxiproxy-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
         root = str(Path(HERE).parent.parent)
