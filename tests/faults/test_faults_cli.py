@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -188,3 +189,94 @@ async def test_cli_reports_an_unreachable_server() -> None:
         'Failed to retrieve proxies: fail to request: Get "http://127.0.0.1:1/proxies": '
         "dial tcp 127.0.0.1:1: connect: connection refused\n"
     )
+
+
+def _in_a_terminal(command: list[str]) -> bytes:
+    """Run ``command`` with its stdout on a pseudo-terminal (Go colours only a terminal)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(HERE).parents[1])}
+    proc = subprocess.Popen(
+        command, stdout=follower, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env
+    )
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal closed with the process
+            break
+        if not data:
+            break
+        out += data
+    proc.wait()
+    os.close(leader)
+    return re.sub(rb"127\.0\.0\.1:\d+", b"ADDR", out)
+
+
+_HEADER = (
+    b"\x1b[32mName\t\t\t\x1b[34mListen\t\t\x1b[33mUpstream\t\t\x1b[35mEnabled\t\t\x1b[31mToxics"
+    b"\r\n\x1b[0m\x1b[0m" + b"=" * 86 + b"\r\n"
+)
+# (arguments, what Go's CLI printed on a terminal), recorded from toxiproxy-cli 2.12.0.
+TTY_SESSION: list[tuple[list[str], bytes]] = [
+    (
+        ["list"],
+        _HEADER + b"\x1b[31mno proxies\r\n\x1b[0m\r\n\x1b[0mHint: create a proxy with "
+        b"`toxiproxy-cli create`\r\n",
+    ),
+    (["create", "-l", "127.0.0.1:0", "-u", "{up}", "p1"], b"Created new proxy p1\r\n"),
+    (
+        ["inspect", "p1"],
+        b"\x1b[35mName: \x1b[0mp1\t\x1b[34mListen: \x1b[0mADDR\t\x1b[33mUpstream: \x1b[0mADDR"
+        b"\r\n\x1b[0m" + b"=" * 70 + b"\r\n\x1b[31mProxy has no toxics enabled.\r\n\x1b[0m\r\n"
+        b"\x1b[0mHint: add a toxic with `toxiproxy-cli toxic add`\r\n",
+    ),
+    (
+        ["toxic", "add", "-t", "latency", "-a", "latency=5", "p1"],
+        b"Added downstream latency toxic 'latency_downstream' on proxy 'p1'\r\n",
+    ),
+    (
+        ["toxic", "add", "-t", "bandwidth", "-u", "-a", "rate=5", "p1"],
+        b"Added upstream bandwidth toxic 'bandwidth_upstream' on proxy 'p1'\r\n",
+    ),
+    (
+        ["list"],
+        _HEADER + b"\x1b[32mp1\x1b[0m\t\t\t\x1b[34mADDR\x1b[0m\t\x1b[33mADDR\x1b[0m\t\t"
+        b"\x1b[35menabled\x1b[0m\t\t\x1b[31m2\x1b[0m\r\n\r\n\x1b[0mHint: inspect toxics with "
+        b"`toxiproxy-cli inspect <proxyName>`\r\n",
+    ),
+    (
+        ["inspect", "p1"],
+        b"\x1b[35mName: \x1b[0mp1\t\x1b[34mListen: \x1b[0mADDR\t\x1b[33mUpstream: \x1b[0mADDR"
+        b"\r\n\x1b[0m" + b"=" * 70 + b"\r\n\x1b[32mUpstream toxics:\r\n\x1b[0m\x1b[34m"
+        b"bandwidth_upstream:\x1b[0m\ttype=bandwidth\tstream=upstream\ttoxicity=1.00\t"
+        b"attributes=[\trate=5\t]\r\n\r\n\x1b[32mDownstream toxics:\r\n\x1b[0m\x1b[34m"
+        b"latency_downstream:\x1b[0m\ttype=latency\tstream=downstream\ttoxicity=1.00\t"
+        b"attributes=[\tjitter=0\tlatency=5\t]\r\n\r\n\x1b[0mHint: add a toxic with "
+        b"`toxiproxy-cli toxic add`\r\n",
+    ),
+    (["toggle", "p1"], b"Proxy \x1b[31mp1\x1b[0m is now \x1b[31mdisabled\x1b[0m\r\n"),
+]
+
+
+async def _tty_session(command: list[str], url: str, backend: Backend) -> None:
+    for args, expected in TTY_SESSION:
+        args = [a.replace("{up}", backend.address) for a in args]
+        got = await trio.to_thread.run_sync(_in_a_terminal, [*command, "-h", url, *args])
+        assert got == expected, args
+
+
+async def test_cli_on_a_terminal_prints_what_go_cli_prints(
+    toxi: Toxiproxy, backend: Backend
+) -> None:
+    await _tty_session([sys.executable, "-m", "faults", "cli"], toxi.url, backend)
+
+
+@pytest.mark.skipif(GO_CLI is None, reason="the Go toxiproxy-cli binary is not at hand")
+async def test_go_cli_on_a_terminal_matches_the_transcript(
+    toxi: Toxiproxy, backend: Backend
+) -> None:
+    assert GO_CLI is not None
+    await _tty_session([GO_CLI], toxi.url, backend)
