@@ -457,25 +457,23 @@ def to_float32(value: float) -> float:
         return math.copysign(math.inf, value)
 
 
+# Go compares the float32 with the constants converted to float32.
+_SMALLEST_PLAIN: Final = to_float32(1e-6)
+_LARGEST_PLAIN: Final = to_float32(1e21)
+
+
 def format_float32(value: float) -> str:
-    """A float32 as Go's ``json.Marshal`` writes it: the shortest text that reads back."""
+    """A float32 as Go's ``json.Marshal`` writes it: the fewest significant digits that read
+    back to the same float32, in plain notation from 1e-6 to 1e21, else ``1e-7``/``1e+21``."""
     if value == 0:
         return "0" if math.copysign(1, value) > 0 else "-0"
-    text = repr(value)
-    for digits in range(1, 10):
-        candidate = f"{value:.{digits}g}"
-        if to_float32(float(candidate)) == value:
-            text = candidate
-            break
-    number = float(text)
-    if 1e-6 <= abs(number) < 1e21:
-        mantissa, _, exponent = f"{number:.{max(digits, 1)}e}".partition("e")
-        # Plain decimal notation with exactly the digits found above.
-        plain = f"{float(text):.{max(0, digits - 1 - int(exponent))}f}"
-        if "." in plain:
-            plain = plain.rstrip("0").rstrip(".")
-        return plain
-    mantissa, _, exponent = text.partition("e")
-    sign = exponent[0] if exponent[0] in "+-" else "+"
-    digits_exp = exponent.lstrip("+-").lstrip("0") or "0"
-    return f"{mantissa}e{sign if sign == '-' else '+'}{digits_exp}"
+    # Nine significant digits always identify a float32.
+    digits = next(d for d in range(1, 10) if to_float32(float(f"{value:.{d}g}")) == value)
+    mantissa, _, exponent_text = f"{value:.{digits - 1}e}".partition("e")
+    exponent = int(exponent_text)
+    if _SMALLEST_PLAIN <= abs(value) < _LARGEST_PLAIN:
+        plain = f"{value:.{max(0, digits - 1 - exponent)}f}"
+        return plain.rstrip("0").rstrip(".") if "." in plain else plain
+    # Go cleans strconv's "e-07" to "e-7" but keeps "e+21".
+    suffix = f"-{-exponent}" if exponent < 0 else f"+{exponent:02d}"
+    return f"{mantissa}e{suffix}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -66,11 +68,33 @@ def bad_body(detail: str) -> ApiError:
     return ApiError(400, f"bad request body: {detail}")
 
 
+@dataclass(frozen=True)
+class RawNumber:
+    """A number ``dumps`` writes exactly as ``text`` (Go's float32 text, which Python's float
+    formatting cannot produce: ``0.000025`` where Python writes ``2.5e-05``)."""
+
+    text: str
+
+
+# A marker no client can forge (a random nonce per process): a proxy name may hold anything.
+_NONCE: Final = secrets.token_hex(8)
+_RAW_MARK: Final = f"\x00raw{_NONCE}:"
+# How json.dumps writes the marked string: NUL escaped, the number's characters unchanged.
+_RAW_WRITTEN: Final = re.compile(rf'"\\u0000raw{_NONCE}:([-+.0-9e]+)"')
+
+
+def _raw_marker(value: Any) -> str:
+    if isinstance(value, RawNumber):
+        return _RAW_MARK + value.text
+    raise TypeError(f"not JSON serializable: {value!r}")
+
+
 def dumps(doc: Any) -> str:
     """Compact JSON as Go's ``json.Marshal`` writes it (HTML characters escaped)."""
-    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=_raw_marker)
     # Go escapes these three inside strings; they cannot occur outside strings in JSON.
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return _RAW_WRITTEN.sub(r"\1", text)
 
 
 def decode_body(raw: bytes) -> Any:
@@ -157,11 +181,9 @@ def parse_stream(stream: str) -> str:
     return lowered
 
 
-def _number(value: float) -> int | float:
-    """Render a float32 as Go does: ``1`` rather than ``1.0``, ``0.1`` rather than 0.1000..."""
-    if value.is_integer():
-        return int(value)
-    return float(gojson.format_float32(value))
+def _number(value: float) -> RawNumber:
+    """A float32 as Go writes it: ``1`` rather than ``1.0``, ``0.1`` rather than 0.1000..."""
+    return RawNumber(gojson.format_float32(value))
 
 
 @dataclass

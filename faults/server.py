@@ -131,13 +131,7 @@ class ToxiproxyServer:
                 target = request.target.decode("latin-1")
                 started = time.perf_counter()
                 rid = request_id()
-                response = Response(503, _TIMEOUT_BODY, [("Content-Type", _HTML)])
-                with trio.move_on_after(HANDLER_TIMEOUT):
-                    response = await api.handle(method, target, headers, body, rid)
-                if response.status == 503 and response.route is None:
-                    route = api.route(method, target)
-                    response.route = route[0] if isinstance(route, tuple) else None
-                    response.headers.append(("X-Toxiproxy-Request-Id", rid))
+                response, timed_out = await self._answer(api, method, target, headers, body, rid)
                 close = "close" in headers.get("connection", "").lower()
                 await self._write(conn, stream, response, close=close)
                 if response.route is not None:  # Go's access log runs for routed requests only
@@ -154,13 +148,27 @@ class ToxiproxyServer:
                         duration=round((time.perf_counter() - started) * 1000, 6),
                         handler=response.route,
                     )
-                if conn.our_state is h11.MUST_CLOSE or response.status == 503:
+                if conn.our_state is h11.MUST_CLOSE or timed_out:
                     return
                 conn.start_next_cycle()
         except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             return
         finally:
             await stream.aclose()
+
+    @staticmethod
+    async def _answer(
+        api: Api, method: str, target: str, headers: dict[str, str], body: bytes, rid: str
+    ) -> tuple[Response, bool]:
+        """The API's answer, or Go's ``TimeoutHandler`` 503 (and True) when it took too long."""
+        with trio.move_on_after(HANDLER_TIMEOUT):
+            return await api.handle(method, target, headers, body, rid), False
+        # Only a routed request reaches the handler, so the 503 carries the request id.
+        route = api.route(method, target)
+        headers_out = [("Content-Type", _HTML), ("X-Toxiproxy-Request-Id", rid)]
+        response = Response(503, _TIMEOUT_BODY, headers_out)
+        response.route = route[0] if isinstance(route, tuple) else None
+        return response, True
 
     async def _read_request(
         self, conn: h11.Connection, stream: trio.SocketStream, *, first: bool

@@ -229,6 +229,24 @@ GO_ANSWERS = [
     ),
     ("/populate", b"null", 201, b'{"proxies":null}'),
     (
+        "/proxies/a/toxics",
+        b'{"name":"f1","type":"latency","toxicity":0.000025}',
+        200,
+        b'{"attributes":{"latency":0,"jitter":0},"name":"f1","type":"latency","stream":"downstream","toxicity":0.000025}',
+    ),
+    (
+        "/proxies/a/toxics",
+        b'{"name":"f2","type":"latency","toxicity":1e-7}',
+        200,
+        b'{"attributes":{"latency":0,"jitter":0},"name":"f2","type":"latency","stream":"downstream","toxicity":1e-7}',
+    ),
+    (
+        "/proxies/a/toxics",
+        b'{"name":"f3","type":"latency","toxicity":0.3333333333}',
+        200,
+        b'{"attributes":{"latency":0,"jitter":0},"name":"f3","type":"latency","stream":"downstream","toxicity":0.33333334}',
+    ),
+    (
         "/populate",
         b"[null]",
         400,
