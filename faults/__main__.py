@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from faults.version import VERSION
@@ -76,10 +77,19 @@ def serve(argv: list[str]) -> int:
     server = ToxiproxyServer(
         args.host, args.port, seed=args.seed, config=args.config, metrics=metrics
     )
+
+    async def run() -> None:
+        # As Go's server: SIGINT or SIGTERM logs "Shutdown started" and stops it cleanly.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                async for _ in signals:
+                    event(log, logging.INFO, "Shutdown started")
+                    nursery.cancel_scope.cancel()
+                    break
+
     try:
-        trio.run(server.run)
-    except KeyboardInterrupt:
-        event(log, logging.INFO, "Shutdown started")
+        trio.run(run)
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

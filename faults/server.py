@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import email.utils
 import http
-import json
 import logging
 import time
 from typing import Final
@@ -23,7 +22,7 @@ from faults.api import Api, Response, request_id
 from faults.collection import ProxyCollection
 from faults.logs import event
 from faults.metrics import Metrics
-from faults.model import ApiError
+from faults.model import ApiError, decode_body
 
 __all__ = ["ToxiproxyServer"]
 
@@ -101,14 +100,29 @@ class ToxiproxyServer:
                 self.collection.close()
 
     async def _populate_from(self, path: str) -> None:
-        """Populate at start from a JSON file, as Go's ``-config`` does."""
+        """Populate at start from a JSON file, as Go's ``-config`` does: a failure is logged
+        and the server runs on without those proxies."""
         assert self.collection is not None
-        with open(path, "rb") as fh:  # noqa: ASYNC230 -- startup only, a small local file
-            doc = json.loads(fh.read())
         try:
-            await self.collection.populate(doc)
+            with open(path, "rb") as fh:  # noqa: ASYNC230 -- startup only, a small local file
+                raw = fh.read()
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            event(
+                log,
+                logging.ERROR,
+                "Error reading config file",
+                error=f"open {path}: {reason}",
+                config=path,
+            )
+            return
+        try:
+            _, doc = await self.collection.populate(decode_body(raw))
         except ApiError as exc:
-            raise RuntimeError(f"populating from {path} failed: {exc.message}") from exc
+            event(log, logging.ERROR, "Failed to populate proxies from file", error=exc.message)
+            return
+        count = len(doc["proxies"] or [])
+        event(log, logging.INFO, "Populated proxies from file", proxies=count)
 
     async def _serve_http(self, api: Api, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)

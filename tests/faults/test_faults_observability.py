@@ -6,6 +6,7 @@ binary when the suite runs against it (TOXIPROXY_SERVER), else ``python -m fault
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -182,3 +183,46 @@ async def test_the_metrics_checks_of_toxiproxys_end_to_end_script(backend: Backe
         lines = await _metric_lines(server.url, 'sent_bytes_total{direction="downstream"')
         for pattern in (wanted, r"^go_info", r"^go_goroutines"):
             assert any(re.search(pattern, line) for line in lines), pattern
+
+
+@pytest.mark.parametrize(
+    ("content", "message", "fields"),
+    [
+        (
+            '[{"name":"c1","listen":"127.0.0.1:0","upstream":"127.0.0.1:1"}]',
+            "Populated proxies from file",
+            {"level": "info", "proxies": 1},
+        ),
+        (
+            '[{"name":"c1"}]',
+            "Failed to populate proxies from file",
+            {"level": "error", "error": "missing required field: upstream at proxy 1"},
+        ),
+        (
+            "{",
+            "Failed to populate proxies from file",
+            {"level": "error", "error": "bad request body: unexpected EOF"},
+        ),
+        (None, "Error reading config file", {"level": "error"}),
+    ],
+)
+async def test_config_file_populates_or_logs_why_not(
+    tmp_path: Path, content: str | None, message: str, fields: dict[str, Any]
+) -> None:
+    config = tmp_path / "config.json"
+    if content is not None:
+        config.write_text(content)
+    async with ServerProcess("-config", str(config)) as server:
+        line = await _log_line(server, message, **fields)
+        if content is None:
+            assert line["error"] == f"open {config}: no such file or directory"
+        # The server runs on either way.
+        names = list((await http(server.url, "GET", "/proxies")).json())
+        assert names == (["c1"] if fields["level"] == "info" else [])
+
+
+async def test_sigterm_logs_shutdown_and_exits_cleanly() -> None:
+    async with ServerProcess() as server:
+        server.proc.terminate()
+        await _log_line(server, "Shutdown started", level="info")
+        assert await trio.to_thread.run_sync(server.proc.wait) == 0
