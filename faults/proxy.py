@@ -235,14 +235,16 @@ class Pump:
                 link.hand_back(_REST, data[sent:])
 
     def _drop(self, link: Link, fd: int) -> None:
-        """Give a failed link back to its task as broken (its connection then closes)."""
+        """Stop watching a failed link and give it back to its task as broken (its
+        connection then closes); nothing here may stop the pump."""
+        if self._links.get(fd) is link:  # never spin on an fd nobody will serve
+            del self._links[fd]
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
         try:
             link.hand_back(_BROKEN, b"")
-        finally:
-            if self._links.get(fd) is link:  # never spin on an fd nobody will serve
-                del self._links[fd]
-                with contextlib.suppress(OSError):
-                    self._epoll.unregister(fd)
+        except Exception:
+            log.exception("proxy %s: could not hand a failed link back", link.name)
 
     def close(self) -> None:
         """Release the epoll set (once no task of the pump's serving period is left)."""
