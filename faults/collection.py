@@ -180,4 +180,4 @@ class ProxyCollection:
     def close(self) -> None:
         """Stop every proxy (server shutdown)."""
         for proxy in self.proxies.values():
-            proxy.stop()
+            proxy.stop(log_it=False)

@@ -606,9 +606,12 @@ class Proxy:
         self.enabled = True
         event(log, logging.INFO, "Started proxy", **self.log_fields)
 
-    def stop(self) -> None:
-        """Close the listener (new clients are refused) and every live connection, now."""
-        was_enabled = self.enabled
+    def stop(self, *, log_it: bool = True) -> None:
+        """Close the listener (new clients are refused) and every live connection, now.
+
+        ``log_it=False`` at server shutdown, where Go writes no "Terminated proxy" line.
+        """
+        was_enabled = self.enabled and log_it
         if self._sock is not None:
             self._sock.close()
             self._sock = None
