@@ -30,6 +30,7 @@ MAX_BODY: Final = 8 * 1024 * 1024
 MAX_HEADER_BYTES: Final = 1 << 20 | 4096  # Go's DefaultMaxHeaderBytes plus its 4 KiB slack
 READ_TIMEOUT: Final = 15.0  # Go's ReadTimeout: the whole request, headers and body
 IDLE_TIMEOUT: Final = 60.0  # Go's IdleTimeout: waiting for the next keep-alive request
+WRITE_TIMEOUT: Final = 30.0  # Go's WriteTimeout: a client that does not read is dropped
 HANDLER_TIMEOUT: Final = 25.0  # Go's http.TimeoutHandler: a slower handler answers 503
 # Go's TimeoutHandler with an empty message writes this default body.
 _TIMEOUT_BODY: Final = (
@@ -147,7 +148,10 @@ class ToxiproxyServer:
                 rid = request_id()
                 response, timed_out = await self._answer(api, method, target, headers, body, rid)
                 close = "close" in headers.get("connection", "").lower()
-                await self._write(conn, stream, response, close=close)
+                with trio.move_on_after(WRITE_TIMEOUT) as writing:
+                    await self._write(conn, stream, response, close=close)
+                if writing.cancelled_caught:
+                    return
                 if response.route is not None:  # Go's access log runs for routed requests only
                     event(
                         log,
