@@ -93,3 +93,27 @@ def bench(session: nox.Session) -> None:
         "python", "-m", "benchmarks.peers", *session.posargs,
         env={"TRIO_CLUSTER_SERVER": server},
     )  # fmt: skip
+
+
+TOXIPROXY_DIR = "../shared/tools/toxiproxy-2.12.0"
+
+
+@nox.session
+def faults_real(session: nox.Session) -> None:
+    """tests/faults against the real Toxiproxy 2.12.0 binaries (``../shared/tools/...``): the
+    whole suite with the Go server (the fixtures start and stop it), then the CLI transcript
+    with Go's toxiproxy-cli against the embedded server."""
+    import os
+
+    server = os.path.abspath(f"{TOXIPROXY_DIR}/toxiproxy-server")
+    cli = os.path.abspath(f"{TOXIPROXY_DIR}/toxiproxy-cli")
+    if not os.path.exists(server):
+        session.error(f"no Toxiproxy binaries at {TOXIPROXY_DIR}")
+    session.install("-e", ".[dev]")
+    bundled = session.run("python", "-c", BUNDLED, silent=True)
+    assert isinstance(bundled, str)
+    env = {"TRIO_CLUSTER_SERVER": bundled.strip(), "TOXIPROXY_CLI": cli}
+    session.log(f"=== tests/faults against the Go server: {server}")
+    session.run("pytest", "tests/faults", *session.posargs, env={**env, "TOXIPROXY_SERVER": server})
+    session.log(f"=== the Go CLI against the embedded server: {cli}")
+    session.run("pytest", "tests/faults/test_faults_cli.py", *session.posargs, env=env)
