@@ -10,7 +10,10 @@ a coroutine that owns the socket (to keep sending forever, for example).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -101,6 +104,32 @@ class FakeRedis:
         if name.startswith(b"PING"):
             return b"+PONG\r\n"
         return b"-ERR fake server does not know " + args[0] + b"\r\n"
+
+
+async def pump_forever(stream: trio.SocketStream, header: bytes, chunk: bytes) -> None:
+    """Send ``header``, then ``chunk`` over and over until the client hangs up.
+
+    The writes happen in a worker thread on a blocking duplicate of the socket, so the
+    client's receive buffer stays full whatever the event loop does: bytes are always there
+    to read, and the client never has to wait for them.
+    """
+    raw = socket.socket(fileno=os.dup(stream.socket.fileno()))
+    raw.setblocking(True)
+
+    def pump() -> None:
+        try:
+            raw.sendall(header)
+            while True:
+                raw.sendall(chunk)
+        except OSError:
+            pass  # the client closed the connection
+
+    try:
+        await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
+    finally:
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_RDWR)  # wakes the thread if it is still writing
+        raw.close()
 
 
 def correct(args: list[bytes]) -> Any:
