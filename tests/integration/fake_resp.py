@@ -10,10 +10,8 @@ a coroutine that owns the socket (to keep sending forever, for example).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import socket
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -106,30 +104,34 @@ class FakeRedis:
         return b"-ERR fake server does not know " + args[0] + b"\r\n"
 
 
-async def pump_forever(stream: trio.SocketStream, header: bytes, chunk: bytes) -> None:
-    """Send ``header``, then ``chunk`` over and over until the client hangs up.
+_PUMP = """
+import socket, sys
+raw = socket.socket(fileno=int(sys.argv[1]))
+raw.setblocking(True)
+header, chunk = sys.argv[2].encode("latin-1"), sys.argv[3].encode("latin-1") * int(sys.argv[4])
+try:
+    raw.sendall(header)
+    while True:
+        raw.sendall(chunk)
+except OSError:
+    pass
+"""
 
-    The writes happen in a worker thread on a blocking duplicate of the socket, so the
-    client's receive buffer stays full whatever the event loop does: bytes are always there
-    to read, and the client never has to wait for them.
+
+async def pump_forever(stream: trio.SocketStream, header: bytes, unit: bytes, times: int) -> None:
+    """Send ``header``, then ``unit * times`` over and over until the client hangs up.
+
+    The writes happen in a child process on the same socket, so the client's receive buffer
+    stays full whatever this process does: bytes are always there to read, and the client
+    never has to wait for them.  Cancelling this call kills the child.
     """
-    raw = socket.socket(fileno=os.dup(stream.socket.fileno()))
-    raw.setblocking(True)
-
-    def pump() -> None:
-        try:
-            raw.sendall(header)
-            while True:
-                raw.sendall(chunk)
-        except OSError:
-            pass  # the client closed the connection
-
-    try:
-        await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
-    finally:
-        with contextlib.suppress(OSError):
-            raw.shutdown(socket.SHUT_RDWR)  # wakes the thread if it is still writing
-        raw.close()
+    fd = stream.socket.fileno()
+    await trio.run_process(
+        [sys.executable, "-c", _PUMP, str(fd), header.decode("latin-1"),
+         unit.decode("latin-1"), str(times)],
+        pass_fds=(fd,),
+        check=False,
+    )  # fmt: skip
 
 
 def correct(args: list[bytes]) -> Any:
