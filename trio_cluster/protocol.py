@@ -109,6 +109,10 @@ _AGGREGATE_TYPES: Final = (list, dict, PushFrame)
 # subscribed stream): past this many buffered bytes the window is handed to the careful parser,
 # which keeps no window, so memory stays bounded.
 _MAX_WINDOW = 8 * 1024 * 1024
+# Past this many bytes in the window, a large incomplete item held by hiredis (a big string)
+# moves the stream to the careful parser: one copy of the bytes instead of two, and the length
+# of a big string nested in an aggregate is checked before its bytes are buffered.
+_BIG_ITEM = 4 * 1024 * 1024
 # How far into a reply its header is looked for (a length of up to 20 digits fits).
 _HEADER_PROBE: Final = 32
 _BLOB_HEADERS: Final = frozenset(b"$=!")
@@ -316,6 +320,12 @@ class RespParser:
             except TypeError as exc:
                 raise ReplyShapeError(f"a map key of unhashable type: {exc}") from exc
             if reply is NEED_DATA:
+                if self._window_bytes > _BIG_ITEM and reader.len() > _BIG_ITEM // 2:
+                    # hiredis holds a large incomplete item (it keeps nothing else), so the
+                    # window and hiredis hold it twice: the careful parser, cheap on so few
+                    # elements, keeps one copy and reads every nested length header.
+                    self._to_careful()
+                    return self._next_careful()
                 if self._held and self._window_bytes - self._reply_floor > self._max_bytes:
                     if not self._returned:  # the window starts where this reply starts
                         raise ReplyTooLargeError(

@@ -616,3 +616,28 @@ def test_any_stream_any_split_gives_what_the_careful_parser_gives_whole(
             protocol._MAX_WINDOW = old  # type: ignore[misc]
     assert len(got) == len(expected) and all(map(_same, got, expected))
     assert parser.idle
+
+
+def test_a_big_nested_string_is_held_once_and_its_declared_length_read() -> None:
+    # Past protocol._BIG_ITEM buffered bytes of one incomplete string, the careful parser takes
+    # over: it reads the nested length header, so the 2^40 declaration is refused long before
+    # max_reply_bytes (512 MiB) have been buffered.
+    import trio_cluster.protocol as protocol
+
+    parser = RespParser()
+    parser.feed(b"*2\r\n:1\r\n$1099511627776\r\n")
+    fed = 0
+    with pytest.raises(errors.ReplyTooLargeError, match="declares"):
+        while fed < 64 * MIB:
+            parser.feed(b"x" * 65536)
+            fed += 65536
+            _drain(parser)
+    assert fed <= protocol._BIG_ITEM + 65536
+
+
+def test_a_big_legitimate_string_survives_the_hand_over() -> None:
+    body = bytes(range(256)) * (20 * MIB // 256)  # every byte value, CRLFs included
+    wire = b"*2\r\n:1\r\n" + b"$%d\r\n%s\r\n" % (len(body), body) + b"+next\r\n"
+    parser = RespParser()
+    assert _feed_all(parser, wire, 65536) == [[1, body], b"next"]
+    assert parser.idle and parser._careful is None
