@@ -45,6 +45,7 @@ class _Sentinel:
 NEED_DATA: Final[Any] = _Sentinel("NEED_DATA")
 #: Work remains but the slice is used up: let other tasks run, then ask again.
 YIELD: Final[Any] = _Sentinel("YIELD")
+_MORE: Final[Any] = _Sentinel("_MORE")  # the element did not complete the reply
 
 _CRLF: Final = b"\r\n"
 # Longest header or simple line accepted: real ones are far shorter, and without a cap a
@@ -52,6 +53,8 @@ _CRLF: Final = b"\r\n"
 MAX_LINE: Final = 64 * 1024
 # Elements built per call before returning YIELD: about a millisecond of work.
 SLICE: Final = 2048
+# Strings at least this long that are still arriving are collected as a list of chunks.
+_BIG_BLOB: Final = 256 * 1024
 # Fewest bytes one element can take on the wire (``_\r\n``): bounds what a count declares.
 _MIN_ELEMENT: Final = 3
 
@@ -87,6 +90,10 @@ class CarefulParser:
     :data:`NEED_DATA` (or :data:`YIELD`: call again after letting other tasks run)."""
 
     __slots__ = (
+        "_big",
+        "_big_have",
+        "_big_kind",
+        "_big_length",
         "_buf",
         "_fed",
         "_max_bytes",
@@ -107,23 +114,41 @@ class CarefulParser:
         self._fed = 0  # bytes fed in all
         self._reply_start = 0  # where (in bytes fed in all) the reply being read began
         self._pending_attributes: dict[Any, Any] | None = None
+        # A large string being collected (see _start_big).
+        self._big: list[bytes] | None = None
+        self._big_have = self._big_length = self._big_kind = 0
         #: The top-level attribute map that preceded the last reply returned, if any.
         self.last_attributes: dict[Any, Any] | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the server."""
-        self._buf += data
         self._fed += len(data)
+        big = self._big
+        if big is not None:
+            need = self._big_length + 2 - self._big_have
+            if need > 0:
+                piece = bytes(data[:need])
+                big.append(piece)
+                self._big_have += len(piece)
+                data = data[need:]
+        self._buf += data
 
     @property
     def idle(self) -> bool:
         """Whether no byte is held: between replies, with nothing buffered."""
-        return self._pos >= len(self._buf) and not self._stack and self._pending_attributes is None
+        return (
+            self._pos >= len(self._buf)
+            and not self._stack
+            and self._pending_attributes is None
+            and self._big is None
+        )
 
     def frame_kind(self) -> int | None:
         """The type byte of the top-level reply being read (None if none has started)."""
         if self._stack:
             return self._stack[0].kind
+        if self._big is not None:
+            return self._big_kind
         return self._buf[self._pos] if self._pos < len(self._buf) else None
 
     def next_reply(self) -> Any:
@@ -135,6 +160,13 @@ class CarefulParser:
             budget -= 1
             if budget < 0:
                 return YIELD
+            if self._big is not None:
+                if self._big_have < self._big_length + 2:
+                    return self._need_data()
+                reply = self._attach(self._finish_big())
+                if reply is not _MORE:
+                    return reply
+                continue
             pos = self._pos
             if pos >= len(buf):
                 return self._need_data()
@@ -163,10 +195,13 @@ class CarefulParser:
                         )
                     end = eol + 2 + length
                     if end + 2 > len(buf):
+                        if length >= _BIG_BLOB:
+                            self._start_big(kind, length, eol + 2)
                         return self._need_data()
                     if buf[end : end + 2] != _CRLF:
                         raise ProtocolError("blob not terminated by CRLF")
-                    value = self._blob(kind, bytes(buf[eol + 2 : end]))
+                    with memoryview(buf) as view:  # one copy, not two
+                        value = self._blob(kind, bytes(view[eol + 2 : end]))
                     self._pos = end + 2
             elif kind in _AGGREGATES:
                 count = _number(line, "aggregate length")
@@ -197,39 +232,74 @@ class CarefulParser:
                     value = {} if kind == _MAP else PushFrame([]) if kind == _PUSH else []
             else:
                 raise ProtocolError(f"invalid reply type byte {bytes([kind])!r}")
-            # One element is complete: put it in its aggregate, closing those it completes.
-            while stack:
-                top = stack[-1]
-                if type(top.items) is dict:
-                    if top.key is NEED_DATA:
-                        try:
-                            hash(value)
-                        except TypeError:
-                            raise ReplyShapeError(
-                                f"a map key of unhashable type {type(value).__name__}"
-                            ) from None
-                        top.key = value
-                    else:
-                        top.items[top.key] = value
-                        top.key = NEED_DATA
+            reply = self._attach(value)
+            if reply is not _MORE:
+                return reply
+
+    def _attach(self, value: Any) -> Any:
+        """One element is complete: put it in its aggregate, closing those it completes.
+        Returns the top-level reply once it is complete, else ``_MORE``."""
+        stack = self._stack
+        while stack:
+            top = stack[-1]
+            if type(top.items) is dict:
+                if top.key is NEED_DATA:
+                    try:
+                        hash(value)
+                    except TypeError:
+                        raise ReplyShapeError(
+                            f"a map key of unhashable type {type(value).__name__}"
+                        ) from None
+                    top.key = value
                 else:
-                    top.items.append(value)
-                top.remaining -= 1
-                if top.remaining:
-                    break
-                stack.pop()
-                if top.kind == _ATTRIBUTE:
-                    # Not an element: the element it describes follows.  Top-level attributes
-                    # are kept for the caller; nested ones are dropped, as RESP3 allows.
-                    if not stack:
-                        self._pending_attributes = top.items
-                    break
-                value = PushFrame(top.items) if top.kind == _PUSH else top.items
+                    top.items[top.key] = value
+                    top.key = NEED_DATA
             else:
-                self.last_attributes = self._pending_attributes
-                self._pending_attributes = None
-                self._reply_start = self._fed - (len(buf) - self._pos)
-                return value
+                top.items.append(value)
+            top.remaining -= 1
+            if top.remaining:
+                return _MORE
+            stack.pop()
+            if top.kind == _ATTRIBUTE:
+                # Not an element: the element it describes follows.  Top-level attributes are
+                # kept for the caller; nested ones are dropped, as RESP3 allows.
+                if not stack:
+                    self._pending_attributes = top.items
+                return _MORE
+            value = PushFrame(top.items) if top.kind == _PUSH else top.items
+        self.last_attributes = self._pending_attributes
+        self._pending_attributes = None
+        self._reply_start = self._fed - (len(self._buf) - self._pos)
+        return value
+
+    def _start_big(self, kind: int, length: int, start: int) -> None:
+        """A large string whose bytes have not all come: collect them in a list of chunks
+        (joined once at the end) instead of growing the buffer (a copy per growth)."""
+        buf = self._buf
+        with memoryview(buf) as view:
+            self._big = [bytes(view[start:])]
+        self._big_have = len(buf) - start
+        self._big_length = length
+        self._big_kind = kind
+        del buf[:]
+        self._pos = 0
+
+    def _finish_big(self) -> Any:
+        parts = self._big
+        assert parts is not None
+        self._big = None
+        tail = (parts[-2][-2:] if len(parts) > 1 else b"") + parts[-1][-2:]
+        if tail[-2:] != _CRLF:
+            raise ProtocolError("blob not terminated by CRLF")
+        cut = 2
+        while cut:  # drop the CRLF from the last chunks, then join once
+            last = parts.pop()
+            if len(last) > cut:
+                parts.append(last[:-cut])
+                cut = 0
+            else:
+                cut -= len(last)
+        return self._blob(self._big_kind, b"".join(parts))
 
     def _need_data(self) -> Any:
         # Checked here, once the replies completed by the last bytes fed are out.

@@ -641,3 +641,43 @@ def test_a_big_legitimate_string_survives_the_hand_over() -> None:
     parser = RespParser()
     assert _feed_all(parser, wire, 65536) == [[1, body], b"next"]
     assert parser.idle and parser._careful is None
+
+
+@pytest.mark.parametrize("chunk", [3, 4093, 65536, 10**7])
+@pytest.mark.parametrize("kind", [b"$", b"=", b"!"])
+def test_careful_parser_collects_large_strings_exactly(chunk: int, kind: bytes) -> None:
+    size = careful._BIG_BLOB + 12345
+    body = (b"txt:" if kind == b"=" else b"ERR ") + bytes(range(256)) * (size // 256)
+    wire = (
+        b"|1\r\n+k\r\n+v\r\n*2\r\n"  # an attribute: the careful parser reads what follows
+        + kind
+        + b"%d\r\n%s\r\n" % (len(body), body)
+        + b":5\r\n+next\r\n"
+    )
+    if chunk == 3:
+        wire_chunks = [wire[:200], *(wire[i : i + 99991] for i in range(200, len(wire), 99991))]
+    else:
+        wire_chunks = [wire[i : i + chunk] for i in range(0, len(wire), chunk)]
+    parser = RespParser()
+    replies = []
+    for piece in wire_chunks:
+        parser.feed(piece)
+        replies += _drain(parser)
+    first, second = replies
+    if kind == b"!":
+        assert isinstance(first[0], rex.ResponseError) and str(first[0]) == body.decode(
+            "utf-8", "replace"
+        )
+    else:
+        assert first[0] == (body[4:] if kind == b"=" else body)
+    assert first[1] == 5 and second == b"next"
+    assert parser.idle
+
+
+def test_careful_parser_refuses_a_large_string_without_its_crlf() -> None:
+    size = careful._BIG_BLOB * 2
+    parser = RespParser()
+    parser.feed(b"|1\r\n+k\r\n+v\r\n$%d\r\n" % size)
+    parser.feed(b"y" * size + b"XY+OK\r\n")
+    with pytest.raises(errors.ProtocolError, match="CRLF"):
+        _drain(parser)
