@@ -108,6 +108,7 @@ _AGGREGATE_BYTES: Final = b"*%~>"
 # it, one ``memchr`` per watched byte is several times faster.
 _SMALL_CHUNK: Final = 2048
 _AGGREGATE_TYPES: Final = (list, dict, PushFrame)
+_AGGREGATE_SET: Final = frozenset(_AGGREGATE_TYPES)
 # Replies completed inside the window while hiredis never went idle (a busy pipelined or
 # subscribed stream): past this many buffered bytes the window is handed to the careful parser,
 # which keeps no window, so memory stays bounded.
@@ -385,10 +386,17 @@ class RespParser:
             return
         level = [reply]
         depth = 1
+        # No more aggregates than type bytes counted in the window: once the levels seen hold
+        # them all but ``max_depth - depth``, no deeper level can break the limit.
+        unseen = self._aggregates - 1
         while True:
-            children = list(
-                chain.from_iterable(item.values() if type(item) is dict else item for item in level)
-            )
+            if not self._pushes and depth + unseen <= self._max_depth:
+                return
+            if dict in set(map(type, level)):
+                items = (item.values() if type(item) is dict else item for item in level)
+                children = list(chain.from_iterable(items))
+            else:
+                children = list(chain.from_iterable(level))
             types = set(map(type, children))
             if PushFrame in types:
                 raise ReplyShapeError("a push frame inside an aggregate")
@@ -399,7 +407,11 @@ class RespParser:
                 raise ReplyTooDeepError(
                     f"reply nested deeper than max_reply_depth={self._max_depth}"
                 )
-            level = [item for item in children if type(item) in _AGGREGATE_TYPES]
+            if types <= _AGGREGATE_SET:
+                level = children  # all aggregates (pairs, entries): nothing to filter
+            else:
+                level = [item for item in children if type(item) in _AGGREGATE_TYPES]
+            unseen -= len(level)
 
 
 def _new_reader() -> Any:

@@ -681,3 +681,20 @@ def test_careful_parser_refuses_a_large_string_without_its_crlf() -> None:
     parser.feed(b"y" * size + b"XY+OK\r\n")
     with pytest.raises(errors.ProtocolError, match="CRLF"):
         _drain(parser)
+
+
+@pytest.mark.parametrize("depth", [63, 64, 65, 200])
+@pytest.mark.parametrize("wide_first", [True, False])
+def test_depth_is_exact_in_wide_replies(depth: int, wide_first: bool) -> None:
+    # Many small aggregates (as ZRANGE ... WITHSCORES sends) beside one deep chain: the depth
+    # check may not stop early on the width.
+    wide = b"*500\r\n" + b"*2\r\n$1\r\nm\r\n,1.5\r\n" * 500
+    deep = b"*1\r\n" * (depth - 1) + b":1\r\n"
+    wire = b"*2\r\n" + (wide + deep if wide_first else deep + wide)
+    parser = RespParser(max_depth=64)
+    if depth > 64:  # the top array and depth - 1 arrays under it: depth levels
+        with pytest.raises(errors.ReplyTooDeepError):
+            _feed_all(parser, wire, 4096)
+    else:
+        (reply,) = _feed_all(parser, wire, 4096)
+        assert len(reply) == 2
