@@ -2,10 +2,11 @@
 
 It answers the handshake (``HELLO``, ``CLIENT ...``), the cluster discovery (``CLUSTER SHARDS``
 is refused, so clients fall back to ``CLUSTER SLOTS``, which names this server for every slot;
-``COMMAND`` describes GET and SET) and ``GET``/``SET`` with correct replies: ``GET k`` answers
-``v:k``.  A test passes ``reply``, called for every other command and for GET/SET first: it
-returns the raw bytes to send, or None for the correct reply.  ``stream`` replaces the reply by
-a coroutine that owns the socket (to keep sending forever, for example).
+``COMMAND`` describes GET, SET and BLPOP) and ``GET``/``SET`` with correct replies: ``GET k``
+answers ``v:k``.  A test passes ``reply``, called for every command first: it returns the raw
+bytes to send, or None for the correct reply.  ``stream`` replaces the reply to GET, SET and
+BLPOP by a coroutine that owns the socket (to keep sending forever, or to hold a reply back
+as a blocking command does).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ ReplyHook = Callable[[list[bytes]], bytes | None]
 StreamHook = Callable[[list[bytes], trio.SocketStream], Awaitable[None]]
 
 COMMAND_REPLY = (
-    b"*2\r\n"
+    b"*3\r\n"
     b"*6\r\n$3\r\nget\r\n:2\r\n*1\r\n+readonly\r\n:1\r\n:1\r\n:1\r\n"
     b"*6\r\n$3\r\nset\r\n:-3\r\n*1\r\n+write\r\n:1\r\n:1\r\n:1\r\n"
+    b"*6\r\n$5\r\nblpop\r\n:-3\r\n*2\r\n+write\r\n+blocking\r\n:1\r\n:-2\r\n:1\r\n"
 )
 
 
@@ -68,7 +70,7 @@ class FakeRedis:
                     args: list[bytes] = list(command)
                     self.commands.append(args)
                     name = args[0].upper()
-                    if self.stream is not None and name in (b"GET", b"SET"):
+                    if self.stream is not None and name in (b"GET", b"SET", b"BLPOP"):
                         await self.stream(args, stream)
                         continue
                     out = self.reply(args) if self.reply is not None else None

@@ -267,6 +267,21 @@ async def test_a_reply_that_keeps_arriving_can_still_be_cancelled(kind: str) -> 
             assert await client.get("fast") == b"v:fast"
 
 
+@pytest.mark.parametrize("kind", CLIENTS)
+async def test_blocking_commands_keep_their_extension(kind: str) -> None:
+    async def hold(args: list[bytes], stream: trio.SocketStream) -> None:
+        if args[0].upper() == b"BLPOP":
+            await trio.sleep(0.6)  # the server's own wait, longer than the read timeout
+            await stream.send_all(b"*2\r\n" + bulk(args[1]) + bulk(b"popped"))
+        else:
+            await stream.send_all(bulk(b"v:" + args[1]))
+
+    with trio.fail_after(30):
+        async with connected(kind, stream=hold, read_timeout=0.2) as (client, _):
+            assert await client.blpop(["q"], timeout=5) in ([b"q", b"popped"], (b"q", b"popped"))
+            assert await client.get("after") == b"v:after"
+
+
 # --- 5. redirects and shapes ----------------------------------------------------------------------
 
 
