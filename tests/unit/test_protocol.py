@@ -698,3 +698,20 @@ def test_depth_is_exact_in_wide_replies(depth: int, wide_first: bool) -> None:
     else:
         (reply,) = _feed_all(parser, wire, 4096)
         assert len(reply) == 2
+
+
+@pytest.mark.parametrize("careful_path", [False, True])
+def test_many_small_elements_past_max_reply_bytes_are_refused(careful_path: bool) -> None:
+    # Nothing declares too much (300,000 elements could fit in 1 MiB): only the bytes
+    # accumulated by the incomplete reply give it away.
+    prefix = b"|1\r\n+a\r\n+b\r\n" if careful_path else b""
+    parser = RespParser(max_bytes=MIB)
+    parser.feed(prefix + b"*300000\r\n")
+    element = b"$10\r\n0123456789\r\n" * 1000
+    fed = 0
+    with pytest.raises(errors.ReplyTooLargeError, match="still incomplete"):
+        while fed < 4 * MIB:
+            parser.feed(element)
+            fed += len(element)
+            _drain(parser)
+    assert MIB - len(element) <= fed <= MIB + len(element)
