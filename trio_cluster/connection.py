@@ -7,6 +7,14 @@ every other caller until :meth:`Connection.drain` has read what is owed (the mis
 bug of redis-py's CVE-2023-28858/28859 cannot happen).  A write that may have been cut short, a
 timeout, an I/O error or a corrupt stream sets ``broken``: the connection is closed, never reused.
 
+Replies are delivered exactly once.  After the last reply owed, anything the parser still
+holds must be (the start of) a RESP3 push frame, which goes to ``on_push``; any other byte,
+there or on an idle connection, means the stream is out of step: the caller gets
+:class:`~trio_cluster.errors.UnsolicitedReplyError` (its own reply may be the stray one), a
+warning is logged, and the connection is closed.  A reply that needs more than one read is read
+with a cancellable checkpoint and a deadline check between reads, so the read timeout bounds
+the whole reply even while bytes keep arriving.
+
 Timeouts cost one cancel scope per round trip: its deadline is the write deadline while the
 command goes out, then moved to the read deadline, so one scope serves both.
 """
