@@ -83,7 +83,7 @@ def chaos(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """trio-cluster against redis-py's asyncio cluster client, coredis on trio and a raw-trio
     ceiling, on one local cluster, interleaved over rounds; prints JSON with the ratios.
-    Extra arguments go to ``python -m benchmarks.peers``."""
+    Extra arguments go to ``python -m benchmarks.peers``.  Then ``benchmarks.large_replies``."""
     session.install("-e", ".[server]", "coredis==6.9.0")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
@@ -93,6 +93,9 @@ def bench(session: nox.Session) -> None:
         "python", "-m", "benchmarks.peers", *session.posargs,
         env={"TRIO_CLUSTER_SERVER": server},
     )  # fmt: skip
+    # Large replies (LRANGE 1M, HGETALL/ZRANGE 100k, GET 16 MiB) against redis-py asyncio,
+    # the event-loop stall and the peak RSS under a hostile 2^40-byte reply.
+    session.run("python", "-m", "benchmarks.large_replies", env={"TRIO_CLUSTER_SERVER": server})
 
 
 TOXIPROXY_DIR = "../shared/tools/toxiproxy-2.12.0"

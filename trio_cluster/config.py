@@ -64,6 +64,23 @@ def _db(instance: object, attribute: attrs.Attribute[Any], value: object) -> Non
         raise ValueError(f"{attribute.name} must be an integer >= 0; got {value!r}")
 
 
+#: Default bound on one reply: 512 MiB, as Redis's own ``proto-max-bulk-len``.
+DEFAULT_MAX_REPLY_BYTES = 512 * 1024 * 1024
+#: Smallest ``max_reply_bytes`` accepted (the bound is checked once per socket read).
+MIN_MAX_REPLY_BYTES = 1024 * 1024
+#: Default and largest nesting depth of a reply (hiredis itself stops at 1024 levels).
+DEFAULT_MAX_REPLY_DEPTH = 64
+MAX_MAX_REPLY_DEPTH = 1000
+
+
+def _int_in(low: int, high: float) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{attribute.name} must be an integer in {low}..{high}; got {value!r}")
+
+    return check
+
+
 @attrs.frozen(kw_only=True)
 class ConnectionConfig:
     """Everything one connection needs to open and greet a node.
@@ -92,6 +109,16 @@ class ConnectionConfig:
     reply is accepted quietly and the connection carries on) or "enabled" (it fails)."""
     moving_endpoint_type: str = attrs.field(default="internal-ip", validator=_endpoint_type)
     """What kind of address MOVING notifications should carry."""
+    max_reply_bytes: int = attrs.field(
+        default=DEFAULT_MAX_REPLY_BYTES, validator=_int_in(MIN_MAX_REPLY_BYTES, 2**62)
+    )
+    """Most bytes one reply may declare or accumulate; past it the connection is closed with
+    :class:`~trio_cluster.errors.ReplyTooLargeError`.  At least 1 MiB."""
+    max_reply_depth: int = attrs.field(
+        default=DEFAULT_MAX_REPLY_DEPTH, validator=_int_in(1, MAX_MAX_REPLY_DEPTH)
+    )
+    """Deepest nesting of aggregates and attributes one reply may use; past it the connection
+    is closed with :class:`~trio_cluster.errors.ReplyTooDeepError`."""
     lib_name: str = LIB_NAME
     lib_version: str = attrs.field(factory=lambda: _version())
 

@@ -7,6 +7,14 @@ every other caller until :meth:`Connection.drain` has read what is owed (the mis
 bug of redis-py's CVE-2023-28858/28859 cannot happen).  A write that may have been cut short, a
 timeout, an I/O error or a corrupt stream sets ``broken``: the connection is closed, never reused.
 
+Replies are delivered exactly once.  After the last reply owed, anything the parser still
+holds must be (the start of) a RESP3 push frame, which goes to ``on_push``; any other byte,
+there or on an idle connection, means the stream is out of step: the caller gets
+:class:`~trio_cluster.errors.UnsolicitedReplyError` (its own reply may be the stray one), a
+warning is logged, and the connection is closed.  A reply that needs more than one read is read
+with a cancellable checkpoint and a deadline check between reads, so the read timeout bounds
+the whole reply even while bytes keep arriving.
+
 Timeouts cost one cancel scope per round trip: its deadline is the write deadline while the
 command goes out, then moved to the read deadline, so one scope serves both.
 """
@@ -34,9 +42,18 @@ from .errors import (
     ProtocolError,
     ReadTimeoutError,
     UnknownCommandError,
+    UnsolicitedReplyError,
     WriteTimeoutError,
 )
-from .protocol import NEED_DATA, EncodableArg, PushFrame, RespParser, encode_command, is_push
+from .protocol import (
+    NEED_DATA,
+    YIELD,
+    EncodableArg,
+    PushFrame,
+    RespParser,
+    encode_command,
+    is_push,
+)
 from .state import ConnState, ConnStateMachine
 from .watchdog import Watchdog
 
@@ -47,6 +64,7 @@ logger = logging.getLogger("trio_cluster.connection")
 PushHandler = Callable[["Connection", PushFrame], None]
 
 _RECEIVE_SIZE = 65536
+_LARGE_RECEIVE_SIZE = 262144
 _ids = itertools.count(1)
 
 
@@ -139,7 +157,9 @@ class Connection:
         #: Called with every push frame (RESP3 ``>``) that arrives; never given to a caller.
         self.on_push: PushHandler | None = None
         self._stream = stream
-        self._parser = RespParser()
+        self._parser = RespParser(
+            max_bytes=config.max_reply_bytes, max_depth=config.max_reply_depth
+        )
         # On plain sockets we write with a non-blocking system call first: it lets us know
         # exactly whether any byte went out (the cancel-safety books depend on it), and it is
         # cheaper than a full ``send_all``.  TLS streams always go through ``send_all``.
@@ -402,35 +422,106 @@ class Connection:
         return sent == len(data)
 
     async def _read_reply(self) -> Any:
-        """Read the next reply that answers a command, dispatching push frames on the way."""
+        """Read the next reply that answers a command, dispatching push frames on the way.
+
+        After the last owed reply, whatever the parser still holds must be push frames:
+        anything else raises :class:`UnsolicitedReplyError` (see :meth:`_settle`).
+        """
         parser = self._parser
+        reads = 0
         while True:
             try:
                 reply = parser.next_reply()
-            except ProtocolError:
-                self.broken = True
-                raise
+            except ProtocolError as exc:
+                raise self._violation(exc) from None
             if reply is NEED_DATA:
-                await self._receive()
+                await self._receive(reads)
+                reads += 1
+                continue
+            if reply is YIELD:
+                # A large reply used up its slice: let the other tasks run.
+                await self._continue_reading()
                 continue
             if is_push(reply):
                 self._dispatch_push(reply)
                 continue
             self.owed_replies -= 1
+            if self.owed_replies <= 0 and not parser.idle:
+                self._settle()
             return reply
 
-    async def _receive(self) -> None:
+    def _settle(self) -> None:
+        """No reply is owed: dispatch the complete push frames the parser holds, and make sure
+        any partial frame it holds is a push.  Anything else is unsolicited: no reply on this
+        stream can be trusted any more (the one just read may be the stray one), so it raises
+        :class:`UnsolicitedReplyError` and the connection is closed."""
+        parser = self._parser
+        while True:
+            try:
+                reply = parser.next_reply()
+            except ProtocolError as exc:
+                raise self._violation(exc) from None
+            if reply is NEED_DATA:
+                break
+            if reply is YIELD:
+                continue
+            if not is_push(reply):
+                raise self._violation(
+                    UnsolicitedReplyError(
+                        f"{self.config.address} sent a reply that no command was owed"
+                    )
+                )
+            self._dispatch_push(reply)
+        try:
+            partial_push = parser.idle or parser.held_frame_is_push()
+        except ProtocolError as exc:
+            raise self._violation(exc) from None
+        if not partial_push:
+            raise self._violation(
+                UnsolicitedReplyError(f"{self.config.address} sent bytes that no command was owed")
+            )
+
+    def _violation(self, error: ProtocolError) -> ProtocolError:
+        """The stream broke the protocol: log it, mark the connection for closing."""
+        if not self.broken:
+            logger.warning(
+                "closing connection %d to %s: %s: %s",
+                self.id, self.config.address, type(error).__name__, error,
+            )  # fmt: skip
+        self.broken = True
+        return error
+
+    async def _continue_reading(self) -> None:
+        """Between two slices of one reply: a checkpoint that honours cancellation, then the
+        watchdog's verdict, so a reply that keeps arriving cannot outlive its deadline."""
+        await trio.lowlevel.checkpoint()
+        if self._timed_out:
+            self.broken = True
+            raise _network_error(
+                f"reading from {self.config.address} failed",
+                trio.ClosedResourceError("deadline passed"),
+            )
+
+    async def _receive(self, reads: int = 0) -> None:
         data: bytes | bytearray
+        if reads:
+            # Not the first read of this reply: the deadline holds even while bytes keep
+            # coming (a successful read is no checkpoint of its own).
+            await self._continue_reading()
         try:
             if self._fd >= 0:
                 # Straight to the socket: trio's stream layers add several microseconds per
                 # read, and nothing else reads this socket.  Let the other tasks run first
                 # (their commands go out meanwhile), then try the read: under load the reply
                 # is usually there already, which saves arming epoll and a wake-up.
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not reads:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 while True:
                     try:
-                        data = os.read(self._fd, _RECEIVE_SIZE)
+                        # A reply that needs more than one read is a large one: read more
+                        # at a time (fewer wake-ups; each slice still parses in well under a
+                        # millisecond).
+                        data = os.read(self._fd, _LARGE_RECEIVE_SIZE if reads else _RECEIVE_SIZE)
                         break
                     except BlockingIOError:
                         if self._timed_out:  # the watchdog fired while we were not waiting
@@ -444,7 +535,10 @@ class Connection:
         if not data:
             self.broken = True
             raise ConnectionClosedError(f"{self.config.address} closed the connection")
-        self._parser.feed(data)
+        try:
+            self._parser.feed(data)
+        except ProtocolError as exc:
+            raise self._violation(exc) from None
 
     def _dispatch_push(self, frame: PushFrame) -> None:
         handler = self.on_push
@@ -539,15 +633,11 @@ class Connection:
         if not data:
             self.broken = True
             return True
-        self._parser.feed(data)
         try:
-            while (reply := self._parser.next_reply()) is not NEED_DATA:
-                if not is_push(reply):
-                    self.broken = True
-                    return True
-                self._dispatch_push(reply)
-        except ProtocolError:
-            self.broken = True
+            self._parser.feed(data)
+            self._settle()
+        except ProtocolError as exc:
+            self._violation(exc)
             return True
         return False
 
@@ -580,15 +670,19 @@ class Connection:
         if send:
             await self._send(b"".join([encode_command(args) for args in send]), 0)
         parser = self._parser
+        reads = 0
         while True:
             try:
                 reply = parser.next_reply()
-            except ProtocolError:
-                self.broken = True
-                raise
-            if reply is not NEED_DATA:
+            except ProtocolError as exc:
+                raise self._violation(exc) from None
+            if reply is YIELD:
+                await trio.lowlevel.checkpoint()
+            elif reply is not NEED_DATA:
                 return reply
-            await self._receive()
+            else:
+                await self._receive(reads)
+                reads += 1
 
 
 def _hello_unsupported(exc: Exception) -> bool:

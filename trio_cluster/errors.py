@@ -7,6 +7,8 @@ replies are turned into these classes by :func:`error_from_reply`.
 
 from __future__ import annotations
 
+import re
+
 from redis import exceptions as rex
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "CrossSlotKeysError",
     "CrossSlotTransactionError",
     "ExecAbortError",
+    "InvalidRedirectError",
     "InvalidTransition",
     "MasterDownError",
     "MovedError",
@@ -37,10 +40,14 @@ __all__ = [
     "ReadOnlyError",
     "ReadTimeoutError",
     "ReleaseError",
+    "ReplyShapeError",
+    "ReplyTooDeepError",
+    "ReplyTooLargeError",
     "ResponseError",
     "StateMachineClosed",
     "TryAgainError",
     "UnknownCommandError",
+    "UnsolicitedReplyError",
     "WriteTimeoutError",
     "error_from_reply",
 ]
@@ -53,6 +60,25 @@ ResponseError = rex.ResponseError
 
 class ProtocolError(rex.InvalidResponse):
     """The byte stream from the server is not valid RESP; the connection is closed for good."""
+
+
+class UnsolicitedReplyError(ProtocolError):
+    """Bytes arrived that no command was owed (a reply with no caller, or bytes left after the
+    last owed reply): no reply on that stream can be trusted, so the connection is closed."""
+
+
+class ReplyTooLargeError(ProtocolError):
+    """A reply declared or accumulated more than ``max_reply_bytes``; the connection is closed."""
+
+
+class ReplyTooDeepError(ProtocolError):
+    """A reply nested aggregates or attributes deeper than ``max_reply_depth``; the connection
+    is closed."""
+
+
+class ReplyShapeError(ProtocolError):
+    """A well-formed reply of an impossible shape (a map with an unhashable key, a push frame
+    inside an aggregate); the connection is closed."""
 
 
 class ArgumentTypeError(TypeError, rex.DataError):
@@ -133,6 +159,22 @@ class NoPermissionError(rex.NoPermissionError):
     """NOPERM: the ACL user may not run this command or touch this key."""
 
 
+class InvalidRedirectError(rex.ResponseError):
+    """A MOVED or ASK error reply whose slot, host or port is unusable (slot outside
+    0..16383, port outside 1..65535, an address that does not parse).  Routing is left as it
+    was; the connection itself is fine."""
+
+
+_SLOTS = 16384
+# A host in a redirect: a name, an IPv4 address, or an IPv6 address (with an optional zone),
+# or empty ("the node you asked").  Anything else (spaces, slashes, control bytes) is refused.
+_HOST_RE = re.compile(r"[A-Za-z0-9_.:%-]{0,255}")
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 class _RedirectMixin:
     """Parses ``<slot> <host>:<port>`` (host may be IPv6, or empty meaning "the same host")."""
 
@@ -151,6 +193,12 @@ class _RedirectMixin:
             self.port = int(port_text)
         except ValueError:
             raise ValueError(f"malformed redirect error reply: {rest!r}") from None
+        if not 0 <= self.slot < _SLOTS:
+            raise ValueError(f"redirect to slot {self.slot}, outside 0..{_SLOTS - 1}: {rest!r}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"redirect to port {self.port}, outside 1..65535: {rest!r}")
+        if not _HOST_RE.fullmatch(host) or not _digits(slot_text + port_text):
+            raise ValueError(f"unparsable address in redirect error reply: {rest!r}")
         self.node_addr = (self.host, self.port)
 
 
@@ -292,6 +340,6 @@ def error_from_reply(message: str) -> Exception:
     if cls in _REDIRECTS:
         try:
             return cls(rest)
-        except ValueError:
-            return ResponseError(message)
+        except ValueError as exc:
+            return InvalidRedirectError(f"{message} ({exc})")
     return cls(message)

@@ -1,15 +1,21 @@
 """RESP2/RESP3 encoding and parsing, sans-IO: no sockets, no trio, only bytes in and replies out.
 
-Parsing is split in two steps.  A small scanner finds where each top-level reply ends (it only
-reads type bytes and lengths), and hands complete replies to ``hiredis`` to build the Python
-objects.  Framing first costs a little, and buys two things hiredis alone cannot give:
+Parsing is incremental and linear in the bytes received.  The hot path is hiredis's own
+incremental ``Reader``: every received chunk is fed to it once, and it keeps its place across
+reads.  hiredis cannot be trusted with two RESP3 types: it reads an attribute (``|``) as an
+ordinary aggregate (every later reply would shift by one) and refuses blob errors (``!``).  So
+each chunk is first checked, at C speed, for the type bytes that need care (one
+``bytes.translate`` pass; a byte matters only right after a CRLF).  When an attribute or a blob
+error may start, the bytes of the replies in progress go to
+:class:`~trio_cluster.careful.CarefulParser` (pure Python, also incremental), which gives the
+stream back to hiredis once it is between replies.
 
-* hiredis returns a RESP3 *attribute* (``|``) as if it were an ordinary array, which would shift
-  every later reply by one; and it rejects blob errors (``!``).  The scanner sees those type
-  bytes, and such replies go to a pure-Python parser instead.
-* a corrupt stream is always caught at a frame boundary we know, so the parser either returns a
-  reply, asks for more data, or raises :class:`~trio_cluster.errors.ProtocolError`.  After a
-  protocol error the parser is poisoned: the connection that owns it must be closed.
+Limits, enforced on both paths: ``max_bytes`` bounds what one reply may declare or accumulate,
+``max_depth`` bounds the nesting of aggregates and attributes; a push frame is allowed only at
+the top level and map keys must be hashable.  Every violation raises a subclass of
+:class:`~trio_cluster.errors.ProtocolError`, after which the parser is poisoned: the connection
+that owns it must be closed.  Like hiredis (and so redis-py), the hot path does not check the
+CRLF after a bulk string's payload, and reads a negative count of any aggregate as a null.
 
 Reply values follow hiredis: bulk and simple strings are ``bytes``; integers ``int``; doubles
 ``float``; nulls ``None``; booleans ``bool``; big numbers ``bytes`` (their decimal digits);
@@ -21,14 +27,25 @@ verbatim strings ``bytes`` without the ``txt:`` prefix; maps ``dict``; sets ``li
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from typing import Any, Final
 
 import hiredis
 
-from .errors import ArgumentTypeError, ProtocolError, error_from_reply
+from .careful import NEED_DATA, YIELD, CarefulParser, PushFrame
+from .config import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_REPLY_DEPTH
+from .errors import (
+    ArgumentTypeError,
+    ProtocolError,
+    ReplyShapeError,
+    ReplyTooDeepError,
+    ReplyTooLargeError,
+    error_from_reply,
+)
 
 __all__ = [
     "NEED_DATA",
+    "YIELD",
     "EncodableArg",
     "PushFrame",
     "RespParser",
@@ -38,23 +55,6 @@ __all__ = [
 ]
 
 EncodableArg = bytes | str | int | float | memoryview
-
-#: The push frame type.  hiredis builds these for ``>`` replies; the fallback parser too.
-PushFrame = hiredis.PushNotification
-
-
-class _NeedData:
-    """Sentinel type: the buffer holds no complete reply yet."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-#: Returned by :meth:`RespParser.next_reply` when more bytes are needed.  (``False`` and
-#: ``None`` are real RESP3 replies, so they cannot serve as the sentinel.)
-NEED_DATA: Final = _NeedData()
 
 _ALLOWED_ARG_TYPES = (bytes, str, int, float, memoryview)
 
@@ -95,251 +95,324 @@ def is_push(reply: object) -> bool:
     return type(reply) is PushFrame
 
 
-# --- framing -----------------------------------------------------------------------------------
+# --- parsing ------------------------------------------------------------------------------------
 
-_CRLF: Final = b"\r\n"
-# Longest header or simple line we accept before deciding the stream is garbage.  Real simple
-# replies and length headers are far shorter; without a cap a missing CRLF would buffer forever.
-_MAX_LINE: Final = 64 * 1024
-# Deepest aggregate nesting accepted (real replies nest a handful of levels).
-_MAX_DEPTH: Final = 64
-
-_LINE_TYPES: Final = frozenset(b"+-:_,#(")
-_BLOB_TYPES: Final = frozenset(b"$=!")
-_AGGREGATE_TYPES: Final = frozenset(b"*~>%|")
-_PAIRED_TYPES: Final = frozenset(b"%|")
-# Types hiredis cannot be trusted with: attributes (it returns them as arrays) and blob errors.
-_EXOTIC_TYPES: Final = frozenset(b"|!")
-_ATTRIBUTE: Final = ord("|")
-_NULLABLE_BLOB: Final = ord("$")
-_NULLABLE_ARRAY: Final = ord("*")
-
-
-def _length(buf: bytearray, start: int, end: int) -> int:
-    text = bytes(buf[start:end])
-    if not text or not (text.isdigit() or (text[:1] == b"-" and text[1:].isdigit())):
-        raise ProtocolError(f"bad length in reply header: {text[:32]!r}")
-    return int(text)
-
-
-def _scan_frame(buf: bytearray, pos: int) -> tuple[int, bool]:
-    """Find the end of the complete top-level reply starting at ``pos``.
-
-    Returns ``(end, exotic)``: ``end`` is -1 when the reply is incomplete, and ``exotic`` says
-    whether the reply holds a type byte hiredis mishandles.  Raises ProtocolError on garbage.
-    Iterative, so hostile nesting cannot exhaust the Python stack.
-    """
-    size = len(buf)
-    remaining: list[int] = []  # elements still owed by each open aggregate, innermost last
-    is_attribute: list[bool] = []  # whether that aggregate is an attribute map
-    exotic = False
-    while True:
-        if pos >= size:
-            return -1, exotic
-        kind = buf[pos]
-        eol = buf.find(_CRLF, pos + 1, pos + 1 + _MAX_LINE)
-        if eol < 0:
-            if size - pos > _MAX_LINE:
-                raise ProtocolError("reply header or simple line too long")
-            return -1, exotic
-        if kind in _LINE_TYPES:
-            pos = eol + 2
-        elif kind in _BLOB_TYPES:
-            length = _length(buf, pos + 1, eol)
-            exotic = exotic or kind in _EXOTIC_TYPES
-            if length < 0:
-                if length != -1 or kind != _NULLABLE_BLOB:
-                    raise ProtocolError(f"bad blob length {length}")
-                pos = eol + 2
-            else:
-                end = eol + 2 + length
-                if end + 2 > size:
-                    return -1, exotic
-                if buf[end : end + 2] != _CRLF:
-                    raise ProtocolError("blob not terminated by CRLF")
-                pos = end + 2
-        elif kind in _AGGREGATE_TYPES:
-            count = _length(buf, pos + 1, eol)
-            pos = eol + 2
-            if count < -1 or (count == -1 and kind != _NULLABLE_ARRAY):
-                raise ProtocolError(f"bad aggregate length {count}")
-            if count > 0:
-                remaining.append(count * 2 if kind in _PAIRED_TYPES else count)
-                is_attribute.append(kind == _ATTRIBUTE)
-                exotic = exotic or kind == _ATTRIBUTE
-                if len(remaining) > _MAX_DEPTH:
-                    raise ProtocolError("reply nested too deeply")
-                continue
-            if kind == _ATTRIBUTE:
-                continue  # an empty attribute map: the element it describes still follows
-        else:
-            raise ProtocolError(f"invalid reply type byte {bytes([kind])!r}")
-        # One element is complete: close every aggregate it completes.
-        while remaining:
-            remaining[-1] -= 1
-            if remaining[-1]:
-                break
-            remaining.pop()
-            if is_attribute.pop():
-                break  # a finished attribute is not an element: what it describes follows
-        else:
-            return pos, exotic
-
-
-# --- the fallback parser for replies hiredis cannot build ---------------------------------------
-
-
-class _SlowParser:
-    """Builds one complete, already-framed reply in pure Python (attributes, blob errors)."""
-
-    def __init__(self, buf: bytearray, pos: int) -> None:
-        self.buf = buf
-        self.pos = pos
-        self.attributes: dict[Any, Any] | None = None
-
-    def _line(self) -> bytes:
-        eol = self.buf.find(_CRLF, self.pos)
-        line = bytes(self.buf[self.pos + 1 : eol])
-        self.pos = eol + 2
-        return line
-
-    def parse(self, depth: int = 0) -> Any:
-        kind = chr(self.buf[self.pos])
-        line = self._line()
-        try:
-            return self._parse(kind, line, depth)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ProtocolError(f"bad {kind!r} reply: {line[:32]!r}") from exc
-
-    def _parse(self, kind: str, line: bytes, depth: int) -> Any:
-        if kind == "+":
-            return line
-        if kind == "-":
-            return error_from_reply(line.decode("utf-8", "replace"))
-        if kind == ":":
-            return int(line)
-        if kind == "_":
-            if line:
-                raise ValueError("null with payload")
-            return None
-        if kind == ",":
-            return float(line)
-        if kind == "#":
-            if line not in (b"t", b"f"):
-                raise ValueError("bad boolean")
-            return line == b"t"
-        if kind == "(":
-            int(line)  # validate, but return digits as hiredis does
-            return line
-        if kind in "$=!":
-            length = int(line)
-            if length == -1:
-                return None
-            data = bytes(self.buf[self.pos : self.pos + length])
-            self.pos += length + 2
-            if kind == "=":
-                return data[4:]
-            if kind == "!":
-                return error_from_reply(data.decode("utf-8", "replace"))
-            return data
-        if depth >= _MAX_DEPTH:
-            raise ProtocolError("reply nested too deeply")
-        count = int(line)
-        if kind == "*" and count == -1:
-            return None
-        if kind in "%|":
-            mapping = {}
-            for _ in range(count):
-                key = self.parse(depth + 1)
-                mapping[_hashable(key)] = self.parse(depth + 1)
-            if kind == "|":
-                # Attributes describe the reply that follows.  Top-level ones are kept for
-                # the caller; nested ones are dropped, as RESP3 allows a client to do.
-                if depth == 0:
-                    self.attributes = mapping
-                return self.parse(depth)
-            return mapping
-        items = [self.parse(depth + 1) for _ in range(count)]
-        return PushFrame(items) if kind == ">" else items
-
-
-def _hashable(key: Any) -> Any:
-    if isinstance(key, list):
-        return tuple(_hashable(k) for k in key)
-    if isinstance(key, dict):
-        return tuple((k, _hashable(v)) for k, v in key.items())
-    return key
-
-
-# --- the parser ---------------------------------------------------------------------------------
+# The type bytes that decide how a chunk is parsed, found at C speed.  A byte only matters at a
+# type position (first byte of the stream, or right after a CRLF); payload bytes elsewhere are
+# harmless.  ``|`` and ``!`` send the stream to the careful parser; the aggregate bytes bound
+# how deep a reply can nest and whether a push frame can sit inside an aggregate.
+_WATCHED: Final = b"|!*%~>"
+_NOT_WATCHED: Final = bytes(b for b in range(256) if b not in _WATCHED)
+_AGGREGATE_BYTES: Final = b"*%~>"
+# Below this size a chunk is searched for the watched bytes in one ``translate`` pass; above
+# it, one ``memchr`` per watched byte is several times faster.
+_SMALL_CHUNK: Final = 2048
+_AGGREGATE_TYPES: Final = (list, dict, PushFrame)
+_AGGREGATE_SET: Final = frozenset(_AGGREGATE_TYPES)
+# Replies completed inside the window while hiredis never went idle (a busy pipelined or
+# subscribed stream): past this many buffered bytes the window is handed to the careful parser,
+# which keeps no window, so memory stays bounded.
+_MAX_WINDOW = 8 * 1024 * 1024
+# Past this many bytes in the window, a large incomplete item held by hiredis (a big string)
+# moves the stream to the careful parser: one copy of the bytes instead of two, and the length
+# of a big string nested in an aggregate is checked before its bytes are buffered.
+_BIG_ITEM = 1024 * 1024
+# How far into a reply its header is looked for (a length of up to 20 digits fits).
+_HEADER_PROBE: Final = 32
+_BLOB_HEADERS: Final = frozenset(b"$=!")
+_COUNT_HEADERS: Final = frozenset(b"*%~>|")
 
 
 class RespParser:
     """Incremental RESP2/RESP3 reply parser.
 
-    Feed bytes with :meth:`feed`; call :meth:`next_reply` until it returns :data:`NEED_DATA`.
-    Error replies come back as exception instances, push frames as :class:`PushFrame`.
+    Feed bytes with :meth:`feed`; call :meth:`next_reply` until it returns :data:`NEED_DATA`
+    (it returns :data:`YIELD` when a large reply has used up its slice: let other tasks run,
+    then call again).  Error replies come back as exception instances, push frames as
+    :class:`PushFrame`.  Any :class:`~trio_cluster.errors.ProtocolError` poisons the parser.
     """
 
-    __slots__ = ("_buf", "_poisoned", "_pos", "_reader", "last_attributes")
+    __slots__ = (
+        "_aggregates",
+        "_careful",
+        "_held",
+        "_max_bytes",
+        "_max_depth",
+        "_poisoned",
+        "_pushes",
+        "_reader",
+        "_reply_floor",
+        "_returned",
+        "_window",
+        "_window_bytes",
+        "last_attributes",
+    )
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
-        self._reader = hiredis.Reader(replyError=error_from_reply)
+    def __init__(
+        self,
+        *,
+        max_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        max_depth: int = DEFAULT_MAX_REPLY_DEPTH,
+    ) -> None:
+        self._max_bytes = max_bytes
+        self._max_depth = max_depth
+        self._reader: Any = _new_reader()
+        self._careful: CarefulParser | None = None
+        # Chunks fed to hiredis since it was last idle (the window starts on a reply boundary),
+        # kept so that the careful parser can take over mid-stream.
+        self._window: list[bytes] = []
+        self._window_bytes = 0
+        self._returned = 0  # replies hiredis returned since the window started
+        self._reply_floor = 0  # window offset before which the reply in progress cannot start
+        self._aggregates = 0  # aggregate type bytes at type positions in the window
+        self._pushes = False  # whether a push type byte is at a type position in the window
+        self._held = False  # whether hiredis holds bytes not yet part of a returned reply
         self._poisoned = False
         #: The attribute map (RESP3 ``|``) that preceded the last reply returned, if any.
         self.last_attributes: dict[Any, Any] | None = None
 
+    @property
+    def idle(self) -> bool:
+        """Whether no received byte is held back (no reply in progress, nothing buffered)."""
+        careful = self._careful
+        return careful.idle if careful is not None else not self._held
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the server."""
-        self._buf += data
-
-    @property
-    def buffered(self) -> int:
-        """How many received bytes are not yet part of a returned reply."""
-        return len(self._buf) - self._pos
-
-    def next_reply(self) -> Any:
-        """Return the next complete reply, or :data:`NEED_DATA`.
-
-        Raises :class:`~trio_cluster.errors.ProtocolError` if the stream is corrupt; from then
-        on every call raises again (the stream cannot be resynchronised).
-        """
-        if self._poisoned:
-            raise ProtocolError("the reply stream was corrupt earlier; the connection is unusable")
-        buf = self._buf
-        pos = self._pos
-        if pos >= len(buf):
-            return NEED_DATA
+        if type(data) is not bytes:
+            data = bytes(data)
+        if not data:
+            return
+        if self._careful is not None or self._poisoned:
+            self._feed_careful(data)
+            return
+        window = self._window
+        if not self._held:
+            # A reply boundary: the window starts afresh.
+            window.clear()
+            self._window_bytes = self._returned = self._reply_floor = self._aggregates = 0
+            self._pushes = False
+            self._held = True
+        window.append(data)
+        self._window_bytes += len(data)
         try:
-            end, exotic = _scan_frame(buf, pos)
-            if end < 0:
-                return NEED_DATA
-            if exotic:
-                slow = _SlowParser(buf, pos)
-                reply = slow.parse()
-                self.last_attributes = slow.attributes
+            if self._window_bytes - len(data) < _HEADER_PROBE and not self._returned:
+                # The first reply's header is in the first bytes of the window: a length
+                # longer than a few digits is checked before anything is buffered.
+                head = data if len(window) == 1 else b"".join(window)
+                if head.find(b"\r\n", 0, 8) < 0:
+                    self._check_header(head)
+            if len(data) < _SMALL_CHUNK:
+                watched = data.translate(None, _NOT_WATCHED)  # one pass, cheapest when small
             else:
-                self._reader.feed(buf, pos, end - pos)  # type: ignore[arg-type]
-                reply = self._reader.gets()
-                self.last_attributes = None
+                watched = bytes([kind for kind in _WATCHED if kind in data])  # memchr each
+            if watched:
+                tail = (b"\r\n" + b"".join(window[-3:-1]))[-2:]
+                if self._classify(data, watched, tail + data[:2]):
+                    self._to_careful()
+                    return
         except ProtocolError:
             self._poisoned = True
             raise
-        except (hiredis.ProtocolError, ValueError) as exc:
+        self._reader.feed(data)
+
+    def _feed_careful(self, data: bytes) -> None:
+        if self._poisoned:
+            return  # nothing will be parsed again: next_reply raises
+        assert self._careful is not None
+        try:
+            self._careful.feed(data)
+        except ProtocolError:
             self._poisoned = True
-            raise ProtocolError(f"corrupt reply from server: {exc}") from exc
-        if reply is False and buf[pos] != ord("#"):
-            # The scanner and hiredis disagree about where the reply ends: never guess.
+            raise
+
+    def _classify(self, data: bytes, watched: bytes, edge: bytes) -> bool:
+        """Count the watched bytes of ``data`` that sit at type positions; return whether the
+        careful parser is needed (an attribute or a blob error may start here).
+
+        ``edge`` is the two bytes before ``data`` and its first two: a CRLF split by the read
+        boundary still counts.
+        """
+        for kind in b"|!":
+            if kind in watched:
+                pattern = b"\r\n" + bytes([kind])
+                if pattern in data or pattern in edge[:3] or pattern in edge[1:]:
+                    return True
+        for kind in _AGGREGATE_BYTES:
+            if kind in watched:
+                pattern = b"\r\n" + bytes([kind])
+                found = data.count(pattern) + (edge[:3] == pattern) + (edge[1:] == pattern)
+                self._aggregates += found
+                if found and kind == ord(">"):
+                    self._pushes = True
+        return False
+
+    def _check_header(self, data: bytes) -> None:
+        """A reply starts at ``data[0]``: refuse at once a length beyond ``max_bytes``."""
+        kind = data[0]
+        if kind not in _BLOB_HEADERS and kind not in _COUNT_HEADERS:
+            return
+        eol = data.find(b"\r\n", 1, 64)
+        text = data[1:eol] if eol > 0 else b""
+        if not text.isdigit():
+            return  # incomplete or negative: the parser proper decides
+        length = int(text)
+        if kind in _COUNT_HEADERS:
+            length *= 3  # the fewest bytes that many elements can take
+        if length > self._max_bytes:
+            raise ReplyTooLargeError(
+                f"reply declares {int(text)} {'bytes' if kind in _BLOB_HEADERS else 'elements'}"
+                f", more than max_reply_bytes={self._max_bytes} allows"
+            )
+
+    def _to_careful(self) -> None:
+        """Hand the window to the careful parser: it re-reads the replies hiredis already
+        returned (discarding them) and carries on from there."""
+        careful = CarefulParser(max_bytes=self._max_bytes, max_depth=self._max_depth)
+        skip = self._returned
+        for chunk in self._window:
+            careful.feed(chunk)
+            while skip:
+                reply = careful.next_reply()
+                if reply is NEED_DATA:
+                    break
+                if reply is not YIELD:
+                    skip -= 1
+        self._careful = careful
+        self._reader = None
+        self._window = []
+
+    def _to_hiredis(self) -> None:
+        self._careful = None
+        self._reader = _new_reader()
+        self._held = False
+
+    def held_frame_is_push(self) -> bool:
+        """Whether the bytes held back (a reply not yet complete) begin a push frame.
+
+        Settles what the bytes after a connection's last owed reply are: a push frame may
+        legitimately arrive there, anything else is unsolicited.
+        """
+        if self._careful is None:
+            if not self._pushes:
+                return False  # no push type byte anywhere in the window
+            try:
+                self._to_careful()
+            except ProtocolError:
+                self._poisoned = True
+                raise
+        assert self._careful is not None
+        return self._careful.frame_kind() == ord(">")
+
+    def next_reply(self) -> Any:
+        """Return the next complete reply, :data:`NEED_DATA` or :data:`YIELD`.
+
+        Raises :class:`~trio_cluster.errors.ProtocolError` (or a subclass naming the
+        violation) if the stream is corrupt or breaks a limit; from then on every call raises.
+        """
+        if self._careful is not None or self._poisoned:
+            return self._next_careful()
+        reader = self._reader
+        try:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                if "nesting" in str(exc):
+                    raise ReplyTooDeepError(
+                        f"reply nested deeper than max_reply_depth={self._max_depth}"
+                    ) from exc
+                if "out of range" in str(exc):
+                    raise ReplyTooLargeError(f"reply declares too much: {exc}") from exc
+                raise ProtocolError(f"corrupt reply from server: {exc}") from exc
+            except TypeError as exc:
+                raise ReplyShapeError(f"a map key of unhashable type: {exc}") from exc
+            if reply is NEED_DATA:
+                if self._window_bytes > _BIG_ITEM and reader.len() > _BIG_ITEM // 2:
+                    # hiredis holds a large incomplete item (it keeps nothing else), so the
+                    # window and hiredis hold it twice: the careful parser, cheap on so few
+                    # elements, keeps one copy and reads every nested length header.
+                    self._to_careful()
+                    return self._next_careful()
+                if self._held and self._window_bytes - self._reply_floor > self._max_bytes:
+                    if not self._returned:  # the window starts where this reply starts
+                        raise ReplyTooLargeError(
+                            f"reply larger than max_reply_bytes={self._max_bytes}"
+                            " (still incomplete)"
+                        )
+                    # Where this reply starts is only known to within one read: let the
+                    # careful parser, which counts exactly, decide (rare: a reply near the
+                    # bound behind others in one stream).
+                    self._to_careful()
+                    return self._next_careful()
+                return NEED_DATA
+            if self._aggregates > 1 and (self._pushes or self._aggregates > self._max_depth):
+                self._check_shape(reply)
+            self.last_attributes = None
+            if reader.has_data():
+                # The next reply started in the last chunk.
+                self._returned += 1
+                self._reply_floor = self._window_bytes - len(self._window[-1])
+                if self._window_bytes > _MAX_WINDOW:
+                    self._to_careful()
+            else:
+                self._held = False
+            return reply
+        except ProtocolError:
             self._poisoned = True
-            raise ProtocolError("reply framing mismatch")
-        if end == len(buf):
-            buf.clear()
-            self._pos = 0
-        elif end > 65536:
-            del buf[:end]
-            self._pos = 0
-        else:
-            self._pos = end
+            raise
+
+    def _next_careful(self) -> Any:
+        if self._poisoned:
+            raise ProtocolError("the reply stream was corrupt earlier; the connection is unusable")
+        careful = self._careful
+        assert careful is not None
+        try:
+            reply = careful.next_reply()
+        except ProtocolError:
+            self._poisoned = True
+            raise
+        if reply is YIELD:
+            return YIELD
+        if reply is not NEED_DATA:
+            self.last_attributes = careful.last_attributes
+        if careful.idle:
+            self._to_hiredis()
         return reply
+
+    def _check_shape(self, reply: Any) -> None:
+        """Depth and push placement of a reply hiredis built, level by level: a level that
+        holds no aggregate is checked at C speed (``set(map(type, ...))``)."""
+        if type(reply) not in _AGGREGATE_TYPES:
+            return
+        level = [reply]
+        depth = 1
+        # No more aggregates than type bytes counted in the window: once the levels seen hold
+        # them all but ``max_depth - depth``, no deeper level can break the limit.
+        unseen = self._aggregates - 1
+        while True:
+            if not self._pushes and depth + unseen <= self._max_depth:
+                return
+            if dict in set(map(type, level)):
+                items = (item.values() if type(item) is dict else item for item in level)
+                children = list(chain.from_iterable(items))
+            else:
+                children = list(chain.from_iterable(level))
+            types = set(map(type, children))
+            if PushFrame in types:
+                raise ReplyShapeError("a push frame inside an aggregate")
+            if list not in types and dict not in types:
+                return
+            depth += 1
+            if depth > self._max_depth:
+                raise ReplyTooDeepError(
+                    f"reply nested deeper than max_reply_depth={self._max_depth}"
+                )
+            if types <= _AGGREGATE_SET:
+                level = children  # all aggregates (pairs, entries): nothing to filter
+            else:
+                level = [item for item in children if type(item) in _AGGREGATE_TYPES]
+            unseen -= len(level)
+
+
+def _new_reader() -> Any:
+    return hiredis.Reader(replyError=error_from_reply, notEnoughData=NEED_DATA)

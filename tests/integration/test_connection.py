@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from trio_cluster.errors import (
 )
 from trio_cluster.state import ConnState
 from trio_cluster.testing import LocalServer
+from trio_cluster.watchdog import Watchdog
 
 SECRET = "s3cret-pa55word-xyz"
 
@@ -356,3 +359,38 @@ async def test_tls_verification_off_when_the_context_says_so(
             assert await conn.execute(["PING"]) == b"PONG"
             await conn.aclose()
             nursery.cancel_scope.cancel()
+
+
+# --- the read deadline holds while bytes keep arriving (issue 12) --------------------------------
+
+
+async def test_expired_deadline_stops_the_read_within_one_receive_while_data_waits() -> None:
+    # A socket pair whose receive side is full of an endless reply: every read succeeds at
+    # once, so only an explicit check between reads can notice the deadline.
+    raw, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    ours = trio.socket.from_stdlib_socket(raw)
+    with ours, theirs:
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        prefilled = 0
+        data = b"*100000000\r\n" + b":1\r\n" * 16384
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                prefilled += theirs.send(data)
+                data = b":1\r\n" * 16384
+        assert prefilled > 5 * 65536
+        conn = Connection(ConnectionConfig(read_timeout=1e-6), trio.SocketStream(ours))
+        async with trio.open_nursery() as nursery:
+            conn.watchdog = Watchdog()
+            await nursery.start(conn.watchdog.run)
+            with trio.fail_after(10), pytest.raises(ReadTimeoutError):
+                await conn.execute(["GET", "x"])  # the deadline passes at once
+            nursery.cancel_scope.cancel()
+        left = 0
+        with contextlib.suppress(BlockingIOError):
+            while chunk := raw.recv(1 << 20):
+                left += len(chunk)
+        # The watchdog runs at the reader's next checkpoint: a read or two went on after the
+        # deadline.  Without the check between reads the socket would have been emptied.
+        assert left >= prefilled - 3 * 65536
+        assert conn.broken

@@ -1,0 +1,511 @@
+"""Large replies: trio-cluster against redis-py asyncio, through ClusterClient and Client.
+
+Workloads (one key each, read whole, on a local server and a local 3-primary cluster):
+``LRANGE`` of 1,000,000 one-byte elements, ``HGETALL`` of 100,000 fields, ``ZRANGE ...
+WITHSCORES`` of 100,000 members, ``GET`` of a 16 MiB value.  Clients: ``trio-cluster``
+(``Client`` / ``ClusterClient``) and ``redis-py`` (``redis.asyncio.Redis`` /
+``redis.asyncio.cluster.RedisCluster``, hiredis parser), each with its default protocol.  Every
+measurement runs in its own subprocess; rounds interleave the clients (the order rotates).
+
+Also measured, in the same run:
+
+* the event loop's longest stall while one ``LRANGE`` of 1,000,000 elements is read: a ticker
+  task asks to wake every millisecond and records how late it woke (both libraries);
+* the peak RSS of a trio-cluster process whose ``GET`` is answered by a hostile server that
+  declares a 2^40-byte string and then streams data: at the top level, and nested in an array
+  (where only the bytes accumulated can give it away).  redis-py is shown for comparison, its
+  server stopping after 512 MiB.
+
+    python -m benchmarks.large_replies [--rounds 5] [--repeat 5] [--json FILE]
+
+Prints one JSON document; ratios are redis-py's time over trio-cluster's (above 1: faster),
+each time being a worker's best of ``--repeat`` reads, median over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from benchmarks._common import (
+    emit,
+    format_nodes,
+    parse_nodes,
+    progress,
+    ratio,
+    rss_bytes,
+    run_worker,
+)
+
+LIBS = ("trio-cluster", "redis-py")
+APIS = ("client", "cluster")
+WORKLOADS = ("lrange_1m", "hgetall_100k", "zrange_withscores_100k", "get_16mib")
+# One hash tag: on the cluster every key lives on one node, as on the single server.
+KEYS = {
+    "lrange_1m": "{lr}:list",
+    "hgetall_100k": "{lr}:hash",
+    "zrange_withscores_100k": "{lr}:zset",
+    "get_16mib": "{lr}:string",
+}
+LIST_LEN = 1_000_000
+FIELDS = 100_000
+BIG = 16 * 1024 * 1024
+TICK = 0.001
+HOSTILE_SHAPES = {
+    "top": b"$1099511627776\r\n",
+    "nested": b"*2\r\n:1\r\n$1099511627776\r\n",
+}
+REDIS_PY_HOSTILE_CAP = 512 * 1024 * 1024
+
+
+def load(address: tuple[str, int], cluster: bool) -> None:
+    """Write the four keys (redis-py, synchronous)."""
+    import redis
+
+    r: Any = (
+        redis.RedisCluster(host=address[0], port=address[1]) if cluster else redis.Redis(*address)
+    )
+    r.delete(*KEYS.values())
+    for _ in range(0, LIST_LEN, 100_000):
+        r.rpush(KEYS["lrange_1m"], *[b"a"] * 100_000)
+    for start in range(0, FIELDS, 50_000):
+        r.hset(KEYS["hgetall_100k"], mapping={f"f{i}": b"v" for i in range(start, start + 50_000)})
+        r.zadd(
+            KEYS["zrange_withscores_100k"], {f"m{i}": i / 7 for i in range(start, start + 50_000)}
+        )
+    r.set(KEYS["get_16mib"], b"s" * BIG)
+    r.close()
+
+
+def _calls(client: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
+    return {
+        "lrange_1m": lambda: client.lrange(KEYS["lrange_1m"], 0, -1),
+        "hgetall_100k": lambda: client.hgetall(KEYS["hgetall_100k"]),
+        "zrange_withscores_100k": lambda: client.zrange(
+            KEYS["zrange_withscores_100k"], 0, -1, withscores=True
+        ),
+        "get_16mib": lambda: client.get(KEYS["get_16mib"]),
+    }
+
+
+_SIZES = {
+    "lrange_1m": LIST_LEN,
+    "hgetall_100k": FIELDS,
+    "zrange_withscores_100k": FIELDS,
+    "get_16mib": BIG,
+}
+
+
+def _check(workload: str, reply: Any) -> None:
+    if len(reply) != _SIZES[workload]:
+        raise AssertionError(f"{workload}: {len(reply)} items, expected {_SIZES[workload]}")
+
+
+# --- timing workers -----------------------------------------------------------------------------
+
+
+async def trio_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict[str, Any]:
+    """trio-cluster: each workload ``repeat`` times, then the stall during one LRANGE."""
+    from trio_cluster import Client, ClusterClient
+
+    client: Any = Client(*nodes[0]) if api == "client" else ClusterClient(startup_nodes=nodes)
+    times: dict[str, list[float]] = {w: [] for w in WORKLOADS}
+    async with client:
+        await client.ping()
+        calls = _calls(client)
+        for _ in range(repeat):
+            for workload in WORKLOADS:
+                started = time.perf_counter()
+                reply = await calls[workload]()
+                times[workload].append(time.perf_counter() - started)
+                _check(workload, reply)
+                del reply
+        stall = 0.0
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal stall, ticks
+            while not done:
+                target = trio.current_time() + TICK
+                await trio.sleep_until(target)
+                stall = max(stall, trio.current_time() - target)
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await trio.sleep(TICK * 3)
+            stall = 0.0
+            reply = await calls["lrange_1m"]()
+            done = True
+        _check("lrange_1m", reply)
+    return {"times": times, "stall_ms": round(stall * 1000, 2), "ticks": ticks}
+
+
+def redis_py_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict[str, Any]:
+    """redis-py asyncio: the same, on asyncio."""
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    async def main() -> dict[str, Any]:
+        client: Any = (
+            Redis(host=nodes[0][0], port=nodes[0][1])
+            if api == "client"
+            else RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes])
+        )
+        times: dict[str, list[float]] = {w: [] for w in WORKLOADS}
+        try:
+            await client.ping()
+            calls = _calls(client)
+            for _ in range(repeat):
+                for workload in WORKLOADS:
+                    started = time.perf_counter()
+                    reply = await calls[workload]()
+                    times[workload].append(time.perf_counter() - started)
+                    _check(workload, reply)
+                    del reply
+            loop = asyncio.get_running_loop()
+            stall = 0.0
+            ticks = 0
+            done = False
+
+            async def ticker() -> None:
+                nonlocal stall, ticks
+                while not done:
+                    target = loop.time() + TICK
+                    await asyncio.sleep(TICK)
+                    stall = max(stall, loop.time() - target)
+                    ticks += 1
+
+            task = asyncio.create_task(ticker())
+            await asyncio.sleep(TICK * 3)
+            stall = 0.0
+            reply = await calls["lrange_1m"]()
+            done = True
+            await task
+            _check("lrange_1m", reply)
+        finally:
+            await client.aclose()
+        return {"times": times, "stall_ms": round(stall * 1000, 2), "ticks": ticks}
+
+    return asyncio.run(main())
+
+
+# --- the hostile server (peak RSS) ------------------------------------------------------------
+
+
+async def _hostile_trio(header: bytes) -> dict[str, Any]:
+    """A trio server in this process answers the handshake, then ``GET`` with ``header`` and
+    endless data; the trio-cluster ``Client`` reads it.  Returns peak RSS and the outcome."""
+    from trio_cluster import Client
+
+    chunk = b"x" * 65536
+    sent = 0
+
+    async def serve(stream: trio.SocketStream) -> None:
+        nonlocal sent
+        buf = b""
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                buf += data
+                while b"\r\n" in buf and buf.startswith(b"*"):
+                    reply, buf = _answer(buf)
+                    if reply is None:
+                        break
+                    if reply == b"FLOOD":
+                        await stream.send_all(header)
+                        while True:
+                            await stream.send_all(chunk)
+                            sent += len(chunk)
+                    await stream.send_all(reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+    baseline = rss_bytes()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        started = time.perf_counter()
+        outcome = "completed"
+        async with Client("127.0.0.1", port, read_timeout=60) as client:
+            try:
+                await client.get("flood")
+            except Exception as exc:  # the typed error is the expected outcome
+                outcome = f"{type(exc).__name__}: {exc}"
+        elapsed = time.perf_counter() - started
+        nursery.cancel_scope.cancel()
+    return {
+        "baseline_rss_mb": round(baseline / 2**20, 1),
+        "peak_rss_mb": round(_peak_rss() / 2**20, 1),
+        "bytes_sent_before_refusal_mb": round(sent / 2**20, 1),
+        "seconds": round(elapsed, 3),
+        "outcome": outcome[:160],
+    }
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set size (``VmHWM``; ``ru_maxrss`` would also count the
+    parent it was forked from)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _answer(buf: bytes) -> tuple[bytes | None, bytes]:
+    """Parse one command (array of bulk strings) off ``buf``; the reply to send."""
+    import hiredis
+
+    reader = hiredis.Reader()
+    reader.feed(buf)
+    command = reader.gets()
+    if command is False:
+        return None, buf
+    # hiredis does not say how much it consumed: re-encode the command to find out.
+    size = len(hiredis.pack_command(tuple(command)))
+    name = b" ".join(part.upper() for part in command[:2])
+    if name.startswith(b"HELLO"):
+        reply = b"%1\r\n$6\r\nserver\r\n$7\r\nhostile\r\n"
+    elif name == b"CLIENT ID":
+        reply = b":1\r\n"
+    elif name.startswith(b"CLIENT MAINT"):
+        reply = b"-ERR unknown subcommand\r\n"
+    elif name.startswith(b"GET"):
+        reply = b"FLOOD"
+    else:
+        reply = b"+OK\r\n"
+    return reply, buf[size:]
+
+
+def _hostile_redis_py(header: bytes) -> dict[str, Any]:
+    """The same hostile server on asyncio, read by ``redis.asyncio.Redis``; the server stops
+    after 512 MiB (redis-py would read on)."""
+    from redis.asyncio import Redis
+
+    async def main() -> dict[str, Any]:
+        sent = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal sent
+            await reader.readuntil(b"\r\n")
+            writer.write(header)
+            chunk = b"x" * 65536
+            while sent < REDIS_PY_HOSTILE_CAP:
+                writer.write(chunk)
+                sent += len(chunk)
+                await writer.drain()
+            writer.close()
+
+        baseline = rss_bytes()
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = Redis(host="127.0.0.1", port=port, socket_timeout=60)
+        started = time.perf_counter()
+        outcome = "completed"
+        try:
+            await client.get("flood")
+        except Exception as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        elapsed = time.perf_counter() - started
+        await client.aclose()
+        server.close()
+        return {
+            "baseline_rss_mb": round(baseline / 2**20, 1),
+            "peak_rss_mb": round(_peak_rss() / 2**20, 1),
+            "bytes_sent_mb": round(sent / 2**20, 1),
+            "seconds": round(elapsed, 3),
+            "outcome": outcome[:160],
+        }
+
+    return asyncio.run(main())
+
+
+# --- worker entry and the parent ----------------------------------------------------------------
+
+
+def worker_main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one measurement in this process and return its JSON record."""
+    record: dict[str, Any] = {"lib": args.worker, "api": args.api, "hostile": args.hostile}
+    try:
+        if args.hostile:
+            header = HOSTILE_SHAPES[args.hostile]
+            if args.worker == "trio-cluster":
+                record.update(trio.run(_hostile_trio, header))
+            else:
+                record.update(_hostile_redis_py(header))
+        elif args.worker == "trio-cluster":
+            record.update(trio.run(trio_worker, args.api, parse_nodes(args.nodes), args.repeat))
+        else:
+            record.update(redis_py_worker(args.api, parse_nodes(args.nodes), args.repeat))
+    except Exception as exc:  # reported, so the run goes on with the other measurements
+        traceback.print_exc(file=sys.stderr)
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    return record
+
+
+async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    """Start a server and a cluster, load them, run the interleaved workers, build the report."""
+    from trio_cluster.testing import LocalCluster, LocalServer, server_version
+
+    started = time.monotonic()
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {
+        api: {lib: [] for lib in LIBS} for api in APIS
+    }
+    progress("starting a server and a 3-primary cluster ...")
+    with LocalServer() as server:
+        async with LocalCluster(masters=3, replicas_per_master=0) as cluster:
+            version = server_version(cluster.nodes[0].binary)
+            await trio.to_thread.run_sync(load, server.address, False)
+            await trio.to_thread.run_sync(load, cluster.startup_nodes[0], True)
+            nodes = {
+                "client": format_nodes([server.address]),
+                "cluster": format_nodes(cluster.startup_nodes),
+            }
+            for round_ in range(args.rounds):
+                for api in APIS:
+                    order = LIBS if round_ % 2 == 0 else LIBS[::-1]
+                    for lib in order:
+                        record = await run_worker(
+                            "benchmarks.large_replies",
+                            ["--worker", lib, "--api", api, "--nodes", nodes[api],
+                             "--repeat", str(args.repeat)],
+                            300,
+                        )  # fmt: skip
+                        samples[api][lib].append(record)
+                        progress(f"round {round_ + 1} {api:7} {lib:12} {_brief(record)}")
+    hostile: dict[str, Any] = {}
+    for shape in HOSTILE_SHAPES:
+        for lib in LIBS:
+            record = await run_worker(
+                "benchmarks.large_replies", ["--worker", lib, "--hostile", shape], 120
+            )
+            hostile[f"{lib}_{shape}"] = record
+            progress(f"hostile {shape:6} {lib:12} {record}")
+    results = {api: {lib: _summary(samples[api][lib]) for lib in LIBS} for api in APIS}
+    ratios = {
+        f"{api}_{workload}": ratio(
+            results[api]["redis-py"]["median_s"].get(workload),
+            results[api]["trio-cluster"]["median_s"].get(workload),
+        )
+        for api in APIS
+        for workload in WORKLOADS
+    }
+    best_ratios = {
+        f"{api}_{workload}": ratio(
+            results[api]["redis-py"]["best_s"].get(workload),
+            results[api]["trio-cluster"]["best_s"].get(workload),
+        )
+        for api in APIS
+        for workload in WORKLOADS
+    }
+    return {
+        "benchmark": "large_replies",
+        "server": version,
+        "workloads": {
+            "lrange_1m": "LRANGE of 1,000,000 one-byte elements",
+            "hgetall_100k": "HGETALL of 100,000 fields",
+            "zrange_withscores_100k": "ZRANGE 0 -1 WITHSCORES of 100,000 members",
+            "get_16mib": "GET of a 16 MiB value",
+        },
+        "settings": {"rounds": args.rounds, "repeat": args.repeat},
+        "results": results,
+        "ratios_redis_py_time_over_trio_cluster_time": ratios,
+        "ratios_of_best_reads": best_ratios,
+        # The longest lateness of a 1 ms ticker in each run (one LRANGE of 1M each): the
+        # median over runs, and the worst run (which also counts the OS preempting the
+        # process on a busy machine).
+        "stall_ms_during_lrange_1m": {
+            api: {
+                lib: {
+                    "median": results[api][lib]["median_stall_ms"],
+                    "max": results[api][lib]["max_stall_ms"],
+                }
+                for lib in LIBS
+            }
+            for api in APIS
+        },
+        "hostile_2_40_stream": hostile,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _brief(record: dict[str, Any]) -> str:
+    if "error" in record:
+        return str(record["error"])
+    times = record["times"]
+    return " ".join(f"{w}={min(times[w]):.3f}s" for w in WORKLOADS) + (
+        f" stall={record['stall_ms']}ms"
+    )
+
+
+def _summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    good = [r for r in records if "error" not in r]
+    errors = [r["error"] for r in records if "error" in r]
+    # Each worker's best read (the machine's other load only ever adds time), median over
+    # the rounds; the median over every read is kept too.
+    median_s = {
+        w: round(statistics.median(min(r["times"][w]) for r in good), 4) for w in WORKLOADS if good
+    }
+    every_read = {
+        w: round(statistics.median(t for r in good for t in r["times"][w]), 4)
+        for w in WORKLOADS
+        if good
+    }
+    best = {w: round(min(t for r in good for t in r["times"][w]), 4) for w in WORKLOADS if good}
+    return {
+        "median_s": median_s,
+        "median_s_every_read": every_read,
+        "best_s": best,
+        "max_stall_ms": max((r["stall_ms"] for r in good), default=None),
+        "median_stall_ms": statistics.median(r["stall_ms"] for r in good) if good else None,
+        "stalls_ms": [r["stall_ms"] for r in good],
+        "samples": len(good),
+        "errors": errors,
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options (the ``--worker`` ones are internal)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every client x api")
+    parser.add_argument("--repeat", type=int, default=5, help="reads of each workload per worker")
+    parser.add_argument("--json", metavar="FILE", help="also write the report to FILE")
+    parser.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
+    parser.add_argument("--api", choices=APIS, help=argparse.SUPPRESS)
+    parser.add_argument("--nodes", help=argparse.SUPPRESS)
+    parser.add_argument("--hostile", choices=list(HOSTILE_SHAPES), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: a worker measurement (``--worker``) or the whole comparison."""
+    args = parse_args(argv)
+    if args.worker:
+        emit(worker_main(args))
+        return
+    report = trio.run(run_all, args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
