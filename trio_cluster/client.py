@@ -124,6 +124,9 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     async def _stop(self) -> None:
         await self._pool.aclose()
 
+    def _connection_config(self) -> ConnectionConfig:
+        return self._dialer.config
+
     def _maintenance_managers(self) -> list[MaintenanceManager]:
         return [self._dialer.maint] if self._dialer.maint is not None else []
 
@@ -150,9 +153,9 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Run one command (what every command method calls) and parse its reply."""
+        name = args[0]  # the name redis-py looks the callback up by ("CONFIG GET")
         args = normalize_args(args)
-        name = args[0]
-        blocks = blocking_seconds(name, args)
+        blocks = blocking_seconds(args[0], args)
         pool = self._pool
         conn = await pool.get()
         try:
@@ -230,6 +233,7 @@ class Pipeline(PipelineBase):
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command in one write and return their results in order."""
+        await self._load_scripts()
         stack = self.command_stack
         if not stack and self._conn is None:
             return []

@@ -170,6 +170,7 @@ class ClusterPipeline(PipelineBase):
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command and return the results in the order they were queued."""
+        await self._load_scripts()
         if self._conn is not None:
             return await self._execute_watched(raise_on_error)
         stack, self.command_stack = self.command_stack, []

@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import ResponseError
 
-from .commands import normalize_args
+from .commands import queue_entry
 from .connection import Connection
+
+if TYPE_CHECKING:
+    from .scripts import Script
 
 __all__ = ["PipelineBase"]
 
@@ -27,6 +31,8 @@ class PipelineBase(AsyncCoreCommands):
 
     def __init__(self, transaction: bool) -> None:
         self.transaction = transaction
+        #: Scripts queued with ``script(..., client=pipe)``: loaded before the pipeline runs.
+        self.scripts: set[Script] = set()
         self.command_stack: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         self._conn: Connection | None = None  # held while WATCHing
         self._explicit_multi = False
@@ -38,6 +44,13 @@ class PipelineBase(AsyncCoreCommands):
         return True
 
     async def __aenter__(self) -> Self:
+        return self
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        """``await pipe.set(...)`` gives the pipeline back, as redis-py's asyncio pipeline."""
+        return self._self().__await__()
+
+    async def _self(self) -> Self:
         return self
 
     async def __aexit__(
@@ -62,10 +75,29 @@ class PipelineBase(AsyncCoreCommands):
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         """Queue a command (or, while watching and before MULTI, run it at once)."""
+        entry = queue_entry(args, options)
         if self._conn is not None and not self._explicit_multi:
-            return self._immediate(normalize_args(args), options)
-        self.command_stack.append((normalize_args(args), options))
+            return self._immediate(*entry)
+        self.command_stack.append(entry)
         return self
+
+    async def discard(self) -> None:
+        """Forget the queued commands and MULTI, and end any WATCH (the server's DISCARD
+        does both)."""
+        await self.reset()
+        self.scripts = set()
+
+    async def _load_scripts(self) -> None:
+        """Make sure the scripts queued on the pipeline exist on the server (on a cluster,
+        on every primary) before EVALSHA runs, as redis-py's pipelines do."""
+        scripts, self.scripts = list(self.scripts), set()
+        if not scripts:
+            return
+        client: Any = self._client  # type: ignore[attr-defined]
+        exists = await client.script_exists(*(s.sha for s in scripts))
+        for script, present in zip(scripts, exists, strict=True):
+            if not present:
+                script.sha = await client.script_load(script.script)
 
     def multi(self) -> None:
         """Start the transaction after WATCH: later commands are queued for MULTI/EXEC."""

@@ -24,10 +24,10 @@ import collections
 import logging
 import random
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, overload
 
 import attrs
 import trio
@@ -230,6 +230,16 @@ def _message(kind: str, frame: list[Any]) -> dict[str, Any]:
     return {"type": kind, "pattern": None, "channel": frame[1], "data": frame[2]}
 
 
+class _UserPing(tuple[Any, ...]):
+    """A PING the consumer asked for (``PubSub.ping``): its answer goes to the stream."""
+
+    answered = False
+
+
+def _skipped(item: dict[str, Any], ignore_subscribe_messages: bool) -> bool:
+    return ignore_subscribe_messages and item["type"] in _SUBSCRIPTION_TYPES
+
+
 class _Link:
     """One dedicated connection and what it should carry.
 
@@ -334,6 +344,10 @@ class PubSub:
         self._refresh_wanted = False
         self._failures = 0
         self._avoid: Address | None = None
+        #: The channel whose slot's primary carries the classic link (see _classic_address).
+        self._home: bytes | None = None
+        #: ping() calls made before the classic link was serving.
+        self._pending_pings: list[tuple[EncodableArg, ...]] = []
         self._send: trio.MemorySendChannel[dict[str, Any] | _Failure] | None = None
         self._receive: trio.MemoryReceiveChannel[dict[str, Any] | _Failure] | None = None
         self._nursery: trio.Nursery | None = None
@@ -504,6 +518,7 @@ class PubSub:
                 raise ValueError(f"{verb.lower()} needs at least one name")
             if self._classic is None:
                 self._check_limit(1)
+                self._home = names[0]
                 address = self._classic_address()  # may raise: before anything changes
                 wanted.update(names)
                 self._classic = self._start_link(classic=True, address=address)
@@ -514,20 +529,72 @@ class PubSub:
 
     # --- consuming -----------------------------------------------------------------------------
 
-    async def get_message(self, *, ignore_subscribe_messages: bool = False) -> dict[str, Any]:
+    @overload
+    async def get_message(
+        self,
+        ignore_subscribe_messages: bool = False,
+        timeout: None = None,  # noqa: ASYNC109 - redis-py's argument
+    ) -> dict[str, Any]: ...
+
+    @overload
+    async def get_message(
+        self,
+        ignore_subscribe_messages: bool = False,
+        *,
+        timeout: float,  # noqa: ASYNC109 - redis-py's argument
+    ) -> dict[str, Any] | None: ...
+
+    async def get_message(
+        self,
+        ignore_subscribe_messages: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - redis-py's argument
+    ) -> dict[str, Any] | None:
         """The next message, waiting as long as the caller's cancel scope allows.
 
         Put a deadline around it as everywhere in trio: under ``trio.move_on_after`` a wait
         that runs out returns nothing from the ``with`` block (the variable you assign stays
         as it was, e.g. ``None``); under ``trio.fail_after`` it raises ``trio.TooSlowError``.
-        No message is lost to a cancelled wait.  Raises an error the server gave to a
-        subscribe command, and :class:`~trio_cluster.errors.PoolClosedError` once closed.
+        ``timeout=`` (redis-py's argument) waits at most that many seconds and returns None
+        if no message came; ``timeout=0`` does not wait.  No message is lost to a cancelled
+        wait.  Raises an error the server gave to a subscribe command, and
+        :class:`~trio_cluster.errors.PoolClosedError` once closed.
         """
+        if timeout is None:
+            return await self._next_wanted(ignore_subscribe_messages)
+        if timeout <= 0:
+            while True:
+                item = self.get_message_nowait()
+                if item is None or not _skipped(item, ignore_subscribe_messages):
+                    return item
+        with trio.move_on_after(timeout):
+            return await self._next_wanted(ignore_subscribe_messages)
+        return None
+
+    async def _next_wanted(self, ignore_subscribe_messages: bool) -> dict[str, Any]:
         while True:
             item = await self._next()
-            if ignore_subscribe_messages and item["type"] in _SUBSCRIPTION_TYPES:
-                continue
-            return item
+            if not _skipped(item, ignore_subscribe_messages):
+                return item
+
+    async def listen(self) -> AsyncIterator[dict[str, Any]]:
+        """Every message, as redis-py's ``listen()`` (the same as ``async for m in p``);
+        ends when the PubSub is closed."""
+        async for item in self:
+            yield item
+
+    async def ping(self, message: Any = None) -> None:
+        """PING on the classic connection (opened if needed); the answer arrives in the
+        stream as ``{"type": "pong", "pattern": None, "channel": None, "data": ...}``, as
+        with redis-py."""
+        self._check_open()
+        command = _UserPing(("PING",) if message is None else ("PING", _name(message)))
+        if self._classic is None:
+            self._check_limit(1)
+            self._classic = self._start_link(classic=True, address=self._classic_address())
+            self._pending_pings.append(command)
+        elif not self._classic.queue(command):
+            self._pending_pings.append(command)  # connecting: its replay sends it
+        await trio.lowlevel.checkpoint()
 
     def get_message_nowait(self) -> dict[str, Any] | None:
         """The next buffered message, or None if none is buffered right now."""
@@ -627,10 +694,19 @@ class PubSub:
         return link
 
     def _classic_address(self) -> Address | None:
+        """Where the classic link goes.  In a cluster, as redis-py's ``ClusterPubSub``: the
+        primary of the first channel's (or pattern's) slot, where ``publish()`` on that
+        channel also goes, so that PUBLISH counts this subscriber; any other primary if that
+        one just failed (the cluster forwards every PUBLISH to every node anyway)."""
         cluster = self._cluster
         if cluster is None:
             config = self._client.config  # type: ignore[union-attr]
             return (config.host, config.port)
+        first = self._home
+        if first is not None:
+            owner = cluster._slot_primary[key_slot(first)]
+            if owner is not None and owner.address != self._avoid:
+                return owner.address
         primaries = list(cluster.topology.primaries)
         preferred = [a for a in primaries if a != self._avoid] or primaries
         if not preferred:
@@ -786,6 +862,9 @@ class PubSub:
 
     def _replay(self, link: _Link) -> list[tuple[EncodableArg, ...]]:
         commands: list[tuple[EncodableArg, ...]] = []
+        if link.classic and self._pending_pings:
+            commands += self._pending_pings
+            self._pending_pings = []
         if link.classic:
             if self._channels:
                 commands.append(("SUBSCRIBE", *sorted(self._channels)))
@@ -846,6 +925,18 @@ class PubSub:
 
     async def _handle(self, link: _Link, frame: Any) -> None:
         kind = _kind(frame)
+        waiting = link.sent[0] if link.sent else None
+        if (
+            type(waiting) is _UserPing
+            and not waiting.answered
+            and not isinstance(frame, Exception)
+            and (kind == "pong" or (kind is None and not isinstance(frame, list)))
+        ):
+            # The answer to ping(): the PING after it closes the command, as for others.
+            waiting.answered = True
+            data = frame[1] if kind == "pong" else frame
+            await self._deliver({"type": "pong", "pattern": None, "channel": None, "data": data})
+            return
         if kind is None:
             if frame == b"PONG":
                 if link.sent:
