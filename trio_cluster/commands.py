@@ -169,7 +169,7 @@ PipelineStack = Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
 def annotate_pipeline_error(error: Exception, position: int, args: tuple[Any, ...]) -> None:
     """Say in ``error`` which queued command (1-based, with its arguments, shortened) it
     belongs to, in redis-py's words."""
-    command = truncate_text(" ".join(map(safe_str, args)))
+    command = truncate_text(" ".join(map(safe_str, args)))  # type: ignore[no-untyped-call]
     first = error.args[0] if error.args else error
     error.args = (f"Command # {position + 1} ({command}) of pipeline caused error: {first}",
                   *error.args[1:])  # fmt: skip
