@@ -55,6 +55,12 @@ GEO = (S("geoadd", K.g, [13.361389, 38.115556, "Palermo", 15.087269, 37.502669, 
 BITS = (S("set", K.b, "foobar"),)
 HLL = (S("pfadd", K.p, "a", "b", "c"), S("pfadd", K.q, "c", "d"))
 
+LIBRARY = (
+    "#!lua name=difflib\n"
+    "redis.register_function('diff_echo', function(keys, args) return {keys[1], args[1]} end)\n"
+    "redis.register_function{function_name='diff_echo_ro', "
+    "callback=function(keys, args) return args[1] end, flags={'no-writes'}}"
+)
 SCRIPT = "return {KEYS[1], ARGV[1], redis.call('incr', KEYS[1])}"
 
 CASES: list[Case] = [
@@ -421,6 +427,107 @@ CASES: list[Case] = [
     c("pubsub", "spublish", "diff-nobody", "m"),
     c("pubsub", "pubsub_shardchannels", "diff-nobody*"),
     c("pubsub", "pubsub_shardnumsub", "diff-nobody"),
+    # --- functions ----------------------------------------------------------------------------
+    c("functions", "function_load", LIBRARY, replace=True),
+    c(
+        "functions",
+        "function_load",
+        "#!lua name=broken\nthis is not lua",
+        differs={"cluster": "fan-out-error"},
+    ),
+    c(
+        "functions",
+        "fcall",
+        "diff_echo",
+        1,
+        K.a,
+        "hi",
+        setup=(S("function_load", LIBRARY, replace=True),),
+    ),
+    c(
+        "functions",
+        "fcall_ro",
+        "diff_echo",
+        1,
+        K.a,
+        "ro",
+        setup=(S("function_load", LIBRARY, replace=True),),
+    ),
+    c("functions", "fcall", "diff_no_such_function", 0),
+    c(
+        "functions",
+        "function_list",
+        library="difflib",
+        setup=(S("function_load", LIBRARY, replace=True),),
+        compare=shape,
+    ),
+    c(
+        "functions",
+        "function_delete",
+        "difflib",
+        setup=(S("function_load", LIBRARY, replace=True),),
+    ),
+    c("functions", "function_delete", "diff_no_such_library", differs={"cluster": "fan-out-error"}),
+    # --- more server, acl ---------------------------------------------------------------------
+    c("server", "acl_setuser", "diff-user", enabled=True, nopass=True, commands=["+get"]),
+    c("server", "acl_deluser", "diff-nobody"),
+    c("server", "acl_genpass", compare=lambda v: (type(v).__name__, len(v))),
+    c("server", "acl_dryrun", "default", "get", "x"),
+    c("server", "memory_stats", compare=lambda d: type(d).__name__),
+    c("server", "memory_doctor", compare=lambda v: type(v).__name__),
+    c("server", "config_resetstat"),
+    c("server", "client_no_evict", "off", differs={"cluster": "keyless-default-node"}),
+    c("server", "client_no_touch", "off", differs={"cluster": "keyless-default-node"}),
+    c("server", "client_trackinginfo", compare=dict_keys),
+    c("server", "client_kill_filter", _id=99999999),
+    c("server", "object", "freq", K.s, setup=STR),
+    c("server", "slowlog_reset"),
+    c("server", "latency_latest", compare=lambda v: type(v).__name__),
+    c("server", "readonly", targets=STANDALONE),
+    c("server", "execute_command", "COMMAND COUNT"),
+    c("server", "execute_command", "CLIENT GETNAME"),
+    c("server", "execute_command", "ACL WHOAMI"),
+    c("server", "execute_command", "SCRIPT LOAD", "return 2"),
+    c("server", "execute_command", "PUBSUB NUMSUB", "diff-x"),
+    # --- more keys, strings, streams --------------------------------------------------------------
+    c("keys", "expire", K.s, 100, gt=True, setup=STR),
+    c("keys", "object", "idletime", K.s, setup=STR, compare=lambda n: type(n).__name__),
+    c("keys", "sort", K.l, alpha=True, store=K.d, setup=LIST),
+    c("keys", "restore", K.t, 0, b"\x00\x01x\x0b\x00", replace=True),
+    c("keys", "wait", 0, 10, targets=STANDALONE),
+    c("strings", "getex", K.s, persist=True, setup=(*STR, S("expire", K.s, 100))),
+    c("strings", "set", K.a, "v", exat=4102444800),
+    c("strings", "set", K.a, "v", ex=0),
+    c("strings", "bitfield", K.b, default_overflow="SAT", compare=lambda v: type(v).__name__),
+    c(
+        "streams",
+        "xadd",
+        K.st,
+        {"a": "1"},
+        maxlen=2,
+        approximate=False,
+        setup=STREAM,
+        compare=shape,
+    ),
+    c("streams", "xadd", K.st, {"a": "1"}, nomkstream=True),
+    c("streams", "xinfo_groups", K.missing),
+    c("streams", "xreadgroup", "nogroup", "c", {K.st: ">"}, setup=STREAM),
+    c("lists", "lpop", K.s, setup=STR),
+    c("sets", "sadd", K.s, "x", setup=STR),
+    c("sorted sets", "zadd", K.z, {"a": 1}, nx=True, xx=True),
+    c("sorted sets", "zadd", K.z, {"a": 1, "b": 2}, incr=True),
+    c("geo", "geoadd", K.g, [200, 100, "bad"]),
+    c("hashes", "hset", K.h),
+    # --- cluster-only rows ------------------------------------------------------------------------
+    c(
+        "keys",
+        "mget",
+        ["diff-split-a", "diff-split-b"],
+        targets=frozenset({"cluster"}),
+        differs={"cluster": "split-multikey"},
+    ),
+    c("keys", "delete", "diff-split-c", "diff-split-d", targets=frozenset({"cluster"})),
+    c("keys", "exists", "diff-split-c", "diff-split-d", targets=frozenset({"cluster"})),
     # --- pipelines ----------------------------------------------------------------------------
     Case(
         "pipelines",
