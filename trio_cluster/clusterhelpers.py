@@ -59,6 +59,13 @@ class ClusterNode:
 class ClusterHelpers:
     """The helpers; mixed into ``ClusterClient``, which supplies the node tables."""
 
+    # redis-py's node flags, for ``target_nodes=`` (``rc.PRIMARIES`` as with RedisCluster).
+    PRIMARIES = "primaries"
+    REPLICAS = "replicas"
+    ALL_NODES = "all"
+    RANDOM = "random"
+    DEFAULT_NODE = "default-node"
+
     _shard_nodes: list[tuple[_Node, tuple[_Node, ...]]]
     _slot_primary: list[_Node | None]
     _slot_replicas: list[tuple[_Node, ...]]

@@ -570,6 +570,19 @@ class PubSub:
             return await self._next_wanted(ignore_subscribe_messages)
         return None
 
+    async def get_sharded_message(
+        self,
+        ignore_subscribe_messages: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - redis-py's argument
+        target_node: Any = None,
+    ) -> dict[str, Any] | None:
+        """redis-py's name for reading shard-channel messages on a cluster; here every kind
+        of message arrives in one stream, so this is :meth:`get_message` (``target_node``
+        is accepted and unused)."""
+        if timeout is None:
+            return await self._next_wanted(ignore_subscribe_messages)
+        return await self.get_message(ignore_subscribe_messages, timeout=timeout)
+
     async def _next_wanted(self, ignore_subscribe_messages: bool) -> dict[str, Any]:
         while True:
             item = await self._next()

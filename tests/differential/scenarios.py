@@ -24,6 +24,7 @@ def scenario(
     targets: frozenset[str] = ALL,
     compare: Any = None,
     differs: dict[str, str] | None = None,
+    keys: tuple[str, ...] = ("a", "b", "lock", "ch"),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a pair: the decorated function is redis-py's side; its ``ours`` attribute
     (set with ``@<ref>.ours``) trio-cluster's.  Used as::
@@ -39,7 +40,7 @@ def scenario(
             SCENARIOS.append(
                 Case(
                     family,
-                    Scenario(reference.__name__, reference, function),
+                    Scenario(reference.__name__, reference, function, keys),
                     compare=compare,
                     targets=targets,
                     differs=differs or {},
@@ -646,3 +647,116 @@ async def _then(awaitable: Awaitable[Any], function: Callable[[Any], Any]) -> An
 
 async def _sequence(*steps: Callable[[], Awaitable[Any]]) -> list[Any]:
     return [await step() for step in steps]
+
+
+# --- scan iterators ------------------------------------------------------------------------
+
+
+def _scan_setup(r: Any, k: Resolve) -> None:
+    r.mset({k(K.a): "1", k(K.b): "2"})
+    r.hset(k(K.h), mapping={"f1": "1", "f2": "2"})
+    r.sadd(k(K.x), "m1", "m2")
+    r.zadd(k(K.z), {"m1": 1, "m2": 2})
+
+
+async def _scan_setup_ours(r: Any, k: Resolve) -> None:
+    await r.mset({k(K.a): "1", k(K.b): "2"})
+    await r.hset(k(K.h), mapping={"f1": "1", "f2": "2"})
+    await r.sadd(k(K.x), "m1", "m2")
+    await r.zadd(k(K.z), {"m1": 1, "m2": 2})
+
+
+@scenario("scan iterators", keys=("a", "b", "h", "x", "z"))
+def scan_iterators(r: Any, k: Resolve) -> Any:
+    _scan_setup(r, k)
+    return [
+        sorted(r.scan_iter(match=k(K.a).replace(":a", ":*"))),
+        sorted(r.scan_iter(match=k(K.a).replace(":a", ":*"), _type="hash")),
+        sorted(r.hscan_iter(k(K.h))),
+        sorted(r.hscan_iter(k(K.h), no_values=True)),
+        sorted(r.sscan_iter(k(K.x))),
+        sorted(r.zscan_iter(k(K.z))),
+    ]
+
+
+@scan_iterators.ours
+async def _(r: Any, k: Resolve) -> Any:
+    await _scan_setup_ours(r, k)
+    pattern = k(K.a).replace(":a", ":*")
+    return [
+        sorted([key async for key in r.scan_iter(match=pattern)]),
+        sorted([key async for key in r.scan_iter(match=pattern, _type="hash")]),
+        sorted([item async for item in r.hscan_iter(k(K.h))]),
+        sorted([item async for item in r.hscan_iter(k(K.h), no_values=True)]),
+        sorted([item async for item in r.sscan_iter(k(K.x))]),
+        sorted([item async for item in r.zscan_iter(k(K.z))]),
+    ]
+
+
+# --- more pub/sub --------------------------------------------------------------------------
+
+
+@scenario("pubsub")
+def sharded_pubsub(r: Any, k: Resolve) -> Any:
+    pubsub = r.pubsub()
+    try:
+        pubsub.ssubscribe(k(K.ch))
+        confirmation = pubsub.get_sharded_message(timeout=5)
+        receivers = r.spublish(k(K.ch), "sharded")
+        message = pubsub.get_sharded_message(timeout=5)
+        return [confirmation, receivers, message]
+    finally:
+        pubsub.close()
+
+
+@sharded_pubsub.ours
+async def _(r: Any, k: Resolve) -> Any:
+    async with r.pubsub() as pubsub:
+        await pubsub.ssubscribe(k(K.ch))
+        confirmation = await pubsub.get_sharded_message(timeout=5)
+        receivers = await r.spublish(k(K.ch), "sharded")
+        message = await pubsub.get_sharded_message(timeout=5)
+        return [confirmation, receivers, message]
+
+
+@scenario("pubsub")
+def unsubscribe_all(r: Any, k: Resolve) -> Any:
+    pubsub = r.pubsub()
+    try:
+        pubsub.subscribe(k(K.ch), k(K.ch) + "2")
+        first = [pubsub.get_message(timeout=5), pubsub.get_message(timeout=5)]
+        pubsub.unsubscribe()
+        rest = [pubsub.get_message(timeout=5), pubsub.get_message(timeout=5)]
+        return [
+            sorted(m["channel"] for m in first),
+            sorted(m["channel"] for m in rest),
+            rest[1]["data"],
+        ]
+    finally:
+        pubsub.close()
+
+
+@unsubscribe_all.ours
+async def _(r: Any, k: Resolve) -> Any:
+    async with r.pubsub() as pubsub:
+        await pubsub.subscribe(k(K.ch), k(K.ch) + "2")
+        first = [await pubsub.get_message(timeout=5), await pubsub.get_message(timeout=5)]
+        await pubsub.unsubscribe()
+        rest = [await pubsub.get_message(timeout=5), await pubsub.get_message(timeout=5)]
+        return [
+            sorted(m["channel"] for m in first),
+            sorted(m["channel"] for m in rest),
+            rest[1]["data"],
+        ]
+
+
+_pair(
+    "node flags as attributes",
+    lambda r, k: [r.PRIMARIES, r.REPLICAS, r.ALL_NODES, r.RANDOM, r.DEFAULT_NODE],
+    lambda r, k: _value([r.PRIMARIES, r.REPLICAS, r.ALL_NODES, r.RANDOM, r.DEFAULT_NODE]),
+)
+_pair(
+    "keys target_nodes=all",
+    lambda r, k: sorted(r.keys("{diff:nothing-here}*", target_nodes=r.ALL_NODES)),
+    lambda r, k: _then(r.keys("{diff:nothing-here}*", target_nodes="all"), sorted),
+)
