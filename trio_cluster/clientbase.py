@@ -122,10 +122,13 @@ class ClientBase(NurseryOwner):
         """The configuration new connections start from (encoding options, credentials)."""
         raise NotImplementedError
 
-    async def _dial_dedicated(self) -> Connection:
-        """A connection outside every pool, to the (default) node, with the newest
-        credentials: for MONITOR."""
+    async def _dial_dedicated(self, target_node: Any = None) -> Connection:
+        """A connection outside every pool, with the newest credentials, to
+        ``target_node`` (anything with ``host`` and ``port``, e.g. a ``ClusterNode``) or
+        to the client's (default) node: for MONITOR."""
         config = self._connection_config()
+        if target_node is not None:
+            config = attrs.evolve(config, host=target_node.host, port=int(target_node.port))
         if self._credentials is not None:
             pair, _ = await self._credentials.for_new_connection()
             if pair is not None:
@@ -177,7 +180,8 @@ class ClientBase(NurseryOwner):
             raise_on_release_error=raise_on_release_error,
         )
 
-    def monitor(self) -> Monitor:
-        """``async with client.monitor() as m:`` the commands the node runs (on a cluster,
-        the default node), as redis-py's ``Monitor``."""
-        return Monitor(self._dial_dedicated)
+    def monitor(self, target_node: Any = None) -> Monitor:
+        """``async with client.monitor() as m:`` the commands the node runs, as redis-py's
+        ``Monitor``; on a cluster, the default node or ``target_node`` (a ``ClusterNode``),
+        as redis-py's ``RedisCluster.monitor``."""
+        return Monitor(lambda: self._dial_dedicated(target_node))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Any, Literal, Self
 
 import trio
@@ -92,10 +92,21 @@ class Lock:
         self.blocking_timeout = blocking_timeout
         self.thread_local = bool(thread_local)
         self.raise_on_release_error = raise_on_release_error
-        self.token: bytes | None = None
+        #: Where redis-py keeps the token (``lock.local.token``); see :attr:`token`.
+        self.local = SimpleNamespace(token=None)
         self.lua_release = redis.register_script(_RELEASE)
         self.lua_extend = redis.register_script(_EXTEND)
         self.lua_reacquire = redis.register_script(_REACQUIRE)
+
+    @property
+    def token(self) -> bytes | None:
+        """The token this lock holds the key with (None when not held)."""
+        token: bytes | None = self.local.token
+        return token
+
+    @token.setter
+    def token(self, value: bytes | None) -> None:
+        self.local.token = value
 
     def __repr__(self) -> str:
         return f"<Lock {self.name!r} {'held' if self.token is not None else 'not held'}>"

@@ -167,9 +167,12 @@ class Case:
 
 def runs_on(case: Case, target: str) -> bool:
     """Whether the case runs on ``target`` (``resp2``/``resp3`` are the standalone server
-    with that protocol; a row for "standalone" runs there too)."""
+    with that protocol, ``cluster-resp3`` the cluster with RESP3: a row for "standalone",
+    or "cluster", runs there too)."""
     if target in ("resp2", "resp3"):
         return target in case.targets or "standalone" in case.targets
+    if target == "cluster-resp3":
+        return target in case.targets or "cluster" in case.targets
     return target in case.targets
 
 
@@ -353,6 +356,8 @@ async def compare_cases(
         reason = case.differs.get(target)
         if reason is None and target in ("resp2", "resp3"):
             reason = case.differs.get("standalone")
+        if reason is None and target == "cluster-resp3":
+            reason = case.differs.get("cluster")
         detail = (
             f"[{target}] {case.name}\n    redis-py:     {outcome_text(reference)}"
             f"\n    trio-cluster: {outcome_text(ours)}"

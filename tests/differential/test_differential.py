@@ -28,7 +28,7 @@ from .scenarios import SCENARIOS
 SECRET = "differential-secret"
 TABLE: list[Case] = [*CASES, *SCENARIOS]
 FAMILIES = sorted({case.family for case in TABLE})
-TARGETS = ["standalone", "auth", "cluster", "resp2", "resp3"]
+TARGETS = ["standalone", "auth", "cluster", "resp2", "resp3", "cluster-resp3"]
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +42,13 @@ async def clients(
     target: str, local_server: LocalServer, auth_server: LocalServer, cluster: LocalCluster
 ) -> AsyncIterator[tuple[Any, Any]]:
     """(redis-py's client, trio-cluster's client) for ``target``."""
-    if target == "cluster":
+    if target.startswith("cluster"):
         host, port = cluster.startup_nodes[0]
+        protocol = 3 if target == "cluster-resp3" else None
         reference: Any = await trio.to_thread.run_sync(
-            lambda: redis.RedisCluster(host=host, port=port)
+            lambda: redis.RedisCluster(host=host, port=port, protocol=protocol)
         )
-        ours: Any = ClusterClient(host, port)
+        ours: Any = ClusterClient(host, port, protocol=protocol)
     else:
         server = auth_server if target == "auth" else local_server
         password = SECRET if target == "auth" else None

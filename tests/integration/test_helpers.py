@@ -129,6 +129,16 @@ async def test_monitor_on_a_cluster_watches_the_default_node(local_cluster: Loca
             assert entry["command"] == "ECHO helpers-monitor-marker"
             assert entry["client_type"] == "tcp" and isinstance(entry["time"], float)
             assert await rc.ping() is True  # the dedicated connection never touched a pool
+            # A chosen node: a key's primary sees the key's command.
+            owner = rc.get_node_from_key("helpers:monitored")
+            assert owner is not None
+            async with rc.monitor(target_node=owner) as monitor:
+                await rc.set("helpers:monitored", "1")
+                while True:
+                    entry = await monitor.next_command()
+                    if "helpers:monitored" in entry["command"]:
+                        break
+            assert entry["command"] == "SET helpers:monitored 1"
 
 
 async def test_pubsub_ping_and_nonblocking_get(local_server: LocalServer) -> None:
