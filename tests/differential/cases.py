@@ -394,7 +394,7 @@ CASES: list[Case] = [
     c("server", "command_count"),
     c("server", "command_list", filterby={"module": "none"}),
     c("server", "command_getkeys", "MSET", "a", "1", "b", "2"),
-    c("server", "command_info", "get", compare=dict_keys),
+    c("server", "command_info", compare=dict_keys),
     c("server", "command_docs", "get", compare=dict_keys),
     c("server", "client_id", compare=shape),
     c("server", "client_getname"),

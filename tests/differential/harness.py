@@ -324,6 +324,9 @@ class Report:
     compared: int = 0
     agreed: int = 0
     expected_differences: list[str] = field(default_factory=list)
+    messages_differ: list[str] = field(default_factory=list)
+    """Errors of the same class whose ``str()`` differs (reported, not failed: messages are
+    the server's, and redis-py rewrites some of them)."""
     mismatches: list[str] = field(default_factory=list)
     """Unexpected: outcomes that differ without a reason, or a listed difference that no
     longer differs."""
@@ -353,6 +356,10 @@ async def compare_cases(
         await _prepare(reference_client, keys, (), resolve)
         report.compared += 1
         matched = agree(case, reference, ours)
+        if matched and reference[0] == "error" and str(reference[1]) != str(ours[1]):
+            report.messages_differ.append(
+                f"{case.name}: {str(reference[1])[:80]!r} / {str(ours[1])[:80]!r}"
+            )
         reason = case.differs.get(target)
         if reason is None and target in ("resp2", "resp3"):
             reason = case.differs.get("standalone")

@@ -673,7 +673,6 @@ def scan_iterators(r: Any, k: Resolve) -> Any:
         sorted(r.scan_iter(match=k(K.a).replace(":a", ":*"))),
         sorted(r.scan_iter(match=k(K.a).replace(":a", ":*"), _type="hash")),
         sorted(r.hscan_iter(k(K.h))),
-        sorted(r.hscan_iter(k(K.h), no_values=True)),
         sorted(r.sscan_iter(k(K.x))),
         sorted(r.zscan_iter(k(K.z))),
     ]
@@ -687,7 +686,6 @@ async def _(r: Any, k: Resolve) -> Any:
         sorted([key async for key in r.scan_iter(match=pattern)]),
         sorted([key async for key in r.scan_iter(match=pattern, _type="hash")]),
         sorted([item async for item in r.hscan_iter(k(K.h))]),
-        sorted([item async for item in r.hscan_iter(k(K.h), no_values=True)]),
         sorted([item async for item in r.sscan_iter(k(K.x))]),
         sorted([item async for item in r.zscan_iter(k(K.z))]),
     ]

@@ -84,6 +84,9 @@ async def test_family_agrees_with_redis_py(
     )
     for line in report.expected_differences:
         print(f"  deliberate: {line}")
+    print(f"  same error class, other message: {len(report.messages_differ)}")
+    for line in report.messages_differ:
+        print(f"    {line}")
     assert not report.mismatches, "\n" + "\n".join(report.mismatches)
 
 
