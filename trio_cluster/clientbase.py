@@ -42,7 +42,7 @@ class ClientBase(NurseryOwner):
         """The maintenance-notification managers of every pool the client has."""
         raise NotImplementedError
 
-    def pipeline(self, transaction: bool = False) -> Any:
+    def pipeline(self, transaction: bool = False, shard_hint: Any = None) -> Any:
         """Queue commands, sent together (``transaction=True``: MULTI/EXEC)."""
         raise NotImplementedError
 
@@ -101,7 +101,7 @@ class ClientBase(NurseryOwner):
         EXEC succeeds, as redis-py's ``transaction`` (on a cluster, the keys must share a
         slot; a slot that moves meanwhile is one more retry).  ``watch_delay``: seconds to
         wait between attempts.  ``shard_hint`` is accepted and unused, as in redis-py."""
-        async with self.pipeline(transaction=True) as pipe:
+        async with self.pipeline(transaction=True, shard_hint=shard_hint) as pipe:
             while True:
                 try:
                     if watches:

@@ -846,9 +846,10 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
                 if int(cursor) == 0:
                     break
 
-    def pipeline(self, transaction: bool = False) -> ClusterPipeline:
+    def pipeline(self, transaction: bool = False, shard_hint: Any = None) -> ClusterPipeline:
         """A pipeline across nodes (``transaction=True``: MULTI/EXEC within one slot; use
-        ``watch()`` for optimistic locking on a connection of the slot's primary)."""
+        ``watch()`` for optimistic locking on a connection of the slot's primary).
+        ``shard_hint`` is accepted and unused, as in redis-py."""
         from .cluster_pipeline import ClusterPipeline
 
         return ClusterPipeline(self, transaction)

@@ -53,6 +53,10 @@ DIFFERENCES: dict[str, str] = {
         "created with transaction=True; redis-py's cluster pipeline refuses WATCH on a "
         "non-transactional pipeline (RedisClusterException)"
     ),
+    "pipeline-default": (
+        "Client.pipeline() is a plain pipeline unless transaction=True, as ClusterClient's "
+        "(and redis-py's RedisCluster's); redis-py's Redis.pipeline() defaults to MULTI/EXEC"
+    ),
     "pubsub-deadline": (
         "PubSub.get_message() without timeout= waits (trio: the caller's cancel scope bounds "
         "it); redis-py's returns None at once"

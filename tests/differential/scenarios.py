@@ -216,6 +216,30 @@ async def _(r: Any, k: Resolve) -> Any:
     return [outcome, await r.get(k(K.a)), await r.get(k(K.b))]
 
 
+@scenario("pipelines", targets=STANDALONE, differs={t: "pipeline-default" for t in STANDALONE})
+def pipeline_default_kind(r: Any, k: Resolve) -> Any:
+    with r.pipeline() as pipe:
+        pipe.set(k(K.a), 1)
+        pipe.execute_command("DIFF-NO-SUCH-COMMAND")
+        try:
+            outcome = [type(x).__name__ for x in pipe.execute(raise_on_error=False)]
+        except Exception as error:
+            outcome = [type(error).__name__]
+    return [outcome, r.get(k(K.a))]
+
+
+@pipeline_default_kind.ours
+async def _(r: Any, k: Resolve) -> Any:
+    async with r.pipeline() as pipe:
+        pipe.set(k(K.a), 1)
+        pipe.execute_command("DIFF-NO-SUCH-COMMAND")
+        try:
+            outcome = [type(x).__name__ for x in await pipe.execute(raise_on_error=False)]
+        except Exception as error:
+            outcome = [type(error).__name__]
+    return [outcome, await r.get(k(K.a))]
+
+
 @scenario("pipelines")
 def pipeline_len_and_reuse(r: Any, k: Resolve) -> Any:
     pipe = r.pipeline()
