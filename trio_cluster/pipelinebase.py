@@ -14,6 +14,8 @@ from .commands import queue_entry
 from .connection import Connection
 
 if TYPE_CHECKING:
+    from redis._parsers.encoders import Encoder
+
     from .scripts import Script
 
 __all__ = ["PipelineBase"]
@@ -80,6 +82,17 @@ class PipelineBase(AsyncCoreCommands):
             return self._immediate(*entry)
         self.command_stack.append(entry)
         return self
+
+    def get_encoder(self) -> Encoder:
+        """The client's encoder (redis-py's ``Script`` asks for it)."""
+        encoder: Encoder = self._client.get_encoder()  # type: ignore[attr-defined]
+        return encoder
+
+    def register_script(self, script: Any) -> Script:  # type: ignore[override]
+        """A script whose calls queue on this pipeline (see ``ClientBase.register_script``)."""
+        from .scripts import Script
+
+        return Script(self, script)  # type: ignore[arg-type]
 
     async def discard(self) -> None:
         """Forget the queued commands and MULTI, and end any WATCH (the server's DISCARD

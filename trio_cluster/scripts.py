@@ -25,6 +25,8 @@ class Script(AsyncScript):
         client, or a pipeline (then it is queued, and the pipeline is returned)."""
         from .pipelinebase import PipelineBase
 
+        if client is None:
+            client = self.registered_client  # may be a pipeline (pipe.register_script)
         if isinstance(client, PipelineBase):
             keys = list(keys or [])
             client.scripts.add(self)

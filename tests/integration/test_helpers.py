@@ -192,8 +192,15 @@ async def test_script_on_a_cluster_pipeline_is_loaded_first(local_cluster: Local
                 await script(keys=["helpers:a"], client=pipe)
                 await script(keys=["helpers:b"], client=pipe)
                 assert await pipe.execute() == [b"loaded helpers:a", b"loaded helpers:b"]
-            # Transaction form, then on the client itself: same sha, no NOSCRIPT.
+            # On the client itself: same sha, no NOSCRIPT.
             assert await script(keys=["helpers:c"]) == b"loaded helpers:c"
+            # Registered on a transaction pipeline: its calls queue there.
+            await rc.script_flush()
+            async with rc.pipeline(transaction=True) as pipe:
+                queued = pipe.register_script("return 'tx ' .. KEYS[1]")
+                assert await queued(keys=["{helpers}:d"]) is pipe
+                pipe.get("{helpers}:d")
+                assert await pipe.execute() == [b"tx {helpers}:d", None]
 
 
 async def test_target_nodes_forms(local_cluster: LocalCluster) -> None:
