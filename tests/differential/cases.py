@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .harness import Call, Case, K, Pipe, dict_keys, shape
+from .harness import Call, Case, K, Pipe, Spread, SpreadPattern, dict_keys, shape
 
 ALL = frozenset({"standalone", "auth", "cluster"})
 STANDALONE = frozenset({"standalone", "auth"})
@@ -53,6 +53,8 @@ STREAM = (
 GROUP = (*STREAM, S("xgroup_create", K.st, "grp", id="0"))
 GEO = (S("geoadd", K.g, [13.361389, 38.115556, "Palermo", 15.087269, 37.502669, "Catania"]),)
 BITS = (S("set", K.b, "foobar"),)
+#: Nine keys without a hash tag: on a 3-shard cluster, some on every primary.
+SPREAD = tuple(S("set", Spread(str(i)), i) for i in range(9))
 HLL = (S("pfadd", K.p, "a", "b", "c"), S("pfadd", K.q, "c", "d"))
 
 LIBRARY = (
@@ -124,13 +126,13 @@ CASES: list[Case] = [
     c("keys", "dump", K.s, setup=STR),
     c("keys", "object", "encoding", K.n, setup=STR),
     c("keys", "object", "refcount", K.s, setup=STR),
-    c("keys", "keys", "{diff:*", targets=STANDALONE, compare=sorted),
+    c("keys", "keys", SpreadPattern("*"), setup=SPREAD, targets=STANDALONE, compare=sorted),
     c(
         "keys",
         "keys",
-        "*",
-        setup=STR,
-        compare=lambda v: len(v) >= 3,
+        SpreadPattern("*"),
+        setup=SPREAD,
+        compare=sorted,
         differs={"cluster": "whole-keyspace"},
         targets=frozenset({"cluster"}),
     ),
@@ -378,7 +380,7 @@ CASES: list[Case] = [
     c(
         "server",
         "dbsize",
-        setup=STR,
+        setup=SPREAD,
         targets=frozenset({"cluster"}),
         differs={"cluster": "whole-keyspace"},
     ),

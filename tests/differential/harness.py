@@ -90,6 +90,34 @@ class Key:
     def __repr__(self) -> str:
         return f"K.{self.name}"
 
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.name == self.name  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.name))
+
+
+class Spread(Key):
+    """A key of the case without a hash tag (``diff-<case>-<name>``): different names land
+    in different slots, so a few of them cover every shard of a cluster."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Spread({self.name!r})"
+
+
+class SpreadPattern:
+    """A glob pattern over the case's ``Spread`` keys: ``diff-<case>-<glob>``."""
+
+    __slots__ = ("glob",)
+
+    def __init__(self, glob: str) -> None:
+        self.glob = glob
+
+    def __repr__(self) -> str:
+        return f"SpreadPattern({self.glob!r})"
+
 
 class _Keys:
     def __getattr__(self, name: str) -> Key:
@@ -169,21 +197,25 @@ class Case:
         return f"{self.family}:{self.action!r}"
 
 
-def runs_on(case: Case, target: str) -> bool:
-    """Whether the case runs on ``target`` (``resp2``/``resp3`` are the standalone server
-    with that protocol, ``cluster-resp3`` the cluster with RESP3: a row for "standalone",
-    or "cluster", runs there too)."""
-    if target in ("resp2", "resp3"):
-        return target in case.targets or "standalone" in case.targets
-    if target == "cluster-resp3":
-        return target in case.targets or "cluster" in case.targets
-    return target in case.targets
+def runs_on(case: Case, target: str, kind: str) -> bool:
+    """Whether the case runs on ``target``, a server of ``kind`` ("standalone", "auth" or
+    "cluster"): rows name either the target itself or its kind."""
+    return target in case.targets or kind in case.targets
+
+
+def difference(case: Case, target: str, kind: str) -> str | None:
+    """The reason the case differs on ``target`` on purpose, if any (by target, else kind)."""
+    return case.differs.get(target) or case.differs.get(kind)
 
 
 def resolver(tag: str) -> Callable[[Any], Any]:
     """Replace every ``Key`` inside a value (lists, tuples, dicts, keys of dicts)."""
 
     def resolve(value: Any) -> Any:
+        if isinstance(value, Spread):
+            return f"diff-{tag}-{value.name}"
+        if isinstance(value, SpreadPattern):
+            return f"diff-{tag}-{value.glob}"
         if isinstance(value, Key):
             return f"{{diff:{tag}}}:{value.name}"
         if isinstance(value, list):
@@ -197,13 +229,13 @@ def resolver(tag: str) -> Callable[[Any], Any]:
     return resolve
 
 
-def keys_of(case: Case) -> set[str]:
+def keys_of(case: Case) -> list[Key]:
     """Every key the case names (so the harness can delete them before a run)."""
-    found: set[str] = set()
+    found: set[Key] = set()
 
     def walk(value: Any) -> None:
         if isinstance(value, Key):
-            found.add(value.name)
+            found.add(value)
         elif isinstance(value, list | tuple):
             for v in value:
                 walk(v)
@@ -217,11 +249,11 @@ def keys_of(case: Case) -> set[str]:
         elif isinstance(value, Pipe):
             walk(value.calls)
         elif isinstance(value, Scenario):
-            found.update(value.keys)
+            found.update(Key(name) for name in value.keys)
 
     walk(case.setup)
     walk(case.action)
-    return found
+    return list(found)
 
 
 def same(a: Any, b: Any) -> bool:
@@ -338,6 +370,7 @@ class Report:
 
 async def compare_cases(
     target: str,
+    kind: str,
     cases: Iterable[Case],
     reference_client: Any,
     our_client: Any,
@@ -345,11 +378,11 @@ async def compare_cases(
 ) -> None:
     """Run every case meant for ``target`` through both clients and record the results."""
     for case in cases:
-        if not runs_on(case, target):
+        if not runs_on(case, target, kind):
             continue
         tag = f"{zlib.crc32(case.name.encode()):08x}"
         resolve = resolver(tag)
-        keys = [resolve(Key(k)) for k in keys_of(case)]
+        keys = sorted({resolve(key) for key in keys_of(case)})
         await _prepare(reference_client, keys, case.setup, resolve)
         reference = await trio.to_thread.run_sync(
             run_reference, reference_client, case.action, resolve
@@ -364,11 +397,7 @@ async def compare_cases(
             report.messages_differ.append(
                 f"{case.name}: {str(reference[1])[:80]!r} / {str(ours[1])[:80]!r}"
             )
-        reason = case.differs.get(target)
-        if reason is None and target in ("resp2", "resp3"):
-            reason = case.differs.get("standalone")
-        if reason is None and target == "cluster-resp3":
-            reason = case.differs.get("cluster")
+        reason = difference(case, target, kind)
         detail = (
             f"[{target}] {case.name}\n    redis-py:     {outcome_text(reference)}"
             f"\n    trio-cluster: {outcome_text(ours)}"

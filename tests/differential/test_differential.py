@@ -28,7 +28,16 @@ from .scenarios import SCENARIOS
 SECRET = "differential-secret"
 TABLE: list[Case] = [*CASES, *SCENARIOS]
 FAMILIES = sorted({case.family for case in TABLE})
-TARGETS = ["standalone", "auth", "cluster", "resp2", "resp3", "cluster-resp3"]
+#: Target name -> (server, options given to both clients).  Rows name "standalone", "auth"
+#: or "cluster"; the other targets run the rows of their server kind (see ``runs_on``).
+TARGETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "standalone": ("standalone", {}),
+    "auth": ("auth", {}),
+    "cluster": ("cluster", {}),
+    "resp2": ("standalone", {"protocol": 2}),
+    "resp3": ("standalone", {"protocol": 3}),
+    "cluster-resp3": ("cluster", {"protocol": 3}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,22 +51,19 @@ async def clients(
     target: str, local_server: LocalServer, auth_server: LocalServer, cluster: LocalCluster
 ) -> AsyncIterator[tuple[Any, Any]]:
     """(redis-py's client, trio-cluster's client) for ``target``."""
-    if target.startswith("cluster"):
+    kind, options = TARGETS[target]
+    if kind == "cluster":
         host, port = cluster.startup_nodes[0]
-        protocol = 3 if target == "cluster-resp3" else None
         reference: Any = await trio.to_thread.run_sync(
-            lambda: redis.RedisCluster(host=host, port=port, protocol=protocol)
+            lambda: redis.RedisCluster(host=host, port=port, **options)
         )
-        ours: Any = ClusterClient(host, port, protocol=protocol)
+        ours: Any = ClusterClient(host, port, **options)
     else:
-        server = auth_server if target == "auth" else local_server
-        password = SECRET if target == "auth" else None
-        # resp2/resp3: the standalone server with the protocol asked for explicitly.
-        protocol = {"resp2": 2, "resp3": 3}.get(target)
-        reference = redis.Redis(
-            host=server.host, port=server.port, password=password, protocol=protocol
-        )
-        ours = Client(server.host, server.port, password=password, protocol=protocol)
+        server = auth_server if kind == "auth" else local_server
+        if kind == "auth":
+            options = {**options, "password": SECRET}
+        reference = redis.Redis(host=server.host, port=server.port, **options)
+        ours = Client(server.host, server.port, **options)
     try:
         async with ours:
             yield reference, ours
@@ -77,7 +83,7 @@ async def test_family_agrees_with_redis_py(
     cases = [case for case in TABLE if case.family == family]
     report = Report()
     async with clients(target, local_server, auth_server, local_cluster) as (reference, ours):
-        await compare_cases(target, cases, reference, ours, report)
+        await compare_cases(target, TARGETS[target][0], cases, reference, ours, report)
     print(
         f"\n{family} on {target}: {report.compared} calls compared, {report.agreed} agree, "
         f"{len(report.expected_differences)} deliberate differences"
@@ -92,7 +98,7 @@ async def test_family_agrees_with_redis_py(
 
 def test_count() -> None:
     """The tables cover every family the issue names, with enough rows to mean something."""
-    per_target = {t: sum(1 for case in TABLE if runs_on(case, t)) for t in TARGETS}
+    per_target = {t: sum(1 for case in TABLE if runs_on(case, t, TARGETS[t][0])) for t in TARGETS}
     print(f"\ncompared calls per target: {per_target}, total {sum(per_target.values())}")
     assert {
         "strings",
