@@ -76,6 +76,10 @@ PENDING: dict[str, str] = {
     ),
 }
 
+#: Whether an error of the right class with another message fails the suite.  Off until
+#: redis-py's message rewriting (e.g. the stripped "ERR " prefix, issue 14 part A) lands.
+STRICT_MESSAGES = False
+
 Outcome = tuple[str, Any]  # ("ok", value) or ("error", exception)
 
 
@@ -393,11 +397,12 @@ async def compare_cases(
         await _prepare(reference_client, keys, (), resolve)
         report.compared += 1
         matched = agree(case, reference, ours)
-        if matched and reference[0] == "error" and str(reference[1]) != str(ours[1]):
-            report.messages_differ.append(
-                f"{case.name}: {str(reference[1])[:80]!r} / {str(ours[1])[:80]!r}"
-            )
         reason = difference(case, target, kind)
+        if matched and reference[0] == "error" and str(reference[1]) != str(ours[1]):
+            line = f"{case.name}: {str(reference[1])[:80]!r} / {str(ours[1])[:80]!r}"
+            report.messages_differ.append(line)
+            if STRICT_MESSAGES and reason is None:
+                report.mismatches.append(f"[{target}] message differs: {line}")
         detail = (
             f"[{target}] {case.name}\n    redis-py:     {outcome_text(reference)}"
             f"\n    trio-cluster: {outcome_text(ours)}"
