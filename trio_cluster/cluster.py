@@ -763,7 +763,10 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         else:
             node = self._default_node or await self._node(self.startup_nodes[0])
         reply = await self._execute_on_node(node, args)
-        return self._replies.parse(name, reply, options)
+        # As redis-py: a command with a result callback goes through it from one node too
+        # (PING -> True, CLIENT UNBLOCK -> 0/1, SCAN -> its cursor shape...).
+        parsed = self._replies.parse(name, reply, dict(options))
+        return self._combine(name, {node.name: parsed}, options)
 
     @staticmethod
     def _combine(name: str, results: dict[str, Any], options: dict[str, Any]) -> Any:

@@ -166,7 +166,20 @@ class ClusterHelpers:
         """CLUSTER DELSLOTS, each slot sent to the node that serves it."""
         return [await self.execute_command("CLUSTER DELSLOTS", slot) for slot in slots]
 
-    # redis-py's own command builders (they only assemble arguments for execute_command).
+    # redis-py's own command builders (they only assemble arguments for execute_command), with
+    # RedisCluster's defaults (client_tracking_* on every node) and its refusals (slaveof,
+    # replicaof, swapdb and hotkeys_* raise, as they make no sense on a cluster).
+    client_tracking_off = ClusterManagementCommands.client_tracking_off
+    client_tracking_on = ClusterManagementCommands.client_tracking_on
+    hotkeys_get = ClusterManagementCommands.hotkeys_get
+    hotkeys_reset = ClusterManagementCommands.hotkeys_reset
+    hotkeys_start = ClusterManagementCommands.hotkeys_start
+    hotkeys_stop = ClusterManagementCommands.hotkeys_stop
+    readonly = ClusterManagementCommands.readonly
+    readwrite = ClusterManagementCommands.readwrite
+    replicaof = ClusterManagementCommands.replicaof
+    slaveof = ClusterManagementCommands.slaveof
+    swapdb = ClusterManagementCommands.swapdb
     cluster_addslots = ClusterManagementCommands.cluster_addslots
     cluster_addslotsrange = ClusterManagementCommands.cluster_addslotsrange
     cluster_bumpepoch = ClusterManagementCommands.cluster_bumpepoch
