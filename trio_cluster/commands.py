@@ -148,6 +148,7 @@ class ReplyParser:
             options.pop(NEVER_DECODE, None)
             options.pop(EMPTY_RESPONSE, None)
             options.pop("keys", None)
+            options.pop("target_nodes", None)  # routing, not parsing (cluster pipelines)
         if type(name) is not str:
             name = name.decode() if isinstance(name, bytes) else str(name)
         callback = self.callbacks.get(name)

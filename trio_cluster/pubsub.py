@@ -544,6 +544,13 @@ class PubSub:
         timeout: float,  # noqa: ASYNC109 - redis-py's argument
     ) -> dict[str, Any] | None: ...
 
+    @overload
+    async def get_message(
+        self,
+        ignore_subscribe_messages: bool,
+        timeout: float,  # noqa: ASYNC109 - redis-py's argument
+    ) -> dict[str, Any] | None: ...
+
     async def get_message(
         self,
         ignore_subscribe_messages: bool = False,
