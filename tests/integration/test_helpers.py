@@ -224,11 +224,11 @@ async def test_target_nodes_forms(local_cluster: LocalCluster) -> None:
                 await rc.ping(target_nodes=42)
             # In a pipeline, as redis-py's helpers queue commands: routing stays by slot and
             # the option never reaches the reply's callback.
-            await rc.hset("helpers:tn", mapping={"f": "v"})
+            await rc.sadd("helpers:tn", "m")
             owner = rc.get_node_from_key("helpers:tn")
             async with rc.pipeline() as pipe:
-                pipe.execute_command("HGETALL", "helpers:tn", target_nodes=[owner])
-                assert await pipe.execute() == [{b"f": b"v"}]
+                pipe.execute_command("SMEMBERS", "helpers:tn", target_nodes=[owner])
+                assert await pipe.execute() == [{b"m"}]
 
 
 async def test_set_response_callback_by_full_name_on_a_cluster(
