@@ -158,7 +158,9 @@ class ReplyParser:
             reply = callback(reply, **options)
         layer = self.cluster_callbacks
         if layer:
-            second = layer.get(name.upper())
+            second = layer.get(name)
+            if second is None and not name.isupper():  # the mixins pass upper case
+                second = layer.get(name.upper())
             if second is not None:
                 reply = second(reply, **options)
         return reply
