@@ -100,7 +100,9 @@ CASES: list[Case] = [
     c("strings", "lcs", K.s, K.a, setup=(*STR, S("set", K.a, "help"))),
     c("strings", "lcs", K.s, K.a, len=True, setup=(*STR, S("set", K.a, "help"))),
     c("strings", "substr", K.s, 0, 2, setup=STR),
-    c("strings", "set", K.a, None, targets=STANDALONE),  # bad argument: DataError (see README)
+    # A bad argument: DataError.  Standalone only until issue 14 part A lands: on a cluster
+    # the ArgumentTypeError's repr() crashes trio itself today; then widen to ALL.
+    c("strings", "set", K.a, None, targets=STANDALONE),
     # --- keys ---------------------------------------------------------------------------------
     c("keys", "exists", K.s, K.n, K.missing, setup=STR),
     c("keys", "delete", K.s, K.n, K.missing, setup=STR),
@@ -620,7 +622,7 @@ CASES: list[Case] = [
         Pipe((Call("config_get", "maxmemory"), Call("ping"))),
         differs={"cluster": "cluster-pipeline-keyless"},
     ),
-    Case("pipelines", Pipe((Call("set", K.a, None),)), targets=STANDALONE),
+    Case("pipelines", Pipe((Call("set", K.a, None),)), targets=STANDALONE),  # see "set None"
     Case("pipelines", Pipe(())),
     # --- transactions -------------------------------------------------------------------------
     Case(
