@@ -21,11 +21,12 @@ message before anything the replacement subscription delivers (see ``docs/pubsub
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, overload
 
@@ -348,6 +349,8 @@ class PubSub:
         self._home: bytes | None = None
         #: ping() calls made before the classic link was serving.
         self._pending_pings: list[tuple[EncodableArg, ...]] = []
+        #: Message handlers given to subscribe(name=handler), by (family, name).
+        self._handlers: dict[tuple[Family, bytes], Callable[[dict[str, Any]], Any]] = {}
         self._send: trio.MemorySendChannel[dict[str, Any] | _Failure] | None = None
         self._receive: trio.MemoryReceiveChannel[dict[str, Any] | _Failure] | None = None
         self._nursery: trio.Nursery | None = None
@@ -437,28 +440,60 @@ class PubSub:
 
     # --- subscribing ---------------------------------------------------------------------------
 
-    async def subscribe(self, *channels: Any) -> None:
-        """SUBSCRIBE: confirmations and messages arrive in the stream; returns at once."""
-        await self._classic_command("channel", [_name(c) for c in channels])
+    async def subscribe(self, *channels: Any, **handlers: Callable[[dict[str, Any]], Any]) -> None:
+        """SUBSCRIBE: confirmations and messages arrive in the stream; returns at once.
+        ``name=handler`` keywords subscribe too, as in redis-py: that channel's messages go to
+        ``handler(message)`` (a plain or an async function, called by the task reading the
+        stream) instead of the stream."""
+        names = [_name(c) for c in channels]
+        async with self._handling("channel", handlers) as named:
+            await self._classic_command("channel", names + named)
 
-    async def psubscribe(self, *patterns: Any) -> None:
-        """PSUBSCRIBE (glob-style patterns)."""
-        await self._classic_command("pattern", [_name(p) for p in patterns])
+    async def psubscribe(self, *patterns: Any, **handlers: Callable[[dict[str, Any]], Any]) -> None:
+        """PSUBSCRIBE (glob-style patterns); ``pattern=handler`` as for :meth:`subscribe`."""
+        names = [_name(p) for p in patterns]
+        async with self._handling("pattern", handlers) as named:
+            await self._classic_command("pattern", names + named)
 
     async def unsubscribe(self, *channels: Any) -> None:
         """UNSUBSCRIBE the given channels, or every channel if none is given."""
         names = [_name(c) for c in channels] or sorted(self._channels)
+        self._forget_handlers("channel", names)
         await self._classic_command("channel", names, unsubscribe=True)
 
     async def punsubscribe(self, *patterns: Any) -> None:
         """PUNSUBSCRIBE the given patterns, or every pattern if none is given."""
         names = [_name(p) for p in patterns] or sorted(self._patterns)
+        self._forget_handlers("pattern", names)
         await self._classic_command("pattern", names, unsubscribe=True)
 
-    async def ssubscribe(self, *channels: Any) -> None:
-        """SSUBSCRIBE: each shard channel goes to the primary of its slot."""
+    @asynccontextmanager
+    async def _handling(
+        self, family: Family, handlers: dict[str, Callable[[dict[str, Any]], Any]]
+    ) -> AsyncIterator[list[bytes]]:
+        """Register ``handlers`` (by name) for the subscribe command run in the block,
+        and take them back if it fails."""
+        named = {_name(name): handler for name, handler in handlers.items()}
+        for name, handler in named.items():
+            self._handlers[(family, name)] = handler
+        try:
+            yield list(named)
+        except BaseException:
+            self._forget_handlers(family, named)
+            raise
+
+    def _forget_handlers(self, family: Family, names: Iterable[bytes]) -> None:
+        for name in names:
+            self._handlers.pop((family, name), None)
+
+    async def ssubscribe(self, *channels: Any, **handlers: Callable[[dict[str, Any]], Any]) -> None:
+        """SSUBSCRIBE: each shard channel goes to the primary of its slot;
+        ``channel=handler`` as for :meth:`subscribe`."""
+        async with self._handling("shard", handlers) as named:
+            await self._ssubscribe([_name(c) for c in channels] + named)
+
+    async def _ssubscribe(self, names: list[bytes]) -> None:
         self._check_open()
-        names = [_name(c) for c in channels]
         if not names:
             raise ValueError("ssubscribe needs at least one channel")
         cluster = self._cluster
@@ -490,6 +525,7 @@ class PubSub:
         """SUNSUBSCRIBE the given shard channels, or every shard channel if none is given."""
         self._check_open()
         names = [_name(c) for c in channels] or sorted(self._shard)
+        self._forget_handlers("shard", names)
         groups: dict[tuple[_Link, int], list[bytes]] = defaultdict(list)
         for n in names:
             self._shard.discard(n)
@@ -567,13 +603,20 @@ class PubSub:
         :class:`~trio_cluster.errors.PoolClosedError` once closed.
         """
         if timeout is None:
-            return await self._next_wanted(ignore_subscribe_messages)
+            while True:
+                item = await self._next_wanted(ignore_subscribe_messages)
+                if item is not None:
+                    return item
         if timeout <= 0:
             while True:
                 item = self.get_message_nowait()
                 if item is None or not _skipped(item, ignore_subscribe_messages):
-                    return item
+                    break
+            if item is None or not await self._handled(item):
+                return item
+            return None
         with trio.move_on_after(timeout):
+            # As redis-py: a message given to its handler makes this return None.
             return await self._next_wanted(ignore_subscribe_messages)
         return None
 
@@ -590,11 +633,70 @@ class PubSub:
             return await self._next_wanted(ignore_subscribe_messages)
         return await self.get_message(ignore_subscribe_messages, timeout=timeout)
 
-    async def _next_wanted(self, ignore_subscribe_messages: bool) -> dict[str, Any]:
+    async def _next_wanted(self, ignore_subscribe_messages: bool) -> dict[str, Any] | None:
+        """The next message the caller wants; None if it went to its handler."""
         while True:
             item = await self._next()
             if not _skipped(item, ignore_subscribe_messages):
-                return item
+                return None if await self._handled(item) else item
+
+    async def _handled(self, item: dict[str, Any]) -> bool:
+        """Give a published message to its handler, if its channel or pattern has one."""
+        if not self._handlers:
+            return False
+        kind = item["type"]
+        if kind == "pmessage":
+            handler = self._handlers.get(("pattern", item["pattern"]))
+        elif kind == "message":
+            handler = self._handlers.get(("channel", item["channel"]))
+        elif kind == "smessage":
+            handler = self._handlers.get(("shard", item["channel"]))
+        else:
+            return False
+        if handler is None:
+            return False
+        result = handler(item)
+        if inspect.isawaitable(result):
+            await result
+        return True
+
+    async def run(
+        self,
+        *,
+        exception_handler: Callable[[BaseException, PubSub], Any] | None = None,
+        poll_timeout: float = 1.0,
+    ) -> None:
+        """Give every message to its handler until the PubSub is closed, as redis-py's
+        ``run()`` (run it in a nursery; cancel its scope to stop it).  Every channel and
+        pattern must have a handler.  ``exception_handler(error, pubsub)`` (plain or async)
+        receives errors instead of ``run`` raising them.  ``poll_timeout`` is accepted for
+        redis-py compatibility: waits here last until a message comes."""
+        unhandled = [
+            (family, name)
+            for family, names in (
+                ("channel", self._channels),
+                ("pattern", self._patterns),
+                ("shard", self._shard),
+            )
+            for name in names
+            if (family, name) not in self._handlers
+        ]
+        if unhandled:
+            family, name = unhandled[0]
+            raise rex.PubSubError(f"{family.capitalize()}: {name!r} has no handler registered")
+        while True:
+            try:
+                await self.get_message(ignore_subscribe_messages=True)
+            except PoolClosedError:
+                if self._closed:
+                    return
+                raise
+            except Exception as error:
+                if exception_handler is None:
+                    raise
+                result = exception_handler(error, self)
+                if inspect.isawaitable(result):
+                    await result
 
     async def listen(self) -> AsyncIterator[dict[str, Any]]:
         """Every message, as redis-py's ``listen()`` (the same as ``async for m in p``);
@@ -649,7 +751,10 @@ class PubSub:
 
     async def __anext__(self) -> dict[str, Any]:
         try:
-            return await self._next()
+            while True:
+                item = await self._next()
+                if not await self._handled(item):
+                    return item
         except PoolClosedError:
             raise StopAsyncIteration from None
 

@@ -782,3 +782,36 @@ _pair(
     lambda r, k: sorted(r.keys("{diff:nothing-here}*", target_nodes=r.ALL_NODES)),
     lambda r, k: _then(r.keys("{diff:nothing-here}*", target_nodes="all"), sorted),
 )
+
+
+@scenario("pubsub")
+def message_handlers(r: Any, k: Resolve) -> Any:
+    received: list[Any] = []
+    pubsub = r.pubsub()
+    try:
+        pubsub.subscribe(**{k(K.ch): received.append})
+        pubsub.psubscribe(**{k(K.ch) + "-p*": received.append})
+        confirmations = [pubsub.get_message(timeout=5), pubsub.get_message(timeout=5)]
+        r.publish(k(K.ch), "one")
+        handled = pubsub.get_message(timeout=5)
+        r.publish(k(K.ch) + "-px", "two")
+        return [confirmations, handled, pubsub.get_message(timeout=5), received]
+    finally:
+        pubsub.close()
+
+
+@message_handlers.ours
+async def _(r: Any, k: Resolve) -> Any:
+    received: list[Any] = []
+
+    async def handler(message: Any) -> None:  # async handlers are awaited
+        received.append(message)
+
+    async with r.pubsub() as pubsub:
+        await pubsub.subscribe(**{k(K.ch): received.append})
+        await pubsub.psubscribe(**{k(K.ch) + "-p*": handler})
+        confirmations = [await pubsub.get_message(timeout=5), await pubsub.get_message(timeout=5)]
+        await r.publish(k(K.ch), "one")
+        handled = await pubsub.get_message(timeout=5)
+        await r.publish(k(K.ch) + "-px", "two")
+        return [confirmations, handled, await pubsub.get_message(timeout=5), received]

@@ -265,3 +265,44 @@ async def test_transaction_with_watch_delay_retries_until_it_commits(
                 bump, "helpers:tx", value_from_callable=True, watch_delay=0.01
             )
             assert (attempts, seen, await r.get("helpers:tx")) == (2, 1, b"11")
+
+
+async def test_pubsub_run_gives_every_message_to_its_handler(local_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        async with _client(local_server) as r, r.pubsub() as p:
+            received: list[bytes] = []
+            failures: list[str] = []
+            done = trio.Event()
+
+            async def handler(message: dict[str, object]) -> None:
+                data = message["data"]
+                assert isinstance(data, bytes)
+                if data == b"boom":
+                    raise ValueError("handler failed")
+                received.append(data)
+                if len(received) == 2:
+                    done.set()
+
+            def on_error(error: BaseException, pubsub: object) -> None:
+                failures.append(f"{type(error).__name__}: {error}")
+
+            # Each confirmation read before going on: the server has done each step.
+            await p.subscribe(**{"helpers:run": handler})
+            assert (await p.get_message(timeout=5) or {}).get("type") == "subscribe"
+            await p.subscribe("helpers:run:nohandler")
+            assert (await p.get_message(timeout=5) or {}).get("type") == "subscribe"
+            with pytest.raises(redis.exceptions.PubSubError, match="no handler"):
+                await p.run()
+            await p.unsubscribe("helpers:run:nohandler")
+            assert (await p.get_message(timeout=5) or {}).get("type") == "unsubscribe"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: p.run(exception_handler=on_error))
+                for data in ("one", "boom", "two"):
+                    await r.publish("helpers:run", data)
+                await done.wait()
+                nursery.cancel_scope.cancel()
+            assert received == [b"one", b"two"]
+            assert failures == ["ValueError: handler failed"]
+            # A closed PubSub ends run() instead of spinning on the error.
+            await p.aclose()
+            await p.run()
