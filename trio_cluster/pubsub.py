@@ -597,8 +597,9 @@ class PubSub:
         Put a deadline around it as everywhere in trio: under ``trio.move_on_after`` a wait
         that runs out returns nothing from the ``with`` block (the variable you assign stays
         as it was, e.g. ``None``); under ``trio.fail_after`` it raises ``trio.TooSlowError``.
-        ``timeout=`` (redis-py's argument) waits at most that many seconds and returns None
-        if no message came; ``timeout=0`` does not wait.  No message is lost to a cancelled
+        ``timeout=`` (redis-py's argument) waits at most that many seconds for one message
+        and returns None if none came, or if it was ignored or given to its handler (as
+        redis-py); ``timeout=0`` does not wait.  No message is lost to a cancelled
         wait.  Raises an error the server gave to a subscribe command, and
         :class:`~trio_cluster.errors.PoolClosedError` once closed.
         """
@@ -607,18 +608,17 @@ class PubSub:
                 item = await self._next_wanted(ignore_subscribe_messages)
                 if item is not None:
                     return item
+        # As redis-py with a timeout: one message is read, and one that is ignored or given
+        # to its handler makes this return None.
         if timeout <= 0:
-            while True:
-                item = self.get_message_nowait()
-                if item is None or not _skipped(item, ignore_subscribe_messages):
-                    break
-            if item is None or not await self._handled(item):
-                return item
+            item = self.get_message_nowait()
+        else:
+            item = None
+            with trio.move_on_after(timeout):
+                item = await self._next()
+        if item is None or _skipped(item, ignore_subscribe_messages):
             return None
-        with trio.move_on_after(timeout):
-            # As redis-py: a message given to its handler makes this return None.
-            return await self._next_wanted(ignore_subscribe_messages)
-        return None
+        return None if await self._handled(item) else item
 
     async def get_sharded_message(
         self,
