@@ -36,11 +36,22 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format) and mypy --strict."""
-    session.install("-e", ".[dev]")
+    """ruff (lint and format), mypy --strict on the packages, and the typed application of
+    ``tests/typing`` checked as a user's project sees the installed package."""
+    # editable_mode=compat installs a plain path entry that mypy follows; setuptools' default
+    # editable finder is an import hook that mypy cannot see (import-not-found for users).
+    session.install("--config-settings", "editable_mode=compat", "-e", ".[dev]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "--strict", *PACKAGES)
+    # From tests/typing the source tree is not on mypy's path: only the installed package is.
+    session.chdir("tests/typing")
+    session.run("mypy", "--strict", "app.py")
+    # The check must be able to fail: a deliberate type error has to be reported.
+    output = session.run("mypy", "--strict", "wrong.py", success_codes=[1], silent=True)
+    expected = 'Incompatible return value type (got "bytes | str | None", expected "int")'
+    if not isinstance(output, str) or expected not in output:
+        session.error(f"mypy did not report the deliberate type error in wrong.py: {output}")
 
 
 @nox.session
@@ -82,3 +93,27 @@ def bench(session: nox.Session) -> None:
         "python", "-m", "benchmarks.peers", *session.posargs,
         env={"TRIO_CLUSTER_SERVER": server},
     )  # fmt: skip
+
+
+TOXIPROXY_DIR = "../shared/tools/toxiproxy-2.12.0"
+
+
+@nox.session
+def faults_real(session: nox.Session) -> None:
+    """tests/faults against the real Toxiproxy 2.12.0 binaries (``../shared/tools/...``): the
+    whole suite with the Go server (the fixtures start and stop it), then the CLI transcript
+    with Go's toxiproxy-cli against the embedded server."""
+    import os
+
+    server = os.path.abspath(f"{TOXIPROXY_DIR}/toxiproxy-server")
+    cli = os.path.abspath(f"{TOXIPROXY_DIR}/toxiproxy-cli")
+    if not os.path.exists(server):
+        session.error(f"no Toxiproxy binaries at {TOXIPROXY_DIR}")
+    session.install("-e", ".[dev]")
+    bundled = session.run("python", "-c", BUNDLED, silent=True)
+    assert isinstance(bundled, str)
+    env = {"TRIO_CLUSTER_SERVER": bundled.strip(), "TOXIPROXY_CLI": cli}
+    session.log(f"=== tests/faults against the Go server: {server}")
+    session.run("pytest", "tests/faults", *session.posargs, env={**env, "TOXIPROXY_SERVER": server})
+    session.log(f"=== the Go CLI against the embedded server: {cli}")
+    session.run("pytest", "tests/faults/test_faults_cli.py", *session.posargs, env=env)

@@ -240,6 +240,7 @@ def main() -> None:
                 ],
                 env=env,
                 cwd=args.faults_path,  # ``-m`` puts the working directory first on sys.path
+                stdout=subprocess.DEVNULL,  # the server's log lines (Go's: every level)
                 stderr=subprocess.DEVNULL,
             )
         )

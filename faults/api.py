@@ -2,12 +2,14 @@
 
 ``Api.handle`` maps one request (method, path, headers, body) to one ``Response``.  Routing,
 status codes, bodies and headers copy Go's ``api.go`` with gorilla/mux: 405 for a known path
-with the wrong method, a plain-text 404 for unknown paths, 403 for browsers, and an
-``X-Toxiproxy-Request-Id`` header on every response.
+with the wrong method, a plain-text 404 for unknown paths, 403 for browsers.  As in Go, only
+a request that matched a route passes the middlewares: it gets an ``X-Toxiproxy-Request-Id``
+header and a debug access-log line; router-level 404/405 answers get neither.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -16,15 +18,17 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from faults.collection import ProxyCollection
+from faults.logs import event
+from faults.metrics import CONTENT_TYPE, Metrics
 from faults.model import ApiError, decode_body, dumps
+from faults.version import VERSION
 
 __all__ = ["VERSION", "Api", "Response"]
 
-#: The Toxiproxy version this server imitates.
-VERSION: Final = "2.12.0"
 _JSON: Final = "application/json"
 _TEXT: Final = "text/plain; charset=utf-8"
 _ALPHABET: Final = "0123456789abcdefghijklmnopqrstuv"
+log = logging.getLogger("faults.api")
 
 
 @dataclass
@@ -34,6 +38,8 @@ class Response:
     status: int
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: The route's name (Go's handler name, e.g. ``ProxyCreate``); None when none matched.
+    route: str | None = None
 
 
 def _json(status: int, doc: Any) -> Response:
@@ -57,71 +63,123 @@ Handler = Callable[[dict[str, str], bytes], Awaitable[Response]]
 class Api:
     """The routes, bound to one ``ProxyCollection``."""
 
-    def __init__(self, collection: ProxyCollection) -> None:
+    def __init__(self, collection: ProxyCollection, metrics: Metrics | None = None) -> None:
         self.collection = collection
+        self.metrics = metrics or Metrics()
         p, t = r"(?P<proxy>[^/]+)", r"(?P<toxic>[^/]+)"
-        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-            (re.compile(r"/reset"), {"POST": self._reset}),
-            (re.compile(r"/proxies"), {"GET": self._proxy_index, "POST": self._proxy_create}),
-            (re.compile(r"/populate"), {"POST": self._populate}),
+        # (pattern, {method: (route name, handler)}), in Go's registration order.
+        self._routes: list[tuple[re.Pattern[str], dict[str, tuple[str, Handler]]]] = [
+            (re.compile(r"/reset"), {"POST": ("ResetState", self._reset)}),
+            (
+                re.compile(r"/proxies"),
+                {
+                    "GET": ("ProxyIndex", self._proxy_index),
+                    "POST": ("ProxyCreate", self._proxy_create),
+                },
+            ),
+            (re.compile(r"/populate"), {"POST": ("Populate", self._populate)}),
             (
                 re.compile(rf"/proxies/{p}"),
                 {
-                    "GET": self._proxy_show,
-                    "POST": self._proxy_update,
-                    "PATCH": self._proxy_update,
-                    "DELETE": self._proxy_delete,
+                    "GET": ("ProxyShow", self._proxy_show),
+                    "POST": ("ProxyUpdate", self._proxy_update),
+                    "PATCH": ("ProxyUpdate", self._proxy_update),
+                    "DELETE": ("ProxyDelete", self._proxy_delete),
                 },
             ),
             (
                 re.compile(rf"/proxies/{p}/toxics"),
-                {"GET": self._toxic_index, "POST": self._toxic_create},
+                {
+                    "GET": ("ToxicIndex", self._toxic_index),
+                    "POST": ("ToxicCreate", self._toxic_create),
+                },
             ),
             (
                 re.compile(rf"/proxies/{p}/toxics/{t}"),
                 {
-                    "GET": self._toxic_show,
-                    "POST": self._toxic_update,
-                    "PATCH": self._toxic_update,
-                    "DELETE": self._toxic_delete,
+                    "GET": ("ToxicShow", self._toxic_show),
+                    "POST": ("ToxicUpdate", self._toxic_update),
+                    "PATCH": ("ToxicUpdate", self._toxic_update),
+                    "DELETE": ("ToxicDelete", self._toxic_delete),
                 },
             ),
-            (re.compile(r"/version"), {"GET": self._version}),
+            (re.compile(r"/version"), {"GET": ("Version", self._version)}),
         ]
+        if self.metrics.enabled:
+            self._routes.append((re.compile(r"/metrics"), {"GET": ("Metrics", self._metrics)}))
 
-    async def handle(
-        self, method: str, target: str, headers: dict[str, str], body: bytes
-    ) -> Response:
-        """Answer one request; never raises for bad input (unexpected bugs become a 500)."""
-        response = await self._dispatch(method, target, headers, body)
-        response.headers.append(("X-Toxiproxy-Request-Id", request_id()))
-        return response
-
-    async def _dispatch(
-        self, method: str, target: str, headers: dict[str, str], body: bytes
-    ) -> Response:
-        if headers.get("user-agent", "").startswith("Mozilla/"):
-            return Response(403, b"User agent not allowed\n", [("Content-Type", _TEXT)])
+    def route(self, method: str, target: str) -> tuple[str, Handler, dict[str, str]] | Response:
+        """The matching route (name, handler, path parameters), or the router's 404/405."""
         path = target.split("?", 1)[0]
         for pattern, methods in self._routes:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
-            handler = methods.get(method.upper())
-            if handler is None:
+            found = methods.get(method.upper())
+            if found is None:
                 return Response(405)
-            params = {k: unquote(v) for k, v in match.groupdict().items()}
-            try:
-                return await handler(params, body)
-            except ApiError as exc:
-                return _error(exc)
-            except Exception as exc:  # a bug must not take the server down: report a 500
-                return _error(ApiError(500, f"internal error: {exc!r}"))
+            name, handler = found
+            return name, handler, {k: unquote(v) for k, v in match.groupdict().items()}
         return Response(
             404,
             b"404 page not found\n",
             [("Content-Type", _TEXT), ("X-Content-Type-Options", "nosniff")],
         )
+
+    async def handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, rid: str = ""
+    ) -> Response:
+        """Answer one request; never raises for bad input (unexpected bugs become a 500).
+
+        ``rid`` is the request id a routed answer carries (a new one when empty).
+        """
+        routed = self.route(method, target)
+        if isinstance(routed, Response):
+            return routed
+        name, handler, params = routed
+        rid = rid or request_id()
+        response = await self._run(method, name, handler, params, headers, body, rid)
+        response.headers.append(("X-Toxiproxy-Request-Id", rid))
+        response.route = name
+        return response
+
+    async def _run(
+        self,
+        method: str,
+        name: str,
+        handler: Handler,
+        params: dict[str, str],
+        headers: dict[str, str],
+        body: bytes,
+        rid: str,
+    ) -> Response:
+        if headers.get("user-agent", "").startswith("Mozilla/"):
+            return Response(
+                403,
+                b"User agent not allowed\n",
+                [("Content-Type", _TEXT), ("X-Content-Type-Options", "nosniff")],
+            )
+        if method.upper() == "POST" and name in ("ProxyUpdate", "ToxicUpdate"):
+            event(
+                log,
+                logging.WARNING,
+                f"{name}: HTTP method POST is depercated. Use HTTP PATCH instead.",  # Go's typo
+                request_id=rid,
+            )
+        try:
+            return await handler(params, body)
+        except ApiError as exc:
+            if exc.status == 500:
+                event(
+                    log,
+                    logging.WARNING,
+                    "Error did not include status code",
+                    error=exc.message,
+                )
+            return _error(exc)
+        except Exception as exc:  # a bug must not take the server down: report a 500
+            log.exception("internal error answering %s", name)
+            return _error(ApiError(500, f"internal error: {exc!r}"))
 
     async def _reset(self, params: dict[str, str], body: bytes) -> Response:
         await self.collection.reset()
@@ -137,9 +195,11 @@ class Api:
         try:
             status, doc = await self.collection.populate(decode_body(body))
         except ApiError as exc:
-            # Go answers every populate error with the proxies created so far (or null).
-            exc.extra.setdefault("proxies", None)
-            return _error(exc)
+            # Go answers every populate error as JSON (not http.Error: no newline) with the
+            # proxies created so far, or null.
+            doc = {"error": exc.message, "status": exc.status}
+            doc["proxies"] = exc.extra.get("proxies") or None
+            return _json(exc.status, doc)
         return _json(status, doc)
 
     async def _proxy_show(self, params: dict[str, str], body: bytes) -> Response:
@@ -171,6 +231,9 @@ class Api:
     async def _toxic_delete(self, params: dict[str, str], body: bytes) -> Response:
         self.collection.toxic_delete(params["proxy"], params["toxic"])
         return Response(204)
+
+    async def _metrics(self, params: dict[str, str], body: bytes) -> Response:
+        return Response(200, self.metrics.exposition(), [("Content-Type", CONTENT_TYPE)])
 
     async def _version(self, params: dict[str, str], body: bytes) -> Response:
         body_text = f'{{"version": "{VERSION}"}}\n'

@@ -12,7 +12,15 @@ from typing import Any
 
 import trio
 
-from faults.model import ApiError, ProxyInput, Toxic, proxy_input, toxic_from_json
+from faults.metrics import Metrics
+from faults.model import (
+    ApiError,
+    ProxyInput,
+    Toxic,
+    populate_input,
+    proxy_input,
+    toxic_from_json,
+)
 from faults.proxy import Proxy, resolve_listen
 
 __all__ = ["ProxyCollection"]
@@ -21,9 +29,12 @@ __all__ = ["ProxyCollection"]
 class ProxyCollection:
     """All proxies of one server, keyed by name."""
 
-    def __init__(self, nursery: trio.Nursery, seed: int | None = None) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, seed: int | None = None, metrics: Metrics | None = None
+    ) -> None:
         self._nursery = nursery
         self.rng = random.Random(seed)
+        self.metrics = metrics or Metrics()
         self.proxies: dict[str, Proxy] = {}
         # One change at a time: an operation awaits (bind, resolve) and must not interleave.
         self._lock = trio.Lock()
@@ -47,7 +58,7 @@ class ProxyCollection:
             raise ApiError(400, f"missing required field: upstream{suffix}")
 
     async def _new(self, entry: ProxyInput) -> Proxy:
-        proxy = Proxy(entry.name, entry.listen, entry.upstream, self.rng)
+        proxy = Proxy(entry.name, entry.listen, entry.upstream, self.rng, self.metrics)
         if entry.enabled:
             await proxy.start(self._nursery)
         self.proxies[entry.name] = proxy
@@ -63,13 +74,13 @@ class ProxyCollection:
             return (await self._new(entry)).to_json()
 
     async def _differs(self, proxy: Proxy, entry: ProxyInput) -> bool:
-        if entry.upstream != proxy.upstream:
-            return True
+        """Go's ``Proxy.Differs``: a listen address that does not resolve is a 500, with
+        ``net.ResolveTCPAddr``'s text (no ``listen tcp:`` prefix)."""
         try:
             _, _, port, display = await resolve_listen(entry.listen)
-        except ApiError:
-            return True
-        return port == 0 or display != proxy.listen
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.message.removeprefix("listen tcp: ")) from None
+        return entry.upstream != proxy.upstream or port == 0 or display != proxy.listen
 
     async def update(self, name: str, doc: Any) -> dict[str, Any]:
         """``POST/PATCH /proxies/{name}``: a partial body merges into the current values."""
@@ -107,9 +118,7 @@ class ProxyCollection:
 
         Returns the status and body; a mid-way failure keeps what was created so far.
         """
-        if not isinstance(doc, list):
-            raise ApiError(400, "bad request body: json: cannot unmarshal into []proxy")
-        entries = [proxy_input(item) for item in doc]
+        entries = populate_input(doc)
         for number, entry in enumerate(entries, start=1):
             try:
                 self._validate(entry, f" at proxy {number}")
@@ -129,7 +138,8 @@ class ProxyCollection:
                     done.append((await self._new(entry)).to_json())
                 except ApiError as exc:
                     raise ApiError(exc.status, exc.message, proxies=done) from None
-        return 201, {"proxies": done}
+        # Go's nil slice: an empty populate answers null.
+        return 201, {"proxies": done or None}
 
     # --- toxics -----------------------------------------------------------------------------
 
@@ -147,9 +157,7 @@ class ProxyCollection:
     def toxic_create(self, proxy_name: str, doc: Any) -> dict[str, Any]:
         """``POST /proxies/{p}/toxics`` (200, not 201, as in Go)."""
         proxy = self.get(proxy_name)
-        toxic = toxic_from_json(doc)
-        if proxy.find_toxic(toxic.name) is not None:
-            raise ApiError(409, "toxic already exists")
+        toxic = toxic_from_json(doc, lambda name: proxy.find_toxic(name) is not None)
         proxy.add_toxic(toxic)
         return toxic.to_json()
 
@@ -172,4 +180,4 @@ class ProxyCollection:
     def close(self) -> None:
         """Stop every proxy (server shutdown)."""
         for proxy in self.proxies.values():
-            proxy.stop()
+            proxy.stop(log_it=False)

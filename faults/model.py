@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import trio
+
+from faults import gojson
 
 __all__ = [
     "TOXIC_ATTRIBUTES",
@@ -23,6 +28,8 @@ __all__ = [
     "decode_body",
     "dumps",
     "parse_stream",
+    "populate_input",
+    "proxy_input",
     "toxic_from_json",
 ]
 
@@ -38,8 +45,6 @@ TOXIC_ATTRIBUTES: Final[dict[str, tuple[str, ...]]] = {
     "limit_data": ("bytes",),
 }
 
-_INT64_MIN: Final = -(2**63)
-_INT64_MAX: Final = 2**63 - 1
 _toxic_ids = itertools.count(1)
 
 
@@ -63,89 +68,109 @@ def bad_body(detail: str) -> ApiError:
     return ApiError(400, f"bad request body: {detail}")
 
 
+@dataclass(frozen=True)
+class RawNumber:
+    """A number ``dumps`` writes exactly as ``text`` (Go's float32 text, which Python's float
+    formatting cannot produce: ``0.000025`` where Python writes ``2.5e-05``)."""
+
+    text: str
+
+
+# A marker no client can forge (a random nonce per process): a proxy name may hold anything.
+_NONCE: Final = secrets.token_hex(8)
+_RAW_MARK: Final = f"\x00raw{_NONCE}:"
+# How json.dumps writes the marked string: NUL escaped, the number's characters unchanged.
+_RAW_WRITTEN: Final = re.compile(rf'"\\u0000raw{_NONCE}:([-+.0-9e]+)"')
+
+
+def _raw_marker(value: Any) -> str:
+    if isinstance(value, RawNumber):
+        return _RAW_MARK + value.text
+    raise TypeError(f"not JSON serializable: {value!r}")
+
+
 def dumps(doc: Any) -> str:
     """Compact JSON as Go's ``json.Marshal`` writes it (HTML characters escaped)."""
-    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=_raw_marker)
     # Go escapes these three inside strings; they cannot occur outside strings in JSON.
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return _RAW_WRITTEN.sub(r"\1", text)
 
 
 def decode_body(raw: bytes) -> Any:
     """Decode the first JSON value of a request body as Go's ``json.Decoder.Decode`` does."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise bad_body("invalid character in JSON input") from exc
-    stripped = text.lstrip(" \t\r\n")
-    if not stripped:
-        raise bad_body("EOF")
+        return gojson.decode(raw)
+    except gojson.GoJsonError as exc:
+        raise bad_body(str(exc)) from None
+
+
+def _store(go_type: gojson.GoType, doc: Any, current: Any) -> Any:
+    """Store a decoded body into a Go type; a wrong type is Go's 400."""
     try:
-        value, _ = json.JSONDecoder().raw_decode(stripped)
-    except json.JSONDecodeError as exc:
-        if exc.pos >= len(stripped):
-            raise bad_body("unexpected EOF") from exc
-        raise bad_body(f"invalid character {stripped[exc.pos]!r} ({exc.msg})") from exc
-    return value
+        return go_type.unmarshal(doc, current)
+    except gojson.GoJsonError as exc:
+        raise bad_body(str(exc)) from None
 
 
-def _lookup(obj: dict[str, Any], key: str) -> tuple[bool, Any]:
-    """Case-insensitive key lookup, as Go's decoder matches struct fields (exact match wins)."""
-    if key in obj:
-        return True, obj[key]
-    lowered = key.lower()
-    for k, v in obj.items():
-        if k.lower() == lowered:
-            return True, v
-    return False, None
+_PROXY_FIELDS: Final[dict[str, gojson.GoType]] = {
+    "name": gojson.STRING,
+    "listen": gojson.STRING,
+    "upstream": gojson.STRING,
+    "enabled": gojson.BOOL,
+}
+#: ``toxiproxy.Proxy`` (create and update bodies).
+PROXY: Final = gojson.Struct("toxiproxy.Proxy", "Proxy", _PROXY_FIELDS)
+_POPULATE_ENTRY: Final = gojson.Struct(
+    'struct { toxiproxy.Proxy; Enabled *bool "json:\\"enabled\\"" }',
+    "",
+    {**_PROXY_FIELDS, "enabled": gojson.Pointer(gojson.BOOL)},
+)
+#: The populate body: a slice of proxies whose ``enabled`` may be null.
+POPULATE: Final = gojson.Slice(_POPULATE_ENTRY, "[]" + _POPULATE_ENTRY.name)
 
 
-def _type_error(value: Any, go_type: str, where: str) -> ApiError:
-    kind = {bool: "bool", str: "string", list: "array", dict: "object"}.get(type(value), "number")
-    if kind == "number":
-        kind = f"number {value}"
-    return bad_body(f"json: cannot unmarshal {kind} into Go struct field {where} of type {go_type}")
+def _toxic_struct(go_name: str, fields: dict[str, gojson.GoType]) -> gojson.Struct:
+    return gojson.Struct(f"toxics.{go_name}", go_name, fields)
 
 
-def get_str(obj: dict[str, Any], key: str, where: str, default: str) -> str:
-    """Read an optional string field; ``null`` or absent gives ``default``."""
-    found, value = _lookup(obj, key)
-    if not found or value is None:
-        return default
-    if not isinstance(value, str):
-        raise _type_error(value, "string", where)
-    return value
+#: The Go struct behind each toxic type's attributes.
+TOXIC_STRUCTS: Final[dict[str, gojson.Struct]] = {
+    "noop": _toxic_struct("NoopToxic", {}),
+    "latency": _toxic_struct("LatencyToxic", {"latency": gojson.INT64, "jitter": gojson.INT64}),
+    "bandwidth": _toxic_struct("BandwidthToxic", {"rate": gojson.INT64}),
+    "slow_close": _toxic_struct("SlowCloseToxic", {"delay": gojson.INT64}),
+    "timeout": _toxic_struct("TimeoutToxic", {"timeout": gojson.INT64}),
+    "reset_peer": _toxic_struct("ResetToxic", {"timeout": gojson.INT64}),
+    "slicer": _toxic_struct(
+        "SlicerToxic",
+        {"average_size": gojson.INT, "size_variation": gojson.INT, "delay": gojson.INT},
+    ),
+    "limit_data": _toxic_struct("LimitDataToxic", {"bytes": gojson.INT64}),
+}
+_WRAPPER: Final = gojson.Struct(
+    "toxics.ToxicWrapper",
+    "ToxicWrapper",
+    {
+        "attributes": gojson.Interface(TOXIC_STRUCTS["noop"]),
+        "name": gojson.STRING,
+        "type": gojson.STRING,
+        "stream": gojson.STRING,
+        "toxicity": gojson.FLOAT32,
+    },
+)
+_ATTRS_TAG: Final = 'Attributes interface {} "json:\\"attributes\\""'
+_TOXICITY_TAG: Final = 'Toxicity float32 "json:\\"toxicity\\""'
 
 
-def get_bool(obj: dict[str, Any], key: str, where: str, default: bool) -> bool:
-    """Read an optional boolean field; ``null`` or absent gives ``default``."""
-    found, value = _lookup(obj, key)
-    if not found or value is None:
-        return default
-    if not isinstance(value, bool):
-        raise _type_error(value, "bool", where)
-    return value
-
-
-def get_int(obj: dict[str, Any], key: str, where: str, default: int) -> int:
-    """Read an optional int64 field; floats, strings and out-of-range numbers are rejected."""
-    found, value = _lookup(obj, key)
-    if not found or value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(value, "int64", where)
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise _type_error(value, "int64", where)
-    return value
-
-
-def get_float(obj: dict[str, Any], key: str, where: str, default: float) -> float:
-    """Read an optional float32 field (toxicity)."""
-    found, value = _lookup(obj, key)
-    if not found or value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _type_error(value, "float32", where)
-    return float(value)
+def _attributes_body(toxic_type: str, *, with_toxicity: bool) -> gojson.Struct:
+    """The anonymous structs Go decodes attributes (and, on update, toxicity) into."""
+    fields: dict[str, gojson.GoType] = {"attributes": gojson.Interface(TOXIC_STRUCTS[toxic_type])}
+    name = f"struct {{ {_ATTRS_TAG} }}"
+    if with_toxicity:
+        fields["toxicity"] = gojson.FLOAT32
+        name = f"struct {{ {_ATTRS_TAG}; {_TOXICITY_TAG} }}"
+    return gojson.Struct(name, "", fields)
 
 
 def parse_stream(stream: str) -> str:
@@ -156,9 +181,9 @@ def parse_stream(stream: str) -> str:
     return lowered
 
 
-def _number(value: float) -> int | float:
-    """Render a float32 as Go does: ``1`` rather than ``1.0``."""
-    return int(value) if value.is_integer() else value
+def _number(value: float) -> RawNumber:
+    """A float32 as Go writes it: ``1`` rather than ``1.0``, ``0.1`` rather than 0.1000..."""
+    return RawNumber(gojson.format_float32(value))
 
 
 @dataclass
@@ -193,43 +218,30 @@ class Toxic:
 
     def update_from_json(self, doc: Any) -> None:
         """Merge an update body: only ``attributes`` and ``toxicity`` change (Go semantics)."""
-        if not isinstance(doc, dict):
-            raise _type_error(doc, "toxics.ToxicWrapper", "")
-        attributes = _decode_attributes(self.type, doc, self.attributes)
-        self.toxicity = get_float(doc, "toxicity", "ToxicWrapper.toxicity", self.toxicity)
-        self.attributes = attributes
+        body = _attributes_body(self.type, with_toxicity=True)
+        result = _store(body, doc, {"attributes": self.attributes, "toxicity": self.toxicity})
+        self.toxicity = result["toxicity"]
+        self.attributes = {**self.attributes, **(result.get("attributes") or {})}
 
 
-def _decode_attributes(
-    toxic_type: str, doc: dict[str, Any], base: dict[str, int]
-) -> dict[str, int]:
-    found, raw = _lookup(doc, "attributes")
-    result = dict(base)
-    if not found or raw is None:
-        return result
-    if not isinstance(raw, dict):
-        raise _type_error(raw, f"toxics.{toxic_type}", "ToxicWrapper.attributes")
-    for attr in TOXIC_ATTRIBUTES[toxic_type]:
-        result[attr] = get_int(raw, attr, f"{toxic_type}.{attr}", result[attr])
-    return result
+def toxic_from_json(doc: Any, exists: Callable[[str], bool]) -> Toxic:
+    """Decode a toxic-create body with Go's defaults and checks, in Go's order.
 
-
-def toxic_from_json(doc: Any) -> Toxic:
-    """Decode a toxic-create body, applying Go's defaults and checks in Go's order."""
-    if not isinstance(doc, dict):
-        raise _type_error(doc, "toxics.ToxicWrapper", "")
-    stream = get_str(doc, "stream", "ToxicWrapper.stream", "downstream")
-    toxic_type = get_str(doc, "type", "ToxicWrapper.type", "")
-    name = get_str(doc, "name", "ToxicWrapper.name", "")
-    toxicity = get_float(doc, "toxicity", "ToxicWrapper.toxicity", 1.0)
+    ``exists(name)`` tells whether the proxy already has a toxic of that name: Go checks it
+    (409) before it decodes the attributes.
+    """
+    wrapper = _store(_WRAPPER, doc, {"stream": "downstream", "toxicity": 1.0})
+    stream, toxic_type = wrapper.get("stream", ""), wrapper.get("type", "")
     direction = parse_stream(stream)
-    if not name:
-        name = f"{toxic_type}_{stream}"
+    name = wrapper.get("name") or f"{toxic_type}_{stream}"
     if toxic_type not in TOXIC_ATTRIBUTES:
         raise ApiError(400, "invalid toxic type")
+    if exists(name):
+        raise ApiError(409, "toxic already exists")
     zero = dict.fromkeys(TOXIC_ATTRIBUTES[toxic_type], 0)
-    attributes = _decode_attributes(toxic_type, doc, zero)
-    return Toxic(name, toxic_type, stream, direction, toxicity, attributes)
+    body = _store(_attributes_body(toxic_type, with_toxicity=False), doc, {"attributes": zero})
+    attributes = {**zero, **(body.get("attributes") or {})}
+    return Toxic(name, toxic_type, stream, direction, wrapper["toxicity"], attributes)
 
 
 @dataclass
@@ -246,11 +258,26 @@ def proxy_input(
     doc: Any, *, name: str = "", listen: str = "", upstream: str = "", enabled: bool = True
 ) -> ProxyInput:
     """Decode a proxy body on top of defaults (the current values, for an update)."""
-    if not isinstance(doc, dict):
-        raise _type_error(doc, "main.Proxy", "")
-    return ProxyInput(
-        name=get_str(doc, "name", "Proxy.name", name),
-        listen=get_str(doc, "listen", "Proxy.listen", listen),
-        upstream=get_str(doc, "upstream", "Proxy.upstream", upstream),
-        enabled=get_bool(doc, "enabled", "Proxy.enabled", enabled),
-    )
+    current: dict[str, Any] = {
+        "name": name,
+        "listen": listen,
+        "upstream": upstream,
+        "enabled": enabled,
+    }
+    result = _store(PROXY, doc, current) or current
+    return ProxyInput(result["name"], result["listen"], result["upstream"], result["enabled"])
+
+
+def populate_input(doc: Any) -> list[ProxyInput]:
+    """Decode a populate body (``null`` is an empty list; a null ``enabled`` means true)."""
+    # A null element is a zero proxy (Go's struct stays empty): it fails validation later.
+    entries = [e or {} for e in _store(POPULATE, doc, None) or []]
+    return [
+        ProxyInput(
+            e.get("name", ""),
+            e.get("listen", ""),
+            e.get("upstream", ""),
+            True if e.get("enabled") is None else e["enabled"],
+        )
+        for e in entries
+    ]

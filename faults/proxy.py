@@ -15,6 +15,7 @@ socket, which tears the whole connection down.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -26,10 +27,14 @@ from typing import Any, Final
 import outcome
 import trio
 
+from faults.logs import event
+from faults.metrics import Metrics
 from faults.model import ApiError, Toxic
 from faults.toxics import HANDLERS, Chunk
 
 __all__ = ["Connection", "Proxy", "bind_listener", "resolve_listen"]
+
+log = logging.getLogger("faults.proxy")
 
 RECV_SIZE: Final = 65536
 QUEUE_SIZE: Final = 1024  # Go buffers 1024 chunks in front of latency; we do it for all toxics.
@@ -50,6 +55,13 @@ def _split_host_port(addr: str, kind: str) -> tuple[str, str]:
     if ":" in host:
         raise ApiError(500, f"{kind} tcp: address {addr}: too many colons in address")
     return host, port
+
+
+def _reason_text(exc: BaseException) -> str:
+    """Go's lower-case error text for a failed dial (``connect: connection refused``)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"connect: {exc.strerror.lower()}"
+    return str(exc)
 
 
 def _display(family: int, host: str, port: int) -> str:
@@ -139,19 +151,30 @@ class Pump:
     chunk.  Anything out of the ordinary (a toxic in the chain, a queued chunk, a short write,
     EOF, an error) unparks the link and hands the event to its reader task, which deals with
     it exactly as it would have without the pump, so no byte is lost or reordered.
+
+    Lifetime: the pump belongs to one serving period of one proxy (``Proxy._serve``), and so
+    do the connections that use it.  ``run`` may end (cancelled) while link tasks of that
+    period still run their last steps -- a connection whose upstream dial completed just as
+    the proxy stopped starts its links *after* the pump task is gone -- so a pump that no
+    longer runs refuses to park (the link reads on its own), and its epoll set is closed only
+    by ``close``, once every task of the period has finished.
     """
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._links: dict[int, Link] = {}
+        self._serving = True
 
-    def park(self, link: Link, fd: int) -> None:
-        """Watch ``fd`` (the link's source) on behalf of ``link``."""
+    def park(self, link: Link, fd: int) -> bool:
+        """Watch ``fd`` (the link's source) on behalf of ``link``; False if not serving."""
+        if not self._serving:
+            return False
         try:
             self._epoll.register(fd, select.EPOLLIN)
         except FileExistsError:  # a stale entry of a closed socket: never expected, but safe
             self._epoll.modify(fd, select.EPOLLIN)
         self._links[fd] = link
+        return True
 
     def unpark(self, link: Link) -> None:
         """Stop watching the link's source (it is still open when this is called)."""
@@ -162,7 +185,7 @@ class Pump:
                 self._epoll.unregister(fd)
 
     async def run(self) -> None:
-        """Serve ready links until cancelled; then hand every parked link back."""
+        """Serve ready links until cancelled; then hand every parked link back to its task."""
         epoll, links = self._epoll, self._links
         try:
             while True:
@@ -172,36 +195,68 @@ class Pump:
                     if link is None:
                         continue
                     try:
-                        data = os.read(fd, RECV_SIZE)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        link.hand_back(_EOF, b"")
-                        continue
-                    if not data:
-                        link.hand_back(_EOF, b"")
-                    elif link.chain or link.pending:
-                        link.hand_back(_DATA, data)
-                    else:
-                        try:
-                            sent = os.write(link.dst_fd, data)
-                        except BlockingIOError:
-                            sent = 0
-                        except OSError:
-                            link.hand_back(_BROKEN, b"")
-                            continue
-                        if sent < len(data):
-                            link.hand_back(_REST, data[sent:])
+                        self._serve_one(link, fd)
+                    except Exception:
+                        # A bug in one link's hand-off must cost that connection, not the
+                        # proxy (and with it every other connection and the API server).
+                        log.exception("proxy %s: closing a connection after an error", link.name)
+                        self._drop(link, fd)
         finally:
+            self._serving = False
             for link in list(links.values()):
-                link.hand_back(_EOF, b"")
-            epoll.close()
+                link.hand_back(_RESUME, b"")
+
+    @staticmethod
+    def _serve_one(link: Link, fd: int) -> None:
+        """Move one ready chunk of ``link``, or hand the event back to its reader task."""
+        try:
+            data = os.read(fd, RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            link.hand_back(_EOF, b"")
+            return
+        if not data:
+            link.hand_back(_EOF, b"")
+            return
+        link.received += len(data)
+        if link.chain or link.pending:
+            link.hand_back(_DATA, data)
+        else:
+            try:
+                sent = os.write(link.dst_fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                link.hand_back(_BROKEN, b"")
+                return
+            link.sent += sent
+            if sent < len(data):
+                link.hand_back(_REST, data[sent:])
+
+    def _drop(self, link: Link, fd: int) -> None:
+        """Stop watching a failed link and give it back to its task as broken (its
+        connection then closes); nothing here may stop the pump."""
+        if self._links.get(fd) is link:  # never spin on an fd nobody will serve
+            del self._links[fd]
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+        try:
+            link.hand_back(_BROKEN, b"")
+        except Exception:
+            log.exception("proxy %s: could not hand a failed link back", link.name)
+
+    def close(self) -> None:
+        """Release the epoll set (once no task of the pump's serving period is left)."""
+        self._serving = False
+        self._epoll.close()
 
 
 # What a parked link's reader is handed back with.
 _DATA: Final = 0  # a chunk read, not yet written (a toxic or a queued chunk appeared)
 _REST: Final = 1  # the unwritten tail of a chunk (the destination was full)
 _BROKEN: Final = 2  # writing to the destination failed
+_RESUME: Final = 3  # the pump stopped: read on your own from now on
 # ... or _EOF: the source reached EOF, failed, or is about to be closed.
 
 
@@ -224,15 +279,23 @@ class Link:
         self.rng = conn.proxy.rng
         self.rolls: dict[int, bool] = {}
         self.pending = 0
+        #: Bytes read from the source and written to the destination (for the metrics).
+        self.received = 0
+        self.sent = 0
         #: The toxics of this direction, in order (the proxy's live list: copy to iterate).
         self.chain: list[Toxic] = conn.proxy.toxics[direction]
         self._send, self._recv = trio.open_memory_channel[Any](QUEUE_SIZE)
-        # While parked in a pump: the pump, the source fd it watches, and the reader task.
+        # While parked in the connection's pump: that pump, the fd it watches, the reader task.
         self._pump: Pump | None = None
         self.parked_fd = -1
         self._task: trio.lowlevel.Task | None = None
         self._ts = 0.0
         self.reroll()
+
+    @property
+    def name(self) -> str:
+        """The proxy's name (for log lines)."""
+        return self.conn.proxy.name
 
     def reroll(self) -> None:
         """Draw toxicity for every toxic again (Go re-rolls whenever the chain changes)."""
@@ -260,8 +323,12 @@ class Link:
         trio.lowlevel.reschedule(task, outcome.Value((kind, data)))
 
     async def _park(self, pump: Pump, fd: int) -> tuple[object, bytes]:
-        """Sleep in ``pump`` until it hands the link back; return what it handed."""
-        pump.park(self, fd)
+        """Sleep in ``pump`` until it hands the link back; return what it handed.
+
+        A pump that has stopped refuses the link: ``(_RESUME, b"")`` at once.
+        """
+        if not pump.park(self, fd):
+            return _RESUME, b""
         self._pump, self.parked_fd = pump, fd
         self._task = trio.lowlevel.current_task()
 
@@ -299,16 +366,21 @@ class Link:
         bypassing trio's socket layer, which costs two scheduler passes per call.
         """
         src, dst, chain, queue = self.src, self.dst, self.chain, self._send
+        pump = self.conn.pump
         while True:
             # A closed socket reads -1 here; its number may already belong to a new socket.
             fd = src.fileno()
             if fd < 0:
                 kind, data = _EOF, b""
-            elif not chain and not self.pending and (pump := self.conn.proxy.pump) is not None:
+            elif not chain and not self.pending and pump is not None:
                 kind, data = await self._park(pump, fd)
+                if kind is _RESUME:
+                    pump = None  # the pump has stopped: read on our own from now on
+                    continue
             else:
                 data = await self._read(fd)
                 kind = _DATA if data else _EOF
+                self.received += len(data)
                 self._ts = trio.current_time()
             if kind is _EOF:
                 await queue.send(_EOF)
@@ -318,8 +390,10 @@ class Link:
                     raise trio.BrokenResourceError
                 if kind is _REST:
                     await _send_all(dst, data)
+                    self.sent += len(data)
                 elif not chain and not self.pending:
                     await _write_all(dst, data)
+                    self.sent += len(data)
                     await trio.lowlevel.checkpoint()
                 else:
                     self.pending += 1
@@ -361,6 +435,7 @@ class Link:
             index += 1
         if index == len(chain):
             await _send_all(self.dst, chunk.data)
+            self.sent += len(chunk.data)
             return
         toxic = chain[index]
 
@@ -385,18 +460,47 @@ class Link:
         for link in self.conn.links.values():
             if link.src is self.dst:
                 link.hand_back(_EOF, b"")
+                link.log_source_terminated()
         self.dst.close()
+
+    def log_source_terminated(self) -> None:
+        """Go's warning when a link's source is closed under it (the peer saw EOF)."""
+        if not log.isEnabledFor(logging.WARNING):
+            return
+        try:
+            local, remote = self.src.getsockname(), self.src.getpeername()
+            where = f"{local[0]}:{local[1]}->{remote[0]}:{remote[1]}"
+        except OSError:
+            where = "?"
+        event(
+            log,
+            logging.WARNING,
+            "Source terminated",
+            **self.conn.proxy.log_fields,
+            bytes=self.received,
+            error=f"read tcp {where}: use of closed network connection",
+        )
 
 
 class Connection:
-    """One accepted client and its upstream socket."""
+    """One accepted client and its upstream socket.
+
+    ``pump`` is the pump of the serving period that accepted the connection (None where
+    epoll is not available); the connection's tasks run in that period's nursery, so they
+    never outlive it.
+    """
 
     def __init__(
-        self, proxy: Proxy, client: trio.socket.SocketType, upstream: trio.socket.SocketType
+        self,
+        proxy: Proxy,
+        client: trio.socket.SocketType,
+        upstream: trio.socket.SocketType,
+        pump: Pump | None = None,
     ) -> None:
         self.proxy = proxy
         self.client = client
         self.upstream = upstream
+        self.pump = pump
         self.scope = trio.CancelScope()
         self.links = {
             "upstream": Link(self, "upstream", client, upstream),
@@ -416,15 +520,33 @@ class Connection:
         self.scope.cancel()
 
     async def run(self) -> None:
-        """Pump both directions until the connection closes."""
+        """Pump both directions until the connection closes.
+
+        An unexpected error in a link closes this connection and is logged; it never reaches
+        the proxy's nursery, where it would take down every connection and the API server.
+        """
+        proxy = self.proxy
+        listen = proxy.listen
+        for direction in self.links:
+            event(log, logging.DEBUG, "Setup connection", **proxy.log_fields, direction=direction)
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     for link in self.links.values():
                         nursery.start_soon(link.read_loop)
                         nursery.start_soon(link.write_loop)
+        except* Exception as group:
+            log.error(
+                "proxy %s: closing a connection after an error",
+                self.proxy.name,
+                exc_info=group,
+            )
         finally:
             self.close()
+            for direction, link in self.links.items():
+                proxy.metrics.link_done(
+                    direction, proxy.name, listen, proxy.upstream, link.received, link.sent
+                )
 
 
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)
@@ -433,16 +555,24 @@ _LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 class Proxy:
     """A named proxy: its configuration, its toxics, its listener and its live connections."""
 
-    def __init__(self, name: str, listen: str, upstream: str, rng: random.Random) -> None:
+    def __init__(
+        self,
+        name: str,
+        listen: str,
+        upstream: str,
+        rng: random.Random,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.name = name
         self.listen = listen
         self.upstream = upstream
         self.enabled = False
         self.rng = rng
+        self.metrics = metrics or Metrics()
+        #: The fields of every log line about this proxy (fixed at creation, as in Go).
+        self.log_fields = {"name": name, "listen": listen, "upstream": upstream}
         self.toxics: dict[str, list[Toxic]] = {"upstream": [], "downstream": []}
         self.connections: set[Connection] = set()
-        #: Moves the bytes of idle no-toxic links while the proxy serves (None otherwise).
-        self.pump: Pump | None = None
         self._sock: trio.socket.SocketType | None = None
         self._scope: trio.CancelScope | None = None
 
@@ -474,9 +604,14 @@ class Proxy:
         self._sock = sock
         self._scope = await nursery.start(self._serve, sock)
         self.enabled = True
+        event(log, logging.INFO, "Started proxy", **self.log_fields)
 
-    def stop(self) -> None:
-        """Close the listener (new clients are refused) and every live connection, now."""
+    def stop(self, *, log_it: bool = True) -> None:
+        """Close the listener (new clients are refused) and every live connection, now.
+
+        ``log_it=False`` at server shutdown, where Go writes no "Terminated proxy" line.
+        """
+        was_enabled = self.enabled and log_it
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -486,16 +621,19 @@ class Proxy:
             self._scope.cancel()
             self._scope = None
         self.enabled = False
+        if was_enabled:
+            event(log, logging.INFO, "Terminated proxy", **self.log_fields)
 
     async def _serve(
         self, sock: trio.socket.SocketType, task_status: trio.TaskStatus[trio.CancelScope]
     ) -> None:
-        pump: Pump | None = None
+        # The pump lives exactly as long as this serving period: the connections it accepts
+        # run in the nursery below, so its epoll set is closed only after the last of them.
+        pump = Pump() if hasattr(select, "epoll") else None
         try:
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
-                    if hasattr(select, "epoll"):
-                        self.pump = pump = Pump()
+                    if pump is not None:
                         nursery.start_soon(pump.run)
                     task_status.started(scope)
                     while True:
@@ -503,13 +641,19 @@ class Proxy:
                             client, _ = await sock.accept()
                         except _SOCKET_ERRORS:
                             return
-                        nursery.start_soon(self._handle, client)
+                        nursery.start_soon(self._handle, client, pump)
         finally:
-            if self.pump is pump:  # (a restarted proxy may have its next pump already)
-                self.pump = None
+            if pump is not None:
+                pump.close()
             sock.close()
 
-    async def _handle(self, client: trio.socket.SocketType) -> None:
+    async def _handle(self, client: trio.socket.SocketType, pump: Pump | None) -> None:
+        try:
+            peer = client.getpeername()
+            client_addr = _display(client.family, str(peer[0]), int(peer[1]))
+        except OSError:
+            client_addr = ""
+        event(log, logging.INFO, "Accepted client", **self.log_fields, client=client_addr)
         upstream = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_STREAM)
         try:
             host, port_text = _split_host_port(self.upstream, "dial")
@@ -522,16 +666,29 @@ class Proxy:
                 upstream.close()
                 upstream = trio.socket.socket(family, stdsocket.SOCK_STREAM)
             await upstream.connect(sockaddr)
-        except (*_SOCKET_ERRORS, ApiError, ValueError, IndexError):
+        except (*_SOCKET_ERRORS, ApiError, ValueError, IndexError) as exc:
             # Upstream unreachable: the client just sees the connection close (Go behaviour).
+            event(
+                log,
+                logging.ERROR,
+                "Unable to open connection to upstream",
+                **self.log_fields,
+                error=f"dial tcp {self.upstream}: {_reason_text(exc)}",
+                client=client_addr,
+            )
             client.close()
             upstream.close()
             return
-        for s in (client, upstream):
-            s.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
-            if any(t.type == "reset_peer" for t in self.all_toxics()):
-                s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_LINGER, _LINGER_ZERO)
-        conn = Connection(self, client, upstream)
+        try:
+            for s in (client, upstream):
+                s.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+                if any(t.type == "reset_peer" for t in self.all_toxics()):
+                    s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_LINGER, _LINGER_ZERO)
+        except OSError:  # the client already went away
+            client.close()
+            upstream.close()
+            return
+        conn = Connection(self, client, upstream, pump)
         self.connections.add(conn)
         try:
             await conn.run()

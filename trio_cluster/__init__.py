@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import logging as _logging
+
 from .breaker import BreakerOptions, BreakerState, CircuitOpenError
 from .client import Client, Pipeline
 from .cluster import ClusterClient, ClusterStats, ReadFrom, RetryOptions
@@ -29,6 +31,10 @@ from .errors import (
 from .pool import ConnectionInfo, PoolOptions, PoolStats
 from .pubsub import PubSub, PubSubLimitError, PubSubStats
 from .state import ConnState
+
+# A library's records go where the application's logging sends them; with none configured,
+# Python's last-resort handler must not print them to stderr.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 __all__ = [
     "AskError",

@@ -19,17 +19,20 @@ from redis.exceptions import ResponseError
 
 from .clientbase import ClientBase
 from .commands import (
+    COMMAND_NAME,
     DATA_TAKING_COMMANDS,
-    ReplyParser,
     blocking_seconds,
     normalize_args,
     pipeline_results,
     transaction_results,
 )
-from .config import ConnectionConfig, parse_url, redact_url
+from .config import ConnectionConfig, connection_options, parse_url, redact_url
 from .connection import Connection
 from .credentials import CredentialManager, CredentialSource
 from .dialer import Dialer
+from .encoding import Encoding, prepare_args
+from .errors import ArgumentTypeError
+from .lifetime import raise_not_open
 from .maint import MaintenanceManager, MaintNotificationsOptions
 from .pipelinebase import PipelineBase
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
@@ -69,6 +72,8 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             if isinstance(maint_notifications, MaintNotificationsOptions)
             else MaintNotificationsOptions(mode=maint_notifications)
         )
+        connection = connection_options(type(self).__name__, connection)
+        self._encoding = Encoding.take_from(connection)
         config = ConnectionConfig(
             host=host,
             port=port,
@@ -88,7 +93,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             timeout=_pool_timeout(self.pool_options, config),
         )
         self._dialer.attach(self._pool, maint)
-        self._replies = ReplyParser(protocol)
+        self._replies = self._encoding.reply_parser(protocol)
         self._shown_url: str | None = None
         self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
 
@@ -156,8 +161,15 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         name = args[0]  # the name redis-py looks the callback up by ("CONFIG GET")
         args = normalize_args(args)
         blocks = blocking_seconds(args[0], args)
+        if self._encoding.encodes_str:
+            args = prepare_args(args, self._encoding)
         pool = self._pool
-        conn = await pool.get()
+        try:
+            conn = await pool.get()
+        except RuntimeError:
+            if self._nursery is None:
+                raise_not_open(self)
+            raise
         try:
             if blocks is None:
                 reply = await conn.execute(args)
@@ -167,9 +179,28 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             if options and EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
             raise
+        except ArgumentTypeError:
+            # Refused before anything was sent.  Off the hot path: convert what redis-py
+            # accepts (bytearray...) and try once more, or raise redis-py's DataError.
+            prepared = prepare_args(args, self._encoding)
+            if prepared is args:
+                raise
+            reply = _RETRY
         finally:
             pool.put(conn)
+        if reply is _RETRY:
+            if prepared[0] != name:  # split ("CONFIG GET"): parse by the full name
+                options = {**options, COMMAND_NAME: name}
+            return await self.execute_command(*prepared, **options)
         return self._replies.parse(name, reply, options)
+
+    async def _get_connection(self) -> Connection:
+        try:
+            return await self._pool.get()
+        except RuntimeError:
+            if self._nursery is None:
+                raise_not_open(self)
+            raise
 
     # --- pipelines -----------------------------------------------------------------------------
 
@@ -194,7 +225,7 @@ class Pipeline(PipelineBase):
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         assert self._conn is not None
-        reply = await self._conn.execute(args)
+        reply = await self._conn.execute(prepare_args(args, self._client._encoding))
         return self._client._replies.parse(args[0], reply, options)
 
     async def watch(self, *names: Any) -> bool:  # type: ignore[override]
@@ -235,16 +266,16 @@ class Pipeline(PipelineBase):
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command in one write and return their results in order."""
-        await self._load_scripts()
-        stack = self.command_stack
-        if not stack and self._conn is None:
+        if not self.command_stack and self._conn is None:
             return []
+        stack = await self._checked_stack(self._client._encoding)  # nothing sent if refused
+        await self._load_scripts()
         transaction = self.transaction or self._explicit_multi
         conn = self._conn
         pool = self._client._pool
         self._conn = None
         if conn is None:
-            conn = await pool.get()
+            conn = await self._client._get_connection()
         try:
             if transaction:
                 results = await _run_transaction(conn, stack)
@@ -308,6 +339,9 @@ async def _unblock(conn: Connection) -> Any:
     finally:
         await helper.aclose()
     return await conn.read_owed_reply()
+
+
+_RETRY: Any = object()
 
 
 def _takes_data(name: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -19,6 +19,7 @@ from .commands import ReplyParser
 from .config import ConnectionConfig
 from .connection import Connection
 from .credentials import CredentialManager
+from .encoding import Encoding
 from .lifetime import NurseryOwner
 from .lock import Lock
 from .maint import MaintenanceManager
@@ -34,6 +35,14 @@ class ClientBase(NurseryOwner):
     """The parts of a client that do not depend on how commands are routed."""
 
     _credentials: CredentialManager | None
+    _encoding: Encoding
+    #: redis-py's typing marker: its command methods are typed as awaitables returning the
+    #: precise reply type (``await r.get(k)`` is ``bytes | str | None``), as for
+    #: ``redis.asyncio`` clients.
+    _is_async_client: Literal[True] = True
+    # redis-py's command protocol declares it (an abstract member for type checkers);
+    # nothing here dispatches redis-py events.
+    _event_dispatcher: Any = None
     _pubsub_registry: PubSubRegistry
     _replies: ReplyParser
     _watchdog: Watchdog
@@ -139,16 +148,19 @@ class ClientBase(NurseryOwner):
         """The connection options, as redis-py's ``get_connection_kwargs`` (its command
         methods read ``decode_responses`` there)."""
         options = attrs.asdict(self._connection_config(), recurse=False)
-        options.setdefault("decode_responses", False)
+        encoding = self._encoding
+        options.update(
+            encoding=encoding.encoding,
+            encoding_errors=encoding.encoding_errors,
+            decode_responses=encoding.decode_responses,
+        )
         return options
 
     def get_encoder(self) -> Encoder:
         """How arguments are encoded and replies decoded (redis-py's ``Encoder``)."""
-        config = self._connection_config()
+        encoding = self._encoding
         return Encoder(  # type: ignore[no-untyped-call]
-            getattr(config, "encoding", "utf-8"),
-            getattr(config, "encoding_errors", "strict"),
-            getattr(config, "decode_responses", False),
+            encoding.encoding, encoding.encoding_errors, encoding.decode_responses
         )
 
     def register_script(self, script: str | bytes) -> Script:

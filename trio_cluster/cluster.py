@@ -38,16 +38,19 @@ from .breaker import BreakerOptions, BreakerState, CircuitBreaker, CircuitOpenEr
 from .client import run_blocking
 from .clientbase import ClientBase
 from .clusterhelpers import ClusterHelpers, ClusterNode
-from .commands import COMMAND_NAME, ReplyParser, blocking_seconds, normalize_args
-from .config import ConnectionConfig, parse_url, redact_url
+from .commands import COMMAND_NAME, blocking_seconds, normalize_args
+from .config import ConnectionConfig, connection_options, parse_url, redact_url
 from .connection import Connection, mark_unsent, was_unsent
 from .credentials import CredentialManager, CredentialSource
 from .dialer import Dialer
+from .encoding import Encoding, prepare_args, reply_decoder
 from .errors import (
+    ArgumentTypeError,
     AskError,
     BusyLoadingError,
-    ClusterCrossSlotError,
     ClusterDownError,
+    ClusterUnreachableError,
+    CrossSlotKeysError,
     MasterDownError,
     MovedError,
     PoolClosedError,
@@ -55,6 +58,8 @@ from .errors import (
     TryAgainError,
     UnknownCommandError,
 )
+from .lifetime import first_error, open_nursery, raise_not_open
+from .logs import LogLimiter
 from .maint import MaintenanceManager, MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from .pubsub import PubSubRegistry
@@ -213,6 +218,8 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             if isinstance(maint_notifications, MaintNotificationsOptions)
             else MaintNotificationsOptions(mode=maint_notifications)
         )
+        connection = connection_options(type(self).__name__, connection)
+        self._encoding = Encoding.take_from(connection)
         self._base_config = ConnectionConfig(
             host=self.startup_nodes[0][0],
             port=self.startup_nodes[0][1],
@@ -233,7 +240,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
                 raise ValueError(f"{name} must be a number of seconds > 0; got {value!r}")
         self.refresh_interval = float(refresh_interval)
         self.refresh_min_interval = float(refresh_min_interval)
-        self._replies = ReplyParser(protocol, cluster=True)
+        self._replies = self._encoding.reply_parser(protocol, cluster=True)
         self._commands = CommandTable()
         self._nodes: dict[Address, _Node] = {}
         self._retired: list[_Node] = []
@@ -256,6 +263,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         self._refreshes = 0
         self._refresh_failures = 0
         self._retired_rejections = 0
+        self._outage_log = LogLimiter(logger)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
@@ -290,6 +298,11 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
 
     def _maintenance_managers(self) -> list[MaintenanceManager]:
         return [n.dialer.maint for n in self._nodes.values() if n.dialer and n.dialer.maint]
+
+    async def aclose(self) -> None:
+        """Close every node's pool and stop the background work now (redis-py's ``aclose``);
+        leaving ``async with`` does the same.  Idempotent."""
+        await self._stop()
 
     async def _stop(self) -> None:
         self._closed = True
@@ -389,7 +402,13 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
                 await self._refresh_once()
             except Exception as exc:
                 self._refresh_failures += 1
-                logger.warning("topology refresh failed: %s", exc)
+                self._outage_log.log(
+                    logging.WARNING, "topology", "topology refresh failed: %s", exc
+                )
+            else:
+                held = self._outage_log.reset("topology")
+                if held:
+                    logger.info("topology refresh works again after %d more failures", held)
             finally:
                 done, self._refresh_done = self._refresh_done, trio.Event()
                 done.set()
@@ -418,8 +437,9 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             await self._install(topology)
             self._refreshes += 1
             return
-        raise rex.ConnectionError(
-            "could not load the cluster topology from any node: " + "; ".join(failures)
+        raise ClusterUnreachableError(
+            "Redis Cluster cannot be connected. Please provide at least one reachable node: "
+            + "; ".join(failures)
         )
 
     async def _fetch_topology(
@@ -449,21 +469,19 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         self, args: tuple[Any, ...], spec: CommandSpec | bool | None = False
     ) -> int | Target:
         """The slot of a keyed command, or where a keyless one goes.  Raises
-        ClusterCrossSlotError if its keys span slots."""
+        CrossSlotKeysError if its keys span slots."""
         keys = self._commands.keys(args, spec)
         if keys:
             slot = slot_of(keys)
             if slot is None:
-                raise ClusterCrossSlotError(
-                    f"CROSSSLOT keys of {args[0]} do not hash to the same slot (use a hash tag)"
-                )
+                raise CrossSlotKeysError(_cross_slot_message(args))
             return slot
-        name = str(args[0]).upper()
+        name = _word(args[0])
         if name == "PUBLISH" and len(args) > 1:
             # As redis-py's cluster: the channel's slot, where a PubSub subscribing to it
             # connects too, so the reply counts that subscriber.
             return key_slot_of(args[1])
-        target = keyless_target(f"{name} {str(args[1]).upper()}" if len(args) > 1 else name)
+        target = keyless_target(f"{name} {_word(args[1])}" if len(args) > 1 else name)
         if target is None:
             target = keyless_target(name)
         if target is Target.SLOT_ID:
@@ -486,21 +504,34 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Route and run one command, following redirects and retrying as documented."""
-        name = args[0]
+        name = args[0]  # the name redis-py looks the callback up by ("CONFIG GET")
         try:
             readonly = self._commands.single_key.get(name) if len(args) > 1 else None
             if readonly is not None and not (options and "target_nodes" in options):
                 # The hot path (GET, SET, INCR...): the slot is that of the first argument.
-                reply = await self._execute_on_slot(
-                    key_slot_of(args[1]), args, readonly, simple=True
-                )
+                if self._encoding.encodes_str:
+                    args = prepare_args(args, self._encoding)
+                try:
+                    reply = await self._execute_on_slot(
+                        key_slot_of(args[1]), args, readonly, simple=True
+                    )
+                except ArgumentTypeError:
+                    # Refused before anything was sent.  Convert what redis-py accepts
+                    # (bytearray...) and route again, or raise redis-py's DataError.
+                    prepared = prepare_args(args, self._encoding)
+                    if prepared is args:
+                        raise
+                    reply = _RETRY  # outside this handler: an error is counted once
             else:
                 args = normalize_args(args)
+                command = args[0]  # the first word, still text (routing reads it)
+                # Checked before anything is sent (a split command sends several).
+                args = prepare_args(args, self._encoding)
                 targets = options.pop("target_nodes", None) if options else None
                 if targets is not None:
                     return await self._execute_on_targets(targets, name, args, options)
-                if args[0] in _SPLITTABLE and len(args) > 2:
-                    split = await self._execute_split(args, options)
+                if command in _SPLITTABLE and len(args) > 2:
+                    split = await self._execute_split(command, args, options)
                     if split is not _NOT_SPLIT:
                         return split
                 # One look-up in the command table serves routing and the retry rules.
@@ -520,7 +551,11 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             raise
         except Exception as exc:
             self._errors[type(exc).__name__] += 1
+            if self._nursery is None:
+                raise_not_open(self)
             raise
+        if reply is _RETRY:
+            return await self.execute_command(*prepared, **options)
         return self._replies.parse(name, reply, options)
 
     async def _route_with_getkeys(self, args: tuple[Any, ...]) -> int | Target:
@@ -531,7 +566,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             return Target.DEFAULT_NODE  # no keys (or malformed: the real call will say so)
         slot = slot_of(keys) if keys else None
         if keys and slot is None:
-            raise ClusterCrossSlotError(f"CROSSSLOT keys of {args[0]} do not hash to the same slot")
+            raise CrossSlotKeysError(_cross_slot_message(args))
         return slot if slot is not None else Target.DEFAULT_NODE
 
     async def _execute_on_slot(
@@ -560,6 +595,8 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
                     return await self._execute_on_node(node, args, asking=True)
                 primary = self._slot_primary[slot]
                 if primary is None:
+                    if self._nursery is None:
+                        raise_not_open(self)
                     self.request_refresh()
                     raise mark_unsent(ClusterDownError(f"CLUSTERDOWN slot {slot} is not served"))
                 node = self._read_node(slot, primary) if use_replica else primary
@@ -781,22 +818,34 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
     async def _on_each(
         self, nodes: Sequence[_Node], name: str, args: tuple[Any, ...], options: dict[str, Any]
     ) -> dict[str, Any]:
-        """Run ``args`` on every node concurrently; {node name: parsed reply}."""
+        """Run ``args`` on every node concurrently; {node name: parsed reply}.
+
+        Every node runs to completion (as redis-py's ``gather``); if some failed, the first
+        failure in node order is raised with the others attached (never an ExceptionGroup).
+        """
         results: dict[str, Any] = {}
+        failures: dict[str, Exception] = {}
 
         async def one(node: _Node) -> None:
-            reply = await self._execute_on_node(node, args)
-            results[node.name] = self._replies.parse(name, reply, dict(options))
+            try:
+                reply = await self._execute_on_node(node, args)
+                results[node.name] = self._replies.parse(name, reply, dict(options))
+            except Exception as error:
+                failures[node.name] = error
 
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             for node in nodes:
                 nursery.start_soon(one, node)
+        if failures:
+            raise first_error([failures[n.name] for n in nodes if n.name in failures])
         return {n.name: results[n.name] for n in nodes}
 
-    async def _execute_split(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
-        """MGET/MSET/DEL/... whose keys span slots: one command per slot, concurrently,
-        reassembled in the caller's order.  Not atomic across slots."""
-        name = args[0]
+    async def _execute_split(
+        self, name: str, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
+        """MGET/MSET/DEL/... (``name``) whose keys span slots: one command per slot,
+        concurrently, reassembled in the caller's order.  Not atomic across slots."""
+        wire = args[0]  # ``name`` as sent (encoded when the client encodes str itself)
         step = 2 if name == "MSET" else 1
         items = args[1:]
         groups: dict[int, list[int]] = {}
@@ -805,14 +854,20 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         if len(groups) == 1:
             return _NOT_SPLIT
         replies: dict[int, Any] = {}
+        failures: dict[int, Exception] = {}
 
         async def run(slot: int, indexes: list[int]) -> None:
             part = tuple(x for i in indexes for x in items[i : i + step])
-            replies[slot] = await self._execute_on_slot(slot, (name, *part))
+            try:
+                replies[slot] = await self._execute_on_slot(slot, (wire, *part))
+            except Exception as error:
+                failures[slot] = error
 
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             for slot, indexes in groups.items():
                 nursery.start_soon(run, slot, indexes)
+        if failures:
+            raise first_error([failures[slot] for slot in groups if slot in failures])
         if name == "MGET":
             values: list[Any] = [None] * len(items)
             for slot, indexes in groups.items():
@@ -833,6 +888,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
         """Every key of every primary, node by node (keys may repeat across a resharding)."""
+        decode = reply_decoder(self._replies)
         for node, _ in list(self._shard_nodes):
             cursor: Any = 0
             while True:
@@ -844,6 +900,8 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
                 if _type is not None:
                     args += ["TYPE", _type]
                 cursor, keys = await self._execute_on_node(node, tuple(args))
+                if decode is not None:
+                    keys = decode(keys)
                 for key in keys:
                     yield key
                 if int(cursor) == 0:
@@ -911,6 +969,19 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
 _NOT_SPLIT: Any = object()
 #: Options the command mixins pass for the client itself, never for a callback.
 _INTERNAL_OPTIONS = frozenset({EMPTY_RESPONSE, NEVER_DECODE, "keys", COMMAND_NAME})
+_RETRY: Any = object()
+
+
+def _word(arg: Any) -> str:
+    """A command word in upper case, whether sent as str or (encoded) bytes."""
+    return (arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)).upper()
+
+
+def _cross_slot_message(args: tuple[Any, ...]) -> str:
+    """redis-py's words for a command whose keys span slots."""
+    return f"{_word(args[0])} - all keys must map to the same key slot"
+
+
 _TARGET_NAMES = {
     "primaries": Target.PRIMARIES,
     "replicas": Target.REPLICAS,

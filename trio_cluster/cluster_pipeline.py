@@ -27,15 +27,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .commands import normalize_args, pipeline_results, transaction_results
 from .connection import Connection, mark_unsent, was_unsent
+from .encoding import prepare_args
 from .errors import (
     AskError,
     BusyLoadingError,
-    ClusterCrossSlotError,
     ClusterDownError,
+    CrossSlotTransactionError,
     MasterDownError,
     MovedError,
     TryAgainError,
 )
+from .lifetime import open_nursery
 from .pipelinebase import PipelineBase
 from .routing import slot_of
 
@@ -48,6 +50,9 @@ __all__ = ["ClusterPipeline"]
 _SERVER_DID_NOT_RUN = (TryAgainError, ClusterDownError, MasterDownError, BusyLoadingError)
 
 _Command = tuple[tuple[Any, ...], dict[str, Any]]
+
+#: redis-py's message for a cross-slot transaction.
+_ONE_SLOT = "All keys involved in a cluster transaction must map to the same slot"
 
 
 class ClusterPipeline(PipelineBase):
@@ -66,16 +71,16 @@ class ClusterPipeline(PipelineBase):
     def _check_watched_slot(self, args: tuple[Any, ...]) -> None:
         slot = self._slot(args)
         if slot is not None and slot != self._watch_slot:
-            raise ClusterCrossSlotError(
-                f"CROSSSLOT {args[0]} touches slot {slot}, but the pipeline watches slot "
-                f"{self._watch_slot}: a watched transaction must stay in one slot"
+            raise CrossSlotTransactionError(
+                f"{_ONE_SLOT} ({args[0]} touches slot {slot}, the pipeline watches slot "
+                f"{self._watch_slot})"
             )
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         conn, node = self._conn, self._watch_node
         assert conn is not None and node is not None
         self._check_watched_slot(args)
-        reply = await self._on_watched(conn, node, args)
+        reply = await self._on_watched(conn, node, prepare_args(args, self._client._encoding))
         return self._client._replies.parse(args[0], reply, options)
 
     async def _on_watched(self, conn: Connection, node: _Node, args: tuple[Any, ...]) -> Any:
@@ -101,9 +106,7 @@ class ClusterPipeline(PipelineBase):
         args = normalize_args(("WATCH", *names))
         slot = slot_of(names)
         if slot is None or (self._watch_slot is not None and slot != self._watch_slot):
-            raise ClusterCrossSlotError(
-                "CROSSSLOT the keys a cluster pipeline watches must all hash to one slot"
-            )
+            raise CrossSlotTransactionError(f"{_ONE_SLOT} (the watched keys do not)")
         client = self._client
         if self._conn is None:
             node = client._slot_primary[slot]
@@ -170,12 +173,14 @@ class ClusterPipeline(PipelineBase):
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command and return the results in the order they were queued."""
+        if not self.command_stack and self._conn is None:
+            return []
+        # Checked before anything is sent (scripts' SCRIPT LOAD included).
+        self.command_stack = await self._checked_stack(self._client._encoding)
         await self._load_scripts()
         if self._conn is not None:
             return await self._execute_watched(raise_on_error)
         stack, self.command_stack = self.command_stack, []
-        if not stack:
-            return []
         slots = [self._slot(args) for args, _ in stack]
         if self.transaction:
             results = await self._transaction(stack, slots)
@@ -271,7 +276,7 @@ class ClusterPipeline(PipelineBase):
                     results[index] = replies[cursor]
                     cursor += 1
 
-            async with trio.open_nursery() as nursery:
+            async with open_nursery() as nursery:
                 for node, indexes in batches.values():
                     nursery.start_soon(send, node, indexes, asking_now)
             retry: list[int] = []
@@ -317,9 +322,7 @@ class ClusterPipeline(PipelineBase):
     async def _transaction(self, stack: Sequence[_Command], slots: list[int | None]) -> list[Any]:
         keyed = {slot for slot in slots if slot is not None}
         if len(keyed) > 1:
-            raise ClusterCrossSlotError(
-                "CROSSSLOT a cluster transaction must keep every key in one slot (use a hash tag)"
-            )
+            raise CrossSlotTransactionError(_ONE_SLOT)
         slot = keyed.pop() if keyed else None
         client = self._client
         node = self._node_for(slot)

@@ -107,8 +107,8 @@ def blocking_seconds(name: str, args: Sequence[Any]) -> float | None:
         return None
     try:
         seconds = reader(args)
-    except (IndexError, ValueError):
-        return None  # malformed: the server will answer with an error at once
+    except (IndexError, ValueError, TypeError):
+        return None  # malformed (or None: refused before sending): the server or DataError says so
     if seconds is None:
         return None
     return math.inf if seconds == 0 else seconds

@@ -116,12 +116,20 @@ def parse_url(url: str) -> dict[str, Any]:
 
     ``rediss://`` turns TLS on with ``ssl.create_default_context()`` (certificates and host
     names verified).  Query options: ``protocol``, ``client_name``, ``db``,
-    ``connect_timeout``, ``read_timeout``, ``write_timeout``.  Errors name the URL only in its
+    ``connect_timeout``, ``read_timeout``, ``write_timeout``, and redis-py's
+    ``socket_timeout``, ``socket_connect_timeout``, ``decode_responses``, ``encoding``,
+    ``encoding_errors``.  Errors name the URL only in its
     redacted form.
     """
     parts = urlsplit(url)
     shown = redact_url(url)
     kwargs: dict[str, Any] = {}
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    if any(c in userinfo for c in "#?/"):
+        raise ValueError(
+            f"bad credentials in {shown}: percent-encode '#', '?' and '/' in a user name or"
+            " password (urllib.parse.quote(password, safe=''))"
+        )
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"unsupported URL scheme in {shown}: use redis://, rediss:// or unix://")
     if parts.username:
@@ -157,19 +165,85 @@ def parse_url(url: str) -> dict[str, Any]:
             kwargs[key] = int(value)
         elif key == "client_name":
             kwargs[key] = value
+        elif key in ("socket_timeout", "socket_connect_timeout"):  # redis-py's names
+            kwargs[key] = float(value)
+        elif key in ("encoding", "encoding_errors"):
+            kwargs[key] = value
+        elif key == "decode_responses":
+            kwargs[key] = _url_bool(key, value, shown)
         else:
             raise ValueError(f"unknown URL option {key!r} in {shown}")
     return kwargs
 
 
+def _url_bool(key: str, value: str, shown: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "y", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "n", "off", ""):
+        return False
+    raise ValueError(f"URL option {key} must be true or false in {shown}; got {value!r}")
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to log or put in an error)."""
-    parts = urlsplit(url)
-    if parts.password is None and not (parts.username and parts.scheme != "unix"):
+    """The URL with any password replaced by ``***`` (safe to log or put in an error).
+
+    Works on the raw text, not on a parse: a password holding an unencoded ``#``, ``?``, ``/``
+    or ``@`` confuses URL parsing (the rest reads as a fragment, query or path), so everything
+    between ``scheme://`` and the last ``@`` is treated as user-info.  Over-redacting an odd
+    URL is fine; echoing a password is not.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, tail = rest.rpartition("@")
+    if not at:
         return url
-    host = parts.netloc.rpartition("@")[2]
-    if parts.password is not None:
-        userinfo = f"{parts.username}:***" if parts.username else ":***"
+    if ":" in userinfo:
+        user = userinfo.partition(":")[0]
+        shown = f"{user}:***"
     else:
-        userinfo = "***"
-    return parts._replace(netloc=f"{userinfo}@{host}").geturl()
+        shown = "***"  # redis://secret@host: a lone field is the password
+    return f"{scheme}{sep}{shown}@{tail}"
+
+
+def take_redis_py_timeouts(options: dict[str, Any]) -> dict[str, Any]:
+    """Turn redis-py's ``socket_timeout`` / ``socket_connect_timeout`` in a client's keywords
+    into this library's timeouts, in place, and return ``options``.
+
+    As in redis-py, ``socket_timeout`` bounds each read and write (``read_timeout`` and
+    ``write_timeout``; ``None`` means no bound) and also connecting unless
+    ``socket_connect_timeout`` is given, which bounds connecting (``connect_timeout``).
+    Giving one of redis-py's names together with the option it maps to is refused.
+    """
+    mapped = {
+        "socket_timeout": ("read_timeout", "write_timeout"),
+        "socket_connect_timeout": ("connect_timeout",),
+    }
+    for name, targets in mapped.items():
+        if name not in options:
+            continue
+        clash = [t for t in targets if t in options]
+        if clash:
+            raise ValueError(f"give {name} (redis-py's name) or {', '.join(clash)}, not both")
+        value = options.pop(name)
+        for target in targets:
+            options[target] = value
+        if name == "socket_timeout" and "socket_connect_timeout" not in options:
+            options.setdefault("connect_timeout", value)
+    return options
+
+
+#: redis-py's reply/argument encoding options, which clients take beside ConnectionConfig's.
+ENCODING_OPTIONS = ("encoding", "encoding_errors", "decode_responses")
+
+
+def connection_options(owner: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A client's connection keywords, checked: redis-py's timeout names mapped
+    (:func:`take_redis_py_timeouts`), and anything unknown refused with a ``TypeError`` that
+    names the client (``owner``), not an internal class."""
+    options = take_redis_py_timeouts(dict(options))
+    known = attrs.fields_dict(ConnectionConfig)
+    unknown = sorted(n for n in options if n not in known and n not in ENCODING_OPTIONS)
+    if unknown:
+        raise TypeError(f"{owner}() got unexpected keyword argument(s): {', '.join(unknown)}")
+    return options

@@ -8,10 +8,12 @@ connection it opens.  Shared by ``Client`` and ``ClusterClient`` so both behave 
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 
 import attrs
+from redis import exceptions as rex
 
 from .config import ConnectionConfig
 from .connection import Connection
@@ -64,7 +66,10 @@ class Dialer:
             credentials, version = await self.credentials.for_new_connection()
             if credentials is not None:
                 config = attrs.evolve(config, username=credentials[0], password=credentials[1])
-        conn = await Connection.open(config)
+        try:
+            conn = await Connection.open(config)
+        except rex.ConnectionError as error:
+            raise _with_cause(error) from error.__cause__
         conn.watchdog = self.watchdog
         conn.credentials_version = version
         maint = self.maint
@@ -79,3 +84,35 @@ class Dialer:
             else:
                 conn.on_push = maint.on_push
         return conn
+
+
+def _socket_causes(error: BaseException) -> list[OSError]:
+    """The socket errors (with an errno) at the root of a failed connect."""
+    found: list[OSError] = []
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            found.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(reversed(current.exceptions))
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)
+    return found
+
+
+def _with_cause(error: rex.ConnectionError) -> rex.ConnectionError:
+    """``error`` with the root socket error named in its message: trio says only "all
+    attempts to connect failed" and keeps ECONNREFUSED, EHOSTUNREACH... in a group beneath."""
+    causes = _socket_causes(error)
+    if not causes:
+        return error
+    named = sorted({f"{errno.errorcode.get(c.errno or 0, c.errno)} ({c.strerror})" for c in causes})
+    better = type(error)(f"{error}: {', '.join(named)}")
+    better.__dict__.update(error.__dict__)  # keeps marks such as "the command was not sent"
+    return better

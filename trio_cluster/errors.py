@@ -15,10 +15,14 @@ __all__ = [
     "AuthenticationError",
     "BusyError",
     "BusyLoadingError",
+    "ClientNotOpenError",
     "ClusterCrossSlotError",
     "ClusterDownError",
+    "ClusterUnreachableError",
     "ConnectTimeoutError",
     "ConnectionClosedError",
+    "CrossSlotKeysError",
+    "CrossSlotTransactionError",
     "ExecAbortError",
     "InvalidTransition",
     "MasterDownError",
@@ -54,6 +58,11 @@ class ProtocolError(rex.InvalidResponse):
 class ArgumentTypeError(TypeError, rex.DataError):
     """A command argument of a type that cannot be sent (also a redis-py ``DataError``)."""
 
+    def __init__(self, *args: object, status_code: str | None = None) -> None:
+        # TypeError.__init__ comes first in the MRO and would skip redis-py's constructor,
+        # leaving no ``error_type`` (which redis-py's ``__repr__`` reads).
+        rex.DataError.__init__(self, *args, status_code=status_code)
+
 
 class ConnectTimeoutError(rex.TimeoutError):
     """Opening a connection (TCP, TLS and handshake) took longer than the connect timeout."""
@@ -79,6 +88,10 @@ class PoolClosedError(rex.ConnectionError):
     """The pool (or the client owning it) is closed."""
 
 
+class ClientNotOpenError(PoolClosedError):
+    """A client was used outside its ``async with`` block (never entered, or already left)."""
+
+
 class ConnectionClosedError(rex.ConnectionError):
     """The connection was closed (by us or the peer) and cannot carry a command."""
 
@@ -92,6 +105,9 @@ class InvalidTransition(RuntimeError):
         super().__init__(
             f"invalid connection state transition {_name(from_state)} -> {_name(to_state)}"
         )
+
+    def __reduce__(self) -> tuple[type[InvalidTransition], tuple[object, object]]:
+        return (type(self), (self.from_state, self.to_state))
 
 
 class StateMachineClosed(RuntimeError):
@@ -206,6 +222,25 @@ class UnknownCommandError(rex.ResponseError):
     """The server does not know the command (older server or renamed command)."""
 
 
+# --- refusals of the cluster client (redis-py's ``RedisClusterException`` family) -------------
+# Each also keeps the class this library raised before, so both ``except`` clauses match.
+
+
+class CrossSlotTransactionError(rex.CrossSlotTransactionError, ClusterCrossSlotError):
+    """A cluster transaction (or WATCH) whose keys span slots; refused before anything is
+    sent, as redis-py's ``CrossSlotTransactionError``."""
+
+
+class CrossSlotKeysError(rex.RedisClusterException, ClusterCrossSlotError):
+    """A command whose keys span slots and cannot be split (RENAME, SINTER...); refused
+    before anything is sent, as redis-py's ``RedisClusterException``."""
+
+
+class ClusterUnreachableError(rex.RedisClusterException, rex.ConnectionError):
+    """No startup or known node could give the cluster's topology (redis-py's
+    ``RedisClusterException``, and a ``ConnectionError``); the message names each cause."""
+
+
 # Error code (first word of the reply) -> exception class.  The classes that parse their
 # message take the text after the code; the others keep the whole message, as redis-py does.
 _BY_CODE: dict[str, type[Exception]] = {
@@ -228,19 +263,31 @@ _BY_CODE: dict[str, type[Exception]] = {
 _REDIRECTS = (MovedError, AskError)
 
 
+# ``ERR`` replies that redis-py raises as a more precise class (the text after ``ERR``).
+_ERR_EXACT: dict[str, type[Exception]] = {
+    "max number of clients reached": rex.ConnectionError,
+    "invalid password": AuthenticationError,
+    "wrong number of arguments for 'auth' command": rex.AuthenticationWrongNumberOfArgsError,
+    "wrong number of arguments for 'AUTH' command": rex.AuthenticationWrongNumberOfArgsError,
+}
+
+
 def error_from_reply(message: str) -> Exception:
     """Turn the text of a RESP error reply into the matching typed exception.
 
     Returns (does not raise) the exception: replies inside arrays (EXEC, pipelines) carry
-    errors as values, and the caller decides when to raise.
+    errors as values, and the caller decides when to raise.  As redis-py does, ``str()`` of
+    an ``ERR`` reply's exception leaves the ``ERR `` prefix out.
     """
     code, _, rest = message.partition(" ")
     cls = _BY_CODE.get(code)
     if cls is None:
-        if code == "ERR" and rest.startswith("unknown command"):
-            return UnknownCommandError(message)
-        if code == "ERR" and "invalid username-password pair" in rest:
-            return AuthenticationError(message)
+        if code == "ERR":
+            if rest.startswith("unknown command"):
+                return UnknownCommandError(rest)
+            if "invalid username-password pair" in rest:
+                return AuthenticationError(rest)
+            return _ERR_EXACT.get(rest, ResponseError)(rest)
         return ResponseError(message)
     if cls in _REDIRECTS:
         try:

@@ -1,20 +1,96 @@
-"""``async with`` owning a nursery: the lifetime shared by ``Client`` and ``ClusterClient``.
+"""``async with`` owning a nursery: the lifetime shared by ``Client`` and ``ClusterClient``,
+and the one place where trio's exception groups are turned back into single exceptions.
 
 Entering opens a nursery and calls :meth:`NurseryOwner._start` with it; leaving calls
 :meth:`NurseryOwner._stop` (close pools, connections...), cancels whatever background work is
 left in the nursery and waits for it.  Nothing outlives the block, also when it raises or
 when starting fails half-way.
+
+trio's nurseries always wrap what leaves them in an ``ExceptionGroup``.  A redis-py user writes
+``except redis.exceptions.ResponseError:`` around a call or an ``async with`` block, so no group
+may cross the public API: :func:`collapse` picks the one exception a caller expects (a
+``KeyboardInterrupt`` first, then the block's own exception, then the first real error) and
+attaches the others to it as notes and as ``other_errors``.
 """
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Self
+from typing import NoReturn, Self
 
 import trio
 
-__all__ = ["NurseryOwner"]
+from .errors import ClientNotOpenError
+
+__all__ = ["NurseryOwner", "collapse", "first_error", "open_nursery", "raise_not_open"]
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for sub in error.exceptions for leaf in _leaves(sub)]
+    return [error]
+
+
+def first_error(errors: Sequence[BaseException]) -> BaseException:
+    """The one exception to raise for ``errors`` (in order); the others are attached to it
+    with ``add_note`` and listed in its ``other_errors`` attribute.  Cancellations that ride
+    along with a real error are dropped: the cancel scope that caused them is left anyway."""
+    chosen = errors[0]
+    real = [e for e in errors if not isinstance(e, trio.Cancelled)]
+    if real:
+        chosen = real[0]
+    others = [e for e in real if e is not chosen]
+    if others:
+        for other in others:
+            chosen.add_note(f"also raised: {type(other).__name__}: {other}")
+        chosen.other_errors = tuple(others)  # type: ignore[attr-defined]
+    return chosen
+
+
+def collapse(group: BaseExceptionGroup[BaseException], preferred: BaseException | None = None
+             ) -> BaseException:  # fmt: skip
+    """The single exception a trio user expects from a nursery's ``group``.
+
+    A ``KeyboardInterrupt`` anywhere in it wins (Ctrl-C must read as Ctrl-C, not three groups
+    deep); then ``preferred`` (the exception of the ``async with`` body) if it is among the
+    group's direct members; then the first non-``Cancelled`` member.  Only the level the
+    nursery added is removed: an application's own group comes out as it went in.
+    """
+    for leaf in _leaves(group):
+        if isinstance(leaf, KeyboardInterrupt):
+            return leaf
+    members = list(group.exceptions)
+    if preferred is not None:
+        same = [m for m in members if _same(m, preferred)]
+        if same:
+            # trio may hand back a copy of a group it passed through (derived by split()):
+            # the caller gets its own object back.
+            members = [preferred, *(m for m in members if m is not same[0])]
+    return first_error(members)
+
+
+def _same(member: BaseException, preferred: BaseException) -> bool:
+    if member is preferred:
+        return True
+    if isinstance(member, BaseExceptionGroup) and isinstance(preferred, BaseExceptionGroup):
+        return [id(x) for x in _leaves(member)] == [id(x) for x in _leaves(preferred)]
+    return False
+
+
+@asynccontextmanager
+async def open_nursery() -> AsyncIterator[trio.Nursery]:
+    """``trio.open_nursery()`` whose failures leave as one exception (see :func:`collapse`),
+    for the library's short-lived fan-out nurseries."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        error = collapse(group)
+    else:
+        return
+    raise error  # outside the handler: no "during handling of ExceptionGroup" context
 
 
 class NurseryOwner:
@@ -22,6 +98,7 @@ class NurseryOwner:
 
     _stack: AsyncExitStack | None = None
     _nursery: trio.Nursery | None = None
+    _entered = False  # whether ``async with`` was ever entered (for the error message)
 
     async def _start(self, nursery: trio.Nursery) -> None:
         """Start the background work in ``nursery`` (and anything else entering needs)."""
@@ -38,15 +115,24 @@ class NurseryOwner:
         try:
             self._nursery = await stack.enter_async_context(trio.open_nursery())
             await self._start(self._nursery)
-        except BaseException:
+        except BaseException as error:
+            failure: BaseException = error
+        else:
+            self._stack = stack
+            self._entered = True
+            return self
+        # Starting failed: undo, then raise the failure itself, never a group around it.
+        try:
             with trio.CancelScope(shield=True):
                 await self._stop()
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
-            await stack.aclose()
-            raise
-        self._stack = stack
-        return self
+            await stack.__aexit__(type(failure), failure, failure.__traceback__)
+        except BaseExceptionGroup as group:
+            failure = collapse(group, failure)
+        except BaseException as other:
+            failure = other if isinstance(other, KeyboardInterrupt) else failure
+        raise failure
 
     async def __aexit__(
         self,
@@ -55,16 +141,36 @@ class NurseryOwner:
         tb: TracebackType | None,
     ) -> bool | None:
         stack, self._stack = self._stack, None
+        pending = exc  # what leaves the block: the body's exception, or a failure to close
         try:
             await self._stop()
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()  # background work left: watchdog etc.
         except BaseException as close_error:
-            if stack is None or not await stack.__aexit__(
-                type(close_error), close_error, close_error.__traceback__
-            ):
-                raise
-            return None
+            pending = close_error
         if stack is not None:
-            return await stack.__aexit__(exc_type, exc, tb)
-        return None
+            try:
+                if await stack.__aexit__(
+                    type(pending) if pending is not None else None,
+                    pending,
+                    pending.__traceback__ if pending is not None else None,
+                ):
+                    return True  # the nursery's own (cancelled) scope absorbed a Cancelled
+            except BaseExceptionGroup as group:
+                pending = collapse(group, pending)
+            except BaseException as error:
+                pending = error
+        if pending is None or pending is exc:
+            return False  # nothing, or the body's own exception unchanged: Python re-raises it
+        raise pending  # outside any handler of ours: no group in its context
+
+
+def raise_not_open(owner: NurseryOwner) -> NoReturn:
+    """Raise :class:`ClientNotOpenError` saying whether ``owner`` was never opened with
+    ``async with`` or its block has ended."""
+    name = type(owner).__name__
+    if owner._entered:
+        raise ClientNotOpenError(f"{owner!r} is closed: its `async with` block has ended")
+    raise ClientNotOpenError(
+        f"{owner!r} is not open: use it inside `async with {name}(...) as client:`"
+    )

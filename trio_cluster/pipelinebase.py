@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import ResponseError
 
 from .commands import queue_entry
 from .connection import Connection
+from .encoding import Encoding, prepare_stack
+from .errors import ArgumentTypeError
 
 if TYPE_CHECKING:
     from redis._parsers.encoders import Encoder
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from .scripts import Script
 
 __all__ = ["PipelineBase"]
+
+_Command = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 class PipelineBase(AsyncCoreCommands):
@@ -30,6 +34,8 @@ class PipelineBase(AsyncCoreCommands):
 
     # redis-py's command protocol declares it; nothing here dispatches redis-py events.
     _event_dispatcher: Any = None
+    #: redis-py's typing marker, as ``redis.asyncio`` pipelines carry it.
+    _is_async_client: Literal[True] = True
 
     def __init__(self, transaction: bool) -> None:
         self.transaction = transaction
@@ -69,6 +75,18 @@ class PipelineBase(AsyncCoreCommands):
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         raise NotImplementedError
+
+    async def _checked_stack(
+        self, encoding: Encoding
+    ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        """The queued commands ready to send, checked before anything is: a value redis-py
+        refuses (``None``...) raises its ``DataError`` and resets the pipeline, as redis-py's
+        ``execute`` does; ``bytearray`` values are converted."""
+        try:
+            return prepare_stack(self.command_stack, encoding)
+        except ArgumentTypeError:
+            await self.reset()
+            raise
 
     @property
     def watching(self) -> bool:

@@ -903,7 +903,7 @@ class Pool(Generic[C]):
         self._last_dial_failure = trio.current_time()
         # Log the first failure of a run; the rest at debug (an outage fails every dial).
         level = logging.WARNING if self._dial_failures_in_row == 1 else logging.DEBUG
-        logger.log(level, "pool %s: dial failed: %r", self.node_name, exc)
+        logger.log(level, "pool %s: dial failed: %s: %s", self.node_name, type(exc).__name__, exc)
         # A parked get that no other in-flight dial is coming for gets the error now, rather
         # than a timeout later.
         if len(self._waiters) > self._dialing:
@@ -916,7 +916,7 @@ class Pool(Generic[C]):
             with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_TIMEOUT):
                 await conn.aclose()
         except Exception as exc:
-            logger.debug("pool %s: closing connection %d: %r", self.node_name, conn.id, exc)
+            logger.debug("pool %s: closing connection %d: %s", self.node_name, conn.id, exc)
         finally:
             if conn.state.state is not _CLOSED:
                 conn.state.transition(_CLOSED)  # fail anyone waiting on it, whatever aclose did
@@ -929,7 +929,7 @@ class Pool(Generic[C]):
             await conn.drain()
             ok = conn.owed_replies == 0 and not conn.broken
         except Exception as exc:
-            logger.debug("pool %s: draining connection %d: %r", self.node_name, conn.id, exc)
+            logger.debug("pool %s: draining connection %d: %s", self.node_name, conn.id, exc)
             ok = False
         if entry.place is not _Place.BACKGROUND:
             return  # the pool was closed meanwhile and has closed it

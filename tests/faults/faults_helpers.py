@@ -6,7 +6,10 @@ import functools
 import inspect
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,19 @@ from trio_cluster.testing import LocalServer
 
 HERE = str(Path(__file__).parent)
 TEST_DEADLINE = 20.0
+#: A Toxiproxy already running elsewhere (the suite deletes its proxies before each test).
 REAL_URL = os.environ.get("TOXIPROXY_URL")
+#: A ``toxiproxy-server`` binary: the fixtures start it on a free port and stop it at the end.
+REAL_BINARY = os.environ.get("TOXIPROXY_SERVER")
+#: The Go ``toxiproxy-cli`` beside it, if any: the CLI tests then compare both CLIs' output.
+REAL_CLI = os.environ.get("TOXIPROXY_CLI") or (
+    str(Path(REAL_BINARY).with_name("toxiproxy-cli")) if REAL_BINARY else None
+)
+AGAINST_REAL = bool(REAL_URL or REAL_BINARY)
+# Where .ci/run finds the Go binaries: ../shared beside the clone.
+_SHARED_GO = Path(HERE).parents[2] / "shared" / "tools" / "toxiproxy-2.12.0" / "toxiproxy-server"
+#: The Go server binary, for tests that run it side by side with the embedded one.
+GO_SERVER = REAL_BINARY or (str(_SHARED_GO) if _SHARED_GO.exists() else None)
 
 
 def _with_deadline(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,25 +48,129 @@ def _with_deadline(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:  # re-exported by conftest
-    """Bound every async test in this directory by TEST_DEADLINE: a hang fails fast."""
+    """Bound every async test in this directory by TEST_DEADLINE (a hang fails fast); against
+    a real Toxiproxy, skip the tests marked ``embedded_only``, saying why."""
     for item in items:
         fn = getattr(item, "obj", None)
         if str(getattr(item, "path", "")).startswith(HERE) and inspect.iscoroutinefunction(fn):
             item.obj = _with_deadline(fn)  # type: ignore[attr-defined]
+        marker = item.get_closest_marker("embedded_only")
+        if marker is not None and AGAINST_REAL:
+            why = marker.args[0] if marker.args else "a white-box test of the embedded server"
+            item.add_marker(pytest.mark.skip(reason=f"embedded server only: {why}"))
 
 
-embedded_only = pytest.mark.skipif(
-    REAL_URL is not None, reason="white-box test of the embedded server"
-)
+#: Marks a test that only makes sense for the embedded server; give the reason as argument.
+embedded_only = pytest.mark.embedded_only
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until_serving(url: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until the API at ``url`` answers (a readiness probe: retried until it answers or
+    the process exits; the test's deadline bounds it)."""
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode}")
+        try:
+            if (await http(url, "GET", "/version")).status == 200:
+                return
+        except OSError:
+            pass
+        await trio.sleep(0.02)
+
+
+class ServerProcess:
+    """A Toxiproxy server in its own process: the Go binary when the suite runs against the
+    real one, else ``python -m faults serve`` (same flags); its stdout lines are its log."""
+
+    def __init__(
+        self, *flags: str, env: dict[str, str] | None = None, binary: str | None = REAL_BINARY
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = ["-host", "127.0.0.1", "-port", str(self.port), *flags]
+        ours = [sys.executable, "-m", "faults", "serve"]
+        command = [binary, *args] if binary else [*ours, *args]
+        self.log_path = Path(tempfile.mkstemp(prefix="toxiproxy-", suffix=".log")[1])
+        self._log = self.log_path.open("wb")
+        root = str(Path(HERE).parent.parent)
+        full_env = {**os.environ, "PYTHONPATH": root, **(env or {})}
+        self.proc = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=full_env
+        )
+
+    async def __aenter__(self) -> ServerProcess:
+        await wait_until_serving(self.url, self.proc)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines so far (anything else the process printed is left out)."""
+        lines = []
+        for line in self.log_text().splitlines():
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                lines.append(doc)
+        return lines
+
+
+@pytest.fixture(scope="session")
+def real_server() -> Iterator[list[ServerProcess]]:
+    """The Go server the session's tests share when TOXIPROXY_SERVER is set (a one-item
+    list, so a test that crashed it can be followed by a fresh one)."""
+    holder: list[ServerProcess] = []
+    yield holder
+    for server in holder:
+        server.stop()
+
+
+async def _shared_real(holder: list[ServerProcess]) -> str:
+    if not holder or not holder[0].alive():
+        if holder:
+            holder[0].stop()
+        holder[:] = [ServerProcess()]
+        await wait_until_serving(holder[0].url, holder[0].proc)
+    return holder[0].url
 
 
 @pytest.fixture
-async def toxi() -> AsyncIterator[Toxiproxy]:
-    """A clean Toxiproxy: a real one when TOXIPROXY_URL is set, else an embedded one."""
-    if REAL_URL:
-        tp = Toxiproxy(REAL_URL)
+async def toxi(real_server: list[ServerProcess]) -> AsyncIterator[Toxiproxy]:
+    """A clean Toxiproxy: the real one (TOXIPROXY_SERVER or TOXIPROXY_URL) or an embedded one.
+
+    A real server that dies during a test fails that test, with the end of its log.
+    """
+    if AGAINST_REAL:
+        url = REAL_URL or await _shared_real(real_server)
+        tp = Toxiproxy(url)
         await tp.delete_all()
         yield tp
+        if real_server and not real_server[0].alive():
+            pytest.fail("the Toxiproxy server died:\n" + real_server[0].log_text()[-3000:])
         await tp.delete_all()
         return
     async with EmbeddedToxiproxy(seed=1) as tp:
@@ -63,6 +182,7 @@ class HttpResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+    reason: bytes = b""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -96,18 +216,18 @@ async def http(
             + conn.send(h11.Data(data=data))
             + conn.send(h11.EndOfMessage())
         )
-        status, resp_headers, chunks = 0, {}, []
+        status, reason, resp_headers, chunks = 0, b"", {}, []
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 conn.receive_data(await stream.receive_some(65536))
             elif isinstance(event, h11.Response):
-                status = event.status_code
+                status, reason = event.status_code, bytes(event.reason)
                 resp_headers = {k.decode().lower(): v.decode() for k, v in event.headers}
             elif isinstance(event, h11.Data):
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                return HttpResponse(status, resp_headers, b"".join(chunks))
+                return HttpResponse(status, resp_headers, b"".join(chunks), reason)
 
 
 @dataclass
@@ -192,14 +312,6 @@ def server_binary() -> str | None:
         return str(vb.get_binary_path())
     except Exception:
         return None
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ async def roundtrip(stream: trio.SocketStream, payload: bytes) -> float:
     return trio.current_time() - start
 
 
-@embedded_only
+@embedded_only("white-box: the pump that moves bytes of links without toxics")
 async def test_links_park_leave_for_a_toxic_and_come_back(backend: Backend) -> None:
     from faults import EmbeddedToxiproxy
 

@@ -1,0 +1,451 @@
+"""``python -m faults cli``: Toxiproxy's ``toxiproxy-cli`` 2.12, verb for verb.
+
+Same commands and aliases (``list``, ``inspect``, ``create``, ``toggle``, ``delete``,
+``toxic add|update|remove``), same flags (``--host``/``-h`` or ``$TOXIPROXY_URL``,
+``--listen``/``-l``, ``--upstream``/``-u``, ``--toxicName``/``-n``, ``--type``/``-t``,
+``--toxicity``/``--tox``, ``--attribute``/``-a key=value``, ``--upstream``/``--downstream``),
+same output on stdout (plain when piped, coloured on a terminal), same error messages on
+stderr and exit status 1.  It talks HTTP to any Toxiproxy, embedded or Go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Final, NoReturn
+
+from faults.version import VERSION
+
+__all__ = ["CliError", "main"]
+
+RED: Final = "\x1b[31m"
+GREEN: Final = "\x1b[32m"
+YELLOW: Final = "\x1b[33m"
+BLUE: Final = "\x1b[34m"
+PURPLE: Final = "\x1b[35m"
+NONE: Final = "\x1b[0m"
+_MACHINE: Final = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+class CliError(Exception):
+    """A failure reported as Go's ``cli.Exit(message, 1)``: the message on stderr, status 1
+    (``usage``: the command's help goes to stdout first, as Go's ``ShowSubcommandHelp``)."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _ApiError(Exception):
+    """A non-2xx answer, rendered as the Go client renders it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+
+
+def _go_float(value: float) -> str:
+    """A float64 as Go's ``fmt.Print`` writes it (``100``, ``1.5``, ``1e+06``)."""
+    if value == 0:
+        return "0"
+    exponent = math.floor(math.log10(abs(value)))
+    if -4 <= exponent < 21:
+        text = repr(value)
+        if "e" not in text:
+            return text[:-2] if text.endswith(".0") else text
+        return f"{value:f}".rstrip("0").rstrip(".")
+    mantissa, _, exp = f"{value:e}".partition("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    sign, digits = exp[0], exp[1:].lstrip("0")
+    return f"{mantissa}e{sign}{digits.zfill(2)}"
+
+
+class _Client:
+    """The Go client's requests: JSON in, JSON out, errors as ``HTTP <code>: <message>``."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        arch = _MACHINE.get(platform.machine(), platform.machine())
+        self.agent = f"toxiproxy-cli/{VERSION} ({sys.platform}/{arch})"
+
+    def send(self, verb: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        request = urllib.request.Request(self.endpoint + path, data=data, method=verb)
+        request.add_header("User-Agent", self.agent)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                doc = json.loads(exc.read() or b"null")
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict):
+                raise _ApiError(int(doc.get("status", 0) or 0), str(doc.get("error", ""))) from None
+            raise _ApiError(exc.code, f"Unexpected response code {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, OSError) and reason.strerror:
+                host = urllib.parse.urlsplit(self.endpoint).netloc
+                reason = f"dial tcp {host}: connect: {reason.strerror.lower()}"
+            raise ConnectionError(
+                f'fail to request: {verb.title()} "{self.endpoint}{path}": {reason}'
+            ) from None
+        return json.loads(raw) if raw.strip() else None
+
+    def proxy(self, name: str) -> dict[str, Any]:
+        doc = self.send("GET", "/proxies/" + name)
+        assert isinstance(doc, dict)
+        return doc
+
+
+class _Output:
+    """stdout, with colours only on a terminal (as Go checks ``isatty``)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+
+    def color(self, code: str) -> str:
+        return code if self.tty else ""
+
+    def write(self, text: str) -> None:
+        sys.stdout.write(text)
+
+    def hint(self, message: str) -> None:
+        if self.tty:
+            self.write(f"\n{self.color(NONE)}Hint: {message}\n")
+
+    def width(self, col: str, text: str, tabs: int) -> None:
+        tabs = max(tabs - (len(text) // 8 + 1), 0) if self.tty else 0
+        padding = "\t" * tabs
+        self.write(f"{self.color(col)}{text}{self.color(NONE)}\t{padding}")
+
+
+def _enabled_color(out: _Output, enabled: bool) -> str:
+    return out.color(GREEN if enabled else RED)
+
+
+def _list(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+    try:
+        proxies = client.send("GET", "/proxies") or {}
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(f"Failed to retrieve proxies: {exc}") from None
+    if out.tty:
+        out.write(
+            f"{out.color(GREEN)}Name\t\t\t{out.color(BLUE)}Listen\t\t{out.color(YELLOW)}"
+            f"Upstream\t\t{out.color(PURPLE)}Enabled\t\t{out.color(RED)}Toxics\n"
+            f"{out.color(NONE)}"
+        )
+        out.write(f"{out.color(NONE)}{'=' * 86}\n")
+        if not proxies:
+            out.write(f"{out.color(RED)}no proxies\n{out.color(NONE)}")
+            out.hint("create a proxy with `toxiproxy-cli create`")
+            return
+    for name in sorted(proxies):
+        proxy = proxies[name]
+        count = str(len(proxy.get("toxics") or []))
+        if count == "0" and out.tty:
+            count = "None"
+        out.width(_enabled_color(out, proxy["enabled"]), proxy["name"], 3)
+        out.width(BLUE, proxy["listen"], 2)
+        out.width(YELLOW, proxy["upstream"], 3)
+        out.width(PURPLE, "enabled" if proxy["enabled"] else "disabled", 2)
+        out.write(f"{out.color(RED)}{count}{out.color(NONE)}\n")
+    out.hint("inspect toxics with `toxiproxy-cli inspect <proxyName>`")
+
+
+def _list_toxics(out: _Output, toxics: list[dict[str, Any]], stream: str) -> None:
+    if out.tty:
+        out.write(f"{out.color(GREEN)}{stream} toxics:\n{out.color(NONE)}")
+        if not toxics:
+            out.write(f"{out.color(RED)}Proxy has no {stream} toxics enabled.\n{out.color(NONE)}")
+            return
+    for toxic in toxics:
+        if out.tty:
+            out.write(f"{out.color(BLUE)}{toxic['name']}:{out.color(NONE)}\t")
+        else:
+            out.write(f"{toxic['name']}\t")
+        out.write(f"type={toxic['type']}\tstream={toxic.get('stream', '')}\t")
+        out.write(f"toxicity={float(toxic['toxicity']):.2f}\tattributes=[")
+        for key, value in sorted((toxic.get("attributes") or {}).items()):
+            shown = _go_float(float(value)) if isinstance(value, int | float) else value
+            out.write(f"\t{key}={shown}")
+        out.write("\t]\n")
+
+
+def _required_name(args: argparse.Namespace, message: str) -> str:
+    if not args.proxy:
+        raise CliError(message, usage=True)
+    return str(args.proxy)
+
+
+def _inspect(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+    name = _required_name(args, "Proxy name is required as the first argument.\n")
+    try:
+        proxy = client.proxy(name)
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(f"Failed to retrieve proxy {name}: {exc}\n") from None
+    toxics = proxy.get("toxics") or []
+    if not out.tty:
+        _list_toxics(out, toxics, "")
+        return
+    out.write(f"{out.color(PURPLE)}Name: {out.color(NONE)}{proxy['name']}\t")
+    out.write(f"{out.color(BLUE)}Listen: {out.color(NONE)}{proxy['listen']}\t")
+    out.write(f"{out.color(YELLOW)}Upstream: {out.color(NONE)}{proxy['upstream']}\n")
+    out.write(f"{out.color(NONE)}{'=' * 70}\n")
+    if not toxics:
+        out.write(f"{out.color(RED)}Proxy has no toxics enabled.\n{out.color(NONE)}")
+    else:
+        _list_toxics(out, [t for t in toxics if t.get("stream") == "upstream"], "Upstream")
+        out.write("\n")
+        _list_toxics(out, [t for t in toxics if t.get("stream") != "upstream"], "Downstream")
+    out.hint("add a toxic with `toxiproxy-cli toxic add`")
+
+
+def _toggle(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+    name = _required_name(args, "Proxy name is required as the first argument.\n")
+    try:
+        proxy = client.proxy(name)
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(f"Failed to retrieve proxy {name}: {exc}\n") from None
+    body = {k: proxy[k] for k in ("name", "listen", "upstream")}
+    body["enabled"] = not proxy["enabled"]
+    body["toxics"] = proxy.get("toxics")
+    try:
+        saved = client.send("POST", "/proxies/" + name, body)
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(f"Failed to toggle proxy {name}: {exc}\n") from None
+    enabled = bool(saved["enabled"])
+    col = _enabled_color(out, enabled)
+    state = "enabled" if enabled else "disabled"
+    out.write(f"Proxy {col}{name}{out.color(NONE)} is now {col}{state}{out.color(NONE)}\n")
+
+
+def _required_flag(value: str | None, flag: str) -> str:
+    if not value:
+        raise CliError(f"Required argument '{flag}' was empty.\n", usage=True)
+    return value
+
+
+def _create(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+    name = _required_name(args, "Proxy name is required as the first argument.\n")
+    listen = _required_flag(args.listen, "listen")
+    upstream = _required_flag(args.upstream, "upstream")
+    body = {"name": name, "listen": listen, "upstream": upstream, "enabled": True, "toxics": None}
+    try:
+        client.send("POST", "/proxies", body)
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(f"Failed to create proxy: Create: {exc}\n") from None
+    out.write(f"Created new proxy {name}\n")
+
+
+def _delete(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+    name = _required_name(args, "Proxy name is required as the first argument.\n")
+    try:
+        client.proxy(name)
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(f"Failed to retrieve proxy {name}: {exc}\n") from None
+    try:
+        client.send("DELETE", "/proxies/" + name)
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(f"Failed to delete proxy: Delete: {exc}\n") from None
+    out.write(f"Deleted proxy {name}\n")
+
+
+def _toxicity(args: argparse.Namespace) -> float:
+    if not args.toxicity:
+        return 1.0
+    try:
+        value = float(args.toxicity)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise CliError("toxicity should be a float between 0 and 1.\n")
+    return value
+
+
+def _attributes(args: argparse.Namespace) -> dict[str, Any]:
+    """``key=value`` pairs; numbers become floats, as Go parses them (others stay text)."""
+    parsed: dict[str, Any] = {}
+    for raw in args.attribute or []:
+        for item in raw.split(","):  # urfave's string slices also split on commas
+            key, sep, value = item.partition("=")
+            if not sep:
+                continue
+            try:
+                parsed[key] = float(value)
+            except ValueError:
+                parsed[key] = value
+    return parsed
+
+
+def _dumps_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Whole floats as integers, as Go's ``json.Marshal`` writes a float64 ``100``."""
+    return {
+        k: int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 1e21 else v
+        for k, v in attrs.items()
+    }
+
+
+def _toxic_add(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+    proxy = _required_name(args, "Proxy name is missing.\n")
+    toxic_type = _required_flag(args.type, "type")
+    if args.upstream and args.downstream:
+        raise CliError("Only one should be specified: upstream or downstream.\n")
+    stream = "upstream" if args.upstream else "downstream"
+    toxicity = _toxicity(args)
+    body = {
+        "name": args.toxicName or "",
+        "type": toxic_type,
+        "stream": stream,
+        "toxicity": toxicity,
+        "attributes": _dumps_attrs(_attributes(args)),
+    }
+    try:
+        client.proxy(proxy)
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(
+            f"Failed to add toxic: failed to retrieve proxy with name `{proxy}`: {exc}\n"
+        ) from None
+    try:
+        toxic = client.send("POST", f"/proxies/{proxy}/toxics", body)
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(
+            f"Failed to add toxic: failed to add toxic to proxy {proxy}: AddToxic: {exc}\n"
+        ) from None
+    out.write(
+        f"Added {toxic.get('stream', '')} {toxic['type']} toxic '{toxic['name']}' "
+        f"on proxy '{proxy}'\n"
+    )
+
+
+def _toxic_update(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+    proxy = _required_name(args, "Proxy name is missing.\n")
+    name = args.toxicName or ""
+    body = {"attributes": _dumps_attrs(_attributes(args)), "toxicity": _toxicity(args)}
+    try:
+        client.proxy(proxy)
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(
+            f"Failed to update toxic: failed to retrieve proxy with name `{proxy}`: {exc}\n"
+        ) from None
+    try:
+        toxic = client.send("PATCH", f"/proxies/{proxy}/toxics/{name}", body)
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(
+            f"Failed to update toxic: failed to update toxic '{name}' of proxy '{proxy}': {exc}\n"
+        ) from None
+    out.write(f"Updated toxic '{toxic['name']}' on proxy '{proxy}'\n")
+
+
+def _toxic_remove(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+    proxy = _required_name(args, "Proxy name is missing.\n")
+    name = args.toxicName or ""
+    try:
+        client.proxy(proxy)
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(
+            f"Failed to remove toxic: failed to retrieve proxy with name `{proxy}`: {exc}\n"
+        ) from None
+    try:
+        client.send("DELETE", f"/proxies/{proxy}/toxics/{name}")
+    except (_ApiError, ConnectionError) as exc:
+        raise CliError(
+            f"Failed to remove toxic: failed to remove toxic '{name}' from proxy '{proxy}': {exc}\n"
+        ) from None
+    out.write(f"Removed toxic '{name}' on proxy '{proxy}'\n")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise CliError(f"Incorrect Usage: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="toxiproxy-cli", description="Simulate network and system conditions", add_help=False
+    )
+    parser.add_argument("--help", action="help", help="show help")
+    parser.add_argument(
+        "--host",
+        "-h",
+        "-host",
+        default=os.environ.get("TOXIPROXY_URL", "http://localhost:8474"),
+        help='toxiproxy host to connect to (default: "http://localhost:8474") [$TOXIPROXY_URL]',
+    )
+    parser.add_argument(
+        "--version", "-v", action="version", version=f"toxiproxy-cli version {VERSION}"
+    )
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    def command(
+        name: str, aliases: list[str], help_text: str, action: Any
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, aliases=aliases, help=help_text)
+        sub.set_defaults(action=action, parser=sub)
+        return sub
+
+    command("list", ["l", "li", "ls"], "list all proxies", _list)
+    for name, aliases, text, action in (
+        ("inspect", ["i", "ins"], "inspect a single proxy", _inspect),
+        ("toggle", ["tog"], "toggle enabled status on a proxy", _toggle),
+        ("delete", ["d"], "delete a proxy", _delete),
+    ):
+        command(name, aliases, text, action).add_argument("proxy", nargs="?")
+    create = command("create", ["c", "new"], "create a new proxy", _create)
+    create.add_argument("--listen", "-l", "-listen", help="proxy will listen on this address")
+    create.add_argument("--upstream", "-u", "-upstream", help="proxy will forward to this address")
+    create.add_argument("proxy", nargs="?")
+
+    toxic = commands.add_parser("toxic", aliases=["t"], help="add, remove or update a toxic")
+    toxics = toxic.add_subparsers(dest="toxic_command", parser_class=_Parser)
+    add = toxics.add_parser("add", aliases=["a"], help="add a new toxic")
+    add.set_defaults(action=_toxic_add)
+    update = toxics.add_parser("update", aliases=["u"], help="update an enabled toxic")
+    update.set_defaults(action=_toxic_update)
+    remove = toxics.add_parser("remove", aliases=["r", "delete", "d"], help="remove a toxic")
+    remove.set_defaults(action=_toxic_remove)
+    for sub in (add, update, remove):
+        sub.set_defaults(parser=sub)
+        sub.add_argument("--toxicName", "-n", "-toxicName", help="name of the toxic")
+        sub.add_argument("proxy", nargs="?")
+    for sub in (add, update):
+        sub.add_argument(
+            "--toxicity", "--tox", "-tox", "-toxicity", help="toxicity between 0 and 1"
+        )
+        sub.add_argument(
+            "--attribute", "-a", "-attribute", action="append", help="attribute key=value"
+        )
+    add.add_argument("--type", "-t", "-type", help="type of toxic")
+    add.add_argument("--upstream", "-u", "-upstream", action="store_true", help="upstream toxic")
+    add.add_argument(
+        "--downstream", "-d", "-downstream", action="store_true", help="downstream toxic"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one CLI command; returns the exit status (0, or 1 with the error on stderr)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        action = getattr(args, "action", None)
+        if action is None:
+            parser.print_help()
+            return 0
+        action(_Client(args.host), _Output(), args)
+    except CliError as exc:
+        if exc.usage:
+            args.parser.print_help()
+        sys.stdout.flush()
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
