@@ -194,7 +194,7 @@ def transaction_results(
     if isinstance(executed, Exception):
         raise executed
     if executed is None:
-        raise WatchError("a watched key changed; the transaction was not executed")
+        raise WatchError("Watched variable changed.")  # redis-py's words
     if len(executed) != len(stack):
         raise ResponseError("wrong number of results from EXEC")
     return list(executed)

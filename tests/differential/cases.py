@@ -100,9 +100,8 @@ CASES: list[Case] = [
     c("strings", "lcs", K.s, K.a, setup=(*STR, S("set", K.a, "help"))),
     c("strings", "lcs", K.s, K.a, len=True, setup=(*STR, S("set", K.a, "help"))),
     c("strings", "substr", K.s, 0, 2, setup=STR),
-    # A bad argument: DataError.  Standalone only until issue 14 part A lands: on a cluster
-    # the ArgumentTypeError's repr() crashes trio itself today; then widen to ALL.
-    c("strings", "set", K.a, None, targets=STANDALONE),
+    # A bad argument: DataError, before anything is sent.
+    c("strings", "set", K.a, None),
     # --- keys ---------------------------------------------------------------------------------
     c("keys", "exists", K.s, K.n, K.missing, setup=STR),
     c("keys", "delete", K.s, K.n, K.missing, setup=STR),
@@ -372,7 +371,7 @@ CASES: list[Case] = [
     c("scripting", "eval_ro", "return redis.call('get', KEYS[1])", 1, K.s, setup=STR),
     c("scripting", "script_load", "return 1"),
     c("scripting", "script_exists", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", "0" * 40),
-    c("scripting", "script_load", "bad lua (", differs={"cluster": "fan-out-error"}),
+    c("scripting", "script_load", "bad lua ("),
     # --- server, config, client, acl ----------------------------------------------------------
     c("server", "ping"),
     c("server", "echo", "hi", differs={"cluster": "keyless-default-node"}),
@@ -433,12 +432,7 @@ CASES: list[Case] = [
     c("pubsub", "pubsub_shardnumsub", "diff-nobody"),
     # --- functions ----------------------------------------------------------------------------
     c("functions", "function_load", LIBRARY, replace=True),
-    c(
-        "functions",
-        "function_load",
-        "#!lua name=broken\nthis is not lua",
-        differs={"cluster": "fan-out-error"},
-    ),
+    c("functions", "function_load", "#!lua name=broken\nthis is not lua"),
     c(
         "functions",
         "fcall",
@@ -471,7 +465,7 @@ CASES: list[Case] = [
         "difflib",
         setup=(S("function_load", LIBRARY, replace=True),),
     ),
-    c("functions", "function_delete", "diff_no_such_library", differs={"cluster": "fan-out-error"}),
+    c("functions", "function_delete", "diff_no_such_library"),
     # --- more server, acl ---------------------------------------------------------------------
     c("server", "acl_setuser", "diff-user", enabled=True, nopass=True, commands=["+get"]),
     c("server", "acl_deluser", "diff-nobody"),
@@ -622,7 +616,7 @@ CASES: list[Case] = [
         Pipe((Call("config_get", "maxmemory"), Call("ping"))),
         differs={"cluster": "cluster-pipeline-keyless"},
     ),
-    Case("pipelines", Pipe((Call("set", K.a, None),)), targets=STANDALONE),  # see "set None"
+    Case("pipelines", Pipe((Call("set", K.a, None),))),
     Case("pipelines", Pipe(())),
     # --- transactions -------------------------------------------------------------------------
     Case(

@@ -22,7 +22,15 @@ from trio_cluster import Client, ClusterClient
 from trio_cluster.testing import LocalCluster, LocalServer
 
 from .cases import CASES
-from .harness import DIFFERENCES, Case, Report, compare_cases, runs_on
+from .harness import (
+    DIFFERENCES,
+    MESSAGE_DIFFERENCES,
+    Case,
+    Report,
+    compare_cases,
+    message_difference,
+    runs_on,
+)
 from .scenarios import SCENARIOS
 
 SECRET = "differential-secret"
@@ -124,8 +132,37 @@ def test_readme_lists_every_deliberate_difference() -> None:
     """Each reason the suite accepts is explained in the README, under its key."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("## Differences from redis-py", 1)[1]
-    missing = [key for key in DIFFERENCES if f"[`{key}`]" not in section]
+    missing = [key for key in (*DIFFERENCES, *MESSAGE_DIFFERENCES) if f"[`{key}`]" not in section]
     assert not missing, f"README's 'Differences from redis-py' lacks {missing}"
     used = {reason for case in TABLE for reason in case.differs.values()}
     unused = set(DIFFERENCES) - used
     assert not unused, f"differences no row exercises: {unused}"
+
+
+def test_message_differences_are_recognised_narrowly() -> None:
+    """Each listed message difference explains its own pair of messages and nothing else."""
+    samples: dict[str, tuple[BaseException, BaseException]] = {
+        "data-error-message": (
+            redis.DataError("A tuple item must be str, int, float or bytes."),
+            redis.DataError("Invalid input of type: 'NoneType'. Convert to a bytes, string..."),
+        ),
+        "unknown-command-message": (
+            redis.RedisError("HEXPIRE command doesn't exist in Redis commands"),
+            redis.ResponseError("unknown command 'HEXPIRE', with args beginning with: 'k' "),
+        ),
+        "client-class-name": (
+            AttributeError("'Redis' object has no attribute 'nope'"),
+            AttributeError("'Client' object has no attribute 'nope'"),
+        ),
+    }
+    assert set(samples) == set(MESSAGE_DIFFERENCES)
+    for key, (theirs, ours) in samples.items():
+        assert message_difference(theirs, ours) == key
+        assert message_difference(theirs, redis.ResponseError("something else")) is None
+    assert (
+        message_difference(
+            AttributeError("'Redis' object has no attribute 'a'"),
+            AttributeError("'Client' object has no attribute 'b'"),
+        )
+        is None
+    )
