@@ -13,6 +13,10 @@ ends; a *placer* task then puts whatever lost its link back on a (new) link, aft
 refresh in a cluster, and every new link replays its part of the sets.  So reconnecting,
 following a failover and following a slot move are one code path.
 
+With the client's ``decode_responses=True`` the consumer (and every message handler) gets
+messages with channels, patterns and data decoded to str, as from redis-py; inside, names stay
+bytes.
+
 Redis pub/sub is at-most-once: what is published while a subscription is down is lost.  When
 a subscription the server had confirmed is lost, the stream carries a ``{"type": "gap", ...}``
 message before anything the replacement subscription delivers (see ``docs/pubsub.md``).
@@ -36,6 +40,7 @@ from redis import exceptions as rex
 
 from .connection import Connection
 from .credentials import CredentialManager
+from .encoding import decode_reply
 from .errors import (
     BusyLoadingError,
     ClusterDownError,
@@ -326,6 +331,13 @@ class PubSub:
 
         self._client = client
         self._cluster: ClusterClient | None = client if isinstance(client, ClusterClient) else None
+        encoding = getattr(client, "_encoding", None)
+        #: (encoding, errors) to decode messages with (the client's decode_responses), or None.
+        self._decoding: tuple[str, str] | None = (
+            (encoding.encoding, encoding.encoding_errors)
+            if encoding is not None and encoding.decode_responses
+            else None
+        )
         if registry is None:
             registry = getattr(client, "_pubsub_registry", None) or PubSubRegistry()
         self._registry = registry
@@ -611,14 +623,14 @@ class PubSub:
         # As redis-py with a timeout: one message is read, and one that is ignored or given
         # to its handler makes this return None.
         if timeout <= 0:
-            item = self.get_message_nowait()
+            item = self._take_nowait()
         else:
             item = None
             with trio.move_on_after(timeout):
                 item = await self._next()
         if item is None or _skipped(item, ignore_subscribe_messages):
             return None
-        return None if await self._handled(item) else item
+        return None if await self._handled(item) else self._decoded(item)
 
     async def get_sharded_message(
         self,
@@ -638,7 +650,7 @@ class PubSub:
         while True:
             item = await self._next()
             if not _skipped(item, ignore_subscribe_messages):
-                return None if await self._handled(item) else item
+                return None if await self._handled(item) else self._decoded(item)
 
     async def _handled(self, item: dict[str, Any]) -> bool:
         """Give a published message to its handler, if its channel or pattern has one."""
@@ -655,7 +667,7 @@ class PubSub:
             return False
         if handler is None:
             return False
-        result = handler(item)
+        result = handler(self._decoded(item))
         if inspect.isawaitable(result):
             await result
         return True
@@ -720,6 +732,18 @@ class PubSub:
 
     def get_message_nowait(self) -> dict[str, Any] | None:
         """The next buffered message, or None if none is buffered right now."""
+        item = self._take_nowait()
+        return None if item is None else self._decoded(item)
+
+    def _decoded(self, item: dict[str, Any]) -> dict[str, Any]:
+        """``item`` as the consumer sees it: decoded with the client's ``decode_responses``.
+        Only here, at the way out: inside (and for handler look-ups) names are bytes."""
+        if self._decoding is None:
+            return item
+        decoded: dict[str, Any] = decode_reply(item, *self._decoding)
+        return decoded
+
+    def _take_nowait(self) -> dict[str, Any] | None:
         receive = self._receiver()
         try:
             item = receive.receive_nowait()
@@ -754,7 +778,7 @@ class PubSub:
             while True:
                 item = await self._next()
                 if not await self._handled(item):
-                    return item
+                    return self._decoded(item)
         except PoolClosedError:
             raise StopAsyncIteration from None
 

@@ -61,6 +61,10 @@ DIFFERENCES: dict[str, str] = {
         "PubSub.get_message() without timeout= waits (trio: the caller's cancel scope bounds "
         "it); redis-py's returns None at once"
     ),
+    "pubsub-ping-decoded": (
+        "PubSub.ping() with decode_responses gives the decoded pong message; redis-py's "
+        "handle_message raises IndexError on the decoded answer (it only recognises bytes)"
+    ),
     "pipeline-discard": (
         "Pipeline.discard() forgets the queue and ends WATCH on the client side; redis-py "
         "queues a DISCARD that then breaks the pipeline's EXEC"

@@ -381,7 +381,10 @@ async def _(r: Any, k: Resolve) -> Any:
         return [confirmation, receivers, message]
 
 
-@scenario("pubsub")
+@scenario(
+    "pubsub",
+    differs={t: "pubsub-ping-decoded" for t in ("decoded", "cluster-decoded")},
+)
 def pubsub_ping(r: Any, k: Resolve) -> Any:
     pubsub = r.pubsub()
     try:

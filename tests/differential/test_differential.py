@@ -1,8 +1,9 @@
 """redis-py 8 as the oracle: every row of the tables (``cases.py``, ``scenarios.py``) run
 through redis-py's client and through trio-cluster on the same real server, for a
-standalone server (with the default protocol, and with RESP2 and RESP3 asked for explicitly),
-a password-protected one and a cluster; values, types and error classes
-must agree except for the deliberate differences the README lists.
+standalone server (with the default protocol, with RESP2 and RESP3 asked for explicitly, and
+with decode_responses=True), a password-protected one and a cluster (default protocol, RESP3,
+decode_responses=True); values, types, error classes and error messages must agree except for
+the deliberate differences the README lists.
 
 Each test prints how many calls it compared; ``test_count`` checks the tables' size.
 """
@@ -45,6 +46,8 @@ TARGETS: dict[str, tuple[str, dict[str, Any]]] = {
     "resp2": ("standalone", {"protocol": 2}),
     "resp3": ("standalone", {"protocol": 3}),
     "cluster-resp3": ("cluster", {"protocol": 3}),
+    "decoded": ("standalone", {"decode_responses": True}),
+    "cluster-decoded": ("cluster", {"decode_responses": True}),
 }
 
 
