@@ -306,3 +306,38 @@ async def test_pubsub_run_gives_every_message_to_its_handler(local_server: Local
             # A closed PubSub ends run() instead of spinning on the error.
             await p.aclose()
             await p.run()
+
+
+# --- the merge of the two halves: conversion, encoding and full-name parsing together -----
+
+
+async def test_converted_argument_keeps_the_full_command_name(
+    local_server: LocalServer, local_cluster: LocalCluster
+) -> None:
+    """A bytearray argument makes the client convert and resend; the reply is still parsed by
+    "CONFIG GET" (a dict), not by the first word sent."""
+    with trio.fail_after(20):
+        async with _client(local_server) as r, _cluster(local_cluster) as rc:
+            for client in (r, rc):
+                reply = await client.config_get(bytearray(b"maxmemory"))
+                assert isinstance(reply, dict) and set(reply) == {"maxmemory"}, reply
+
+
+async def test_non_utf8_encoding_splits_and_routes_like_utf8(
+    local_server: LocalServer, local_cluster: LocalCluster
+) -> None:
+    """With encoding="latin-1" every str is encoded by the client: a two-word command still
+    goes out as two words, a cross-slot MSET is still split, and replies decode back."""
+    keys = {"helpers:enc:{a}é": "à", "helpers:enc:{b}é": "ü"}
+    with trio.fail_after(20):
+        async with (
+            Client(local_server.host, local_server.port, encoding="latin-1",
+                   decode_responses=True) as r,
+            ClusterClient(startup_nodes=local_cluster.startup_nodes, encoding="latin-1",
+                          decode_responses=True) as rc,
+        ):  # fmt: skip
+            for client in (r, rc):
+                assert set(await client.config_get("maxmemory")) == {"maxmemory"}
+                assert await client.mset(keys) is True
+                assert await client.mget(list(keys)) == list(keys.values())
+                assert await client.delete(*keys) == 2
