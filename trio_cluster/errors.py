@@ -241,8 +241,8 @@ class ClusterUnreachableError(rex.RedisClusterException, rex.ConnectionError):
     ``RedisClusterException``, and a ``ConnectionError``); the message names each cause."""
 
 
-# Error code (first word of the reply) -> exception class.  Each is built from the text after
-# the code, as redis-py's parser does for the codes it knows (all of these but BUSY).
+# Error code (first word of the reply) -> exception class.  The classes that parse their
+# message take the text after the code; the others keep the whole message, as redis-py does.
 _BY_CODE: dict[str, type[Exception]] = {
     "MOVED": MovedError,
     "ASK": AskError,
@@ -294,4 +294,4 @@ def error_from_reply(message: str) -> Exception:
             return cls(rest)
         except ValueError:
             return ResponseError(message)
-    return cls(message if code == "BUSY" else rest)  # redis-py keeps BUSY's code (unknown to it)
+    return cls(message)

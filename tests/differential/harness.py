@@ -89,6 +89,11 @@ MESSAGE_DIFFERENCES: dict[str, str] = {
         "AttributeError for a method neither client has names our class (Client, "
         "ClusterClient) instead of redis-py's (Redis, RedisCluster)"
     ),
+    "error-code-kept": (
+        "str() of an error reply keeps its code other than ERR (NOSCRIPT..., as the server "
+        "sent it: the client's handshake and users' log searches read it); redis-py drops "
+        "every code it knows"
+    ),
 }
 
 #: Whether an error of the right class with another message fails the suite (a row that
@@ -111,6 +116,9 @@ def message_difference(reference: BaseException, ours: BaseException) -> str | N
         theirs.partition(" object ")[2] == mine.partition(" object ")[2] != ""
     ):
         return "client-class-name"
+    code = getattr(reference, "status_code", None)
+    if code not in (None, "ERR") and mine == f"{code} {theirs}":
+        return "error-code-kept"
     return None
 
 

@@ -157,6 +157,10 @@ def test_message_differences_are_recognised_narrowly() -> None:
             AttributeError("'Redis' object has no attribute 'nope'"),
             AttributeError("'Client' object has no attribute 'nope'"),
         ),
+        "error-code-kept": (
+            redis.exceptions.NoScriptError("No matching script.", status_code="NOSCRIPT"),
+            redis.exceptions.NoScriptError("NOSCRIPT No matching script."),
+        ),
     }
     assert set(samples) == set(MESSAGE_DIFFERENCES)
     for key, (theirs, ours) in samples.items():
