@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 
 from .clientbase import ClientBase
 from .commands import (
+    COMMAND_NAME,
     DATA_TAKING_COMMANDS,
     blocking_seconds,
     normalize_args,
@@ -128,6 +129,9 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     async def _stop(self) -> None:
         await self._pool.aclose()
 
+    def _connection_config(self) -> ConnectionConfig:
+        return self._dialer.config
+
     def _maintenance_managers(self) -> list[MaintenanceManager]:
         return [self._dialer.maint] if self._dialer.maint is not None else []
 
@@ -154,11 +158,11 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Run one command (what every command method calls) and parse its reply."""
+        name = args[0]  # the name redis-py looks the callback up by ("CONFIG GET")
         args = normalize_args(args)
+        blocks = blocking_seconds(args[0], args)
         if self._encoding.encodes_str:
             args = prepare_args(args, self._encoding)
-        name = args[0]
-        blocks = blocking_seconds(name, args)
         pool = self._pool
         try:
             conn = await pool.get()
@@ -185,6 +189,8 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         finally:
             pool.put(conn)
         if reply is _RETRY:
+            if prepared[0] != name:  # split ("CONFIG GET"): parse by the full name
+                options = {**options, COMMAND_NAME: name}
             return await self.execute_command(*prepared, **options)
         return self._replies.parse(name, reply, options)
 
@@ -198,9 +204,11 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     # --- pipelines -----------------------------------------------------------------------------
 
-    def pipeline(self, transaction: bool = False) -> Pipeline:
+    def pipeline(self, transaction: bool = False, shard_hint: Any = None) -> Pipeline:
         """Queue commands and send them in one round trip; ``transaction=True`` wraps them in
-        MULTI/EXEC.  Use ``watch()`` for optimistic locking (on a dedicated connection)."""
+        MULTI/EXEC (redis-py's default; here, as for ``ClusterClient``, the default is a
+        plain pipeline).  Use ``watch()`` for optimistic locking (on a dedicated
+        connection).  ``shard_hint`` is accepted and unused, as in redis-py."""
         return Pipeline(self, transaction)
 
 
@@ -260,7 +268,8 @@ class Pipeline(PipelineBase):
         """Send every queued command in one write and return their results in order."""
         if not self.command_stack and self._conn is None:
             return []
-        stack = await self._checked_stack(self._client._encoding)
+        stack = await self._checked_stack(self._client._encoding)  # nothing sent if refused
+        await self._load_scripts()
         transaction = self.transaction or self._explicit_multi
         conn = self._conn
         pool = self._client._pool

@@ -1,20 +1,31 @@
 """What ``Client`` and ``ClusterClient`` share beyond their routing: the lifetime of their
 nursery (:class:`~trio_cluster.lifetime.NurseryOwner`), pub/sub, credential rotation,
-maintenance statistics, response callbacks and the ``transaction`` helper."""
+maintenance statistics, response callbacks, and redis-py's helpers: ``transaction``,
+``lock``, ``register_script``/``get_encoder`` and ``monitor``."""
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal
 
+import attrs
+import trio
+from redis._parsers.encoders import Encoder
 from redis.exceptions import WatchError
 
 from .commands import ReplyParser
+from .config import ConnectionConfig
+from .connection import Connection
 from .credentials import CredentialManager
+from .encoding import Encoding
 from .lifetime import NurseryOwner
+from .lock import Lock
 from .maint import MaintenanceManager
+from .monitor import Monitor
 from .pubsub import PubSub, PubSubRegistry, PubSubStats
+from .scripts import Script
 from .watchdog import Watchdog
 
 __all__ = ["ClientBase"]
@@ -24,6 +35,7 @@ class ClientBase(NurseryOwner):
     """The parts of a client that do not depend on how commands are routed."""
 
     _credentials: CredentialManager | None
+    _encoding: Encoding
     #: redis-py's typing marker: its command methods are typed as awaitables returning the
     #: precise reply type (``await r.get(k)`` is ``bytes | str | None``), as for
     #: ``redis.asyncio`` clients.
@@ -39,7 +51,7 @@ class ClientBase(NurseryOwner):
         """The maintenance-notification managers of every pool the client has."""
         raise NotImplementedError
 
-    def pipeline(self, transaction: bool = False) -> Any:
+    def pipeline(self, transaction: bool = False, shard_hint: Any = None) -> Any:
         """Queue commands, sent together (``transaction=True``: MULTI/EXEC)."""
         raise NotImplementedError
 
@@ -86,17 +98,102 @@ class ClientBase(NurseryOwner):
         """Replace how one command's reply is parsed (as in redis-py)."""
         self._replies.set_callback(command, callback)
 
-    async def transaction(self, func: Any, *watches: Any, value_from_callable: bool = False) -> Any:
-        """Run ``await func(pipe)`` under WATCH ``watches`` until EXEC succeeds, as redis-py's
-        ``transaction`` (on a cluster, the keys must share a slot; a slot that moves
-        meanwhile is one more retry)."""
-        async with self.pipeline(transaction=True) as pipe:
+    async def transaction(
+        self,
+        func: Callable[[Any], Any],
+        *watches: Any,
+        shard_hint: Any = None,
+        value_from_callable: bool = False,
+        watch_delay: float | None = None,
+    ) -> Any:
+        """Run ``func(pipe)`` (a plain or an async function) under WATCH ``watches`` until
+        EXEC succeeds, as redis-py's ``transaction`` (on a cluster, the keys must share a
+        slot; a slot that moves meanwhile is one more retry).  ``watch_delay``: seconds to
+        wait between attempts.  ``shard_hint`` is accepted and unused, as in redis-py."""
+        async with self.pipeline(transaction=True, shard_hint=shard_hint) as pipe:
             while True:
                 try:
                     if watches:
                         await pipe.watch(*watches)
-                    result = await func(pipe)
+                    result = func(pipe)
+                    if inspect.isawaitable(result):
+                        result = await result
                     executed = await pipe.execute()
                     return result if value_from_callable else executed
                 except WatchError:
+                    if watch_delay is not None and watch_delay > 0:
+                        await trio.sleep(watch_delay)
                     continue
+
+    # --- redis-py's helpers ----------------------------------------------------------------------
+
+    def _connection_config(self) -> ConnectionConfig:
+        """The configuration new connections start from (encoding options, credentials)."""
+        raise NotImplementedError
+
+    async def _dial_dedicated(self, target_node: Any = None) -> Connection:
+        """A connection outside every pool, with the newest credentials, to
+        ``target_node`` (anything with ``host`` and ``port``, e.g. a ``ClusterNode``) or
+        to the client's (default) node: for MONITOR."""
+        config = self._connection_config()
+        if target_node is not None:
+            config = attrs.evolve(config, host=target_node.host, port=int(target_node.port))
+        if self._credentials is not None:
+            pair, _ = await self._credentials.for_new_connection()
+            if pair is not None:
+                config = attrs.evolve(config, username=pair[0], password=pair[1])
+        return await Connection.open(config)
+
+    def get_connection_kwargs(self) -> dict[str, Any]:
+        """The connection options, as redis-py's ``get_connection_kwargs`` (its command
+        methods read ``decode_responses`` there)."""
+        options = attrs.asdict(self._connection_config(), recurse=False)
+        encoding = self._encoding
+        options.update(
+            encoding=encoding.encoding,
+            encoding_errors=encoding.encoding_errors,
+            decode_responses=encoding.decode_responses,
+        )
+        return options
+
+    def get_encoder(self) -> Encoder:
+        """How arguments are encoded and replies decoded (redis-py's ``Encoder``)."""
+        encoding = self._encoding
+        return Encoder(  # type: ignore[no-untyped-call]
+            encoding.encoding, encoding.encoding_errors, encoding.decode_responses
+        )
+
+    def register_script(self, script: str | bytes) -> Script:
+        """A callable Lua script: ``await s(keys=[...], args=[...])``, or with
+        ``client=pipe`` to queue it on a pipeline."""
+        return Script(self, script)  # type: ignore[arg-type]
+
+    def lock(
+        self,
+        name: Any,
+        timeout: float | None = None,
+        sleep: float = 0.1,
+        blocking: bool = True,
+        blocking_timeout: float | None = None,
+        lock_class: type[Lock] | None = None,
+        thread_local: bool = True,
+        raise_on_release_error: bool = True,
+    ) -> Lock:
+        """redis-py's distributed lock in key ``name``, used as ``async with client.lock(
+        "name", timeout=10) as lock:`` (see :class:`~trio_cluster.lock.Lock`)."""
+        return (lock_class or Lock)(
+            self,
+            name,
+            timeout=timeout,
+            sleep=sleep,
+            blocking=blocking,
+            blocking_timeout=blocking_timeout,
+            thread_local=thread_local,
+            raise_on_release_error=raise_on_release_error,
+        )
+
+    def monitor(self, target_node: Any = None) -> Monitor:
+        """``async with client.monitor() as m:`` the commands the node runs, as redis-py's
+        ``Monitor``; on a cluster, the default node or ``target_node`` (a ``ClusterNode``),
+        as redis-py's ``RedisCluster.monitor``."""
+        return Monitor(lambda: self._dial_dedicated(target_node))

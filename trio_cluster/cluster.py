@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Any, Self
 import attrs
 import trio
 from redis import exceptions as rex
-from redis.client import EMPTY_RESPONSE
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.commands import AsyncCoreCommands
 
 from .breaker import BreakerOptions, BreakerState, CircuitBreaker, CircuitOpenError
 from .client import run_blocking
 from .clientbase import ClientBase
-from .commands import blocking_seconds, normalize_args
+from .clusterhelpers import ClusterHelpers, ClusterNode
+from .commands import COMMAND_NAME, blocking_seconds, normalize_args
 from .config import ConnectionConfig, connection_options, parse_url, redact_url
 from .connection import Connection, mark_unsent, was_unsent
 from .credentials import CredentialManager, CredentialSource
@@ -171,7 +172,7 @@ class _Node:
 
 
 # redis-py's own mixins disagree on command_info's signature once another base is added.
-class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
+class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ignore[misc]
     """A Redis Cluster client.
 
     Start from ``host``/``port``, or ``startup_nodes=[(host, port), ...]``, or
@@ -239,7 +240,7 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
                 raise ValueError(f"{name} must be a number of seconds > 0; got {value!r}")
         self.refresh_interval = float(refresh_interval)
         self.refresh_min_interval = float(refresh_min_interval)
-        self._replies = self._encoding.reply_parser(protocol)
+        self._replies = self._encoding.reply_parser(protocol, cluster=True)
         self._commands = CommandTable()
         self._nodes: dict[Address, _Node] = {}
         self._retired: list[_Node] = []
@@ -288,6 +289,12 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             await self._credentials.start(nursery)
         await self._refresh_once(initial=True)
         nursery.start_soon(self._refresher)
+
+    def _connection_config(self) -> ConnectionConfig:
+        node = self._default_node
+        if node is None:
+            return self._base_config
+        return attrs.evolve(self._base_config, host=node.address[0], port=node.address[1])
 
     def _maintenance_managers(self) -> list[MaintenanceManager]:
         return [n.dialer.maint for n in self._nodes.values() if n.dialer and n.dialer.maint]
@@ -469,8 +476,12 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             if slot is None:
                 raise CrossSlotKeysError(_cross_slot_message(args))
             return slot
-        name = str(args[0]).upper()
-        target = keyless_target(f"{name} {str(args[1]).upper()}" if len(args) > 1 else name)
+        name = _word(args[0])
+        if name == "PUBLISH" and len(args) > 1:
+            # As redis-py's cluster: the channel's slot, where a PubSub subscribing to it
+            # connects too, so the reply counts that subscriber.
+            return key_slot_of(args[1])
+        target = keyless_target(f"{name} {_word(args[1])}" if len(args) > 1 else name)
         if target is None:
             target = keyless_target(name)
         if target is Target.SLOT_ID:
@@ -493,13 +504,13 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Route and run one command, following redirects and retrying as documented."""
-        if self._encoding.encodes_str:
-            args = prepare_args(args, self._encoding)
-        name = args[0]
+        name = args[0]  # the name redis-py looks the callback up by ("CONFIG GET")
         try:
             readonly = self._commands.single_key.get(name) if len(args) > 1 else None
             if readonly is not None and not (options and "target_nodes" in options):
                 # The hot path (GET, SET, INCR...): the slot is that of the first argument.
+                if self._encoding.encodes_str:
+                    args = prepare_args(args, self._encoding)
                 try:
                     reply = await self._execute_on_slot(
                         key_slot_of(args[1]), args, readonly, simple=True
@@ -512,14 +523,15 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
                         raise
                     reply = _RETRY  # outside this handler: an error is counted once
             else:
+                args = normalize_args(args)
+                command = args[0]  # the first word, still text (routing reads it)
                 # Checked before anything is sent (a split command sends several).
-                args = prepare_args(normalize_args(args), self._encoding)
-                name = args[0]
-                if options and "target_nodes" in options:
-                    targets = options.pop("target_nodes")
-                    return await self._execute_on_targets(targets, args, options)
-                if name in _SPLITTABLE and len(args) > 2:
-                    split = await self._execute_split(args, options)
+                args = prepare_args(args, self._encoding)
+                targets = options.pop("target_nodes", None) if options else None
+                if targets is not None:
+                    return await self._execute_on_targets(targets, name, args, options)
+                if command in _SPLITTABLE and len(args) > 2:
+                    split = await self._execute_split(command, args, options)
                     if split is not _NOT_SPLIT:
                         return split
                 # One look-up in the command table serves routing and the retry rules.
@@ -529,7 +541,7 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
                 else:
                     route = self._slot_for(args, spec)
                 if type(route) is not int:
-                    return await self._execute_keyless(route, args, options)  # type: ignore[arg-type]
+                    return await self._execute_keyless(route, name, args, options)  # type: ignore[arg-type]
                 readonly = spec is not None and spec.readonly
                 reply = await self._execute_on_slot(route, args, readonly)
         except rex.ResponseError as exc:
@@ -741,21 +753,39 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         return replies
 
     async def _execute_on_targets(
-        self, targets: Any, args: tuple[Any, ...], options: dict[str, Any]
+        self, targets: Any, name: str, args: tuple[Any, ...], options: dict[str, Any]
     ) -> Any:
-        """redis-py's ``target_nodes=``: a flag ("primaries", "replicas", "all", "random"),
-        a node name ``host:port``, or a list of names."""
+        """redis-py's ``target_nodes=``: a flag ("primaries", "replicas", "all", "random",
+        "default-node"), a :class:`ClusterNode`, a list of them or a dict of them (as
+        ``get_primaries()`` and friends return), or node names ``host:port``."""
         if isinstance(targets, str) and targets in _TARGET_NAMES:
-            return await self._execute_keyless(_TARGET_NAMES[targets], args, options)
-        names = [targets] if isinstance(targets, str) else list(targets)
+            return await self._execute_keyless(_TARGET_NAMES[targets], name, args, options)
+        nodes = self._nodes_named(targets)
+        return self._combine(name, await self._on_each(nodes, name, args, options), options)
+
+    def _nodes_named(self, targets: Any) -> list[_Node]:
+        """The nodes ``target_nodes=`` names (see :meth:`_execute_on_targets`)."""
+        if isinstance(targets, str | ClusterNode):
+            targets = [targets]
+        elif isinstance(targets, dict):
+            targets = list(targets.values())
+        elif not isinstance(targets, list | tuple):
+            raise TypeError(
+                "target_nodes type can be one of the following: node_flag (primaries, "
+                "replicas, all, random), ClusterNode, list<ClusterNode>, or "
+                f"dict<any, ClusterNode>. The passed type is {type(targets)}"
+            )
         by_name = {node.name: node for node in self._nodes.values()}
+        names = [t.name if isinstance(t, ClusterNode) else str(t) for t in targets]
         unknown = [n for n in names if n not in by_name]
         if unknown:
-            raise ValueError(f"target_nodes names unknown nodes: {', '.join(map(str, unknown))}")
-        return self._combine(args, await self._on_each([by_name[n] for n in names], args, options))
+            raise rex.RedisClusterException(
+                f"target_nodes names unknown nodes: {', '.join(unknown)}"
+            )
+        return [by_name[n] for n in names]
 
     async def _execute_keyless(
-        self, target: Target, args: tuple[Any, ...], options: dict[str, Any]
+        self, target: Target, name: str, args: tuple[Any, ...], options: dict[str, Any]
     ) -> Any:
         if target in (Target.PRIMARIES, Target.ALL_NODES, Target.REPLICAS):
             if target is Target.PRIMARIES:
@@ -764,25 +794,29 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
                 nodes = [r for _, replicas in self._shard_nodes for r in replicas]
             else:
                 nodes = list(self._nodes.values())
-            return self._combine(args, await self._on_each(nodes, args, options))
+            return self._combine(name, await self._on_each(nodes, name, args, options), options)
         if target is Target.RANDOM:
             node = random.choice(list(self._nodes.values()))
         else:
             node = self._default_node or await self._node(self.startup_nodes[0])
         reply = await self._execute_on_node(node, args)
-        return self._replies.parse(str(args[0]), reply, options)
+        # As redis-py: a command with a result callback goes through it from one node too
+        # (PING -> True, CLIENT UNBLOCK -> 0/1, SCAN -> its cursor shape...).
+        parsed = self._replies.parse(name, reply, dict(options))
+        return self._combine(name, {node.name: parsed}, options)
 
     @staticmethod
-    def _combine(args: tuple[Any, ...], results: dict[str, Any]) -> Any:
-        """Combine replies from several nodes as redis-py's cluster client does."""
-        name = " ".join(str(a).upper() for a in args[:2]) if len(args) > 1 else str(args[0])
-        callback = RESULT_CALLBACKS.get(name) or RESULT_CALLBACKS.get(str(args[0]).upper())
+    def _combine(name: str, results: dict[str, Any], options: dict[str, Any]) -> Any:
+        """Combine replies from several nodes as redis-py's cluster client does
+        (``RedisCluster._process_result``)."""
+        callback = RESULT_CALLBACKS.get(str(name).upper())
         if callback is not None:
-            return callback(name, results)
+            extra = {k: v for k, v in options.items() if k not in _INTERNAL_OPTIONS}
+            return callback(name, results, **extra)
         return next(iter(results.values())) if len(results) == 1 else results
 
     async def _on_each(
-        self, nodes: Sequence[_Node], args: tuple[Any, ...], options: dict[str, Any]
+        self, nodes: Sequence[_Node], name: str, args: tuple[Any, ...], options: dict[str, Any]
     ) -> dict[str, Any]:
         """Run ``args`` on every node concurrently; {node name: parsed reply}.
 
@@ -795,7 +829,7 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         async def one(node: _Node) -> None:
             try:
                 reply = await self._execute_on_node(node, args)
-                results[node.name] = self._replies.parse(str(args[0]), reply, dict(options))
+                results[node.name] = self._replies.parse(name, reply, dict(options))
             except Exception as error:
                 failures[node.name] = error
 
@@ -806,10 +840,12 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             raise first_error([failures[n.name] for n in nodes if n.name in failures])
         return {n.name: results[n.name] for n in nodes}
 
-    async def _execute_split(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
-        """MGET/MSET/DEL/... whose keys span slots: one command per slot, concurrently,
-        reassembled in the caller's order.  Not atomic across slots."""
-        name = args[0]
+    async def _execute_split(
+        self, name: str, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
+        """MGET/MSET/DEL/... (``name``) whose keys span slots: one command per slot,
+        concurrently, reassembled in the caller's order.  Not atomic across slots."""
+        wire = args[0]  # ``name`` as sent (encoded when the client encodes str itself)
         step = 2 if name == "MSET" else 1
         items = args[1:]
         groups: dict[int, list[int]] = {}
@@ -823,7 +859,7 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         async def run(slot: int, indexes: list[int]) -> None:
             part = tuple(x for i in indexes for x in items[i : i + step])
             try:
-                replies[slot] = await self._execute_on_slot(slot, (name, *part))
+                replies[slot] = await self._execute_on_slot(slot, (wire, *part))
             except Exception as error:
                 failures[slot] = error
 
@@ -871,9 +907,10 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
                 if int(cursor) == 0:
                     break
 
-    def pipeline(self, transaction: bool = False) -> ClusterPipeline:
+    def pipeline(self, transaction: bool = False, shard_hint: Any = None) -> ClusterPipeline:
         """A pipeline across nodes (``transaction=True``: MULTI/EXEC within one slot; use
-        ``watch()`` for optimistic locking on a connection of the slot's primary)."""
+        ``watch()`` for optimistic locking on a connection of the slot's primary).
+        ``shard_hint`` is accepted and unused, as in redis-py."""
         from .cluster_pipeline import ClusterPipeline
 
         return ClusterPipeline(self, transaction)
@@ -930,13 +967,19 @@ class ClusterClient(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
 
 _NOT_SPLIT: Any = object()
+#: Options the command mixins pass for the client itself, never for a callback.
+_INTERNAL_OPTIONS = frozenset({EMPTY_RESPONSE, NEVER_DECODE, "keys", COMMAND_NAME})
 _RETRY: Any = object()
+
+
+def _word(arg: Any) -> str:
+    """A command word in upper case, whether sent as str or (encoded) bytes."""
+    return (arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)).upper()
 
 
 def _cross_slot_message(args: tuple[Any, ...]) -> str:
     """redis-py's words for a command whose keys span slots."""
-    name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
-    return f"{name.upper()} - all keys must map to the same key slot"
+    return f"{_word(args[0])} - all keys must map to the same key slot"
 
 
 _TARGET_NAMES = {

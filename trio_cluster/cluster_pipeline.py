@@ -175,7 +175,9 @@ class ClusterPipeline(PipelineBase):
         """Send every queued command and return the results in the order they were queued."""
         if not self.command_stack and self._conn is None:
             return []
+        # Checked before anything is sent (scripts' SCRIPT LOAD included).
         self.command_stack = await self._checked_stack(self._client._encoding)
+        await self._load_scripts()
         if self._conn is not None:
             return await self._execute_watched(raise_on_error)
         stack, self.command_stack = self.command_stack, []

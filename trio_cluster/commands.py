@@ -14,17 +14,26 @@ from typing import Any
 
 from redis._parsers.response_callbacks import get_response_callbacks
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
+from redis.cluster import RedisCluster, parse_cluster_shards_with_str_keys
 from redis.exceptions import ExecAbortError, ResponseError, WatchError
+from redis.utils import safe_str, truncate_text
 
 __all__ = [
     "BLOCKING_COMMANDS",
+    "COMMAND_NAME",
     "ReplyParser",
     "annotate_pipeline_error",
     "blocking_seconds",
     "normalize_args",
     "pipeline_results",
+    "queue_entry",
     "transaction_results",
 ]
+
+
+#: The option under which a queued command keeps the name its reply is parsed by, when that
+#: differs from the first word sent (``"CONFIG GET"`` is sent as ``CONFIG``, ``GET``).
+COMMAND_NAME = "_trio_cluster_command_name"
 
 
 def normalize_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -33,6 +42,17 @@ def normalize_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
     if isinstance(name, str) and " " in name:
         return (*name.split(), *args[1:])
     return args
+
+
+def queue_entry(
+    args: tuple[Any, ...], options: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A pipeline's queue entry: the words sent, and options that remember the full command
+    name (redis-py looks callbacks up by ``args[0]`` as the command method passed it)."""
+    wire = normalize_args(args)
+    if wire is not args:
+        options = {**options, COMMAND_NAME: args[0]}
+    return wire, options
 
 
 def _last_arg_seconds(args: Sequence[Any]) -> float:
@@ -87,48 +107,72 @@ def blocking_seconds(name: str, args: Sequence[Any]) -> float | None:
         return None
     try:
         seconds = reader(args)
-    except (IndexError, ValueError):
-        return None  # malformed: the server will answer with an error at once
+    except (IndexError, ValueError, TypeError):
+        return None  # malformed (or None: refused before sending): the server or DataError says so
     if seconds is None:
         return None
     return math.inf if seconds == 0 else seconds
 
 
 class ReplyParser:
-    """redis-py's response callbacks, chosen as redis-py chooses them.
+    """redis-py's response callbacks, chosen as redis-py chooses them and looked up, as
+    redis-py does, by the command name the command method passed (``"CONFIG GET"``, not
+    ``"CONFIG"``).
 
     ``protocol=None`` (the default) speaks RESP3 on the wire but returns the same shapes as
-    redis-py's default client; ``3`` returns RESP3 shapes; ``2`` RESP2 shapes.
+    redis-py's default client; ``3`` returns RESP3 shapes; ``2`` RESP2 shapes.  ``cluster``
+    adds ``RedisCluster``'s second layer (``CLUSTER SLOTS``/``SHARDS``/``MYSHARDID``), applied
+    after the node's callback; there ``set_response_callback`` replaces that second layer,
+    as it does in redis-py's ``RedisCluster``.
     """
 
-    def __init__(self, protocol: int | None) -> None:
+    def __init__(self, protocol: int | None, *, cluster: bool = False) -> None:
         callbacks = get_response_callbacks(user_protocol=protocol, legacy_responses=True)
         self.callbacks: dict[str, Callable[..., Any]] = {k.upper(): v for k, v in callbacks.items()}
+        self.cluster_callbacks: dict[str, Callable[..., Any]] | None = None
+        if cluster:
+            layer = dict(RedisCluster.CLUSTER_COMMANDS_RESPONSE_CALLBACKS)
+            if protocol is None:
+                layer["CLUSTER SHARDS"] = parse_cluster_shards_with_str_keys
+            self.cluster_callbacks = {k.upper(): v for k, v in layer.items()}
 
     def set_callback(self, command: str, callback: Callable[..., Any]) -> None:
         """Replace the callback of one command (as redis-py's ``set_response_callback``)."""
-        self.callbacks[command.upper()] = callback
+        table = self.callbacks if self.cluster_callbacks is None else self.cluster_callbacks
+        table[command.upper()] = callback
 
     def parse(self, name: str, reply: Any, options: dict[str, Any]) -> Any:
         """Apply the command's callback to its reply (``options`` as the mixin passed them)."""
         if options:
+            name = options.pop(COMMAND_NAME, name)
             options.pop(NEVER_DECODE, None)
             options.pop(EMPTY_RESPONSE, None)
             options.pop("keys", None)
+            options.pop("target_nodes", None)  # routing, not parsing (cluster pipelines)
+        if type(name) is not str:
+            name = name.decode() if isinstance(name, bytes) else str(name)
         callback = self.callbacks.get(name)
         if callback is None:
             callback = self.callbacks.get(name.upper())
-            if callback is None:
-                return reply
-        return callback(reply, **options)
+        if callback is not None:
+            reply = callback(reply, **options)
+        layer = self.cluster_callbacks
+        if layer:
+            second = layer.get(name)
+            if second is None and not name.isupper():  # the mixins pass upper case
+                second = layer.get(name.upper())
+            if second is not None:
+                reply = second(reply, **options)
+        return reply
 
 
 PipelineStack = Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
 
 
 def annotate_pipeline_error(error: Exception, position: int, args: tuple[Any, ...]) -> None:
-    """Say in ``error`` which queued command (1-based, with its name) it belongs to."""
-    command = " ".join(str(a) for a in args[:2])
+    """Say in ``error`` which queued command (1-based, with its arguments, shortened) it
+    belongs to, in redis-py's words."""
+    command = truncate_text(" ".join(map(safe_str, args)))  # type: ignore[no-untyped-call]
     first = error.args[0] if error.args else error
     error.args = (f"Command # {position + 1} ({command}) of pipeline caused error: {first}",
                   *error.args[1:])  # fmt: skip
@@ -150,7 +194,7 @@ def transaction_results(
     if isinstance(executed, Exception):
         raise executed
     if executed is None:
-        raise WatchError("a watched key changed; the transaction was not executed")
+        raise WatchError("Watched variable changed.")  # redis-py's words
     if len(executed) != len(stack):
         raise ResponseError("wrong number of results from EXEC")
     return list(executed)

@@ -76,11 +76,14 @@ class Encoding:
             return True  # computed before the validators run; they raise the ValueError
         return not utf8 or self.encoding_errors != "strict"
 
-    def reply_parser(self, protocol: int | None) -> ReplyParser:
-        """The reply parser a client with these options uses."""
+    def reply_parser(self, protocol: int | None, *, cluster: bool = False) -> ReplyParser:
+        """The reply parser a client with these options uses (``cluster`` adds
+        ``RedisCluster``'s second callback layer, see :class:`ReplyParser`)."""
         if self.decode_responses:
-            return DecodingReplyParser(protocol, self.encoding, self.encoding_errors)
-        return ReplyParser(protocol)
+            return DecodingReplyParser(
+                protocol, self.encoding, self.encoding_errors, cluster=cluster
+            )
+        return ReplyParser(protocol, cluster=cluster)
 
 
 def prepare_args(
@@ -154,10 +157,13 @@ def decode_reply(reply: Any, encoding: str = "utf-8", errors: str = "strict") ->
 
 class DecodingReplyParser(ReplyParser):
     """A :class:`ReplyParser` that decodes replies before the callbacks see them
-    (``decode_responses=True``)."""
+    (``decode_responses=True``): the same callbacks, looked up by full command name, with
+    the same ``protocol`` and ``cluster`` layers; only the raw reply differs."""
 
-    def __init__(self, protocol: int | None, encoding: str, errors: str) -> None:
-        super().__init__(protocol)
+    def __init__(
+        self, protocol: int | None, encoding: str, errors: str, *, cluster: bool = False
+    ) -> None:
+        super().__init__(protocol, cluster=cluster)
         self.encoding = encoding
         self.errors = errors
 

@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import ResponseError
 
-from .commands import normalize_args
+from .commands import queue_entry
 from .connection import Connection
 from .encoding import Encoding, prepare_stack
 from .errors import ArgumentTypeError
+
+if TYPE_CHECKING:
+    from redis._parsers.encoders import Encoder
+
+    from .scripts import Script
 
 __all__ = ["PipelineBase"]
 
@@ -33,6 +39,8 @@ class PipelineBase(AsyncCoreCommands):
 
     def __init__(self, transaction: bool) -> None:
         self.transaction = transaction
+        #: Scripts queued with ``script(..., client=pipe)``: loaded before the pipeline runs.
+        self.scripts: set[Script] = set()
         self.command_stack: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         self._conn: Connection | None = None  # held while WATCHing
         self._explicit_multi = False
@@ -44,6 +52,13 @@ class PipelineBase(AsyncCoreCommands):
         return True
 
     async def __aenter__(self) -> Self:
+        return self
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        """``await pipe.set(...)`` gives the pipeline back, as redis-py's asyncio pipeline."""
+        return self._self().__await__()
+
+    async def _self(self) -> Self:
         return self
 
     async def __aexit__(
@@ -80,10 +95,40 @@ class PipelineBase(AsyncCoreCommands):
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         """Queue a command (or, while watching and before MULTI, run it at once)."""
+        entry = queue_entry(args, options)
         if self._conn is not None and not self._explicit_multi:
-            return self._immediate(normalize_args(args), options)
-        self.command_stack.append((normalize_args(args), options))
+            return self._immediate(*entry)
+        self.command_stack.append(entry)
         return self
+
+    def get_encoder(self) -> Encoder:
+        """The client's encoder (redis-py's ``Script`` asks for it)."""
+        encoder: Encoder = self._client.get_encoder()  # type: ignore[attr-defined]
+        return encoder
+
+    def register_script(self, script: Any) -> Script:  # type: ignore[override]
+        """A script whose calls queue on this pipeline (see ``ClientBase.register_script``)."""
+        from .scripts import Script
+
+        return Script(self, script)  # type: ignore[arg-type]
+
+    async def discard(self) -> None:
+        """Forget the queued commands and MULTI, and end any WATCH (the server's DISCARD
+        does both)."""
+        await self.reset()
+        self.scripts = set()
+
+    async def _load_scripts(self) -> None:
+        """Make sure the scripts queued on the pipeline exist on the server (on a cluster,
+        on every primary) before EVALSHA runs, as redis-py's pipelines do."""
+        scripts, self.scripts = list(self.scripts), set()
+        if not scripts:
+            return
+        client: Any = self._client  # type: ignore[attr-defined]
+        exists = await client.script_exists(*(s.sha for s in scripts))
+        for script, present in zip(scripts, exists, strict=True):
+            if not present:
+                script.sha = await client.script_load(script.script)
 
     def multi(self) -> None:
         """Start the transaction after WATCH: later commands are queued for MULTI/EXEC."""

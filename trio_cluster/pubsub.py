@@ -13,6 +13,10 @@ ends; a *placer* task then puts whatever lost its link back on a (new) link, aft
 refresh in a cluster, and every new link replays its part of the sets.  So reconnecting,
 following a failover and following a slot move are one code path.
 
+With the client's ``decode_responses=True`` the consumer (and every message handler) gets
+messages with channels, patterns and data decoded to str, as from redis-py; inside, names stay
+bytes.
+
 Redis pub/sub is at-most-once: what is published while a subscription is down is lost.  When
 a subscription the server had confirmed is lost, the stream carries a ``{"type": "gap", ...}``
 message before anything the replacement subscription delivers (see ``docs/pubsub.md``).
@@ -21,13 +25,14 @@ message before anything the replacement subscription delivers (see ``docs/pubsub
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 import random
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, overload
 
 import attrs
 import trio
@@ -35,6 +40,7 @@ from redis import exceptions as rex
 
 from .connection import Connection
 from .credentials import CredentialManager
+from .encoding import decode_reply
 from .errors import (
     BusyLoadingError,
     ClusterDownError,
@@ -230,6 +236,16 @@ def _message(kind: str, frame: list[Any]) -> dict[str, Any]:
     return {"type": kind, "pattern": None, "channel": frame[1], "data": frame[2]}
 
 
+class _UserPing(tuple[Any, ...]):
+    """A PING the consumer asked for (``PubSub.ping``): its answer goes to the stream."""
+
+    answered = False
+
+
+def _skipped(item: dict[str, Any], ignore_subscribe_messages: bool) -> bool:
+    return ignore_subscribe_messages and item["type"] in _SUBSCRIPTION_TYPES
+
+
 class _Link:
     """One dedicated connection and what it should carry.
 
@@ -315,6 +331,13 @@ class PubSub:
 
         self._client = client
         self._cluster: ClusterClient | None = client if isinstance(client, ClusterClient) else None
+        encoding = getattr(client, "_encoding", None)
+        #: (encoding, errors) to decode messages with (the client's decode_responses), or None.
+        self._decoding: tuple[str, str] | None = (
+            (encoding.encoding, encoding.encoding_errors)
+            if encoding is not None and encoding.decode_responses
+            else None
+        )
         if registry is None:
             registry = getattr(client, "_pubsub_registry", None) or PubSubRegistry()
         self._registry = registry
@@ -334,6 +357,12 @@ class PubSub:
         self._refresh_wanted = False
         self._failures = 0
         self._avoid: Address | None = None
+        #: The channel whose slot's primary carries the classic link (see _classic_address).
+        self._home: bytes | None = None
+        #: ping() calls made before the classic link was serving.
+        self._pending_pings: list[tuple[EncodableArg, ...]] = []
+        #: Message handlers given to subscribe(name=handler), by (family, name).
+        self._handlers: dict[tuple[Family, bytes], Callable[[dict[str, Any]], Any]] = {}
         self._send: trio.MemorySendChannel[dict[str, Any] | _Failure] | None = None
         self._receive: trio.MemoryReceiveChannel[dict[str, Any] | _Failure] | None = None
         self._nursery: trio.Nursery | None = None
@@ -423,28 +452,60 @@ class PubSub:
 
     # --- subscribing ---------------------------------------------------------------------------
 
-    async def subscribe(self, *channels: Any) -> None:
-        """SUBSCRIBE: confirmations and messages arrive in the stream; returns at once."""
-        await self._classic_command("channel", [_name(c) for c in channels])
+    async def subscribe(self, *channels: Any, **handlers: Callable[[dict[str, Any]], Any]) -> None:
+        """SUBSCRIBE: confirmations and messages arrive in the stream; returns at once.
+        ``name=handler`` keywords subscribe too, as in redis-py: that channel's messages go to
+        ``handler(message)`` (a plain or an async function, called by the task reading the
+        stream) instead of the stream."""
+        names = [_name(c) for c in channels]
+        async with self._handling("channel", handlers) as named:
+            await self._classic_command("channel", names + named)
 
-    async def psubscribe(self, *patterns: Any) -> None:
-        """PSUBSCRIBE (glob-style patterns)."""
-        await self._classic_command("pattern", [_name(p) for p in patterns])
+    async def psubscribe(self, *patterns: Any, **handlers: Callable[[dict[str, Any]], Any]) -> None:
+        """PSUBSCRIBE (glob-style patterns); ``pattern=handler`` as for :meth:`subscribe`."""
+        names = [_name(p) for p in patterns]
+        async with self._handling("pattern", handlers) as named:
+            await self._classic_command("pattern", names + named)
 
     async def unsubscribe(self, *channels: Any) -> None:
         """UNSUBSCRIBE the given channels, or every channel if none is given."""
         names = [_name(c) for c in channels] or sorted(self._channels)
+        self._forget_handlers("channel", names)
         await self._classic_command("channel", names, unsubscribe=True)
 
     async def punsubscribe(self, *patterns: Any) -> None:
         """PUNSUBSCRIBE the given patterns, or every pattern if none is given."""
         names = [_name(p) for p in patterns] or sorted(self._patterns)
+        self._forget_handlers("pattern", names)
         await self._classic_command("pattern", names, unsubscribe=True)
 
-    async def ssubscribe(self, *channels: Any) -> None:
-        """SSUBSCRIBE: each shard channel goes to the primary of its slot."""
+    @asynccontextmanager
+    async def _handling(
+        self, family: Family, handlers: dict[str, Callable[[dict[str, Any]], Any]]
+    ) -> AsyncIterator[list[bytes]]:
+        """Register ``handlers`` (by name) for the subscribe command run in the block,
+        and take them back if it fails."""
+        named = {_name(name): handler for name, handler in handlers.items()}
+        for name, handler in named.items():
+            self._handlers[(family, name)] = handler
+        try:
+            yield list(named)
+        except BaseException:
+            self._forget_handlers(family, named)
+            raise
+
+    def _forget_handlers(self, family: Family, names: Iterable[bytes]) -> None:
+        for name in names:
+            self._handlers.pop((family, name), None)
+
+    async def ssubscribe(self, *channels: Any, **handlers: Callable[[dict[str, Any]], Any]) -> None:
+        """SSUBSCRIBE: each shard channel goes to the primary of its slot;
+        ``channel=handler`` as for :meth:`subscribe`."""
+        async with self._handling("shard", handlers) as named:
+            await self._ssubscribe([_name(c) for c in channels] + named)
+
+    async def _ssubscribe(self, names: list[bytes]) -> None:
         self._check_open()
-        names = [_name(c) for c in channels]
         if not names:
             raise ValueError("ssubscribe needs at least one channel")
         cluster = self._cluster
@@ -476,6 +537,7 @@ class PubSub:
         """SUNSUBSCRIBE the given shard channels, or every shard channel if none is given."""
         self._check_open()
         names = [_name(c) for c in channels] or sorted(self._shard)
+        self._forget_handlers("shard", names)
         groups: dict[tuple[_Link, int], list[bytes]] = defaultdict(list)
         for n in names:
             self._shard.discard(n)
@@ -504,6 +566,7 @@ class PubSub:
                 raise ValueError(f"{verb.lower()} needs at least one name")
             if self._classic is None:
                 self._check_limit(1)
+                self._home = names[0]
                 address = self._classic_address()  # may raise: before anything changes
                 wanted.update(names)
                 self._classic = self._start_link(classic=True, address=address)
@@ -514,23 +577,173 @@ class PubSub:
 
     # --- consuming -----------------------------------------------------------------------------
 
-    async def get_message(self, *, ignore_subscribe_messages: bool = False) -> dict[str, Any]:
+    @overload
+    async def get_message(
+        self,
+        ignore_subscribe_messages: bool = False,
+        timeout: None = None,  # noqa: ASYNC109 - redis-py's argument
+    ) -> dict[str, Any]: ...
+
+    @overload
+    async def get_message(
+        self,
+        ignore_subscribe_messages: bool = False,
+        *,
+        timeout: float,  # noqa: ASYNC109 - redis-py's argument
+    ) -> dict[str, Any] | None: ...
+
+    @overload
+    async def get_message(
+        self,
+        ignore_subscribe_messages: bool,
+        timeout: float,  # noqa: ASYNC109 - redis-py's argument
+    ) -> dict[str, Any] | None: ...
+
+    async def get_message(
+        self,
+        ignore_subscribe_messages: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - redis-py's argument
+    ) -> dict[str, Any] | None:
         """The next message, waiting as long as the caller's cancel scope allows.
 
         Put a deadline around it as everywhere in trio: under ``trio.move_on_after`` a wait
         that runs out returns nothing from the ``with`` block (the variable you assign stays
         as it was, e.g. ``None``); under ``trio.fail_after`` it raises ``trio.TooSlowError``.
-        No message is lost to a cancelled wait.  Raises an error the server gave to a
-        subscribe command, and :class:`~trio_cluster.errors.PoolClosedError` once closed.
+        ``timeout=`` (redis-py's argument) waits at most that many seconds for one message
+        and returns None if none came, or if it was ignored or given to its handler (as
+        redis-py); ``timeout=0`` does not wait.  No message is lost to a cancelled
+        wait.  Raises an error the server gave to a subscribe command, and
+        :class:`~trio_cluster.errors.PoolClosedError` once closed.
         """
+        if timeout is None:
+            while True:
+                item = await self._next_wanted(ignore_subscribe_messages)
+                if item is not None:
+                    return item
+        # As redis-py with a timeout: one message is read, and one that is ignored or given
+        # to its handler makes this return None.
+        if timeout <= 0:
+            item = self._take_nowait()
+        else:
+            item = None
+            with trio.move_on_after(timeout):
+                item = await self._next()
+        if item is None or _skipped(item, ignore_subscribe_messages):
+            return None
+        return None if await self._handled(item) else self._decoded(item)
+
+    async def get_sharded_message(
+        self,
+        ignore_subscribe_messages: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - redis-py's argument
+        target_node: Any = None,
+    ) -> dict[str, Any] | None:
+        """redis-py's name for reading shard-channel messages on a cluster; here every kind
+        of message arrives in one stream, so this is :meth:`get_message` (``target_node``
+        is accepted and unused)."""
+        if timeout is None:
+            return await self._next_wanted(ignore_subscribe_messages)
+        return await self.get_message(ignore_subscribe_messages, timeout=timeout)
+
+    async def _next_wanted(self, ignore_subscribe_messages: bool) -> dict[str, Any] | None:
+        """The next message the caller wants; None if it went to its handler."""
         while True:
             item = await self._next()
-            if ignore_subscribe_messages and item["type"] in _SUBSCRIPTION_TYPES:
-                continue
-            return item
+            if not _skipped(item, ignore_subscribe_messages):
+                return None if await self._handled(item) else self._decoded(item)
+
+    async def _handled(self, item: dict[str, Any]) -> bool:
+        """Give a published message to its handler, if its channel or pattern has one."""
+        if not self._handlers:
+            return False
+        kind = item["type"]
+        if kind == "pmessage":
+            handler = self._handlers.get(("pattern", item["pattern"]))
+        elif kind == "message":
+            handler = self._handlers.get(("channel", item["channel"]))
+        elif kind == "smessage":
+            handler = self._handlers.get(("shard", item["channel"]))
+        else:
+            return False
+        if handler is None:
+            return False
+        result = handler(self._decoded(item))
+        if inspect.isawaitable(result):
+            await result
+        return True
+
+    async def run(
+        self,
+        *,
+        exception_handler: Callable[[BaseException, PubSub], Any] | None = None,
+        poll_timeout: float = 1.0,
+    ) -> None:
+        """Give every message to its handler until the PubSub is closed, as redis-py's
+        ``run()`` (run it in a nursery; cancel its scope to stop it).  Every channel and
+        pattern must have a handler.  ``exception_handler(error, pubsub)`` (plain or async)
+        receives errors instead of ``run`` raising them.  ``poll_timeout`` is accepted for
+        redis-py compatibility: waits here last until a message comes."""
+        unhandled = [
+            (family, name)
+            for family, names in (
+                ("channel", self._channels),
+                ("pattern", self._patterns),
+                ("shard", self._shard),
+            )
+            for name in names
+            if (family, name) not in self._handlers
+        ]
+        if unhandled:
+            family, name = unhandled[0]
+            raise rex.PubSubError(f"{family.capitalize()}: {name!r} has no handler registered")
+        while True:
+            try:
+                await self.get_message(ignore_subscribe_messages=True)
+            except PoolClosedError:
+                if self._closed:
+                    return
+                raise
+            except Exception as error:
+                if exception_handler is None:
+                    raise
+                result = exception_handler(error, self)
+                if inspect.isawaitable(result):
+                    await result
+
+    async def listen(self) -> AsyncIterator[dict[str, Any]]:
+        """Every message, as redis-py's ``listen()`` (the same as ``async for m in p``);
+        ends when the PubSub is closed."""
+        async for item in self:
+            yield item
+
+    async def ping(self, message: Any = None) -> None:
+        """PING on the classic connection (opened if needed); the answer arrives in the
+        stream as ``{"type": "pong", "pattern": None, "channel": None, "data": ...}``, as
+        with redis-py."""
+        self._check_open()
+        command = _UserPing(("PING",) if message is None else ("PING", _name(message)))
+        if self._classic is None:
+            self._check_limit(1)
+            self._classic = self._start_link(classic=True, address=self._classic_address())
+            self._pending_pings.append(command)
+        elif not self._classic.queue(command):
+            self._pending_pings.append(command)  # connecting: its replay sends it
+        await trio.lowlevel.checkpoint()
 
     def get_message_nowait(self) -> dict[str, Any] | None:
         """The next buffered message, or None if none is buffered right now."""
+        item = self._take_nowait()
+        return None if item is None else self._decoded(item)
+
+    def _decoded(self, item: dict[str, Any]) -> dict[str, Any]:
+        """``item`` as the consumer sees it: decoded with the client's ``decode_responses``.
+        Only here, at the way out: inside (and for handler look-ups) names are bytes."""
+        if self._decoding is None:
+            return item
+        decoded: dict[str, Any] = decode_reply(item, *self._decoding)
+        return decoded
+
+    def _take_nowait(self) -> dict[str, Any] | None:
         receive = self._receiver()
         try:
             item = receive.receive_nowait()
@@ -562,7 +775,10 @@ class PubSub:
 
     async def __anext__(self) -> dict[str, Any]:
         try:
-            return await self._next()
+            while True:
+                item = await self._next()
+                if not await self._handled(item):
+                    return self._decoded(item)
         except PoolClosedError:
             raise StopAsyncIteration from None
 
@@ -627,10 +843,19 @@ class PubSub:
         return link
 
     def _classic_address(self) -> Address | None:
+        """Where the classic link goes.  In a cluster, as redis-py's ``ClusterPubSub``: the
+        primary of the first channel's (or pattern's) slot, where ``publish()`` on that
+        channel also goes, so that PUBLISH counts this subscriber; any other primary if that
+        one just failed (the cluster forwards every PUBLISH to every node anyway)."""
         cluster = self._cluster
         if cluster is None:
             config = self._client.config  # type: ignore[union-attr]
             return (config.host, config.port)
+        first = self._home
+        if first is not None:
+            owner = cluster._slot_primary[key_slot(first)]
+            if owner is not None and owner.address != self._avoid:
+                return owner.address
         primaries = list(cluster.topology.primaries)
         preferred = [a for a in primaries if a != self._avoid] or primaries
         if not preferred:
@@ -786,6 +1011,9 @@ class PubSub:
 
     def _replay(self, link: _Link) -> list[tuple[EncodableArg, ...]]:
         commands: list[tuple[EncodableArg, ...]] = []
+        if link.classic and self._pending_pings:
+            commands += self._pending_pings
+            self._pending_pings = []
         if link.classic:
             if self._channels:
                 commands.append(("SUBSCRIBE", *sorted(self._channels)))
@@ -846,6 +1074,18 @@ class PubSub:
 
     async def _handle(self, link: _Link, frame: Any) -> None:
         kind = _kind(frame)
+        waiting = link.sent[0] if link.sent else None
+        if (
+            type(waiting) is _UserPing
+            and not waiting.answered
+            and not isinstance(frame, Exception)
+            and (kind == "pong" or (kind is None and not isinstance(frame, list)))
+        ):
+            # The answer to ping(): the PING after it closes the command, as for others.
+            waiting.answered = True
+            data = frame[1] if kind == "pong" else frame
+            await self._deliver({"type": "pong", "pattern": None, "channel": None, "data": data})
+            return
         if kind is None:
             if frame == b"PONG":
                 if link.sent:

@@ -20,7 +20,10 @@ from trio_cluster import (
     Pipeline,
     PoolOptions,
     PoolStats,
+    PubSub,
 )
+from trio_cluster.clusterhelpers import ClusterNode
+from trio_cluster.lock import Lock
 
 
 async def strings_and_keys(r: Client | ClusterClient) -> None:
@@ -72,6 +75,20 @@ async def pipelines(rc: ClusterClient, r: Client) -> list[Any]:
     return results
 
 
+async def helpers(rc: ClusterClient, r: Client) -> None:
+    async with r.lock("lock", timeout=10, blocking_timeout=1) as lock:
+        assert_type(lock, Lock)
+        assert_type(await lock.owned(), bool)
+    assert_type(rc.keyslot("k"), int)
+    assert_type(rc.get_nodes(), list[ClusterNode])
+    assert_type(rc.get_node(node_name="127.0.0.1:7000"), ClusterNode | None)
+    assert_type(await rc.mget_nonatomic(["a", "b"]), list[Any])
+    async with r.pubsub() as p:
+        assert_type(p, PubSub)
+        await p.subscribe("ch")
+        assert_type(await p.get_message(timeout=1.0), dict[str, Any] | None)
+
+
 async def observability(rc: ClusterClient, r: Client) -> None:
     assert_type(rc.stats(), ClusterStats)
     assert_type(r.stats(), PoolStats)
@@ -90,6 +107,7 @@ async def main() -> None:
         await lists_and_sets(rc)
         await scripts(r)
         await pipelines(rc, r)
+        await helpers(rc, r)
         await observability(rc, r)
 
 
