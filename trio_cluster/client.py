@@ -174,7 +174,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             if blocks is None:
                 reply = await conn.execute(args)
             else:
-                reply = await run_blocking(conn, args, blocks)
+                reply = await run_blocking(conn, args, blocks, self._dialer)
         except ResponseError:
             if options and EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
@@ -302,11 +302,15 @@ async def _run_transaction(
         raise
 
 
-async def run_blocking(conn: Connection, args: tuple[Any, ...], blocks: float) -> Any:
+async def run_blocking(
+    conn: Connection, args: tuple[Any, ...], blocks: float, dialer: Dialer
+) -> Any:
     """Run a blocking command so that cancelling it never loses what it took.
 
     If the caller is cancelled while the server holds the command, the command is ended with
-    CLIENT UNBLOCK from a second connection before the cancellation proceeds.  If the server
+    CLIENT UNBLOCK from a second connection, opened by ``dialer`` (the newest credentials:
+    ``conn``'s own may have been rotated and deleted since it was opened), before the
+    cancellation proceeds.  If the server
     had already served it (an element was popped), the result is returned: the operation
     completed, and dropping its reply would lose the element.
     """
@@ -317,7 +321,7 @@ async def run_blocking(conn: Connection, args: tuple[Any, ...], blocks: float) -
             raise
         with trio.CancelScope(shield=True) as cleanup:
             cleanup.deadline = trio.current_time() + _cleanup_budget(conn.config)
-            reply = await _unblock(conn)
+            reply = await _unblock(conn, dialer)
         if cleanup.cancelled_caught:
             conn.broken = True
             logger.warning(
@@ -332,8 +336,10 @@ async def run_blocking(conn: Connection, args: tuple[Any, ...], blocks: float) -
         return reply
 
 
-async def _unblock(conn: Connection) -> Any:
-    helper = await Connection.open(conn.config)
+async def _unblock(conn: Connection, dialer: Dialer) -> Any:
+    # The helper goes where ``conn`` is (a handoff may have moved the dialer on meanwhile).
+    address = (conn.config.host, conn.config.port)
+    helper = await dialer.open(address, maint_notifications="disabled")
     try:
         await helper.execute(["CLIENT", "UNBLOCK", conn.client_id or 0])
     finally:

@@ -19,6 +19,7 @@ from .commands import ReplyParser
 from .config import ConnectionConfig
 from .connection import Connection
 from .credentials import CredentialManager
+from .dialer import Dialer
 from .encoding import Encoding
 from .lifetime import NurseryOwner
 from .lock import Lock
@@ -35,6 +36,8 @@ class ClientBase(NurseryOwner):
     """The parts of a client that do not depend on how commands are routed."""
 
     _credentials: CredentialManager | None
+    _dialer: Dialer
+    """Opens every connection of the client (for ``ClusterClient``, the one-off ones)."""
     _encoding: Encoding
     #: redis-py's typing marker: its command methods are typed as awaitables returning the
     #: precise reply type (``await r.get(k)`` is ``bytes | str | None``), as for
@@ -132,17 +135,13 @@ class ClientBase(NurseryOwner):
         raise NotImplementedError
 
     async def _dial_dedicated(self, target_node: Any = None) -> Connection:
-        """A connection outside every pool, with the newest credentials, to
-        ``target_node`` (anything with ``host`` and ``port``, e.g. a ``ClusterNode``) or
-        to the client's (default) node: for MONITOR."""
-        config = self._connection_config()
+        """A connection outside every pool, opened by the client's dialer (the newest
+        credentials), to ``target_node`` (anything with ``host`` and ``port``, e.g. a
+        ``ClusterNode``) or to the client's (default) node: for MONITOR."""
         if target_node is not None:
-            config = attrs.evolve(config, host=target_node.host, port=int(target_node.port))
-        if self._credentials is not None:
-            pair, _ = await self._credentials.for_new_connection()
-            if pair is not None:
-                config = attrs.evolve(config, username=pair[0], password=pair[1])
-        return await Connection.open(config)
+            return await self._dialer.open((target_node.host, int(target_node.port)))
+        config = self._connection_config()
+        return await self._dialer.open((config.host, config.port))
 
     def get_connection_kwargs(self) -> dict[str, Any]:
         """The connection options, as redis-py's ``get_connection_kwargs`` (its command

@@ -231,6 +231,9 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         )
         self._watchdog = Watchdog()
         self._credentials = CredentialManager(credentials) if credentials is not None else None
+        # One-off connections to any node (topology fetch, pub/sub, MONITOR); each node's
+        # pool has its own dialer (its endpoint may move).
+        self._dialer = Dialer(self._base_config, watchdog=None, credentials=self._credentials)
         self.pool_options = pool if pool is not None else PoolOptions()
         self.retry = retry if retry is not None else RetryOptions()
         self.breaker_options = breaker if breaker is not None else BreakerOptions()
@@ -445,12 +448,9 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
     async def _fetch_topology(
         self, address: Address, *, load_commands: bool
     ) -> tuple[Topology, CommandTable | None]:
-        config = attrs.evolve(
-            self._base_config, host=address[0], port=address[1], maint_notifications="disabled"
-        )
         # A one-off connection (a saturated pool must not delay a refresh), with the newest
         # credentials like every other.
-        conn = await Dialer(config, watchdog=None, credentials=self._credentials)()
+        conn = await self._dialer.open(address, maint_notifications="disabled")
         try:
             try:
                 reply = await conn.execute(["CLUSTER", "SHARDS"])
@@ -697,7 +697,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
                 if isinstance(reply, Exception):
                     raise reply
             elif blocks is not None:
-                reply = await run_blocking(conn, args, blocks)
+                reply = await run_blocking(conn, args, blocks, self._dialer)
             else:
                 reply = await conn.execute(args)
         except _NETWORK as error:

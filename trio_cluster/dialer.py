@@ -1,9 +1,13 @@
-"""Opening a pool's connections the way its client wants them.
+"""Opening connections the way their client wants them: the one place a connection is opened.
 
-One ``Dialer`` per pool (per node): it holds the node's current connection settings (a MOVING
-notification may point them at a new endpoint), asks the credential manager for the newest
-credentials, and attaches the client's watchdog and maintenance-notification handler to every
-connection it opens.  Shared by ``Client`` and ``ClusterClient`` so both behave the same.
+Every connection a client opens comes from its ``Dialer``: the pool's connections, the
+one-off ones (topology fetch, pub/sub links, the ``CLIENT UNBLOCK`` helper, MONITOR) and the
+new stream of a maintenance handoff.  Each gets the newest credentials from the credential
+manager and the client's TLS settings and timeouts; a caller changes only what it names
+(``address``, ``maint_notifications``...).  A pool's connections also get the client's
+watchdog and maintenance-notification handler.  One ``Dialer`` per pool (per node): it holds
+the node's current connection settings, which a MOVING notification may point at a new
+endpoint.  Shared by ``Client`` and ``ClusterClient`` so both behave the same.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from redis import exceptions as rex
@@ -52,35 +57,58 @@ class Dialer:
         if self.credentials is not None:
             self.credentials.watch(pool)
         if maint.mode != "disabled":
-            self.maint = MaintenanceManager(
-                maint, pool, lambda: self.config, self._set_config, on_smigrated=on_smigrated
-            )
+            self.maint = MaintenanceManager(maint, pool, self, on_smigrated=on_smigrated)
 
-    def _set_config(self, config: ConnectionConfig) -> None:
-        self.config = config
-
-    async def __call__(self) -> Connection:
+    async def settings(
+        self, address: tuple[str, int] | None = None, **overrides: Any
+    ) -> tuple[ConnectionConfig, int]:
+        """The configuration a new connection to ``address`` (default: this node's current
+        endpoint) would use, with the newest credentials, and the credentials' version."""
         config = self.config
+        if address is not None:
+            overrides = {"host": address[0], "port": address[1], **overrides}
+        if overrides:
+            config = attrs.evolve(config, **overrides)
         version = 0
         if self.credentials is not None:
             credentials, version = await self.credentials.for_new_connection()
             if credentials is not None:
                 config = attrs.evolve(config, username=credentials[0], password=credentials[1])
+        return config, version
+
+    async def open(self, address: tuple[str, int] | None = None, **overrides: Any) -> Connection:
+        """A connection to ``address`` (default: this node's current endpoint) outside the
+        pool: the newest credentials, the client's TLS and timeouts, ``overrides`` (fields of
+        :class:`~trio_cluster.config.ConnectionConfig`) applied.  The caller closes it."""
+        config, version = await self.settings(address, **overrides)
         try:
             conn = await Connection.open(config)
         except rex.ConnectionError as error:
             raise _with_cause(error) from error.__cause__
-        conn.watchdog = self.watchdog
         conn.credentials_version = version
+        return conn
+
+    async def handoff(self, conn: Connection, endpoint: tuple[str, int]) -> None:
+        """Move ``conn`` (owned by the caller, UNUSABLE) to ``endpoint``: a new stream opened
+        like every other connection (the newest credentials, the client's TLS and timeouts),
+        swapped in by :meth:`Connection.reconnect`."""
+        config, version = await self.settings(endpoint)
+        await conn.reconnect(config)
+        conn.credentials_version = version
+
+    async def __call__(self) -> Connection:
+        """A new connection for the pool (the pool's ``dial``)."""
+        conn = await self.open()
+        conn.watchdog = self.watchdog
         maint = self.maint
         if maint is not None and not maint.disabled:
-            if config.maint_notifications == "auto" and not conn.maint_notifications:
+            if conn.config.maint_notifications == "auto" and not conn.maint_notifications:
                 # The server has no maintenance notifications: stop asking, quietly and once
                 # per node (never a log line per connection), and take the feature off the
                 # pool's hot path.
                 self.config = attrs.evolve(self.config, maint_notifications="disabled")
                 maint.stand_down()
-                logger.debug("%s has no maintenance notifications", config.address)
+                logger.debug("%s has no maintenance notifications", conn.config.address)
             else:
                 conn.on_push = maint.on_push
         return conn

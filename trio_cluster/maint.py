@@ -26,7 +26,7 @@ import enum
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -152,26 +152,37 @@ def parse_notification(frame: PushFrame) -> Notification | None:
     return Notification(kind, seq)
 
 
+class Endpoints(Protocol):
+    """What the manager needs from the pool's dialer (:class:`~trio_cluster.dialer.Dialer`)."""
+
+    config: ConnectionConfig
+    """Where new connections go; a MOVING points it at the new endpoint."""
+
+    async def handoff(self, conn: Connection, endpoint: tuple[str, int]) -> None:
+        """Move ``conn`` to ``endpoint`` on a stream opened like every other connection."""
+        ...
+
+
 class MaintenanceManager(BasePoolHook[Connection]):
     """Acts on the maintenance notifications of one node's pool.
 
-    ``dial_config`` is read and replaced by the manager: after a MOVING, new connections go to
-    the new endpoint.  ``on_smigrated`` (if given) is called for each new SMIGRATED.
+    ``dialer`` is the pool's: the manager moves its endpoint after a MOVING (new connections
+    go to the new endpoint) and opens every handoff's new stream through it, so a moved
+    connection keeps the newest credentials, TLS and timeouts.  ``on_smigrated`` (if given)
+    is called for each new SMIGRATED.
     """
 
     def __init__(
         self,
         options: MaintNotificationsOptions,
         pool: Pool[Connection],
-        dial_config: Callable[[], ConnectionConfig],
-        set_dial_config: Callable[[ConnectionConfig], None],
+        dialer: Endpoints,
         *,
         on_smigrated: Callable[[], None] | None = None,
     ) -> None:
         self.options = options
         self._pool = pool
-        self._dial_config = dial_config
-        self._set_dial_config = set_dial_config
+        self._dialer = dialer
         self._on_smigrated = on_smigrated
         workers = options.max_workers or max(1, pool.options.size // 2)
         self._limiter = trio.CapacityLimiter(workers)
@@ -248,8 +259,8 @@ class MaintenanceManager(BasePoolHook[Connection]):
         self._move_all((host, port))
 
     def _move_all(self, endpoint: tuple[str, int]) -> None:
-        config = attrs.evolve(self._dial_config(), host=endpoint[0], port=endpoint[1])
-        self._set_dial_config(config)
+        dialer = self._dialer
+        dialer.config = attrs.evolve(dialer.config, host=endpoint[0], port=endpoint[1])
         for conn in self._pool.live_connections():
             conn.handoff_to = endpoint
             self._schedule(conn)
@@ -303,11 +314,7 @@ class MaintenanceManager(BasePoolHook[Connection]):
                     try:
                         breaker.before_call()
                         async with self._limiter:
-                            await conn.reconnect(
-                                attrs.evolve(
-                                    self._dial_config(), host=endpoint[0], port=endpoint[1]
-                                )
-                            )
+                            await self._dialer.handoff(conn, endpoint)
                     except Exception as exc:
                         breaker.record_failure()
                         logger.debug("handoff of %s to %s failed: %s", conn.id, endpoint, exc)

@@ -39,7 +39,7 @@ import trio
 from redis import exceptions as rex
 
 from .connection import Connection
-from .credentials import CredentialManager
+from .dialer import Dialer
 from .encoding import decode_reply
 from .errors import (
     BusyLoadingError,
@@ -965,22 +965,13 @@ class PubSub:
     # --- one link --------------------------------------------------------------------------------
 
     async def _dial(self, link: _Link) -> Connection:
-        cluster = self._cluster
-        if cluster is None:
-            config = self._client.config  # type: ignore[union-attr]
-        else:
-            assert link.address is not None
-            config = attrs.evolve(
-                cluster._base_config, host=link.address[0], port=link.address[1], readonly=False
-            )
+        # The client's dialer: the newest credentials, the client's TLS and timeouts.
         # Maintenance notifications are about the command pools' connections; none here.
-        config = attrs.evolve(config, maint_notifications="disabled")
-        credentials: CredentialManager | None = getattr(self._client, "_credentials", None)
-        if credentials is not None:
-            pair, _ = await credentials.for_new_connection()  # the newest, as the pools use
-            if pair is not None:
-                config = attrs.evolve(config, username=pair[0], password=pair[1])
-        return await Connection.open(config)
+        dialer: Dialer = self._client._dialer
+        if self._cluster is None:
+            return await dialer.open(maint_notifications="disabled")
+        assert link.address is not None
+        return await dialer.open(link.address, readonly=False, maint_notifications="disabled")
 
     async def _run_link(self, link: _Link) -> None:
         try:

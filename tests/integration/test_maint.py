@@ -140,6 +140,48 @@ async def test_moving_during_a_credential_rotation() -> None:
             assert load.failures == []
 
 
+async def test_moving_keeps_the_configured_user_with_default_disabled() -> None:
+    """A handoff's new stream is opened like every connection, with the client's credentials.
+    The ``default`` user is off, so a stream opened without them is refused (each handoff
+    then fails and its connection is closed and re-dialled); with them every connection is
+    moved, still runs as alice, and the stats say so."""
+    with LocalServer() as server, trio.fail_after(30):
+        await server.execute("ACL", "SETUSER", "alice", "on", ">pw-a", "~*", "&*", "+@all")
+        await server.execute("ACL", "SETUSER", "default", "off")
+        async with MaintInjector(server.address, [("127.0.0.1", 0), ("127.0.0.1", 0)]) as inj:
+            first, second = inj.addresses
+            options = MaintNotificationsOptions(mode="enabled", handoff_timeout=5.0)
+            async with Client(
+                *first,
+                maint_notifications=options,
+                credentials=("alice", "pw-a"),
+                client_name="mv",
+                pool=PoolOptions(size=4, min_idle=4),
+            ) as r:
+                await _until(lambda: r.stats().idle_connections == 4)
+                assert r.stats().dials == 4
+                await inj.send_moving(None, seq=11, seconds=15, endpoint=f"{second[0]}:{second[1]}")
+                await _until(
+                    lambda: (
+                        r.maintenance_stats()["handoffs"]
+                        + r.maintenance_stats()["handoff_failures"]
+                        == 4
+                    )
+                )
+                await inj.wait_connections(_on(second))
+                stats = r.maintenance_stats()
+                assert (stats["handoffs"], stats["handoff_failures"]) == (4, 0)
+                assert stats["stale_credential_connections"] == 0
+                assert r.stats().dials == 4  # moved in place: nothing was closed and re-dialled
+                assert await r.execute_command("ACL", "WHOAMI") == b"alice"
+                listing = (await r.execute_command("CLIENT", "LIST")).decode()
+        users = [
+            dict(f.split("=", 1) for f in line.split(" ") if "=" in f)
+            for line in listing.splitlines()
+        ]
+        assert sorted(u["user"] for u in users if u.get("name") == "mv") == ["alice"] * 4
+
+
 def test_notification_parsing() -> None:
     moving = parse_notification(PushFrame([b"MOVING", 3, 10, b"10.0.0.2:6380"]))
     assert moving is not None and moving.kind is Kind.MOVING

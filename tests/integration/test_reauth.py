@@ -150,6 +150,50 @@ async def test_idle_connections_reauthenticate_without_being_used() -> None:
                 assert await _users_of(server, "idle") == ["bob"] * 4
 
 
+async def _blocked_clients(server: LocalServer) -> int:
+    return int((await server.info("clients"))["blocked_clients"])
+
+
+async def test_blpop_cancelled_after_rotation_and_deluser_is_cancelled_and_loses_nothing() -> None:
+    """The connection running BLPOP was opened as alice and re-authenticated as bob; alice is
+    then deleted.  Cancelling the BLPOP must unblock it from a helper connection opened with
+    the newest credentials (bob): the caller sees Cancelled, not an AuthenticationError from a
+    helper dialled as alice, and the server holds no ghost BLPOP that would pop a later
+    element."""
+    with LocalServer() as server:
+        await _acl_users(server)
+        with trio.fail_after(15):
+            async with Client(
+                server.host, server.port, credentials=("alice", "alice-pw-1"), client_name="bl",
+                pool=PoolOptions(size=1),
+            ) as r:  # fmt: skip
+                assert await r.ping() is True
+                r.rotate_credentials("bob", "bob-pw-2")
+                await _until(
+                    lambda: r.maintenance_stats()["stale_credential_connections"] == 0, "rotation"
+                )
+                await server.execute("ACL", "DELUSER", "alice")
+                assert await _users_of(server, "bl") == ["bob"]
+                popped: list[object] = []
+                scope = trio.CancelScope()
+
+                async def pop() -> None:
+                    with scope:
+                        popped.append(await r.blpop(["bl:q"], timeout=0))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pop)
+                    # Polling the server's own books: it has no event for "a client blocked".
+                    while await _blocked_clients(server) != 1:  # noqa: ASYNC110
+                        await trio.sleep(0.005)
+                    scope.cancel()
+                assert scope.cancelled_caught and popped == []
+                assert await _blocked_clients(server) == 0  # no ghost BLPOP left behind
+                await server.execute("RPUSH", "bl:q", "kept")
+                assert await r.lrange("bl:q", 0, -1) == [b"kept"]
+                assert await r.execute_command("ACL", "WHOAMI") == b"bob"
+
+
 async def test_cluster_rotation_then_deluser_under_load(local_cluster: LocalCluster) -> None:
     """The same rotation across every node of a cluster: zero failed commands."""
     users = (("carol", "carol-pw"), ("dave", "dave-pw"))
