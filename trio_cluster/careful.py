@@ -102,7 +102,6 @@ class CarefulParser:
         "_pos",
         "_reply_start",
         "_stack",
-        "last_attributes",
     )
 
     def __init__(self, *, max_bytes: int, max_depth: int) -> None:
@@ -117,8 +116,6 @@ class CarefulParser:
         # A large string being collected (see _start_big).
         self._big: list[bytes] | None = None
         self._big_have = self._big_length = self._big_kind = 0
-        #: The top-level attribute map that preceded the last reply returned, if any.
-        self.last_attributes: dict[Any, Any] | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the server."""
@@ -261,13 +258,13 @@ class CarefulParser:
                 return _MORE
             stack.pop()
             if top.kind == _ATTRIBUTE:
-                # Not an element: the element it describes follows.  Top-level attributes are
-                # kept for the caller; nested ones are dropped, as RESP3 allows.
+                # Not an element: the element it describes follows.  Attributes are dropped,
+                # as RESP3 allows (nobody reads them); a top-level one is remembered until its
+                # reply ends, so the parser is not idle in between.
                 if not stack:
                     self._pending_attributes = top.items
                 return _MORE
             value = PushFrame(top.items) if top.kind == _PUSH else top.items
-        self.last_attributes = self._pending_attributes
         self._pending_attributes = None
         self._reply_start = self._fed - (len(self._buf) - self._pos)
         return value

@@ -64,7 +64,6 @@ from .maint import MaintenanceManager, MaintNotificationsOptions
 from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from .pubsub import PubSubRegistry
 from .routing import (
-    MOVABLE_KEYS,
     RESULT_CALLBACKS,
     CommandSpec,
     CommandTable,
@@ -536,7 +535,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
                         return split
                 # One look-up in the command table serves routing and the retry rules.
                 spec = self._commands.spec(args)
-                if spec is not None and spec.movable and spec.name not in MOVABLE_KEYS:
+                if self._commands.needs_getkeys(args, spec):
                     route = await self._route_with_getkeys(args)
                 else:
                     route = self._slot_for(args, spec)

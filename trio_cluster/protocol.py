@@ -26,7 +26,7 @@ verbatim strings ``bytes`` without the ``txt:`` prefix; maps ``dict``; sets ``li
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import chain
 from typing import Any, Final
 
@@ -50,7 +50,6 @@ __all__ = [
     "PushFrame",
     "RespParser",
     "encode_command",
-    "encode_commands",
     "is_push",
 ]
 
@@ -74,11 +73,6 @@ def encode_command(args: Sequence[EncodableArg]) -> bytes:
     except TypeError:
         _raise_for_bad_argument(args)
         raise
-
-
-def encode_commands(commands: Iterable[Sequence[EncodableArg]]) -> bytes:
-    """Encode several commands back to back (a pipeline), in order."""
-    return b"".join([encode_command(args) for args in commands])
 
 
 def _raise_for_bad_argument(args: Sequence[object]) -> None:
@@ -145,7 +139,6 @@ class RespParser:
         "_returned",
         "_window",
         "_window_bytes",
-        "last_attributes",
     )
 
     def __init__(
@@ -168,8 +161,6 @@ class RespParser:
         self._pushes = False  # whether a push type byte is at a type position in the window
         self._held = False  # whether hiredis holds bytes not yet part of a returned reply
         self._poisoned = False
-        #: The attribute map (RESP3 ``|``) that preceded the last reply returned, if any.
-        self.last_attributes: dict[Any, Any] | None = None
 
     @property
     def idle(self) -> bool:
@@ -347,7 +338,6 @@ class RespParser:
                 return NEED_DATA
             if self._aggregates > 1 and (self._pushes or self._aggregates > self._max_depth):
                 self._check_shape(reply)
-            self.last_attributes = None
             if reader.has_data():
                 # The next reply started in the last chunk.
                 self._returned += 1
@@ -373,8 +363,6 @@ class RespParser:
             raise
         if reply is YIELD:
             return YIELD
-        if reply is not NEED_DATA:
-            self.last_attributes = careful.last_attributes
         if careful.idle:
             self._to_hiredis()
         return reply

@@ -234,10 +234,12 @@ class CommandTable:
         step = spec.step or 1
         return list(args[spec.first_key : last + 1 : step])
 
-    def needs_getkeys(self, args: Sequence[Any]) -> bool:
-        """Movable keys that only the server can find (COMMAND GETKEYS)."""
-        spec = self.spec(args)
-        return spec is not None and spec.movable and spec.name not in MOVABLE_KEYS
+    def needs_getkeys(self, args: Sequence[Any], spec: CommandSpec | bool | None = False) -> bool:
+        """Movable keys that only the server can find (COMMAND GETKEYS).  ``spec``: the
+        invocation's spec if the caller already looked it up, as for :meth:`keys`."""
+        if spec is False:
+            spec = self.spec(args)
+        return isinstance(spec, CommandSpec) and spec.movable and spec.name not in MOVABLE_KEYS
 
 
 def key_slot_of(key: Any) -> int:

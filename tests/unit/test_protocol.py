@@ -18,7 +18,6 @@ from trio_cluster.protocol import (
     PushFrame,
     RespParser,
     encode_command,
-    encode_commands,
     is_push,
 )
 
@@ -45,12 +44,6 @@ def test_encode_rejects_other_types_naming_position_and_type(bad: object) -> Non
 def test_encode_rejects_empty_command() -> None:
     with pytest.raises(ValueError, match="empty"):
         encode_command([])
-
-
-def test_encode_pipeline_concatenates_in_order() -> None:
-    assert encode_commands([["PING"], ["GET", "a"]]) == (
-        b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\na\r\n"
-    )
 
 
 # --- every reply kind, whole and byte by byte ---------------------------------------------------
@@ -112,7 +105,7 @@ def test_push_frame_is_distinguishable_from_an_array() -> None:
     assert is_push(replies[0]) and not is_push(replies[1])
 
 
-def test_top_level_attribute_is_kept_and_does_not_shift_replies() -> None:
+def test_top_level_attribute_is_dropped_and_does_not_shift_replies() -> None:
     parser = RespParser()
     wire = (
         b"|1\r\n+key-popularity\r\n*2\r\n$1\r\na\r\n,0.5\r\n"  # attribute ...
@@ -121,10 +114,9 @@ def test_top_level_attribute_is_kept_and_does_not_shift_replies() -> None:
     )
     replies = _feed_bytewise(parser, wire[:-7])
     assert replies == [7]
-    assert parser.last_attributes == {b"key-popularity": [b"a", 0.5]}
     parser.feed(wire[-7:])
     assert parser.next_reply() == b"next"
-    assert parser.last_attributes is None
+    assert parser.idle
 
 
 def test_nested_attribute_is_dropped_without_shifting_elements() -> None:
