@@ -1,4 +1,12 @@
-"""Sessions: ``tests`` (the suite, against every available server), ``lint`` and ``demo``."""
+"""Sessions (``tests`` and ``lint`` by default):
+
+* ``tests``: the whole suite, once per available server (the bundled Valkey, redis-server);
+* ``lint``: ruff, ruff format, mypy --strict and the typed application of ``tests/typing``;
+* ``demo``: a local cluster, every slot written and read back, then stopped;
+* ``chaos``: the default chaos scenarios against a local cluster behind the embedded proxies;
+* ``bench``: trio-cluster against its peers (``benchmarks.peers``), then large replies;
+* ``faults_real``: ``tests/faults`` against the real Toxiproxy 2.12.0 binaries.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Shared pieces of the benchmark scripts: the workload, the load drivers (trio and asyncio),
 a raw trio + hiredis client (the ceiling), worker subprocesses and the statistics.
 
-Workload (the one in ``/work/shared/reference/perf-notes.md``): 50/50 GET and SET of 64-byte
+Workload (the one the performance targets were set with): 50/50 GET and SET of 64-byte
 values over 10,000 keys.  Shapes:
 
 * ``tasks50``: 50 tasks, each running one command at a time;

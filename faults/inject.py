@@ -9,7 +9,8 @@ second address lets a test send MOVING pointing at "another endpoint" of the sam
   so an injected push frame always lands between two replies, never inside one;
 * lists its live client connections, so a test can target them;
 * injects MOVING, MIGRATING, MIGRATED, FAILING_OVER, FAILED_OVER, SMIGRATING and SMIGRATED
-  RESP3 push frames (formats: go-redis-pool-spec.md §3.1).
+  RESP3 push frames, in go-redis's formats (``MOVING seq seconds [host:port]``,
+  ``MIGRATING seq slot``...).
 
 Reply order bookkeeping assumes one reply per forwarded command (true for RESP3 and for
 everything a handshake sends); in RESP2 pub/sub mode a local ``+OK`` could be misplaced.

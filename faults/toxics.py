@@ -2,9 +2,10 @@
 
 A link (one direction of one proxied connection) pushes every chunk through its chain of toxics;
 each handler receives the chunk and a ``forward`` continuation for the rest of the chain.  The
-semantics follow Toxiproxy 2.12 (see ``/work/shared/reference/toxiproxy-api.md`` §2):
-latency is pipelined against the chunk's read time, bandwidth counts KB as 1000 bytes, slicer
-delays are in microseconds, timeout drops data, reset_peer closes with RST, limit_data truncates.
+semantics follow Toxiproxy 2.12's toxics (the real binary is the oracle, see
+``faults/README.md``): latency is pipelined against the chunk's read time, bandwidth counts KB
+as 1000 bytes, slicer delays are in microseconds, timeout drops data, reset_peer closes with
+RST, limit_data truncates.
 """
 
 from __future__ import annotations

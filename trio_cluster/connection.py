@@ -15,8 +15,10 @@ warning is logged, and the connection is closed.  A reply that needs more than o
 with a cancellable checkpoint and a deadline check between reads, so the read timeout bounds
 the whole reply even while bytes keep arriving.
 
-Timeouts cost one cancel scope per round trip: its deadline is the write deadline while the
-command goes out, then moved to the read deadline, so one scope serves both.
+Timeouts: a command records its write, then its read deadline on the connection and joins the
+client's :class:`~trio_cluster.watchdog.Watchdog`, which wakes it if still in flight past it (no
+cancel scope per command).  A connection without a watchdog or a socket (one-off connections,
+TLS) uses one cancel scope per round trip, its deadline moved from the write to the read one.
 """
 
 from __future__ import annotations

@@ -955,7 +955,7 @@ class Pool(Generic[C]):
         """Fail parked gets whose deadline has passed with ``PoolTimeoutError``.
 
         One task for the whole pool instead of a cancel scope per parked get (a scope costs
-        microseconds on every wait; see reference/perf-notes.md). Deadlines rise from the head of
+        microseconds on every wait, about 4 us with a deadline). Deadlines rise from the head of
         the queue to its tail, so only the head needs watching. When the head leaves early the
         timer wakes at a stale (earlier) deadline, finds nothing due and sleeps again.
         """

