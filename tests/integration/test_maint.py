@@ -148,14 +148,15 @@ async def test_moving_during_a_credential_rotation() -> None:
             assert load.failures == []
 
 
-async def test_moving_keeps_the_configured_user_with_default_disabled() -> None:
+@pytest.mark.parametrize("default_user", ["off", "on"])
+async def test_moving_keeps_the_configured_user(default_user: str) -> None:
     """A handoff's new stream is opened like every connection, with the client's credentials.
-    The ``default`` user is off, so a stream opened without them is refused (each handoff
-    then fails and its connection is closed and re-dialled); with them every connection is
-    moved, still runs as alice, and the stats say so."""
+    Opened without them, it is refused when the ``default`` user is off (each handoff fails,
+    its connection is closed and re-dialled), and silently runs as ``default`` when it is on.
+    With them every connection is moved, still runs as alice, and the stats say so."""
     with LocalServer() as server, trio.fail_after(30):
         await server.execute("ACL", "SETUSER", "alice", "on", ">pw-a", "~*", "&*", "+@all")
-        await server.execute("ACL", "SETUSER", "default", "off")
+        await server.execute("ACL", "SETUSER", "default", default_user)
         async with MaintInjector(server.address, [("127.0.0.1", 0), ("127.0.0.1", 0)]) as inj:
             first, second = inj.addresses
             options = MaintNotificationsOptions(mode="enabled", handoff_timeout=5.0)
