@@ -423,7 +423,17 @@ async def test_replica_reads_fall_back_to_primary_and_follow_latency(
                     return sum(per_node[f"{h}:{p}"].hits + per_node[f"{h}:{p}"].misses
                                for h, p in (n.listen for n in nodes))  # fmt: skip
 
-                async with latency(primaries, 20):
+                # The injected latency must dwarf this machine's own noise, or a replica
+                # measured during a scheduling stall loses to a primary: derive it from the
+                # slowest of this run's own round trips (at least 20 ms).
+                slowest = 0.0
+                for _ in range(3):
+                    for key in keys:
+                        started = trio.current_time()
+                        await rc.get(key)
+                        slowest = max(slowest, trio.current_time() - started)
+                inject_ms = min(1000, max(20, int(slowest * 4000)))
+                async with latency(primaries, inject_ms):
                     before_p, before_r = gets(primaries), gets(replicas)
                     for _ in range(5):
                         for key in keys:
@@ -431,7 +441,7 @@ async def test_replica_reads_fall_back_to_primary_and_follow_latency(
                     on_p, on_r = gets(primaries) - before_p, gets(replicas) - before_r
                 # Each primary is tried once (latency unknown), then the replicas win.
                 assert on_r >= 5 * len(keys) - 3 and on_p <= 3, (on_p, on_r)
-                async with latency(replicas, 20):
+                async with latency(replicas, inject_ms):
                     for _ in range(3):  # let the moving average learn the replicas are slow
                         for key in keys:
                             await rc.get(key)
