@@ -6,6 +6,7 @@ Each checker returns a list of :class:`Violation`; an empty list means the invar
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +26,13 @@ from .records import (
 
 __all__ = [
     "CANCELLED",
+    "Baseline",
     "Bounds",
     "PubSubTally",
     "Recovery",
+    "Verdict",
     "Violation",
+    "baseline_of",
     "check_all",
     "check_auth",
     "check_blocked",
@@ -51,12 +55,11 @@ __all__ = [
     "check_unusable",
     "pubsub_tally",
     "recoveries",
+    "run_baseline",
 ]
 
 #: ``Op.error`` for a command the workload itself cancelled (its own random deadline).
 CANCELLED = "Cancelled"
-#: At least this many operations must follow a fault to judge its recovery.
-MIN_OPS_AFTER_FAULT = 30
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,78 @@ class Violation:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """What the load did before the first fault (or over the whole run without faults): the
+    reference the run's own bounds are derived from."""
+
+    start: float
+    end: float
+    ops: int
+    """Operations counted (started in the window; those the workload cancelled excluded)."""
+    ok: int
+    p50: float = 0.0
+    p99: float = 0.0
+    """Latency of successful operations, seconds."""
+
+    @property
+    def seconds(self) -> float:
+        """Length of the window."""
+        return max(self.end - self.start, 0.0)
+
+    @property
+    def throughput(self) -> float:
+        """Operations per second."""
+        return self.ops / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def success(self) -> float:
+        """Fraction of operations that succeeded (1.0 with none)."""
+        return self.ok / self.ops if self.ops else 1.0
+
+    @property
+    def measured(self) -> bool:
+        """Enough load to compare against (``MIN_BASELINE_OPS`` over ``MIN_BASELINE_S``)."""
+        return self.ops >= MIN_BASELINE_OPS and self.seconds >= MIN_BASELINE_S
+
+
+#: A baseline needs this many operations over this many seconds to be compared against.
+MIN_BASELINE_OPS = 50
+MIN_BASELINE_S = 0.3
+#: The first moments of a run (dials, pool fill) are not part of the baseline.
+BASELINE_SKIP = 0.2
+#: Recovered: over a sliding window of RECOVERY_WINDOW seconds, throughput is at least
+#: THROUGHPUT_MARGIN of the baseline's and the success rate at most SUCCESS_MARGIN below it.
+RECOVERY_WINDOW = 1.0
+THROUGHPUT_MARGIN = 0.5
+SUCCESS_MARGIN = 0.01
+#: The first 1/RECOVERY_PARTS of the recovery window must meet the throughput margin too.
+RECOVERY_PARTS = 4
+#: Step of the sliding window when looking for the recovery instant.
+RECOVERY_STEP = 0.05
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def baseline_of(ops: Sequence[Op], start: float, end: float) -> Baseline:
+    """The baseline of the operations that started in ``[start + BASELINE_SKIP, end)``."""
+    lo = start + BASELINE_SKIP if end - start > 2 * BASELINE_SKIP else start
+    counted = [op for op in ops if lo <= op.start < end and op.error != CANCELLED]
+    lat = sorted(op.latency for op in counted if op.ok)
+    ok = sum(1 for op in counted if op.ok)
+    return Baseline(lo, end, len(counted), ok, _pct(lat, 0.5), _pct(lat, 0.99))
+
+
+def run_baseline(record: RunRecord) -> Baseline:
+    """The baseline of a run: before its first fault, or the whole load without faults."""
+    first = min((w.start for w in record.fault_windows), default=record.end)
+    return baseline_of(record.ops, record.start, first)
+
+
+@dataclass(frozen=True)
 class Bounds:
     """The limits a scenario's run is checked against."""
 
@@ -76,26 +151,36 @@ class Bounds:
     unusable: float
     """Longest a connection may stay UNUSABLE (read timeout + slack)."""
     blocked: float
-    """Longest a caller may be blocked in one command (see ``chaos.config.blocked_bound``)."""
+    """Longest a caller may be blocked in one command (see ``chaos.clientspec.blocked_bound``)."""
     recovery: float
-    """Seconds after a fault clears by which the success rate must be back to ``target``."""
-    target: float = 0.999
+    """Seconds after a fault clears by which throughput and success rate must be back within
+    the margins of the baseline (see :func:`recoveries`)."""
     zero_failures: bool = False
     """Every command must succeed (the fault is one the client must hide completely)."""
     read_timeout: float = 0.5
     """The client's read timeout (relaxed-timeout windows must have exceeded it)."""
     handoff_timeout: float | None = None
     """The client's handoff timeout, when it has maintenance notifications on."""
+    slack: float = 0.0
+    """Scheduling slack included in the time bounds (derived from the baseline's p99)."""
+    explain: dict[str, str] = field(default_factory=dict)
+    """One line per bound: where its figure comes from."""
 
 
 @dataclass(frozen=True)
 class Recovery:
-    """How one fault window ended: seconds from its end until the success rate recovered."""
+    """How one fault window ended: seconds from its end until throughput and success rate
+    were back within the margins of the baseline."""
 
     window: str
     seconds: float | None
-    """None: not enough operations after the fault, or the rate never came back."""
+    """None: they never came back (or could not be measured: see ``measured``)."""
     ops_after: int
+    measured: bool = True
+    """False when the baseline or the load after the fault was too short to judge."""
+    throughput_after: float = 0.0
+    """Operations per second over the recovery window found (or the whole tail)."""
+    success_after: float = 1.0
 
 
 def _in_any(t: float, windows: Iterable[Window]) -> Window | None:
@@ -184,48 +269,72 @@ def check_blocked(ops: Sequence[Op], bound: float, limit: int = 5) -> list[Viola
 
 
 def recoveries(
-    ops: Sequence[Op], faults: Sequence[Window], target: float, load_end: float
+    ops: Sequence[Op], faults: Sequence[Window], baseline: Baseline, load_end: float
 ) -> list[Recovery]:
-    """For each fault window: how long after its end the success rate of the operations that
-    started afterwards (until the next fault) stays at ``target`` or better."""
+    """For each fault window: how long after its end the load was back to normal, i.e. the
+    first instant ``t`` such that the operations started in ``[t, t + RECOVERY_WINDOW)`` (and
+    in its first quarter) ran at ``THROUGHPUT_MARGIN`` of the baseline's throughput or more,
+    with a success rate at most
+    ``SUCCESS_MARGIN`` below the baseline's (searched until the next fault or the end of the
+    load).  A window counts only the operations started in it, so an outage shows as missing
+    throughput even when the few operations that ran succeeded."""
     counted = sorted((op for op in ops if op.error != CANCELLED), key=lambda op: op.start)
+    starts = [op.start for op in counted]
     ordered = sorted(faults, key=lambda w: w.start)
+    need_rate = THROUGHPUT_MARGIN * baseline.throughput
+    need_success = baseline.success - SUCCESS_MARGIN
     out = []
     for index, window in enumerate(ordered):
         until = ordered[index + 1].start if index + 1 < len(ordered) else load_end
-        after = [op for op in counted if window.end <= op.start < until]
-        fails = [0] * (len(after) + 1)
-        for i in range(len(after) - 1, -1, -1):
-            fails[i] = fails[i + 1] + (0 if after[i].ok else 1)
+        after = bisect_left(starts, until) - bisect_left(starts, window.end)
+        if not baseline.measured or until - window.end < RECOVERY_WINDOW:
+            out.append(Recovery(window.name, None, after, measured=False))
+            continue
         seconds = None
-        for i, op in enumerate(after):
-            remaining = len(after) - i
-            if remaining < MIN_OPS_AFTER_FAULT:
+        rate = success = 0.0
+        t = window.end
+        while t + RECOVERY_WINDOW <= until + 1e-9:
+            inside = counted[bisect_left(starts, t) : bisect_left(starts, t + RECOVERY_WINDOW)]
+            rate = len(inside) / RECOVERY_WINDOW
+            success = sum(1 for op in inside if op.ok) / len(inside) if inside else 0.0
+            if success >= need_success and _steady(starts, t, need_rate):
+                seconds = t - window.end
                 break
-            if (remaining - fails[i]) / remaining >= target:
-                seconds = 0.0 if i == 0 else op.start - window.end
-                break
-        out.append(Recovery(window.name, seconds, len(after)))
+            t += RECOVERY_STEP
+        out.append(Recovery(window.name, seconds, after, True, rate, success))
     return out
 
 
+def _steady(starts: Sequence[float], t: float, need_rate: float) -> bool:
+    """Operations started at ``need_rate`` or more over ``[t, t + RECOVERY_WINDOW)`` and over
+    its first ``1 / RECOVERY_PARTS`` (so a window that begins in the outage and ends back to
+    normal does not count: the instant found is at most that fraction early)."""
+    first = RECOVERY_WINDOW / RECOVERY_PARTS
+    whole = bisect_left(starts, t + RECOVERY_WINDOW) - bisect_left(starts, t)
+    head = bisect_left(starts, t + first) - bisect_left(starts, t)
+    return whole > 0 and whole / RECOVERY_WINDOW >= need_rate and head / first >= need_rate
+
+
 def check_recovery(found: Sequence[Recovery], bound: float) -> list[Violation]:
-    """After each fault the success rate came back within ``bound`` seconds."""
+    """After each fault, throughput and success rate came back within ``bound`` seconds."""
     out = []
     for rec in found:
+        if not rec.measured:
+            continue  # listed as "not checked" by check_all
         if rec.seconds is None:
             out.append(
                 Violation(
                     "recovery",
-                    f"after {rec.window}: success rate never returned to target "
-                    f"({rec.ops_after} ops afterwards)",
+                    f"after {rec.window}: throughput/success never returned within the margins "
+                    f"of the baseline ({rec.ops_after} ops afterwards; last window "
+                    f"{rec.throughput_after:.0f} ops/s, {100 * rec.success_after:.1f}% ok)",
                 )
             )
         elif rec.seconds > bound:
             out.append(
                 Violation(
                     "recovery",
-                    f"after {rec.window}: recovered in {rec.seconds:.2f} s, bound {bound} s",
+                    f"after {rec.window}: recovered in {rec.seconds:.2f} s, bound {bound:.2f} s",
                 )
             )
     return out
@@ -717,28 +826,82 @@ def check_pubsub(
     return out
 
 
-def check_all(
-    record: RunRecord, bounds: Bounds
-) -> tuple[list[Violation], list[Observation], list[Recovery]]:
-    """Run every checker: (violations, losses excused by loss windows, recoveries)."""
-    violations = check_misdelivery([*record.anomalies, *record.final_reads])
-    lost, excused = check_lost_writes([*record.anomalies, *record.final_reads], record.loss_windows)
+@dataclass
+class Verdict:
+    """Everything :func:`check_all` found."""
+
+    violations: list[Violation]
+    excused: list[Observation]
+    """Losses the server was allowed to make (acknowledged inside a loss window)."""
+    recoveries: list[Recovery]
+    baseline: Baseline
+    checks: dict[str, str]
+    """Check code -> ``passed``, ``failed`` or ``not checked: <why>``, for every check that
+    applies to the run (the codes are those of :class:`Violation`; pub/sub ones are grouped
+    as ``pubsub``)."""
+
+
+def _check_code(invariant: str) -> str:
+    return "pubsub" if invariant.startswith("pubsub") else invariant
+
+
+def check_all(record: RunRecord, bounds: Bounds) -> Verdict:
+    """Run every checker that applies to ``record``."""
+    baseline = run_baseline(record)
+    applies: dict[str, str | None] = {}
+    """Code -> None (checked) or why it could not be."""
+    reads = [*record.anomalies, *record.final_reads]
+    violations = check_misdelivery(reads)
+    lost, excused = check_lost_writes(reads, record.loss_windows)
     violations += lost
+    nothing_read = None if record.reads_checked or record.final_reads else "nothing was read"
+    applies["no-misdelivered-reply"] = nothing_read
+    applies["no-acknowledged-write-lost"] = nothing_read
     violations += check_pool_bounds(record.max_per_node, bounds.pool_size)
+    applies["pool-bound"] = None if record.samples or record.max_per_node else "no sample"
     violations += check_unusable(record.unusable_spans, bounds.unusable)
+    applies["unusable-bound"] = applies["pool-bound"]
     violations += check_blocked(record.ops, bounds.blocked)
-    found = recoveries(record.ops, record.fault_windows, bounds.target, record.end)
-    violations += check_recovery(found, bounds.recovery)
+    applies["caller-blocked-bound"] = None if record.ops else "no operation"
+    found = recoveries(record.ops, record.fault_windows, baseline, record.end)
+    if record.fault_windows:
+        violations += check_recovery(found, bounds.recovery)
+        unmeasured = [r.window for r in found if not r.measured]
+        applies["recovery"] = None
+        if unmeasured:
+            short = "baseline too short" if not baseline.measured else "load after it too short"
+            applies["recovery"] = f"{short} ({', '.join(unmeasured)})"
     violations += check_leaks(record.leaked_connections)
+    applies["connections-closed"] = None
     violations += check_client_counts(record.baseline_clients, record.final_clients)
     violations += check_client_counts(
         record.baseline_pubsub_clients, record.final_pubsub_clients, "pub/sub clients"
     )
+    applies["server-clients-baseline"] = (
+        None if record.baseline_clients else "servers' client lists need --cluster local"
+    )
     if bounds.zero_failures:
         violations += check_failures(record.ops)
+        applies["no-failed-command"] = None
     violations += check_handoffs(record.handoffs, record.maintenance, bounds.handoff_timeout)
+    if bounds.handoff_timeout is not None:
+        applies["handoff"] = None if record.handoffs else "no MOVING was sent"
     violations += check_relaxed(record.ops, record.relaxed_windows, bounds.read_timeout)
+    if record.relaxed_windows:
+        applies["relaxed-timeouts"] = None
     violations += check_auth(record.auth_checks, record.maintenance)
+    if record.auth_checks:
+        applies["credential-rotation"] = None
     if record.pubsub is not None:
         violations += check_pubsub(record.pubsub, record.fault_windows, bounds.recovery)
-    return violations, excused, found
+        applies["pubsub"] = None
+    failed = {_check_code(v.invariant) for v in violations}
+    checks: dict[str, str] = {}
+    for code, why in applies.items():
+        if code in failed:
+            checks[code] = "failed"
+        else:
+            checks[code] = "passed" if why is None else f"not checked: {why}"
+    for code in sorted(failed - set(checks)):
+        checks[code] = "failed"
+    return Verdict(violations, excused, found, baseline, checks)

@@ -103,6 +103,8 @@ class Window:
     name: str
     start: float
     end: float
+    target: str = ""
+    """For a fault: the real address(es) of the node(s) it hit (``host:port``), or ``all``."""
 
     def contains(self, t: float) -> bool:
         """Whether ``t`` lies in ``[start, end]``."""
@@ -283,3 +285,10 @@ class RunRecord:
     final_pubsub_clients: dict[int, int] = field(default_factory=dict)
     pubsub: PubSubRecord | None = None
     """Set by scenarios with a pub/sub load."""
+    node_names: dict[str, str] = field(default_factory=dict)
+    """How the client names a node (a proxy or injector ``host:port``) -> the node's real
+    ``host:port``."""
+
+    def node(self, name: str) -> str:
+        """The real ``host:port`` of a node the client calls ``name`` (unchanged if unknown)."""
+        return self.node_names.get(name, name)

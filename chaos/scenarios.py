@@ -38,7 +38,10 @@ class Scenario:
     """Load after each fault, to measure recovery."""
     duration: float = 3.0
     """Load time for a steady workload with no faults and no op count."""
-    recovery_bound: float = 4.0
+    recovery_extra: float = 0.0
+    """Seconds added to the recovery bound the client's options imply
+    (``chaos.clientspec.recovery_bound``): the cluster's own reaction, e.g. gossiping a
+    promotion."""
     needs_local: bool = False
     harness: Callable[[Environment], Harness] = Harness
     """What the run sets up around the load besides the proxies (fault tools, ACL users)."""
@@ -166,7 +169,7 @@ def _fault(
     *,
     workload: Workload = FAULT_LOAD,
     needs_local: bool = False,
-    recovery_bound: float = 4.0,
+    recovery_extra: float = 0.0,
 ) -> Scenario:
     return Scenario(
         name,
@@ -175,7 +178,7 @@ def _fault(
         workload,
         faults=((name, fn),),
         needs_local=needs_local,
-        recovery_bound=recovery_bound,
+        recovery_extra=recovery_extra,
     )
 
 
@@ -190,11 +193,11 @@ _FAULTS = [
     _fault("bandwidth", faultlib.bandwidth_starvation, "replies trickle at 1 KB/s (400 B values)",
            workload=Workload(workers=16, think=(0.001, 0.004), value_pad=400)),
     _fault("kill-primary", faultlib.kill_primary, "a primary SIGKILLed; its replica promoted",
-           needs_local=True, recovery_bound=6.0),
+           needs_local=True, recovery_extra=2.0),
     _fault("failover", faultlib.graceful_failover, "CLUSTER FAILOVER of a shard (lossless)",
            needs_local=True),
     _fault("restart-primary", faultlib.restart_primary, "a primary restarted (SIGTERM, AOF)",
-           needs_local=True, recovery_bound=6.0),
+           needs_local=True, recovery_extra=2.0),
     _fault("reshard", faultlib.live_reshard, "slots with live keys moved away and back (ASK/MOVED)",
            needs_local=True, workload=Workload(workers=16, think=(0.001, 0.004),
                                                keys_per_worker=8)),

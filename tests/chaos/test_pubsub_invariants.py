@@ -281,10 +281,10 @@ def test_check_all_runs_the_pubsub_checkers_and_counts_pubsub_clients() -> None:
     record = RunRecord(start=0.0, end=10.0, ops=ops, pubsub=book.record)
     record.baseline_pubsub_clients = {7000: 0}
     record.final_pubsub_clients = {7000: 0}
-    assert check_all(record, bounds)[0] == []
+    assert check_all(record, bounds).violations == []
     record.final_pubsub_clients = {7000: 2}  # subscribed connections left on the server
     book.deliver(1, A, 7, 1, 2.0)
-    found = check_all(record, bounds)[0]
+    found = check_all(record, bounds).violations
     assert {v.invariant for v in found} == {"server-clients-baseline", "pubsub-no-duplicate"}
     assert "pub/sub clients" in found[0].message or "pub/sub clients" in found[1].message
 
