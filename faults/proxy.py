@@ -15,6 +15,7 @@ socket, which tears the whole connection down.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -30,6 +31,8 @@ from faults.model import ApiError, Toxic
 from faults.toxics import HANDLERS, Chunk
 
 __all__ = ["Connection", "Proxy", "bind_listener", "resolve_listen"]
+
+log = logging.getLogger("faults.proxy")
 
 RECV_SIZE: Final = 65536
 QUEUE_SIZE: Final = 1024  # Go buffers 1024 chunks in front of latency; we do it for all toxics.
@@ -139,19 +142,30 @@ class Pump:
     chunk.  Anything out of the ordinary (a toxic in the chain, a queued chunk, a short write,
     EOF, an error) unparks the link and hands the event to its reader task, which deals with
     it exactly as it would have without the pump, so no byte is lost or reordered.
+
+    Lifetime: the pump belongs to one serving period of one proxy (``Proxy._serve``), and so
+    do the connections that use it.  ``run`` may end (cancelled) while link tasks of that
+    period still run their last steps -- a connection whose upstream dial completed just as
+    the proxy stopped starts its links *after* the pump task is gone -- so a pump that no
+    longer runs refuses to park (the link reads on its own), and its epoll set is closed only
+    by ``close``, once every task of the period has finished.
     """
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._links: dict[int, Link] = {}
+        self._serving = True
 
-    def park(self, link: Link, fd: int) -> None:
-        """Watch ``fd`` (the link's source) on behalf of ``link``."""
+    def park(self, link: Link, fd: int) -> bool:
+        """Watch ``fd`` (the link's source) on behalf of ``link``; False if not serving."""
+        if not self._serving:
+            return False
         try:
             self._epoll.register(fd, select.EPOLLIN)
         except FileExistsError:  # a stale entry of a closed socket: never expected, but safe
             self._epoll.modify(fd, select.EPOLLIN)
         self._links[fd] = link
+        return True
 
     def unpark(self, link: Link) -> None:
         """Stop watching the link's source (it is still open when this is called)."""
@@ -162,7 +176,7 @@ class Pump:
                 self._epoll.unregister(fd)
 
     async def run(self) -> None:
-        """Serve ready links until cancelled; then hand every parked link back."""
+        """Serve ready links until cancelled; then hand every parked link back to its task."""
         epoll, links = self._epoll, self._links
         try:
             while True:
@@ -172,36 +186,63 @@ class Pump:
                     if link is None:
                         continue
                     try:
-                        data = os.read(fd, RECV_SIZE)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        link.hand_back(_EOF, b"")
-                        continue
-                    if not data:
-                        link.hand_back(_EOF, b"")
-                    elif link.chain or link.pending:
-                        link.hand_back(_DATA, data)
-                    else:
-                        try:
-                            sent = os.write(link.dst_fd, data)
-                        except BlockingIOError:
-                            sent = 0
-                        except OSError:
-                            link.hand_back(_BROKEN, b"")
-                            continue
-                        if sent < len(data):
-                            link.hand_back(_REST, data[sent:])
+                        self._serve_one(link, fd)
+                    except Exception:
+                        # A bug in one link's hand-off must cost that connection, not the
+                        # proxy (and with it every other connection and the API server).
+                        log.exception("proxy %s: closing a connection after an error", link.name)
+                        self._drop(link, fd)
         finally:
+            self._serving = False
             for link in list(links.values()):
-                link.hand_back(_EOF, b"")
-            epoll.close()
+                link.hand_back(_RESUME, b"")
+
+    @staticmethod
+    def _serve_one(link: Link, fd: int) -> None:
+        """Move one ready chunk of ``link``, or hand the event back to its reader task."""
+        try:
+            data = os.read(fd, RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            link.hand_back(_EOF, b"")
+            return
+        if not data:
+            link.hand_back(_EOF, b"")
+        elif link.chain or link.pending:
+            link.hand_back(_DATA, data)
+        else:
+            try:
+                sent = os.write(link.dst_fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                link.hand_back(_BROKEN, b"")
+                return
+            if sent < len(data):
+                link.hand_back(_REST, data[sent:])
+
+    def _drop(self, link: Link, fd: int) -> None:
+        """Give a failed link back to its task as broken (its connection then closes)."""
+        try:
+            link.hand_back(_BROKEN, b"")
+        finally:
+            if self._links.get(fd) is link:  # never spin on an fd nobody will serve
+                del self._links[fd]
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
+
+    def close(self) -> None:
+        """Release the epoll set (once no task of the pump's serving period is left)."""
+        self._serving = False
+        self._epoll.close()
 
 
 # What a parked link's reader is handed back with.
 _DATA: Final = 0  # a chunk read, not yet written (a toxic or a queued chunk appeared)
 _REST: Final = 1  # the unwritten tail of a chunk (the destination was full)
 _BROKEN: Final = 2  # writing to the destination failed
+_RESUME: Final = 3  # the pump stopped: read on your own from now on
 # ... or _EOF: the source reached EOF, failed, or is about to be closed.
 
 
@@ -227,12 +268,17 @@ class Link:
         #: The toxics of this direction, in order (the proxy's live list: copy to iterate).
         self.chain: list[Toxic] = conn.proxy.toxics[direction]
         self._send, self._recv = trio.open_memory_channel[Any](QUEUE_SIZE)
-        # While parked in a pump: the pump, the source fd it watches, and the reader task.
+        # While parked in the connection's pump: that pump, the fd it watches, the reader task.
         self._pump: Pump | None = None
         self.parked_fd = -1
         self._task: trio.lowlevel.Task | None = None
         self._ts = 0.0
         self.reroll()
+
+    @property
+    def name(self) -> str:
+        """The proxy's name (for log lines)."""
+        return self.conn.proxy.name
 
     def reroll(self) -> None:
         """Draw toxicity for every toxic again (Go re-rolls whenever the chain changes)."""
@@ -260,8 +306,12 @@ class Link:
         trio.lowlevel.reschedule(task, outcome.Value((kind, data)))
 
     async def _park(self, pump: Pump, fd: int) -> tuple[object, bytes]:
-        """Sleep in ``pump`` until it hands the link back; return what it handed."""
-        pump.park(self, fd)
+        """Sleep in ``pump`` until it hands the link back; return what it handed.
+
+        A pump that has stopped refuses the link: ``(_RESUME, b"")`` at once.
+        """
+        if not pump.park(self, fd):
+            return _RESUME, b""
         self._pump, self.parked_fd = pump, fd
         self._task = trio.lowlevel.current_task()
 
@@ -299,13 +349,17 @@ class Link:
         bypassing trio's socket layer, which costs two scheduler passes per call.
         """
         src, dst, chain, queue = self.src, self.dst, self.chain, self._send
+        pump = self.conn.pump
         while True:
             # A closed socket reads -1 here; its number may already belong to a new socket.
             fd = src.fileno()
             if fd < 0:
                 kind, data = _EOF, b""
-            elif not chain and not self.pending and (pump := self.conn.proxy.pump) is not None:
+            elif not chain and not self.pending and pump is not None:
                 kind, data = await self._park(pump, fd)
+                if kind is _RESUME:
+                    pump = None  # the pump has stopped: read on our own from now on
+                    continue
             else:
                 data = await self._read(fd)
                 kind = _DATA if data else _EOF
@@ -389,14 +443,24 @@ class Link:
 
 
 class Connection:
-    """One accepted client and its upstream socket."""
+    """One accepted client and its upstream socket.
+
+    ``pump`` is the pump of the serving period that accepted the connection (None where
+    epoll is not available); the connection's tasks run in that period's nursery, so they
+    never outlive it.
+    """
 
     def __init__(
-        self, proxy: Proxy, client: trio.socket.SocketType, upstream: trio.socket.SocketType
+        self,
+        proxy: Proxy,
+        client: trio.socket.SocketType,
+        upstream: trio.socket.SocketType,
+        pump: Pump | None = None,
     ) -> None:
         self.proxy = proxy
         self.client = client
         self.upstream = upstream
+        self.pump = pump
         self.scope = trio.CancelScope()
         self.links = {
             "upstream": Link(self, "upstream", client, upstream),
@@ -416,13 +480,23 @@ class Connection:
         self.scope.cancel()
 
     async def run(self) -> None:
-        """Pump both directions until the connection closes."""
+        """Pump both directions until the connection closes.
+
+        An unexpected error in a link closes this connection and is logged; it never reaches
+        the proxy's nursery, where it would take down every connection and the API server.
+        """
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     for link in self.links.values():
                         nursery.start_soon(link.read_loop)
                         nursery.start_soon(link.write_loop)
+        except* Exception as group:
+            log.error(
+                "proxy %s: closing a connection after an error",
+                self.proxy.name,
+                exc_info=group,
+            )
         finally:
             self.close()
 
@@ -441,8 +515,6 @@ class Proxy:
         self.rng = rng
         self.toxics: dict[str, list[Toxic]] = {"upstream": [], "downstream": []}
         self.connections: set[Connection] = set()
-        #: Moves the bytes of idle no-toxic links while the proxy serves (None otherwise).
-        self.pump: Pump | None = None
         self._sock: trio.socket.SocketType | None = None
         self._scope: trio.CancelScope | None = None
 
@@ -490,12 +562,13 @@ class Proxy:
     async def _serve(
         self, sock: trio.socket.SocketType, task_status: trio.TaskStatus[trio.CancelScope]
     ) -> None:
-        pump: Pump | None = None
+        # The pump lives exactly as long as this serving period: the connections it accepts
+        # run in the nursery below, so its epoll set is closed only after the last of them.
+        pump = Pump() if hasattr(select, "epoll") else None
         try:
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
-                    if hasattr(select, "epoll"):
-                        self.pump = pump = Pump()
+                    if pump is not None:
                         nursery.start_soon(pump.run)
                     task_status.started(scope)
                     while True:
@@ -503,13 +576,13 @@ class Proxy:
                             client, _ = await sock.accept()
                         except _SOCKET_ERRORS:
                             return
-                        nursery.start_soon(self._handle, client)
+                        nursery.start_soon(self._handle, client, pump)
         finally:
-            if self.pump is pump:  # (a restarted proxy may have its next pump already)
-                self.pump = None
+            if pump is not None:
+                pump.close()
             sock.close()
 
-    async def _handle(self, client: trio.socket.SocketType) -> None:
+    async def _handle(self, client: trio.socket.SocketType, pump: Pump | None) -> None:
         upstream = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_STREAM)
         try:
             host, port_text = _split_host_port(self.upstream, "dial")
@@ -527,11 +600,16 @@ class Proxy:
             client.close()
             upstream.close()
             return
-        for s in (client, upstream):
-            s.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
-            if any(t.type == "reset_peer" for t in self.all_toxics()):
-                s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_LINGER, _LINGER_ZERO)
-        conn = Connection(self, client, upstream)
+        try:
+            for s in (client, upstream):
+                s.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+                if any(t.type == "reset_peer" for t in self.all_toxics()):
+                    s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_LINGER, _LINGER_ZERO)
+        except OSError:  # the client already went away
+            client.close()
+            upstream.close()
+            return
+        conn = Connection(self, client, upstream, pump)
         self.connections.add(conn)
         try:
             await conn.run()
