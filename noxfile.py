@@ -82,3 +82,19 @@ def bench(session: nox.Session) -> None:
         "python", "-m", "benchmarks.peers", *session.posargs,
         env={"TRIO_CLUSTER_SERVER": server},
     )  # fmt: skip
+
+
+@nox.session(name="chaos-busy")
+def chaos_busy(session: nox.Session) -> None:
+    """The default chaos suite three times in a row beside four CPU-bound processes (as on a
+    busy shared runner), then the deliberately broken clients under the same load: the
+    invariants must keep their meaning there.  Extra arguments go to each ``chaos run``."""
+    session.install("-e", ".[dev]")
+    bundled = session.run("python", "-c", BUNDLED, silent=True)
+    assert isinstance(bundled, str)
+    env = {"TRIO_CLUSTER_SERVER": bundled.strip()}
+    busy = ["python", "-m", "chaos.busy", "--procs", "4"]
+    session.run(*busy, "--repeat", "3", "--", "python", "-m", "chaos", "run", *session.posargs,
+                env=env)  # fmt: skip
+    session.run(*busy, "--", "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                "tests/chaos/test_broken_client.py", env=env)  # fmt: skip

@@ -106,6 +106,8 @@ class FaultContext:
     """The scenario's pub/sub load, if it has one."""
     hits: list[str] = field(default_factory=list)
     """Real addresses of the nodes the running fault acts on (see :meth:`hit`)."""
+    filled: trio.Event = field(default_factory=trio.Event)
+    """Set once the workload's client is ready (its pools filled) and its workers start."""
 
     def hit(self, node: Address | ProxiedNode | str) -> None:
         """Record that the running fault acts on ``node`` (its real address is reported)."""

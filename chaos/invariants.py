@@ -139,7 +139,8 @@ def baseline_of(ops: Sequence[Op], start: float, end: float) -> Baseline:
 def run_baseline(record: RunRecord) -> Baseline:
     """The baseline of a run: before its first fault, or the whole load without faults."""
     first = min((w.start for w in record.fault_windows), default=record.end)
-    return baseline_of(record.ops, record.start, first)
+    start = record.start if record.warm_at is None else min(record.warm_at, first)
+    return baseline_of(record.ops, start, first)
 
 
 @dataclass(frozen=True)

@@ -522,17 +522,22 @@ def plot(result: ScenarioResult, path: Path) -> bool:
     low.set_ylabel("connections")
     low.set_xlabel("seconds since start")
     if per_node:
-        low.legend(loc="upper right", fontsize="x-small", ncol=3)
+        # Head room above the lines for the legend.
+        peak = max((max(row.values()) for row in per_node.values() if row), default=1)
+        low.set_ylim(0, peak * 1.6 + 1)
+        low.legend(loc="upper right", fontsize="x-small", ncol=3, title="real node address",
+                   title_fontsize="x-small")  # fmt: skip
     for ax in (top, mid, low):
         for w in record.fault_windows:
             ax.axvspan(w.start - t0, w.end - t0, color="orange", alpha=0.25)
         for w in record.loss_windows:
             ax.axvspan(w.start - t0, w.end - t0, color="grey", alpha=0.2)
-    for w in record.fault_windows:
-        top.annotate(f"{w.name}\n{w.target or '?'}", xy=(w.start - t0, 1.0),
-                     xycoords=("data", "axes fraction"), xytext=(2, -2),
-                     textcoords="offset points", va="top", fontsize="small",
-                     color="darkorange")  # fmt: skip
+    for index, w in enumerate(record.fault_windows):
+        # One address per line; successive labels staggered so that they never overlap.
+        label = "\n".join([w.name, *(w.target or "?").split(", ")])
+        top.annotate(label, xy=(w.start - t0, 1.0), xycoords=("data", "axes fraction"),
+                     xytext=(2, -2 - 30 * (index % 2)), textcoords="offset points", va="top",
+                     fontsize="small", color="darkorange")  # fmt: skip
     status = result.status.upper()
     top.set_title(f"{result.scenario.name} (seed {result.seed}) {status}")
     fig.tight_layout()

@@ -10,7 +10,7 @@ from typing import Any, cast
 import attrs
 import trio
 
-from trio_cluster import ClusterClient
+from trio_cluster import ClusterClient, ConnState
 
 from .clientspec import ClientSpec, blocked_bound, recovery_bound, scheduling_slack
 from .env import Environment
@@ -37,6 +37,9 @@ __all__ = ["ScenarioResult", "run_scenario"]
 SCENARIO_TIMEOUT = 120.0
 #: How long the servers may take to notice that the client's sockets closed.
 CLIENT_COUNT_SETTLE = 5.0
+#: Longest wait for the workload's pools to reach ``min_idle`` before the faults start.
+FILL_TIMEOUT = 15.0
+_READY = (ConnState.IDLE, ConnState.IN_USE)
 
 
 @dataclass
@@ -221,7 +224,14 @@ async def _load_and_verify(
         options = {**scenario.client.kwargs(), **harness.client_options()}
         return monitor.watch(env.client(**options))
 
-    workload = WorkloadRunner(scenario.workload, prefix, seed, record, open_client)
+    filled = trio.Event()
+
+    async def fill(rc: ClusterClient) -> None:
+        await _pools_filled(rc, scenario.client.pool.min_idle, len(env.proxies.nodes))
+        record.warm_at = trio.current_time()
+        filled.set()
+
+    workload = WorkloadRunner(scenario.workload, prefix, seed, record, open_client, fill)
     pubsub: PubSubRunner | None = None
     if scenario.pubsub is not None:
         bound = scenario.pubsub.max_connections
@@ -232,6 +242,7 @@ async def _load_and_verify(
 
         pubsub = PubSubRunner(scenario.pubsub, prefix, seed, record, open_pubsub_client)
     ctx = FaultContext(
+        filled=filled,
         env=env,
         record=record,
         rng=random.Random(f"{seed}:{scenario.name}:faults"),
@@ -282,6 +293,9 @@ async def _schedule(
     """Warm up, run each fault (recording its window), leave a tail of load, stop."""
     record = ctx.record
     if scenario.faults:
+        # The load starts once the workload's pools are filled (see _pools_filled).
+        with trio.move_on_after(FILL_TIMEOUT + 5):
+            await ctx.filled.wait()
         await trio.sleep(scenario.warmup)
         for name, fault in scenario.faults:
             monitor.fault = name
@@ -304,6 +318,22 @@ async def _schedule(
         stop.set()
         return
     await stop.wait()  # a fixed amount of work: the workload sets stop when done
+
+
+async def _pools_filled(rc: ClusterClient, need: int, nodes: int) -> None:
+    """With ``min_idle``, wait (at most ``FILL_TIMEOUT``) until ``rc`` has ``need`` ready
+    connections per node, before the workers start: on a busy machine dialling them all takes a
+    while, and a fault must find the pools it was designed for.  The baseline starts then."""
+    if not need or not nodes:
+        return
+
+    def filled() -> bool:
+        return sum(1 for c in rc.connections() if c.state in _READY) >= need * nodes
+
+    with trio.move_on_after(FILL_TIMEOUT):
+        # The pools have no "filled" event: poll the client's synchronous snapshot.
+        while not filled():  # noqa: ASYNC110
+            await trio.sleep(0.02)
 
 
 def result_summary(result: ScenarioResult) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -24,16 +25,47 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "named"),
     [
-        ["run", "no-such-scenario"],
-        ["run", "--mode", "nonsense"],
-        ["run", "--duration", "0"],
-        ["frobnicate"],
+        (["run", "no-such-scenario"], "no-such-scenario"),
+        (["run", "--mode", "nonsense"], "--mode"),
+        (["run", "--duration", "0"], "--duration"),
+        (["run", "--duration", "nan"], "--duration"),
+        (["run", "--duration", "inf"], "--duration"),
+        (["run", "--duration", "-3"], "--duration"),
+        (["run", "--toxiproxy", "notaurl"], "--toxiproxy"),
+        (["run", "--toxiproxy", "http://127.0.0.1:notaport"], "--toxiproxy"),
+        (["run", "--cluster", "notaurl"], "--cluster"),
+        (["run", "--cluster", "redis://:hunter2@127.0.0.1:notaport"], "--cluster"),
+        (["run", "--cluster", "http://127.0.0.1:6379"], "--cluster"),
+        (["run", "--seed", "x"], "--seed"),
+        (["frobnicate"], "frobnicate"),
     ],
 )
-def test_usage_errors_exit_2(argv: list[str]) -> None:
+def test_usage_errors_exit_2_with_one_line(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # nothing started: no banner, no report
+    assert err.count("\n") == 1 and named in err
+    assert "Traceback" not in err and "hunter2" not in err
+
+
+def test_unwritable_outputs_are_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for argv in (
+        ["run", "--json", str(tmp_path / "missing" / "r.json")],
+        ["run", "--json", str(tmp_path)],  # a directory
+        ["run", "--junit", str(a_file / "r.xml")],  # under a file
+        ["run", "--report-dir", str(a_file / "reports")],
+    ):
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and argv[1] in err
 
 
 def test_default_suite_is_big_enough() -> None:
