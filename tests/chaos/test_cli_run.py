@@ -118,6 +118,9 @@ def test_setup_errors_exit_2_in_one_line_whatever_the_proxy(
         assert len(errors) == 1, err
         doc = json.loads(doc_path.read_text())
         assert doc["status"] == "setup-error" and doc["setup_error"] == errors[0]
+    assert main(["run", "basic-concurrent", "--cluster", nowhere, "--debug"]) == 2
+    _, err = capsys.readouterr()
+    assert "Traceback" in err and SECRET not in err  # the traceback only with --debug
 
 
 def test_every_scenario_skipped_exits_3_unless_allowed(
