@@ -490,12 +490,14 @@ def plot(result: ScenarioResult, path: Path) -> bool:
         top.axhline(base.throughput, color="tab:blue", linestyle=":", linewidth=1,
                     label=f"baseline {base.throughput:.0f} ops/s")  # fmt: skip
     top.set_ylabel("throughput (ops/s)")
-    top.set_ylim(bottom=0)
+    # Head room above the curve and the baseline for the fault labels.
+    highest = max([p["ops"] / step for p in points] + [base.throughput if base else 0.0])
+    top.set_ylim(0, max(highest, 1.0) * 1.45)
     err = top.twinx()
     rates = [100 * (p["ops"] - p["ok"]) / p["ops"] if p["ops"] else 0.0 for p in points]
     err.plot(xs, rates, color="tab:red", label="error rate %")
     err.set_ylabel("errors (%)", color="tab:red")
-    err.set_ylim(0, max(5.0, max(rates, default=0.0) * 1.1))
+    err.set_ylim(0, max(5.0, max(rates, default=0.0)) * 1.45)
     handles = top.get_legend_handles_labels()
     more = err.get_legend_handles_labels()
     top.legend(handles[0] + more[0], handles[1] + more[1], loc="lower left", fontsize="small")
