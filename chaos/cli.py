@@ -13,6 +13,7 @@ Exit status of ``run``:
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import random
@@ -236,7 +237,31 @@ def _write_outputs(
                 break
 
 
+class _Scrub(logging.Filter):
+    """Log records leave with every secret of the run masked."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.redactor.scrub(record.getMessage())
+        record.args = None
+        return True
+
+
+def _logging(redactor: Redactor, debug: bool) -> None:
+    """Log lines on stderr, scrubbed.  The client's warnings (a dial failed...) are what the
+    faults cause, and the report counts them: shown only with --debug."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_Scrub(redactor))
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])  # no-op if configured
+    logging.getLogger("trio_cluster").setLevel(logging.WARNING if debug else logging.ERROR)
+
+
 def _run(args: argparse.Namespace, redactor: Redactor) -> int:
+    _logging(redactor, args.debug)
     chosen = select(args.scenarios, args.mode)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     plan = RunPlan(chosen, args.cluster, args.toxiproxy, seed, uuid.uuid4().hex[:8],
