@@ -112,8 +112,10 @@ MIN_BASELINE_S = 0.3
 BASELINE_SKIP = 0.2
 #: Recovered: over a sliding window of RECOVERY_WINDOW seconds, throughput is at least
 #: THROUGHPUT_MARGIN of the baseline's and the success rate at most SUCCESS_MARGIN below it.
+#: An outage cuts throughput to a few percent of the baseline; on a busy shared machine, other
+#: processes alone can halve it (measured: 830 -> 320 ops/s with no fault), so a quarter.
 RECOVERY_WINDOW = 1.0
-THROUGHPUT_MARGIN = 0.5
+THROUGHPUT_MARGIN = 0.25
 SUCCESS_MARGIN = 0.01
 #: The first 1/RECOVERY_PARTS of the recovery window must meet the throughput margin too.
 RECOVERY_PARTS = 4
@@ -864,7 +866,8 @@ def check_all(record: RunRecord, bounds: Bounds) -> Verdict:
     applies["unusable-bound"] = applies["pool-bound"]
     violations += check_blocked(record.ops, bounds.blocked)
     applies["caller-blocked-bound"] = None if record.ops else "no operation"
-    found = recoveries(record.ops, record.fault_windows, baseline, record.end)
+    load_end = record.end if record.load_end is None else record.load_end
+    found = recoveries(record.ops, record.fault_windows, baseline, load_end)
     if record.fault_windows:
         violations += check_recovery(found, bounds.recovery)
         unmeasured = [r.window for r in found if not r.measured]

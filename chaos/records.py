@@ -252,6 +252,8 @@ class RunRecord:
 
     start: float = 0.0
     end: float = 0.0
+    load_end: float | None = None
+    """When the load was told to stop (``end`` is later: draining, closing)."""
     warm_at: float | None = None
     """When the pools were filled and the warm-up began (None: no wait; see the runner)."""
     ops: list[Op] = field(default_factory=list)

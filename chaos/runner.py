@@ -259,7 +259,7 @@ async def _load_and_verify(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(monitor.run)
             async with trio.open_nursery() as load:
-                load.start_soon(_drive, workload, stop)
+                load.start_soon(_drive, workload, stop, record)
                 if pubsub is not None:
                     load.start_soon(pubsub.run, stop)
                 await _schedule(scenario, ctx, monitor, stop, duration)
@@ -278,8 +278,15 @@ async def _load_and_verify(
         nursery.cancel_scope.cancel()
 
 
-async def _drive(workload: WorkloadRunner, stop: trio.Event) -> None:
+async def _drive(workload: WorkloadRunner, stop: trio.Event, record: RunRecord) -> None:
     await workload.run(stop)
+    _stop(stop, record)
+
+
+def _stop(stop: trio.Event, record: RunRecord) -> None:
+    """End the load (the first call records when)."""
+    if not stop.is_set():
+        record.load_end = trio.current_time()
     stop.set()
 
 
@@ -310,12 +317,12 @@ async def _schedule(
             await trio.sleep(scenario.tail)
         if ctx.harness is not None and not stop.is_set():
             await ctx.harness.end_of_load(ctx)
-        stop.set()
+        _stop(stop, record)
         return
     spec = scenario.workload
     if spec.shape == "steady" and spec.ops_per_worker is None:
         await trio.sleep(duration if duration is not None else scenario.duration)
-        stop.set()
+        _stop(stop, record)
         return
     await stop.wait()  # a fixed amount of work: the workload sets stop when done
 
