@@ -44,13 +44,10 @@ class LiveUI(UI):
         *,
         stream: TextIO | None = None,
         out: TextIO | None = None,
-        expected: dict[str, float] | None = None,
     ) -> None:
         self.redactor = redactor
         self.console = Console(file=stream or sys.stderr, highlight=False)
         self.out = out or sys.stdout
-        self.expected = expected or {}
-        """Scenario name -> its expected seconds (for the time left before any finished)."""
         self.started = time.monotonic()
         self.index = 0
         self.total = 0
@@ -68,10 +65,11 @@ class LiveUI(UI):
         self._last = None
         if self.console.is_terminal:
             if self._live is None:
+                # No auto-refresh: that would be a thread; the run refreshes on each snapshot.
                 self._live = Live(self._line(), console=self.console, transient=True,
-                                  refresh_per_second=4)  # fmt: skip
+                                  auto_refresh=False)  # fmt: skip
                 self._live.start()
-            self._live.update(self._line())
+            self._live.update(self._line(), refresh=True)
         else:
             self.console.print(f"[{index + 1}/{total}] {scenario.name} ... "
                                f"elapsed {_clock(self._elapsed())}, "
@@ -114,7 +112,7 @@ class LiveUI(UI):
     def _on_snapshot(self, snap: Snapshot) -> None:
         self._last = snap
         if self._live is not None:
-            self._live.update(self._line())
+            self._live.update(self._line(), refresh=True)
 
     def _line(self) -> Text:
         line = Text()
