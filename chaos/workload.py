@@ -351,11 +351,24 @@ class WorkloadRunner:
             for book in self.books:
                 nursery.start_soon(_limited, limiter, check, book)
 
-    async def cleanup(self, rc: ClusterClient) -> None:
-        """Delete every key this workload may have written."""
+    async def cleanup(self, rc: ClusterClient, attempts: int = 5) -> None:
+        """Delete every key this workload may have written (each batch retried: on a busy
+        machine a DEL may time out; what is left is deleted by the end-of-run sweep, and the
+        run's report says so)."""
         keys = self.all_keys
         for i in range(0, len(keys), 100):
-            await _commands(rc).delete(*keys[i : i + 100])
+            for attempt in range(attempts):
+                try:
+                    await _commands(rc).delete(*keys[i : i + 100])
+                    break
+                except Exception as exc:
+                    if attempt + 1 == attempts:
+                        self.record.notes.append(
+                            f"cleanup: DEL failed ({type(exc).__name__}); left to the "
+                            "end-of-run key sweep"
+                        )
+                        return
+                    await trio.sleep(0.25)
 
 
 def _commands(rc: ClusterClient) -> Any:
