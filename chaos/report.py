@@ -512,12 +512,17 @@ def plot(result: ScenarioResult, path: Path) -> bool:
     mid.legend(loc="upper right", fontsize="small")
     per_node: dict[str, dict[float, int]] = {}
     for sample in record.samples:
+        if sample.at > record.end:
+            break  # the end-of-run verification's client: not the load's
         for name, count in sample.per_node.items():
             node = record.node(name)
             row = per_node.setdefault(node, {})
             t = round(sample.at - t0, 3)
             row[t] = row.get(t, 0) + count
-    served = set(node_stats(record)) or set(per_node)
+    # Nodes that served traffic, and the faulted ones (a killed node leaves the client's
+    # final stats, but its connections before the fault are the point).
+    hit = {t for w in record.fault_windows for t in (w.target or "").split(", ")}
+    served = (set(node_stats(record)) | hit) or set(per_node)
     for node, row in sorted(per_node.items()):
         if node in served:
             low.step(list(row), list(row.values()), where="post", label=node, linewidth=1)
