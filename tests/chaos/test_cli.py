@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import cast
 
 import pytest
 
+from chaos.busy import main as busy
 from chaos.cli import main
 from chaos.clientspec import CHAOS_RETRY, SLACK, ClientSpec, blocked_bound
 from chaos.env import Environment
@@ -113,3 +115,13 @@ async def test_credential_rotation_never_runs_against_an_external_cluster() -> N
     result = await run_scenario(external, SCENARIOS["credential-rotation"], 7, progress=None)
     assert result.skipped is not None and "--cluster local" in result.skipped
     assert result.passed and not result.record.ops
+
+
+def test_busy_runs_a_command_beside_cpu_hogs_and_stops_at_the_first_failure(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert busy(["--procs", "1", "--repeat", "2", "--", sys.executable, "-c", "pass"]) == 0
+    assert capsys.readouterr().err.count("beside 1 CPU hogs") == 2
+    fail = [sys.executable, "-c", "raise SystemExit(5)"]
+    assert busy(["--procs", "1", "--repeat", "3", "--", *fail]) == 5
+    assert capsys.readouterr().err.count("exit 5") == 1  # stopped at the first failure
