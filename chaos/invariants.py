@@ -53,6 +53,7 @@ __all__ = [
     "check_recovery",
     "check_relaxed",
     "check_unusable",
+    "in_flight",
     "pubsub_tally",
     "recoveries",
     "run_baseline",
@@ -504,9 +505,10 @@ def check_auth(
 
 #: A subscription may have been lost this long before its gap event reached the consumer (the
 #: client learns of a dead connection after the fact, and the consumer may lag a little).
+#: ``check_pubsub`` adds the run's own in-flight time (:func:`in_flight`).
 GAP_SLACK = 1.0
 #: Pub/sub losses and gaps may start this long before a fault window (the fault is applied a
-#: moment after its window opens, and a message may be in flight for a while).
+#: moment after its window opens); ``check_pubsub`` adds the run's in-flight time too.
 PUBSUB_WINDOW_SLACK = 1.0
 #: Examples shown per kind of pub/sub violation.
 SHOWN = 5
@@ -545,8 +547,24 @@ class PubSubTally:
     gap_times: dict[_Key, list[float]] = field(default_factory=dict)
 
 
-def _in_window(t: float, windows: Sequence[Window], after: float) -> Window | None:
-    return next((w for w in windows if w.start - PUBSUB_WINDOW_SLACK <= t <= w.end + after), None)
+def _in_window(
+    t: float, windows: Sequence[Window], after: float, before: float = PUBSUB_WINDOW_SLACK
+) -> Window | None:
+    return next((w for w in windows if w.start - before <= t <= w.end + after), None)
+
+
+def in_flight(record: PubSubRecord, before: float) -> float:
+    """How long a message stays in flight in this run: the p99 of publish-to-delivery times
+    of the messages published before ``before`` (the first fault).  A message still in flight
+    when a fault cuts its subscriber's connection is lost with it, so the slacks before a gap
+    and before a fault window grow by this much (on a busy machine it exceeds a second)."""
+    sent = {(p.channel, p.publisher, p.seq): p.start for p in record.publishes if p.ok}
+    times = sorted(
+        d.at - start
+        for d in record.deliveries
+        if (start := sent.get((d.channel, d.publisher, d.seq))) is not None and start < before
+    )
+    return max(0.0, _pct(times, 0.99))
 
 
 def _confirmed_after(confirms: Sequence[float], t: float) -> float:
@@ -554,8 +572,9 @@ def _confirmed_after(confirms: Sequence[float], t: float) -> float:
     return next((c for c in confirms if c >= t), math.inf)
 
 
-def pubsub_tally(record: PubSubRecord) -> PubSubTally:
-    """Account for every message of ``record`` (pure; the checkers and the report use it)."""
+def pubsub_tally(record: PubSubRecord, gap_slack: float = GAP_SLACK) -> PubSubTally:
+    """Account for every message of ``record`` (pure; the checkers and the report use it);
+    ``gap_slack``: how long before its gap event a subscription may have been lost."""
     tally = PubSubTally()
     subscribers_of: dict[str, list[int]] = defaultdict(list)
     for subscriber, channels in record.subscriptions.items():
@@ -633,7 +652,7 @@ def pubsub_tally(record: PubSubRecord) -> PubSubTally:
             tally.lost.append((subscriber, p))
             key2 = (subscriber, p.channel)
             down = [
-                (g - GAP_SLACK, _confirmed_after(confirms.get(key2, []), g))
+                (g - gap_slack, _confirmed_after(confirms.get(key2, []), g))
                 for g in gap_times.get(key2, [])
             ]
             if any(lo <= p.start <= hi for lo, hi in down):
@@ -693,7 +712,10 @@ def check_pubsub_order(tally: PubSubTally) -> list[Violation]:
 
 
 def check_pubsub_losses(
-    tally: PubSubTally, faults: Sequence[Window], recovery: float
+    tally: PubSubTally,
+    faults: Sequence[Window],
+    recovery: float,
+    before: float = PUBSUB_WINDOW_SLACK,
 ) -> list[Violation]:
     """Every acknowledged message reached every subscriber of its channel, except messages
     published while that subscriber's subscription was down: after a gap event it was sent
@@ -710,7 +732,7 @@ def check_pubsub_losses(
             (after_resubscribe if any(g <= p.start for g in gaps) else no_gap).append(
                 (subscriber, p)
             )
-        elif _in_window(p.start, faults, recovery) is None:
+        elif _in_window(p.start, faults, recovery, before) is None:
             outside.append((subscriber, p))
     out = []
     if not faults and tally.lost:
@@ -734,7 +756,11 @@ def check_pubsub_losses(
 
 
 def check_pubsub_gaps(
-    record: PubSubRecord, tally: PubSubTally, faults: Sequence[Window], recovery: float
+    record: PubSubRecord,
+    tally: PubSubTally,
+    faults: Sequence[Window],
+    recovery: float,
+    before: float = PUBSUB_WINDOW_SLACK,
 ) -> list[Violation]:
     """Every subscription was confirmed; gaps happen only around faults (and a fault that
     should have broken subscriptions did cause at least one gap); every channel a gap lists
@@ -752,7 +778,7 @@ def check_pubsub_gaps(
             )
     gaps = [e for e in record.events if e.kind == "gap"]
     for event in gaps:
-        if _in_window(event.at, faults, recovery) is None:
+        if _in_window(event.at, faults, recovery, before) is None:
             out.append(
                 Violation(
                     "pubsub-unexpected-gap",
@@ -812,13 +838,15 @@ def check_pubsub_connections(record: PubSubRecord) -> list[Violation]:
 def check_pubsub(
     record: PubSubRecord, faults: Sequence[Window], recovery: float
 ) -> list[Violation]:
-    """Every pub/sub invariant; messages were published and every subscriber received some."""
-    tally = pubsub_tally(record)
+    """Every pub/sub invariant; messages were published and every subscriber received some.
+    The slacks before gaps and fault windows grow by the run's own in-flight time."""
+    flight = in_flight(record, min((w.start for w in faults), default=math.inf))
+    tally = pubsub_tally(record, GAP_SLACK + flight)
     out = check_pubsub_misdelivery(tally)
     out += check_pubsub_duplicates(tally)
     out += check_pubsub_order(tally)
-    out += check_pubsub_losses(tally, faults, recovery)
-    out += check_pubsub_gaps(record, tally, faults, recovery)
+    out += check_pubsub_losses(tally, faults, recovery, PUBSUB_WINDOW_SLACK + flight)
+    out += check_pubsub_gaps(record, tally, faults, recovery, PUBSUB_WINDOW_SLACK + flight)
     out += check_pubsub_connections(record)
     if not tally.published:
         out.append(Violation("pubsub-activity", "nothing was published"))

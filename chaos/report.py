@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .invariants import CANCELLED, RECOVERY_WINDOW, pubsub_tally
+from .invariants import CANCELLED, GAP_SLACK, RECOVERY_WINDOW, in_flight, pubsub_tally
 from .records import Op, RunRecord, Window
 from .runner import ScenarioResult, result_summary
 
@@ -173,7 +173,9 @@ def pubsub_metrics(record: RunRecord) -> dict[str, Any] | None:
     data = record.pubsub
     if data is None:
         return None
-    tally = pubsub_tally(data)
+    # The same slack as the checker (chaos.invariants.check_pubsub).
+    flight = in_flight(data, min((w.start for w in record.fault_windows), default=math.inf))
+    tally = pubsub_tally(data, GAP_SLACK + flight)
     t0 = record.start
     per: dict[str, dict[str, int]] = {
         str(s): {"due": 0, "received": 0, "lost": 0, "gaps": 0} for s in data.subscriptions
@@ -205,6 +207,7 @@ def pubsub_metrics(record: RunRecord) -> dict[str, Any] | None:
         "misdelivered": len(tally.misdelivered),
         "reordered": len(tally.reordered),
         "gap_events": tally.gaps,
+        "in_flight_p99_s": round(flight, 3),
         "gaps": [
             {
                 "subscriber": e.subscriber,
