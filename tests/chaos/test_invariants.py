@@ -210,3 +210,20 @@ def test_check_all_runs_the_maintenance_checkers() -> None:
     record.maintenance = _maint(handoffs=4, reauths=4)
     names = {v.invariant for v in check_all(record, bounds).violations}
     assert names == {"handoff", "relaxed-timeouts", "credential-rotation"}
+
+
+def test_timeouts_excused_only_when_the_baseline_shows_a_machine_too_slow() -> None:
+    strict = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, zero_failures=True,
+                    read_timeout=0.5)  # fmt: skip
+    timeout = Op(1, "get", 5.0, 5.5, False, "ReadTimeoutError")
+    fast = _even(0.0, 10.0, 100)  # 1 ms each: the machine meets the 0.5 s read timeout
+    verdict = check_all(RunRecord(start=0.0, end=10.0, ops=[*fast, timeout]), strict)
+    assert {v.invariant for v in verdict.violations} == {"no-failed-command"}
+    slow = [Op(0, "set", i / 100, i / 100 + 0.3, True) for i in range(1000)]  # p99 300 ms
+    verdict = check_all(RunRecord(start=0.0, end=10.0, ops=[*slow, timeout]), strict)
+    assert verdict.violations == []
+    assert verdict.checks["no-failed-command"].startswith("not checked: 1 timeouts")
+    other = Op(2, "set", 6.0, 6.1, False, "ConnectionError")
+    verdict = check_all(RunRecord(start=0.0, end=10.0, ops=[*slow, timeout, other]), strict)
+    assert "ConnectionError=1" in verdict.violations[0].message
+    assert verdict.checks["no-failed-command"] == "failed"
