@@ -57,6 +57,7 @@ __all__ = [
     "pubsub_tally",
     "recoveries",
     "run_baseline",
+    "starved",
 ]
 
 #: ``Op.error`` for a command the workload itself cancelled (its own random deadline).
@@ -165,6 +166,8 @@ class Bounds:
     """The client's read timeout (relaxed-timeout windows must have exceeded it)."""
     handoff_timeout: float | None = None
     """The client's handoff timeout, when it has maintenance notifications on."""
+    longest_read_timeout: float = 0.0
+    """The read timeout as maintenance notifications may relax it (0: not relaxable)."""
     slack: float = 0.0
     """Scheduling slack included in the time bounds (derived from the baseline's p99)."""
     explain: dict[str, str] = field(default_factory=dict)
@@ -368,17 +371,35 @@ TIMEOUT_ERRORS = frozenset({"ReadTimeoutError", "WriteTimeoutError", "ConnectTim
                             "PoolTimeoutError"})  # fmt: skip
 
 
+def starved(op: Op, stalls: Sequence[Window], timeout: float) -> bool:
+    """Whether ``op`` failed on a client timeout while this process's event loop stalled for
+    at least half of ``timeout``: the machine's doing, not the client's."""
+    if op.error not in TIMEOUT_ERRORS:
+        return False
+    stalled = sum(
+        min(w.end, op.end) - max(w.start, op.start)
+        for w in stalls
+        if w.start < op.end and w.end > op.start
+    )
+    return stalled >= timeout / 2
+
+
 def check_failures(
-    ops: Sequence[Op], limit: int = 5, excuse_timeouts: bool = False
+    ops: Sequence[Op],
+    limit: int = 5,
+    excuse_timeouts: bool = False,
+    stalls: Sequence[Window] = (),
+    timeout: float = math.inf,
 ) -> list[Violation]:
     """No command failed (commands the workload cancelled itself do not count; nor, with
-    ``excuse_timeouts``, those a client timeout failed)."""
+    ``excuse_timeouts``, those a client timeout failed; nor those :func:`starved`)."""
     failed = [
         op
         for op in ops
         if not op.ok
         and op.error != CANCELLED
         and not (excuse_timeouts and op.error in TIMEOUT_ERRORS)
+        and not starved(op, stalls, timeout)
     ]
     if not failed:
         return []
@@ -445,7 +466,11 @@ def check_handoffs(
 
 
 def check_relaxed(
-    ops: Sequence[Op], windows: Sequence[Window], read_timeout: float
+    ops: Sequence[Op],
+    windows: Sequence[Window],
+    read_timeout: float,
+    stalls: Sequence[Window] = (),
+    relaxed: float = math.inf,
 ) -> list[Violation]:
     """While relaxed (a MIGRATING announced it), commands slower than the read timeout still
     succeed: none that started in a relaxed window failed, and at least one of them did take
@@ -453,7 +478,7 @@ def check_relaxed(
     out = []
     for window in windows:
         inside = [op for op in ops if window.contains(op.start) and op.error != CANCELLED]
-        failed = [op for op in inside if not op.ok]
+        failed = [op for op in inside if not op.ok and not starved(op, stalls, relaxed)]
         if failed:
             errors = Counter(op.error or "?" for op in failed)
             summary = ", ".join(f"{error}={n}" for error, n in sorted(errors.items()))
@@ -930,20 +955,31 @@ def check_all(record: RunRecord, bounds: Bounds) -> Verdict:
         # When the run's own baseline shows the machine could not meet the client's timeouts
         # (p99 at half the read timeout or more), a timeout is the machine's, not the
         # client's: such failures are excused, and the report says the check was partial.
+        # Likewise a timeout during which the event loop itself stalled for half the timeout.
         slow = baseline.ops > 0 and baseline.p99 >= bounds.read_timeout / 2
-        violations += check_failures(record.ops, excuse_timeouts=slow)
+        violations += check_failures(record.ops, excuse_timeouts=slow, stalls=record.stalls,
+                                     timeout=bounds.read_timeout)  # fmt: skip
         timeouts = sum(1 for op in record.ops if not op.ok and op.error in TIMEOUT_ERRORS)
-        applies["no-failed-command"] = (
-            f"{timeouts} timeouts not counted: the baseline p99 ({1000 * baseline.p99:.0f} ms) "
-            f"was at least half the read timeout ({bounds.read_timeout} s); other failures "
-            "were checked"
-            if slow and timeouts
-            else None
-        )
+        stalled = sum(1 for op in record.ops if starved(op, record.stalls, bounds.read_timeout))
+        applies["no-failed-command"] = None
+        if slow and timeouts:
+            applies["no-failed-command"] = (
+                f"{timeouts} timeouts not counted: the baseline p99 "
+                f"({1000 * baseline.p99:.0f} ms) was at least half the read timeout "
+                f"({bounds.read_timeout} s); other failures were checked"
+            )
+        elif stalled:
+            applies["no-failed-command"] = (
+                f"{stalled} timeouts not counted: the event loop stalled for half the read "
+                "timeout while they waited; other failures were checked"
+            )
     violations += check_handoffs(record.handoffs, record.maintenance, bounds.handoff_timeout)
     if bounds.handoff_timeout is not None:
         applies["handoff"] = None if record.handoffs else "no MOVING was sent"
-    violations += check_relaxed(record.ops, record.relaxed_windows, bounds.read_timeout)
+    violations += check_relaxed(
+        record.ops, record.relaxed_windows, bounds.read_timeout, record.stalls,
+        bounds.longest_read_timeout or math.inf,
+    )  # fmt: skip
     if record.relaxed_windows:
         applies["relaxed-timeouts"] = None
     violations += check_auth(record.auth_checks, record.maintenance)

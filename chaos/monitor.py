@@ -16,10 +16,12 @@ import trio
 
 from trio_cluster import ClusterClient, ConnState
 
-from .records import ConnSample, RunRecord
+from .records import ConnSample, RunRecord, Window
 
 __all__ = ["PROGRESS_EVERY", "Monitor", "ProgressSink", "Snapshot"]
 
+#: A wake-up this late (seconds) is recorded as a stall of the event loop.
+STALL = 0.1
 #: Seconds between two progress snapshots.
 PROGRESS_EVERY = 0.5
 
@@ -125,9 +127,15 @@ class Monitor:
         """Sample until cancelled; hand a progress snapshot to ``progress`` twice a second."""
         next_report = trio.current_time() + PROGRESS_EVERY
         shown = 0
+        due = trio.current_time()
         while True:
             self.sample()
             now = trio.current_time()
+            if now - due >= STALL:
+                # This task was due at ``due`` and ran only now: the whole event loop (workload
+                # and in-process proxies included) was starved in between.
+                self.record.stalls.append(Window("event loop stalled", due, now))
+            due = now + self.interval
             if now >= next_report and self.progress is not None:
                 shown = self._report(now, shown)
                 next_report = now + PROGRESS_EVERY

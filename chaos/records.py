@@ -289,6 +289,9 @@ class RunRecord:
     final_pubsub_clients: dict[int, int] = field(default_factory=dict)
     pubsub: PubSubRecord | None = None
     """Set by scenarios with a pub/sub load."""
+    stalls: list[Window] = field(default_factory=list)
+    """When this process's event loop did not run (the monitor woke up late): the machine was
+    too busy to serve anything, whatever the client does."""
     node_names: dict[str, str] = field(default_factory=dict)
     """How the client names a node (a proxy or injector ``host:port``) -> the node's real
     ``host:port``."""

@@ -117,6 +117,7 @@ def derive_bounds(scenario: Scenario, baseline: Baseline | None) -> Bounds:
         zero_failures=scenario.zero_failures,
         read_timeout=spec.read_timeout,
         handoff_timeout=spec.handoff_timeout,
+        longest_read_timeout=spec.longest_read_timeout,
         slack=slack,
         explain=explain,
     )

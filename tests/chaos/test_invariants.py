@@ -227,3 +227,20 @@ def test_timeouts_excused_only_when_the_baseline_shows_a_machine_too_slow() -> N
     verdict = check_all(RunRecord(start=0.0, end=10.0, ops=[*slow, timeout, other]), strict)
     assert "ConnectionError=1" in verdict.violations[0].message
     assert verdict.checks["no-failed-command"] == "failed"
+
+
+def test_timeouts_during_an_event_loop_stall_are_the_machines() -> None:
+    strict = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, zero_failures=True,
+                    read_timeout=0.5)  # fmt: skip
+    timeout = Op(1, "get", 5.0, 5.5, False, "ReadTimeoutError")
+    record = RunRecord(start=0.0, end=10.0, ops=[*_even(0.0, 10.0, 100), timeout])
+    assert check_all(record, strict).violations  # no stall: the client's timeout
+    record.stalls = [Window("event loop stalled", 5.1, 5.2)]  # 0.1 s: not enough
+    assert check_all(record, strict).violations
+    record.stalls = [Window("event loop stalled", 5.1, 5.45)]  # 0.35 s of the 0.5 s
+    verdict = check_all(record, strict)
+    assert verdict.violations == []
+    assert "event loop stalled" in verdict.checks["no-failed-command"]
+    # Any other failure still fails the check.
+    record.ops.append(Op(2, "set", 5.2, 5.3, False, "ConnectionError"))
+    assert check_all(record, strict).violations
