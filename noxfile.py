@@ -128,3 +128,19 @@ def faults_real(session: nox.Session) -> None:
     session.run("pytest", "tests/faults", *session.posargs, env={**env, "TOXIPROXY_SERVER": server})
     session.log(f"=== the Go CLI against the embedded server: {cli}")
     session.run("pytest", "tests/faults/test_faults_cli.py", *session.posargs, env=env)
+
+
+@nox.session(name="chaos-busy")
+def chaos_busy(session: nox.Session) -> None:
+    """The default chaos suite three times in a row beside four CPU-bound processes (as on a
+    busy shared runner), then the deliberately broken clients under the same load: the
+    invariants must keep their meaning there.  Extra arguments go to each ``chaos run``."""
+    session.install("-e", ".[dev]")
+    bundled = session.run("python", "-c", BUNDLED, silent=True)
+    assert isinstance(bundled, str)
+    env = {"TRIO_CLUSTER_SERVER": bundled.strip()}
+    busy = ["python", "-m", "chaos.busy", "--procs", "4"]
+    session.run(*busy, "--repeat", "3", "--", "python", "-m", "chaos", "run", *session.posargs,
+                env=env)  # fmt: skip
+    session.run(*busy, "--", "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                "tests/chaos/test_broken_client.py", env=env)  # fmt: skip

@@ -1,50 +1,131 @@
 """``python -m chaos list`` and ``python -m chaos run [SCENARIO...] [options]``.
 
-Exit status: 0 when every invariant held, 1 when one failed, 2 for usage or setup errors.
+Exit status of ``run``:
+  0    every invariant held in every scenario that ran
+  1    an invariant failed (or a scenario could not run to its end)
+  2    usage or setup error (bad argument, unreachable cluster or proxy...): one line on
+       stderr, the traceback only with --debug
+  3    every selected scenario was skipped (0 with --allow-skip)
+  130  interrupted (Ctrl-C), after cleanup: faults undone, the run's keys deleted, proxies
+       removed, and the partial report, JSON and JUnit written
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
+import math
+import os
 import random
 import sys
-import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 import trio
+from rich.console import Console
 
-from .env import SetupError, open_environment
-from .report import plot, render_text, to_json
-from .runner import ScenarioResult, run_scenario
+from trio_cluster.config import parse_url
+
+from .document import document, junit_xml, render_json
+from .progress import LiveUI, summary_table
+from .redact import Redactor
+from .report import plot, render_text
 from .scenarios import GROUPS, SCENARIOS, select
+from .session import RunOutcome, RunPlan, execute
 
-__all__ = ["main"]
+__all__ = ["EXIT_ALL_SKIPPED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SETUP", "EXIT_VIOLATION",
+           "main"]  # fmt: skip
 
-EXIT_OK, EXIT_VIOLATION, EXIT_SETUP = 0, 1, 2
+EXIT_OK, EXIT_VIOLATION, EXIT_SETUP, EXIT_ALL_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(Exception):
+    """A bad argument (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors as one line (``UsageError``) instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, not {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
+    parser = _Parser(
+        prog="python -m chaos", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the scenarios")
-    run = sub.add_parser("run", help="run scenarios (default: those of --mode)")
-    run.add_argument("scenarios", nargs="*", metavar="SCENARIO")
-    run.add_argument("--mode", choices=("all", *GROUPS), default="all")
-    run.add_argument("--cluster", default="local", help="'local' or a redis:// URL")
-    run.add_argument("--toxiproxy", default="embedded", help="'embedded' or an http:// URL")
-    run.add_argument("--seed", type=int, default=None)
+    run = sub.add_parser("run", help="run scenarios (default: those of --mode)",
+                         description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                     help="scenarios to run, in this order (see `python -m chaos list`); "
+                          "default: every scenario of --mode")  # fmt: skip
+    run.add_argument(
+        "--mode",
+        choices=("all", *GROUPS),
+        default="all",
+        help="the group of scenarios to run when none is named (default: all)",
+    )
+    run.add_argument(
+        "--cluster",
+        default="local",
+        help="'local' (start a 3+3 cluster) or a redis:// or rediss:// URL of a "
+        "node of an existing cluster (its password is never shown)",
+    )
+    run.add_argument(
+        "--toxiproxy",
+        default="embedded",
+        help="'embedded' (in this process) or the http:// URL of a Toxiproxy "
+        "server; only proxies named chaos-<run id>-* are touched",
+    )
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of every random choice (workload, faults); default: random, "
+        "printed, so a run can be repeated",
+    )
     run.add_argument(
         "--duration",
-        type=float,
+        type=_duration,
         default=None,
         help="seconds of steady load / of each fault (default: per scenario)",
     )
-    run.add_argument("--json", type=Path, default=None, help="write results as JSON here")
-    run.add_argument("--report-dir", type=Path, default=None,
-                     help="write text reports and latency plots (PNG) here")  # fmt: skip
+    run.add_argument(
+        "--json", type=Path, default=None, help="write the run as JSON here (schema: docs/chaos.md)"
+    )
+    run.add_argument(
+        "--junit", type=Path, default=None, help="write JUnit XML here (one test case per scenario)"
+    )
+    run.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="write a text report and a PNG plot per scenario, and results.json",
+    )
+    run.add_argument(
+        "--allow-skip",
+        action="store_true",
+        help="exit 0 (not 3) when every selected scenario was skipped",
+    )
+    run.add_argument(
+        "--debug", action="store_true", help="show tracebacks of setup and scenario errors"
+    )
     return parser
 
 
@@ -56,76 +137,185 @@ def _list() -> int:
     return EXIT_OK
 
 
-async def _run_all(args: argparse.Namespace, seed: int) -> list[ScenarioResult]:
-    chosen = select(args.scenarios, args.mode)
-    run_id = uuid.uuid4().hex[:8]
-    results: list[ScenarioResult] = []
-    print(f"chaos run {run_id}: seed {seed}, {len(chosen)} scenarios, cluster {args.cluster}, "
-          f"toxiproxy {args.toxiproxy}", file=sys.stderr)  # fmt: skip
-    async with open_environment(args.cluster, args.toxiproxy, run_id) as env:
-        for scenario in chosen:
-            started = time.monotonic()
-            print(f"--- {scenario.name}", file=sys.stderr, flush=True)
-            result = await run_scenario(
-                env, scenario, seed, hold=args.duration, duration=args.duration
-            )
-            results.append(result)
-            print(render_text(result), end="", flush=True)
-            if not result.skipped:
-                print(f"  ({time.monotonic() - started:.1f}s)", flush=True)
-    return results
+def _writable_file(path: Path, option: str) -> None:
+    if path.exists():
+        if path.is_dir():
+            raise UsageError(f"{option} {path}: is a directory")
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"{option} {path}: not writable")
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{option} {path}: directory {parent} is not writable")
 
 
-def _write_outputs(args: argparse.Namespace, results: list[ScenarioResult], seed: int) -> None:
-    payload: dict[str, Any] = {
-        "seed": seed,
-        "passed": all(r.passed for r in results),
-        "scenarios": [to_json(r) for r in results],
-    }
+def _writable_dir(path: Path, option: str) -> None:
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"{option} {path}: {existing} is not writable")
+
+
+def _validate(args: argparse.Namespace, redactor: Redactor) -> None:
+    """Every argument checked before anything starts (UsageError names the bad one)."""
+    if args.cluster != "local":
+        redactor.add_url(args.cluster)
+        shown = redactor.url(args.cluster)
+        if not args.cluster.startswith(("redis://", "rediss://")):
+            raise UsageError(f"--cluster {shown}: use 'local' or a redis:// or rediss:// URL")
+        try:
+            options = parse_url(args.cluster)
+        except ValueError as exc:
+            raise UsageError(f"--cluster: {redactor.scrub(str(exc))}") from None
+        if "host" not in options:
+            raise UsageError(f"--cluster {shown}: no host")
+    if args.toxiproxy != "embedded":
+        redactor.add_url(args.toxiproxy)
+        shown = redactor.url(args.toxiproxy)
+        try:
+            parts = urlsplit(args.toxiproxy)
+            port = parts.port
+        except ValueError:
+            raise UsageError(f"--toxiproxy {shown}: bad port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+            raise UsageError(f"--toxiproxy {shown}: use 'embedded' or an http://host:port URL")
+    for option, path in (("--json", args.json), ("--junit", args.junit)):
+        if path is not None:
+            _writable_file(path, option)
+    if args.report_dir is not None:
+        _writable_dir(args.report_dir, "--report-dir")
+    try:
+        chosen = select(args.scenarios, args.mode)
+    except KeyError as exc:
+        raise UsageError(
+            f"unknown scenario(s): {exc.args[0]}; see `python -m chaos list`"
+        ) from None
+    unavailable = [s.name for s in chosen if s.unavailable and args.scenarios]
+    if unavailable:
+        raise UsageError(
+            "; ".join(f"{n}: unavailable: {SCENARIOS[n].unavailable}" for n in unavailable)
+        )
+
+
+def _status(outcome: RunOutcome, allow_skip: bool) -> tuple[str, int]:
+    if outcome.interrupted:
+        return "interrupted", EXIT_INTERRUPTED
+    if outcome.setup_error is not None and not outcome.results:
+        return "setup-error", EXIT_SETUP
+    if any(r.status in ("failed", "error") for r in outcome.results):
+        return "failed", EXIT_VIOLATION
+    if outcome.setup_error is not None:
+        return "setup-error", EXIT_SETUP
+    if outcome.results and all(r.status == "skipped" for r in outcome.results):
+        return "all-skipped", EXIT_OK if allow_skip else EXIT_ALL_SKIPPED
+    return "passed", EXIT_OK
+
+
+def _write_outputs(
+    args: argparse.Namespace, outcome: RunOutcome, status: str, code: int, redactor: Redactor
+) -> None:
+    doc = document(outcome, status, code)
+    text = render_json(doc, redactor)
     if args.json is not None:
-        args.json.write_text(json.dumps(payload, indent=2, default=str))
+        args.json.write_text(text)
+    if args.junit is not None:
+        args.junit.write_text(junit_xml(outcome, redactor))
     if args.report_dir is not None:
         args.report_dir.mkdir(parents=True, exist_ok=True)
-        (args.report_dir / "results.json").write_text(json.dumps(payload, indent=2, default=str))
-        for r in results:
-            (args.report_dir / f"{r.scenario.name}.txt").write_text(render_text(r))
-            if not r.skipped and not plot(r, args.report_dir / f"{r.scenario.name}.png"):
+        (args.report_dir / "results.json").write_text(text)
+        for r in outcome.results:
+            (args.report_dir / f"{r.scenario.name}.txt").write_text(redactor.scrub(render_text(r)))
+            if r.status in ("passed", "failed") and not plot(
+                r, args.report_dir / f"{r.scenario.name}.png"
+            ):
                 print("matplotlib is not installed: no plots", file=sys.stderr)
                 break
 
 
+class _Scrub(logging.Filter):
+    """Log records leave with every secret of the run masked."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.redactor.scrub(record.getMessage())
+        record.args = None
+        return True
+
+
+def _logging(redactor: Redactor, debug: bool) -> None:
+    """Log lines on stderr, scrubbed.  The client's warnings (a dial failed...) are what the
+    faults cause, and the report counts them: shown only with --debug."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_Scrub(redactor))
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])  # no-op if configured
+    logging.getLogger("trio_cluster").setLevel(logging.WARNING if debug else logging.ERROR)
+
+
+def _run(args: argparse.Namespace, redactor: Redactor) -> int:
+    _logging(redactor, args.debug)
+    chosen = select(args.scenarios, args.mode)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    plan = RunPlan(chosen, args.cluster, args.toxiproxy, seed, uuid.uuid4().hex[:8],
+                   args.duration)  # fmt: skip
+    cluster = "local" if args.cluster == "local" else redactor.url(args.cluster)
+    toxiproxy = "embedded" if args.toxiproxy == "embedded" else redactor.url(args.toxiproxy)
+    print(f"chaos run {plan.run_id}: seed {seed}, {len(chosen)} scenarios, cluster {cluster}, "
+          f"toxiproxy {toxiproxy}", file=sys.stderr, flush=True)  # fmt: skip
+    ui = LiveUI(redactor)
+    try:
+        outcome = trio.run(execute, plan, redactor, ui)
+    finally:
+        ui.stop()
+    status, code = _status(outcome, args.allow_skip)
+    if args.debug:
+        for tb in outcome.tracebacks:
+            print(tb, file=sys.stderr)
+    if outcome.results:
+        # A fixed width off a terminal: CI logs get whole rows, not wrapped cells.
+        console = Console(file=sys.stdout, highlight=False)
+        if not console.is_terminal:
+            console = Console(file=sys.stdout, highlight=False, width=140)
+        console.print(summary_table(outcome.results))
+    try:
+        _write_outputs(args, outcome, status, code, redactor)
+    except OSError as exc:
+        print(redactor.scrub(f"cannot write the results: {exc}"), file=sys.stderr)
+        return EXIT_SETUP
+    if outcome.setup_error is not None:
+        print(outcome.setup_error, file=sys.stderr)
+    counts = {s: sum(1 for r in outcome.results if r.status == s)
+              for s in ("passed", "failed", "error", "skipped", "interrupted")}  # fmt: skip
+    ran = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    swept = "" if outcome.swept_keys is None else f", {outcome.swept_keys} leftover keys deleted"
+    print(f"chaos run {plan.run_id}: {status} (exit {code}): {ran or 'nothing ran'} of "
+          f"{len(chosen)} selected (seed {seed}){swept}", flush=True)  # fmt: skip
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    redactor = Redactor()
     try:
         args = _parser().parse_args(argv)
-    except SystemExit as exc:
-        return EXIT_OK if exc.code == 0 else EXIT_SETUP
-    if args.command == "list":
-        return _list()
-    if args.duration is not None and args.duration <= 0:
-        print("--duration must be > 0", file=sys.stderr)
+        if args.command == "list":
+            return _list()
+        _validate(args, redactor)
+    except SystemExit as exc:  # --help
+        return EXIT_OK if exc.code in (0, None) else EXIT_SETUP
+    except UsageError as exc:
+        print(f"usage error: {redactor.scrub(str(exc))}", file=sys.stderr)
         return EXIT_SETUP
     try:
-        select(args.scenarios, args.mode)
-    except KeyError as exc:
-        print(f"unknown scenario(s): {exc.args[0]}; see `python -m chaos list`", file=sys.stderr)
-        return EXIT_SETUP
-    unavailable = [n for n in args.scenarios if SCENARIOS[n].unavailable]
-    if unavailable:
-        for name in unavailable:
-            print(f"{name}: unavailable: {SCENARIOS[name].unavailable}", file=sys.stderr)
-        return EXIT_SETUP
-    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-    try:
-        results = trio.run(_run_all, args, seed)
-    except SetupError as exc:
-        print(f"setup error: {exc}", file=sys.stderr)
-        return EXIT_SETUP
-    _write_outputs(args, results, seed)
-    ran = [r for r in results if not r.skipped]
-    failed = [r for r in ran if not r.passed]
-    print(f"\n{len(ran)} scenarios run, {len(results) - len(ran)} skipped, "
-          f"{len(failed)} failed (seed {seed})")  # fmt: skip
-    for r in failed:
-        print(f"  FAILED {r.scenario.name}: {len(r.violations)} violation(s)")
-    return EXIT_VIOLATION if failed else EXIT_OK
+        return _run(args, redactor)
+    except KeyboardInterrupt:  # Ctrl-C outside the run (the run itself handles its own)
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

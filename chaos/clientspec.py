@@ -8,10 +8,19 @@ from typing import Any
 from trio_cluster import BreakerOptions, PoolOptions, RetryOptions
 from trio_cluster.maint import MaintNotificationsOptions
 
-__all__ = ["ClientSpec", "blocked_bound"]
+__all__ = ["ClientSpec", "blocked_bound", "recovery_bound", "scheduling_slack"]
 
 #: Added to every time bound: scheduling noise on a loaded 2-core machine.
 SLACK = 0.5
+#: Each second of the baseline's p99 latency adds this many seconds of slack: when the machine
+#: is busy, the run's own latencies show it first (a 5 ms p99 adds 0.05 s, a 100 ms p99 1 s).
+SLACK_PER_P99 = 10.0
+
+
+def scheduling_slack(baseline_p99: float) -> float:
+    """The slack of a run whose baseline p99 latency was ``baseline_p99`` seconds."""
+    return SLACK + SLACK_PER_P99 * max(baseline_p99, 0.0)
+
 
 #: Retries kept small, so the bound on a blocked caller stays meaningful.
 CHAOS_RETRY = RetryOptions(retries=1, budget=1.0, backoff_cap=0.2)
@@ -82,10 +91,24 @@ class ClientSpec:
     def unusable_bound(self) -> float:
         """Longest a connection may stay UNUSABLE: draining is bounded by the read timeout
         (relaxed or not), a MOVING handoff by the handoff timeout."""
-        return max(self.longest_read_timeout, self.handoff_timeout or 0.0) + SLACK
+        return self.unusable_limit(SLACK)
+
+    def unusable_limit(self, slack: float) -> float:
+        """:attr:`unusable_bound` with another slack."""
+        return max(self.longest_read_timeout, self.handoff_timeout or 0.0) + slack
 
 
-def blocked_bound(spec: ClientSpec) -> float:
+def recovery_bound(spec: ClientSpec, slack: float = SLACK, extra: float = 0.0) -> float:
+    """How long after a fault clears the client may take to serve at its baseline again: a
+    tripped breaker's cooldown, a command still blocked in an attempt (pool wait + write +
+    read timeouts), a fresh dial (connect timeout), plus ``slack`` and what the scenario adds
+    for the cluster's own reaction (``extra``)."""
+    attempt = spec.pool_timeout + spec.longest_write_timeout + spec.longest_read_timeout
+    cooldown = spec.breaker.cooldown if spec.breaker.enabled else 0.0
+    return cooldown + attempt + spec.connect_timeout + slack + extra
+
+
+def blocked_bound(spec: ClientSpec, slack: float = SLACK) -> float:
     """Longest a caller may be blocked in one command.
 
     One attempt costs at most pool wait + write timeout + read timeout (both relaxed, if
@@ -97,4 +120,4 @@ def blocked_bound(spec: ClientSpec) -> float:
     """
     attempt = spec.pool_timeout + spec.longest_write_timeout + spec.longest_read_timeout
     settle = 1.0 + 2 * spec.retry.backoff_cap
-    return spec.retry.budget + (1 + spec.retry.retries) * (attempt + settle) + SLACK
+    return spec.retry.budget + (1 + spec.retry.retries) * (attempt + settle) + slack

@@ -18,9 +18,11 @@ import trio
 from faults import EmbeddedToxiproxy, Toxiproxy
 from faults.nodes import NodeProxies, ProxiedNode
 from trio_cluster import ClusterClient
-from trio_cluster.config import parse_url
+from trio_cluster.config import parse_url, redact_url
 from trio_cluster.testing import LocalCluster
 from trio_cluster.testing.servers import LocalServer
+
+from .redact import Redactor
 
 __all__ = ["Environment", "SetupError", "open_environment"]
 
@@ -41,6 +43,8 @@ class Environment:
     cluster: LocalCluster | None = None
     client_options: dict[str, Any] = field(default_factory=dict)
     """Connection keywords from the cluster URL (credentials, TLS, db)."""
+    redactor: Redactor = field(default_factory=Redactor)
+    """Every secret of the run (see ``chaos.redact``)."""
 
     @property
     def local(self) -> bool:
@@ -51,6 +55,13 @@ class Environment:
     def startup_nodes(self) -> list[Address]:
         """Proxy addresses of every node."""
         return [self.proxies.address(a) for a in self.upstreams]
+
+    def node_names(self) -> dict[str, str]:
+        """Proxy ``host:port`` (how the client names a node) -> the node's real ``host:port``."""
+        return {
+            f"{n.listen[0]}:{n.listen[1]}": f"{n.upstream[0]}:{n.upstream[1]}"
+            for n in self.proxies.nodes
+        }
 
     def proxied(self, address: Address) -> ProxiedNode:
         """The proxied node for an upstream *or* a proxy address."""
@@ -117,7 +128,9 @@ async def _toxiproxy(spec: str) -> AsyncIterator[Toxiproxy]:
         with trio.fail_after(10):
             await tp.version()
     except Exception as exc:
-        raise SetupError(f"Toxiproxy at {spec} does not answer: {exc}") from exc
+        raise SetupError(
+            f"Toxiproxy at {redact_url(spec)} does not answer: {_one_line(exc)}"
+        ) from exc
     yield tp
 
 
@@ -126,30 +139,40 @@ async def open_environment(
     cluster: str, toxiproxy: str, run_id: str, *, masters: int = 3
 ) -> AsyncIterator[Environment]:
     """Start (``cluster="local"``) or discover (a ``redis://`` URL) a cluster and put a proxy
-    in front of every node; undo it all on exit."""
-    local: LocalCluster | None = None
-    options: dict[str, Any] = {}
-    async with _toxiproxy(toxiproxy) as tp:
-        if cluster == "local":
-            try:
-                # AOF, so that a restarted primary comes back with its data (as in production).
-                local = LocalCluster(
-                    masters=masters,
-                    replicas_per_master=1,
-                    cluster_node_timeout_ms=1000,
-                    extra_args=("--appendonly", "yes"),
-                )
-            except Exception as exc:
-                raise SetupError(f"cannot start a local cluster: {exc}") from exc
-            async with (
-                local,
-                NodeProxies.create(tp, local.startup_nodes, prefix=f"chaos-{run_id}") as proxies,
-            ):
-                yield Environment(proxies, local.startup_nodes, run_id, local)
-            return
+    in front of every node; undo it all on exit.  An external cluster is reached before any
+    proxy is started, so a wrong URL fails fast whatever the proxy mode."""
+    if cluster != "local":
         try:
             upstreams, options = await _discover(cluster)
         except Exception as exc:
-            raise SetupError(f"cannot reach the cluster at {cluster}: {exc}") from exc
-        async with NodeProxies.create(tp, upstreams, prefix=f"chaos-{run_id}") as proxies:
+            raise SetupError(f"cannot reach the cluster at {redact_url(cluster)}: "
+                             f"{_one_line(exc)}") from exc  # fmt: skip
+        async with (
+            _toxiproxy(toxiproxy) as tp,
+            NodeProxies.create(tp, upstreams, prefix=f"chaos-{run_id}") as proxies,
+        ):
             yield Environment(proxies, upstreams, run_id, None, options)
+        return
+    try:
+        # AOF, so that a restarted primary comes back with its data (as in production).
+        local = LocalCluster(
+            masters=masters,
+            replicas_per_master=1,
+            cluster_node_timeout_ms=1000,
+            extra_args=("--appendonly", "yes"),
+        )
+    except Exception as exc:
+        raise SetupError(f"cannot start a local cluster: {_one_line(exc)}") from exc
+    async with (
+        _toxiproxy(toxiproxy) as tp,
+        local,
+        NodeProxies.create(tp, local.startup_nodes, prefix=f"chaos-{run_id}") as proxies,
+    ):
+        yield Environment(proxies, local.startup_nodes, run_id, local)
+
+
+def _one_line(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

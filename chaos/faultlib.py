@@ -77,6 +77,11 @@ class Harness:
         """Keywords for every client the run opens (they override the scenario's)."""
         return {}
 
+    def node_names(self) -> dict[str, str]:
+        """Addresses this harness puts before the nodes (``host:port``) -> the node's real
+        ``host:port`` (for reports)."""
+        return {}
+
     async def end_of_load(self, ctx: FaultContext) -> None:
         """Called once the faults and their tails are over, with the load still running."""
 
@@ -99,6 +104,18 @@ class FaultContext:
     """The clients open now (the workload's, during the load)."""
     pubsub: PubSubRunner | None = None
     """The scenario's pub/sub load, if it has one."""
+    hits: list[str] = field(default_factory=list)
+    """Real addresses of the nodes the running fault acts on (see :meth:`hit`)."""
+    filled: trio.Event = field(default_factory=trio.Event)
+    """Set once the workload's client is ready (its pools filled) and its workers start."""
+
+    def hit(self, node: Address | ProxiedNode | str) -> None:
+        """Record that the running fault acts on ``node`` (its real address is reported)."""
+        if isinstance(node, ProxiedNode):
+            node = node.upstream
+        name = node if isinstance(node, str) else f"{node[0]}:{node[1]}"
+        if name not in self.hits:
+            self.hits.append(name)
 
     def client(self) -> ClusterClient:
         """The workload's client (the oldest one open)."""
@@ -116,11 +133,14 @@ class FaultContext:
         self.record.notes.append(text)
 
     def target(self) -> ProxiedNode:
-        """The proxy of the first primary (the node most faults hit)."""
-        return self.env.proxied(self.primaries[0])
+        """The proxy of the first primary (the node most faults hit); recorded as hit."""
+        node = self.env.proxied(self.primaries[0])
+        self.hit(node)
+        return node
 
     def all_nodes(self) -> list[ProxiedNode]:
-        """Every proxy of this run."""
+        """Every proxy of this run; recorded as hitting ``all`` nodes."""
+        self.hit("all")
         return self.env.proxies.nodes
 
     def local(self) -> LocalCluster:
@@ -160,6 +180,7 @@ async def pubsub_node_down(ctx: FaultContext) -> None:
     else:
         node, count = ctx.target(), 0
     shard = sorted(c for c in runner.data.sharded if runner.owner(c) == node.listen)
+    ctx.hit(node)
     ctx.note(
         f"proxy of :{node.upstream[1]} down for {ctx.hold:.1f} s: it carried the classic "
         f"channels of {count} of {len(runner.data.subscriptions)} subscribers and "
@@ -223,7 +244,9 @@ async def bandwidth_starvation(ctx: FaultContext) -> None:
 
 
 def _server(ctx: FaultContext, address: Address) -> LocalServer:
-    return ctx.local().node(address[1])
+    server = ctx.local().node(address[1])
+    ctx.hit(server.address)
+    return server
 
 
 async def sigstop_primary(ctx: FaultContext) -> None:

@@ -114,6 +114,13 @@ class Injectors(Harness):
     def client_options(self) -> dict[str, Any]:
         return {"address_remap": self.remap}
 
+    def node_names(self) -> dict[str, str]:
+        return {
+            _endpoint(address): _endpoint(upstream)
+            for upstream, injector in self.by_upstream.items()
+            for address in injector.addresses
+        }
+
     def injector(self, upstream: Address) -> MaintInjector:
         """The injector in front of ``upstream``."""
         return self.by_upstream[upstream]
@@ -163,6 +170,7 @@ def moving_handoff(handoff_timeout: float) -> FaultFn:
         sent: dict[Address, int] = {}
         start = trio.current_time()
         for upstream in ctx.primaries:
+            ctx.hit(upstream)
             injector = harness.injector(upstream)
             first, second = injector.addresses[:2]
             targets = await injector.send_moving(
@@ -210,6 +218,7 @@ def relaxed_migration(latency_ms: int) -> FaultFn:
         harness = _harness(ctx, Injectors)
         rc = ctx.client()
         upstream = ctx.primaries[0]
+        ctx.hit(upstream)
         injector = harness.injector(upstream)
         name = harness.node_name(upstream)
         # A handoff relaxes its connection for a while: wait for that to end, or the
@@ -259,6 +268,8 @@ class AclUsers(Harness):
             (f"{prefix}-a", secrets.token_hex(12)),
             (f"{prefix}-b", secrets.token_hex(12)),
         )
+        for _, password in self.users:
+            env.redactor.add(password)
         self.client_name = f"{prefix}-rotation"
         self.current: Credentials = self.users[0]
         self.rotated = False
@@ -349,6 +360,7 @@ async def rotate_credentials(ctx: FaultContext) -> None:
     """A fault: stream the second user; wait until no connection is left on the first; delete
     the first user everywhere (the servers drop its connections); hold."""
     harness = _harness(ctx, AclUsers)
+    ctx.hit("all")
     rc = ctx.client()
     start = trio.current_time()
     harness.rotate()

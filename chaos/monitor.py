@@ -6,20 +6,46 @@ Sampling is cheap (``ClusterClient.connections()`` is a synchronous snapshot), s
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TextIO
+from dataclasses import dataclass
 
 import attrs
 import trio
 
 from trio_cluster import ClusterClient, ConnState
 
-from .records import ConnSample, RunRecord
+from .records import ConnSample, RunRecord, Window
 
-__all__ = ["Monitor"]
+__all__ = ["PROGRESS_EVERY", "Monitor", "ProgressSink", "Snapshot"]
+
+#: A wake-up this late (seconds) is recorded as a stall of the event loop.
+STALL = 0.1
+#: Seconds between two progress snapshots.
+PROGRESS_EVERY = 0.5
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """How the running scenario is doing (for live progress)."""
+
+    scenario: str
+    elapsed: float
+    ops: int
+    ops_per_s: float
+    """Over the last ``PROGRESS_EVERY`` seconds."""
+    errors: int
+    """Failed operations so far (cancelled ones included)."""
+    p99_ms: float
+    """Over the last ``PROGRESS_EVERY`` seconds."""
+    connections: int
+    unusable: int
+    fault: str | None
+
+
+#: Receives a snapshot every ``PROGRESS_EVERY`` seconds while a scenario's load runs.
+ProgressSink = Callable[[Snapshot], None]
 
 
 class Monitor:
@@ -32,7 +58,7 @@ class Monitor:
         name: str = "",
         interval: float = 0.02,
         keep_every: float = 0.25,
-        progress: TextIO | None = sys.stderr,
+        progress: ProgressSink | None = None,
     ) -> None:
         self.record = record
         self.name = name
@@ -98,31 +124,39 @@ class Monitor:
                 del self._unusable_since[conn_id]
 
     async def run(self) -> None:
-        """Sample until cancelled; print a progress line every second."""
-        next_line = trio.current_time() + 1.0
+        """Sample until cancelled; hand a progress snapshot to ``progress`` twice a second."""
+        next_report = trio.current_time() + PROGRESS_EVERY
         shown = 0
+        due = trio.current_time()
         while True:
             self.sample()
             now = trio.current_time()
-            if now >= next_line and self.progress is not None:
-                shown = self._print_progress(now, shown)
-                next_line = now + 1.0
+            if now - due >= STALL:
+                # This task was due at ``due`` and ran only now: the whole event loop (workload
+                # and in-process proxies included) was starved in between.
+                self.record.stalls.append(Window("event loop stalled", due, now))
+            due = now + self.interval
+            if now >= next_report and self.progress is not None:
+                shown = self._report(now, shown)
+                next_report = now + PROGRESS_EVERY
             await trio.sleep(self.interval)
 
-    def _print_progress(self, now: float, shown: int) -> int:
+    def _report(self, now: float, shown: int) -> int:
+        assert self.progress is not None
         ops = self.record.ops
         recent = ops[shown:]
-        failed = sum(1 for op in recent if not op.ok)
         lat = sorted(op.latency for op in recent if op.ok)
-        p99 = lat[int(0.99 * (len(lat) - 1))] * 1000 if lat else 0.0
-        conns = sum(len(rc.connections()) for rc in self._clients.values())
-        unusable = len(self._unusable_since)
-        fault = f" fault={self.fault}" if self.fault else ""
-        print(
-            f"  [{self.name}] t={now - self.record.start:5.1f}s ops={len(ops)} "
-            f"last-second={len(recent)} failed={failed} p99={p99:.1f}ms "
-            f"conns={conns} unusable={unusable}{fault}",
-            file=self.progress,
-            flush=True,
+        self.progress(
+            Snapshot(
+                scenario=self.name,
+                elapsed=now - self.record.start,
+                ops=len(ops),
+                ops_per_s=len(recent) / PROGRESS_EVERY,
+                errors=sum(1 for op in ops if not op.ok),
+                p99_ms=lat[int(0.99 * (len(lat) - 1))] * 1000 if lat else 0.0,
+                connections=sum(len(rc.connections()) for rc in self._clients.values()),
+                unusable=len(self._unusable_since),
+                fault=self.fault,
+            )
         )
         return len(ops)

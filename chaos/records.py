@@ -103,6 +103,8 @@ class Window:
     name: str
     start: float
     end: float
+    target: str = ""
+    """For a fault: the real address(es) of the node(s) it hit (``host:port``), or ``all``."""
 
     def contains(self, t: float) -> bool:
         """Whether ``t`` lies in ``[start, end]``."""
@@ -250,6 +252,10 @@ class RunRecord:
 
     start: float = 0.0
     end: float = 0.0
+    load_end: float | None = None
+    """When the load was told to stop (``end`` is later: draining, closing)."""
+    warm_at: float | None = None
+    """When the pools were filled and the warm-up began (None: no wait; see the runner)."""
     ops: list[Op] = field(default_factory=list)
     anomalies: list[Observation] = field(default_factory=list)
     """Reads whose value was outside ``lo..hi`` or named another key."""
@@ -283,3 +289,13 @@ class RunRecord:
     final_pubsub_clients: dict[int, int] = field(default_factory=dict)
     pubsub: PubSubRecord | None = None
     """Set by scenarios with a pub/sub load."""
+    stalls: list[Window] = field(default_factory=list)
+    """When this process's event loop did not run (the monitor woke up late): the machine was
+    too busy to serve anything, whatever the client does."""
+    node_names: dict[str, str] = field(default_factory=dict)
+    """How the client names a node (a proxy or injector ``host:port``) -> the node's real
+    ``host:port``."""
+
+    def node(self, name: str) -> str:
+        """The real ``host:port`` of a node the client calls ``name`` (unchanged if unknown)."""
+        return self.node_names.get(name, name)

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import random
-import sys
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, cast
 
 import attrs
 import trio
 
-from trio_cluster import ClusterClient
+from trio_cluster import ClusterClient, ConnState
 
-from .clientspec import blocked_bound
+from .clientspec import ClientSpec, blocked_bound, recovery_bound, scheduling_slack
 from .env import Environment
 from .faultlib import FaultContext, Harness
-from .invariants import Bounds, Recovery, Violation, check_all
-from .monitor import Monitor
+from .invariants import (
+    RECOVERY_WINDOW,
+    SUCCESS_MARGIN,
+    THROUGHPUT_MARGIN,
+    Baseline,
+    Bounds,
+    Recovery,
+    Violation,
+    check_all,
+)
+from .monitor import Monitor, ProgressSink
 from .pubsubload import PubSubRunner
 from .records import Observation, RunRecord, Window
 from .scenarios import Scenario
@@ -29,6 +37,9 @@ __all__ = ["ScenarioResult", "run_scenario"]
 SCENARIO_TIMEOUT = 120.0
 #: How long the servers may take to notice that the client's sockets closed.
 CLIENT_COUNT_SETTLE = 5.0
+#: Longest wait for the workload's pools to reach ``min_idle`` before the faults start.
+FILL_TIMEOUT = 15.0
+_READY = (ConnState.IDLE, ConnState.IN_USE)
 
 
 @dataclass
@@ -43,23 +54,72 @@ class ScenarioResult:
     excused: list[Observation] = field(default_factory=list)
     recoveries: list[Recovery] = field(default_factory=list)
     skipped: str | None = None
+    baseline: Baseline | None = None
+    checks: dict[str, str] = field(default_factory=dict)
+    """Check code -> passed / failed / not checked: why (``chaos.invariants.Verdict``)."""
+    error: str | None = None
+    """The scenario could not run to the end: a one-line description of why."""
+    interrupted: bool = False
+    """Stopped by Ctrl-C before it finished."""
+    seconds: float = 0.0
+    """Wall time of the scenario."""
 
     @property
     def passed(self) -> bool:
-        """Every invariant held (a skipped scenario passes)."""
-        return not self.violations
+        """Every invariant held (a skipped scenario passes; an error or interruption does
+        not)."""
+        return not self.violations and self.error is None and not self.interrupted
+
+    @property
+    def status(self) -> str:
+        """``passed``, ``failed``, ``skipped``, ``error`` or ``interrupted``."""
+        if self.interrupted:
+            return "interrupted"
+        if self.error is not None:
+            return "error"
+        if self.skipped is not None:
+            return "skipped"
+        return "passed" if self.passed else "failed"
 
 
-def _bounds(scenario: Scenario) -> Bounds:
+def derive_bounds(scenario: Scenario, baseline: Baseline | None) -> Bounds:
+    """The bounds of a run: from the client's configured timeouts, with a scheduling slack
+    derived from the baseline the same run measured before its faults."""
     spec = scenario.client
+    p99 = baseline.p99 if baseline is not None else 0.0
+    slack = scheduling_slack(p99)
+    blocked = blocked_bound(spec, slack)
+    unusable = spec.unusable_limit(slack)
+    recovery = recovery_bound(spec, slack, scenario.recovery_extra)
+    base = (
+        f"baseline p99 {1000 * p99:.1f} ms -> slack {slack:.2f} s"
+        if baseline is not None
+        else f"slack {slack:.2f} s"
+    )
+    explain = {
+        "pool_size": f"{spec.pool_limit}: PoolOptions size (or max_active when lower)",
+        "unusable": f"{unusable:.2f} s: longest read timeout ({spec.longest_read_timeout} s) or "
+        f"handoff timeout ({spec.handoff_timeout or 0} s), + {base}",
+        "blocked": f"{blocked:.2f} s: retry budget + (1 + retries) x (pool wait + write + read "
+        f"timeouts + refresh + backoffs), + {base}",
+        "recovery": f"{recovery:.2f} s: breaker cooldown + one attempt + connect timeout"
+        + (f" + {scenario.recovery_extra} s cluster reaction" if scenario.recovery_extra else "")
+        + f", + {base}; recovered = over {RECOVERY_WINDOW:.0f} s, throughput >= "
+        f"{100 * THROUGHPUT_MARGIN:.0f}% of baseline and success rate >= baseline - "
+        f"{100 * SUCCESS_MARGIN:.0f} pt, looked for in the {scenario.tail:.1f} s of load "
+        "after each fault",
+    }
     return Bounds(
         pool_size=spec.pool_limit,
-        unusable=spec.unusable_bound,
-        blocked=blocked_bound(spec),
-        recovery=scenario.recovery_bound,
+        unusable=unusable,
+        blocked=blocked,
+        recovery=recovery,
         zero_failures=scenario.zero_failures,
         read_timeout=spec.read_timeout,
         handoff_timeout=spec.handoff_timeout,
+        longest_read_timeout=spec.longest_read_timeout,
+        slack=slack,
+        explain=explain,
     )
 
 
@@ -92,7 +152,8 @@ async def _settled_counts(
 
 def skipped(scenario: Scenario, seed: int, reason: str) -> ScenarioResult:
     """A result for a scenario that was not run."""
-    return ScenarioResult(scenario, seed, RunRecord(), _bounds(scenario), skipped=reason)
+    return ScenarioResult(scenario, seed, RunRecord(), derive_bounds(scenario, None),
+                          skipped=reason)  # fmt: skip
 
 
 async def run_scenario(
@@ -102,7 +163,7 @@ async def run_scenario(
     *,
     hold: float | None = None,
     duration: float | None = None,
-    progress: TextIO | None = sys.stderr,
+    progress: ProgressSink | None = None,
 ) -> ScenarioResult:
     """Run ``scenario`` in ``env`` and check every invariant."""
     if scenario.unavailable:
@@ -119,7 +180,7 @@ async def _run(
     seed: int,
     hold: float | None,
     duration: float | None,
-    progress: TextIO | None,
+    progress: ProgressSink | None,
 ) -> ScenarioResult:
     if env.cluster is not None:
         await env.cluster.refresh_roles()
@@ -127,15 +188,24 @@ async def _run(
     record = RunRecord()
     record.baseline_clients = await _normal_clients(env)
     record.baseline_pubsub_clients = await _normal_clients(env, "pubsub")
+    harness_names: dict[str, str] = {}
     async with scenario.harness(env) as harness:
+        harness_names = harness.node_names()
         await _load_and_verify(env, scenario, seed, hold, duration, progress, record, harness)
         record.final_clients = await _settled_counts(env, record.baseline_clients)
         record.final_pubsub_clients = await _settled_counts(
             env, record.baseline_pubsub_clients, "pubsub"
         )
-    bounds = _bounds(scenario)
-    violations, excused, found = check_all(record, bounds)
-    return ScenarioResult(scenario, seed, record, bounds, violations, excused, found)
+    record.node_names.update(env.node_names())
+    record.node_names.update(harness_names)
+    # Two passes: the baseline comes from the record, the bounds from the baseline.
+    baseline = check_all(record, derive_bounds(scenario, None)).baseline
+    bounds = derive_bounds(scenario, baseline if baseline.measured else None)
+    verdict = check_all(record, bounds)
+    return ScenarioResult(
+        scenario, seed, record, bounds, verdict.violations, verdict.excused,
+        verdict.recoveries, baseline=verdict.baseline, checks=verdict.checks,
+    )  # fmt: skip
 
 
 async def _load_and_verify(
@@ -144,7 +214,7 @@ async def _load_and_verify(
     seed: int,
     hold: float | None,
     duration: float | None,
-    progress: TextIO | None,
+    progress: ProgressSink | None,
     record: RunRecord,
     harness: Harness,
 ) -> None:
@@ -155,7 +225,14 @@ async def _load_and_verify(
         options = {**scenario.client.kwargs(), **harness.client_options()}
         return monitor.watch(env.client(**options))
 
-    workload = WorkloadRunner(scenario.workload, prefix, seed, record, open_client)
+    filled = trio.Event()
+
+    async def fill(rc: ClusterClient) -> None:
+        await _pools_filled(rc, scenario.client.pool.min_idle, len(env.proxies.nodes))
+        record.warm_at = trio.current_time()
+        filled.set()
+
+    workload = WorkloadRunner(scenario.workload, prefix, seed, record, open_client, fill)
     pubsub: PubSubRunner | None = None
     if scenario.pubsub is not None:
         bound = scenario.pubsub.max_connections
@@ -166,6 +243,7 @@ async def _load_and_verify(
 
         pubsub = PubSubRunner(scenario.pubsub, prefix, seed, record, open_pubsub_client)
     ctx = FaultContext(
+        filled=filled,
         env=env,
         record=record,
         rng=random.Random(f"{seed}:{scenario.name}:faults"),
@@ -182,7 +260,7 @@ async def _load_and_verify(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(monitor.run)
             async with trio.open_nursery() as load:
-                load.start_soon(_drive, workload, stop)
+                load.start_soon(_drive, workload, stop, record)
                 if pubsub is not None:
                     load.start_soon(pubsub.run, stop)
                 await _schedule(scenario, ctx, monitor, stop, duration)
@@ -201,8 +279,15 @@ async def _load_and_verify(
         nursery.cancel_scope.cancel()
 
 
-async def _drive(workload: WorkloadRunner, stop: trio.Event) -> None:
+async def _drive(workload: WorkloadRunner, stop: trio.Event, record: RunRecord) -> None:
     await workload.run(stop)
+    _stop(stop, record)
+
+
+def _stop(stop: trio.Event, record: RunRecord) -> None:
+    """End the load (the first call records when)."""
+    if not stop.is_set():
+        record.load_end = trio.current_time()
     stop.set()
 
 
@@ -216,30 +301,51 @@ async def _schedule(
     """Warm up, run each fault (recording its window), leave a tail of load, stop."""
     record = ctx.record
     if scenario.faults:
+        # The load starts once the workload's pools are filled (see _pools_filled).
+        with trio.move_on_after(FILL_TIMEOUT + 5):
+            await ctx.filled.wait()
         await trio.sleep(scenario.warmup)
         for name, fault in scenario.faults:
             monitor.fault = name
+            ctx.hits.clear()
             start = trio.current_time()
             try:
                 await fault(ctx)
             finally:
-                record.fault_windows.append(Window(name, start, trio.current_time()))
+                target = ", ".join(ctx.hits)
+                record.fault_windows.append(Window(name, start, trio.current_time(), target))
                 monitor.fault = None
             await trio.sleep(scenario.tail)
         if ctx.harness is not None and not stop.is_set():
             await ctx.harness.end_of_load(ctx)
-        stop.set()
+        _stop(stop, record)
         return
     spec = scenario.workload
     if spec.shape == "steady" and spec.ops_per_worker is None:
         await trio.sleep(duration if duration is not None else scenario.duration)
-        stop.set()
+        _stop(stop, record)
         return
     await stop.wait()  # a fixed amount of work: the workload sets stop when done
 
 
+async def _pools_filled(rc: ClusterClient, need: int, nodes: int) -> None:
+    """With ``min_idle``, wait (at most ``FILL_TIMEOUT``) until ``rc`` has ``need`` ready
+    connections per node, before the workers start: on a busy machine dialling them all takes a
+    while, and a fault must find the pools it was designed for.  The baseline starts then."""
+    if not need or not nodes:
+        return
+
+    def filled() -> bool:
+        return sum(1 for c in rc.connections() if c.state in _READY) >= need * nodes
+
+    with trio.move_on_after(FILL_TIMEOUT):
+        # The pools have no "filled" event: poll the client's synchronous snapshot.
+        while not filled():  # noqa: ASYNC110
+            await trio.sleep(0.02)
+
+
 def result_summary(result: ScenarioResult) -> dict[str, object]:
-    """The scenario's static description, for reports."""
+    """The scenario's static description, for reports (JSON-ready)."""
     s = result.scenario
     return {
         "name": s.name,
@@ -247,6 +353,24 @@ def result_summary(result: ScenarioResult) -> dict[str, object]:
         "description": s.description,
         "origin": s.origin,
         "workload": attrs.asdict(s.workload),
-        "client": {k: repr(v) for k, v in s.client.kwargs().items()},
+        "client": client_json(s.client),
         "pubsub": attrs.asdict(s.pubsub) if s.pubsub is not None else None,
     }
+
+
+def _jsonable(value: object) -> object:
+    """attrs classes and dataclasses as dicts, tuples as lists, the rest unchanged."""
+    if attrs.has(type(value)):
+        return {k: _jsonable(v) for k, v in attrs.asdict(cast(Any, value), recurse=False).items()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def client_json(spec: ClientSpec) -> dict[str, object]:
+    """The client's options as a JSON object (nested options as objects, not reprs)."""
+    return {k: _jsonable(v) for k, v in spec.kwargs().items()}

@@ -8,7 +8,7 @@ and a version between the last write the worker saw acknowledged and the last on
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,11 +92,20 @@ class WorkloadRunner:
     """Runs a :class:`Workload` against clients from ``open_client``, recording into ``record``."""
 
     def __init__(
-        self, spec: Workload, prefix: str, seed: int, record: RunRecord, open_client: OpenClient
+        self,
+        spec: Workload,
+        prefix: str,
+        seed: int,
+        record: RunRecord,
+        open_client: OpenClient,
+        on_open: Callable[[ClusterClient], Awaitable[None]] | None = None,
     ) -> None:
         self.spec = spec
         self.record = record
         self.open_client = open_client
+        self.on_open = on_open
+        """Awaited with the steady-state client before any worker starts (e.g. until its
+        pools are filled)."""
         self.books = [
             KeyBook(
                 w, [f"{prefix}:{w}:{i}" for i in range(spec.keys_per_worker)], f"{prefix}:{w}:n"
@@ -126,6 +135,8 @@ class WorkloadRunner:
                     await trio.sleep(spec.pause)
             return
         async with self.open_client() as rc:
+            if self.on_open is not None:
+                await self.on_open(rc)
             if spec.prepopulate:
                 await self.prepopulate(rc)
             if spec.shape == "rounds":
@@ -340,11 +351,24 @@ class WorkloadRunner:
             for book in self.books:
                 nursery.start_soon(_limited, limiter, check, book)
 
-    async def cleanup(self, rc: ClusterClient) -> None:
-        """Delete every key this workload may have written."""
+    async def cleanup(self, rc: ClusterClient, attempts: int = 5) -> None:
+        """Delete every key this workload may have written (each batch retried: on a busy
+        machine a DEL may time out; what is left is deleted by the end-of-run sweep, and the
+        run's report says so)."""
         keys = self.all_keys
         for i in range(0, len(keys), 100):
-            await _commands(rc).delete(*keys[i : i + 100])
+            for attempt in range(attempts):
+                try:
+                    await _commands(rc).delete(*keys[i : i + 100])
+                    break
+                except Exception as exc:
+                    if attempt + 1 == attempts:
+                        self.record.notes.append(
+                            f"cleanup: DEL failed ({type(exc).__name__}); left to the "
+                            "end-of-run key sweep"
+                        )
+                        return
+                    await trio.sleep(0.25)
 
 
 def _commands(rc: ClusterClient) -> Any:

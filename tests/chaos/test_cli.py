@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import cast
 
 import pytest
 
+from chaos.busy import main as busy
 from chaos.cli import main
 from chaos.clientspec import CHAOS_RETRY, SLACK, ClientSpec, blocked_bound
 from chaos.env import Environment
@@ -24,16 +27,47 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "named"),
     [
-        ["run", "no-such-scenario"],
-        ["run", "--mode", "nonsense"],
-        ["run", "--duration", "0"],
-        ["frobnicate"],
+        (["run", "no-such-scenario"], "no-such-scenario"),
+        (["run", "--mode", "nonsense"], "--mode"),
+        (["run", "--duration", "0"], "--duration"),
+        (["run", "--duration", "nan"], "--duration"),
+        (["run", "--duration", "inf"], "--duration"),
+        (["run", "--duration", "-3"], "--duration"),
+        (["run", "--toxiproxy", "notaurl"], "--toxiproxy"),
+        (["run", "--toxiproxy", "http://127.0.0.1:notaport"], "--toxiproxy"),
+        (["run", "--cluster", "notaurl"], "--cluster"),
+        (["run", "--cluster", "redis://:hunter2@127.0.0.1:notaport"], "--cluster"),
+        (["run", "--cluster", "http://127.0.0.1:6379"], "--cluster"),
+        (["run", "--seed", "x"], "--seed"),
+        (["frobnicate"], "frobnicate"),
     ],
 )
-def test_usage_errors_exit_2(argv: list[str]) -> None:
+def test_usage_errors_exit_2_with_one_line(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # nothing started: no banner, no report
+    assert err.count("\n") == 1 and named in err
+    assert "Traceback" not in err and "hunter2" not in err
+
+
+def test_unwritable_outputs_are_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for argv in (
+        ["run", "--json", str(tmp_path / "missing" / "r.json")],
+        ["run", "--json", str(tmp_path)],  # a directory
+        ["run", "--junit", str(a_file / "r.xml")],  # under a file
+        ["run", "--report-dir", str(a_file / "reports")],
+    ):
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and argv[1] in err
 
 
 def test_default_suite_is_big_enough() -> None:
@@ -81,3 +115,13 @@ async def test_credential_rotation_never_runs_against_an_external_cluster() -> N
     result = await run_scenario(external, SCENARIOS["credential-rotation"], 7, progress=None)
     assert result.skipped is not None and "--cluster local" in result.skipped
     assert result.passed and not result.record.ops
+
+
+def test_busy_runs_a_command_beside_cpu_hogs_and_stops_at_the_first_failure(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert busy(["--procs", "1", "--repeat", "2", "--", sys.executable, "-c", "pass"]) == 0
+    assert capsys.readouterr().err.count("beside 1 CPU hogs") == 2
+    fail = [sys.executable, "-c", "raise SystemExit(5)"]
+    assert busy(["--procs", "1", "--repeat", "3", "--", *fail]) == 5
+    assert capsys.readouterr().err.count("exit 5") == 1  # stopped at the first failure

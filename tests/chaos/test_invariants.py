@@ -7,6 +7,7 @@ from typing import Any
 from chaos.invariants import (
     CANCELLED,
     Bounds,
+    baseline_of,
     check_all,
     check_auth,
     check_blocked,
@@ -21,6 +22,7 @@ from chaos.invariants import (
     check_relaxed,
     check_unusable,
     recoveries,
+    run_baseline,
 )
 from chaos.records import (
     AuthCheck,
@@ -79,24 +81,45 @@ def test_blocked_bound() -> None:
     assert check_blocked([Op(0, "get", 0.0, 3.0, False, "ReadTimeoutError")], 2.0)
 
 
-def _ops(fail_until: float, end: float = 10.0, step: float = 0.01) -> list[Op]:
-    ops, t = [], 0.0
-    while t < end:
-        ops.append(Op(0, "set", t, t + 0.001, t >= fail_until, None if t >= fail_until else "X"))
-        t += step
-    return ops
+def _even(start: float, end: float, rate: float, ok: bool = True) -> list[Op]:
+    """Operations started at ``rate`` per second over ``[start, end)``, 1 ms each."""
+    n = round((end - start) * rate)
+    return [Op(0, "set", start + i / rate, start + i / rate + 0.001, ok, None if ok else "X")
+            for i in range(n)]  # fmt: skip
 
 
-def test_recovery() -> None:
+def test_baseline() -> None:
+    ops = [*_even(0.0, 1.0, 100), *_even(1.0, 2.0, 100, ok=False)]
+    base = baseline_of(ops, 0.0, 1.0)
+    assert base.measured and 95 < base.throughput < 105 and base.success == 1.0
+    record = RunRecord(start=0.0, end=2.0, ops=ops, fault_windows=[Window("f", 1.0, 1.5)])
+    assert run_baseline(record) == base  # before the first fault
+    assert not baseline_of(ops, 0.0, 0.1).measured  # too short to compare against
+
+
+def test_recovery_is_throughput_and_success_back_to_the_baseline() -> None:
     window = [Window("fault", 1.0, 2.0)]
-    found = recoveries(_ops(fail_until=2.5), window, 0.999, 10.0)
-    assert 0.45 < (found[0].seconds or 0) < 0.55
+    before = _even(0.0, 1.0, 100)
+    base = baseline_of(before, 0.0, 1.0)
+    # An outage: the few operations that run all succeed, but throughput is 3 % of baseline.
+    outage = [*before, *_even(2.0, 2.5, 3), *_even(2.5, 10.0, 100)]
+    found = recoveries(outage, window, base, 10.0)
+    assert 0.25 < (found[0].seconds or 0) < 0.55
     assert check_recovery(found, 1.0) == []
     assert check_recovery(found, 0.2)
-    never = recoveries(_ops(fail_until=11.0), window, 0.999, 10.0)
-    assert never[0].seconds is None and check_recovery(never, 5.0)
-    cancelled = [Op(0, "get", 3.0, 3.01, False, CANCELLED), *_ops(fail_until=0.0)]
-    assert recoveries(cancelled, window, 0.999, 10.0)[0].seconds == 0.0
+    # Failures at full throughput: not recovered until the success rate is back.
+    failing = [*before, *_even(2.0, 2.5, 100, ok=False), *_even(2.5, 10.0, 100)]
+    assert 0.25 < (recoveries(failing, window, base, 10.0)[0].seconds or 0) < 0.55
+    never = recoveries([*before, *_even(2.0, 10.0, 3)], window, base, 10.0)
+    assert never[0].seconds is None and never[0].measured
+    assert "never returned" in check_recovery(never, 5.0)[0].message
+    cancelled = [Op(0, "get", 3.0, 3.01, False, CANCELLED), *before, *_even(2.0, 10.0, 100)]
+    assert recoveries(cancelled, window, base, 10.0)[0].seconds == 0.0
+    # Not enough load after the fault, or no baseline: not measured, not a violation.
+    short = recoveries(outage, window, base, 2.5)
+    assert not short[0].measured and check_recovery(short, 1.0) == []
+    no_base = recoveries(outage, window, baseline_of([], 0.0, 1.0), 10.0)
+    assert not no_base[0].measured
 
 
 def test_leaks_and_client_counts() -> None:
@@ -108,11 +131,11 @@ def test_leaks_and_client_counts() -> None:
 
 def test_check_all_on_a_clean_and_a_broken_record() -> None:
     bounds = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0)
-    record = RunRecord(start=0.0, end=10.0, ops=_ops(fail_until=0.0))
-    assert check_all(record, bounds)[0] == []
+    record = RunRecord(start=0.0, end=10.0, ops=_even(0.0, 10.0, 100))
+    assert check_all(record, bounds).violations == []
     record.max_per_node = {"client0/n": 5}
     record.final_reads = [Observation("k", 9.0, "k", 1, 2, 2, 3.0, final=True)]
-    names = {v.invariant for v in check_all(record, bounds)[0]}
+    names = {v.invariant for v in check_all(record, bounds).violations}
     assert names == {"pool-bound", "no-acknowledged-write-lost"}
 
 
@@ -123,11 +146,11 @@ def test_zero_failures_only_when_asked() -> None:
     found = check_failures(ops)
     assert found and all(v.invariant == "no-failed-command" for v in found)
     assert "ReadTimeoutError=1" in found[0].message
-    record = RunRecord(start=0.0, end=10.0, ops=[*_ops(fail_until=0.0), ops[1]])
+    record = RunRecord(start=0.0, end=10.0, ops=[*_even(0.0, 10.0, 100), ops[1]])
     lenient = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0)
     strict = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, zero_failures=True)
-    assert check_all(record, lenient)[0] == []
-    assert {v.invariant for v in check_all(record, strict)[0]} == {"no-failed-command"}
+    assert check_all(record, lenient).violations == []
+    assert {v.invariant for v in check_all(record, strict).violations} == {"no-failed-command"}
 
 
 def _maint(**stats: float) -> dict[str, dict[str, Any]]:
@@ -180,10 +203,44 @@ def test_auth_checks() -> None:
 
 def test_check_all_runs_the_maintenance_checkers() -> None:
     bounds = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, handoff_timeout=5.0)
-    record = RunRecord(start=0.0, end=10.0, ops=_ops(fail_until=0.0))
+    record = RunRecord(start=0.0, end=10.0, ops=_even(0.0, 10.0, 100))
     record.handoffs = [HandoffCheck("n1", "e", 4, ["#1"])]
     record.relaxed_windows = [Window("MIGRATING", 4.0, 5.0)]
     record.auth_checks = [AuthCheck(":7000", "b", ["a"], 0.1)]
     record.maintenance = _maint(handoffs=4, reauths=4)
-    names = {v.invariant for v in check_all(record, bounds)[0]}
+    names = {v.invariant for v in check_all(record, bounds).violations}
     assert names == {"handoff", "relaxed-timeouts", "credential-rotation"}
+
+
+def test_timeouts_excused_only_when_the_baseline_shows_a_machine_too_slow() -> None:
+    strict = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, zero_failures=True,
+                    read_timeout=0.5)  # fmt: skip
+    timeout = Op(1, "get", 5.0, 5.5, False, "ReadTimeoutError")
+    fast = _even(0.0, 10.0, 100)  # 1 ms each: the machine meets the 0.5 s read timeout
+    verdict = check_all(RunRecord(start=0.0, end=10.0, ops=[*fast, timeout]), strict)
+    assert {v.invariant for v in verdict.violations} == {"no-failed-command"}
+    slow = [Op(0, "set", i / 100, i / 100 + 0.3, True) for i in range(1000)]  # p99 300 ms
+    verdict = check_all(RunRecord(start=0.0, end=10.0, ops=[*slow, timeout]), strict)
+    assert verdict.violations == []
+    assert verdict.checks["no-failed-command"].startswith("not checked: 1 timeouts")
+    other = Op(2, "set", 6.0, 6.1, False, "ConnectionError")
+    verdict = check_all(RunRecord(start=0.0, end=10.0, ops=[*slow, timeout, other]), strict)
+    assert "ConnectionError=1" in verdict.violations[0].message
+    assert verdict.checks["no-failed-command"] == "failed"
+
+
+def test_timeouts_during_an_event_loop_stall_are_the_machines() -> None:
+    strict = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, zero_failures=True,
+                    read_timeout=0.5)  # fmt: skip
+    timeout = Op(1, "get", 5.0, 5.5, False, "ReadTimeoutError")
+    record = RunRecord(start=0.0, end=10.0, ops=[*_even(0.0, 10.0, 100), timeout])
+    assert check_all(record, strict).violations  # no stall: the client's timeout
+    record.stalls = [Window("event loop stalled", 5.1, 5.2)]  # 0.1 s: not enough
+    assert check_all(record, strict).violations
+    record.stalls = [Window("event loop stalled", 5.1, 5.45)]  # 0.35 s of the 0.5 s
+    verdict = check_all(record, strict)
+    assert verdict.violations == []
+    assert "event loop stalled" in verdict.checks["no-failed-command"]
+    # Any other failure still fails the check.
+    record.ops.append(Op(2, "set", 5.2, 5.3, False, "ConnectionError"))
+    assert check_all(record, strict).violations

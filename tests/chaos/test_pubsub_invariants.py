@@ -14,6 +14,7 @@ from chaos.invariants import (
     check_all,
     check_pubsub,
     check_pubsub_connections,
+    in_flight,
     pubsub_tally,
 )
 from chaos.pubsubload import PubSubLoad, PubSubRunner
@@ -281,10 +282,10 @@ def test_check_all_runs_the_pubsub_checkers_and_counts_pubsub_clients() -> None:
     record = RunRecord(start=0.0, end=10.0, ops=ops, pubsub=book.record)
     record.baseline_pubsub_clients = {7000: 0}
     record.final_pubsub_clients = {7000: 0}
-    assert check_all(record, bounds)[0] == []
+    assert check_all(record, bounds).violations == []
     record.final_pubsub_clients = {7000: 2}  # subscribed connections left on the server
     book.deliver(1, A, 7, 1, 2.0)
-    found = check_all(record, bounds)[0]
+    found = check_all(record, bounds).violations
     assert {v.invariant for v in found} == {"server-clients-baseline", "pubsub-no-duplicate"}
     assert "pub/sub clients" in found[0].message or "pub/sub clients" in found[1].message
 
@@ -335,3 +336,24 @@ def test_pubsub_load_is_validated() -> None:
     with pytest.raises(ValueError, match="sharded"):
         PubSubLoad(channels=5, channels_per_subscriber=5, sharded=6)
     assert PubSubLoad(subscribers=10, channels=20).stride == 2
+
+
+def test_slack_before_a_gap_grows_with_the_runs_in_flight_time() -> None:
+    """A message still in flight when the fault cut the connection is lost with it: the
+    slack before the gap is GAP_SLACK plus the p99 delivery time measured before the fault."""
+    book = Book()
+    book.clean()
+    _failover(book)
+    early = 5.5 - GAP_SLACK - 0.8  # published 1.8 s before the gap was seen
+    book.publish(B, 7, 80, early)
+    assert book.names(FAULT) == {"pubsub-gap-for-loss"}  # deliveries took 1 ms: no excuse
+    slow = Book()
+    slow.clean()
+    for seq in range(100):  # before the fault, messages took 1.2 s to arrive
+        slow.publish(A, 8, seq, 1.0 + seq / 100)
+        slow.deliver(0, A, 8, seq, 2.2 + seq / 100)
+        slow.deliver(1, A, 8, seq, 2.2 + seq / 100)
+    assert in_flight(slow.record, FAULT[0].start) == pytest.approx(1.2)
+    _failover(slow)
+    slow.publish(B, 7, 80, early)
+    assert slow.names(FAULT) == set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from trio_cluster import ClusterClient
+from trio_cluster.connection import Connection
+from trio_cluster.errors import AuthenticationError
 from trio_cluster.testing import LocalCluster, LocalServer, ServerNotFoundError, find_server_binary
 from trio_cluster.testing import servers as servers_module
 from trio_cluster.testing.servers import parse_info
@@ -181,3 +185,73 @@ def test_standalone_server_lifecycle() -> None:
         assert trio.run(server.execute, "PING") == b"PONG"
     assert not server.running and not _alive(pid)
     assert not server.directory.exists()
+
+
+async def test_password_protected_cluster_forms_and_replicates() -> None:
+    """Every node requires the password; replicas authenticate to their primaries (their
+    replication link is up); a client with the password works, one without is refused."""
+    secret = "s3cret-harness"
+    cluster = LocalCluster(masters=2, replicas_per_master=1, password=secret)
+    try:
+        with trio.fail_after(50):
+            await cluster.start()
+            for shard in cluster.shards:
+                for replica in shard.replicas:
+                    info = parse_info(await replica.execute("INFO", "replication"))
+                    assert info["role"] == "slave"
+                    assert info["master_link_status"] == "up"
+            assert secret not in cluster.url(redacted=True)
+            assert cluster.url(redacted=True).startswith("redis://:***@")
+            async with ClusterClient.from_url(cluster.url()) as rc:
+                assert await rc.execute_command("SET", "harness:pw", "v") is True
+                assert await rc.execute_command("GET", "harness:pw") == b"v"
+            with pytest.raises(AuthenticationError, match="NOAUTH"):
+                await Connection.open(cluster.primaries[0].config(password=None))
+    finally:
+        cluster.close()
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_serve_keeps_the_cluster_up_until_interrupted() -> None:
+    secret = "s3cret-serve"
+    env = {**os.environ, "TRIO_CLUSTER_PASSWORD": secret}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "trio_cluster.testing", "serve", "--masters", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert child.stdout is not None
+        lines = []
+        while not lines or not lines[-1].startswith("serving"):
+            line = child.stdout.readline()
+            assert line, f"serve ended early: {lines} {child.stderr.read() if child.stderr else ''}"
+            lines.append(line.strip())
+        out = "\n".join(lines)
+        assert secret not in out
+        url = next(ln for ln in lines if ln.startswith("URL: ")).removeprefix("URL: ")
+        ports = [int(ln.split()[0].rsplit(":", 1)[1]) for ln in lines if ln.startswith("127.")]
+        assert len(ports) == 2
+
+        async def use() -> None:
+            with trio.fail_after(20):
+                async with ClusterClient.from_url(url.replace("***", secret)) as rc:
+                    assert await rc.execute_command("SET", "serve:k", "1") is True
+
+        trio.run(use)
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=30) == 0
+        assert all(_refused(port) for port in ports)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -1,10 +1,16 @@
-"""Demo: start a local cluster, write and read a key in every one of the 16384 slots, show
-each node, stop the cluster.  Run with ``python -m trio_cluster.testing`` (or ``nox -s demo``).
+"""``python -m trio_cluster.testing [demo]``: start a local cluster, write and read a key in
+every one of the 16384 slots, show each node, stop the cluster (``nox -s demo``).
+
+``python -m trio_cluster.testing serve``: start a local cluster, print its URL, keep it up until
+interrupted (Ctrl-C), then stop every process.  With ``--password`` every node requires it
+(replicas authenticate to their primaries); the URL is printed with the password as ``***``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import trio
@@ -72,14 +78,54 @@ async def run(masters: int, replicas: int) -> None:
     print("cluster stopped; every process ended")
 
 
-def main() -> None:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--masters", type=int, default=3)
-    parser.add_argument("--replicas", type=int, default=1)
-    args = parser.parse_args()
-    trio.run(run, args.masters, args.replicas)
+async def serve(masters: int, replicas: int, password: str | None) -> None:
+    """Form the cluster, print its URL (and each node) on stdout, and wait until cancelled."""
+    started = time.monotonic()
+    async with LocalCluster(
+        masters=masters, replicas_per_master=replicas, password=password
+    ) as cluster:
+        print(f"cluster of {len(cluster.nodes)} nodes ready in {time.monotonic() - started:.2f} s")
+        for node in cluster.nodes:
+            role = "primary" if node in cluster.primaries else "replica"
+            print(f"  {node.host}:{node.port} {role}")
+        print(f"URL: {cluster.url(redacted=True)}")
+        if password is not None:
+            print("(*** stands for the password you gave)")
+        print("serving until interrupted (Ctrl-C)", flush=True)
+        await trio.sleep_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_cluster.testing",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", nargs="?", choices=("demo", "serve"), default="demo",
+                        help="demo (default): write and read every slot, then stop; "
+                             "serve: keep the cluster up until Ctrl-C")  # fmt: skip
+    parser.add_argument("--masters", type=int, default=3, help="primaries (default 3)")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas per primary (default 1)")
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("TRIO_CLUSTER_PASSWORD"),
+        help="serve: every node requires this password (default: $TRIO_CLUSTER_PASSWORD; "
+        "none if unset)",
+    )
+    args = parser.parse_args(argv)
+    if args.masters < 1 or args.replicas < 0:
+        parser.error("--masters must be >= 1 and --replicas >= 0")
+    if args.command == "demo":
+        trio.run(run, args.masters, args.replicas)
+        return 0
+    try:
+        trio.run(serve, args.masters, args.replicas, args.password)
+    except KeyboardInterrupt:
+        # The normal way to stop serving: the cluster's processes are already ended.
+        print("interrupted: cluster stopped", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import attrs
 import trio
@@ -69,6 +70,7 @@ class LocalCluster:
             raise ValueError("masters must be >= 1 and replicas_per_master >= 0")
         binary = binary or find_server_binary()
         self.host = host
+        self._password = password
         self.shards: list[Shard] = []
         for _ in range(masters):
             primary, *replicas = (
@@ -103,6 +105,15 @@ class LocalCluster:
     def startup_nodes(self) -> list[tuple[str, int]]:
         """``(host, port)`` of every node, for a client's ``startup_nodes``."""
         return [node.address for node in self.nodes]
+
+    def url(self, *, redacted: bool = False) -> str:
+        """A ``redis://`` URL of the first node, enough for ``ClusterClient.from_url``; with
+        ``redacted=True`` the password shows as ``***`` (safe to print or log)."""
+        userinfo = ""
+        if self._password is not None:
+            userinfo = ":***@" if redacted else f":{quote(self._password, safe='')}@"
+        first = self.nodes[0]
+        return f"redis://{userinfo}{first.host}:{first.port}"
 
     def node(self, port: int) -> LocalServer:
         """The node listening on ``port``."""

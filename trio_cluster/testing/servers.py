@@ -168,6 +168,11 @@ class LocalServer:
         return (self.host, self.port)
 
     @property
+    def password(self) -> str | None:
+        """The password clients must give (``requirepass``), or None."""
+        return self._password
+
+    @property
     def pid(self) -> int | None:
         """The pid of the running process, if any."""
         return self.process.pid if self.process is not None else None
@@ -198,7 +203,9 @@ class LocalServer:
             "--enable-debug-command", "yes",
         ]  # fmt: skip
         if self._password is not None:
-            args += ["--requirepass", self._password]
+            # masterauth too: a replica must authenticate to its primary, which requires the
+            # same password (every node of a LocalCluster shares it).
+            args += ["--requirepass", self._password, "--masterauth", self._password]
         if self.cluster:
             args += [
                 "--cluster-enabled", "yes",

@@ -1,0 +1,167 @@
+"""What a person sees: live progress while a run goes (``rich``), and a summary table at the end.
+
+On a terminal, one live line shows scenario n/N, elapsed and estimated time left, ops/s,
+errors, p99, connections and the fault in progress.  When stderr is not a terminal (CI, a
+pipe), a plain line per scenario is printed instead, so logs stay readable.  Everything shown
+goes through the run's :class:`~chaos.redact.Redactor`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .monitor import ProgressSink, Snapshot
+from .redact import Redactor
+from .report import metrics, render_text
+from .runner import ScenarioResult
+from .scenarios import Scenario
+from .session import UI
+
+__all__ = ["LiveUI", "summary_table"]
+
+_STYLE = {"passed": "green", "failed": "bold red", "error": "bold red", "skipped": "yellow",
+          "interrupted": "magenta"}  # fmt: skip
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class LiveUI(UI):
+    """Progress on ``stream`` (default stderr); reports of finished scenarios on ``out``."""
+
+    def __init__(
+        self,
+        redactor: Redactor,
+        *,
+        stream: TextIO | None = None,
+        out: TextIO | None = None,
+    ) -> None:
+        self.redactor = redactor
+        self.console = Console(file=stream or sys.stderr, highlight=False)
+        self.out = out or sys.stdout
+        self.started = time.monotonic()
+        self.index = 0
+        self.total = 0
+        self.name = ""
+        self.done_seconds = 0.0
+        self.done_count = 0
+        self.remaining: list[str] = []
+        self._live: Live | None = None
+        self._last: Snapshot | None = None
+
+    # --- session hooks -----------------------------------------------------------------------
+
+    def scenario_started(self, index: int, total: int, scenario: Scenario) -> None:
+        self.index, self.total, self.name = index, total, scenario.name
+        self._last = None
+        if self.console.is_terminal:
+            if self._live is None:
+                # No auto-refresh: that would be a thread; the run refreshes on each snapshot.
+                self._live = Live(self._line(), console=self.console, transient=True,
+                                  auto_refresh=False)  # fmt: skip
+                self._live.start()
+            self._live.update(self._line(), refresh=True)
+        else:
+            self.console.print(f"[{index + 1}/{total}] {scenario.name} ... "
+                               f"elapsed {_clock(self._elapsed())}, "
+                               f"left ~{_clock(self._eta())}")  # fmt: skip
+
+    def snapshot(self) -> ProgressSink | None:
+        return self._on_snapshot
+
+    def scenario_done(self, result: ScenarioResult) -> None:
+        self.done_seconds += result.seconds
+        self.done_count += 1
+        text = self.redactor.scrub(render_text(result))
+        if self._live is not None:
+            self._live.console.print(text, end="", markup=False, highlight=False)
+        else:
+            print(text, end="", file=self.out, flush=True)
+        if self._live is not None and self.index + 1 == self.total:
+            self.stop()
+
+    def message(self, text: str) -> None:
+        self.console.print(self.redactor.scrub(text), markup=False, highlight=False)
+
+    def stop(self) -> None:
+        """End the live display (idempotent)."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    # --- rendering ---------------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def _eta(self) -> float:
+        left = self.total - self.done_count
+        if self.done_count:
+            return left * self.done_seconds / self.done_count
+        return left * 5.0
+
+    def _on_snapshot(self, snap: Snapshot) -> None:
+        self._last = snap
+        if self._live is not None:
+            self._live.update(self._line(), refresh=True)
+
+    def _line(self) -> Text:
+        line = Text()
+        line.append(f"[{self.index + 1}/{self.total}] ", style="bold")
+        line.append(f"{self.name:<22}", style="cyan")
+        line.append(f" elapsed {_clock(self._elapsed())}  left ~{_clock(self._eta())}")
+        snap = self._last
+        if snap is not None:
+            line.append(f"  t={snap.elapsed:4.1f}s  {snap.ops_per_s:6.0f} ops/s  ")
+            line.append(f"errors {snap.errors}", style="red" if snap.errors else "")
+            line.append(f"  p99 {snap.p99_ms:.1f}ms  conns {snap.connections}")
+            if snap.unusable:
+                line.append(f"  unusable {snap.unusable}", style="yellow")
+            if snap.fault:
+                line.append(f"  fault: {snap.fault}", style="bold yellow")
+        return line
+
+
+def summary_table(results: list[ScenarioResult]) -> Table:
+    """One row per scenario: status, time, operations, throughput, errors, p99, recovery and
+    the first violation."""
+    table = Table(title="chaos run summary", show_lines=False)
+    for column, justify in (("scenario", "left"), ("status", "left"), ("time", "right"),
+                            ("ops", "right"), ("ops/s", "right"), ("errors", "right"),
+                            ("p99 ms", "right"), ("recovery", "right"),
+                            ("first violation / reason", "left")):  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        status = Text(r.status, style=_STYLE.get(r.status, ""))
+        if r.status in ("skipped", "error", "interrupted"):
+            why = r.skipped or r.error or "Ctrl-C"
+            table.add_row(r.scenario.name, status, f"{r.seconds:.1f}s", "", "", "", "", "", why)
+            continue
+        m = metrics(r)
+        recovery = ""
+        if r.recoveries:
+            worst = [x.seconds for x in r.recoveries if x.measured]
+            if any(x is None for x in worst):
+                recovery = "never"
+            elif worst:
+                recovery = f"{max(x for x in worst if x is not None):.2f}s"
+            else:
+                recovery = "n/a"
+        first = r.violations[0].invariant if r.violations else ""
+        if len(r.violations) > 1:
+            first += f" (+{len(r.violations) - 1})"
+        table.add_row(
+            r.scenario.name, status, f"{r.seconds:.1f}s", str(m["total_operations"]),
+            f"{m['throughput_ops_s']:.0f}", str(m["failed"]), f"{m['p99_ms']:.1f}", recovery,
+            first,
+        )  # fmt: skip
+    return table

@@ -1,0 +1,114 @@
+"""The text report, JSON object, series, plot and summary table on synthetic records; the
+redactor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from chaos.invariants import check_all
+from chaos.progress import summary_table
+from chaos.records import ConnSample, Op, RunRecord, Window
+from chaos.redact import Redactor, secrets_of_url
+from chaos.report import BUCKETS, metrics, node_stats, plot, render_text, series, to_json
+from chaos.runner import ScenarioResult, derive_bounds
+from chaos.scenarios import SCENARIOS
+
+PROXY, REAL = "127.0.0.1:40001", "127.0.0.1:7000"
+IDLE_REPLICA = "127.0.0.1:40002"
+
+
+def _pool(hits: int) -> dict[str, object]:
+    return {"hits": hits, "misses": 0, "timeouts": 0, "waits": 0, "wait_time_total": 0.0,
+            "dials": 2, "dial_errors": 0, "closes": {}}  # fmt: skip
+
+
+def _result() -> ScenarioResult:
+    """node-down: 100 ops/s for 1 s, an outage (3 ops/s, some failing) for 2 s, back after."""
+    ops = [Op(0, "set", i / 100, i / 100 + 0.002, True) for i in range(100)]
+    ops += [Op(0, "get", 1.0 + i / 3, 1.0 + i / 3 + 1.2, i % 2 == 0, "CircuitOpenError")
+            for i in range(6)]  # fmt: skip
+    ops += [Op(0, "set", 3.0 + i / 100, 3.0 + i / 100 + 0.003, True) for i in range(300)]
+    record = RunRecord(start=0.0, end=6.0, ops=ops)
+    record.fault_windows = [Window("node-down", 1.0, 3.0, REAL)]
+    record.node_names = {PROXY: REAL, IDLE_REPLICA: "127.0.0.1:7003"}
+    record.client_stats = {"client0": {"nodes": {PROXY: _pool(400), IDLE_REPLICA: _pool(0)},
+                                       "moved": 0, "ask": 0, "retries": {},
+                                       "breaker_rejections": 3}}  # fmt: skip
+    record.max_per_node = {f"client0/{PROXY}": 8, f"client0/{IDLE_REPLICA}": 2}
+    record.samples = [ConnSample(t / 4, 0, {PROXY: 8}, {"IDLE": 6, "UNUSABLE": 2})
+                      for t in range(24)]  # fmt: skip
+    scenario = SCENARIOS["node-down"]
+    verdict = check_all(record, derive_bounds(scenario, None))
+    bounds = derive_bounds(scenario, verdict.baseline)
+    verdict = check_all(record, bounds)
+    return ScenarioResult(scenario, 1, record, bounds, verdict.violations, verdict.excused,
+                          verdict.recoveries, baseline=verdict.baseline,
+                          checks=verdict.checks)  # fmt: skip
+
+
+def test_buckets_count_every_op_and_agree_with_slow_ops() -> None:
+    m = metrics(_result())
+    assert sum(m["latency_buckets"].values()) == m["total_operations"] == 406
+    assert list(m["latency_buckets"]) == [name for name, _ in BUCKETS]
+    assert m["slow_ops_1s"] == m["latency_buckets"][">=1s"] == 6  # the failed ones too
+    assert m["slow_ops_100ms"] >= m["slow_ops_1s"]
+
+
+def test_series_per_second() -> None:
+    points = series(_result().record)
+    assert [p["t"] for p in points] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert points[0]["ops"] == 100 and points[1]["ops"] == 3
+    assert points[1]["errors"] == {"CircuitOpenError": 1}
+    assert points[0]["connections"] == 8 and points[0]["unusable"] == 2
+    assert sum(p["ops"] for p in points) == 406
+
+
+def test_only_nodes_that_served_traffic_by_real_address() -> None:
+    nodes = node_stats(_result().record)
+    assert list(nodes) == [REAL]
+    assert nodes[REAL]["max_connections"] == 8
+
+
+def test_text_report_shows_the_outage_bounds_and_what_was_not_checked() -> None:
+    result = _result()
+    text = render_text(result)
+    assert f"Fault node-down on {REAL}" in text
+    assert "Baseline before the fault" in text and "Recovery = time from the fault's end" in text
+    for bound in ("pool_size:", "unusable:", "blocked:", "recovery:"):
+        assert bound in text
+    assert "NOT CHECKED server-clients-baseline" in text  # no server client counts recorded
+    assert PROXY not in text and "7003" not in text  # real addresses; idle replica left out
+    seconds = result.recoveries[0].seconds
+    assert seconds is not None and seconds < 0.5
+
+
+def test_json_object_is_plain_json(tmp_path: Path) -> None:
+    obj = to_json(_result())
+    text = json.dumps(obj, allow_nan=False)  # no repr strings, no NaN
+    assert "PoolOptions(" not in text
+    assert obj["faults"] == [{"name": "node-down", "target": REAL, "start_s": 1.0, "end_s": 3.0}]
+    assert obj["client"]["pool"]["size"] == 8
+    assert obj["checks"]["recovery"] == "passed"
+
+
+def test_plot_and_summary_table(tmp_path: Path) -> None:
+    result = _result()
+    path = tmp_path / "p.png"
+    assert plot(result, path) and path.stat().st_size > 10_000
+    console = Console(width=160, record=True)
+    console.print(summary_table([result]))
+    assert "node-down" in console.export_text()
+
+
+def test_redactor() -> None:
+    assert secrets_of_url("redis://user:p%40ss@h:1") == ["p%40ss", "p@ss"]
+    assert secrets_of_url("redis://lonely@h:1") == ["lonely", "lonely"]
+    assert secrets_of_url("redis://h:1") == []
+    redactor = Redactor()
+    redactor.add_url("redis://:hunter2@h:1")
+    redactor.add("hunter2-longer")
+    assert redactor.scrub("a hunter2-longer b hunter2") == "a *** b ***"
+    assert redactor.url("redis://:hunter2@h:1") == "redis://:***@h:1"
