@@ -6,6 +6,8 @@
 * ``chaos``: the default chaos scenarios against a local cluster behind the embedded proxies;
 * ``bench``: trio-cluster against its peers (``benchmarks.peers``), then large replies;
 * ``faults_real``: ``tests/faults`` against the real Toxiproxy 2.12.0 binaries.
+* ``chaos-busy``: the chaos suite three times beside four CPU-bound processes, then the
+  deliberately broken clients under the same load.
 """
 
 from __future__ import annotations
