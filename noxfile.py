@@ -1,7 +1,8 @@
 """Sessions (``tests`` and ``lint`` by default):
 
 * ``tests``: the whole suite, once per available server (the bundled Valkey, redis-server);
-* ``lint``: ruff, ruff format, mypy --strict and the typed application of ``tests/typing``;
+* ``lint``: ruff, ruff format, mypy --strict, the import layers contract (import-linter) and
+  the typed application of ``tests/typing``;
 * ``demo``: a local cluster, every slot written and read back, then stopped;
 * ``chaos``: the default chaos scenarios against a local cluster behind the embedded proxies;
 * ``bench``: trio-cluster against its peers (``benchmarks.peers``), then large replies;
@@ -54,6 +55,8 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "--strict", *PACKAGES)
+    # The layers contract of pyproject.toml: imports point down, no cycles (docs/architecture.md).
+    session.run("lint-imports")
     # From tests/typing the source tree is not on mypy's path: only the installed package is.
     session.chdir("tests/typing")
     session.run("mypy", "--strict", "app.py")

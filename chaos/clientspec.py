@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trio_cluster import BreakerOptions, PoolOptions, RetryOptions
-from trio_cluster.maint import MaintNotificationsOptions
+from trio_cluster.jobs.maint import MaintNotificationsOptions
 
 __all__ = ["ClientSpec", "blocked_bound", "recovery_bound", "scheduling_slack"]
 

@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from trio_cluster import ClusterClient, PoolClosedError, PubSub
-from trio_cluster.routing import key_slot
+from trio_cluster.routing.rules import key_slot
 
 from .records import (
     Delivery,

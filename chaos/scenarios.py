@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trio_cluster import PoolOptions
-from trio_cluster.maint import MaintNotificationsOptions
+from trio_cluster.jobs.maint import MaintNotificationsOptions
 
 from . import faultlib, maintenance
 from .clientspec import ClientSpec

@@ -6,14 +6,12 @@ and expose ``stats()`` and ``connections()``.  Errors subclass redis-py's.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import logging as _logging
 
-from .breaker import BreakerOptions, BreakerState, CircuitOpenError
-from .client import Client, Pipeline
-from .cluster import ClusterClient, ClusterStats, ReadFrom, RetryOptions
-from .cluster_pipeline import ClusterPipeline
+from .clients.client import Client, Pipeline
+from .clients.cluster import ClusterClient, ClusterStats, ReadFrom, RetryOptions
+from .clients.cluster_pipeline import ClusterPipeline
+from .clients.pubsub import PubSub, PubSubLimitError, PubSubStats
 from .config import ConnectionConfig
 from .errors import (
     AskError,
@@ -29,8 +27,9 @@ from .errors import (
     WriteTimeoutError,
 )
 from .pool import ConnectionInfo, PoolOptions, PoolStats
-from .pubsub import PubSub, PubSubLimitError, PubSubStats
+from .routing.breaker import BreakerOptions, BreakerState, CircuitOpenError
 from .state import ConnState
+from .version import __version__
 
 # A library's records go where the application's logging sends them; with none configured,
 # Python's last-resort handler must not print them to stderr.

@@ -14,6 +14,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 
+from .version import __version__
+
 __all__ = ["ConnectionConfig", "parse_url", "redact_url"]
 
 LIB_NAME = "trio-cluster"
@@ -120,7 +122,7 @@ class ConnectionConfig:
     """Deepest nesting of aggregates and attributes one reply may use; past it the connection
     is closed with :class:`~trio_cluster.errors.ReplyTooDeepError`."""
     lib_name: str = LIB_NAME
-    lib_version: str = attrs.field(factory=lambda: _version())
+    lib_version: str = attrs.field(default=__version__)
 
     @property
     def address(self) -> str:
@@ -130,12 +132,6 @@ class ConnectionConfig:
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def parse_url(url: str) -> dict[str, Any]:

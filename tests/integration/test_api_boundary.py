@@ -20,7 +20,7 @@ from redis import exceptions as rex
 
 from trio_cluster import Client, ClusterClient
 from trio_cluster.errors import ClientNotOpenError
-from trio_cluster.routing import key_slot
+from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster, LocalServer, free_port
 
 

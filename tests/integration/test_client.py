@@ -11,7 +11,7 @@ import pytest
 import trio
 from redis import exceptions as rex
 
-from trio_cluster.client import Client
+from trio_cluster.clients.client import Client
 from trio_cluster.pool import PoolOptions
 from trio_cluster.testing import LocalServer
 

@@ -14,9 +14,9 @@ import trio
 from redis.exceptions import ResponseError, WatchError
 
 from trio_cluster import ClusterClient
-from trio_cluster.cluster import ReadFrom
+from trio_cluster.clients.cluster import ReadFrom
 from trio_cluster.errors import ClusterCrossSlotError
-from trio_cluster.routing import key_slot
+from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster, LocalServer, parse_info
 
 

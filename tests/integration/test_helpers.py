@@ -11,7 +11,7 @@ import trio
 from redis.exceptions import LockError, LockNotOwnedError, RedisClusterException
 
 from trio_cluster import Client, ClusterClient
-from trio_cluster.clusterhelpers import ClusterNode
+from trio_cluster.clients.clusterhelpers import ClusterNode
 from trio_cluster.testing import LocalCluster, LocalServer
 
 

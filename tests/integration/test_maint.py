@@ -14,7 +14,12 @@ from faults import EmbeddedToxiproxy
 from faults.inject import InjectedConnection, MaintInjector
 from faults.nodes import NodeProxies, latency
 from trio_cluster import Client, PoolOptions
-from trio_cluster.maint import Kind, MaintNotificationsOptions, Notification, parse_notification
+from trio_cluster.jobs.maint import (
+    Kind,
+    MaintNotificationsOptions,
+    Notification,
+    parse_notification,
+)
 from trio_cluster.protocol import PushFrame
 from trio_cluster.testing import LocalServer
 

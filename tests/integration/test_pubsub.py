@@ -14,8 +14,8 @@ import pytest
 import trio
 
 from trio_cluster import Client, ClusterClient
-from trio_cluster.pubsub import PubSub, PubSubLimitError, PubSubRegistry
-from trio_cluster.routing import key_slot
+from trio_cluster.clients.pubsub import PubSub, PubSubLimitError, PubSubRegistry
+from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster, LocalServer
 
 

@@ -7,7 +7,7 @@ import trio
 from redis import exceptions as rex
 
 from trio_cluster import Client, ClusterClient, PoolOptions
-from trio_cluster.credentials import CredentialManager
+from trio_cluster.jobs.credentials import CredentialManager
 from trio_cluster.testing import LocalCluster, LocalServer
 
 

@@ -22,8 +22,8 @@ from trio_cluster import (
     PoolStats,
     PubSub,
 )
-from trio_cluster.clusterhelpers import ClusterNode
-from trio_cluster.lock import Lock
+from trio_cluster.clients.clusterhelpers import ClusterNode
+from trio_cluster.clients.lock import Lock
 
 
 async def strings_and_keys(r: Client | ClusterClient) -> None:

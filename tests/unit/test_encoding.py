@@ -9,7 +9,7 @@ import pytest
 from redis import exceptions as rex
 from redis._parsers.encoders import Encoder
 
-from trio_cluster.encoding import Encoding, decode_reply, prepare_args, prepare_stack
+from trio_cluster.wire.encoding import Encoding, decode_reply, prepare_args, prepare_stack
 
 
 class Color(enum.IntEnum):

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis import exceptions as rex
 
-from trio_cluster import careful, errors
-from trio_cluster.careful import CarefulParser
+from trio_cluster import errors
 from trio_cluster.protocol import (
     NEED_DATA,
     YIELD,
@@ -20,6 +19,8 @@ from trio_cluster.protocol import (
     encode_command,
     is_push,
 )
+from trio_cluster.wire import careful
+from trio_cluster.wire.careful import CarefulParser
 
 # --- encoding ----------------------------------------------------------------------------------
 

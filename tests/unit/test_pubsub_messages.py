@@ -7,8 +7,7 @@ import trio
 from redis import exceptions as rex
 
 from trio_cluster import Client
-from trio_cluster.protocol import PushFrame
-from trio_cluster.pubsub import (
+from trio_cluster.clients.pubsub import (
     PubSub,
     PubSubLimitError,
     PubSubRegistry,
@@ -17,6 +16,7 @@ from trio_cluster.pubsub import (
     _message,
     _name,
 )
+from trio_cluster.protocol import PushFrame
 
 
 def test_messages_have_redis_py_shapes() -> None:

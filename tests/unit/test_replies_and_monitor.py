@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from redis.exceptions import RedisError
 
-from trio_cluster.commands import COMMAND_NAME, ReplyParser, queue_entry
-from trio_cluster.monitor import parse_monitor_line
+from trio_cluster.clients.monitor import parse_monitor_line
+from trio_cluster.wire.commands import COMMAND_NAME, ReplyParser, queue_entry
 
 
 def test_two_word_commands_use_their_own_callback() -> None:

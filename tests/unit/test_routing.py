@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from trio_cluster.cluster import ClusterClient
+from trio_cluster.clients.cluster import ClusterClient
 from trio_cluster.errors import ClusterCrossSlotError
-from trio_cluster.routing import CommandTable, Target, key_slot, keyless_target, slot_of
+from trio_cluster.routing.rules import CommandTable, Target, key_slot, keyless_target, slot_of
 
 # ``COMMAND INFO ...`` from Redis 7.0 over RESP2, trimmed to the fields routing reads
 # (name, arity, flags, first key, last key, step; subcommands at index 9).
@@ -219,7 +219,7 @@ def test_client_routes_by_slot_and_refuses_cross_slot(table: CommandTable) -> No
 def test_key_slot_of_matches_redis_py_for_every_key_shape() -> None:
     from redis.crc import key_slot
 
-    from trio_cluster.routing import key_slot_of
+    from trio_cluster.routing.rules import key_slot_of
 
     for key in ["", "a", "{user}1", "{user}2", "a{}b", "{}x", "a{b", "x}{y}", "é", "{{a}}"]:
         assert key_slot_of(key) == key_slot(key.encode()), key

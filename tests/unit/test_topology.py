@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trio_cluster.topology import SLOTS, Topology, parse_shards, parse_slots
+from trio_cluster.routing.topology import SLOTS, Topology, parse_shards, parse_slots
 
 P1, R1, P2, R2 = 38943, 44587, 55167, 51471
 LOCAL = "127.0.0.1"

@@ -23,8 +23,8 @@ from typing import Any
 import attrs
 from redis.client import NEVER_DECODE
 
+from ..errors import ArgumentTypeError
 from .commands import ReplyParser
-from .errors import ArgumentTypeError
 
 __all__ = ["DecodingReplyParser", "Encoding", "decode_reply", "prepare_args", "prepare_stack"]
 

@@ -34,17 +34,9 @@ from redis import exceptions as rex
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.commands import AsyncCoreCommands
 
-from .breaker import BreakerOptions, BreakerState, CircuitBreaker, CircuitOpenError
-from .client import run_blocking
-from .clientbase import ClientBase
-from .clusterhelpers import ClusterHelpers, ClusterNode
-from .commands import COMMAND_NAME, blocking_seconds, normalize_args
-from .config import ConnectionConfig, connection_options, parse_url, redact_url
-from .connection import Connection, mark_unsent, was_unsent
-from .credentials import CredentialManager, CredentialSource
-from .dialer import Dialer
-from .encoding import Encoding, prepare_args, reply_decoder
-from .errors import (
+from ..config import ConnectionConfig, connection_options, parse_url, redact_url
+from ..connection import Connection, mark_unsent, was_unsent
+from ..errors import (
     ArgumentTypeError,
     AskError,
     BusyLoadingError,
@@ -58,12 +50,14 @@ from .errors import (
     TryAgainError,
     UnknownCommandError,
 )
-from .lifetime import first_error, open_nursery, raise_not_open
-from .logs import LogLimiter
-from .maint import MaintenanceManager, MaintNotificationsOptions
-from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
-from .pubsub import PubSubRegistry
-from .routing import (
+from ..jobs.credentials import CredentialManager, CredentialSource
+from ..jobs.dialer import Dialer
+from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
+from ..lifetime import first_error, open_nursery, raise_not_open
+from ..logs import LogLimiter
+from ..pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from ..routing.breaker import BreakerOptions, BreakerState, CircuitBreaker, CircuitOpenError
+from ..routing.rules import (
     RESULT_CALLBACKS,
     CommandSpec,
     CommandTable,
@@ -72,8 +66,14 @@ from .routing import (
     keyless_target,
     slot_of,
 )
-from .topology import SLOTS, Address, AddressRemap, Topology, parse_shards, parse_slots
-from .watchdog import Watchdog
+from ..routing.topology import SLOTS, Address, AddressRemap, Topology, parse_shards, parse_slots
+from ..watchdog import Watchdog
+from ..wire.commands import COMMAND_NAME, blocking_seconds, normalize_args
+from ..wire.encoding import Encoding, prepare_args, reply_decoder
+from .client import run_blocking
+from .clientbase import ClientBase
+from .clusterhelpers import ClusterHelpers, ClusterNode
+from .pubsub import PubSubRegistry
 
 if TYPE_CHECKING:
     from .cluster_pipeline import ClusterPipeline

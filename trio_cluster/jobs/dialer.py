@@ -20,12 +20,12 @@ from typing import Any
 import attrs
 from redis import exceptions as rex
 
-from .config import ConnectionConfig
-from .connection import Connection
+from ..config import ConnectionConfig
+from ..connection import Connection
+from ..pool import Pool
+from ..watchdog import Watchdog
 from .credentials import CredentialManager
 from .maint import MaintenanceManager, MaintNotificationsOptions
-from .pool import Pool
-from .watchdog import Watchdog
 
 __all__ = ["Dialer"]
 

@@ -24,10 +24,10 @@ from typing import Any, TypeAlias
 
 import trio
 
-from .connection import Connection
-from .errors import StateMachineClosed
-from .pool import BasePoolHook, Pool
-from .state import ConnState
+from ..connection import Connection
+from ..errors import StateMachineClosed
+from ..pool import BasePoolHook, Pool
+from ..state import ConnState
 
 __all__ = ["CredentialManager", "CredentialSource", "Credentials"]
 

@@ -38,10 +38,8 @@ import attrs
 import trio
 from redis import exceptions as rex
 
-from .connection import Connection
-from .dialer import Dialer
-from .encoding import decode_reply
-from .errors import (
+from ..connection import Connection
+from ..errors import (
     BusyLoadingError,
     ClusterDownError,
     MasterDownError,
@@ -51,9 +49,11 @@ from .errors import (
     ReadTimeoutError,
     TryAgainError,
 )
-from .protocol import EncodableArg
-from .routing import key_slot
-from .topology import Address
+from ..jobs.dialer import Dialer
+from ..protocol import EncodableArg
+from ..routing.rules import key_slot
+from ..routing.topology import Address
+from ..wire.encoding import decode_reply
 
 if TYPE_CHECKING:
     from .client import Client

@@ -19,7 +19,7 @@ import attrs
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from .commands import BLOCKING_COMMANDS
+from ..wire.commands import BLOCKING_COMMANDS
 
 __all__ = [
     "CommandSpec",

@@ -31,13 +31,13 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from .breaker import BreakerOptions, CircuitBreaker
-from .config import ConnectionConfig
-from .connection import Connection
-from .errors import StateMachineClosed
-from .pool import BasePoolHook, Pool
-from .protocol import PushFrame
-from .state import ConnState
+from ..config import ConnectionConfig
+from ..connection import Connection
+from ..errors import StateMachineClosed
+from ..pool import BasePoolHook, Pool
+from ..protocol import PushFrame
+from ..routing.breaker import BreakerOptions, CircuitBreaker
+from ..state import ConnState
 
 __all__ = ["MaintNotificationsOptions", "MaintenanceManager", "Notification", "parse_notification"]
 

@@ -17,7 +17,7 @@ from redis.commands.cluster import ClusterManagementCommands
 from redis.commands.helpers import list_or_args
 from redis.exceptions import DataError
 
-from .routing import key_slot_of
+from ..routing.rules import key_slot_of
 
 if TYPE_CHECKING:
     from redis._parsers.encoders import Encoder

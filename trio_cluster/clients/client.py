@@ -17,8 +17,16 @@ from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import ResponseError
 
-from .clientbase import ClientBase
-from .commands import (
+from ..config import ConnectionConfig, connection_options, parse_url, redact_url
+from ..connection import Connection
+from ..errors import ArgumentTypeError
+from ..jobs.credentials import CredentialManager, CredentialSource
+from ..jobs.dialer import Dialer
+from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
+from ..lifetime import raise_not_open
+from ..pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from ..watchdog import Watchdog
+from ..wire.commands import (
     COMMAND_NAME,
     DATA_TAKING_COMMANDS,
     blocking_seconds,
@@ -26,18 +34,10 @@ from .commands import (
     pipeline_results,
     transaction_results,
 )
-from .config import ConnectionConfig, connection_options, parse_url, redact_url
-from .connection import Connection
-from .credentials import CredentialManager, CredentialSource
-from .dialer import Dialer
-from .encoding import Encoding, prepare_args
-from .errors import ArgumentTypeError
-from .lifetime import raise_not_open
-from .maint import MaintenanceManager, MaintNotificationsOptions
+from ..wire.encoding import Encoding, prepare_args
+from .clientbase import ClientBase
 from .pipelinebase import PipelineBase
-from .pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from .pubsub import PubSubRegistry
-from .watchdog import Watchdog
 
 __all__ = ["Client", "Pipeline", "run_blocking"]
 

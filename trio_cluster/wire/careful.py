@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import hiredis
 
-from .errors import (
+from ..errors import (
     ProtocolError,
     ReplyShapeError,
     ReplyTooDeepError,

@@ -15,19 +15,19 @@ import trio
 from redis._parsers.encoders import Encoder
 from redis.exceptions import WatchError
 
-from .commands import ReplyParser
-from .config import ConnectionConfig
-from .connection import Connection
-from .credentials import CredentialManager
-from .dialer import Dialer
-from .encoding import Encoding
-from .lifetime import NurseryOwner
+from ..config import ConnectionConfig
+from ..connection import Connection
+from ..jobs.credentials import CredentialManager
+from ..jobs.dialer import Dialer
+from ..jobs.maint import MaintenanceManager
+from ..lifetime import NurseryOwner
+from ..watchdog import Watchdog
+from ..wire.commands import ReplyParser
+from ..wire.encoding import Encoding
 from .lock import Lock
-from .maint import MaintenanceManager
 from .monitor import Monitor
 from .pubsub import PubSub, PubSubRegistry, PubSubStats
 from .scripts import Script
-from .watchdog import Watchdog
 
 __all__ = ["ClientBase"]
 

@@ -25,10 +25,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .commands import normalize_args, pipeline_results, transaction_results
-from .connection import Connection, mark_unsent, was_unsent
-from .encoding import prepare_args
-from .errors import (
+from ..connection import Connection, mark_unsent, was_unsent
+from ..errors import (
     AskError,
     BusyLoadingError,
     ClusterDownError,
@@ -37,9 +35,11 @@ from .errors import (
     MovedError,
     TryAgainError,
 )
-from .lifetime import open_nursery
+from ..lifetime import open_nursery
+from ..routing.rules import slot_of
+from ..wire.commands import normalize_args, pipeline_results, transaction_results
+from ..wire.encoding import prepare_args
 from .pipelinebase import PipelineBase
-from .routing import slot_of
 
 if TYPE_CHECKING:
     from .cluster import ClusterClient, _Node

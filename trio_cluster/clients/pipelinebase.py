@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import ResponseError
 
-from .commands import queue_entry
-from .connection import Connection
-from .encoding import Encoding, prepare_stack
-from .errors import ArgumentTypeError
+from ..connection import Connection
+from ..errors import ArgumentTypeError
+from ..wire.commands import queue_entry
+from ..wire.encoding import Encoding, prepare_stack
 
 if TYPE_CHECKING:
     from redis._parsers.encoders import Encoder

@@ -1,0 +1,2 @@
+"""Background jobs on pooled connections: maintenance notifications (handoff, relaxed
+timeouts), credential rotation, and the dialer that opens every connection with both."""
