@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging as _logging
 
+from .breaker import BreakerOptions, BreakerState, CircuitOpenError
 from .clients.client import Client, Pipeline
 from .clients.cluster import ClusterClient, ClusterStats, ReadFrom, RetryOptions
 from .clients.cluster_pipeline import ClusterPipeline
@@ -27,7 +28,6 @@ from .errors import (
     WriteTimeoutError,
 )
 from .pool import ConnectionInfo, PoolOptions, PoolStats
-from .routing.breaker import BreakerOptions, BreakerState, CircuitOpenError
 from .state import ConnState
 from .version import __version__
 

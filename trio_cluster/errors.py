@@ -343,3 +343,21 @@ def error_from_reply(message: str) -> Exception:
         except ValueError as exc:
             return InvalidRedirectError(f"{message} ({exc})")
     return cls(message)
+
+
+# --- classification: one place for the rules every node call applies ------------------------
+
+#: Error replies saying the server did not run the command: a retry is safe for any command.
+SERVER_DID_NOT_RUN = (TryAgainError, ClusterDownError, MasterDownError, BusyLoadingError)
+
+#: Failures of the link to a node or of the wait for it (ours subclass these redis-py classes).
+NETWORK_ERRORS = (rex.ConnectionError, rex.TimeoutError)
+
+
+def node_failed(error: BaseException) -> bool:
+    """Whether ``error``, raised by a call to a node, says the node is unhealthy (and counts
+    against its circuit breaker): a network failure, but not a loading server (it answered)
+    nor a busy pool (that says nothing about the node)."""
+    return isinstance(error, NETWORK_ERRORS) and not isinstance(
+        error, BusyLoadingError | PoolTimeoutError
+    )

@@ -15,8 +15,8 @@ from redis import exceptions as rex
 
 import trio_cluster
 from trio_cluster import errors
+from trio_cluster.breaker import CircuitOpenError
 from trio_cluster.clients.pubsub import PubSubLimitError
-from trio_cluster.routing.breaker import CircuitOpenError
 from trio_cluster.state import ConnState
 
 #: Constructor arguments for the classes that parse or need more than a message.

@@ -216,13 +216,13 @@ def test_client_routes_by_slot_and_refuses_cross_slot(table: CommandTable) -> No
         rc._slot_for(("ZUNIONSTORE", "dst", 1, "src"))
 
 
-def test_key_slot_of_matches_redis_py_for_every_key_shape() -> None:
-    from redis.crc import key_slot
+def test_key_slot_matches_redis_py_for_every_key_shape() -> None:
+    from redis.crc import key_slot as redis_key_slot
 
-    from trio_cluster.routing.rules import key_slot_of
+    from trio_cluster.routing.rules import key_slot
 
     for key in ["", "a", "{user}1", "{user}2", "a{}b", "{}x", "a{b", "x}{y}", "é", "{{a}}"]:
-        assert key_slot_of(key) == key_slot(key.encode()), key
-        assert key_slot_of(key.encode()) == key_slot(key.encode())
-    assert key_slot_of(memoryview(b"{t}k")) == key_slot(b"{t}k")
-    assert key_slot_of(12345) == key_slot(b"12345")
+        assert key_slot(key) == redis_key_slot(key.encode()), key
+        assert key_slot(key.encode()) == redis_key_slot(key.encode())
+    assert key_slot(memoryview(b"{t}k")) == redis_key_slot(b"{t}k")
+    assert key_slot(12345) == redis_key_slot(b"12345")

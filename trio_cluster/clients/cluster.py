@@ -34,6 +34,7 @@ from redis import exceptions as rex
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.commands import AsyncCoreCommands
 
+from ..breaker import BreakerOptions, BreakerState, CircuitBreaker, CircuitOpenError
 from ..config import ConnectionConfig, connection_options, parse_url, redact_url
 from ..connection import Connection, mark_unsent, was_unsent
 from ..errors import (
@@ -56,13 +57,12 @@ from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
 from ..lifetime import first_error, open_nursery, raise_not_open
 from ..logs import LogLimiter
 from ..pool import ConnectionInfo, Pool, PoolOptions, PoolStats
-from ..routing.breaker import BreakerOptions, BreakerState, CircuitBreaker, CircuitOpenError
 from ..routing.rules import (
     RESULT_CALLBACKS,
     CommandSpec,
     CommandTable,
     Target,
-    key_slot_of,
+    key_slot,
     keyless_target,
     slot_of,
 )
@@ -479,7 +479,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         if name == "PUBLISH" and len(args) > 1:
             # As redis-py's cluster: the channel's slot, where a PubSub subscribing to it
             # connects too, so the reply counts that subscriber.
-            return key_slot_of(args[1])
+            return key_slot(args[1])
         target = keyless_target(f"{name} {_word(args[1])}" if len(args) > 1 else name)
         if target is None:
             target = keyless_target(name)
@@ -512,7 +512,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
                     args = prepare_args(args, self._encoding)
                 try:
                     reply = await self._execute_on_slot(
-                        key_slot_of(args[1]), args, readonly, simple=True
+                        key_slot(args[1]), args, readonly, simple=True
                     )
                 except ArgumentTypeError:
                     # Refused before anything was sent.  Convert what redis-py accepts

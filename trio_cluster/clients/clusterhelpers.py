@@ -17,7 +17,7 @@ from redis.commands.cluster import ClusterManagementCommands
 from redis.commands.helpers import list_or_args
 from redis.exceptions import DataError
 
-from ..routing.rules import key_slot_of
+from ..routing.rules import key_slot
 
 if TYPE_CHECKING:
     from redis._parsers.encoders import Encoder
@@ -121,7 +121,7 @@ class ClusterHelpers:
 
     def keyslot(self, key: Any) -> int:
         """The slot of ``key``, computed here (no round trip), encoded as commands encode it."""
-        return key_slot_of(self.get_encoder().encode(key))  # type: ignore[no-untyped-call]
+        return key_slot(self.get_encoder().encode(key))  # type: ignore[no-untyped-call]
 
     def get_node_from_key(self, key: Any, replica: bool = False) -> ClusterNode | None:
         """The primary serving ``key``'s slot (``replica=True``: one of its replicas)."""

@@ -26,18 +26,19 @@ import enum
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import trio
 
+from ..breaker import BreakerOptions, CircuitBreaker
 from ..config import ConnectionConfig
 from ..connection import Connection
 from ..errors import StateMachineClosed
 from ..pool import BasePoolHook, Pool
 from ..protocol import PushFrame
-from ..routing.breaker import BreakerOptions, CircuitBreaker
 from ..state import ConnState
+from ..wire.encoding import text
 
 __all__ = ["MaintNotificationsOptions", "MaintenanceManager", "Notification", "parse_notification"]
 
@@ -115,10 +116,6 @@ class Notification:
     endpoint: tuple[str, int] | None = None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def parse_endpoint(text: str) -> tuple[str, int]:
     """``host:port`` (IPv6 hosts may be bracketed) -> (host, port); ValueError if malformed."""
     host, sep, port = text.rpartition(":")
@@ -135,7 +132,7 @@ def parse_notification(frame: PushFrame) -> Notification | None:
     if not frame:
         return None
     try:
-        kind = Kind(_text(frame[0]).upper())
+        kind = Kind(text(frame[0]).upper())
     except ValueError:
         return None
     minimum = 3 if kind in (Kind.MOVING, Kind.SMIGRATING, Kind.SMIGRATED) else 2
@@ -147,7 +144,7 @@ def parse_notification(frame: PushFrame) -> Notification | None:
         if seconds < 0:
             raise ValueError("MOVING with a negative time")
         raw = frame[3] if len(frame) > 3 else None
-        endpoint = parse_endpoint(_text(raw)) if raw not in (None, b"", "") else None
+        endpoint = parse_endpoint(text(raw)) if raw not in (None, b"", "") else None
         return Notification(kind, seq, seconds, endpoint)
     return Notification(kind, seq)
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import attrs
 from redis.cluster import RedisCluster
-from redis.crc import key_slot
 
 from ..wire.commands import BLOCKING_COMMANDS
+from ..wire.encoding import text
 
 __all__ = [
     "CommandSpec",
@@ -89,8 +89,8 @@ class CommandSpec:
 
 
 def _spec(entry: Sequence[Any]) -> CommandSpec:
-    name = _text(entry[0]).upper()
-    flags = {_text(f) for f in entry[2]}
+    name = text(entry[0]).upper()
+    flags = {text(f) for f in entry[2]}
     subcommands: dict[str, CommandSpec] = {}
     if len(entry) > 9 and entry[9]:
         for sub in entry[9]:
@@ -105,10 +105,6 @@ def _spec(entry: Sequence[Any]) -> CommandSpec:
         readonly="readonly" in flags,
         subcommands=subcommands,
     )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _numkeys_at(position: int) -> Callable[[Sequence[Any]], list[Any]]:
@@ -129,7 +125,7 @@ def _destination_and_numkeys(args: Sequence[Any]) -> list[Any]:
 def _stream_keys(args: Sequence[Any]) -> list[Any]:
     """XREAD/XREADGROUP ... STREAMS key... id...: the first half after STREAMS."""
     for index, arg in enumerate(args):
-        if _text(arg).upper() == "STREAMS":
+        if text(arg).upper() == "STREAMS":
             rest = args[index + 1 :]
             return list(rest[: len(rest) // 2])
     return []
@@ -138,7 +134,7 @@ def _stream_keys(args: Sequence[Any]) -> list[Any]:
 def _sort_keys(args: Sequence[Any]) -> list[Any]:
     keys = [args[1]]
     for index, arg in enumerate(args):
-        if _text(arg).upper() == "STORE" and index + 1 < len(args):
+        if text(arg).upper() == "STORE" and index + 1 < len(args):
             keys.append(args[index + 1])
     return keys
 
@@ -198,9 +194,9 @@ class CommandTable:
 
     def spec(self, args: Sequence[Any]) -> CommandSpec | None:
         """The spec that describes this invocation (the subcommand's, where it has one)."""
-        spec = self.specs.get(_text(args[0]).upper())
+        spec = self.specs.get(text(args[0]).upper())
         if spec is not None and spec.subcommands and len(args) > 1:
-            sub = spec.subcommands.get(_text(args[1]).upper())
+            sub = spec.subcommands.get(text(args[1]).upper())
             if sub is not None:
                 return sub
         return spec
@@ -242,7 +238,7 @@ class CommandTable:
         return isinstance(spec, CommandSpec) and spec.movable and spec.name not in MOVABLE_KEYS
 
 
-def key_slot_of(key: Any) -> int:
+def key_slot(key: Any) -> int:
     """The slot of one key (CRC16 of the key or of its ``{hash tag}``, modulo 16384)."""
     if type(key) is str:
         key = key.encode()
@@ -258,9 +254,9 @@ def key_slot_of(key: Any) -> int:
 
 def slot_of(keys: Sequence[Any]) -> int | None:
     """The slot shared by ``keys``; None if they span several slots."""
-    slot = key_slot(_as_bytes(keys[0]))
+    slot = key_slot(keys[0])
     for key in keys[1:]:
-        if key_slot(_as_bytes(key)) != slot:
+        if key_slot(key) != slot:
             return None
     return slot
 

@@ -12,16 +12,14 @@ from typing import Any
 
 import attrs
 
+from ..wire.encoding import text
+
 __all__ = ["SLOTS", "Address", "AddressRemap", "Shard", "Topology", "parse_shards", "parse_slots"]
 
 SLOTS = 16384
 
 Address = tuple[str, int]
 AddressRemap = Callable[[Address], Address]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @attrs.frozen
@@ -74,9 +72,9 @@ class Topology:
 def _pairs(entry: Any) -> Mapping[str, Any]:
     """A RESP3 map, or a RESP2 flat list of alternating keys and values, as a dict."""
     if isinstance(entry, Mapping):
-        return {_text(k): v for k, v in entry.items()}
+        return {text(k): v for k, v in entry.items()}
     items = list(entry)
-    return {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+    return {text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
 
 
 def _announced(node: Mapping[str, Any], queried: Address) -> Address:
@@ -89,12 +87,12 @@ def _announced(node: Mapping[str, Any], queried: Address) -> Address:
     """
     port = int(node.get("port") or node.get("tls-port") or 0)
     if "endpoint" in node:
-        endpoint = _text(node["endpoint"] or "")
+        endpoint = text(node["endpoint"] or "")
         if not endpoint:
             return (queried[0], port)
         if endpoint != "?":
             return (endpoint, port)
-    ip = _text(node.get("ip") or "")
+    ip = text(node.get("ip") or "")
     return (ip if ip and ip != "?" else queried[0], port)
 
 
@@ -112,8 +110,8 @@ def parse_shards(reply: Sequence[Any], queried: Address, remap: AddressRemap | N
             address = _announced(node, queried)
             if remap is not None:
                 address = remap(address)
-            health = _text(node.get("health", "online"))
-            if _text(node.get("role", "")) == "master":
+            health = text(node.get("health", "online"))
+            if text(node.get("role", "")) == "master":
                 if health != "fail":
                     primary = address
             elif health == "online":
@@ -146,8 +144,8 @@ def _slot_node_address(
 ) -> Address:
     """``[endpoint, port, id, metadata]``: a NULL/empty endpoint is the queried host; ``?``
     (no hostname set) falls back to the ``ip`` metadata, if any."""
-    host = _text(info[0]) if info[0] else ""
+    host = text(info[0]) if info[0] else ""
     if host == "?":
-        host = _text(_pairs(info[3]).get("ip") or "") if len(info) > 3 and info[3] else ""
+        host = text(_pairs(info[3]).get("ip") or "") if len(info) > 3 and info[3] else ""
     address = (host if host and host != "?" else queried[0], int(info[1]))
     return remap(address) if remap is not None else address

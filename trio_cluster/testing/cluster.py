@@ -20,6 +20,7 @@ import attrs
 import trio
 
 from ..protocol import EncodableArg
+from ..wire.encoding import text
 from .servers import LocalServer, find_server_binary, parse_info
 
 __all__ = ["LocalCluster", "Shard", "SlotRange"]
@@ -194,7 +195,7 @@ class LocalCluster:
     async def _form(self) -> None:
         nodes = self.nodes
         for node in nodes:
-            self.node_ids[node.port] = _text(await node.execute("CLUSTER", "MYID"))
+            self.node_ids[node.port] = text(await node.execute("CLUSTER", "MYID"))
         per_shard = SLOTS // len(self.shards)
         for index, shard in enumerate(self.shards):
             first = index * per_shard
@@ -213,7 +214,7 @@ class LocalCluster:
 
     async def _wait_known(self, node: LocalServer, node_id: str) -> None:
         # Polling is the only way: a server offers no event for "gossip arrived".
-        while node_id not in _text(await node.execute("CLUSTER", "NODES")):  # noqa: ASYNC110
+        while node_id not in text(await node.execute("CLUSTER", "NODES")):  # noqa: ASYNC110
             await trio.sleep(0.02)
 
     async def wait_ready(self) -> None:
@@ -255,8 +256,8 @@ class LocalCluster:
                 SlotRange(
                     int(start),
                     int(end),
-                    (_text(primary[0]), int(primary[1])),
-                    tuple(sorted((_text(r[0]), int(r[1])) for r in replicas)),
+                    (text(primary[0]), int(primary[1])),
+                    tuple(sorted((text(r[0]), int(r[1])) for r in replicas)),
                 )
             )
         return sorted(ranges, key=lambda r: r.start)
@@ -330,7 +331,3 @@ class LocalCluster:
             yield node
         finally:
             node.resume()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

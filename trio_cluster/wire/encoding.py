@@ -181,3 +181,8 @@ class DecodingReplyParser(ReplyParser):
 def reply_decoder(parser: ReplyParser) -> Callable[[Any], Any] | None:
     """The decoding function of ``parser``, or None when it does not decode."""
     return parser.decode if isinstance(parser, DecodingReplyParser) else None
+
+
+def text(value: Any) -> str:
+    """A word of a command or reply as str, whether it came as bytes or text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
