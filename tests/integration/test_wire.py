@@ -301,11 +301,11 @@ async def test_bad_redirect_is_typed_and_leaves_routing_untouched(redirect: byte
     with trio.fail_after(20):
         async with connected("cluster", hook) as (client, server):
             port = server.port
-            slots_before = list(client._slot_primary)
+            slots_before = [client.slot_map.primary(slot) for slot in range(16384)]
             with pytest.raises(tce.InvalidRedirectError) as caught:
                 await client.get("a")
             assert isinstance(caught.value, rex.ResponseError)
-            assert client._slot_primary == slots_before
+            assert [client.slot_map.primary(slot) for slot in range(16384)] == slots_before
             assert await client.get("b") == b"v:b"
 
 

@@ -201,19 +201,19 @@ def test_keyless_targets_follow_redis_py() -> None:
 
 def test_client_routes_by_slot_and_refuses_cross_slot(table: CommandTable) -> None:
     rc = ClusterClient("127.0.0.1", 1)  # never opened: routing needs no I/O
-    rc._commands = table
-    assert rc._slot_for(("GET", "{t}x")) == key_slot(b"t")
-    assert rc._slot_for(("MSET", "{t}a", 1, "{t}b", 2)) == key_slot(b"t")
-    assert rc._slot_for(("EVAL", "s", 1, "foo")) == 12182
-    assert rc._slot_for(("PING",)) is Target.DEFAULT_NODE
-    assert rc._slot_for(("DBSIZE",)) is Target.PRIMARIES
-    assert rc._slot_for(("SCRIPT", "LOAD", "return 1")) is Target.PRIMARIES
-    assert rc._slot_for(("CLUSTER", "COUNTKEYSINSLOT", 42)) == 42
-    assert rc._slot_for(("EVALSHA", "abc", 0)) is Target.DEFAULT_NODE
+    rc.router.commands = table
+    assert rc.router.slot_for(("GET", "{t}x")) == key_slot(b"t")
+    assert rc.router.slot_for(("MSET", "{t}a", 1, "{t}b", 2)) == key_slot(b"t")
+    assert rc.router.slot_for(("EVAL", "s", 1, "foo")) == 12182
+    assert rc.router.slot_for(("PING",)) is Target.DEFAULT_NODE
+    assert rc.router.slot_for(("DBSIZE",)) is Target.PRIMARIES
+    assert rc.router.slot_for(("SCRIPT", "LOAD", "return 1")) is Target.PRIMARIES
+    assert rc.router.slot_for(("CLUSTER", "COUNTKEYSINSLOT", 42)) == 42
+    assert rc.router.slot_for(("EVALSHA", "abc", 0)) is Target.DEFAULT_NODE
     with pytest.raises(ClusterCrossSlotError):
-        rc._slot_for(("EVAL", "s", 2, "a", "b"))
+        rc.router.slot_for(("EVAL", "s", 2, "a", "b"))
     with pytest.raises(ClusterCrossSlotError):
-        rc._slot_for(("ZUNIONSTORE", "dst", 1, "src"))
+        rc.router.slot_for(("ZUNIONSTORE", "dst", 1, "src"))
 
 
 def test_key_slot_matches_redis_py_for_every_key_shape() -> None:

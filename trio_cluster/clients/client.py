@@ -25,10 +25,10 @@ from ..jobs.dialer import Dialer
 from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
 from ..lifetime import raise_not_open
 from ..pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from ..routing.nodecall import run_blocking
 from ..watchdog import Watchdog
 from ..wire.commands import (
     COMMAND_NAME,
-    DATA_TAKING_COMMANDS,
     blocking_seconds,
     normalize_args,
     pipeline_results,
@@ -39,7 +39,7 @@ from .clientbase import ClientBase
 from .pipelinebase import PipelineBase
 from .pubsub import PubSubRegistry
 
-__all__ = ["Client", "Pipeline", "run_blocking"]
+__all__ = ["Client", "Pipeline"]
 
 logger = logging.getLogger("trio_cluster.client")
 
@@ -302,61 +302,7 @@ async def _run_transaction(
         raise
 
 
-async def run_blocking(
-    conn: Connection, args: tuple[Any, ...], blocks: float, dialer: Dialer
-) -> Any:
-    """Run a blocking command so that cancelling it never loses what it took.
-
-    If the caller is cancelled while the server holds the command, the command is ended with
-    CLIENT UNBLOCK from a second connection, opened by ``dialer`` (the newest credentials:
-    ``conn``'s own may have been rotated and deleted since it was opened), before the
-    cancellation proceeds.  If the server
-    had already served it (an element was popped), the result is returned: the operation
-    completed, and dropping its reply would lose the element.
-    """
-    try:
-        return await conn.execute(args, blocks_for=blocks)
-    except trio.Cancelled:
-        if conn.owed_replies != 1 or conn.broken or conn.client_id is None:
-            raise
-        with trio.CancelScope(shield=True) as cleanup:
-            cleanup.deadline = trio.current_time() + _cleanup_budget(conn.config)
-            reply = await _unblock(conn, dialer)
-        if cleanup.cancelled_caught:
-            conn.broken = True
-            logger.warning(
-                "could not unblock a cancelled %s on %s; its connection is closed and an "
-                "element it popped, if any, is lost",
-                args[0],
-                conn.config.address,
-            )
-            raise
-        if reply is None or isinstance(reply, Exception) or not _takes_data(args[0]):
-            raise
-        return reply
-
-
-async def _unblock(conn: Connection, dialer: Dialer) -> Any:
-    # The helper goes where ``conn`` is (a handoff may have moved the dialer on meanwhile).
-    address = (conn.config.host, conn.config.port)
-    helper = await dialer.open(address, maint_notifications="disabled")
-    try:
-        await helper.execute(["CLIENT", "UNBLOCK", conn.client_id or 0])
-    finally:
-        await helper.aclose()
-    return await conn.read_owed_reply()
-
-
 _RETRY: Any = object()
-
-
-def _takes_data(name: str) -> bool:
-    return name.upper() in DATA_TAKING_COMMANDS
-
-
-def _cleanup_budget(config: ConnectionConfig) -> float:
-    parts = (config.connect_timeout, config.write_timeout, config.read_timeout)
-    return sum(p if p is not None else 5.0 for p in parts)
 
 
 def _pool_timeout(options: PoolOptions, config: ConnectionConfig) -> float:

@@ -26,8 +26,8 @@ from ..wire.commands import ReplyParser
 from ..wire.encoding import Encoding
 from .lock import Lock
 from .monitor import Monitor
+from .pipelinebase import Script
 from .pubsub import PubSub, PubSubRegistry, PubSubStats
-from .scripts import Script
 
 __all__ = ["ClientBase"]
 
@@ -50,6 +50,12 @@ class ClientBase(NurseryOwner):
     _replies: ReplyParser
     _watchdog: Watchdog
 
+    @property
+    def dialer(self) -> Dialer:
+        """The dialer that opens this client's one-off connections (pub/sub, MONITOR,
+        helpers): the newest credentials, the client's TLS and timeouts."""
+        return self._dialer
+
     def _maintenance_managers(self) -> list[MaintenanceManager]:
         """The maintenance-notification managers of every pool the client has."""
         raise NotImplementedError
@@ -62,7 +68,7 @@ class ClientBase(NurseryOwner):
         """Subscriptions on dedicated connections, outside the command pool (see
         ``docs/pubsub.md``): ``async with client.pubsub() as p: await p.subscribe("ch")``."""
         options.setdefault("registry", self._pubsub_registry)
-        return PubSub(self, **options)  # type: ignore[arg-type]
+        return PubSub(self, **options)
 
     def pubsub_stats(self) -> PubSubStats:
         """Pub/sub connections (open, bound) and their counters, over every PubSub."""

@@ -18,36 +18,28 @@ the slot map is updated, and :meth:`ClusterClient.transaction` simply tries agai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..connection import Connection, mark_unsent, was_unsent
 from ..errors import (
     AskError,
-    BusyLoadingError,
     ClusterDownError,
     CrossSlotTransactionError,
-    MasterDownError,
     MovedError,
-    TryAgainError,
 )
 from ..lifetime import open_nursery
+from ..routing.nodecall import accounted, call_batch, take_connection
+from ..routing.router import Router
 from ..routing.rules import slot_of
-from ..wire.commands import normalize_args, pipeline_results, transaction_results
-from ..wire.encoding import prepare_args
+from ..routing.slotmap import Node
+from ..wire.commands import ReplyParser, normalize_args, pipeline_results, transaction_results
+from ..wire.encoding import Encoding, prepare_args
 from .pipelinebase import PipelineBase
 
-if TYPE_CHECKING:
-    from .cluster import ClusterClient, _Node
-
 __all__ = ["ClusterPipeline"]
-
-#: Error replies saying the command was not run (so a retry is safe for any command).
-_SERVER_DID_NOT_RUN = (TryAgainError, ClusterDownError, MasterDownError, BusyLoadingError)
 
 _Command = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -61,11 +53,16 @@ class ClusterPipeline(PipelineBase):
     Command methods queue and return the pipeline: do not await them.
     """
 
-    def __init__(self, client: ClusterClient, transaction: bool) -> None:
+    def __init__(
+        self, router: Router, encoding: Encoding, replies: ReplyParser, transaction: bool
+    ) -> None:
         super().__init__(transaction)
-        self._client = client
+        self._router = router
+        self._slots = router.slots
+        self._encoding = encoding
+        self._replies = replies
         # While WATCHing: where the watched connection comes from, and the slot it serves.
-        self._watch_node: _Node | None = None
+        self._watch_node: Node | None = None
         self._watch_slot: int | None = None
 
     def _check_watched_slot(self, args: tuple[Any, ...]) -> None:
@@ -80,21 +77,13 @@ class ClusterPipeline(PipelineBase):
         conn, node = self._conn, self._watch_node
         assert conn is not None and node is not None
         self._check_watched_slot(args)
-        reply = await self._on_watched(conn, node, prepare_args(args, self._client._encoding))
-        return self._client._replies.parse(args[0], reply, options)
+        reply = await self._on_watched(conn, node, prepare_args(args, self._encoding))
+        return self._replies.parse(args[0], reply, options)
 
-    async def _on_watched(self, conn: Connection, node: _Node, args: tuple[Any, ...]) -> Any:
-        """One command on the watched connection; a network failure counts on the breaker."""
-        try:
-            reply = await conn.execute(args)
-        except (RedisConnectionError, RedisTimeoutError):
-            node.breaker.record_failure()
-            raise
-        except ResponseError:
-            node.breaker.record_success()  # an error reply: the node answered
-            raise
-        node.breaker.record_success()
-        return reply
+    async def _on_watched(self, conn: Connection, node: Node, args: tuple[Any, ...]) -> Any:
+        """One command on the watched connection, the outcome told to the node's breaker."""
+        with accounted(node):
+            return await conn.execute(args)
 
     async def watch(self, *names: Any) -> bool:  # type: ignore[override]
         """WATCH keys (all in one slot) on a connection of the slot's primary, which the
@@ -107,34 +96,25 @@ class ClusterPipeline(PipelineBase):
         slot = slot_of(names)
         if slot is None or (self._watch_slot is not None and slot != self._watch_slot):
             raise CrossSlotTransactionError(f"{_ONE_SLOT} (the watched keys do not)")
-        client = self._client
         if self._conn is None:
-            node = client._slot_primary[slot]
+            node = self._slots.primary(slot)
             if node is None:
-                client.request_refresh()
+                self._slots.request_refresh()
                 raise ClusterDownError(f"CLUSTERDOWN slot {slot} is not served")
-            node.breaker.before_call()
-            self._conn = await node.pool.get()
+            self._conn = await take_connection(node)
             self._watch_node, self._watch_slot = node, slot
         assert self._watch_node is not None
         try:
             result = await self._on_watched(self._conn, self._watch_node, args)
         except MovedError as moved:
             # The slot left this node: point it at the new owner and let the caller retry.
-            await self._follow_moved(moved)
+            await self._slots.apply_moved(moved, self._watch_node)
             await self.reset()
             raise WatchError(f"slot {slot} moved while watching; retry") from moved
         except BaseException:
             await self.reset()
             raise
         return bool(result == b"OK" or result is True)
-
-    async def _follow_moved(self, moved: MovedError) -> None:
-        client = self._client
-        client._moved += 1
-        target = await client._node(client.redirect_address(moved, self._watch_node))
-        client._slot_primary[moved.slot] = target
-        client.request_refresh()
 
     async def unwatch(self) -> bool:  # type: ignore[override]
         """Forget every WATCH and give the connection back."""
@@ -176,7 +156,7 @@ class ClusterPipeline(PipelineBase):
         if not self.command_stack and self._conn is None:
             return []
         # Checked before anything is sent (scripts' SCRIPT LOAD included).
-        self.command_stack = await self._checked_stack(self._client._encoding)
+        self.command_stack = await self._checked_stack(self._encoding)
         await self._load_scripts()
         if self._conn is not None:
             return await self._execute_watched(raise_on_error)
@@ -186,7 +166,7 @@ class ClusterPipeline(PipelineBase):
             results = await self._transaction(stack, slots)
         else:
             results = await self._pipeline(stack, slots)
-        return pipeline_results(self._client._replies, stack, results, raise_on_error)
+        return pipeline_results(self._replies, stack, results, raise_on_error)
 
     async def _execute_watched(self, raise_on_error: bool) -> list[Any]:
         """The queued commands on the watched connection (MULTI/EXEC for a transaction)."""
@@ -207,7 +187,7 @@ class ClusterPipeline(PipelineBase):
                 queued = replies[1:-1]
                 moved = next((r for r in queued if isinstance(r, MovedError)), None)
                 if moved is not None:
-                    await self._follow_moved(moved)
+                    await self._slots.apply_moved(moved, node)
                     raise WatchError("the watched slot moved; the transaction was not executed")
                 if any(isinstance(r, AskError) for r in queued):
                     raise WatchError("the watched slot is migrating; the transaction was not run")
@@ -218,43 +198,37 @@ class ClusterPipeline(PipelineBase):
             self.command_stack = []
             self._explicit_multi = False
             self._release()  # EXEC (or its failure) ended the WATCH
-        return pipeline_results(self._client._replies, stack, results, raise_on_error)
+        return pipeline_results(self._replies, stack, results, raise_on_error)
 
     async def _batch_on_watched(
-        self, conn: Connection, node: _Node, commands: Sequence[Sequence[Any]]
+        self, conn: Connection, node: Node, commands: Sequence[Sequence[Any]]
     ) -> list[Any]:
-        try:
-            replies = await conn.execute_many(commands)
-        except (RedisConnectionError, RedisTimeoutError):
-            node.breaker.record_failure()
-            raise
-        node.breaker.record_success()
-        return replies
+        with accounted(node):
+            return await conn.execute_many(commands)
 
     def _slot(self, args: tuple[Any, ...]) -> int | None:
         """The command's slot; None for keyless commands (they go to the default node)."""
-        route = self._client._slot_for(args)
+        route = self._router.slot_for(args)
         return route if type(route) is int else None
 
-    def _node_for(self, slot: int | None) -> _Node | None:
-        client = self._client
+    def _node_for(self, slot: int | None) -> Node | None:
         if slot is None:
-            return client._default_node
-        return client._slot_primary[slot]
+            return self._slots.default_node
+        return self._slots.primary(slot)
 
     async def _pipeline(self, stack: Sequence[_Command], slots: list[int | None]) -> list[Any]:
-        client = self._client
+        router, slot_map = self._router, self._slots
         results: list[Any] = [None] * len(stack)
         pending = list(range(len(stack)))
-        asking: dict[int, _Node] = {}
+        asking: dict[int, Node] = {}
         rounds = waits = 0  # rounds of redirects followed; back-offs taken
-        deadline = trio.current_time() + client.retry.budget
+        deadline = trio.current_time() + router.retry.budget
         while pending:
-            batches: dict[int, tuple[_Node, list[int]]] = {}
+            batches: dict[int, tuple[Node, list[int]]] = {}
             for index in pending:
                 node = asking.get(index) or self._node_for(slots[index])
                 if node is None:
-                    client.request_refresh()
+                    slot_map.request_refresh()
                     results[index] = mark_unsent(
                         ClusterDownError(f"CLUSTERDOWN slot {slots[index]} is not served")
                     )
@@ -262,13 +236,13 @@ class ClusterPipeline(PipelineBase):
                 batches.setdefault(id(node), (node, []))[1].append(index)
             asking_now, asking = asking, {}
 
-            async def send(node: _Node, indexes: list[int], asks: dict[int, _Node]) -> None:
+            async def send(node: Node, indexes: list[int], asks: dict[int, Node]) -> None:
                 commands: list[Sequence[Any]] = []
                 for index in indexes:
                     if index in asks:
                         commands.append(("ASKING",))
                     commands.append(stack[index][0])
-                replies = await client.execute_batch(node, commands)
+                replies = await call_batch(node, commands)
                 cursor = 0
                 for index in indexes:
                     if index in asks:
@@ -285,36 +259,27 @@ class ClusterPipeline(PipelineBase):
                 result = results[index]
                 node = asking_now.get(index) or self._node_for(slots[index])
                 if isinstance(result, MovedError):
-                    client._moved += 1
-                    target = await client._node(client.redirect_address(result, node))
-                    client._slot_primary[result.slot] = target
-                    client.request_refresh()
+                    await slot_map.apply_moved(result, node)
                     retry.append(index)
                 elif isinstance(result, AskError):
-                    client._ask += 1
-                    asking[index] = await client._node(client.redirect_address(result, node))
+                    asking[index] = await slot_map.ask_target(result, node)
                     retry.append(index)
-                elif (
-                    isinstance(result, Exception)
-                    and (was_unsent(result) or isinstance(result, _SERVER_DID_NOT_RUN))
-                    and trio.current_time() < deadline
-                    and not client._closed
-                ):
+                elif router.may_retry(result, deadline):
                     # Safe to repeat for any command: the server did not run it.
-                    client._retries[type(result).__name__] += 1
+                    router.retries[type(result).__name__] += 1
                     unsent = unsent or was_unsent(result)
                     retry.append(index)
             if not retry:
                 break
             redirects_only = all(isinstance(results[i], MovedError | AskError) for i in retry)
             rounds = rounds + 1 if redirects_only else rounds
-            if rounds > client.retry.max_redirects:
+            if rounds > router.retry.max_redirects:
                 break
             if unsent:
-                await client._settle_after_failure(waits)  # refresh: the node may be gone
+                await router.settle_after_failure(waits)  # refresh: the node may be gone
                 waits += 1
             elif not redirects_only:
-                await trio.sleep(client.retry.backoff(waits))
+                await trio.sleep(router.retry.backoff(waits))
                 waits += 1
             pending = retry
         return results
@@ -324,25 +289,20 @@ class ClusterPipeline(PipelineBase):
         if len(keyed) > 1:
             raise CrossSlotTransactionError(_ONE_SLOT)
         slot = keyed.pop() if keyed else None
-        client = self._client
         node = self._node_for(slot)
         commands: list[Sequence[Any]] = [("MULTI",), *(args for args, _ in stack), ("EXEC",)]
-        for _ in range(client.retry.max_redirects + 1):
+        for _ in range(self._router.retry.max_redirects + 1):
             if node is None:
                 raise ResponseError(f"CLUSTERDOWN slot {slot} is not served")
-            replies = await client.execute_batch(node, commands)
+            replies = await call_batch(node, commands)
             first = len(commands) - len(stack) - 2  # MULTI's place (ASKING may come first)
             multi, queued, executed = replies[first], replies[first + 1 : -1], replies[-1]
             redirect = next((r for r in queued if isinstance(r, MovedError | AskError)), None)
             if isinstance(redirect, MovedError):
-                client._moved += 1
-                node = await client._node(client.redirect_address(redirect, node))
-                client._slot_primary[redirect.slot] = node
-                client.request_refresh()
+                node = await self._slots.apply_moved(redirect, node)
                 continue
             if isinstance(redirect, AskError):
-                client._ask += 1
-                node = await client._node(client.redirect_address(redirect, node))
+                node = await self._slots.ask_target(redirect, node)
                 commands = [("ASKING",), *commands]
                 continue
             return transaction_results(stack, multi, queued, executed)

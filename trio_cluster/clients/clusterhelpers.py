@@ -18,11 +18,11 @@ from redis.commands.helpers import list_or_args
 from redis.exceptions import DataError
 
 from ..routing.rules import key_slot
+from ..routing.slotmap import Node, SlotMap
 
 if TYPE_CHECKING:
     from redis._parsers.encoders import Encoder
 
-    from .cluster import _Node
 
 __all__ = ["PRIMARY", "REPLICA", "ClusterHelpers", "ClusterNode"]
 
@@ -66,10 +66,7 @@ class ClusterHelpers:
     RANDOM = "random"
     DEFAULT_NODE = "default-node"
 
-    _shard_nodes: list[tuple[_Node, tuple[_Node, ...]]]
-    _slot_primary: list[_Node | None]
-    _slot_replicas: list[tuple[_Node, ...]]
-    _default_node: _Node | None
+    slot_map: SlotMap
 
     if TYPE_CHECKING:  # provided by ClusterClient
 
@@ -83,16 +80,16 @@ class ClusterHelpers:
 
     def get_primaries(self) -> list[ClusterNode]:
         """Every primary the client currently routes to."""
-        return [_describe(primary, PRIMARY) for primary, _ in self._shard_nodes]
+        return [_describe(primary, PRIMARY) for primary in self.slot_map.primaries()]
 
     def get_replicas(self) -> list[ClusterNode]:
         """Every replica the client currently knows."""
-        return [_describe(r, REPLICA) for _, replicas in self._shard_nodes for r in replicas]
+        return [_describe(r, REPLICA) for r in self.slot_map.replicas()]
 
     def get_nodes(self) -> list[ClusterNode]:
         """Every node: primaries and replicas."""
         nodes: list[ClusterNode] = []
-        for primary, replicas in self._shard_nodes:
+        for primary, replicas in self.slot_map.shards():
             nodes.append(_describe(primary, PRIMARY))
             nodes.extend(_describe(r, REPLICA) for r in replicas)
         return nodes
@@ -112,7 +109,7 @@ class ClusterHelpers:
 
     def get_default_node(self) -> ClusterNode | None:
         """The primary that keyless commands without a routing rule go to."""
-        node = self._default_node
+        node = self.slot_map.default_node
         return _describe(node, PRIMARY) if node is not None else None
 
     def get_random_node(self) -> ClusterNode:
@@ -127,9 +124,9 @@ class ClusterHelpers:
         """The primary serving ``key``'s slot (``replica=True``: one of its replicas)."""
         slot = self.keyslot(key)
         if replica:
-            replicas = self._slot_replicas[slot]
+            replicas = self.slot_map.replicas_of(slot)
             return _describe(replicas[0], REPLICA) if replicas else None
-        primary = self._slot_primary[slot]
+        primary = self.slot_map.primary(slot)
         return _describe(primary, PRIMARY) if primary is not None else None
 
     # --- multi-slot helpers --------------------------------------------------------------------
@@ -207,5 +204,5 @@ class ClusterHelpers:
     cluster_slots = ClusterManagementCommands.cluster_slots
 
 
-def _describe(node: _Node, server_type: str) -> ClusterNode:
+def _describe(node: Node, server_type: str) -> ClusterNode:
     return ClusterNode(node.address[0], node.address[1], server_type)

@@ -1,13 +1,18 @@
 """What the standalone and the cluster pipeline share: queueing, WATCH mode, MULTI, and the
-``async with`` that resets the pipeline (and gives back a watched connection) on exit."""
+``async with`` that resets the pipeline (and gives back a watched connection) on exit.
+
+Also :class:`Script` (``register_script``): redis-py's ``AsyncScript``, also callable with
+``client=pipe`` on our pipelines (the script is loaded before the pipeline runs, as redis-py's
+pipelines do)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from redis.commands import AsyncCoreCommands
+from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from ..connection import Connection
@@ -18,9 +23,7 @@ from ..wire.encoding import Encoding, prepare_stack
 if TYPE_CHECKING:
     from redis._parsers.encoders import Encoder
 
-    from .scripts import Script
-
-__all__ = ["PipelineBase"]
+__all__ = ["PipelineBase", "Script"]
 
 _Command = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -108,8 +111,6 @@ class PipelineBase(AsyncCoreCommands):
 
     def register_script(self, script: Any) -> Script:  # type: ignore[override]
         """A script whose calls queue on this pipeline (see ``ClientBase.register_script``)."""
-        from .scripts import Script
-
         return Script(self, script)  # type: ignore[arg-type]
 
     async def discard(self) -> None:
@@ -137,3 +138,24 @@ class PipelineBase(AsyncCoreCommands):
         if self.command_stack:
             raise ResponseError("commands without an initial WATCH have already been issued")
         self._explicit_multi = True
+
+
+class Script(AsyncScript):
+    """A Lua script run by EVALSHA (loaded again after NOSCRIPT)."""
+
+    async def __call__(
+        self,
+        keys: Sequence[Any] | None = None,
+        args: Iterable[Any] | None = None,
+        client: Any = None,
+    ) -> Any:
+        """Run the script on the client it was registered with, or on ``client``: another
+        client, or a pipeline (then it is queued, and the pipeline is returned)."""
+        if client is None:
+            client = self.registered_client  # may be a pipeline (pipe.register_script)
+        if isinstance(client, PipelineBase):
+            keys = list(keys or [])
+            client.scripts.add(self)
+            pipe: Any = client
+            return pipe.evalsha(self.sha, len(keys), *keys, *(args or []))
+        return await super().__call__(keys, args, client)

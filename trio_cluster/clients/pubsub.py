@@ -30,9 +30,8 @@ import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, overload
+from contextlib import asynccontextmanager
+from typing import Any, Final, Literal, Protocol, Self, overload
 
 import attrs
 import trio
@@ -50,16 +49,26 @@ from ..errors import (
     TryAgainError,
 )
 from ..jobs.dialer import Dialer
+from ..lifetime import NurseryOwner
 from ..protocol import EncodableArg
 from ..routing.rules import key_slot
+from ..routing.slotmap import SlotMap
 from ..routing.topology import Address
 from ..wire.encoding import decode_reply
 
-if TYPE_CHECKING:
-    from .client import Client
-    from .cluster import ClusterClient
+__all__ = ["PubSub", "PubSubHost", "PubSubLimitError", "PubSubRegistry", "PubSubStats"]
 
-__all__ = ["PubSub", "PubSubLimitError", "PubSubRegistry", "PubSubStats"]
+
+class PubSubHost(Protocol):
+    """What a PubSub needs of its client: the dialer that opens every connection (newest
+    credentials, the client's TLS and timeouts).  A cluster client also has a ``slot_map``
+    (:class:`~trio_cluster.routing.slotmap.SlotMap`), which places shard channels."""
+
+    @property
+    def dialer(self) -> Dialer:
+        """Opens the client's connections."""
+        ...
+
 
 logger = logging.getLogger("trio_cluster.pubsub")
 
@@ -291,7 +300,7 @@ class _Link:
             self.wake_scope.cancel()
 
 
-class PubSub:
+class PubSub(NurseryOwner):
     """Subscriptions on dedicated connections, consumed with ``async for`` or
     :meth:`get_message`.  Get one from ``client.pubsub()`` and use it as
     ``async with client.pubsub() as p:``; leaving the block closes every connection it opened
@@ -311,7 +320,7 @@ class PubSub:
 
     def __init__(
         self,
-        client: Client | ClusterClient,
+        client: PubSubHost,
         *,
         registry: PubSubRegistry | None = None,
         buffer: int = 1024,
@@ -327,10 +336,10 @@ class PubSub:
                 f"health_check_interval must be a number of seconds > 0 or None; "
                 f"got {health_check_interval!r}"
             )
-        from .cluster import ClusterClient
-
         self._client = client
-        self._cluster: ClusterClient | None = client if isinstance(client, ClusterClient) else None
+        slot_map = getattr(client, "slot_map", None)
+        #: The cluster's slot map; None for a one-node client.
+        self._cluster: SlotMap | None = slot_map if isinstance(slot_map, SlotMap) else None
         encoding = getattr(client, "_encoding", None)
         #: (encoding, errors) to decode messages with (the client's decode_responses), or None.
         self._decoding: tuple[str, str] | None = (
@@ -365,8 +374,6 @@ class PubSub:
         self._handlers: dict[tuple[Family, bytes], Callable[[dict[str, Any]], Any]] = {}
         self._send: trio.MemorySendChannel[dict[str, Any] | _Failure] | None = None
         self._receive: trio.MemoryReceiveChannel[dict[str, Any] | _Failure] | None = None
-        self._nursery: trio.Nursery | None = None
-        self._stack: AsyncExitStack | None = None
         self._closed = False
         #: One cancel scope per task, so that aclose() can stop them all without leaving the
         #: nursery (which must be exited in the order it was entered).
@@ -385,27 +392,15 @@ class PubSub:
     async def __aenter__(self) -> Self:
         if self._stack is not None or self._closed:
             raise RuntimeError(f"{self!r} cannot be entered twice")
+        return await super().__aenter__()
+
+    async def _start(self, nursery: trio.Nursery) -> None:
         send, receive = trio.open_memory_channel[dict[str, Any] | _Failure](self._buffer)
         self._send, self._receive = send, receive
-        stack = AsyncExitStack()
-        self._nursery = await stack.enter_async_context(trio.open_nursery())
         self._spawn(self._placer)
-        self._stack = stack
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        try:
-            await self.aclose()
-        finally:
-            stack, self._stack = self._stack, None
-            if stack is not None:
-                await stack.aclose()  # nothing runs in the nursery any more
-        return None
+    async def _stop(self) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Close every connection and stop every task; idempotent (leaving ``async with``
@@ -849,11 +844,11 @@ class PubSub:
         one just failed (the cluster forwards every PUBLISH to every node anyway)."""
         cluster = self._cluster
         if cluster is None:
-            config = self._client.config  # type: ignore[union-attr]
+            config = self._client.dialer.config
             return (config.host, config.port)
         first = self._home
         if first is not None:
-            owner = cluster._slot_primary[key_slot(first)]
+            owner = cluster.primary(key_slot(first))
             if owner is not None and owner.address != self._avoid:
                 return owner.address
         primaries = list(cluster.topology.primaries)
@@ -866,7 +861,7 @@ class PubSub:
         cluster = self._cluster
         if cluster is None:
             return None
-        node = cluster._slot_primary[key_slot(name)]
+        node = cluster.primary(key_slot(name))
         return node.address if node is not None else None
 
     def _place_shard(self, names: Iterable[bytes], *, hint: Address | None) -> list[bytes]:
@@ -967,7 +962,7 @@ class PubSub:
     async def _dial(self, link: _Link) -> Connection:
         # The client's dialer: the newest credentials, the client's TLS and timeouts.
         # Maintenance notifications are about the command pools' connections; none here.
-        dialer: Dialer = self._client._dialer
+        dialer = self._client.dialer
         if self._cluster is None:
             return await dialer.open(maint_notifications="disabled")
         assert link.address is not None
@@ -1129,8 +1124,7 @@ class PubSub:
             cluster = self._cluster
             if cluster is not None:
                 cluster.request_refresh()
-                host = error.host or (link.address[0] if link.address else "127.0.0.1")
-                target = cluster._map((host, error.port))
+                target = cluster.redirect_address(error, link.address)
                 try:
                     self._place_shard(taken, hint=target)
                 except PubSubLimitError as limit:

@@ -25,9 +25,9 @@ from typing import Any, TypeAlias
 import trio
 
 from ..connection import Connection
-from ..errors import StateMachineClosed
 from ..pool import BasePoolHook, Pool
 from ..state import ConnState
+from .claims import Claims
 
 __all__ = ["CredentialManager", "CredentialSource", "Credentials"]
 
@@ -50,8 +50,8 @@ class CredentialManager(BasePoolHook[Connection]):
         self._current: Credentials | None = None
         self.version = 0
         self._pools: list[Pool[Connection]] = []
-        self._nursery: trio.Nursery | None = None
-        self._pending: set[int] = set()  # connection ids with a job
+        #: Re-authentication jobs on pooled connections.
+        self._claims = Claims(self._reauth, wait_limit=timeout * 4)
         #: Counters, for stats.
         self.reauths = 0
         self.reauth_failures = 0
@@ -71,7 +71,7 @@ class CredentialManager(BasePoolHook[Connection]):
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Begin: for a streaming source, wait for its first credentials, then keep consuming."""
-        self._nursery = nursery
+        self._claims.start(nursery)
         if self.streaming:
             await nursery.start(self._consume)
 
@@ -115,7 +115,7 @@ class CredentialManager(BasePoolHook[Connection]):
         self.rotations += 1
         for pool in self._pools:
             for conn in pool.live_connections():
-                self._schedule(pool, conn)
+                self._claims.schedule(pool, conn)
 
     def stale_connections(self) -> int:
         """How many open connections still use older credentials."""
@@ -130,71 +130,35 @@ class CredentialManager(BasePoolHook[Connection]):
 
     def on_get(self, conn: Connection, is_new: bool) -> bool:
         """Never hand out a connection on stale credentials: claim it for a job instead."""
-        if conn.credentials_version >= self.version or self._nursery is None:
+        if conn.credentials_version >= self.version or not self._claims.started:
             return True
         pool = next((p for p in self._pools if p.owns(conn)), None)
-        if pool is None or not conn.state.try_transition(_IDLE, ConnState.UNUSABLE):
-            return True
-        self._pending.discard(conn.id)
-        self._pending.add(conn.id)
-        self._nursery.start_soon(self._reauth_claimed, pool, conn)
-        return False
+        return pool is None or not self._claims.claim_now(pool, conn)
 
-    # --- jobs --------------------------------------------------------------------------------
+    # --- the job -----------------------------------------------------------------------------
 
-    def _schedule(self, pool: Pool[Connection], conn: Connection) -> None:
-        if conn.id in self._pending or self._nursery is None:
-            return
-        self._pending.add(conn.id)
-        self._nursery.start_soon(self._claim_and_reauth, pool, conn)
-
-    async def _claim_and_reauth(self, pool: Pool[Connection], conn: Connection) -> None:
-        """Wait until ``conn`` is IDLE (its caller or another job is done with it), claim it,
-        re-authenticate it."""
-        try:
-            with trio.move_on_after(self._timeout * 4) as waited:
-                if not conn.state.try_transition(_IDLE, ConnState.UNUSABLE):
-                    await conn.state.wait_and_transition(_IDLE, ConnState.UNUSABLE)
-            if waited.cancelled_caught:
-                # Held too long: leave it; the on_get hook catches it before any caller can.
-                self._pending.discard(conn.id)
-                return
-        except StateMachineClosed:
-            self._pending.discard(conn.id)
-            return
-        await self._reauth_claimed(pool, conn)
-
-    async def _reauth_claimed(self, pool: Pool[Connection], conn: Connection) -> None:
-        """``conn`` is ours (UNUSABLE): AUTH with the newest credentials, then give it back."""
-        try:
-            while conn.credentials_version < self.version and self._current is not None:
-                version = self.version
-                username, password = self._current
-                args: list[Any] = (
-                    ["AUTH", password] if username is None else ["AUTH", username, password]
-                )
-                with trio.move_on_after(self._timeout) as scope:
-                    try:
-                        await conn.execute(args)
-                    except Exception as exc:
-                        self.reauth_failures += 1
-                        logger.warning(
-                            "re-authentication on %s failed: %s", conn.config.address, exc
-                        )
-                        conn.broken = True
-                        break
-                if scope.cancelled_caught:
+    async def _reauth(self, conn: Connection) -> None:
+        """``conn`` is claimed: AUTH with the newest credentials (broken if that fails)."""
+        while conn.credentials_version < self.version and self._current is not None:
+            version = self.version
+            username, password = self._current
+            args: list[Any] = (
+                ["AUTH", password] if username is None else ["AUTH", username, password]
+            )
+            with trio.move_on_after(self._timeout) as scope:
+                try:
+                    await conn.execute(args)
+                except Exception as exc:
                     self.reauth_failures += 1
+                    logger.warning("re-authentication on %s failed: %s", conn.config.address, exc)
                     conn.broken = True
                     break
-                conn.credentials_version = version
-                self.reauths += 1
-        finally:
-            self._pending.discard(conn.id)
-            if conn.broken:
-                with trio.CancelScope(shield=True):
-                    await conn.aclose()
-            pool.return_from_background(conn)
+            if scope.cancelled_caught:
+                self.reauth_failures += 1
+                conn.broken = True
+                break
+            conn.credentials_version = version
+            self.reauths += 1
 
 
 def _check(credentials: Any) -> Credentials:

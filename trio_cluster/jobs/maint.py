@@ -34,11 +34,11 @@ import trio
 from ..breaker import BreakerOptions, CircuitBreaker
 from ..config import ConnectionConfig
 from ..connection import Connection
-from ..errors import StateMachineClosed
 from ..pool import BasePoolHook, Pool
 from ..protocol import PushFrame
 from ..state import ConnState
 from ..wire.encoding import text
+from .claims import Claims
 
 __all__ = ["MaintNotificationsOptions", "MaintenanceManager", "Notification", "parse_notification"]
 
@@ -188,20 +188,21 @@ class MaintenanceManager(BasePoolHook[Connection]):
         self._smigrated_seen: collections.deque[int] = collections.deque(
             maxlen=options.smigrated_memory
         )
-        self._pending: set[int] = set()
         self._nursery: trio.Nursery | None = None
+        #: Handoff jobs on the pool's connections.
+        self._claims = Claims(self._handoff, wait_limit=options.handoff_timeout)
         self.disabled = False
         #: Counters, for stats.
         self.received: collections.Counter[str] = collections.Counter()
         self.malformed = 0
         self.handoffs = 0
         self.handoff_failures = 0
-        self.longest_unusable = 0.0
         pool.add_hook(self)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Jobs run in ``nursery``; a sweep reads pushes that land on idle connections."""
         self._nursery = nursery
+        self._claims.start(nursery)
         nursery.start_soon(self._sweep_idle)
 
     def stand_down(self) -> None:
@@ -260,84 +261,58 @@ class MaintenanceManager(BasePoolHook[Connection]):
         dialer.config = attrs.evolve(dialer.config, host=endpoint[0], port=endpoint[1])
         for conn in self._pool.live_connections():
             conn.handoff_to = endpoint
-            self._schedule(conn)
+            self._claims.schedule(self._pool, conn)
 
     # --- the pool hook -------------------------------------------------------------------------
 
     def on_get(self, conn: Connection, is_new: bool) -> bool:
         """A connection due for a handoff is never handed out: its job takes it instead."""
-        if conn.handoff_to is None or self._nursery is None:
+        if conn.handoff_to is None:
             return True
-        if conn.state.try_transition(_IDLE, ConnState.UNUSABLE):
-            self._pending.add(conn.id)
-            self._nursery.start_soon(self._handoff_claimed, conn, trio.current_time())
-            return False
-        return True
+        return not self._claims.claim_now(self._pool, conn)
 
-    # --- jobs ------------------------------------------------------------------------------------
+    @property
+    def longest_unusable(self) -> float:
+        """The longest a connection was kept from callers by a handoff (seconds)."""
+        return self._claims.longest_claim
 
-    def _schedule(self, conn: Connection) -> None:
-        if conn.id in self._pending or self._nursery is None:
-            return
-        self._pending.add(conn.id)
-        self._nursery.start_soon(self._claim_and_handoff, conn)
+    # --- the job ---------------------------------------------------------------------------------
 
-    async def _claim_and_handoff(self, conn: Connection) -> None:
-        try:
-            with trio.move_on_after(self.options.handoff_timeout) as waited:
-                if not conn.state.try_transition(_IDLE, ConnState.UNUSABLE):
-                    await conn.state.wait_and_transition(_IDLE, ConnState.UNUSABLE)
-        except StateMachineClosed:
-            self._pending.discard(conn.id)
-            return
-        if waited.cancelled_caught:
-            self._pending.discard(conn.id)  # still held: the on_get hook takes it later
-            return
-        await self._handoff_claimed(conn, trio.current_time())
-
-    async def _handoff_claimed(self, conn: Connection, claimed_at: float) -> None:
-        """``conn`` is ours (UNUSABLE): move it to its endpoint, then give it back."""
+    async def _handoff(self, conn: Connection) -> None:
+        """``conn`` is claimed: move it to its endpoint (broken if that keeps failing)."""
         options = self.options
-        try:
-            moved = False  # did this job move it (another job may have, meanwhile)?
-            with trio.move_on_after(options.handoff_timeout):
-                done = False
-                for attempt in range(options.handoff_retries):
-                    endpoint = conn.handoff_to
-                    if endpoint is None:
-                        done = True
-                        break
-                    breaker = self._breaker(endpoint)
-                    try:
-                        breaker.before_call()
-                        async with self._limiter:
-                            await self._dialer.handoff(conn, endpoint)
-                    except Exception as exc:
-                        breaker.record_failure()
-                        logger.debug("handoff of %s to %s failed: %s", conn.id, endpoint, exc)
-                        await trio.sleep(min(0.5, 0.05 * 2**attempt))
-                        continue
-                    breaker.record_success()
-                    moved = True
-                    if conn.handoff_to == endpoint:
-                        conn.handoff_to = None
-                    now = trio.current_time()
-                    conn.relax(options.relaxed_timeout, now + options.post_handoff_relaxed)
-                    done = conn.handoff_to is None
-                    if done:
-                        break
-            if done:
-                self.handoffs += moved  # a job that found nothing left to do moved nothing
-            else:
-                self.handoff_failures += 1
-                conn.broken = True
-        finally:
-            self._pending.discard(conn.id)
-            self.longest_unusable = max(self.longest_unusable, trio.current_time() - claimed_at)
-            if conn.broken:
-                with trio.CancelScope(shield=True):
-                    await conn.aclose()
-            self._pool.return_from_background(conn)
+        moved = False  # did this job move it (another job may have, meanwhile)?
+        with trio.move_on_after(options.handoff_timeout):
+            done = False
+            for attempt in range(options.handoff_retries):
+                endpoint = conn.handoff_to
+                if endpoint is None:
+                    done = True
+                    break
+                breaker = self._breaker(endpoint)
+                try:
+                    breaker.before_call()
+                    async with self._limiter:
+                        await self._dialer.handoff(conn, endpoint)
+                except Exception as exc:
+                    breaker.record_failure()
+                    logger.debug("handoff of %s to %s failed: %s", conn.id, endpoint, exc)
+                    await trio.sleep(min(0.5, 0.05 * 2**attempt))
+                    continue
+                breaker.record_success()
+                moved = True
+                if conn.handoff_to == endpoint:
+                    conn.handoff_to = None
+                now = trio.current_time()
+                conn.relax(options.relaxed_timeout, now + options.post_handoff_relaxed)
+                done = conn.handoff_to is None
+                if done:
+                    break
+        if done:
+            self.handoffs += moved  # a job that found nothing left to do moved nothing
+        else:
+            self.handoff_failures += 1
+            conn.broken = True
 
     def _breaker(self, endpoint: tuple[str, int]) -> CircuitBreaker:
         breaker = self._breakers.get(endpoint)

@@ -185,4 +185,4 @@ def reply_decoder(parser: ReplyParser) -> Callable[[Any], Any] | None:
 
 def text(value: Any) -> str:
     """A word of a command or reply as str, whether it came as bytes or text."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,187 @@
+"""The one path of a call to a node: breaker check, pool get, execute, classify the error,
+release.  Single commands, split multi-key commands and pipelines all take it; the rules that
+classify an error (did the server run it? does it count against the node?) live in
+:mod:`trio_cluster.errors`.
+
+A blocking command (BLPOP...) goes through :func:`run_blocking`, so that cancelling it never
+loses what it took.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import trio
+
+from ..config import ConnectionConfig
+from ..connection import Connection, mark_unsent
+from ..errors import NETWORK_ERRORS, PoolClosedError, PoolTimeoutError, node_failed
+from ..jobs.dialer import Dialer
+from ..wire.commands import DATA_TAKING_COMMANDS, blocking_seconds
+from .slotmap import Node
+
+__all__ = [
+    "accounted",
+    "call",
+    "call_batch",
+    "node_connection",
+    "run_blocking",
+    "take_connection",
+]
+
+logger = logging.getLogger("trio_cluster.nodecall")
+
+
+async def take_connection(node: Node) -> Connection:
+    """A connection of ``node``'s pool, once its breaker lets the call through.
+
+    An open breaker raises ``CircuitOpenError`` (marked unsent); a closed pool (the node left
+    the map) is raised marked unsent; a failed dial counts against the node; a busy pool or a
+    cancellation says nothing about it.  The caller gives the connection back to
+    ``node.pool`` and reports the call's outcome with :func:`accounted`.
+    """
+    breaker = node.breaker
+    breaker.before_call()
+    try:
+        return await node.pool.get()
+    except PoolClosedError as error:
+        breaker.abandon_probe()
+        raise mark_unsent(error) from None  # the node left the map: nothing was sent
+    except BaseException as error:
+        if node_failed(error):
+            breaker.record_failure()  # the dial failed: the node is unreachable
+        else:
+            breaker.abandon_probe()
+        raise
+
+
+@contextmanager
+def accounted(node: Node) -> Iterator[None]:
+    """Tell ``node``'s breaker how the call inside went (the rule is errors.node_failed): a
+    network failure counts against the node; a cancellation (or a busy pool) says nothing; an
+    error reply, or a reply, means the node answered."""
+    try:
+        yield
+    except BaseException as error:
+        if node_failed(error):
+            node.breaker.record_failure()
+        elif isinstance(error, PoolTimeoutError) or not isinstance(error, Exception):
+            node.breaker.abandon_probe()
+        else:
+            node.breaker.record_success()  # an error reply: the node answered
+        raise
+    node.breaker.record_success()
+
+
+@asynccontextmanager
+async def node_connection(node: Node) -> AsyncIterator[Connection]:
+    """:func:`take_connection` for one call, :func:`accounted`, and the connection given back."""
+    conn = await take_connection(node)
+    try:
+        with accounted(node):
+            yield conn
+    finally:
+        node.pool.put(conn)
+
+
+async def call(
+    node: Node,
+    args: tuple[Any, ...],
+    *,
+    dialer: Dialer,
+    asking: bool = False,
+    simple: bool = False,
+    measure: bool = False,
+) -> Any:
+    """One attempt of one command on one node; errors raised typed.
+
+    ``asking``: preceded by ASKING (an ASK redirect).  ``simple``: known not to block (skips
+    that check on the hot path).  ``measure``: update the node's latency (lowest-latency
+    reads).  ``dialer`` opens the helper connection that unblocks a cancelled blocking
+    command.
+    """
+    async with node_connection(node) as conn:
+        started = trio.current_time() if measure else 0.0
+        blocks = None if simple else blocking_seconds(args[0], args)
+        if asking:
+            replies = await conn.execute_many([("ASKING",), args])
+            reply = replies[1]
+            if isinstance(reply, Exception):
+                raise reply
+        elif blocks is not None:
+            reply = await run_blocking(conn, args, blocks, dialer)
+        else:
+            reply = await conn.execute(args)
+        if measure:
+            node.latency = 0.8 * node.latency + 0.2 * (trio.current_time() - started)
+    return reply
+
+
+async def call_batch(node: Node, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Send ``commands`` to one node in one write; replies in order, errors as values.
+
+    A failure of the node itself (breaker open, pool closed or busy, dial or link failure)
+    becomes that error for every command of the batch.
+    """
+    try:
+        async with node_connection(node) as conn:
+            return await conn.execute_many(commands)
+    except NETWORK_ERRORS as error:
+        return [error] * len(commands)
+
+
+async def run_blocking(
+    conn: Connection, args: tuple[Any, ...], blocks: float, dialer: Dialer
+) -> Any:
+    """Run a blocking command so that cancelling it never loses what it took.
+
+    If the caller is cancelled while the server holds the command, the command is ended with
+    CLIENT UNBLOCK from a second connection, opened by ``dialer`` (the newest credentials:
+    ``conn``'s own may have been rotated and deleted since it was opened), before the
+    cancellation proceeds.  If the server
+    had already served it (an element was popped), the result is returned: the operation
+    completed, and dropping its reply would lose the element.
+    """
+    try:
+        return await conn.execute(args, blocks_for=blocks)
+    except trio.Cancelled:
+        if conn.owed_replies != 1 or conn.broken or conn.client_id is None:
+            raise
+        with trio.CancelScope(shield=True) as cleanup:
+            cleanup.deadline = trio.current_time() + _cleanup_budget(conn.config)
+            reply = await _unblock(conn, dialer)
+        if cleanup.cancelled_caught:
+            conn.broken = True
+            logger.warning(
+                "could not unblock a cancelled %s on %s; its connection is closed and an "
+                "element it popped, if any, is lost",
+                args[0],
+                conn.config.address,
+            )
+            raise
+        if reply is None or isinstance(reply, Exception) or not _takes_data(args[0]):
+            raise
+        return reply
+
+
+async def _unblock(conn: Connection, dialer: Dialer) -> Any:
+    # The helper goes where ``conn`` is (a handoff may have moved the dialer on meanwhile).
+    address = (conn.config.host, conn.config.port)
+    helper = await dialer.open(address, maint_notifications="disabled")
+    try:
+        await helper.execute(["CLIENT", "UNBLOCK", conn.client_id or 0])
+    finally:
+        await helper.aclose()
+    return await conn.read_owed_reply()
+
+
+def _takes_data(name: str) -> bool:
+    return name.upper() in DATA_TAKING_COMMANDS
+
+
+def _cleanup_budget(config: ConnectionConfig) -> float:
+    parts = (config.connect_timeout, config.write_timeout, config.read_timeout)
+    return sum(p if p is not None else 5.0 for p in parts)

@@ -1,0 +1,234 @@
+"""The slot map: the one owner of the cluster's nodes, of which node serves which slot, of the
+public topology, of MOVED/ASK application and of node selection (primary, replica strategy).
+
+The cluster client, its pipelines, pub/sub and split commands all go through its public
+methods: a MOVED is applied in one place (:meth:`SlotMap.apply_moved`), which updates both the
+routing table and the public :attr:`SlotMap.topology`.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import random
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ..breaker import CircuitBreaker
+from ..connection import Connection
+from ..errors import AskError, MovedError
+from ..jobs.dialer import Dialer
+from ..pool import Pool
+from .topology import SLOTS, Address, AddressRemap, Shard, Topology
+
+__all__ = ["Node", "ReadFrom", "SlotMap"]
+
+
+class ReadFrom(enum.Enum):
+    """Where read-only commands go."""
+
+    PRIMARY = "primary"
+    ROUND_ROBIN = "round-robin"  # primary and replicas in turn
+    RANDOM = "random"  # a random replica
+    LOWEST_LATENCY = "lowest-latency"  # the node with the lowest measured latency
+
+
+class Node:
+    """One node: its pool, breaker, dialer and measured latency."""
+
+    def __init__(
+        self, address: Address, pool: Pool[Connection], breaker: CircuitBreaker, dialer: Dialer
+    ) -> None:
+        self.address = address
+        self.name = f"{address[0]}:{address[1]}"
+        self.pool = pool
+        self.breaker = breaker
+        self.dialer = dialer
+        self.latency = 0.0
+        self.started = trio.Event()
+        self.retired = False
+
+    def __repr__(self) -> str:
+        return f"<node {self.name}{' retired' if self.retired else ''}>"
+
+
+class SlotMap:
+    """Nodes by address, slot owners, and the choice of a node for a command.
+
+    ``create(address)`` builds a node (its pool not started), ``start(node)`` starts it:
+    both belong to the client, which owns the nursery.  ``request_refresh`` asks for a new
+    topology (a MOVED means the map is stale) and ``refresh`` waits for one.
+    """
+
+    def __init__(
+        self,
+        *,
+        read_from: ReadFrom,
+        remap: AddressRemap | None,
+        create: Callable[[Address], Node],
+        start: Callable[[Node], Awaitable[None]],
+        request_refresh: Callable[[], None],
+        refresh: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.read_from = read_from
+        self._remap = remap
+        self._create = create
+        self._start = start
+        self.request_refresh = request_refresh
+        self.refresh = refresh
+        self._nodes: dict[Address, Node] = {}
+        self._topology = Topology.from_shards([])
+        self._slot_primary: list[Node | None] = [None] * SLOTS
+        self._slot_replicas: list[tuple[Node, ...]] = [()] * SLOTS
+        self._shard_nodes: list[tuple[Node, tuple[Node, ...]]] = []
+        self._round_robin = itertools.count()
+        self._default: Node | None = None
+        #: Redirects applied (for stats).
+        self.moved = 0
+        self.ask = 0
+
+    # --- addresses and nodes ------------------------------------------------------------------
+
+    def remap(self, address: Address) -> Address:
+        """``address`` as the client must reach it (the caller's ``address_remap``)."""
+        return self._remap(address) if self._remap is not None else address
+
+    async def node(self, address: Address) -> Node:
+        """The node at ``address`` (already remapped), created and started on first use."""
+        node = self._nodes.get(address)
+        if node is None:
+            node = self._create(address)
+            self._nodes[address] = node
+            try:
+                await self._start(node)
+            finally:
+                node.started.set()
+        elif not node.started.is_set():
+            await node.started.wait()
+        return node
+
+    def nodes(self) -> list[Node]:
+        """Every node currently in the map."""
+        return list(self._nodes.values())
+
+    def primaries(self) -> list[Node]:
+        """Every shard's primary."""
+        return [primary for primary, _ in self._shard_nodes]
+
+    def replicas(self) -> list[Node]:
+        """Every shard's replicas."""
+        return [r for _, replicas in self._shard_nodes for r in replicas]
+
+    def shards(self) -> list[tuple[Node, tuple[Node, ...]]]:
+        """Every shard as (primary, replicas)."""
+        return list(self._shard_nodes)
+
+    def by_name(self, name: str) -> Node | None:
+        """The node called ``host:port``, if the map has it."""
+        return next((n for n in self._nodes.values() if n.name == name), None)
+
+    def random_node(self) -> Node:
+        """Any node of the map."""
+        return random.choice(list(self._nodes.values()))
+
+    @property
+    def default_node(self) -> Node | None:
+        """Where keyless commands go: a primary, kept while it stays one."""
+        return self._default
+
+    @property
+    def topology(self) -> Topology:
+        """The slot map the client is routing by (MOVED replies applied)."""
+        return self._topology
+
+    # --- installing a topology -----------------------------------------------------------------
+
+    async def install(self, topology: Topology) -> list[Node]:
+        """Make ``topology`` current: nodes created, slot tables rebuilt.  Returns the nodes
+        that left the map (marked retired), for the client to close once idle."""
+        shard_nodes = []
+        for shard in topology.shards:
+            primary = await self.node(shard.primary)
+            replicas = tuple([await self.node(r) for r in shard.replicas])
+            shard_nodes.append((primary, replicas))
+        slot_primary: list[Node | None] = [None] * SLOTS
+        slot_replicas: list[tuple[Node, ...]] = [()] * SLOTS
+        for slot, index in enumerate(topology.owner):
+            if index >= 0:
+                slot_primary[slot], slot_replicas[slot] = shard_nodes[index]
+        self._slot_primary = slot_primary
+        self._slot_replicas = slot_replicas
+        self._shard_nodes = shard_nodes
+        self._topology = topology
+        current = set(topology.nodes)
+        departed = [self._nodes.pop(a) for a in [a for a in self._nodes if a not in current]]
+        for node in departed:
+            node.retired = True
+        if self._default is None or self._default.address not in topology.primaries:
+            self._default = shard_nodes[0][0] if shard_nodes else None
+        return departed
+
+    # --- choosing a node -----------------------------------------------------------------------
+
+    def primary(self, slot: int) -> Node | None:
+        """The primary serving ``slot``, or None while no node does."""
+        return self._slot_primary[slot]
+
+    def replicas_of(self, slot: int) -> tuple[Node, ...]:
+        """The replicas of ``slot``'s primary."""
+        return self._slot_replicas[slot]
+
+    def for_read(self, slot: int, primary: Node) -> Node:
+        """The node a read of ``slot`` goes to, by the ``read_from`` strategy."""
+        replicas = self._slot_replicas[slot]
+        if not replicas:
+            return primary
+        strategy = self.read_from
+        if strategy is ReadFrom.ROUND_ROBIN:
+            candidates = (primary, *replicas)
+            return candidates[next(self._round_robin) % len(candidates)]
+        if strategy is ReadFrom.RANDOM:
+            return random.choice(replicas)
+        return min((primary, *replicas), key=lambda n: n.latency)
+
+    # --- redirects -----------------------------------------------------------------------------
+
+    def redirect_address(self, error: MovedError | AskError, asked: Address | None) -> Address:
+        """Where a MOVED/ASK points, remapped; an empty host means "the node you asked"
+        (``asked``)."""
+        host = error.host or (asked[0] if asked is not None else "127.0.0.1")
+        return self.remap((host, error.port))
+
+    async def apply_moved(self, moved: MovedError, node: Node | None) -> Node:
+        """The one place a MOVED is applied: the slot now belongs to the node it names, in
+        the routing table and in the public topology, and a full refresh is requested.
+        Returns that node."""
+        self.moved += 1
+        target = await self.node(self.redirect_address(moved, _address(node)))
+        self._slot_primary[moved.slot] = target
+        self._topology = _moved(self._topology, moved.slot, target.address)
+        self.request_refresh()
+        return target
+
+    async def ask_target(self, ask: AskError, node: Node | None) -> Node:
+        """The node an ASK sends one command to (the map itself does not change)."""
+        self.ask += 1
+        return await self.node(self.redirect_address(ask, _address(node)))
+
+
+def _moved(topology: Topology, slot: int, address: Address) -> Topology:
+    """``topology`` with ``slot`` owned by the shard whose primary is ``address`` (a new shard
+    of its own if the address is no known primary)."""
+    shards = list(topology.shards)
+    index = next((i for i, s in enumerate(shards) if s.primary == address), -1)
+    if index < 0:
+        shards.append(Shard(address, (), ()))
+        index = len(shards) - 1
+    owner = list(topology.owner)
+    owner[slot] = index
+    return Topology(tuple(shards), tuple(owner))
+
+
+def _address(node: Node | None) -> Address | None:
+    return node.address if node is not None else None
