@@ -7,15 +7,8 @@ import trio
 from redis import exceptions as rex
 
 from trio_cluster import Client
-from trio_cluster.clients.pubsub import (
-    PubSub,
-    PubSubLimitError,
-    PubSubRegistry,
-    _backoff,
-    _kind,
-    _message,
-    _name,
-)
+from trio_cluster.clients.pubsub import PubSub, PubSubLimitError, PubSubRegistry
+from trio_cluster.clients.pubsub_base import _backoff, _kind, _message, _name
 from trio_cluster.protocol import PushFrame
 
 
