@@ -429,7 +429,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         """A pipeline across nodes (``transaction=True``: MULTI/EXEC within one slot; use
         ``watch()`` for optimistic locking on a connection of the slot's primary).
         ``shard_hint`` is accepted and unused, as in redis-py."""
-        return ClusterPipeline(self.router, self._encoding, self._replies, transaction)
+        return ClusterPipeline(self, self.router, self._encoding, self._replies, transaction)
 
     # --- observability -------------------------------------------------------------------------
 

@@ -54,9 +54,16 @@ class ClusterPipeline(PipelineBase):
     """
 
     def __init__(
-        self, router: Router, encoding: Encoding, replies: ReplyParser, transaction: bool
+        self,
+        client: Any,
+        router: Router,
+        encoding: Encoding,
+        replies: ReplyParser,
+        transaction: bool,
     ) -> None:
         super().__init__(transaction)
+        #: The client's public command API: scripts are loaded through it (on every primary).
+        self._client = client
         self._router = router
         self._slots = router.slots
         self._encoding = encoding
