@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self
@@ -27,20 +26,18 @@ from ..config import ConnectionConfig, connection_options, parse_url, redact_url
 from ..connection import Connection
 from ..errors import (
     ArgumentTypeError,
-    ClusterUnreachableError,
     PoolClosedError,
-    UnknownCommandError,
 )
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.dialer import Dialer
 from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
 from ..lifetime import raise_not_open
-from ..logs import LogLimiter
 from ..pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from ..routing.refresher import Refresher
 from ..routing.router import RetryOptions, Router
 from ..routing.rules import CommandTable, key_slot
 from ..routing.slotmap import Node, ReadFrom, SlotMap
-from ..routing.topology import Address, AddressRemap, Topology, parse_shards, parse_slots
+from ..routing.topology import Address, AddressRemap, Topology
 from ..watchdog import Watchdog
 from ..wire.commands import normalize_args
 from ..wire.encoding import Encoding, prepare_args, reply_decoder
@@ -141,38 +138,36 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         self.pool_options = pool if pool is not None else PoolOptions()
         self.retry = retry if retry is not None else RetryOptions()
         self.breaker_options = breaker if breaker is not None else BreakerOptions()
-        for name, value in (("refresh_interval", refresh_interval),
-                            ("refresh_min_interval", refresh_min_interval)):  # fmt: skip
-            if not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"{name} must be a number of seconds > 0; got {value!r}")
-        self.refresh_interval = float(refresh_interval)
-        self.refresh_min_interval = float(refresh_min_interval)
         self._replies = self._encoding.reply_parser(protocol, cluster=True)
         self._retired: list[Node] = []
+        #: Keeps the topology current, in the background.
+        self.refresher = Refresher(
+            dialer=self._dialer,
+            startup=self.startup_nodes,
+            remap=address_remap,
+            current=lambda: self.slot_map.topology,
+            install=self._install,
+            interval=refresh_interval,
+            min_interval=refresh_min_interval,
+        )
         #: The one owner of nodes, slot owners, the public topology and MOVED/ASK.
         self.slot_map = SlotMap(
             read_from=self.read_from,
             remap=address_remap,
             create=self._create_node,
             start=self._start_node,
-            request_refresh=self.request_refresh,
-            refresh=self.refresh,
+            request_refresh=self.refresher.request,
+            refresh=self.refresher.refresh,
         )
         #: Where each command goes, with the redirect and retry rules.
         self.router = Router(
             self.slot_map, self.retry, self._dialer, CommandTable(), self.startup_nodes
         )
         self._fanout = FanOut(self.router, self._replies)
-        self._refresh_wanted = trio.Event()
-        self._refresh_done = trio.Event()
-        self._last_refresh = -math.inf
         self._shown_url: str | None = None
         self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
         self._errors: Counter[str] = Counter()
-        self._refreshes = 0
-        self._refresh_failures = 0
         self._retired_rejections = 0
-        self._outage_log = LogLimiter(logger)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
@@ -193,8 +188,8 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         await nursery.start(self._watchdog.run)
         if self._credentials is not None:
             await self._credentials.start(nursery)
-        await self._refresh_once(initial=True)
-        nursery.start_soon(self._refresher)
+        await self.refresher.once(initial=True)
+        nursery.start_soon(self.refresher.run)
 
     def _connection_config(self) -> ConnectionConfig:
         node = self.slot_map.default_node
@@ -246,8 +241,11 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         read = self._base_config.read_timeout
         return math.inf if read is None else read + 1.0
 
-    async def _install(self, topology: Topology) -> None:
-        """Make ``topology`` current; departed nodes are closed once their commands are done."""
+    async def _install(self, topology: Topology, table: CommandTable | None) -> None:
+        """Make ``topology`` (and the command table) current; departed nodes are closed once
+        their commands are done."""
+        if table is not None:
+            self.router.commands = table
         for node in await self.slot_map.install(topology):
             self._retired_rejections += node.breaker.rejected  # keep the count cumulative
             self._retired.append(node)
@@ -264,82 +262,11 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
 
     def request_refresh(self) -> None:
         """Ask the background refresher for a topology refresh (never blocks)."""
-        self._refresh_wanted.set()
+        self.refresher.request()
 
     async def refresh(self) -> None:
         """Request a topology refresh and wait until one has completed."""
-        done = self._refresh_done
-        self.request_refresh()
-        await done.wait()
-
-    async def _refresher(self) -> None:
-        while True:
-            with trio.move_on_after(self.refresh_interval):
-                await self._refresh_wanted.wait()
-            # Rate limit: a storm of MOVED replies costs one refresh per interval.
-            await trio.sleep_until(self._last_refresh + self.refresh_min_interval)
-            self._refresh_wanted = trio.Event()
-            try:
-                await self._refresh_once()
-            except Exception as exc:
-                self._refresh_failures += 1
-                self._outage_log.log(
-                    logging.WARNING, "topology", "topology refresh failed: %s", exc
-                )
-            else:
-                held = self._outage_log.reset("topology")
-                if held:
-                    logger.info("topology refresh works again after %d more failures", held)
-            finally:
-                done, self._refresh_done = self._refresh_done, trio.Event()
-                done.set()
-
-    async def _refresh_once(self, *, initial: bool = False) -> None:
-        """Fetch the slot map from the first node that answers and install it."""
-        self._last_refresh = trio.current_time()
-        candidates = list(self.slot_map.topology.primaries)
-        random.shuffle(candidates)
-        replicas = [a for a in self.slot_map.topology.nodes if a not in candidates]
-        random.shuffle(replicas)
-        candidates += replicas
-        candidates += [a for a in self.startup_nodes if a not in candidates]
-        failures = []
-        for address in candidates:
-            try:
-                topology, table = await self._fetch_topology(address, load_commands=initial)
-            except Exception as exc:
-                failures.append(f"{address[0]}:{address[1]}: {exc}")
-                continue
-            if not topology.covered:
-                failures.append(f"{address[0]}:{address[1]}: no slot is assigned")
-                continue
-            if table is not None:
-                self.router.commands = table
-            await self._install(topology)
-            self._refreshes += 1
-            return
-        raise ClusterUnreachableError(
-            "Redis Cluster cannot be connected. Please provide at least one reachable node: "
-            + "; ".join(failures)
-        )
-
-    async def _fetch_topology(
-        self, address: Address, *, load_commands: bool
-    ) -> tuple[Topology, CommandTable | None]:
-        # A one-off connection (a saturated pool must not delay a refresh), with the newest
-        # credentials like every other.
-        conn = await self._dialer.open(address, maint_notifications="disabled")
-        try:
-            try:
-                reply = await conn.execute(["CLUSTER", "SHARDS"])
-                topology = parse_shards(reply, address, self.slot_map.remap)
-            except UnknownCommandError:
-                reply = await conn.execute(["CLUSTER", "SLOTS"])
-                topology = parse_slots(reply, address, self.slot_map.remap)
-            table = CommandTable(await conn.execute(["COMMAND"])) if load_commands else None
-            return topology, table
-        finally:
-            await conn.aclose()
+        await self.refresher.refresh()
 
     # --- running commands ----------------------------------------------------------------------
 
@@ -454,8 +381,8 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             ask=self.slot_map.ask,
             retries=dict(self.router.retries),
             errors=dict(self._errors),
-            refreshes=self._refreshes,
-            refresh_failures=self._refresh_failures,
+            refreshes=self.refresher.refreshes,
+            refresh_failures=self.refresher.failures,
             breakers={n.name: n.breaker.state.value for n in nodes},
             breaker_rejections=self._retired_rejections + sum(n.breaker.rejected for n in nodes),
             topology=topology,
