@@ -249,21 +249,6 @@ class Pipeline(PipelineBase):
         if conn is not None:
             self._client._pool.put(conn)
 
-    async def reset(self) -> None:  # type: ignore[override]
-        """Empty the queue; if still watching, UNWATCH and give the connection back."""
-        self.command_stack = []
-        self._explicit_multi = False
-        conn = self._conn
-        if conn is not None:
-            try:
-                if not conn.broken and conn.owed_replies == 0:
-                    with trio.CancelScope(shield=True):
-                        await conn.execute(("UNWATCH",))
-            except Exception:
-                conn.broken = True  # never pool a connection that may still watch keys
-            finally:
-                self._release()
-
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command in one write and return their results in order."""
         if not self.command_stack and self._conn is None:

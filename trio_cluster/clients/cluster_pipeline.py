@@ -142,22 +142,6 @@ class ClusterPipeline(PipelineBase):
         if conn is not None and node is not None:
             node.pool.put(conn)
 
-    async def reset(self) -> None:  # type: ignore[override]
-        """Forget the queued commands; if still watching, UNWATCH and give the connection
-        back."""
-        self.command_stack = []
-        self._explicit_multi = False
-        conn = self._conn
-        if conn is not None:
-            try:
-                if not conn.broken and conn.owed_replies == 0:
-                    with trio.CancelScope(shield=True):
-                        await conn.execute(("UNWATCH",))
-            except Exception:
-                conn.broken = True  # never pool a connection that may still watch keys
-            finally:
-                self._release()
-
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command and return the results in the order they were queued."""
         if not self.command_stack and self._conn is None:

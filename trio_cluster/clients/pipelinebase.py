@@ -11,6 +11,7 @@ from collections.abc import Generator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+import trio
 from redis.commands import AsyncCoreCommands
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
@@ -73,7 +74,23 @@ class PipelineBase(AsyncCoreCommands):
         await self.reset()
 
     async def reset(self) -> None:  # type: ignore[override]
-        """Empty the queue and end any WATCH."""
+        """Forget the queued commands; if still watching, UNWATCH and give the connection
+        back."""
+        self.command_stack = []
+        self._explicit_multi = False
+        conn = self._conn
+        if conn is not None:
+            try:
+                if not conn.broken and conn.owed_replies == 0:
+                    with trio.CancelScope(shield=True):
+                        await conn.execute(("UNWATCH",))
+            except Exception:
+                conn.broken = True  # never pool a connection that may still watch keys
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        """Give the watched connection back to its pool and forget it."""
         raise NotImplementedError
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
