@@ -17,11 +17,7 @@ from redis import exceptions as rex
 
 from ..connection import Connection
 from ..errors import (
-    BusyLoadingError,
-    ClusterDownError,
-    MasterDownError,
     ProtocolError,
-    TryAgainError,
 )
 from ..jobs.dialer import Dialer
 from ..lifetime import NurseryOwner
@@ -62,8 +58,6 @@ _UNSUBSCRIBE_KINDS: Final[dict[str, Family]] = {
 }
 _PUBSUB_KINDS: Final = frozenset({*_MESSAGE_KINDS, *_SUBSCRIBE_KINDS, *_UNSUBSCRIBE_KINDS, "pong"})
 _SUBSCRIPTION_TYPES: Final = frozenset({*_SUBSCRIBE_KINDS, *_UNSUBSCRIBE_KINDS})
-#: Errors that say "not now" rather than "never": the subscription is retried elsewhere/later.
-_TRANSIENT = (ClusterDownError, TryAgainError, MasterDownError, BusyLoadingError)
 #: What ends a link's session (and makes the placer reconnect).
 _LINK_ERRORS = (
     rex.ConnectionError,

@@ -15,6 +15,7 @@ from redis import exceptions as rex
 
 from ..connection import Connection
 from ..errors import (
+    SERVER_DID_NOT_RUN,
     ClusterDownError,
     MovedError,
     ReadTimeoutError,
@@ -28,7 +29,6 @@ from .pubsub_base import (
     _PING,
     _REFRESH_BOUND,
     _SUBSCRIBE_KINDS,
-    _TRANSIENT,
     _UNSUBSCRIBE_KINDS,
     PubSubLimitError,
     _backoff,
@@ -369,13 +369,13 @@ class _Links(_PubSubState):
                     await self._deliver(_Failure(limit))
                     self._want_placement(refresh=True)
             return
-        if verb == "SSUBSCRIBE" and isinstance(error, _TRANSIENT):
+        if verb == "SSUBSCRIBE" and isinstance(error, SERVER_DID_NOT_RUN):
             # The slot's owner cannot serve it right now (a failover): try again later.
             self._unassign(link, names)
             self._failures += 1
             self._want_placement(refresh=True)
             return
-        if isinstance(error, _TRANSIENT):
+        if isinstance(error, SERVER_DID_NOT_RUN):
             raise rex.ConnectionError(f"{link.name} cannot serve pub/sub now: {error}")
         # A refusal (ACL, bad argument...): forget what was refused so it is not replayed,
         # and tell the consumer, as redis-py raises it from get_message.
