@@ -15,11 +15,11 @@ from types import TracebackType
 from typing import Any, Self
 
 import trio
-from redis.crc import key_slot
 
 from faults import ToxiproxyError
 from faults.nodes import ProxiedNode, bandwidth, hang, latency, limit_data, node_down, reset_peer
 from trio_cluster import ClusterClient
+from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster
 from trio_cluster.testing.servers import LocalServer
 

@@ -24,6 +24,7 @@ import trio
 
 from trio_cluster import ClusterClient, PoolClosedError, PubSub
 from trio_cluster.routing.rules import key_slot
+from trio_cluster.wire.encoding import text
 
 from .records import (
     Delivery,
@@ -253,7 +254,7 @@ class PubSubRunner:
     def _handle(self, i: int, message: dict[str, Any]) -> None:
         kind = str(message["type"])
         if kind in _MESSAGES:
-            channel = _text(message["channel"])
+            channel = text(message["channel"])
             decoded = decode_message(message["data"])
             named, publisher, seq = decoded if decoded is not None else (None, -1, -1)
             self.data.deliveries.append(
@@ -264,10 +265,10 @@ class PubSubRunner:
         if kind == "gap":
             names = [*message["channels"], *message["shard_channels"], *message["patterns"]]
             self._event(
-                i, "gap", tuple(_text(n) for n in names), f"{message['node']}: {message['data']}"
+                i, "gap", tuple(text(n) for n in names), f"{message['node']}: {message['data']}"
             )
             return
-        channel = _text(message["channel"])
+        channel = text(message["channel"])
         self._event(i, kind, (channel,))
         if kind in _CONFIRMS:
             pending = self._pending[i]
@@ -301,9 +302,3 @@ class PubSubRunner:
                 if count > (1 if address in owners else 0):
                     found[address] += 1
         return found
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return str(value)

@@ -14,9 +14,9 @@ import sys
 import time
 
 import trio
-from redis.crc import key_slot
 
 from ..connection import Connection
+from ..routing.rules import key_slot
 from . import LocalCluster, find_server_binary, parse_info, server_version
 
 SLOTS = 16384
