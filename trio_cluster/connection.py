@@ -305,6 +305,11 @@ class Connection:
         data = b"".join([encode_command(args) for args in commands])
         return await self._roundtrip(data, len(commands), blocks_for)
 
+    async def execute_encoded(self, data: bytes, count: int) -> list[Any]:
+        """:meth:`execute_many` for ``count`` commands already encoded into ``data`` (an
+        automatic-pipelining batch): one write, replies in order, errors as values."""
+        return await self._roundtrip(data, count, 0.0)
+
     async def _roundtrip(self, data: bytes, count: int, blocks_for: float) -> list[Any]:
         """Write ``count`` encoded commands and read their replies, within the deadlines."""
         if self.broken or self._closed:
