@@ -66,6 +66,8 @@ PushHandler = Callable[["Connection", PushFrame], None]
 _RECEIVE_SIZE = 65536
 _LARGE_RECEIVE_SIZE = 262144
 _ids = itertools.count(1)
+#: One float object for "not relaxed" (an idle connection should not own one).
+_NEVER = -math.inf
 
 
 def _network_error(
@@ -102,7 +104,6 @@ class Connection:
         "_closed",
         "_fd",
         "_parser",
-        "_poller",
         "_stream",
         "_timed_out",
         "broken",
@@ -144,7 +145,7 @@ class Connection:
         self.credentials_version = 0
         #: While ``trio.current_time() < relaxed_until``, ``relaxed_timeout`` replaces the read
         #: and write timeouts (a maintenance notification said the node is migrating).
-        self.relaxed_until = -math.inf
+        self.relaxed_until = _NEVER
         self.relaxed_timeout = 0.0
         #: Set by the owner: enforces read/write deadlines without a cancel scope per command.
         self.watchdog: Watchdog | None = None
@@ -164,11 +165,6 @@ class Connection:
         # exactly whether any byte went out (the cancel-safety books depend on it), and it is
         # cheaper than a full ``send_all``.  TLS streams always go through ``send_all``.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        # A poll object registered once: the idle health check is then one cheap system call
-        # (about a third of what ``select.select`` costs, which builds lists every time).
-        self._poller = select.poll()
-        if self._fd >= 0:
-            self._poller.register(self._fd, select.POLLIN)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -200,6 +196,7 @@ class Connection:
             try:
                 conn.state.transition(ConnState.INITIALIZING)
                 await conn._handshake()
+                conn._fresh_parser()
                 conn.state.transition(ConnState.IDLE)
             except BaseException:
                 with trio.CancelScope(shield=True):
@@ -267,6 +264,15 @@ class Connection:
         self.maint_notifications = maint_at >= 0 and not isinstance(replies[maint_at], Exception)
         client_id = replies[optional_from]
         self.client_id = client_id if isinstance(client_id, int) else None
+
+    def _fresh_parser(self) -> None:
+        """Swap in a new parser once the handshake is read: the handshake's replies (the
+        largest most idle connections ever read) would otherwise keep the parser's buffers
+        grown for as long as the connection lives."""
+        if self._parser.idle:
+            self._parser = RespParser(
+                max_bytes=self.config.max_reply_bytes, max_depth=self.config.max_reply_depth
+            )
 
     async def _call_unbounded(self, args: Sequence[EncodableArg]) -> Any:
         reply = (await self._pipeline_unbounded([args]))[0]
@@ -571,7 +577,7 @@ class Connection:
 
     def unrelax(self) -> None:
         """Back to the configured timeouts."""
-        self.relaxed_until = -math.inf
+        self.relaxed_until = _NEVER
 
     @property
     def relaxed(self) -> bool:
@@ -593,7 +599,6 @@ class Connection:
         fresh = await Connection.open(config)
         old_stream = self._stream
         self._stream, self._parser, self._fd = fresh._stream, fresh._parser, fresh._fd
-        self._poller = fresh._poller
         self.config, self.protocol, self.client_id = fresh.config, fresh.protocol, fresh.client_id
         self.maint_notifications = fresh.maint_notifications
         fresh._closed = True  # its stream now belongs to this connection
@@ -627,7 +632,7 @@ class Connection:
         if self._fd < 0:
             return False
         try:
-            if not self._poller.poll(0):
+            if not self._readable():
                 return False
             data = os.read(self._fd, _RECEIVE_SIZE)
         except BlockingIOError:
@@ -645,6 +650,24 @@ class Connection:
             self._violation(exc)
             return True
         return False
+
+    def _readable(self) -> bool:
+        """Whether the socket has bytes (or EOF, or an error) to read, without waiting.
+
+        One ``poll`` object shared by all the connections of a client (the watchdog's): a
+        registration, a poll and an unregistration cost less than ``select.select``, and a
+        poll object per connection would cost about 300 bytes of each idle connection.
+        """
+        fd = self._fd
+        watchdog = self.watchdog
+        if watchdog is None:
+            return bool(select.select([fd], (), (), 0)[0])
+        poller = watchdog.poller
+        poller.register(fd, select.POLLIN)
+        try:
+            return bool(poller.poll(0))
+        finally:
+            poller.unregister(fd)
 
     @property
     def closed(self) -> bool:
