@@ -70,6 +70,13 @@ class _Call:
         self.task: trio.lowlevel.Task | None = task  # None once nobody waits for the reply
         self.state = _QUEUED
 
+    def abort(self, _: Any) -> trio.lowlevel.Abort:
+        """The caller is cancelled while parked (so nothing has been handed to it yet)."""
+        if self.state is _QUEUED:
+            self.state = _GONE  # the batch skips it: never sent
+        self.task = None  # a reply that comes is read and thrown away
+        return trio.lowlevel.Abort.SUCCEEDED
+
 
 def _own_copy(error: BaseException) -> BaseException:
     """A copy of ``error`` for one caller (an exception object raised in several tasks would
@@ -102,7 +109,6 @@ class AutoPipeliner:
         """Run one command through the node's shared connection; return its reply, or raise
         its error (an error reply as its typed error, a failure of the connection as a
         ``redis.exceptions.ConnectionError`` / ``TimeoutError`` subclass)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
         data = encode_command(args)  # bad arguments are refused here, before anything is sent
         call = _Call(data, trio.lowlevel.current_task())
         self._queue.append(call)
@@ -114,15 +120,8 @@ class AutoPipeliner:
                 self._scheduled = False
                 self._queue.remove(call)
                 raise
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            # Only while parked, so nothing has been handed to us yet.
-            if call.state is _QUEUED:
-                call.state = _GONE  # the batch skips it: never sent
-            call.task = None  # a reply that comes is read and thrown away
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        reply = await trio.lowlevel.wait_task_rescheduled(abort)
+        # The checkpoint: a caller cancelled already is aborted here, its command unsent.
+        reply = await trio.lowlevel.wait_task_rescheduled(call.abort)
         if isinstance(reply, Exception):
             raise reply
         return reply
