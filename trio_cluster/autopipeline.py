@@ -42,10 +42,19 @@ from .protocol import EncodableArg, encode_command
 if TYPE_CHECKING:
     from .pool import Pool
 
-__all__ = ["MAX_BATCH", "AutoPipeliner", "execute_guarded"]
+__all__ = ["MAX_BATCH", "AutoPipeliner", "execute_guarded", "shares_connection"]
 
 #: Most commands written in one batch; the rest wait for the next batch (which starts at once).
 MAX_BATCH = 512
+
+#: Commands that change or depend on the state of their connection: they never share one.
+_CONNECTION_STATE = frozenset(
+    {
+        "AUTH", "HELLO", "SELECT", "CLIENT", "RESET", "QUIT", "READONLY", "READWRITE",
+        "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "ASKING", "MONITOR", "SYNC", "PSYNC",
+        "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE",
+    }
+)  # fmt: skip
 
 _QUEUED = 0
 _SENT = 1
@@ -188,6 +197,14 @@ class AutoPipeliner:
         for call in calls:
             call.state = _SENT
         return calls
+
+
+def shares_connection(name: Any) -> bool:
+    """Whether a command (not a blocking one: the caller checks that) may be autopipelined:
+    anything but the commands that change or depend on their connection's state."""
+    if isinstance(name, bytes):
+        name = name.decode("latin-1")
+    return str(name).upper() not in _CONNECTION_STATE
 
 
 def _deliver(call: _Call, reply: Any) -> None:

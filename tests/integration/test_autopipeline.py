@@ -391,3 +391,65 @@ async def test_primary_sigkill_under_load_with_autopipelining() -> None:
 def test_option_must_be_a_bool(bad: Any) -> None:
     with pytest.raises(ValueError, match=r"PoolOptions\.autopipeline must be a bool"):
         PoolOptions(autopipeline=bad)
+
+
+# --- the standalone Client --------------------------------------------------------------------
+
+
+async def test_standalone_client_shares_writes_keeps_order_and_survives_a_storm(
+    local_server: LocalServer,
+) -> None:
+    from trio_cluster import Client
+
+    with trio.fail_after(60):
+        async with Client(
+            local_server.host, local_server.port, pool=PoolOptions(size=4, autopipeline=True)
+        ) as client:
+            pipeliner = client.pool.autopipeliner
+            assert pipeliner is not None
+            batches = pipeliner.batches
+            replies: dict[int, Any] = {}
+
+            async def incr(n: int) -> None:
+                replies[n] = await client.set(f"ap:solo:{n}", n)
+
+            async with trio.open_nursery() as nursery:
+                for n in range(30):
+                    nursery.start_soon(incr, n)
+            assert pipeliner.batches - batches == 1  # one write for the 30 commands
+            assert replies == dict.fromkeys(range(30), True)
+
+            misdelivered: list[Any] = []
+            cancelled = 0
+
+            async def caller(n: int) -> None:
+                nonlocal cancelled
+                value = f"solo-{n}".encode()
+                with trio.move_on_after(random.Random(n).random() * 0.003) as scope:
+                    assert await client.set(f"ap:solo:storm:{n}", value) is True
+                    got = await client.get(f"ap:solo:storm:{n}")
+                    if got != value:
+                        misdelivered.append((n, got))
+                cancelled += scope.cancelled_caught
+
+            async with trio.open_nursery() as nursery:
+                for n in range(400):
+                    nursery.start_soon(caller, n)
+            assert misdelivered == []
+            # Blocking commands and transactions keep their own connections.
+            await client.delete("ap:solo:queue")
+            popped: list[Any] = []
+
+            async def blocker() -> None:
+                popped.append(await client.blpop(["ap:solo:queue"], timeout=0))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(blocker)
+                while client.pool.stats().in_use_connections == 0:
+                    await trio.lowlevel.checkpoint()
+                assert await client.get("ap:solo:0") == b"0"  # not stuck behind BLPOP
+                async with client.pipeline(transaction=True) as tx:
+                    tx.set("ap:solo:tx", "t").get("ap:solo:tx")
+                    assert await tx.execute() == [True, b"t"]
+                await client.rpush("ap:solo:queue", "x")
+            assert popped == [(b"ap:solo:queue", b"x")]
