@@ -34,6 +34,7 @@ from redis import exceptions as rex
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.commands import AsyncCoreCommands
 
+from .autopipeline import execute_guarded
 from .breaker import BreakerOptions, BreakerState, CircuitBreaker, CircuitOpenError
 from .client import run_blocking
 from .clientbase import ClientBase
@@ -672,6 +673,12 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         breaker = node.breaker
         breaker.before_call()
         pool = node.pool
+        if (
+            simple
+            and pool.autopipeliner is not None
+            and self.read_from is not ReadFrom.LOWEST_LATENCY  # measures each round trip
+        ):
+            return await execute_guarded(pool.autopipeliner, breaker, args)  # autopipelining
         try:
             conn = await pool.get()
         except PoolClosedError as error:
