@@ -4,9 +4,10 @@ a raw trio + hiredis client (the ceiling), worker subprocesses and the statistic
 Workload (the one the performance targets were set with): 50/50 GET and SET of 64-byte
 values over 10,000 keys.  Shapes:
 
-* ``tasks50``: 50 tasks, each running one command at a time;
-* ``tasks1``: 1 task;
-* ``pipeline``: 4 tasks, each sending pipelines of 100 SETs (throughput counted in commands).
+* ``tasks1``, ``tasks10``, ``tasks50``, ``tasks200``, ``tasks1000``: that many tasks, each
+  running one command at a time;
+* ``pipeline10``, ``pipeline`` (100), ``pipeline1000``: 4 tasks, each sending pipelines of that
+  many SETs across the cluster (throughput counted in commands).
 
 Every measurement runs in its own subprocess (so asyncio and trio clients never share an event
 loop, and one client's garbage never weighs on another's figures); the parent interleaves them.
@@ -61,9 +62,14 @@ class Shape:
 
 
 SHAPES: dict[str, Shape] = {
-    "tasks50": Shape("tasks50", 50),
     "tasks1": Shape("tasks1", 1),
+    "tasks10": Shape("tasks10", 10),
+    "tasks50": Shape("tasks50", 50),
+    "tasks200": Shape("tasks200", 200),
+    "tasks1000": Shape("tasks1000", 1000),
+    "pipeline10": Shape("pipeline10", 4, 10),
     "pipeline": Shape("pipeline", 4, PIPELINE_DEPTH),
+    "pipeline1000": Shape("pipeline1000", 4, 1000),
 }
 
 

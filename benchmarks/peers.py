@@ -2,9 +2,11 @@
 
 Clients: ``raw`` (trio streams + hiredis, one connection per task and node, no pool, no
 timeouts: the ceiling), ``redis-py`` (``redis.asyncio.cluster.RedisCluster`` on asyncio),
-``coredis`` (``coredis.RedisCluster`` on trio) and ``trio-cluster`` (``ClusterClient``).
-Workload: 50/50 GET/SET of 64-byte values over 10,000 keys, in three shapes (50 tasks, 1 task,
-4 tasks x pipelines of 100 SETs).  Each measurement runs in its own subprocess; the parent
+``coredis`` (``coredis.RedisCluster`` on trio; only when named with ``--clients``),
+``trio-cluster`` (``ClusterClient``, one command per round trip) and ``trio-cluster-ap``
+(``ClusterClient`` with ``PoolOptions(autopipeline=True)``).  Workload: 50/50 GET/SET of
+64-byte values over 10,000 keys, at 1, 10, 50, 200 and 1,000 tasks, and 4 tasks x pipelines
+of 10, 100 and 1,000 SETs.  Each measurement runs in its own subprocess; the parent
 interleaves clients and shapes over ``--rounds`` rounds and prints one JSON document with the
 medians, p50/p99 latencies, the ratios, and trio-cluster's memory per idle pooled connection.
 
@@ -54,7 +56,9 @@ from benchmarks._common import (
     summarize,
 )
 
-CLIENTS = ("raw", "redis-py", "coredis", "trio-cluster")
+CLIENTS = ("raw", "redis-py", "coredis", "trio-cluster", "trio-cluster-ap")
+#: Run unless ``--clients`` says otherwise (coredis is slow and not a target of issue 17).
+DEFAULT_CLIENTS = ("raw", "redis-py", "trio-cluster", "trio-cluster-ap")
 #: Pool size per node for the pooled clients: one connection per task at 50 tasks.
 POOL_SIZE = 50
 MEMORY_SHAPE = "idle-memory"
@@ -82,7 +86,9 @@ def redis_py_worker(
     async def main() -> dict[str, Any]:
         rc = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in nodes],
-            max_connections=POOL_SIZE,
+            # redis-py cannot queue for a connection (it raises MaxConnectionsError), so its
+            # pool grows to one connection per task.
+            max_connections=max(POOL_SIZE, shape.tasks),
         )
         await rc.initialize()
         try:
@@ -122,21 +128,26 @@ async def coredis_worker(
 
 
 @asynccontextmanager
-async def open_trio_cluster(nodes: list[Address], size: int) -> AsyncIterator[Any]:
+async def open_trio_cluster(
+    nodes: list[Address], size: int, *, autopipeline: bool = False
+) -> AsyncIterator[Any]:
     """``ClusterClient`` with pools of ``size`` per node and 3 s read/write timeouts."""
     from trio_cluster import ClusterClient, PoolOptions
 
     async with ClusterClient(
-        startup_nodes=nodes, pool=PoolOptions(size=size), read_timeout=3.0, write_timeout=3.0
+        startup_nodes=nodes,
+        pool=PoolOptions(size=size, autopipeline=autopipeline),
+        read_timeout=3.0,
+        write_timeout=3.0,
     ) as rc:
         yield rc
 
 
 async def trio_cluster_worker(
-    shape: Shape, nodes: list[Address], seconds: float, warmup: float
+    shape: Shape, nodes: list[Address], seconds: float, warmup: float, autopipeline: bool = False
 ) -> dict[str, Any]:
-    """``trio_cluster.ClusterClient``."""
-    async with open_trio_cluster(nodes, POOL_SIZE) as rc:
+    """``trio_cluster.ClusterClient``, with or without automatic pipelining."""
+    async with open_trio_cluster(nodes, POOL_SIZE, autopipeline=autopipeline) as rc:
 
         async def pipe(keys: Sequence[bytes]) -> Any:
             async with rc.pipeline() as p:
@@ -174,6 +185,8 @@ def worker_main(args: argparse.Namespace) -> dict[str, Any]:
             result = trio.run(coredis_worker, shape, nodes, args.seconds, args.warmup)
         elif args.worker == "trio-cluster":
             result = trio.run(trio_cluster_worker, shape, nodes, args.seconds, args.warmup)
+        elif args.worker == "trio-cluster-ap":
+            result = trio.run(trio_cluster_worker, shape, nodes, args.seconds, args.warmup, True)
         else:
             raise ValueError(f"unknown client {args.worker!r}")
         record.update(result)
@@ -235,9 +248,13 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "peers",
         "workload": "50/50 GET/SET, 64-byte values, 10,000 keys; cluster 3 primaries + 3 replicas",
         "shapes": {
-            "tasks50": "50 tasks, ops/s",
-            "tasks1": "1 task, ops/s",
-            "pipeline": "4 tasks x pipelines of 100 SET, commands/s",
+            name: (
+                f"4 tasks x pipelines of {shape.pipeline} SET, commands/s"
+                if shape.pipeline
+                else f"{shape.tasks} task{'s' if shape.tasks > 1 else ''}, ops/s"
+            )
+            for name, shape in SHAPES.items()
+            if name in shapes
         },
         "settings": {
             "rounds": args.rounds,
@@ -254,25 +271,28 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per shape: each trio-cluster mode over redis-py and over raw (ops/s), redis-py over
+    raw, and each mode's p99 over redis-py's."""
+
     def ops(client: str, shape: str) -> Any:
         return figure(results, client, shape, "ops_per_s")
 
     def p99(client: str, shape: str) -> Any:
         return figure(results, client, shape, "p99_ms")
 
+    shapes = sorted({s for by_shape in results.values() for s in by_shape}, key=list(SHAPES).index)
     out: dict[str, Any] = {}
-    for shape in SHAPES:
-        out[f"trio_cluster_over_redis_py_{shape}"] = ratio(
-            ops("trio-cluster", shape), ops("redis-py", shape)
-        )
-    for shape in SHAPES:
-        out[f"trio_cluster_over_raw_{shape}"] = ratio(ops("trio-cluster", shape), ops("raw", shape))
-    for shape in SHAPES:
+    for mode, label in (("trio-cluster", "trio_cluster"), ("trio-cluster-ap", "autopipeline")):
+        if mode not in results:
+            continue
+        for shape in shapes:
+            out[f"{label}_over_redis_py_{shape}"] = ratio(ops(mode, shape), ops("redis-py", shape))
+            out[f"{label}_over_raw_{shape}"] = ratio(ops(mode, shape), ops("raw", shape))
+            out[f"p99_{label}_over_redis_py_{shape}"] = ratio(
+                p99(mode, shape), p99("redis-py", shape)
+            )
+    for shape in shapes:
         out[f"redis_py_over_raw_{shape}"] = ratio(ops("redis-py", shape), ops("raw", shape))
-    for shape in ("tasks50", "tasks1"):
-        out[f"p99_trio_cluster_over_redis_py_{shape}"] = ratio(
-            p99("trio-cluster", shape), p99("redis-py", shape)
-        )
         out[f"p99_ms_{shape}"] = {c: p99(c, shape) for c in results}
     return out
 
@@ -305,9 +325,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (the ``--worker`` ones are internal)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every client x shape")
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds each")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds each")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds first")
-    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS))
+    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(DEFAULT_CLIENTS))
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument(
         "--idle-per-node", type=int, default=100, help="idle connections per node (memory)"

@@ -3,7 +3,7 @@
 One local server (``trio_cluster.testing.LocalServer``); workload: 50/50 GET/SET of 64-byte
 values over 10,000 keys at 50 tasks and at 1 task.  Clients: ``raw`` (one connection per task,
 no pool, no timeouts: the ceiling), ``redis-py`` (``redis.asyncio.Redis`` on asyncio) and
-``trio-cluster`` (``trio_cluster.client.Client`` with ``PoolOptions(size=50)``).  Every
+``trio-cluster`` (``trio_cluster.Client`` with ``PoolOptions(size=50)``).  Every
 measurement runs in its own subprocess; rounds interleave the clients.  Prints one JSON document
 (medians, p50/p99, ratios, memory per idle pooled connection of ``Client``).
 
@@ -109,8 +109,8 @@ def redis_py_worker(shape: Shape, address: Address, seconds: float, warmup: floa
 
 
 def open_client(address: Address, size: int = POOL_SIZE) -> Any:
-    """``trio_cluster.client.Client`` with a pool of ``size`` (an async context manager)."""
-    from trio_cluster.client import Client
+    """``trio_cluster.Client`` with a pool of ``size`` (an async context manager)."""
+    from trio_cluster import Client
     from trio_cluster.pool import PoolOptions
 
     client_class: Any = Client  # redis-py's mixins declare abstract attributes for mypy
@@ -118,7 +118,7 @@ def open_client(address: Address, size: int = POOL_SIZE) -> Any:
 
 
 async def trio_cluster_worker(shape: Shape, address: Address, seconds: float, warmup: float) -> Any:
-    """``trio_cluster.client.Client``."""
+    """``trio_cluster.Client``."""
     async with open_client(address) as r:
         return await drive_trio(shape, seconds, warmup, get=r.get, set_=r.set, pipe=_unused_pipe)
 

@@ -251,13 +251,15 @@ class _Scrub(logging.Filter):
 
 
 def _logging(redactor: Redactor, debug: bool) -> None:
-    """Log lines on stderr, scrubbed.  The client's warnings (a dial failed...) are what the
+    """Log lines on stderr, scrubbed.  The client's warnings (a dial failed...) and the
+    embedded proxy's (a link cut: "Source terminated", as Go's Toxiproxy logs it) are what the
     faults cause, and the report counts them: shown only with --debug."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Scrub(redactor))
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])  # no-op if configured
-    logging.getLogger("trio_cluster").setLevel(logging.WARNING if debug else logging.ERROR)
+    for name in ("trio_cluster", "faults"):
+        logging.getLogger(name).setLevel(logging.WARNING if debug else logging.ERROR)
 
 
 def _run(args: argparse.Namespace, redactor: Redactor) -> int:

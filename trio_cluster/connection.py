@@ -68,6 +68,8 @@ PushHandler = Callable[["Connection", PushFrame], None]
 _RECEIVE_SIZE = 65536
 _LARGE_RECEIVE_SIZE = 262144
 _ids = itertools.count(1)
+#: One float object for "not relaxed" (an idle connection should not own one).
+_NEVER = -math.inf
 
 
 def _network_error(
@@ -104,7 +106,6 @@ class Connection:
         "_closed",
         "_fd",
         "_parser",
-        "_poller",
         "_stream",
         "_timed_out",
         "broken",
@@ -146,7 +147,7 @@ class Connection:
         self.credentials_version = 0
         #: While ``trio.current_time() < relaxed_until``, ``relaxed_timeout`` replaces the read
         #: and write timeouts (a maintenance notification said the node is migrating).
-        self.relaxed_until = -math.inf
+        self.relaxed_until = _NEVER
         self.relaxed_timeout = 0.0
         #: Set by the owner: enforces read/write deadlines without a cancel scope per command.
         self.watchdog: Watchdog | None = None
@@ -158,19 +159,22 @@ class Connection:
         self.handoff_to: tuple[str, int] | None = None
         #: Called with every push frame (RESP3 ``>``) that arrives; never given to a caller.
         self.on_push: PushHandler | None = None
-        self._stream = stream
         self._parser = RespParser(
             max_bytes=config.max_reply_bytes, max_depth=config.max_reply_depth
         )
-        # On plain sockets we write with a non-blocking system call first: it lets us know
-        # exactly whether any byte went out (the cancel-safety books depend on it), and it is
-        # cheaper than a full ``send_all``.  TLS streams always go through ``send_all``.
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        # A poll object registered once: the idle health check is then one cheap system call
-        # (about a third of what ``select.select`` costs, which builds lists every time).
-        self._poller = select.poll()
-        if self._fd >= 0:
-            self._poller.register(self._fd, select.POLLIN)
+        # On plain sockets we read and write the file descriptor with non-blocking system
+        # calls: a write then tells exactly whether any byte went out (the cancel-safety books
+        # depend on it), and both are cheaper than trio's stream layers.  So a plain socket
+        # keeps only its trio socket (the ``SocketStream`` around it and its two conflict
+        # detectors would cost about 180 bytes of every idle connection); TLS streams keep
+        # the stream and go through ``send_all`` / ``receive_some``.
+        self._stream: trio.abc.Stream | trio.socket.SocketType
+        if isinstance(stream, trio.SocketStream):
+            self._stream = stream.socket
+            self._fd = stream.socket.fileno()
+        else:
+            self._stream = stream
+            self._fd = -1
         self._closed = False
 
     def __repr__(self) -> str:
@@ -202,6 +206,7 @@ class Connection:
             try:
                 conn.state.transition(ConnState.INITIALIZING)
                 await conn._handshake()
+                conn._fresh_parser()
                 conn.state.transition(ConnState.IDLE)
             except BaseException:
                 with trio.CancelScope(shield=True):
@@ -270,6 +275,15 @@ class Connection:
         client_id = replies[optional_from]
         self.client_id = client_id if isinstance(client_id, int) else None
 
+    def _fresh_parser(self) -> None:
+        """Swap in a new parser once the handshake is read: the handshake's replies (the
+        largest most idle connections ever read) would otherwise keep the parser's buffers
+        grown for as long as the connection lives."""
+        if self._parser.idle:
+            self._parser = RespParser(
+                max_bytes=self.config.max_reply_bytes, max_depth=self.config.max_reply_depth
+            )
+
     async def _call_unbounded(self, args: Sequence[EncodableArg]) -> Any:
         reply = (await self._pipeline_unbounded([args]))[0]
         if isinstance(reply, Exception):
@@ -306,6 +320,11 @@ class Connection:
         """
         data = b"".join([encode_command(args) for args in commands])
         return await self._roundtrip(data, len(commands), blocks_for)
+
+    async def execute_encoded(self, data: bytes, count: int) -> list[Any]:
+        """:meth:`execute_many` for ``count`` commands already encoded into ``data`` (an
+        automatic-pipelining batch): one write, replies in order, errors as values."""
+        return await self._roundtrip(data, count, 0.0)
 
     async def _roundtrip(self, data: bytes, count: int, blocks_for: float) -> list[Any]:
         """Write ``count`` encoded commands and read their replies, within the deadlines."""
@@ -408,11 +427,11 @@ class Connection:
                     # Whatever happens from here (cancel, error), a partial command may be on
                     # the wire: only closing the connection is safe.
                     self.broken = True
-                    await self._stream.send_all(memoryview(data)[sent:])
+                    await self._send_rest(memoryview(data)[sent:])
                     self.broken = False
             else:
                 self.broken = True
-                await self._stream.send_all(data)
+                await self._tls().send_all(data)
                 self.broken = False
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             unsent = self._fd >= 0 and sent == 0 and not self.broken
@@ -422,6 +441,22 @@ class Connection:
             ) from exc
         self.owed_replies += count
         return sent == len(data)
+
+    async def _send_rest(self, rest: memoryview) -> None:
+        """Write what the first write left over, waiting for the socket to take it (the
+        watchdog's ``notify_closing`` ends a wait past the deadline)."""
+        fd = self._fd
+        while rest:
+            await trio.lowlevel.wait_writable(fd)
+            try:
+                rest = rest[os.write(fd, rest) :]
+            except BlockingIOError:
+                continue
+
+    def _tls(self) -> trio.abc.Stream:
+        stream = self._stream
+        assert isinstance(stream, trio.abc.Stream)  # only connections without a fd get here
+        return stream
 
     async def _read_reply(self) -> Any:
         """Read the next reply that answers a command, dispatching push frames on the way.
@@ -530,7 +565,7 @@ class Connection:
                             raise trio.ClosedResourceError("deadline passed") from None
                         await trio.lowlevel.wait_readable(self._fd)
             else:
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
+                data = await self._tls().receive_some(_RECEIVE_SIZE)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.broken = True
             raise _network_error(f"reading from {self.config.address} failed", exc) from exc
@@ -568,7 +603,7 @@ class Connection:
 
     def unrelax(self) -> None:
         """Back to the configured timeouts."""
-        self.relaxed_until = -math.inf
+        self.relaxed_until = _NEVER
 
     @property
     def relaxed(self) -> bool:
@@ -590,11 +625,10 @@ class Connection:
         fresh = await Connection.open(config)
         old_stream = self._stream
         self._stream, self._parser, self._fd = fresh._stream, fresh._parser, fresh._fd
-        self._poller = fresh._poller
         self.config, self.protocol, self.client_id = fresh.config, fresh.protocol, fresh.client_id
         self.maint_notifications = fresh.maint_notifications
         fresh._closed = True  # its stream now belongs to this connection
-        await trio.aclose_forcefully(old_stream)
+        await _close_quietly(old_stream)
 
     # --- pool support ----------------------------------------------------------------------
 
@@ -624,7 +658,7 @@ class Connection:
         if self._fd < 0:
             return False
         try:
-            if not self._poller.poll(0):
+            if not self._readable():
                 return False
             data = os.read(self._fd, _RECEIVE_SIZE)
         except BlockingIOError:
@@ -643,6 +677,24 @@ class Connection:
             return True
         return False
 
+    def _readable(self) -> bool:
+        """Whether the socket has bytes (or EOF, or an error) to read, without waiting.
+
+        One ``poll`` object shared by all the connections of a client (the watchdog's): a
+        registration, a poll and an unregistration cost less than ``select.select``, and a
+        poll object per connection would cost about 300 bytes of each idle connection.
+        """
+        fd = self._fd
+        watchdog = self.watchdog
+        if watchdog is None:
+            return bool(select.select([fd], (), (), 0)[0])
+        poller = watchdog.poller
+        poller.register(fd, select.POLLIN)
+        try:
+            return bool(poller.poll(0))
+        finally:
+            poller.unregister(fd)
+
     @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` has run."""
@@ -653,7 +705,7 @@ class Connection:
         if not self._closed:
             self._closed = True
             self.state.transition(ConnState.CLOSED)
-            await trio.aclose_forcefully(self._stream)
+            await _close_quietly(self._stream)
 
     # --- subscribed mode (pub/sub) -----------------------------------------------------------
 
@@ -685,6 +737,15 @@ class Connection:
             else:
                 await self._receive(reads)
                 reads += 1
+
+
+async def _close_quietly(stream: trio.abc.Stream | trio.socket.SocketType) -> None:
+    """Close a stream (as ``trio.aclose_forcefully``: no TLS goodbye) or a trio socket."""
+    if isinstance(stream, trio.abc.Stream):
+        await trio.aclose_forcefully(stream)
+    else:
+        stream.close()  # wakes any task waiting on it (ClosedResourceError)
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 def _hello_unsupported(exc: Exception) -> bool:

@@ -39,6 +39,8 @@ import outcome
 import trio
 from redis import exceptions as rex
 
+from .autopipeline import AutoPipeliner
+from .connection import mark_unsent
 from .errors import PoolClosedError, PoolExhaustedError, PoolTimeoutError, ReleaseError
 from .state import ConnState, ConnStateMachine
 
@@ -177,6 +179,11 @@ class PoolOptions:
     """Extra dial attempts after a failed one (3 attempts in all by default)."""
     dial_backoff: float = 0.05
     """Seconds before the first retry; doubles on each further retry."""
+    autopipeline: bool = False
+    """True = automatic pipelining: concurrent simple commands for this node share one
+    connection and one write per scheduler pass, replies handed back in order (see
+    :mod:`trio_cluster.autopipeline`).  Blocking commands, transactions, ``WATCH`` and pub/sub
+    still get connections of their own."""
 
     def __attrs_post_init__(self) -> None:
         if not _is_int(self.size) or self.size < 1:
@@ -203,6 +210,8 @@ class PoolOptions:
             raise _fail("dial_retries", "an int >= 0", self.dial_retries)
         if not _is_num(self.dial_backoff) or self.dial_backoff < 0:
             raise _fail("dial_backoff", "a finite number >= 0", self.dial_backoff)
+        if not isinstance(self.autopipeline, bool):
+            raise _fail("autopipeline", "a bool", self.autopipeline)
 
 
 @attrs.frozen
@@ -382,6 +391,8 @@ class Pool(Generic[C]):
         self._dials = 0
         self._dial_errors = 0
         self._closes: collections.Counter[str] = collections.Counter()
+        #: The queue and batches of automatic pipelining (``options.autopipeline``), or None.
+        self.autopipeliner = AutoPipeliner(self) if opts.autopipeline else None
 
     def __repr__(self) -> str:
         return (
@@ -458,6 +469,10 @@ class Pool(Generic[C]):
     def _shut_down(self) -> list[C]:
         """The synchronous part of closing: mark closed, fail waiters, forget connections."""
         self._closed = True
+        if self.autopipeliner is not None:
+            self.autopipeliner.fail_queued(
+                mark_unsent(PoolClosedError(f"pool for {self.node_name} is closed"))
+            )
         waiters, self._waiters = list(self._waiters), collections.deque()
         for waiter in waiters:
             error = PoolClosedError(f"pool for {self.node_name} is closed")
@@ -829,6 +844,13 @@ class Pool(Generic[C]):
         for _ in range(min(room, demand - self._dialing)):
             self._dialing += 1
             self._nursery.start_soon(self._dial_one)
+
+    def spawn_job(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn`` in the pool's nursery (an automatic-pipelining batch): it ends, at the
+        latest, when the pool is closed.  ``PoolClosedError`` once the pool is closed."""
+        if self._closed or self._nursery is None:
+            raise mark_unsent(PoolClosedError(f"pool for {self.node_name} is closed"))
+        self._nursery.start_soon(fn)
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         if self._nursery is None:

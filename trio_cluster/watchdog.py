@@ -17,6 +17,7 @@ The caller's own cancel scopes are untouched: every wait is still an ordinary ch
 from __future__ import annotations
 
 import math
+import select
 from typing import Protocol
 
 import trio
@@ -42,6 +43,9 @@ class Watchdog:
         self._scope: trio.CancelScope | None = None
         #: Commands timed out by the watchdog (for stats and tests).
         self.expired = 0
+        #: A poll object the client's connections share for their idle health check (each
+        #: registers its socket, polls and unregisters, with no await in between).
+        self.poller = select.poll()
 
     def __len__(self) -> int:
         return len(self._inflight)

@@ -17,9 +17,10 @@ from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import ResponseError
 
+from ..autopipeline import AutoPipeliner, shares_connection
 from ..config import ConnectionConfig, connection_options, parse_url, redact_url
 from ..connection import Connection
-from ..errors import ArgumentTypeError
+from ..errors import ArgumentTypeError, PoolClosedError
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.dialer import Dialer
 from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
@@ -164,6 +165,8 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         if self._encoding.encodes_str:
             args = prepare_args(args, self._encoding)
         pool = self._pool
+        if pool.autopipeliner is not None and blocks is None and shares_connection(name):
+            return await self._execute_pipelined(pool.autopipeliner, args, options)
         try:
             conn = await pool.get()
         except RuntimeError:
@@ -193,6 +196,28 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
                 options = {**options, COMMAND_NAME: name}
             return await self.execute_command(*prepared, **options)
         return self._replies.parse(name, reply, options)
+
+    async def _execute_pipelined(
+        self, pipeliner: AutoPipeliner, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
+        """``PoolOptions(autopipeline=True)``: the command shares a connection and a write
+        with the other tasks' commands of this scheduler pass (see ``autopipeline``)."""
+        try:
+            reply = await pipeliner.execute(args)
+        except PoolClosedError:
+            if self._nursery is None:
+                raise_not_open(self)
+            raise
+        except ResponseError:
+            if options and EMPTY_RESPONSE in options:
+                return options[EMPTY_RESPONSE]
+            raise
+        except ArgumentTypeError:
+            prepared = prepare_args(args, self._encoding)  # refused before it was queued
+            if prepared is args:
+                raise
+            return await self.execute_command(*prepared, **options)
+        return self._replies.parse(args[0], reply, options)
 
     async def _get_connection(self) -> Connection:
         try:

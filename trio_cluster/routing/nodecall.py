@@ -61,15 +61,17 @@ async def take_connection(node: Node) -> Connection:
 @contextmanager
 def accounted(node: Node) -> Iterator[None]:
     """Tell ``node``'s breaker how the call inside went (the rule is errors.node_failed): a
-    network failure counts against the node; a cancellation (or a busy pool) says nothing; an
-    error reply, or a reply, means the node answered."""
+    network failure counts against the node; a cancellation (or a busy or closed pool) says
+    nothing; an error reply, or a reply, means the node answered."""
     try:
         yield
     except BaseException as error:
-        if node_failed(error):
+        if isinstance(error, PoolTimeoutError | PoolClosedError) or not isinstance(
+            error, Exception
+        ):
+            node.breaker.abandon_probe()  # a busy or closed pool says nothing about the node
+        elif node_failed(error):
             node.breaker.record_failure()
-        elif isinstance(error, PoolTimeoutError) or not isinstance(error, Exception):
-            node.breaker.abandon_probe()
         else:
             node.breaker.record_success()  # an error reply: the node answered
         raise
@@ -103,6 +105,11 @@ async def call(
     reads).  ``dialer`` opens the helper connection that unblocks a cancelled blocking
     command.
     """
+    pipeliner = node.pool.autopipeliner
+    if simple and pipeliner is not None and not measure:  # measuring times each round trip
+        node.breaker.before_call()
+        with accounted(node):
+            return await pipeliner.execute(args)  # autopipelining: a shared connection
     async with node_connection(node) as conn:
         started = trio.current_time() if measure else 0.0
         blocks = None if simple else blocking_seconds(args[0], args)

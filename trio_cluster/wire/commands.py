@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis._parsers.helpers import zset_score_pairs_resp3_to_resp2_legacy
 from redis._parsers.response_callbacks import get_response_callbacks
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.cluster import RedisCluster, parse_cluster_shards_with_str_keys
@@ -114,6 +115,20 @@ def blocking_seconds(name: str, args: Sequence[Any]) -> float | None:
     return math.inf if seconds == 0 else seconds
 
 
+def _scores_as_floats(response: Any, **options: Any) -> Any:
+    """redis-py's RESP3-to-legacy ``WITHSCORES`` callback, without its round trip per score.
+
+    redis-py formats every RESP3 double back to RESP2 bytes and parses it again, so that a
+    custom ``score_cast_func`` sees bytes.  With the default cast (``float``) that round trip
+    is the identity (17 significant digits), so the pairs are built directly: the same values,
+    several times faster on a 100k-member reply.
+    """
+    cast = options.get("score_cast_func", float)  # redis-py's zrange() passes float itself
+    if cast is not float or not response or not options.get("withscores"):
+        return zset_score_pairs_resp3_to_resp2_legacy(response, **options)  # type: ignore[no-untyped-call]
+    return [(member, float(score)) for member, score in response]
+
+
 class ReplyParser:
     """redis-py's response callbacks, chosen as redis-py chooses them and looked up, as
     redis-py does, by the command name the command method passed (``"CONFIG GET"``, not
@@ -128,7 +143,10 @@ class ReplyParser:
 
     def __init__(self, protocol: int | None, *, cluster: bool = False) -> None:
         callbacks = get_response_callbacks(user_protocol=protocol, legacy_responses=True)
-        self.callbacks: dict[str, Callable[..., Any]] = {k.upper(): v for k, v in callbacks.items()}
+        self.callbacks: dict[str, Callable[..., Any]] = {
+            k.upper(): _scores_as_floats if v is zset_score_pairs_resp3_to_resp2_legacy else v
+            for k, v in callbacks.items()
+        }
         self.cluster_callbacks: dict[str, Callable[..., Any]] | None = None
         if cluster:
             layer = dict(RedisCluster.CLUSTER_COMMANDS_RESPONSE_CALLBACKS)

@@ -1,0 +1,229 @@
+"""Automatic pipelining: concurrent commands for one node share a connection and a write.
+
+Opt-in with ``PoolOptions(autopipeline=True)``.  A caller's command joins the node's queue and
+the caller parks.  The first command of a scheduler pass starts a *batch* job in the pool's
+nursery; the job runs in the next pass, once every task of this pass has queued its command,
+borrows one connection from the pool, writes the whole queue in one system call and reads the
+replies in order, handing each to its caller.
+
+Every guarantee of a command on its own connection holds:
+
+* Exactly once, in order: replies are matched to callers by position in the batch, read
+  through :meth:`Connection.execute_encoded` (the connection's own books and exactly-once
+  checks), and each caller is woken once.
+* Cancellation: a caller cancelled while its command is still queued takes it out (it is never
+  sent); one cancelled after the write leaves its slot in the batch, whose reply is still read
+  and thrown away.  No reply ever reaches another caller.
+* Timeouts are the connection's typed ones (``ReadTimeoutError``, ``WriteTimeoutError``).
+* A failure of the connection fails exactly the commands of that batch, each with its own copy
+  of the error; when not one byte went out, the error says so (``was_unsent``) and the caller's
+  retry rules resend it.  Queued commands of later batches are untouched.
+
+Only commands that neither block nor depend on connection state come here (the cluster's hot
+path of single-key commands); blocking commands, transactions, ``WATCH`` and pub/sub keep
+connections of their own.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import outcome
+import trio
+from redis import exceptions as rex
+
+from .connection import mark_unsent
+from .protocol import EncodableArg, encode_command
+
+__all__ = ["MAX_BATCH", "AutoPipeliner", "BatchPool", "shares_connection"]
+
+#: Most commands written in one batch; the rest wait for the next batch (which starts at once).
+MAX_BATCH = 512
+
+#: Commands that change or depend on the state of their connection: they never share one.
+_CONNECTION_STATE = frozenset(
+    {
+        "AUTH", "HELLO", "SELECT", "CLIENT", "RESET", "QUIT", "READONLY", "READWRITE",
+        "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "ASKING", "MONITOR", "SYNC", "PSYNC",
+        "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE",
+    }
+)  # fmt: skip
+
+_QUEUED = 0
+_SENT = 1
+_GONE = 2  # cancelled while queued: never sent
+
+
+class PipelinedConnection(Protocol):
+    """What the pipeliner needs from a pooled connection."""
+
+    async def execute_encoded(self, data: bytes, count: int) -> list[Any]:
+        """Write ``count`` encoded commands at once; their replies in order (errors as values)."""
+        ...
+
+
+class BatchPool(Protocol):
+    """What the pipeliner needs from its pool (the pool sits above it: it makes the pipeliner)."""
+
+    node_name: str
+
+    def spawn_job(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` in the pool's nursery."""
+        ...
+
+    async def get(self) -> Any:
+        """A connection of the pool."""
+        ...
+
+    def put(self, conn: Any) -> None:
+        """Give a connection back."""
+        ...
+
+
+class _Call:
+    """One caller's command on its way through a batch."""
+
+    __slots__ = ("data", "state", "task")
+
+    def __init__(self, data: bytes, task: trio.lowlevel.Task) -> None:
+        self.data = data
+        self.task: trio.lowlevel.Task | None = task  # None once nobody waits for the reply
+        self.state = _QUEUED
+
+    def abort(self, _: Any) -> trio.lowlevel.Abort:
+        """The caller is cancelled while parked (so nothing has been handed to it yet)."""
+        if self.state is _QUEUED:
+            self.state = _GONE  # the batch skips it: never sent
+        self.task = None  # a reply that comes is read and thrown away
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """A copy of ``error`` for one caller (an exception object raised in several tasks would
+    have their tracebacks piled onto it); its cause and the unsent mark come along."""
+    try:
+        mine = copy.copy(error)
+    except Exception:
+        return error
+    mine.__cause__ = error.__cause__
+    mine.__traceback__ = None
+    return mine
+
+
+class AutoPipeliner:
+    """The queue and batches of one pool (one node).  Made by the pool when
+    ``PoolOptions.autopipeline`` is set; its batch jobs run in the pool's nursery."""
+
+    __slots__ = ("_pool", "_queue", "_scheduled", "batches", "commands")
+
+    def __init__(self, pool: BatchPool) -> None:
+        self._pool = pool
+        self._queue: list[_Call] = []
+        #: A batch job has been started and has not taken the queue yet.
+        self._scheduled = False
+        #: Batches written so far, and the commands they carried (for stats and tests).
+        self.batches = 0
+        self.commands = 0
+
+    async def execute(self, args: Sequence[EncodableArg]) -> Any:
+        """Run one command through the node's shared connection; return its reply, or raise
+        its error (an error reply as its typed error, a failure of the connection as a
+        ``redis.exceptions.ConnectionError`` / ``TimeoutError`` subclass)."""
+        data = encode_command(args)  # bad arguments are refused here, before anything is sent
+        call = _Call(data, trio.lowlevel.current_task())
+        self._queue.append(call)
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._pool.spawn_job(self._run_batch)
+            except BaseException:
+                self._scheduled = False
+                self._queue.remove(call)
+                raise
+        # The checkpoint: a caller cancelled already is aborted here, its command unsent.
+        reply = await trio.lowlevel.wait_task_rescheduled(call.abort)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def fail_queued(self, error: BaseException) -> None:
+        """Fail every command still queued (none of them was sent): the pool is closing."""
+        queue, self._queue = self._queue, []
+        for call in queue:
+            if call.state is _QUEUED:
+                call.state = _GONE
+                _deliver(call, _own_copy(error))
+
+    async def _run_batch(self) -> None:
+        """One batch: borrow a connection, take the queue, write it, hand out the replies."""
+        pool = self._pool
+        try:
+            conn: PipelinedConnection = await pool.get()
+        except BaseException as exc:
+            # Nothing was sent: every queued command gets the error, marked unsent, so their
+            # callers' retry rules decide.
+            self._scheduled = False
+            if isinstance(exc, Exception):
+                self.fail_queued(mark_unsent(exc))
+                return
+            self.fail_queued(
+                mark_unsent(rex.ConnectionError(f"pool for {pool.node_name} is closing"))
+            )
+            raise
+        calls = self._take()
+        if not calls:
+            pool.put(conn)
+            return
+        self.batches += 1
+        self.commands += len(calls)
+        try:
+            replies = await conn.execute_encoded(b"".join([c.data for c in calls]), len(calls))
+        except BaseException as exc:
+            # The connection's failure is every command's of this batch, and no other's.
+            error: BaseException = exc
+            if not isinstance(exc, Exception):
+                error = rex.ConnectionError(
+                    f"pool for {pool.node_name} closed with the command in flight"
+                )
+            for call in calls:
+                _deliver(call, _own_copy(error))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            pool.put(conn)
+        for call, reply in zip(calls, replies, strict=True):
+            _deliver(call, reply)
+
+    def _take(self) -> list[_Call]:
+        """The live queued calls, at most :data:`MAX_BATCH`; more left over start a new batch."""
+        queue, self._queue = self._queue, []
+        self._scheduled = False
+        calls = [c for c in queue if c.state is _QUEUED]
+        if len(calls) > MAX_BATCH:
+            self._queue = calls[MAX_BATCH:]
+            calls = calls[:MAX_BATCH]
+            self._scheduled = True
+            self._pool.spawn_job(self._run_batch)
+        for call in calls:
+            call.state = _SENT
+        return calls
+
+
+def shares_connection(name: Any) -> bool:
+    """Whether a command (not a blocking one: the caller checks that) may be autopipelined:
+    anything but the commands that change or depend on their connection's state."""
+    if isinstance(name, bytes):
+        name = name.decode("latin-1")
+    return str(name).upper() not in _CONNECTION_STATE
+
+
+def _deliver(call: _Call, reply: Any) -> None:
+    """Wake the caller with its reply (an exception is raised there), once; a reply nobody
+    waits for any more is dropped."""
+    task = call.task
+    if task is not None:
+        call.task = None
+        trio.lowlevel.reschedule(task, outcome.Value(reply))
