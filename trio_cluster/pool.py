@@ -30,8 +30,6 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack
-from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
@@ -42,6 +40,7 @@ from redis import exceptions as rex
 from .autopipeline import AutoPipeliner
 from .connection import mark_unsent
 from .errors import PoolClosedError, PoolExhaustedError, PoolTimeoutError, ReleaseError
+from .lifetime import NurseryOwner
 from .state import ConnState, ConnStateMachine
 
 __all__ = [
@@ -330,7 +329,7 @@ class _Entry(Generic[C]):
         self.place = _Place.BACKGROUND
 
 
-class Pool(Generic[C]):
+class Pool(NurseryOwner, Generic[C]):
     """A pool of connections to one node.
 
     Its background work needs a nursery: ``async with Pool(...) as pool:``, or
@@ -374,10 +373,10 @@ class Pool(Generic[C]):
         self._closing: dict[int, C] = {}
         self._dialing = 0
         self._hooks: tuple[PoolHook[C], ...] = ()
-        self._nursery: trio.Nursery | None = None
+        #: The nursery of the pool's own jobs (dials, drains, batches) while it runs.
+        self._jobs: trio.Nursery | None = None
         self._maint_scope: trio.CancelScope | None = None
         self._timer_scope: trio.CancelScope | None = None
-        self._exit_stack: AsyncExitStack | None = None
         self._started = False
         self._stopped = trio.Event()
         self._closed = False
@@ -410,42 +409,21 @@ class Pool(Generic[C]):
         self._started = True
         await nursery.start(self._run)
 
-    async def __aenter__(self) -> Pool[C]:
-        stack = AsyncExitStack()
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        try:
-            await self.start_background(nursery)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._exit_stack = stack
-        return self
+    async def _start(self, nursery: trio.Nursery) -> None:
+        """``async with``: the background work runs in the nursery the block owns."""
+        await self.start_background(nursery)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        stack, self._exit_stack = self._exit_stack, None
-        if stack is None:  # started with start_background(): the nursery is not ours to exit
-            await self.aclose()
-            return None
-        try:
-            await self.aclose()
-        except BaseException as close_exc:
-            if not await stack.__aexit__(type(close_exc), close_exc, close_exc.__traceback__):
-                raise
-            return None
-        return await stack.__aexit__(exc_type, exc, tb)
+    async def _stop(self) -> None:
+        """Leaving the ``async with``: close the pool."""
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Close every connection (in-use ones too), fail parked gets with
         ``PoolClosedError``, stop the background work and wait for it. Idempotent."""
         if not self._closed:
             conns = self._shut_down()
-            if self._nursery is not None:
-                self._nursery.cancel_scope.cancel()
+            if self._jobs is not None:
+                self._jobs.cancel_scope.cancel()
             await self._close_all(conns)
         if self._started:
             await self._stopped.wait()
@@ -453,13 +431,13 @@ class Pool(Generic[C]):
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._jobs = nursery
                 nursery.start_soon(self._maintain)
                 nursery.start_soon(self._expire_waiters)
                 self._schedule_dials()  # pre-warm min_idle
                 task_status.started()
         finally:
-            self._nursery = None
+            self._jobs = None
             # Reached after aclose(), or when the owner's nursery is cancelled: either way
             # nothing may outlive the pool.
             if not self._closed:
@@ -545,22 +523,8 @@ class Pool(Generic[C]):
                 f"connection {conn.id} released to pool {self.node_name} but it is not out"
                 " (double release, or not from this pool)"
             )
-        now = trio.current_time()
-        conn.last_used_at = now
-        sm = conn.state
-        if sm.state is not _IN_USE:
-            self._settle(entry)  # moved by the connection or a job while in use
-        elif conn.broken:
-            self._remove(entry, CloseReason.BROKEN)
-        elif conn.owed_replies:
-            self._start_drain(entry)
-        elif self._hooks and not self._put_hooks_keep(entry):
-            pass  # the hooks' verdict has been carried out
-        elif now >= entry.expires_at:
-            self._remove(entry, CloseReason.LIFETIME)
-        else:
-            sm.transition(_IDLE)  # serves jobs waiting for IDLE first (go-redis #4027)
-            self._settle(entry)
+        conn.last_used_at = trio.current_time()
+        self._release(entry, from_caller=True)
 
     def return_from_background(self, conn: C) -> None:
         """Give back a connection a background job owned (UNUSABLE or INITIALIZING, or already
@@ -588,14 +552,32 @@ class Pool(Generic[C]):
             entry.place = _Place.BACKGROUND
         if state is _UNUSABLE or state is _INITIALIZING:
             conn.state.transition(_IDLE)  # may be claimed at once by the next waiting job
-        if conn.state.state is not _IDLE:
-            self._settle(entry)
+        self._release(entry, from_caller=False)
+
+    def _release(self, entry: _Entry[C], *, from_caller: bool) -> None:
+        """The one release decision, for a caller's :meth:`put` (the connection is IN_USE) and
+        a background job's :meth:`return_from_background` (it is IDLE by now).
+
+        A connection moved meanwhile (by itself or a job) is settled where its state says; a
+        broken one is closed; one that owes replies is drained; a caller's goes past the hooks;
+        an expired one is closed; otherwise it serves the next get (a caller's goes IN_USE ->
+        IDLE first, which serves jobs waiting for IDLE before any get: go-redis #4027).
+        """
+        conn = entry.conn
+        sm = conn.state
+        if sm.state is not (_IN_USE if from_caller else _IDLE):
+            self._settle(entry)  # moved by the connection or a job
         elif conn.broken:
             self._remove(entry, CloseReason.BROKEN)
         elif conn.owed_replies:
             self._start_drain(entry)
+        elif from_caller and self._hooks and not self._put_hooks_keep(entry):
+            pass  # the hooks' verdict has been carried out
         elif trio.current_time() >= entry.expires_at:
             self._remove(entry, CloseReason.LIFETIME)
+        elif from_caller:
+            sm.transition(_IDLE)
+            self._settle(entry)
         else:
             self._offer(entry, is_new=False)
 
@@ -691,7 +673,7 @@ class Pool(Generic[C]):
     async def _get_slow(self) -> C:
         if self._closed:
             raise PoolClosedError(f"pool for {self.node_name} is closed")
-        if self._nursery is None:
+        if self._jobs is None:
             raise RuntimeError(
                 f"pool for {self.node_name} is not running: use `async with` or start_background()"
             )
@@ -829,7 +811,7 @@ class Pool(Generic[C]):
 
     def _schedule_dials(self) -> None:
         """Start as many dials as parked gets and min_idle need, within the size cap."""
-        if self._closed or self._nursery is None:
+        if self._closed or self._jobs is None:
             return
         room = self._cap - self._open_count()
         if room <= 0:
@@ -843,19 +825,19 @@ class Pool(Generic[C]):
             demand += min(max(0, min_idle - len(self._idle)), _MAX_FILL_DIALS)
         for _ in range(min(room, demand - self._dialing)):
             self._dialing += 1
-            self._nursery.start_soon(self._dial_one)
+            self._jobs.start_soon(self._dial_one)
 
     def spawn_job(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run ``fn`` in the pool's nursery (an automatic-pipelining batch): it ends, at the
         latest, when the pool is closed.  ``PoolClosedError`` once the pool is closed."""
-        if self._closed or self._nursery is None:
+        if self._closed or self._jobs is None:
             raise mark_unsent(PoolClosedError(f"pool for {self.node_name} is closed"))
-        self._nursery.start_soon(fn)
+        self._jobs.start_soon(fn)
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        if self._nursery is None:
+        if self._jobs is None:
             raise RuntimeError(f"pool for {self.node_name} is not running")
-        self._nursery.start_soon(fn, *args)
+        self._jobs.start_soon(fn, *args)
 
     def _expiry(self) -> float:
         lifetime = self.options.max_lifetime
