@@ -24,8 +24,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trio_cluster.pool import Pool, PoolOptions
-from trio_cluster.state import ConnState, ConnStateMachine
+from trio_cluster.conn.state import ConnState, ConnStateMachine
+from trio_cluster.pooling.pool import Pool, PoolOptions
 
 _ids = itertools.count(1)
 

@@ -111,7 +111,7 @@ def redis_py_worker(shape: Shape, address: Address, seconds: float, warmup: floa
 def open_client(address: Address, size: int = POOL_SIZE) -> Any:
     """``trio_cluster.Client`` with a pool of ``size`` (an async context manager)."""
     from trio_cluster import Client
-    from trio_cluster.pool import PoolOptions
+    from trio_cluster.pooling.pool import PoolOptions
 
     client_class: Any = Client  # redis-py's mixins declare abstract attributes for mypy
     return client_class(address[0], address[1], pool=PoolOptions(size=size))
@@ -288,13 +288,13 @@ _COMPONENTS: list[tuple[str, Any]] = [
 #: Inclusive (cumulative) time of the boundaries one GET crosses: (label, file suffix, name).
 _BOUNDARIES = [
     ("Client.execute_command", "trio_cluster/client.py", "execute_command"),
-    ("Pool.get", "trio_cluster/pool.py", "get"),
-    ("Pool.put", "trio_cluster/pool.py", "put"),
-    ("Connection.execute_many", "trio_cluster/connection.py", "execute_many"),
-    ("encode_command", "trio_cluster/protocol.py", "encode_command"),
-    ("Connection._send", "trio_cluster/connection.py", "_send"),
-    ("Connection._read_reply", "trio_cluster/connection.py", "_read_reply"),
-    ("RespParser.next_reply", "trio_cluster/protocol.py", "next_reply"),
+    ("Pool.get", "trio_cluster/pooling/pool.py", "get"),
+    ("Pool.put", "trio_cluster/pooling/pool.py", "put"),
+    ("Connection.execute_many", "trio_cluster/conn/connection.py", "execute_many"),
+    ("encode_command", "trio_cluster/wire/protocol.py", "encode_command"),
+    ("Connection._send", "trio_cluster/conn/connection.py", "_send"),
+    ("Connection._read_reply", "trio_cluster/conn/connection.py", "_read_reply"),
+    ("RespParser.next_reply", "trio_cluster/wire/protocol.py", "next_reply"),
     ("ReplyParser.parse (callbacks)", "trio_cluster/commands.py", "parse"),
     ("CancelScope.__enter__", "trio/_core/_run.py", "__enter__"),
     ("CancelScope.__exit__", "trio/_core/_run.py", "__exit__"),

@@ -22,7 +22,7 @@ import trio
 
 import trio_cluster
 from trio_cluster.config import ConnectionConfig
-from trio_cluster.connection import Connection
+from trio_cluster.conn.connection import Connection
 
 from .env import Environment, open_environment
 from .monitor import ProgressSink

@@ -1,8 +1,8 @@
 """Generate the mermaid state diagram in ``docs/state-machine.md`` from the transition table.
 
 The diagram is never edited by hand: it sits between two marker comments and is rewritten from
-:data:`trio_cluster.state.ALLOWED_TRANSITIONS`, so the doc cannot drift from the code (a unit test
-checks it). Usage::
+:data:`trio_cluster.conn.state.ALLOWED_TRANSITIONS`, so the doc cannot drift from the code
+(a unit test checks it). Usage::
 
     python scripts/gen_state_diagram.py          # rewrite the block in place
     python scripts/gen_state_diagram.py --check  # exit 1 if the doc is out of date
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trio_cluster.state import ALLOWED_TRANSITIONS, ConnState  # noqa: E402
+from trio_cluster.conn.state import ALLOWED_TRANSITIONS, ConnState  # noqa: E402
 
 DOC = ROOT / "docs" / "state-machine.md"
 BEGIN = "<!-- BEGIN GENERATED: scripts/gen_state_diagram.py -->"

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging as _logging
 
-from .breaker import BreakerOptions, BreakerState, CircuitOpenError
 from .clients.client import Client, Pipeline
 from .clients.cluster import ClusterClient, ClusterStats, ReadFrom, RetryOptions
 from .clients.cluster_pipeline import ClusterPipeline
 from .clients.pubsub import PubSub, PubSubLimitError, PubSubStats
 from .config import ConnectionConfig
+from .conn.state import ConnState
 from .errors import (
     AskError,
     AuthenticationError,
@@ -27,8 +27,8 @@ from .errors import (
     ReadTimeoutError,
     WriteTimeoutError,
 )
-from .pool import ConnectionInfo, PoolOptions, PoolStats
-from .state import ConnState
+from .pooling.breaker import BreakerOptions, BreakerState, CircuitOpenError
+from .pooling.pool import ConnectionInfo, PoolOptions, PoolStats
 from .version import __version__
 
 # A library's records go where the application's logging sends them; with none configured,

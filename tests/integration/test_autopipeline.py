@@ -18,8 +18,8 @@ import trio
 from redis import exceptions as rex
 
 from trio_cluster import ClusterClient, PoolOptions
-from trio_cluster.autopipeline import AutoPipeliner
 from trio_cluster.errors import ReadTimeoutError
+from trio_cluster.pooling.autopipeline import AutoPipeliner
 from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster, LocalServer
 

@@ -12,7 +12,7 @@ import trio
 from redis import exceptions as rex
 
 from trio_cluster.clients.client import Client
-from trio_cluster.pool import PoolOptions
+from trio_cluster.pooling.pool import PoolOptions
 from trio_cluster.testing import LocalServer
 
 SECRET = "client-test-secret"

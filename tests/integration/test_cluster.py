@@ -337,7 +337,7 @@ async def test_cluster_slots_fallback(
     local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server without CLUSTER SHARDS (Redis < 7): the topology comes from CLUSTER SLOTS."""
-    from trio_cluster.connection import Connection
+    from trio_cluster.conn.connection import Connection
     from trio_cluster.errors import UnknownCommandError
 
     real_execute = Connection.execute

@@ -19,8 +19,8 @@ from redis import exceptions as rex
 from faults.embedded import EmbeddedToxiproxy
 from faults.nodes import NodeProxies, latency, node_down
 from trio_cluster import ClusterClient
-from trio_cluster.breaker import BreakerOptions, BreakerState
 from trio_cluster.clients.cluster import ReadFrom, RetryOptions
+from trio_cluster.pooling.breaker import BreakerOptions, BreakerState
 from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster, LocalServer
 

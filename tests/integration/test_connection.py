@@ -15,7 +15,9 @@ import trustme
 from redis import exceptions as rex
 
 from trio_cluster.config import ConnectionConfig
-from trio_cluster.connection import Connection
+from trio_cluster.conn.connection import Connection
+from trio_cluster.conn.state import ConnState
+from trio_cluster.conn.watchdog import Watchdog
 from trio_cluster.errors import (
     AuthenticationError,
     ConnectionClosedError,
@@ -23,9 +25,7 @@ from trio_cluster.errors import (
     ReadTimeoutError,
     WriteTimeoutError,
 )
-from trio_cluster.state import ConnState
 from trio_cluster.testing import LocalServer
-from trio_cluster.watchdog import Watchdog
 
 SECRET = "s3cret-pa55word-xyz"
 

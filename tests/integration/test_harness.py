@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from trio_cluster import ClusterClient
-from trio_cluster.connection import Connection
+from trio_cluster.conn.connection import Connection
 from trio_cluster.errors import AuthenticationError
 from trio_cluster.testing import LocalCluster, LocalServer, ServerNotFoundError, find_server_binary
 from trio_cluster.testing import servers as servers_module

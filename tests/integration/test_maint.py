@@ -20,8 +20,8 @@ from trio_cluster.jobs.maint import (
     Notification,
     parse_notification,
 )
-from trio_cluster.protocol import PushFrame
 from trio_cluster.testing import LocalServer
+from trio_cluster.wire.protocol import PushFrame
 
 
 async def _until(condition: Callable[[], bool]) -> None:

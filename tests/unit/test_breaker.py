@@ -7,13 +7,13 @@ import pytest
 import trio
 import trio.testing
 
-from trio_cluster.breaker import (
+from trio_cluster.conn.connection import was_unsent
+from trio_cluster.pooling.breaker import (
     BreakerOptions,
     BreakerState,
     CircuitBreaker,
     CircuitOpenError,
 )
-from trio_cluster.connection import was_unsent
 
 
 def _breaker(**options: object) -> CircuitBreaker:

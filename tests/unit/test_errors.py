@@ -15,9 +15,9 @@ from redis import exceptions as rex
 
 import trio_cluster
 from trio_cluster import errors
-from trio_cluster.breaker import CircuitOpenError
 from trio_cluster.clients.pubsub import PubSubLimitError
-from trio_cluster.state import ConnState
+from trio_cluster.conn.state import ConnState
+from trio_cluster.pooling.breaker import CircuitOpenError
 
 #: Constructor arguments for the classes that parse or need more than a message.
 SPECIAL_ARGS: dict[type[BaseException], tuple[object, ...]] = {

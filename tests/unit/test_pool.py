@@ -1,4 +1,4 @@
-"""Unit tests for the per-node pool (trio_cluster/pool.py), with fake connections and the
+"""Unit tests for the per-node pool (trio_cluster/pooling/pool.py), with fake connections and the
 autojump clock (pytest-trio's ``autojump_clock`` fixture)."""
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import trio
 import trio.testing
 from redis import exceptions as rex
 
+from trio_cluster.conn.state import ConnState, ConnStateMachine
 from trio_cluster.errors import (
     PoolClosedError,
     PoolExhaustedError,
     PoolTimeoutError,
     ReleaseError,
 )
-from trio_cluster.pool import (
+from trio_cluster.pooling.pool import (
     BasePoolHook,
     CloseReason,
     ConnectionInfo,
@@ -29,7 +30,6 @@ from trio_cluster.pool import (
     PoolOptions,
     PoolStats,
 )
-from trio_cluster.state import ConnState, ConnStateMachine
 
 S = ConnState
 _ids = itertools.count(1)

@@ -15,10 +15,10 @@ import trio
 import trio.testing
 from redis import exceptions as rex
 
-from trio_cluster.connection import was_unsent
+from trio_cluster.conn.connection import was_unsent
+from trio_cluster.conn.state import ConnState, ConnStateMachine
 from trio_cluster.errors import PoolClosedError
-from trio_cluster.pool import Pool, PoolOptions
-from trio_cluster.state import ConnState, ConnStateMachine
+from trio_cluster.pooling.pool import Pool, PoolOptions
 
 _ids = itertools.count(1)
 

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from test_pool import FakeConn, FakeDialer
 
+from trio_cluster.conn.state import ConnState
 from trio_cluster.errors import PoolClosedError, PoolTimeoutError
-from trio_cluster.pool import Pool, PoolOptions
-from trio_cluster.state import ConnState
+from trio_cluster.pooling.pool import Pool, PoolOptions
 
 S = ConnState
 SIZE = 3

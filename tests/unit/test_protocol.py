@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from redis import exceptions as rex
 
 from trio_cluster import errors
-from trio_cluster.protocol import (
+from trio_cluster.wire import careful
+from trio_cluster.wire.careful import CarefulParser
+from trio_cluster.wire.protocol import (
     NEED_DATA,
     YIELD,
     PushFrame,
@@ -19,8 +21,6 @@ from trio_cluster.protocol import (
     encode_command,
     is_push,
 )
-from trio_cluster.wire import careful
-from trio_cluster.wire.careful import CarefulParser
 
 # --- encoding ----------------------------------------------------------------------------------
 
@@ -594,7 +594,7 @@ def test_any_stream_any_split_gives_what_the_careful_parser_gives_whole(
     assert len(expected) == len(items)
     parser = RespParser()
     if tiny_window:  # hand over to the careful parser as soon as a reply completes
-        import trio_cluster.protocol as protocol
+        import trio_cluster.wire.protocol as protocol
 
         old, protocol._MAX_WINDOW = protocol._MAX_WINDOW, 0  # type: ignore[misc]
     try:
@@ -615,7 +615,7 @@ def test_a_big_nested_string_is_held_once_and_its_declared_length_read() -> None
     # Past protocol._BIG_ITEM buffered bytes of one incomplete string, the careful parser takes
     # over: it reads the nested length header, so the 2^40 declaration is refused long before
     # max_reply_bytes (512 MiB) have been buffered.
-    import trio_cluster.protocol as protocol
+    import trio_cluster.wire.protocol as protocol
 
     parser = RespParser()
     parser.feed(b"*2\r\n:1\r\n$1099511627776\r\n")

@@ -9,7 +9,7 @@ from redis import exceptions as rex
 from trio_cluster import Client
 from trio_cluster.clients.pubsub import PubSub, PubSubLimitError, PubSubRegistry
 from trio_cluster.clients.pubsub_base import _backoff, _kind, _message, _name
-from trio_cluster.protocol import PushFrame
+from trio_cluster.wire.protocol import PushFrame
 
 
 def test_messages_have_redis_py_shapes() -> None:

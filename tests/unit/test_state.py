@@ -1,4 +1,4 @@
-"""Unit tests for the connection state machine (trio_cluster/state.py)."""
+"""Unit tests for the connection state machine (trio_cluster/conn/state.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio.testing
 
+from trio_cluster.conn.state import ALLOWED_TRANSITIONS, ConnState, ConnStateMachine
 from trio_cluster.errors import InvalidTransition, StateMachineClosed
-from trio_cluster.state import ALLOWED_TRANSITIONS, ConnState, ConnStateMachine
 
 S = ConnState
 ROOT = Path(__file__).resolve().parents[2]

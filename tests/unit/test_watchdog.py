@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_cluster.watchdog import Watchdog
+from trio_cluster.conn.watchdog import Watchdog
 
 
 class FakeConn:

@@ -17,17 +17,17 @@ from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import ResponseError
 
-from ..autopipeline import AutoPipeliner, shares_connection
 from ..config import ConnectionConfig, connection_options, parse_url, redact_url
-from ..connection import Connection
+from ..conn.connection import Connection
+from ..conn.watchdog import Watchdog
 from ..errors import ArgumentTypeError, PoolClosedError
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.dialer import Dialer
 from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
 from ..lifetime import raise_not_open
-from ..pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from ..pooling.autopipeline import AutoPipeliner, shares_connection
+from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from ..routing.nodecall import run_blocking
-from ..watchdog import Watchdog
 from ..wire.commands import (
     COMMAND_NAME,
     blocking_seconds,
@@ -51,7 +51,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     Keyword arguments configure the connections (see
     :class:`~trio_cluster.config.ConnectionConfig`) and ``pool`` the pool
-    (:class:`~trio_cluster.pool.PoolOptions`).  ``protocol=None`` speaks RESP3 and returns
+    (:class:`~trio_cluster.pooling.pool.PoolOptions`).  ``protocol=None`` speaks RESP3 and returns
     redis-py's default reply shapes; ``protocol=3`` returns RESP3 shapes; ``protocol=2``
     speaks RESP2.  Command methods take no ``timeout=``: wrap a call in ``trio.move_on_after``.
     """

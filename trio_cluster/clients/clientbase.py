@@ -16,12 +16,12 @@ from redis._parsers.encoders import Encoder
 from redis.exceptions import WatchError
 
 from ..config import ConnectionConfig
-from ..connection import Connection
+from ..conn.connection import Connection
+from ..conn.watchdog import Watchdog
 from ..jobs.credentials import CredentialManager
 from ..jobs.dialer import Dialer
 from ..jobs.maint import MaintenanceManager
 from ..lifetime import NurseryOwner
-from ..watchdog import Watchdog
 from ..wire.commands import ReplyParser
 from ..wire.encoding import Encoding
 from .lock import Lock

@@ -21,9 +21,9 @@ from redis import exceptions as rex
 from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
 
-from ..breaker import BreakerOptions, BreakerState, CircuitBreaker
 from ..config import ConnectionConfig, connection_options, parse_url, redact_url
-from ..connection import Connection
+from ..conn.connection import Connection
+from ..conn.watchdog import Watchdog
 from ..errors import (
     ArgumentTypeError,
     PoolClosedError,
@@ -32,13 +32,13 @@ from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.dialer import Dialer
 from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
 from ..lifetime import raise_not_open
-from ..pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from ..pooling.breaker import BreakerOptions, BreakerState, CircuitBreaker
+from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from ..routing.refresher import Refresher
 from ..routing.router import RetryOptions, Router
 from ..routing.rules import CommandTable, key_slot
 from ..routing.slotmap import Node, ReadFrom, SlotMap
 from ..routing.topology import Address, AddressRemap, Topology
-from ..watchdog import Watchdog
 from ..wire.commands import normalize_args
 from ..wire.encoding import Encoding, prepare_args, reply_decoder
 from .clientbase import ClientBase

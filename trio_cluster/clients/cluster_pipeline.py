@@ -23,7 +23,7 @@ from typing import Any
 import trio
 from redis.exceptions import ResponseError, WatchError
 
-from ..connection import Connection, mark_unsent, was_unsent
+from ..conn.connection import Connection, mark_unsent, was_unsent
 from ..errors import (
     AskError,
     ClusterDownError,

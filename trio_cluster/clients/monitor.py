@@ -16,7 +16,7 @@ from typing import Any, Self
 
 from redis.exceptions import RedisError
 
-from ..connection import Connection
+from ..conn.connection import Connection
 
 __all__ = ["Monitor"]
 

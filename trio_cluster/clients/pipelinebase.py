@@ -16,7 +16,7 @@ from redis.commands import AsyncCoreCommands
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from ..connection import Connection
+from ..conn.connection import Connection
 from ..errors import ArgumentTypeError
 from ..wire.commands import queue_entry
 from ..wire.encoding import Encoding, prepare_stack

@@ -15,15 +15,15 @@ import attrs
 import trio
 from redis import exceptions as rex
 
-from ..connection import Connection
+from ..conn.connection import Connection
 from ..errors import (
     ProtocolError,
 )
 from ..jobs.dialer import Dialer
 from ..lifetime import NurseryOwner
-from ..protocol import EncodableArg
 from ..routing.slotmap import SlotMap
 from ..routing.topology import Address
+from ..wire.protocol import EncodableArg
 
 __all__ = ["PubSubHost", "PubSubLimitError", "PubSubRegistry", "PubSubStats"]
 

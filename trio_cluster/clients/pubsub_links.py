@@ -13,16 +13,16 @@ from typing import Any
 import trio
 from redis import exceptions as rex
 
-from ..connection import Connection
+from ..conn.connection import Connection
 from ..errors import (
     SERVER_DID_NOT_RUN,
     ClusterDownError,
     MovedError,
     ReadTimeoutError,
 )
-from ..protocol import EncodableArg
 from ..routing.rules import key_slot
 from ..routing.topology import Address
+from ..wire.protocol import EncodableArg
 from .pubsub_base import (
     _LINK_ERRORS,
     _MESSAGE_KINDS,

@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..connection import Connection
+from ..conn.connection import Connection
+from ..conn.state import ConnState
 from ..errors import StateMachineClosed
-from ..pool import Pool
-from ..state import ConnState
+from ..pooling.pool import Pool
 
 __all__ = ["Claims"]
 

@@ -24,9 +24,9 @@ from typing import Any, TypeAlias
 
 import trio
 
-from ..connection import Connection
-from ..pool import BasePoolHook, Pool
-from ..state import ConnState
+from ..conn.connection import Connection
+from ..conn.state import ConnState
+from ..pooling.pool import BasePoolHook, Pool
 from .claims import Claims
 
 __all__ = ["CredentialManager", "CredentialSource", "Credentials"]

@@ -21,9 +21,9 @@ import attrs
 from redis import exceptions as rex
 
 from ..config import ConnectionConfig
-from ..connection import Connection
-from ..pool import Pool
-from ..watchdog import Watchdog
+from ..conn.connection import Connection
+from ..conn.watchdog import Watchdog
+from ..pooling.pool import Pool
 from .credentials import CredentialManager
 from .maint import MaintenanceManager, MaintNotificationsOptions
 

@@ -31,13 +31,13 @@ from typing import Protocol
 import attrs
 import trio
 
-from ..breaker import BreakerOptions, CircuitBreaker
 from ..config import ConnectionConfig
-from ..connection import Connection
-from ..pool import BasePoolHook, Pool
-from ..protocol import PushFrame
-from ..state import ConnState
+from ..conn.connection import Connection
+from ..conn.state import ConnState
+from ..pooling.breaker import BreakerOptions, CircuitBreaker
+from ..pooling.pool import BasePoolHook, Pool
 from ..wire.encoding import text
+from ..wire.protocol import PushFrame
 from .claims import Claims
 
 __all__ = ["MaintNotificationsOptions", "MaintenanceManager", "Notification", "parse_notification"]

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from ..config import ConnectionConfig
-from ..connection import Connection, mark_unsent
+from ..conn.connection import Connection, mark_unsent
 from ..errors import NETWORK_ERRORS, PoolClosedError, PoolTimeoutError, node_failed
 from ..jobs.dialer import Dialer
 from ..wire.commands import DATA_TAKING_COMMANDS, blocking_seconds

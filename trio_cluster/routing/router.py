@@ -25,7 +25,7 @@ import attrs
 import trio
 from redis.exceptions import ResponseError
 
-from ..connection import mark_unsent, was_unsent
+from ..conn.connection import mark_unsent, was_unsent
 from ..errors import (
     NETWORK_ERRORS,
     SERVER_DID_NOT_RUN,

@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..breaker import CircuitBreaker
-from ..connection import Connection
+from ..conn.connection import Connection
 from ..errors import AskError, MovedError
 from ..jobs.dialer import Dialer
-from ..pool import Pool
+from ..pooling.breaker import CircuitBreaker
+from ..pooling.pool import Pool
 from .topology import SLOTS, Address, AddressRemap, Shard, Topology
 
 __all__ = ["Node", "ReadFrom", "SlotMap"]

@@ -15,7 +15,7 @@ import time
 
 import trio
 
-from ..connection import Connection
+from ..conn.connection import Connection
 from ..routing.rules import key_slot
 from . import LocalCluster, find_server_binary, parse_info, server_version
 

@@ -19,8 +19,8 @@ from urllib.parse import quote
 import attrs
 import trio
 
-from ..protocol import EncodableArg
 from ..wire.encoding import text
+from ..wire.protocol import EncodableArg
 from .servers import LocalServer, find_server_binary, parse_info
 
 __all__ = ["LocalCluster", "Shard", "SlotRange"]

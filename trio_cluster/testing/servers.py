@@ -2,7 +2,7 @@
 
 Process control (start, stop, kill, pause, resume) is synchronous: it is a system call, and a
 pytest session fixture needs it outside any trio run.  Talking to a server is async and goes
-through the project's own :class:`~trio_cluster.connection.Connection`.
+through the project's own :class:`~trio_cluster.conn.connection.Connection`.
 
 Every process is started so that it dies with its parent (``PR_SET_PDEATHSIG`` on Linux) and is
 reaped by :meth:`LocalServer.close`; a harness object used as a context manager ends its
@@ -29,8 +29,8 @@ from typing import Any
 import trio
 
 from ..config import ConnectionConfig
-from ..connection import Connection
-from ..protocol import EncodableArg
+from ..conn.connection import Connection
+from ..wire.protocol import EncodableArg
 
 __all__ = [
     "LocalServer",

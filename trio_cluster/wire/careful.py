@@ -1,9 +1,9 @@
 """A pure-Python, incremental RESP2/RESP3 parser for the replies hiredis cannot be trusted with.
 
 hiredis reads a RESP3 attribute (``|``) as if it were an ordinary aggregate (which shifts every
-later reply by one) and refuses blob errors (``!``).  :class:`~trio_cluster.protocol.RespParser`
-hands the stream to this parser whenever such a type byte may be present, and takes it back
-once this parser is between replies again.
+later reply by one) and refuses blob errors (``!``).
+:class:`~trio_cluster.wire.protocol.RespParser` hands the stream to this parser whenever such a
+type byte may be present, and takes it back once this parser is between replies again.
 
 It keeps its place across reads (an explicit stack of open aggregates, never recursion), so
 its cost is linear in the bytes received however they are split; it stops after a bounded

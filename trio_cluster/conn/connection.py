@@ -16,8 +16,8 @@ with a cancellable checkpoint and a deadline check between reads, so the read ti
 the whole reply even while bytes keep arriving.
 
 Timeouts: a command records its write, then its read deadline on the connection and joins the
-client's :class:`~trio_cluster.watchdog.Watchdog`, which wakes it if still in flight past it (no
-cancel scope per command).  A connection without a watchdog or a socket (one-off connections,
+client's :class:`~trio_cluster.conn.watchdog.Watchdog`, which wakes it if still in flight past
+it (no cancel scope per command).  A connection without a watchdog or a socket (one-off connections,
 TLS) uses one cancel scope per round trip, its deadline moved from the write to the read one.
 """
 
@@ -36,8 +36,8 @@ from typing import Any
 import trio
 from redis import exceptions as rex
 
-from .config import ConnectionConfig
-from .errors import (
+from ..config import ConnectionConfig
+from ..errors import (
     AuthenticationError,
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -47,7 +47,7 @@ from .errors import (
     UnsolicitedReplyError,
     WriteTimeoutError,
 )
-from .protocol import (
+from ..wire.protocol import (
     NEED_DATA,
     YIELD,
     EncodableArg,

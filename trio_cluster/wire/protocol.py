@@ -32,8 +32,8 @@ from typing import Any, Final
 
 import hiredis
 
-from .config import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_REPLY_DEPTH
-from .errors import (
+from ..config import DEFAULT_MAX_REPLY_BYTES, DEFAULT_MAX_REPLY_DEPTH
+from ..errors import (
     ArgumentTypeError,
     ProtocolError,
     ReplyShapeError,
@@ -41,7 +41,7 @@ from .errors import (
     ReplyTooLargeError,
     error_from_reply,
 )
-from .wire.careful import NEED_DATA, YIELD, CarefulParser, PushFrame
+from .careful import NEED_DATA, YIELD, CarefulParser, PushFrame
 
 __all__ = [
     "NEED_DATA",

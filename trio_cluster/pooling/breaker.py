@@ -17,7 +17,7 @@ import attrs
 import trio
 from redis import exceptions as rex
 
-from .connection import mark_unsent
+from ..conn.connection import mark_unsent
 
 __all__ = ["BreakerOptions", "BreakerState", "CircuitBreaker", "CircuitOpenError"]
 

@@ -34,8 +34,8 @@ import outcome
 import trio
 from redis import exceptions as rex
 
-from .connection import mark_unsent
-from .protocol import EncodableArg, encode_command
+from ..conn.connection import mark_unsent
+from ..wire.protocol import EncodableArg, encode_command
 
 __all__ = ["MAX_BATCH", "AutoPipeliner", "BatchPool", "shares_connection"]
 

@@ -27,7 +27,7 @@ from typing import Any
 import outcome
 import trio
 
-from .errors import InvalidTransition, StateMachineClosed
+from ..errors import InvalidTransition, StateMachineClosed
 
 __all__ = ["ALLOWED_TRANSITIONS", "ConnState", "ConnStateMachine"]
 
