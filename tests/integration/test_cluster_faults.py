@@ -46,16 +46,17 @@ async def _migrate_slot(
     cluster: LocalCluster, slot: int, source: LocalServer, target: LocalServer, halfway: Any
 ) -> None:
     """Move ``slot`` from source to target with MIGRATE, as redis-cli --cluster reshard does;
-    ``await halfway()`` runs once some keys have moved (the slot is then split)."""
+    ``await halfway(moved)`` runs once some keys have moved (the slot is then split), with
+    the keys moved so far."""
     source_id, target_id = cluster.node_ids[source.port], cluster.node_ids[target.port]
     await target.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
     await source.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-    batches = 0
+    batches, moved = 0, []
     while keys := await source.execute("CLUSTER", "GETKEYSINSLOT", slot, 10):
         await source.execute("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
-        batches += 1
+        batches, moved = batches + 1, [*moved, *keys]
         if batches == 3:
-            await halfway()
+            await halfway(moved)
     for primary in cluster.primaries:
         await primary.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
@@ -105,7 +106,12 @@ async def test_reshard_under_load_follows_moved_and_ask_without_errors() -> None
                     for n in range(12):
                         nursery.start_soon(worker, n, stop)
 
-                    async def halfway() -> None:
+                    async def halfway(moved: list[bytes]) -> None:
+                        # The workers' keys may all still be on the source (the server picks
+                        # which keys move first): a filler that moved is an ASK for certain.
+                        filler = next(k for k in moved if k.startswith(b"{mig}filler"))
+                        value = filler.removeprefix(b"{mig}filler")
+                        assert await rc.get(filler) == value
                         with trio.fail_after(10):
                             await until(lambda: rc.stats().ask > 0)
 
