@@ -7,13 +7,8 @@ every other caller until :meth:`Connection.drain` has read what is owed (the mis
 bug of redis-py's CVE-2023-28858/28859 cannot happen).  A write that may have been cut short, a
 timeout, an I/O error or a corrupt stream sets ``broken``: the connection is closed, never reused.
 
-Replies are delivered exactly once.  After the last reply owed, anything the parser still
-holds must be (the start of) a RESP3 push frame, which goes to ``on_push``; any other byte,
-there or on an idle connection, means the stream is out of step: the caller gets
-:class:`~trio_cluster.errors.UnsolicitedReplyError` (its own reply may be the stray one), a
-warning is logged, and the connection is closed.  A reply that needs more than one read is read
-with a cancellable checkpoint and a deadline check between reads, so the read timeout bounds
-the whole reply even while bytes keep arriving.
+Replies are delivered exactly once, and a stream out of step closes the connection: the read
+and write paths live in :mod:`trio_cluster.conn.stream` (:class:`ReplyStream`, the base class).
 
 Timeouts: a command records its write, then its read deadline on the connection and joins the
 client's :class:`~trio_cluster.conn.watchdog.Watchdog`, which wakes it if still in flight past
@@ -24,10 +19,7 @@ TLS) uses one cancel scope per round trip, its deadline moved from the write to 
 from __future__ import annotations
 
 import itertools
-import logging
 import math
-import os
-import select
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -41,60 +33,31 @@ from ..errors import (
     AuthenticationError,
     ConnectionClosedError,
     ConnectTimeoutError,
-    ProtocolError,
     ReadTimeoutError,
     UnknownCommandError,
-    UnsolicitedReplyError,
     WriteTimeoutError,
 )
 from ..wire.protocol import (
-    NEED_DATA,
-    YIELD,
     EncodableArg,
     PushFrame,
     RespParser,
     encode_command,
-    is_push,
 )
 from .state import ConnState, ConnStateMachine
+from .stream import ReplyStream, close_quietly, mark_unsent, network_error, was_unsent
 from .watchdog import Watchdog
 
 __all__ = ["Connection", "PushHandler", "mark_unsent", "was_unsent"]
 
-logger = logging.getLogger("trio_cluster.connection")
 
 PushHandler = Callable[["Connection", PushFrame], None]
 
-_RECEIVE_SIZE = 65536
-_LARGE_RECEIVE_SIZE = 262144
 _ids = itertools.count(1)
 #: One float object for "not relaxed" (an idle connection should not own one).
 _NEVER = -math.inf
 
 
-def _network_error(
-    message: str, cause: BaseException, *, unsent: bool = False
-) -> rex.ConnectionError:
-    error = rex.ConnectionError(f"{message}: {type(cause).__name__}: {cause}")
-    error.__cause__ = cause
-    if unsent:
-        mark_unsent(error)
-    return error
-
-
-def mark_unsent(error: BaseException) -> BaseException:
-    """Record on ``error`` that the command provably never reached the server."""
-    error.command_unsent = True  # type: ignore[attr-defined]
-    return error
-
-
-def was_unsent(error: BaseException) -> bool:
-    """Whether ``error`` proves its command never reached the server (safe to retry for any
-    command): the connection could not be made, or not one byte of the command was written."""
-    return bool(getattr(error, "command_unsent", False))
-
-
-class Connection:
+class Connection(ReplyStream):
     """A connection to one node.  Create it with :meth:`open`; close it with :meth:`aclose`.
 
     Not safe for two tasks at once: the pool hands it to one caller at a time.
@@ -103,28 +66,18 @@ class Connection:
     # Slots: thousands of idle connections are common, and a dict per instance costs more
     # than the connection's own state.
     __slots__ = (
-        "_closed",
-        "_fd",
-        "_parser",
-        "_stream",
-        "_timed_out",
-        "broken",
         "client_id",
-        "config",
         "created_at",
         "credentials_version",
         "handoff_to",
-        "id",
         "io_deadline",
         "last_used_at",
         "maint_notifications",
         "on_push",
-        "owed_replies",
         "protocol",
         "relaxed_timeout",
         "relaxed_until",
         "state",
-        "watchdog",
     )
 
     def __init__(self, config: ConnectionConfig, stream: trio.abc.Stream) -> None:
@@ -199,7 +152,7 @@ class Connection:
             try:
                 stream = await _open_stream(config)
             except (OSError, trio.BrokenResourceError) as exc:
-                raise _network_error(
+                raise network_error(
                     f"cannot connect to {config.address}", exc, unsent=True
                 ) from exc
             conn = cls(config, stream)
@@ -410,173 +363,6 @@ class Connection:
         if self._fd >= 0:
             trio.lowlevel.notify_closing(self._fd)
 
-    async def _send(self, data: bytes, count: int) -> bool:
-        """Write ``data`` (``count`` commands); on success the server owes ``count`` replies.
-
-        Returns whether it went out at once (no waiting for the socket).
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        sent = 0
-        try:
-            if self._fd >= 0:
-                try:
-                    sent = os.write(self._fd, data)
-                except BlockingIOError:
-                    sent = 0
-                if sent < len(data):
-                    # Whatever happens from here (cancel, error), a partial command may be on
-                    # the wire: only closing the connection is safe.
-                    self.broken = True
-                    await self._send_rest(memoryview(data)[sent:])
-                    self.broken = False
-            else:
-                self.broken = True
-                await self._tls().send_all(data)
-                self.broken = False
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            unsent = self._fd >= 0 and sent == 0 and not self.broken
-            self.broken = True
-            raise _network_error(
-                f"writing to {self.config.address} failed", exc, unsent=unsent
-            ) from exc
-        self.owed_replies += count
-        return sent == len(data)
-
-    async def _send_rest(self, rest: memoryview) -> None:
-        """Write what the first write left over, waiting for the socket to take it (the
-        watchdog's ``notify_closing`` ends a wait past the deadline)."""
-        fd = self._fd
-        while rest:
-            await trio.lowlevel.wait_writable(fd)
-            try:
-                rest = rest[os.write(fd, rest) :]
-            except BlockingIOError:
-                continue
-
-    def _tls(self) -> trio.abc.Stream:
-        stream = self._stream
-        assert isinstance(stream, trio.abc.Stream)  # only connections without a fd get here
-        return stream
-
-    async def _read_reply(self) -> Any:
-        """Read the next reply that answers a command, dispatching push frames on the way.
-
-        After the last owed reply, whatever the parser still holds must be push frames:
-        anything else raises :class:`UnsolicitedReplyError` (see :meth:`_settle`).
-        """
-        parser = self._parser
-        reads = 0
-        while True:
-            try:
-                reply = parser.next_reply()
-            except ProtocolError as exc:
-                raise self._violation(exc) from None
-            if reply is NEED_DATA:
-                await self._receive(reads)
-                reads += 1
-                continue
-            if reply is YIELD:
-                # A large reply used up its slice: let the other tasks run.
-                await self._continue_reading()
-                continue
-            if is_push(reply):
-                self._dispatch_push(reply)
-                continue
-            self.owed_replies -= 1
-            if self.owed_replies <= 0 and not parser.idle:
-                self._settle()
-            return reply
-
-    def _settle(self) -> None:
-        """No reply is owed: dispatch the complete push frames the parser holds, and make sure
-        any partial frame it holds is a push.  Anything else is unsolicited: no reply on this
-        stream can be trusted any more (the one just read may be the stray one), so it raises
-        :class:`UnsolicitedReplyError` and the connection is closed."""
-        parser = self._parser
-        while True:
-            try:
-                reply = parser.next_reply()
-            except ProtocolError as exc:
-                raise self._violation(exc) from None
-            if reply is NEED_DATA:
-                break
-            if reply is YIELD:
-                continue
-            if not is_push(reply):
-                raise self._violation(
-                    UnsolicitedReplyError(
-                        f"{self.config.address} sent a reply that no command was owed"
-                    )
-                )
-            self._dispatch_push(reply)
-        try:
-            partial_push = parser.idle or parser.held_frame_is_push()
-        except ProtocolError as exc:
-            raise self._violation(exc) from None
-        if not partial_push:
-            raise self._violation(
-                UnsolicitedReplyError(f"{self.config.address} sent bytes that no command was owed")
-            )
-
-    def _violation(self, error: ProtocolError) -> ProtocolError:
-        """The stream broke the protocol: log it, mark the connection for closing."""
-        if not self.broken:
-            logger.warning(
-                "closing connection %d to %s: %s: %s",
-                self.id, self.config.address, type(error).__name__, error,
-            )  # fmt: skip
-        self.broken = True
-        return error
-
-    async def _continue_reading(self) -> None:
-        """Between two slices of one reply: a checkpoint that honours cancellation, then the
-        watchdog's verdict, so a reply that keeps arriving cannot outlive its deadline."""
-        await trio.lowlevel.checkpoint()
-        if self._timed_out:
-            self.broken = True
-            raise _network_error(
-                f"reading from {self.config.address} failed",
-                trio.ClosedResourceError("deadline passed"),
-            )
-
-    async def _receive(self, reads: int = 0) -> None:
-        data: bytes | bytearray
-        if reads:
-            # Not the first read of this reply: the deadline holds even while bytes keep
-            # coming (a successful read is no checkpoint of its own).
-            await self._continue_reading()
-        try:
-            if self._fd >= 0:
-                # Straight to the socket: trio's stream layers add several microseconds per
-                # read, and nothing else reads this socket.  Let the other tasks run first
-                # (their commands go out meanwhile), then try the read: under load the reply
-                # is usually there already, which saves arming epoll and a wake-up.
-                if not reads:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                while True:
-                    try:
-                        # A reply that needs more than one read is a large one: read more
-                        # at a time (fewer wake-ups; each slice still parses in well under a
-                        # millisecond).
-                        data = os.read(self._fd, _LARGE_RECEIVE_SIZE if reads else _RECEIVE_SIZE)
-                        break
-                    except BlockingIOError:
-                        if self._timed_out:  # the watchdog fired while we were not waiting
-                            raise trio.ClosedResourceError("deadline passed") from None
-                        await trio.lowlevel.wait_readable(self._fd)
-            else:
-                data = await self._tls().receive_some(_RECEIVE_SIZE)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.broken = True
-            raise _network_error(f"reading from {self.config.address} failed", exc) from exc
-        if not data:
-            self.broken = True
-            raise ConnectionClosedError(f"{self.config.address} closed the connection")
-        try:
-            self._parser.feed(data)
-        except ProtocolError as exc:
-            raise self._violation(exc) from None
-
     def _dispatch_push(self, frame: PushFrame) -> None:
         handler = self.on_push
         if handler is not None:
@@ -628,7 +414,7 @@ class Connection:
         self.config, self.protocol, self.client_id = fresh.config, fresh.protocol, fresh.client_id
         self.maint_notifications = fresh.maint_notifications
         fresh._closed = True  # its stream now belongs to this connection
-        await _close_quietly(old_stream)
+        await close_quietly(old_stream)
 
     # --- pool support ----------------------------------------------------------------------
 
@@ -646,55 +432,6 @@ class Connection:
         self.broken = True
         raise ReadTimeoutError(f"draining {self.config.address} took longer than {timeout} s")
 
-    def peer_closed(self) -> bool:
-        """Cheap, non-blocking: is this idle connection unfit to hand out?
-
-        One ``poll`` call.  An idle connection normally has nothing to read; if it does, the
-        bytes are read: push frames are dispatched (maintenance notifications arrive on idle
-        connections), while EOF, an error, garbage or an unsolicited reply mean it is unfit.
-        """
-        if self._closed or self.broken:
-            return True
-        if self._fd < 0:
-            return False
-        try:
-            if not self._readable():
-                return False
-            data = os.read(self._fd, _RECEIVE_SIZE)
-        except BlockingIOError:
-            return False
-        except (OSError, ValueError):
-            self.broken = True
-            return True
-        if not data:
-            self.broken = True
-            return True
-        try:
-            self._parser.feed(data)
-            self._settle()
-        except ProtocolError as exc:
-            self._violation(exc)
-            return True
-        return False
-
-    def _readable(self) -> bool:
-        """Whether the socket has bytes (or EOF, or an error) to read, without waiting.
-
-        One ``poll`` object shared by all the connections of a client (the watchdog's): a
-        registration, a poll and an unregistration cost less than ``select.select``, and a
-        poll object per connection would cost about 300 bytes of each idle connection.
-        """
-        fd = self._fd
-        watchdog = self.watchdog
-        if watchdog is None:
-            return bool(select.select([fd], (), (), 0)[0])
-        poller = watchdog.poller
-        poller.register(fd, select.POLLIN)
-        try:
-            return bool(poller.poll(0))
-        finally:
-            poller.unregister(fd)
-
     @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` has run."""
@@ -705,47 +442,7 @@ class Connection:
         if not self._closed:
             self._closed = True
             self.state.transition(ConnState.CLOSED)
-            await _close_quietly(self._stream)
-
-    # --- subscribed mode (pub/sub) -----------------------------------------------------------
-
-    async def read_push(self, *, send: Sequence[Sequence[EncodableArg]] = ()) -> Any:
-        """Subscribed mode: write ``send`` (if any), then return the next frame the server sends.
-
-        For a connection that one task owns outside every pool (a pub/sub connection).  The
-        server answers subscribe commands with push frames, so nothing is booked in
-        ``owed_replies``: the caller matches answers itself.  Push frames are returned (not
-        given to ``on_push``), and so are plain replies (``PONG``, error replies as values).
-        No read timeout: it waits as long as the caller's cancel scope allows, and a cancel
-        while waiting for bytes loses nothing (a later call returns the frame).
-        """
-        if self.broken or self._closed:
-            raise ConnectionClosedError(f"connection {self.id} to {self.config.address} is closed")
-        if send:
-            await self._send(b"".join([encode_command(args) for args in send]), 0)
-        parser = self._parser
-        reads = 0
-        while True:
-            try:
-                reply = parser.next_reply()
-            except ProtocolError as exc:
-                raise self._violation(exc) from None
-            if reply is YIELD:
-                await trio.lowlevel.checkpoint()
-            elif reply is not NEED_DATA:
-                return reply
-            else:
-                await self._receive(reads)
-                reads += 1
-
-
-async def _close_quietly(stream: trio.abc.Stream | trio.socket.SocketType) -> None:
-    """Close a stream (as ``trio.aclose_forcefully``: no TLS goodbye) or a trio socket."""
-    if isinstance(stream, trio.abc.Stream):
-        await trio.aclose_forcefully(stream)
-    else:
-        stream.close()  # wakes any task waiting on it (ClosedResourceError)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+            await close_quietly(self._stream)
 
 
 def _hello_unsupported(exc: Exception) -> bool:
@@ -770,6 +467,6 @@ async def _open_stream(config: ConnectionConfig) -> trio.abc.Stream:
         except (ssl.SSLError, trio.BrokenResourceError) as exc:
             await trio.aclose_forcefully(stream)
             cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
-            raise _network_error(f"TLS handshake with {config.address} failed", cause) from cause
+            raise network_error(f"TLS handshake with {config.address} failed", cause) from cause
         stream = tls
     return stream

@@ -25,22 +25,19 @@ Their sum never exceeds ``size`` (or ``max_active`` when that is smaller).
 from __future__ import annotations
 
 import collections
-import enum
 import logging
-import math
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic
 
 import outcome
 import trio
-from redis import exceptions as rex
 
 from ..conn.connection import mark_unsent
 from ..conn.state import ConnState
-from ..errors import PoolClosedError, PoolExhaustedError, PoolTimeoutError, ReleaseError
+from ..errors import PoolClosedError, ReleaseError
 from ..lifetime import NurseryOwner
 from .autopipeline import AutoPipeliner
+from .background import Background, Entry, Place, Waiter
 from .pooltypes import (
     BasePoolHook,
     C,
@@ -70,43 +67,6 @@ _IN_USE = ConnState.IN_USE
 _UNUSABLE = ConnState.UNUSABLE
 _INITIALIZING = ConnState.INITIALIZING
 _CLOSED = ConnState.CLOSED
-
-# A close is a socket close (maybe a TLS goodbye); bound it so a stuck peer cannot hold up pool
-# shutdown. It runs shielded, hence the explicit deadline.
-_CLOSE_TIMEOUT = 5.0
-# After a dial has failed, wait this long before dialling again just to refill min_idle. Dials
-# for parked callers are not delayed: each caller deserves its own attempt.
-_MIN_IDLE_RETRY_DELAY = 1.0
-#: Most dials in flight at once to fill ``min_idle`` (callers' own dials are not limited).
-_MAX_FILL_DIALS = 32
-
-
-class _Place(enum.Enum):
-    IDLE = "idle"
-    IN_USE = "in_use"
-    BACKGROUND = "background"
-    GONE = "gone"
-
-
-class _Waiter:
-    """A parked :meth:`Pool.get`."""
-
-    __slots__ = ("deadline", "task")
-
-    def __init__(self, task: trio.lowlevel.Task, deadline: float) -> None:
-        self.task = task
-        self.deadline = deadline
-
-
-class _Entry(Generic[C]):
-    """The pool's record of one connection it owns."""
-
-    __slots__ = ("conn", "expires_at", "place")
-
-    def __init__(self, conn: C, expires_at: float) -> None:
-        self.conn = conn
-        self.expires_at = expires_at
-        self.place = _Place.BACKGROUND
 
 
 class Pool(NurseryOwner, Generic[C]):
@@ -143,25 +103,21 @@ class Pool(NurseryOwner, Generic[C]):
         self.timeout = float(timeout)
         self._dial = dial
         self._cap = min(opts.size, opts.max_active) if opts.max_active else opts.size
-        self._entries: dict[int, _Entry[C]] = {}
-        self._idle: collections.deque[_Entry[C]] = collections.deque()
+        self._entries: dict[int, Entry[C]] = {}
+        self._idle: collections.deque[Entry[C]] = collections.deque()
         # LIFO takes the most recently released connection (the right end); FIFO the oldest.
         self._pop_idle = self._idle.popleft if opts.fifo else self._idle.pop
         # Every waiter gets the same timeout, so deadlines rise from head to tail and one timer
         # task watching the head replaces a cancel scope per parked get.
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._waiters: collections.deque[Waiter] = collections.deque()
         self._closing: dict[int, C] = {}
         self._dialing = 0
         self._hooks: tuple[PoolHook[C], ...] = ()
         #: The nursery of the pool's own jobs (dials, drains, batches) while it runs.
         self._jobs: trio.Nursery | None = None
-        self._maint_scope: trio.CancelScope | None = None
-        self._timer_scope: trio.CancelScope | None = None
         self._started = False
         self._stopped = trio.Event()
         self._closed = False
-        self._dial_failures_in_row = 0
-        self._last_dial_failure = -math.inf
         self._hits = 0
         self._misses = 0
         self._timeouts = 0
@@ -172,6 +128,8 @@ class Pool(NurseryOwner, Generic[C]):
         self._closes: collections.Counter[str] = collections.Counter()
         #: The queue and batches of automatic pipelining (``options.autopipeline``), or None.
         self.autopipeliner = AutoPipeliner(self) if opts.autopipeline else None
+        #: Parking gets and the pool's jobs: dials, closes, drains, maintenance, shutdown.
+        self._bg: Background[C] = Background(self)
 
     def __repr__(self) -> str:
         return (
@@ -201,10 +159,10 @@ class Pool(NurseryOwner, Generic[C]):
         """Close every connection (in-use ones too), fail parked gets with
         ``PoolClosedError``, stop the background work and wait for it. Idempotent."""
         if not self._closed:
-            conns = self._shut_down()
+            conns = self._bg.shut_down()
             if self._jobs is not None:
                 self._jobs.cancel_scope.cancel()
-            await self._close_all(conns)
+            await self._bg.close_all(conns)
         if self._started:
             await self._stopped.wait()
 
@@ -212,54 +170,17 @@ class Pool(NurseryOwner, Generic[C]):
         try:
             async with trio.open_nursery() as nursery:
                 self._jobs = nursery
-                nursery.start_soon(self._maintain)
-                nursery.start_soon(self._expire_waiters)
-                self._schedule_dials()  # pre-warm min_idle
+                nursery.start_soon(self._bg.maintain)
+                nursery.start_soon(self._bg.expire_waiters)
+                self._bg.schedule_dials()  # pre-warm min_idle
                 task_status.started()
         finally:
             self._jobs = None
             # Reached after aclose(), or when the owner's nursery is cancelled: either way
             # nothing may outlive the pool.
             if not self._closed:
-                await self._close_all(self._shut_down())
+                await self._bg.close_all(self._bg.shut_down())
             self._stopped.set()
-
-    def _shut_down(self) -> list[C]:
-        """The synchronous part of closing: mark closed, fail waiters, forget connections."""
-        self._closed = True
-        if self.autopipeliner is not None:
-            self.autopipeliner.fail_queued(
-                mark_unsent(PoolClosedError(f"pool for {self.node_name} is closed"))
-            )
-        waiters, self._waiters = list(self._waiters), collections.deque()
-        for waiter in waiters:
-            error = PoolClosedError(f"pool for {self.node_name} is closed")
-            trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
-        entries = list(self._entries.values())
-        self._entries.clear()
-        self._idle.clear()
-        for entry in entries:
-            entry.place = _Place.GONE
-            self._closes[CloseReason.POOL_CLOSED] += 1
-            self._run_on_remove(entry.conn, CloseReason.POOL_CLOSED)
-        if entries or waiters:
-            # One line for the whole pool, never one per connection.
-            logger.debug(
-                "pool %s closed: closing %d connections, failing %d waiters",
-                self.node_name,
-                len(entries),
-                len(waiters),
-            )
-        return [e.conn for e in entries]
-
-    async def _close_all(self, conns: list[C]) -> None:
-        if not conns:
-            return
-        with trio.CancelScope(shield=True):
-            async with trio.open_nursery() as nursery:
-                for conn in conns:
-                    self._closing[conn.id] = conn
-                    nursery.start_soon(self._close_one, conn)
 
     # --- get / put ---------------------------------------------------------------------------
 
@@ -282,7 +203,7 @@ class Pool(NurseryOwner, Generic[C]):
             if entry is not None:
                 self._hits += 1
                 return entry.conn
-        return await self._get_slow()
+        return await self._bg.get_slow()
 
     def put(self, conn: C) -> None:
         """Give back a connection that :meth:`get` returned. Synchronous.
@@ -296,7 +217,7 @@ class Pool(NurseryOwner, Generic[C]):
             ReleaseError: released twice, or never handed out by this pool.
         """
         entry = self._entries.get(conn.id)
-        if entry is None or entry.conn is not conn or entry.place is not _Place.IN_USE:
+        if entry is None or entry.conn is not conn or entry.place is not Place.IN_USE:
             if entry is None and self._closed:
                 return  # aclose() has closed it already
             raise ReleaseError(
@@ -320,21 +241,21 @@ class Pool(NurseryOwner, Generic[C]):
                 return
             raise ReleaseError(f"connection {conn.id} is not in pool {self.node_name}")
         state = conn.state.state
-        if entry.place is _Place.IN_USE or state is _IN_USE or state is ConnState.CREATED:
+        if entry.place is Place.IN_USE or state is _IN_USE or state is ConnState.CREATED:
             raise ReleaseError(
                 f"connection {conn.id} is held by a caller ({state.name}), not by a background job"
             )
-        if entry.place is _Place.IDLE:
+        if entry.place is Place.IDLE:
             if state is _IDLE:
                 raise ReleaseError(f"connection {conn.id} is idle, not in the background")
             # Claimed straight out of the idle deque (IDLE -> UNUSABLE) before the pool noticed.
             self._idle.remove(entry)
-            entry.place = _Place.BACKGROUND
+            entry.place = Place.BACKGROUND
         if state is _UNUSABLE or state is _INITIALIZING:
             conn.state.transition(_IDLE)  # may be claimed at once by the next waiting job
         self._release(entry, from_caller=False)
 
-    def _release(self, entry: _Entry[C], *, from_caller: bool) -> None:
+    def _release(self, entry: Entry[C], *, from_caller: bool) -> None:
         """The one release decision, for a caller's :meth:`put` (the connection is IN_USE) and
         a background job's :meth:`return_from_background` (it is IDLE by now).
 
@@ -425,11 +346,11 @@ class Pool(NurseryOwner, Generic[C]):
 
     # --- the decisions (all synchronous) -----------------------------------------------------
 
-    def _take_idle(self) -> _Entry[C] | None:
+    def _take_idle(self) -> Entry[C] | None:
         """Pop idle connections until one is healthy and accepted; mark it IN_USE."""
         idle = self._idle
         pop = self._pop_idle
-        taken: _Entry[C] | None = None
+        taken: Entry[C] | None = None
         while idle:
             entry = pop()
             if entry.conn.state.state is not _IDLE:
@@ -443,47 +364,14 @@ class Pool(NurseryOwner, Generic[C]):
                 pass  # the hooks' verdict has been carried out
             else:
                 entry.conn.state.transition(_IN_USE)
-                entry.place = _Place.IN_USE
+                entry.place = Place.IN_USE
                 taken = entry
                 break
         if self.options.min_idle and len(idle) < self.options.min_idle:
-            self._schedule_dials()
+            self._bg.schedule_dials()
         return taken
 
-    async def _get_slow(self) -> C:
-        if self._closed:
-            raise PoolClosedError(f"pool for {self.node_name} is closed")
-        if self._jobs is None:
-            raise RuntimeError(
-                f"pool for {self.node_name} is not running: use `async with` or start_background()"
-            )
-        if self.options.max_active and self._open_count() >= self.options.max_active:
-            raise PoolExhaustedError(
-                f"pool for {self.node_name} has max_active={self.options.max_active}"
-                " connections open and none idle"
-            )
-        start = trio.current_time()
-        waiter = _Waiter(trio.lowlevel.current_task(), start + self.timeout)
-        self._waiters.append(waiter)
-        self._waits += 1
-        if len(self._waiters) == 1 and self._timer_scope is not None:
-            self._timer_scope.deadline = waiter.deadline  # the timer was idle
-        self._schedule_dials()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            # Runs only while still parked: nothing was handed to us, so nothing can leak.
-            self._waiters.remove(waiter)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        try:
-            # Served by a hand-off (Value), failed by the timer / a dial error / aclose (Error),
-            # or cancelled from outside (abort). No cancel scope of our own: see _expire_waiters.
-            conn: C = await trio.lowlevel.wait_task_rescheduled(abort)
-            return conn
-        finally:
-            self._wait_time += trio.current_time() - start
-
-    def _stale_reason(self, entry: _Entry[C], now: float) -> CloseReason | None:
+    def _stale_reason(self, entry: Entry[C], now: float) -> CloseReason | None:
         """Why an IDLE connection must not be reused (cheapest check first), or None."""
         if now >= entry.expires_at:
             return CloseReason.LIFETIME
@@ -494,7 +382,7 @@ class Pool(NurseryOwner, Generic[C]):
             return CloseReason.PEER_CLOSED
         return None
 
-    def _settle(self, entry: _Entry[C]) -> None:
+    def _settle(self, entry: Entry[C]) -> None:
         """Place a connection that nobody holds (not in the idle deque), by its state."""
         state = entry.conn.state.state
         if state is _IDLE:
@@ -503,9 +391,9 @@ class Pool(NurseryOwner, Generic[C]):
             self._remove(entry, CloseReason.CLOSED_ELSEWHERE)
         else:
             # UNUSABLE / INITIALIZING: a background job owns it and will return it.
-            entry.place = _Place.BACKGROUND
+            entry.place = Place.BACKGROUND
 
-    def _offer(self, entry: _Entry[C], is_new: bool) -> None:
+    def _offer(self, entry: Entry[C], is_new: bool) -> None:
         """An IDLE connection nobody holds: to the first parked get, else to the idle list."""
         if self._waiters:
             if self._hooks:
@@ -516,7 +404,7 @@ class Pool(NurseryOwner, Generic[C]):
                     trio.lowlevel.reschedule(self._waiters.popleft().task, outcome.Error(exc))
                     return
             entry.conn.state.transition(_IN_USE)
-            entry.place = _Place.IN_USE
+            entry.place = Place.IN_USE
             if is_new:
                 self._misses += 1
             else:
@@ -525,10 +413,10 @@ class Pool(NurseryOwner, Generic[C]):
         elif self.options.max_idle and len(self._idle) >= self.options.max_idle:
             self._remove(entry, CloseReason.MAX_IDLE)
         else:
-            entry.place = _Place.IDLE
+            entry.place = Place.IDLE
             self._idle.append(entry)
 
-    def _get_hooks_accept(self, entry: _Entry[C], is_new: bool) -> bool:
+    def _get_hooks_accept(self, entry: Entry[C], is_new: bool) -> bool:
         """Run the ``on_get`` hooks. On False the entry has been disposed of; if a hook raises,
         the entry is removed and the exception propagates."""
         conn = entry.conn
@@ -546,7 +434,7 @@ class Pool(NurseryOwner, Generic[C]):
                 return False
         return True
 
-    def _put_hooks_keep(self, entry: _Entry[C]) -> bool:
+    def _put_hooks_keep(self, entry: Entry[C]) -> bool:
         """Run the ``on_put`` hooks. On False the entry has been disposed of."""
         conn = entry.conn
         for hook in self._hooks:
@@ -571,41 +459,23 @@ class Pool(NurseryOwner, Generic[C]):
             except Exception:
                 logger.exception("pool %s: on_remove hook %r failed", self.node_name, hook)
 
-    def _remove(self, entry: _Entry[C], reason: CloseReason) -> None:
+    def _remove(self, entry: Entry[C], reason: CloseReason) -> None:
         """Forget a connection (which is not in the idle deque) and close it in the background."""
         conn = entry.conn
         del self._entries[conn.id]
-        entry.place = _Place.GONE
+        entry.place = Place.GONE
         self._closes[reason] += 1
         self._run_on_remove(conn, reason)
         self._closing[conn.id] = conn
-        self._spawn(self._close_one, conn)
+        self._spawn(self._bg.close_one, conn)
 
-    def _start_drain(self, entry: _Entry[C]) -> None:
+    def _start_drain(self, entry: Entry[C]) -> None:
         entry.conn.state.transition(_UNUSABLE)
-        entry.place = _Place.BACKGROUND
-        self._spawn(self._drain, entry)
+        entry.place = Place.BACKGROUND
+        self._spawn(self._bg.drain, entry)
 
     def _open_count(self) -> int:
         return len(self._entries) + self._dialing + len(self._closing)
-
-    def _schedule_dials(self) -> None:
-        """Start as many dials as parked gets and min_idle need, within the size cap."""
-        if self._closed or self._jobs is None:
-            return
-        room = self._cap - self._open_count()
-        if room <= 0:
-            return
-        demand = len(self._waiters)
-        min_idle = self.options.min_idle
-        if min_idle and trio.current_time() >= self._last_dial_failure + _MIN_IDLE_RETRY_DELAY:
-            # Filling min_idle is background work: a bounded number of dials at a time, so a
-            # large min_idle never floods the node (or this process) with handshakes that
-            # then time out and retry, which can livelock.
-            demand += min(max(0, min_idle - len(self._idle)), _MAX_FILL_DIALS)
-        for _ in range(min(room, demand - self._dialing)):
-            self._dialing += 1
-            self._jobs.start_soon(self._dial_one)
 
     def spawn_job(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run ``fn`` in the pool's nursery (an automatic-pipelining batch): it ends, at the
@@ -619,189 +489,4 @@ class Pool(NurseryOwner, Generic[C]):
             raise RuntimeError(f"pool for {self.node_name} is not running")
         self._jobs.start_soon(fn, *args)
 
-    def _expiry(self) -> float:
-        lifetime = self.options.max_lifetime
-        if lifetime is None:
-            return math.inf
-        jitter = self.options.lifetime_jitter
-        if jitter:
-            lifetime *= 1 + random.uniform(-jitter, jitter)
-        return trio.current_time() + lifetime
-
     # --- jobs: the I/O the decisions imply ---------------------------------------------------
-
-    async def _dial_one(self) -> None:
-        try:
-            try:
-                conn = await self._dial_with_retries()
-            finally:
-                self._dialing -= 1
-        except Exception as exc:
-            self._on_dial_failed(exc)
-            return
-        if self._dial_failures_in_row:
-            logger.info(
-                "pool %s: dialling works again after %d failed dials",
-                self.node_name,
-                self._dial_failures_in_row,
-            )
-            self._dial_failures_in_row = 0
-        entry = _Entry(conn, self._expiry())
-        self._entries[conn.id] = entry
-        if self._closed:
-            self._remove(entry, CloseReason.POOL_CLOSED)
-        elif conn.state.state is not _IDLE:
-            logger.error(
-                "pool %s: dial returned connection %d in state %s, not IDLE",
-                self.node_name,
-                conn.id,
-                conn.state.state.name,
-            )
-            self._remove(entry, CloseReason.BAD_STATE)
-        else:
-            self._offer(entry, is_new=True)
-        self._schedule_dials()  # min_idle filling goes on, a bounded batch at a time
-
-    async def _dial_with_retries(self) -> C:
-        opts = self.options
-        attempt = 0
-        while True:
-            self._dials += 1
-            try:
-                return await self._dial()
-            except rex.AuthenticationError:
-                self._dial_errors += 1
-                raise  # retrying cannot fix credentials
-            except (rex.ConnectionError, rex.TimeoutError, OSError):
-                self._dial_errors += 1
-                if attempt >= opts.dial_retries:
-                    raise
-            except Exception:
-                self._dial_errors += 1
-                raise
-            await trio.sleep(opts.dial_backoff * 2**attempt)
-            attempt += 1
-
-    def _on_dial_failed(self, exc: Exception) -> None:
-        self._dial_failures_in_row += 1
-        self._last_dial_failure = trio.current_time()
-        # Log the first failure of a run; the rest at debug (an outage fails every dial).
-        level = logging.WARNING if self._dial_failures_in_row == 1 else logging.DEBUG
-        logger.log(level, "pool %s: dial failed: %s: %s", self.node_name, type(exc).__name__, exc)
-        # A parked get that no other in-flight dial is coming for gets the error now, rather
-        # than a timeout later.
-        if len(self._waiters) > self._dialing:
-            trio.lowlevel.reschedule(self._waiters.popleft().task, outcome.Error(exc))
-        self._wake_maintenance(self._last_dial_failure + _MIN_IDLE_RETRY_DELAY)
-        self._schedule_dials()
-
-    async def _close_one(self, conn: C) -> None:
-        try:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_TIMEOUT):
-                await conn.aclose()
-        except Exception as exc:
-            logger.debug("pool %s: closing connection %d: %s", self.node_name, conn.id, exc)
-        finally:
-            if conn.state.state is not _CLOSED:
-                conn.state.transition(_CLOSED)  # fail anyone waiting on it, whatever aclose did
-            del self._closing[conn.id]
-            self._schedule_dials()  # capacity freed: waiters / min_idle
-
-    async def _drain(self, entry: _Entry[C]) -> None:
-        conn = entry.conn
-        try:
-            await conn.drain()
-            ok = conn.owed_replies == 0 and not conn.broken
-        except Exception as exc:
-            logger.debug("pool %s: draining connection %d: %s", self.node_name, conn.id, exc)
-            ok = False
-        if entry.place is not _Place.BACKGROUND:
-            return  # the pool was closed meanwhile and has closed it
-        if not ok:
-            self._remove(entry, CloseReason.DRAIN_FAILED)
-            return
-        if conn.state.state is _UNUSABLE:
-            conn.state.transition(_IDLE)  # serves jobs waiting for IDLE first
-        self._settle(entry)
-
-    async def _maintain(self) -> None:
-        """Reap expired idle connections and refill min_idle, sleeping until the next moment
-        something can expire (no fixed polling interval)."""
-        while True:
-            with trio.move_on_at(self._next_maintenance()) as scope:
-                self._maint_scope = scope
-                await trio.sleep_forever()
-            self._maint_scope = None
-            self._reap()
-            self._schedule_dials()
-
-    async def _expire_waiters(self) -> None:
-        """Fail parked gets whose deadline has passed with ``PoolTimeoutError``.
-
-        One task for the whole pool instead of a cancel scope per parked get (a scope costs
-        microseconds on every wait, about 4 us with a deadline). Deadlines rise from the head of
-        the queue to its tail, so only the head needs watching. When the head leaves early the
-        timer wakes at a stale (earlier) deadline, finds nothing due and sleeps again.
-        """
-        while True:
-            deadline = self._waiters[0].deadline if self._waiters else math.inf
-            with trio.move_on_at(deadline) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            now = trio.current_time()
-            while self._waiters and self._waiters[0].deadline <= now:
-                waiter = self._waiters.popleft()
-                self._timeouts += 1
-                error = PoolTimeoutError(
-                    f"no connection to {self.node_name} became available within"
-                    f" {self.timeout:g} s (pool size {self.options.size})"
-                )
-                trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
-
-    def _wake_maintenance(self, at: float) -> None:
-        if self._maint_scope is not None and at < self._maint_scope.deadline:
-            self._maint_scope.deadline = at
-
-    def _next_maintenance(self) -> float:
-        now = trio.current_time()
-        opts = self.options
-        soonest = math.inf
-        if opts.max_idle_time is not None:
-            # Whatever is released from now on cannot expire sooner than this.
-            soonest = now + opts.max_idle_time
-            for entry in self._idle:
-                soonest = min(soonest, entry.conn.last_used_at + opts.max_idle_time)
-        if opts.max_lifetime is not None:
-            soonest = min(soonest, now + opts.max_lifetime * (1 - opts.lifetime_jitter))
-            for entry in self._idle:
-                soonest = min(soonest, entry.expires_at)
-        retry_at = self._last_dial_failure + _MIN_IDLE_RETRY_DELAY
-        if opts.min_idle and len(self._idle) < opts.min_idle and retry_at > now:
-            # Refill min_idle again once the back-off after a failed dial is over. (Only a
-            # future time: a past one would make this loop spin without ever sleeping.)
-            soonest = min(soonest, retry_at)
-        return soonest
-
-    def _reap(self) -> None:
-        now = trio.current_time()
-        keep: list[_Entry[C]] = []
-        doomed: list[tuple[_Entry[C], CloseReason | None]] = []
-        for entry in self._idle:
-            if entry.conn.state.state is not _IDLE:
-                doomed.append((entry, None))  # claimed by a job meanwhile: settle it
-            elif (reason := self._stale_reason(entry, now)) is not None:
-                doomed.append((entry, reason))
-            else:
-                keep.append(entry)
-        if not doomed:
-            return
-        self._idle.clear()
-        self._idle.extend(keep)  # in place: _pop_idle is bound to this deque
-        for entry, why in doomed:
-            if why is None:
-                self._settle(entry)
-            else:
-                self._remove(entry, why)
-        # One line per sweep, never one per connection.
-        logger.debug("pool %s: reaped %d idle connections", self.node_name, len(doomed))
