@@ -10,8 +10,8 @@ loses what it took.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import trio
@@ -24,10 +24,11 @@ from ..wire.commands import DATA_TAKING_COMMANDS, blocking_seconds
 from .slotmap import Node
 
 __all__ = [
+    "NodeConnection",
+    "account",
     "accounted",
     "call",
     "call_batch",
-    "node_connection",
     "run_blocking",
     "take_connection",
 ]
@@ -58,35 +59,57 @@ async def take_connection(node: Node) -> Connection:
         raise
 
 
+def account(node: Node, error: BaseException | None) -> None:
+    """Tell ``node``'s breaker how a call went (the rule is errors.node_failed): no error, or
+    an error reply, means the node answered; a network failure counts against it; a
+    cancellation (or a busy or closed pool) says nothing."""
+    breaker = node.breaker
+    if error is None:
+        breaker.record_success()
+    elif isinstance(error, PoolTimeoutError | PoolClosedError) or not isinstance(
+        error, Exception
+    ):
+        breaker.abandon_probe()  # a busy or closed pool says nothing about the node
+    elif node_failed(error):
+        breaker.record_failure()
+    else:
+        breaker.record_success()  # an error reply: the node answered
+
+
 @contextmanager
 def accounted(node: Node) -> Iterator[None]:
-    """Tell ``node``'s breaker how the call inside went (the rule is errors.node_failed): a
-    network failure counts against the node; a cancellation (or a busy or closed pool) says
-    nothing; an error reply, or a reply, means the node answered."""
+    """:func:`account` for the call inside the block."""
     try:
         yield
     except BaseException as error:
-        if isinstance(error, PoolTimeoutError | PoolClosedError) or not isinstance(
-            error, Exception
-        ):
-            node.breaker.abandon_probe()  # a busy or closed pool says nothing about the node
-        elif node_failed(error):
-            node.breaker.record_failure()
-        else:
-            node.breaker.record_success()  # an error reply: the node answered
+        account(node, error)
         raise
-    node.breaker.record_success()
+    account(node, None)
 
 
-@asynccontextmanager
-async def node_connection(node: Node) -> AsyncIterator[Connection]:
-    """:func:`take_connection` for one call, :func:`accounted`, and the connection given back."""
-    conn = await take_connection(node)
-    try:
-        with accounted(node):
-            yield conn
-    finally:
-        node.pool.put(conn)
+class NodeConnection:
+    """:func:`take_connection` for one call, :func:`account` for it, and the connection given
+    back.  A class, not a generator: it is on every command's path."""
+
+    __slots__ = ("_conn", "_node")
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._conn: Connection | None = None
+
+    async def __aenter__(self) -> Connection:
+        self._conn = await take_connection(self._node)
+        return self._conn
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
+        node = self._node
+        try:
+            account(node, error)
+        finally:
+            assert self._conn is not None
+            node.pool.put(self._conn)
 
 
 async def call(
@@ -108,9 +131,14 @@ async def call(
     pipeliner = node.pool.autopipeliner
     if simple and pipeliner is not None and not measure:  # measuring times each round trip
         node.breaker.before_call()
-        with accounted(node):
-            return await pipeliner.execute(args)  # autopipelining: a shared connection
-    async with node_connection(node) as conn:
+        try:
+            reply = await pipeliner.execute(args)  # autopipelining: a shared connection
+        except BaseException as error:
+            account(node, error)
+            raise
+        account(node, None)
+        return reply
+    async with NodeConnection(node) as conn:
         started = trio.current_time() if measure else 0.0
         blocks = None if simple else blocking_seconds(args[0], args)
         if asking:
@@ -134,7 +162,7 @@ async def call_batch(node: Node, commands: Sequence[Sequence[Any]]) -> list[Any]
     becomes that error for every command of the batch.
     """
     try:
-        async with node_connection(node) as conn:
+        async with NodeConnection(node) as conn:
             return await conn.execute_many(commands)
     except NETWORK_ERRORS as error:
         return [error] * len(commands)

@@ -21,7 +21,7 @@ import trio
 
 from ..wire.encoding import text
 from ..wire.protocol import EncodableArg
-from .servers import LocalServer, find_server_binary, parse_info
+from .servers import LocalServer, find_server_binary, free_port, parse_info
 
 __all__ = ["LocalCluster", "Shard", "SlotRange"]
 
@@ -73,11 +73,13 @@ class LocalCluster:
         self.host = host
         self._password = password
         self.shards: list[Shard] = []
+        taken: set[int] = set()
         for _ in range(masters):
             primary, *replicas = (
                 LocalServer(
                     binary=binary,
                     host=host,
+                    port=free_port(host, taken=taken),
                     cluster=True,
                     cluster_node_timeout_ms=cluster_node_timeout_ms,
                     password=password,

@@ -99,13 +99,22 @@ def server_version(binary: Path) -> str:
     return out.stdout.strip()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host`` (and whose +10000 bus port is too)."""
+def free_port(host: str = "127.0.0.1", *, taken: set[int] | None = None) -> int:
+    """A TCP port that is free right now on ``host`` (and whose +10000 bus port is too).
+
+    ``taken`` holds ports already handed out but not yet bound (other nodes of one cluster):
+    the new port and its bus port avoid them and their bus ports, and both are added to it.
+    Without it, two nodes started together can be given ports where one's bus port is the
+    other's client port, and the second to start fails with "Address already in use".
+    """
+    taken = set() if taken is None else taken
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind((host, 0))
             port = int(probe.getsockname()[1])
-        if port + 10000 < 65536 and _is_free(host, port + 10000):
+        pair = {port, port + 10000}
+        if port + 10000 < 65536 and not pair & taken and _is_free(host, port + 10000):
+            taken |= pair
             return port
     raise RuntimeError("could not find a free port pair")
 
