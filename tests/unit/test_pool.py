@@ -575,7 +575,7 @@ async def test_after_a_failure_every_idle_connection_is_checked(
     # A server that dies closes all its connections at once: once one comes back broken,
     # the idle ones are checked however recently they answered, and the dead ones replaced.
     with trio.fail_after(10):
-        async with make_pool(PoolOptions(idle_check_after=60.0)) as (pool, dialer):
+        async with make_pool(PoolOptions(idle_check_after=60.0)) as (pool, _):
             conns = [await pool.get() for _ in range(3)]
             for conn in conns[1:]:
                 pool.put(conn)

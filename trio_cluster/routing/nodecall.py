@@ -66,9 +66,7 @@ def account(node: Node, error: BaseException | None) -> None:
     breaker = node.breaker
     if error is None:
         breaker.record_success()
-    elif isinstance(error, PoolTimeoutError | PoolClosedError) or not isinstance(
-        error, Exception
-    ):
+    elif isinstance(error, PoolTimeoutError | PoolClosedError) or not isinstance(error, Exception):
         breaker.abandon_probe()  # a busy or closed pool says nothing about the node
     elif node_failed(error):
         breaker.record_failure()
