@@ -132,7 +132,6 @@ def test_options_defaults() -> None:
     )
     assert (o.max_idle_time, o.max_lifetime, o.lifetime_jitter) == (1800.0, None, 0.0)
     assert o.dial_retries == 2 and o.dial_backoff == 0.05
-    assert o.autopipeline is False and o.idle_check_after == 0.5
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         o.size = 3  # type: ignore[misc]
 
@@ -158,9 +157,6 @@ def test_options_defaults() -> None:
         ({"lifetime_jitter": -0.1}, "lifetime_jitter"),
         ({"dial_retries": -1}, "dial_retries"),
         ({"dial_backoff": math.nan}, "dial_backoff"),
-        ({"idle_check_after": -0.1}, "idle_check_after"),
-        ({"idle_check_after": math.inf}, "idle_check_after"),
-        ({"idle_check_after": None}, "idle_check_after"),
     ],
 )
 def test_options_reject_bad_values(kwargs: dict[str, Any], field: str) -> None:
@@ -532,65 +528,11 @@ async def test_stale_idle_connection_is_replaced_on_get(
             conn = await pool.get()
             pool.put(conn)
             conn.peer_gone = True
-            await trio.sleep(PoolOptions().idle_check_after)  # idle long enough to be checked
             fresh = await pool.get()
             assert fresh is not conn
             await settle()
             assert conn.state.state is S.CLOSED
             assert pool.stats().closes == {"peer_closed": 1}
-            pool.put(fresh)
-
-
-async def test_a_connection_that_just_answered_is_handed_out_unchecked(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # The check costs a system call per command; a connection released a moment ago is
-    # trusted (a dead server is caught by the next rule: its other connections fail too).
-    with trio.fail_after(10):
-        async with make_pool(PoolOptions(idle_check_after=1.0)) as (pool, _):
-            conn = await pool.get()
-            pool.put(conn)
-            conn.peer_gone = True
-            await trio.sleep(0.9)
-            assert await pool.get() is conn
-            pool.put(conn)
-
-
-async def test_idle_check_after_zero_checks_every_get(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    with trio.fail_after(10):
-        async with make_pool(PoolOptions(idle_check_after=0)) as (pool, _):
-            conn = await pool.get()
-            pool.put(conn)
-            conn.peer_gone = True
-            fresh = await pool.get()
-            assert fresh is not conn
-            pool.put(fresh)
-
-
-async def test_after_a_failure_every_idle_connection_is_checked(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # A server that dies closes all its connections at once: once one comes back broken,
-    # the idle ones are checked however recently they answered, and the dead ones replaced.
-    with trio.fail_after(10):
-        async with make_pool(PoolOptions(idle_check_after=60.0)) as (pool, _):
-            conns = [await pool.get() for _ in range(3)]
-            for conn in conns[1:]:
-                pool.put(conn)
-                conn.peer_gone = True
-            conns[0].broken = True
-            pool.put(conns[0])
-            fresh = await pool.get()
-            assert fresh not in conns
-            await settle()
-            assert pool.stats().closes == {"broken": 1, "peer_closed": 2}
-            await trio.sleep(0.001)  # its command's round trip
-            pool.put(fresh)
-            # A connection released after the failure answered since: trusted again.
-            fresh.peer_gone = True
-            assert await pool.get() is fresh
             pool.put(fresh)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic
 
@@ -68,8 +67,6 @@ _IN_USE = ConnState.IN_USE
 _UNUSABLE = ConnState.UNUSABLE
 _INITIALIZING = ConnState.INITIALIZING
 _CLOSED = ConnState.CLOSED
-#: Removals that may mean the server dropped every connection, not just this one.
-_FAILURES = frozenset({CloseReason.BROKEN, CloseReason.PEER_CLOSED, CloseReason.DRAIN_FAILED})
 
 
 class Pool(NurseryOwner, Generic[C]):
@@ -129,8 +126,6 @@ class Pool(NurseryOwner, Generic[C]):
         self._dials = 0
         self._dial_errors = 0
         self._closes: collections.Counter[str] = collections.Counter()
-        self._check_after = opts.idle_check_after
-        self._failed_at = -math.inf  # when the pool last lost a connection to a failure
         #: The queue and batches of automatic pipelining (``options.autopipeline``), or None.
         self.autopipeliner = AutoPipeliner(self) if opts.autopipeline else None
         #: Parking gets and the pool's jobs: dials, closes, drains, maintenance, shutdown.
@@ -383,10 +378,7 @@ class Pool(NurseryOwner, Generic[C]):
         max_idle_time = self.options.max_idle_time
         if max_idle_time is not None and now - entry.conn.last_used_at >= max_idle_time:
             return CloseReason.IDLE_TIME
-        conn = entry.conn
-        if (
-            now - conn.last_used_at >= self._check_after or conn.last_used_at <= self._failed_at
-        ) and conn.peer_closed():
+        if entry.conn.peer_closed():
             return CloseReason.PEER_CLOSED
         return None
 
@@ -473,10 +465,6 @@ class Pool(NurseryOwner, Generic[C]):
         del self._entries[conn.id]
         entry.place = Place.GONE
         self._closes[reason] += 1
-        if reason in _FAILURES:
-            # The server may have closed every connection at once (it died or restarted):
-            # check each idle one before its next use, however recently it answered.
-            self._failed_at = trio.current_time()
         self._run_on_remove(conn, reason)
         self._closing[conn.id] = conn
         self._spawn(self._bg.close_one, conn)

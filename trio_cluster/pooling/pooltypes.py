@@ -137,13 +137,6 @@ class PoolOptions:
     connection and one write per scheduler pass, replies handed back in order (see
     :mod:`trio_cluster.pooling.autopipeline`).  Blocking commands, transactions, ``WATCH`` and
     pub/sub still get connections of their own."""
-    idle_check_after: float = 0.5
-    """Before an idle connection is handed out, one ``poll`` asks whether the server closed
-    it, when it sat idle at least this long (seconds) or when another connection of the pool
-    has failed since it was last used (a dead server closes them all at once).  A connection
-    that answered a moment ago is handed out unchecked: the check is a system call, about a
-    seventh of a command's cost under load.  0 = check every time.  The default stays under
-    the shortest server ``timeout`` (1 s), so a server's idle timeout is always caught."""
 
     def __attrs_post_init__(self) -> None:
         if not _is_int(self.size) or self.size < 1:
@@ -172,8 +165,6 @@ class PoolOptions:
             raise _fail("dial_backoff", "a finite number >= 0", self.dial_backoff)
         if not isinstance(self.autopipeline, bool):
             raise _fail("autopipeline", "a bool", self.autopipeline)
-        if not _is_num(self.idle_check_after) or self.idle_check_after < 0:
-            raise _fail("idle_check_after", "a finite number >= 0", self.idle_check_after)
 
 
 @attrs.frozen
