@@ -308,7 +308,10 @@ class Connection(ReplyStream):
             else:
                 self.io_deadline = now + read_timeout + blocks_for
                 watchdog.watch(self)  # the deadline may be earlier than the write's
-            replies = [await self._read_reply() for _ in range(count)]
+            if count == 1:
+                replies = [await self._read_reply()]  # no comprehension frame per command
+            else:
+                replies = [await self._read_reply() for _ in range(count)]
         except (rex.ConnectionError, trio.ClosedResourceError):
             if not self._timed_out:
                 raise

@@ -179,6 +179,9 @@ class Router:
         (looked up when not given)."""
         retry = self.retry
         slots = self.slots
+        call = nodecall.call
+        dialer = self.dialer
+        measure = slots.read_from is ReadFrom.LOWEST_LATENCY
         if readonly is None:
             readonly = self.commands.is_readonly(args)
         use_replica = readonly and slots.read_from is not ReadFrom.PRIMARY
@@ -190,13 +193,13 @@ class Router:
             try:
                 if asking is not None:
                     node, asking = asking, None
-                    return await self.call(node, args, asking=True)
+                    return await call(node, args, dialer=dialer, asking=True, measure=measure)
                 primary = slots.primary(slot)
                 if primary is None:
                     slots.request_refresh()
                     raise mark_unsent(ClusterDownError(f"CLUSTERDOWN slot {slot} is not served"))
                 node = slots.for_read(slot, primary) if use_replica else primary
-                return await self.call(node, args, simple=simple)
+                return await call(node, args, dialer=dialer, simple=simple, measure=measure)
             except MovedError as moved:
                 redirects += 1
                 if redirects > retry.max_redirects:
