@@ -38,7 +38,8 @@ class Watchdog:
     """Enforces the deadlines of in-flight commands; run :meth:`run` in the owner's nursery."""
 
     def __init__(self) -> None:
-        self._inflight: set[Watched] = set()
+        #: The connections with a command in flight (read it, don't change it).
+        self.inflight: set[Watched] = set()
         self._wake_at = math.inf
         self._scope: trio.CancelScope | None = None
         #: Commands timed out by the watchdog (for stats and tests).
@@ -48,12 +49,12 @@ class Watchdog:
         self.poller = select.poll()
 
     def __len__(self) -> int:
-        return len(self._inflight)
+        return len(self.inflight)
 
     def watch(self, conn: Watched) -> None:
         """``conn`` has a command in flight until :meth:`unwatch`; its deadline is
         ``conn.io_deadline`` (call again after moving it earlier)."""
-        self._inflight.add(conn)
+        self.inflight.add(conn)
         if conn.io_deadline < self._wake_at:
             self._wake_at = conn.io_deadline
             if self._scope is not None:
@@ -61,7 +62,7 @@ class Watchdog:
 
     def unwatch(self, conn: Watched) -> None:
         """The command on ``conn`` finished (however it ended)."""
-        self._inflight.discard(conn)
+        self.inflight.discard(conn)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Sleep until the earliest deadline, expire what is overdue, repeat (forever)."""
@@ -73,10 +74,10 @@ class Watchdog:
             self._scope = None
             now = trio.current_time()
             wake_at = math.inf
-            for conn in list(self._inflight):
+            for conn in list(self.inflight):
                 deadline = conn.io_deadline
                 if deadline <= now:
-                    self._inflight.discard(conn)
+                    self.inflight.discard(conn)
                     self.expired += 1
                     conn.expire()
                 elif deadline < wake_at:
