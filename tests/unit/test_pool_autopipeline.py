@@ -18,6 +18,12 @@ from redis import exceptions as rex
 from trio_cluster.conn.connection import was_unsent
 from trio_cluster.conn.state import ConnState, ConnStateMachine
 from trio_cluster.errors import PoolClosedError
+from trio_cluster.pooling.breaker import (
+    BreakerOptions,
+    BreakerState,
+    CircuitBreaker,
+    CircuitOpenError,
+)
 from trio_cluster.pooling.pool import Pool, PoolOptions
 
 _ids = itertools.count(1)
@@ -212,3 +218,47 @@ async def test_closing_the_pool_fails_queued_commands_as_unsent(autojump_clock: 
         assert not was_unsent(outcomes["first"])
         with pytest.raises(PoolClosedError):
             await pipeliner.execute(("GET", "late"))
+
+
+async def test_batch_workers_are_reused_not_started_per_batch(autojump_clock: Any) -> None:
+    async with echo_pool() as (pool, log):
+        pipeliner = pool.autopipeliner
+        assert pipeliner is not None
+        for n in range(5):  # five batches, one after the other
+            assert await pipeliner.execute(("GET", f"k{n}")) == f"echo:k{n}".encode()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(log) == 5
+        # One worker served them all, and is parked for the next batch.
+        assert len(pipeliner._idle_workers) == 1
+
+
+async def test_the_breaker_counts_a_failed_batch_once(autojump_clock: Any) -> None:
+    async with echo_pool() as (pool, log):
+        pipeliner = pool.autopipeliner
+        assert pipeliner is not None
+        breaker = CircuitBreaker("n:1", BreakerOptions(failure_threshold=2))
+        pipeliner.breaker = breaker
+        EchoConn.fail_with = rex.ConnectionError("connection lost")
+        failed: list[BaseException] = []
+
+        async def call(key: str) -> None:
+            try:
+                await pipeliner.execute(("SET", key, "v"))
+            except rex.ConnectionError as exc:
+                failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(10):
+                nursery.start_soon(call, f"k{n}")
+        assert len(log) == 1 and len(failed) == 10
+        # Ten commands, one batch, one failure: below the threshold of two.
+        assert breaker.state is BreakerState.CLOSED
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "again")
+        assert breaker.state is BreakerState.OPEN
+        # Open: the next batch is refused before anything is written, marked unsent.
+        EchoConn.fail_with = None
+        with pytest.raises(CircuitOpenError) as refused:
+            await pipeliner.execute(("GET", "refused"))
+        assert was_unsent(refused.value)
+        assert len(log) == 2

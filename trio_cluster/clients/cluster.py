@@ -226,7 +226,10 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             dialer, self.pool_options, node_name=name, timeout=self._pool_timeout()
         )
         dialer.attach(pool, self._maint, on_smigrated=self.request_refresh)
-        return Node(address, pool, CircuitBreaker(name, self.breaker_options), dialer)
+        breaker = CircuitBreaker(name, self.breaker_options)
+        if pool.autopipeliner is not None:
+            pool.autopipeliner.breaker = breaker  # batches go past it, not each command
+        return Node(address, pool, breaker, dialer)
 
     async def _start_node(self, node: Node) -> None:
         """Start a new node's background work in the client's nursery."""

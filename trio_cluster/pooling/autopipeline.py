@@ -1,10 +1,13 @@
 """Automatic pipelining: concurrent commands for one node share a connection and a write.
 
 Opt-in with ``PoolOptions(autopipeline=True)``.  A caller's command joins the node's queue and
-the caller parks.  The first command of a scheduler pass starts a *batch* job in the pool's
-nursery; the job runs in the next pass, once every task of this pass has queued its command,
-borrows one connection from the pool, writes the whole queue in one system call and reads the
-replies in order, handing each to its caller.
+the caller parks.  The first command of a scheduler pass wakes a *batch worker* (a task in the
+pool's nursery, parked between batches; a new one is started only when every worker is busy
+with a batch); the worker runs in the next pass, once every task of this pass has queued its
+command, borrows one connection from the pool, writes the whole queue in one system call and
+reads the replies in order, handing each to its caller.  A cluster node's circuit breaker is
+consulted once per batch: an open breaker fails the queue unsent, and a batch's outcome counts
+once, not once per command.
 
 Every guarantee of a command on its own connection holds:
 
@@ -35,9 +38,10 @@ import trio
 from redis import exceptions as rex
 
 from ..conn.connection import mark_unsent
+from ..errors import node_failed
 from ..wire.protocol import EncodableArg, encode_command
 
-__all__ = ["MAX_BATCH", "AutoPipeliner", "BatchPool", "shares_connection"]
+__all__ = ["MAX_BATCH", "AutoPipeliner", "BatchBreaker", "BatchPool", "shares_connection"]
 
 #: Most commands written in one batch; the rest wait for the next batch (which starts at once).
 MAX_BATCH = 512
@@ -82,6 +86,22 @@ class BatchPool(Protocol):
         ...
 
 
+class BatchBreaker(Protocol):
+    """What the pipeliner needs from a circuit breaker (a cluster node's)."""
+
+    def before_call(self) -> None:
+        """Raise (an unsent ``ConnectionError``) if nothing may be sent now."""
+        ...
+
+    def record(self, error: BaseException | None) -> None:
+        """How a call went."""
+        ...
+
+    def abandon_probe(self) -> None:
+        """A call that decided nothing about the node."""
+        ...
+
+
 class _Call:
     """One caller's command on its way through a batch."""
 
@@ -116,13 +136,17 @@ class AutoPipeliner:
     """The queue and batches of one pool (one node).  Made by the pool when
     ``PoolOptions.autopipeline`` is set; its batch jobs run in the pool's nursery."""
 
-    __slots__ = ("_pool", "_queue", "_scheduled", "batches", "commands")
+    __slots__ = ("_idle_workers", "_pool", "_queue", "_scheduled", "batches", "breaker", "commands")
 
     def __init__(self, pool: BatchPool) -> None:
         self._pool = pool
         self._queue: list[_Call] = []
-        #: A batch job has been started and has not taken the queue yet.
+        #: A worker has been woken (or started) and has not taken the queue yet.
         self._scheduled = False
+        #: Batch workers parked between batches (starting a task per batch costs more).
+        self._idle_workers: list[trio.lowlevel.Task] = []
+        #: The node's circuit breaker (set by the cluster client), checked once per batch.
+        self.breaker: BatchBreaker | None = None
         #: Batches written so far, and the commands they carried (for stats and tests).
         self.batches = 0
         self.commands = 0
@@ -137,7 +161,7 @@ class AutoPipeliner:
         if not self._scheduled:
             self._scheduled = True
             try:
-                self._pool.spawn_job(self._run_batch)
+                self._wake_worker()
             except BaseException:
                 self._scheduled = False
                 self._queue.remove(call)
@@ -156,11 +180,43 @@ class AutoPipeliner:
                 call.state = _GONE
                 _deliver(call, _own_copy(error))
 
+    def _wake_worker(self) -> None:
+        """Have a worker take the queue in the next scheduler pass."""
+        if self._idle_workers:
+            trio.lowlevel.reschedule(self._idle_workers.pop())
+        else:
+            self._pool.spawn_job(self._work)
+
+    async def _work(self) -> None:
+        """A batch worker: run a batch, park until woken for the next one (until the pool's
+        nursery is cancelled)."""
+        me = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._idle_workers.remove(me)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            await self._run_batch()
+            self._idle_workers.append(me)
+            await trio.lowlevel.wait_task_rescheduled(abort)
+
     async def _run_batch(self) -> None:
         """One batch: borrow a connection, take the queue, write it, hand out the replies."""
         pool = self._pool
+        breaker = self.breaker
         try:
-            conn: PipelinedConnection = await pool.get()
+            if breaker is not None:
+                breaker.before_call()  # an open breaker: CircuitOpenError, marked unsent
+            try:
+                conn: PipelinedConnection = await pool.get()
+            except BaseException as exc:
+                if breaker is not None:
+                    if node_failed(exc):
+                        breaker.record(exc)  # the dial failed: the node is unreachable
+                    else:
+                        breaker.abandon_probe()  # a busy or closing pool says nothing
+                raise
         except BaseException as exc:
             # Nothing was sent: every queued command gets the error, marked unsent, so their
             # callers' retry rules decide.
@@ -175,12 +231,16 @@ class AutoPipeliner:
         calls = self._take()
         if not calls:
             pool.put(conn)
+            if breaker is not None:
+                breaker.abandon_probe()  # every caller left: nothing was asked of the node
             return
         self.batches += 1
         self.commands += len(calls)
         try:
             replies = await conn.execute_encoded(b"".join([c.data for c in calls]), len(calls))
         except BaseException as exc:
+            if breaker is not None:
+                breaker.record(exc)  # once for the batch, not once per command
             # The connection's failure is every command's of this batch, and no other's.
             error: BaseException = exc
             if not isinstance(exc, Exception):
@@ -194,6 +254,8 @@ class AutoPipeliner:
             return
         finally:
             pool.put(conn)
+        if breaker is not None:
+            breaker.record(None)
         for call, reply in zip(calls, replies, strict=True):
             _deliver(call, reply)
 
@@ -206,7 +268,7 @@ class AutoPipeliner:
             self._queue = calls[MAX_BATCH:]
             calls = calls[:MAX_BATCH]
             self._scheduled = True
-            self._pool.spawn_job(self._run_batch)
+            self._wake_worker()
         for call in calls:
             call.state = _SENT
         return calls

@@ -18,6 +18,7 @@ import trio
 from redis import exceptions as rex
 
 from ..conn.connection import mark_unsent
+from ..errors import PoolClosedError, PoolTimeoutError, node_failed
 
 __all__ = ["BreakerOptions", "BreakerState", "CircuitBreaker", "CircuitOpenError"]
 
@@ -112,6 +113,21 @@ class CircuitBreaker:
             self.state = BreakerState.OPEN
             self._opened_at = trio.current_time()
             self._failures = 0
+
+    def record(self, error: BaseException | None) -> None:
+        """How a call went, by one rule (``errors.node_failed``): no error, or an error
+        reply, means the node answered; a network failure counts against it; a cancellation,
+        or a busy or closed pool, says nothing about it."""
+        if error is None:
+            self.record_success()
+        elif isinstance(error, PoolTimeoutError | PoolClosedError) or not isinstance(
+            error, Exception
+        ):
+            self.abandon_probe()
+        elif node_failed(error):
+            self.record_failure()
+        else:
+            self.record_success()
 
     def abandon_probe(self) -> None:
         """A half-open probe was cancelled before it could decide anything."""

@@ -18,7 +18,7 @@ import trio
 
 from ..config import ConnectionConfig
 from ..conn.connection import Connection, mark_unsent
-from ..errors import NETWORK_ERRORS, PoolClosedError, PoolTimeoutError, node_failed
+from ..errors import NETWORK_ERRORS, PoolClosedError, node_failed
 from ..jobs.dialer import Dialer
 from ..wire.commands import DATA_TAKING_COMMANDS, blocking_seconds
 from .slotmap import Node
@@ -60,18 +60,8 @@ async def take_connection(node: Node) -> Connection:
 
 
 def account(node: Node, error: BaseException | None) -> None:
-    """Tell ``node``'s breaker how a call went (the rule is errors.node_failed): no error, or
-    an error reply, means the node answered; a network failure counts against it; a
-    cancellation (or a busy or closed pool) says nothing."""
-    breaker = node.breaker
-    if error is None:
-        breaker.record_success()
-    elif isinstance(error, PoolTimeoutError | PoolClosedError) or not isinstance(error, Exception):
-        breaker.abandon_probe()  # a busy or closed pool says nothing about the node
-    elif node_failed(error):
-        breaker.record_failure()
-    else:
-        breaker.record_success()  # an error reply: the node answered
+    """Tell ``node``'s breaker how a call went (:meth:`CircuitBreaker.record`)."""
+    node.breaker.record(error)
 
 
 @contextmanager
@@ -138,15 +128,10 @@ async def call(
                 raise
             finally:
                 node.pool.put(conn)
-        else:
-            node.breaker.before_call()
-            try:
-                reply = await pipeliner.execute(args)  # autopipelining: a shared connection
-            except BaseException as error:
-                account(node, error)
-                raise
-        account(node, None)
-        return reply
+            account(node, None)
+            return reply
+        # Automatic pipelining: a shared connection; its batch consults the breaker.
+        return await pipeliner.execute(args)
     async with NodeConnection(node) as conn:
         started = trio.current_time() if measure else 0.0
         blocks = None if simple else blocking_seconds(args[0], args)
