@@ -134,11 +134,13 @@ class ReplyStream:
 
     # --- reading replies -------------------------------------------------------------------
 
-    async def _read_reply(self) -> Any:
+    async def _read_reply(self, subscribed: bool = False) -> Any:
         """Read the next reply that answers a command, dispatching push frames on the way.
 
         After the last owed reply, whatever the parser still holds must be push frames:
         anything else raises :class:`UnsolicitedReplyError` (see :meth:`_settle`).
+        ``subscribed``: return the next frame, whatever it is, and book nothing (see
+        :meth:`read_push`).
         """
         parser = self._parser
         reads = 0
@@ -155,6 +157,8 @@ class ReplyStream:
                 # A large reply used up its slice: let the other tasks run.
                 await self._continue_reading()
                 continue
+            if subscribed:
+                return reply
             if is_push(reply):
                 self._dispatch_push(reply)
                 continue
@@ -329,20 +333,7 @@ class ReplyStream:
             raise ConnectionClosedError(f"connection {self.id} to {self.config.address} is closed")
         if send:
             await self._send(b"".join([encode_command(args) for args in send]), 0)
-        parser = self._parser
-        reads = 0
-        while True:
-            try:
-                reply = parser.next_reply()
-            except ProtocolError as exc:
-                raise self._violation(exc) from None
-            if reply is YIELD:
-                await trio.lowlevel.checkpoint()
-            elif reply is not NEED_DATA:
-                return reply
-            else:
-                await self._receive(reads)
-                reads += 1
+        return await self._read_reply(subscribed=True)
 
 
 def network_error(
