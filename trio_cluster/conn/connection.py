@@ -40,7 +40,6 @@ from ..errors import (
 from ..wire.protocol import (
     EncodableArg,
     PushFrame,
-    RespParser,
     encode_command,
 )
 from .state import ConnState, ConnStateMachine
@@ -112,9 +111,7 @@ class Connection(ReplyStream):
         self.handoff_to: tuple[str, int] | None = None
         #: Called with every push frame (RESP3 ``>``) that arrives; never given to a caller.
         self.on_push: PushHandler | None = None
-        self._parser = RespParser(
-            max_bytes=config.max_reply_bytes, max_depth=config.max_reply_depth
-        )
+        self._parser = None  # made at the first read (ReplyStream._reader)
         # On plain sockets we read and write the file descriptor with non-blocking system
         # calls: a write then tells exactly whether any byte went out (the cancel-safety books
         # depend on it), and both are cheaper than trio's stream layers.  So a plain socket
@@ -229,13 +226,12 @@ class Connection(ReplyStream):
         self.client_id = client_id if isinstance(client_id, int) else None
 
     def _fresh_parser(self) -> None:
-        """Swap in a new parser once the handshake is read: the handshake's replies (the
-        largest most idle connections ever read) would otherwise keep the parser's buffers
-        grown for as long as the connection lives."""
-        if self._parser.idle:
-            self._parser = RespParser(
-                max_bytes=self.config.max_reply_bytes, max_depth=self.config.max_reply_depth
-            )
+        """Drop the parser once the handshake is read (the next read makes a new one): the
+        handshake's replies (the largest most idle connections ever read) would otherwise
+        keep its buffers grown for as long as the connection lives, and a connection that
+        then only sits idle needs no parser at all."""
+        if self._parser is not None and self._parser.idle:
+            self._parser = None
 
     async def _call_unbounded(self, args: Sequence[EncodableArg]) -> Any:
         reply = (await self._pipeline_unbounded([args]))[0]
