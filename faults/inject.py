@@ -23,12 +23,12 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Final
 
 import trio
 
 from faults.resp import ProtocolError, frame_end, parse_command, push
+from trio_cluster.lifetime import NurseryOwner
 
 __all__ = ["ConnFilter", "InjectedConnection", "MaintInjector"]
 
@@ -73,7 +73,7 @@ def _select(
     return [c for c in conns if c.id in wanted]
 
 
-class MaintInjector:
+class MaintInjector(NurseryOwner):
     """``async with MaintInjector(("127.0.0.1", 6379)) as inj:`` proxies and injects."""
 
     def __init__(
@@ -84,29 +84,13 @@ class MaintInjector:
         self.addresses: list[tuple[str, int]] = []
         self._conns: dict[int, InjectedConnection] = {}
         self._changed = trio.Event()
-        self._nursery_cm = trio.open_nursery()
-        self._nursery: trio.Nursery | None = None
 
-    async def __aenter__(self) -> MaintInjector:
-        self._nursery = await self._nursery_cm.__aenter__()
-        try:
-            for host, port in self._listen:
-                await self.add_listener(host, port)
-        except BaseException as exc:
-            self._nursery.cancel_scope.cancel()
-            await self._nursery_cm.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self
+    async def _start(self, nursery: trio.Nursery) -> None:
+        for host, port in self._listen:
+            await self.add_listener(host, port)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
-        return await self._nursery_cm.__aexit__(exc_type, exc, tb)
+    async def _stop(self) -> None:
+        """Nothing beyond the nursery's cancellation: it closes listeners and connections."""
 
     async def add_listener(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen on one more address for the same upstream; returns the real address."""
