@@ -27,24 +27,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import statistics
-import sys
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
 
 from benchmarks._common import (
-    emit,
     format_nodes,
+    measure,
     parse_nodes,
     progress,
     ratio,
+    report_main,
     rss_bytes,
     run_worker,
+    script_parser,
 )
 
 LIBS = ("trio-cluster", "redis-py")
@@ -114,22 +113,30 @@ def _check(workload: str, reply: Any) -> None:
 # --- timing workers -----------------------------------------------------------------------------
 
 
+async def _time_workloads(client: Any, repeat: int) -> dict[str, list[float]]:
+    """Seconds each workload took, ``repeat`` times, on ``client`` (either event loop: only
+    ``await``), after a PING that opens the connection; every reply checked."""
+    await client.ping()
+    calls = _calls(client)
+    times: dict[str, list[float]] = {w: [] for w in WORKLOADS}
+    for _ in range(repeat):
+        for workload in WORKLOADS:
+            started = time.perf_counter()
+            reply = await calls[workload]()
+            times[workload].append(time.perf_counter() - started)
+            _check(workload, reply)
+            del reply
+    return times
+
+
 async def trio_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict[str, Any]:
     """trio-cluster: each workload ``repeat`` times, then the stall during one LRANGE."""
     from trio_cluster import Client, ClusterClient
 
     client: Any = Client(*nodes[0]) if api == "client" else ClusterClient(startup_nodes=nodes)
-    times: dict[str, list[float]] = {w: [] for w in WORKLOADS}
     async with client:
-        await client.ping()
+        times = await _time_workloads(client, repeat)
         calls = _calls(client)
-        for _ in range(repeat):
-            for workload in WORKLOADS:
-                started = time.perf_counter()
-                reply = await calls[workload]()
-                times[workload].append(time.perf_counter() - started)
-                _check(workload, reply)
-                del reply
         stall = 0.0
         ticks = 0
         done = False
@@ -163,17 +170,9 @@ def redis_py_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict
             if api == "client"
             else RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes])
         )
-        times: dict[str, list[float]] = {w: [] for w in WORKLOADS}
         try:
-            await client.ping()
+            times = await _time_workloads(client, repeat)
             calls = _calls(client)
-            for _ in range(repeat):
-                for workload in WORKLOADS:
-                    started = time.perf_counter()
-                    reply = await calls[workload]()
-                    times[workload].append(time.perf_counter() - started)
-                    _check(workload, reply)
-                    del reply
             loop = asyncio.get_running_loop()
             stall = 0.0
             ticks = 0
@@ -342,21 +341,18 @@ def _hostile_redis_py(header: bytes) -> dict[str, Any]:
 def worker_main(args: argparse.Namespace) -> dict[str, Any]:
     """Run one measurement in this process and return its JSON record."""
     record: dict[str, Any] = {"lib": args.worker, "api": args.api, "hostile": args.hostile}
-    try:
-        if args.hostile:
-            header = HOSTILE_SHAPES[args.hostile]
-            if args.worker == "trio-cluster":
-                record.update(trio.run(_hostile_trio, header))
-            else:
-                record.update(_hostile_redis_py(header))
-        elif args.worker == "trio-cluster":
-            record.update(trio.run(trio_worker, args.api, parse_nodes(args.nodes), args.repeat))
-        else:
-            record.update(redis_py_worker(args.api, parse_nodes(args.nodes), args.repeat))
-    except Exception as exc:  # reported, so the run goes on with the other measurements
-        traceback.print_exc(file=sys.stderr)
-        record["error"] = f"{type(exc).__name__}: {exc}"
-    return record
+    return measure(record, lambda: _measure(args))
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    if args.hostile:
+        header = HOSTILE_SHAPES[args.hostile]
+        if args.worker == "trio-cluster":
+            return trio.run(_hostile_trio, header)
+        return _hostile_redis_py(header)
+    if args.worker == "trio-cluster":
+        return trio.run(trio_worker, args.api, parse_nodes(args.nodes), args.repeat)
+    return redis_py_worker(args.api, parse_nodes(args.nodes), args.repeat)
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -398,22 +394,17 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             hostile[f"{lib}_{shape}"] = record
             progress(f"hostile {shape:6} {lib:12} {record}")
     results = {api: {lib: _summary(samples[api][lib]) for lib in LIBS} for api in APIS}
-    ratios = {
-        f"{api}_{workload}": ratio(
-            results[api]["redis-py"]["median_s"].get(workload),
-            results[api]["trio-cluster"]["median_s"].get(workload),
-        )
-        for api in APIS
-        for workload in WORKLOADS
-    }
-    best_ratios = {
-        f"{api}_{workload}": ratio(
-            results[api]["redis-py"]["best_s"].get(workload),
-            results[api]["trio-cluster"]["best_s"].get(workload),
-        )
-        for api in APIS
-        for workload in WORKLOADS
-    }
+
+    def ratios(field: str) -> dict[str, float | None]:
+        return {
+            f"{api}_{workload}": ratio(
+                results[api]["redis-py"][field].get(workload),
+                results[api]["trio-cluster"][field].get(workload),
+            )
+            for api in APIS
+            for workload in WORKLOADS
+        }
+
     return {
         "benchmark": "large_replies",
         "server": version,
@@ -425,8 +416,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         },
         "settings": {"rounds": args.rounds, "repeat": args.repeat},
         "results": results,
-        "ratios_redis_py_time_over_trio_cluster_time": ratios,
-        "ratios_of_best_reads": best_ratios,
+        "ratios_redis_py_time_over_trio_cluster_time": ratios("median_s"),
+        "ratios_of_best_reads": ratios("best_s"),
         # The longest lateness of a 1 ms ticker in each run (one LRANGE of 1M each): the
         # median over runs, and the worst run (which also counts the OS preempting the
         # process on a busy machine).
@@ -482,11 +473,8 @@ def _summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (the ``--worker`` ones are internal)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of every client x api")
+    parser = script_parser(__doc__, 5, "client x api", LIBS)
     parser.add_argument("--repeat", type=int, default=5, help="reads of each workload per worker")
-    parser.add_argument("--json", metavar="FILE", help="also write the report to FILE")
-    parser.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
     parser.add_argument("--api", choices=APIS, help=argparse.SUPPRESS)
     parser.add_argument("--nodes", help=argparse.SUPPRESS)
     parser.add_argument("--hostile", choices=list(HOSTILE_SHAPES), help=argparse.SUPPRESS)
@@ -496,15 +484,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: a worker measurement (``--worker``) or the whole comparison."""
     args = parse_args(argv)
-    if args.worker:
-        emit(worker_main(args))
-        return
-    report = trio.run(run_all, args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(text + "\n")
+    report_main(args, worker_main, lambda: trio.run(run_all, args))
 
 
 if __name__ == "__main__":
