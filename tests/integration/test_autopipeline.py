@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from failover_load import kill_primary_under_load
 from redis import exceptions as rex
 
 from trio_cluster import ClusterClient, PoolOptions
@@ -329,61 +330,21 @@ async def test_primary_sigkill_under_load_with_autopipelining() -> None:
             masters=3, replicas_per_master=1, cluster_node_timeout_ms=1000
         ) as c:
             victim = c.shards[0].primary
-            heir = c.shards[0].replicas[0]
-            errors: list[tuple[float, BaseException]] = []
-            ops_after_recovery = 0
-            recovered_at: float | None = None
-            killed_at = 0.0
             async with ClusterClient(
                 startup_nodes=c.startup_nodes[:1],
                 read_timeout=1.0,
                 connect_timeout=0.5,
                 pool=PoolOptions(autopipeline=True),
             ) as rc:
-
-                async def worker(n: int, stop: trio.Event) -> None:
-                    nonlocal ops_after_recovery
-                    rng = random.Random(n)
-                    while not stop.is_set():
-                        key = f"fo:{n}:{rng.randrange(100)}"
-                        value = str(rng.randrange(10**9)).encode()
-                        try:
-                            assert await rc.set(key, value) is True
-                            assert await rc.get(key) == value
-                            if recovered_at is not None:
-                                ops_after_recovery += 1
-                        except Exception as exc:
-                            errors.append((trio.current_time(), exc))
-                        await trio.sleep(0.002)
-
-                stop = trio.Event()
-                async with trio.open_nursery() as nursery:
-                    for n in range(20):
-                        nursery.start_soon(worker, n, stop)
-                    await trio.sleep(0.5)
-                    killed_at = trio.current_time()
-                    victim.kill()
-                    with trio.fail_after(20):
-                        while True:
-                            try:
-                                ranges = await heir.execute("CLUSTER", "SLOTS", read_timeout=1.0)
-                                if any(int(r[2][1]) == heir.port for r in ranges):
-                                    break
-                            except Exception:
-                                pass
-                            await trio.sleep(0.05)
-                    recovered_at = trio.current_time()
-                    await trio.sleep(1.5)
-                    stop.set()
-                kinds = sorted({type(e).__name__ for _, e in errors})
+                run = await kill_primary_under_load(c, rc)
                 print(
-                    f"\nautopipelined failover: errors reaching callers={len(errors)} {kinds}, "
-                    f"failover took {recovered_at - killed_at:.2f}s, "
-                    f"ops after recovery={ops_after_recovery}"
+                    f"\nautopipelined failover: errors reaching callers={len(run.errors)} "
+                    f"{run.kinds()}, failover took {run.failover_seconds:.2f}s, "
+                    f"ops after recovery={run.ops_after_recovery}"
                 )
-                assert all(t >= killed_at for t, _ in errors)
-                assert len(errors) <= 20
-                assert ops_after_recovery > 100
+                assert all(t >= run.killed_at for t, _ in run.errors)
+                assert len(run.errors) <= 20
+                assert run.ops_after_recovery > 100
                 assert f"127.0.0.1:{victim.port}" not in rc.node_names()
 
 

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import trio
+from failover_load import kill_primary_under_load
 from redis import exceptions as rex
 
 from faults.embedded import EmbeddedToxiproxy
@@ -149,65 +150,26 @@ async def test_primary_sigkill_under_load_errors_only_in_failover_window() -> No
         ) as c:
             victim = c.shards[0].primary
             heir = c.shards[0].replicas[0]
-            errors: list[tuple[float, BaseException]] = []
-            ops_after_recovery = 0
-            recovered_at: float | None = None
-            killed_at = 0.0
             async with ClusterClient(
                 startup_nodes=c.startup_nodes[:1], read_timeout=1.0, connect_timeout=0.5
             ) as rc:
-
-                async def worker(n: int, stop: trio.Event) -> None:
-                    nonlocal ops_after_recovery
-                    rng = random.Random(n)
-                    while not stop.is_set():
-                        key = f"fo:{n}:{rng.randrange(100)}"  # each worker its own keys
-                        value = str(rng.randrange(10**9)).encode()
-                        try:
-                            assert await rc.set(key, value) is True
-                            assert await rc.get(key) == value
-                            if recovered_at is not None:
-                                ops_after_recovery += 1
-                        except rex.RedisError as exc:  # a wrong value fails the test
-                            errors.append((trio.current_time(), exc))
-                        await trio.sleep(0.002)
-
-                stop = trio.Event()
-                async with trio.open_nursery() as nursery:
-                    for n in range(20):
-                        nursery.start_soon(worker, n, stop)
-                    await trio.sleep(0.5)  # a steady workload first
-                    killed_at = trio.current_time()
-                    victim.kill()
-                    # Poll the cluster (bounded) until the replica has taken over.
-                    with trio.fail_after(20):
-                        while True:
-                            try:
-                                ranges = await heir.execute("CLUSTER", "SLOTS", read_timeout=1.0)
-                                if any(int(r[2][1]) == heir.port for r in ranges):
-                                    break
-                            except (rex.RedisError, OSError):  # the heir may be busy electing
-                                pass
-                            await trio.sleep(0.05)
-                    recovered_at = trio.current_time()
-                    await trio.sleep(1.5)  # the workload goes on against the promoted replica
-                    stop.set()
+                run = await kill_primary_under_load(c, rc)
                 stats = rc.stats()
+                errors, killed_at = run.errors, run.killed_at
                 window = max((t for t, _ in errors), default=killed_at) - killed_at
-                kinds = sorted({type(e).__name__ for _, e in errors})
                 print(
-                    f"\nfailover: errors reaching callers={len(errors)} {kinds}, "
+                    f"\nfailover: errors reaching callers={len(errors)} {run.kinds()}, "
                     f"error window={window:.2f}s, failover took "
-                    f"{recovered_at - killed_at:.2f}s, retries={stats.retries}, "
+                    f"{run.failover_seconds:.2f}s, retries={stats.retries}, "
                     f"breaker rejections={stats.breaker_rejections}, "
-                    f"ops after recovery={ops_after_recovery}"
+                    f"ops after recovery={run.ops_after_recovery}"
                 )
                 for t, e in errors[:5]:
                     print(f"  at +{t - killed_at:.2f}s: {type(e).__name__}: {e}")
                 assert all(t >= killed_at for t, _ in errors)
-                assert window <= (recovered_at - killed_at) + 2.0  # errors only in the window
+                assert window <= run.failover_seconds + 2.0  # errors only in the window
                 assert len(errors) <= 20
-                assert ops_after_recovery > 100
+                assert run.ops_after_recovery > 100
                 assert f"127.0.0.1:{heir.port}" in stats.topology  # the heir is a primary now
                 assert f"127.0.0.1:{victim.port}" not in stats.topology
                 # The dead node left the map: its pool was retired and closed.
