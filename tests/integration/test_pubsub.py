@@ -427,3 +427,40 @@ async def test_ssubscribe_over_the_bound_changes_nothing(local_cluster: LocalClu
             assert not ps.subscribed and registry.open == 0
             await ps.ssubscribe(*channels[:2])
             assert registry.open == 2
+
+
+def _routed_to(rc: ClusterClient, slot: int) -> tuple[str, int]:
+    """The primary the client's public topology names for ``slot``."""
+    shard = rc.topology.shard_for(slot)
+    assert shard is not None
+    return shard.primary
+
+
+async def test_ssubscribe_moved_updates_the_clients_slot_map() -> None:
+    """A MOVED answering SSUBSCRIBE goes through the client's one MOVED path: the channel is
+    subscribed on the new owner, and the client's slot map and public ``topology`` name that
+    owner at once (before any refresh could)."""
+    async with LocalCluster(masters=2, replicas_per_master=0) as cluster:
+        with trio.fail_after(15):
+            channel = f"{_tag()}:redirected"
+            slot = key_slot(channel.encode())
+            async with ClusterClient(startup_nodes=cluster.startup_nodes) as rc, _pubsub(rc) as ps:
+                source = await _owner(cluster, channel)
+                target = next(n for n in cluster.primaries if n is not source)
+                assert _routed_to(rc, slot) == source.address
+                # Move the (empty) slot behind the client's back: its map is now stale.
+                target_id = cluster.node_ids[target.port]
+                source_id = cluster.node_ids[source.port]
+                await target.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+                await source.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+                await target.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                await source.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                moved_before = rc.stats().moved
+                await ps.ssubscribe(channel)  # sent to the source, which answers MOVED
+                assert (await _expect(ps, "ssubscribe"))["channel"] == channel.encode()
+                assert ps.stats().moved == 1
+                assert rc.stats().moved == moved_before + 1  # applied by the slot map
+                assert _routed_to(rc, slot) == target.address
+                assert f"{target.host}:{target.port}" in ps.connection_addresses()
+                assert await rc.spublish(channel, "here") == 1
+                assert (await _expect(ps, "smessage"))["data"] == b"here"
