@@ -448,11 +448,12 @@ def check_handoffs(
                     f"{check.node} not on {check.endpoint}: {shown}{more}",
                 )
             )
-    if _total(maintenance, "handoffs") == 0:
-        out.append(Violation("handoff", "MOVING was sent but the client handed off nothing"))
-    failures = _total(maintenance, "handoff_failures")
-    if failures:
-        out.append(Violation("handoff", f"{failures:.0f} handoffs failed"))
+    out += _job_ran_cleanly(
+        maintenance,
+        "handoff",
+        ("handoffs", "MOVING was sent but the client handed off nothing"),
+        ("handoff_failures", "handoffs failed"),
+    )
     longest = max((float(s.get("longest_unusable", 0.0)) for s in maintenance.values()), default=0)
     if timeout is not None and longest >= timeout:
         out.append(
@@ -532,11 +533,29 @@ def check_auth(
                     f"not authenticated as {check.expected}: {listed}",
                 )
             )
-    if _total(maintenance, "reauths") == 0:
-        out.append(Violation("credential-rotation", "no connection re-authenticated"))
-    failures = _total(maintenance, "reauth_failures")
+    out += _job_ran_cleanly(
+        maintenance,
+        "credential-rotation",
+        ("reauths", "no connection re-authenticated"),
+        ("reauth_failures", "re-authentications failed"),
+    )
+    return out
+
+
+def _job_ran_cleanly(
+    maintenance: Mapping[str, Mapping[str, Any]],
+    rule: str,
+    ran: tuple[str, str],
+    failed: tuple[str, str],
+) -> list[Violation]:
+    """A background job's counters summed over the clients: ``ran`` (counter, message if
+    zero) must be non-zero, ``failed`` (counter, what failed) zero."""
+    out = []
+    if _total(maintenance, ran[0]) == 0:
+        out.append(Violation(rule, ran[1]))
+    failures = _total(maintenance, failed[0])
     if failures:
-        out.append(Violation("credential-rotation", f"{failures:.0f} re-authentications failed"))
+        out.append(Violation(rule, f"{failures:.0f} {failed[1]}"))
     return out
 
 

@@ -4,7 +4,8 @@ client, in a worker thread; trio-cluster's, awaited)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import trio
@@ -358,27 +359,59 @@ async def _(r: Any, k: Resolve) -> Any:
 # --- pub/sub -------------------------------------------------------------------------------
 
 
-@scenario("pubsub")
-def publish_counts_the_subscriber(r: Any, k: Resolve) -> Any:
+@contextmanager
+def _subscribed(r: Any, k: Resolve) -> Iterator[Any]:
+    """redis-py's PubSub subscribed to the ``ch`` channel, its confirmation read."""
     pubsub = r.pubsub()
     try:
         pubsub.subscribe(k(K.ch))
-        confirmation = pubsub.get_message(timeout=5)
-        receivers = r.publish(k(K.ch), "hello")
-        message = pubsub.get_message(timeout=5)
-        return [confirmation, receivers, message]
+        pubsub.get_message(timeout=5)
+        yield pubsub
     finally:
         pubsub.close()
 
 
-@publish_counts_the_subscriber.ours
-async def _(r: Any, k: Resolve) -> Any:
+@asynccontextmanager
+async def _subscribed_ours(r: Any, k: Resolve) -> AsyncIterator[Any]:
+    """:func:`_subscribed` for trio-cluster."""
     async with r.pubsub() as pubsub:
         await pubsub.subscribe(k(K.ch))
-        confirmation = await pubsub.get_message(timeout=5)
-        receivers = await r.publish(k(K.ch), "hello")
-        message = await pubsub.get_message(timeout=5)
-        return [confirmation, receivers, message]
+        await pubsub.get_message(timeout=5)
+        yield pubsub
+
+
+def _subscribe_and_publish(name: str, sharded: bool, payload: str) -> None:
+    """Register the pair ``name``: subscribe to a channel, read the confirmation, publish to
+    it (the receivers counted), read the message; classic or sharded (SSUBSCRIBE,
+    ``get_sharded_message``, SPUBLISH) pub/sub."""
+    subscribe, get, publish = (
+        ("ssubscribe", "get_sharded_message", "spublish")
+        if sharded
+        else ("subscribe", "get_message", "publish")
+    )
+
+    def reference(r: Any, k: Resolve) -> Any:
+        pubsub = r.pubsub()
+        try:
+            getattr(pubsub, subscribe)(k(K.ch))
+            confirmation = getattr(pubsub, get)(timeout=5)
+            receivers = getattr(r, publish)(k(K.ch), payload)
+            return [confirmation, receivers, getattr(pubsub, get)(timeout=5)]
+        finally:
+            pubsub.close()
+
+    async def ours(r: Any, k: Resolve) -> Any:
+        async with r.pubsub() as pubsub:
+            await getattr(pubsub, subscribe)(k(K.ch))
+            confirmation = await getattr(pubsub, get)(timeout=5)
+            receivers = await getattr(r, publish)(k(K.ch), payload)
+            return [confirmation, receivers, await getattr(pubsub, get)(timeout=5)]
+
+    reference.__name__ = name
+    scenario("pubsub")(reference).ours(ours)
+
+
+_subscribe_and_publish("publish_counts_the_subscriber", sharded=False, payload="hello")
 
 
 @scenario(
@@ -386,21 +419,14 @@ async def _(r: Any, k: Resolve) -> Any:
     differs={t: "pubsub-ping-decoded" for t in ("decoded", "cluster-decoded")},
 )
 def pubsub_ping(r: Any, k: Resolve) -> Any:
-    pubsub = r.pubsub()
-    try:
-        pubsub.subscribe(k(K.ch))
-        pubsub.get_message(timeout=5)
+    with _subscribed(r, k) as pubsub:
         pubsub.ping("hi")
         return pubsub.get_message(timeout=5)
-    finally:
-        pubsub.close()
 
 
 @pubsub_ping.ours
 async def _(r: Any, k: Resolve) -> Any:
-    async with r.pubsub() as pubsub:
-        await pubsub.subscribe(k(K.ch))
-        await pubsub.get_message(timeout=5)
+    async with _subscribed_ours(r, k) as pubsub:
         await pubsub.ping("hi")
         return await pubsub.get_message(timeout=5)
 
@@ -428,20 +454,13 @@ async def _(r: Any, k: Resolve) -> Any:
 
 @scenario("pubsub", differs={t: "pubsub-deadline" for t in ALL})
 def get_message_without_timeout(r: Any, k: Resolve) -> Any:
-    pubsub = r.pubsub()
-    try:
-        pubsub.subscribe(k(K.ch))
-        pubsub.get_message(timeout=5)
+    with _subscribed(r, k) as pubsub:
         return pubsub.get_message()
-    finally:
-        pubsub.close()
 
 
 @get_message_without_timeout.ours
 async def _(r: Any, k: Resolve) -> Any:
-    async with r.pubsub() as pubsub:
-        await pubsub.subscribe(k(K.ch))
-        await pubsub.get_message(timeout=5)
+    async with _subscribed_ours(r, k) as pubsub:
         with trio.move_on_after(0.05):
             return await pubsub.get_message()
         return "still waiting when the caller's deadline came"
@@ -721,27 +740,7 @@ async def _(r: Any, k: Resolve) -> Any:
 # --- more pub/sub --------------------------------------------------------------------------
 
 
-@scenario("pubsub")
-def sharded_pubsub(r: Any, k: Resolve) -> Any:
-    pubsub = r.pubsub()
-    try:
-        pubsub.ssubscribe(k(K.ch))
-        confirmation = pubsub.get_sharded_message(timeout=5)
-        receivers = r.spublish(k(K.ch), "sharded")
-        message = pubsub.get_sharded_message(timeout=5)
-        return [confirmation, receivers, message]
-    finally:
-        pubsub.close()
-
-
-@sharded_pubsub.ours
-async def _(r: Any, k: Resolve) -> Any:
-    async with r.pubsub() as pubsub:
-        await pubsub.ssubscribe(k(K.ch))
-        confirmation = await pubsub.get_sharded_message(timeout=5)
-        receivers = await r.spublish(k(K.ch), "sharded")
-        message = await pubsub.get_sharded_message(timeout=5)
-        return [confirmation, receivers, message]
+_subscribe_and_publish("sharded_pubsub", sharded=True, payload="sharded")
 
 
 @scenario("pubsub")

@@ -40,6 +40,12 @@ class FailoverRun:
         return sorted({type(e).__name__ for _, e in self.errors})
 
 
+def failover_cluster() -> LocalCluster:
+    """A cluster whose shard 0 fails over quickly (3 primaries with a replica each, a 1 s
+    node timeout): the one :func:`kill_primary_under_load` expects."""
+    return LocalCluster(masters=3, replicas_per_master=1, cluster_node_timeout_ms=1000)
+
+
 async def kill_primary_under_load(cluster: LocalCluster, rc: ClusterClient) -> FailoverRun:
     """Run the workload, SIGKILL shard 0's primary after 0.5 s, wait (bounded) until its
     replica owns the slots, and go on for 1.5 s against the promoted replica."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import trio
-from failover_load import kill_primary_under_load
+from failover_load import failover_cluster, kill_primary_under_load
 from redis import exceptions as rex
 
 from trio_cluster import ClusterClient, PoolOptions
@@ -326,9 +326,7 @@ async def test_blocking_transactions_watch_and_pubsub_keep_their_own_connections
 
 async def test_primary_sigkill_under_load_with_autopipelining() -> None:
     with trio.fail_after(60):
-        async with LocalCluster(
-            masters=3, replicas_per_master=1, cluster_node_timeout_ms=1000
-        ) as c:
+        async with failover_cluster() as c:
             victim = c.shards[0].primary
             async with ClusterClient(
                 startup_nodes=c.startup_nodes[:1],

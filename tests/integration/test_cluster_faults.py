@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import trio
-from failover_load import kill_primary_under_load
+from failover_load import failover_cluster, kill_primary_under_load
 from redis import exceptions as rex
 
 from faults.embedded import EmbeddedToxiproxy
@@ -38,6 +38,24 @@ def _owner_port(topology_map: list[Any], slot: int) -> int:
 async def _proxied(cluster: LocalCluster) -> AsyncIterator[NodeProxies]:
     async with EmbeddedToxiproxy() as tp, NodeProxies.create(tp, cluster.startup_nodes) as np:
         yield np
+
+
+@asynccontextmanager
+async def _proxied_client(
+    cluster: LocalCluster, **options: Any
+) -> AsyncIterator[tuple[NodeProxies, ClusterClient]]:
+    """Proxies for ``cluster`` and a client that reaches it only through them."""
+    async with _proxied(cluster) as proxies, _via(proxies, cluster, **options) as rc:
+        yield proxies, rc
+
+
+def _via(proxies: NodeProxies, cluster: LocalCluster, **options: Any) -> ClusterClient:
+    """A client (``options`` added) that reaches ``cluster`` only through ``proxies``."""
+    return ClusterClient(
+        startup_nodes=[proxies.remap(cluster.startup_nodes[0])],
+        address_remap=proxies.remap,
+        **options,
+    )
 
 
 # --- resharding ---------------------------------------------------------------------------
@@ -145,9 +163,7 @@ async def test_reshard_under_load_follows_moved_and_ask_without_errors() -> None
 
 async def test_primary_sigkill_under_load_errors_only_in_failover_window() -> None:
     with trio.fail_after(60):
-        async with LocalCluster(
-            masters=3, replicas_per_master=1, cluster_node_timeout_ms=1000
-        ) as c:
+        async with failover_cluster() as c:
             victim = c.shards[0].primary
             heir = c.shards[0].replicas[0]
             async with ClusterClient(
@@ -255,15 +271,11 @@ def _keys_per_primary(rc: ClusterClient, prefix: str) -> dict[tuple[str, int], l
 
 async def test_pipeline_with_one_node_down(local_cluster: LocalCluster) -> None:
     with trio.fail_after(30):
-        async with (
-            _proxied(local_cluster) as proxies,
-            ClusterClient(
-                startup_nodes=[proxies.remap(local_cluster.startup_nodes[0])],
-                address_remap=proxies.remap,
-                retry=RetryOptions(budget=0.5),
-                breaker=BreakerOptions(cooldown=0.2),
-            ) as rc,
-        ):
+        async with _proxied_client(
+            local_cluster,
+            retry=RetryOptions(budget=0.5),
+            breaker=BreakerOptions(cooldown=0.2),
+        ) as (proxies, rc):
             by_primary = _keys_per_primary(rc, "pd:")
             down_address, down_keys = next(iter(by_primary.items()))
             down = next(n for n in proxies.nodes if n.listen == down_address)
@@ -301,15 +313,11 @@ async def test_pipeline_with_one_node_down(local_cluster: LocalCluster) -> None:
 
 async def test_breaker_opens_fails_fast_and_closes(local_cluster: LocalCluster) -> None:
     with trio.fail_after(30):
-        async with (
-            _proxied(local_cluster) as proxies,
-            ClusterClient(
-                startup_nodes=[proxies.remap(local_cluster.startup_nodes[0])],
-                address_remap=proxies.remap,
-                retry=RetryOptions(budget=0.3),
-                breaker=BreakerOptions(failure_threshold=3, cooldown=2.0),
-            ) as rc,
-        ):
+        async with _proxied_client(
+            local_cluster,
+            retry=RetryOptions(budget=0.3),
+            breaker=BreakerOptions(failure_threshold=3, cooldown=2.0),
+        ) as (proxies, rc):
             by_primary = _keys_per_primary(rc, "br:")
             address, keys = next(iter(by_primary.items()))
             name = f"{address[0]}:{address[1]}"
@@ -368,11 +376,7 @@ async def test_replica_reads_fall_back_to_primary_and_follow_latency(
             replicas = [proxies[n.address] for n in local_cluster.nodes[3:]]
             primaries = [proxies[n.address] for n in local_cluster.primaries]
             keys = [f"rr:{i}" for i in range(12)]
-            async with ClusterClient(
-                startup_nodes=[proxies.remap(local_cluster.startup_nodes[0])],
-                address_remap=proxies.remap,
-                read_from=ReadFrom.RANDOM,
-            ) as rc:
+            async with _via(proxies, local_cluster, read_from=ReadFrom.RANDOM) as rc:
                 await rc.mset({k: 1 for k in keys})
                 async with node_down(replicas):
                     for key in keys:
@@ -380,11 +384,7 @@ async def test_replica_reads_fall_back_to_primary_and_follow_latency(
                 stats = rc.stats()
                 assert stats.retries.get("replica_fallback", 0) > 0
                 assert stats.errors == {}
-            async with ClusterClient(
-                startup_nodes=[proxies.remap(local_cluster.startup_nodes[0])],
-                address_remap=proxies.remap,
-                read_from=ReadFrom.LOWEST_LATENCY,
-            ) as rc:
+            async with _via(proxies, local_cluster, read_from=ReadFrom.LOWEST_LATENCY) as rc:
 
                 def gets(nodes: list[Any]) -> int:
                     per_node = rc.stats().nodes
