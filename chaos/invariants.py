@@ -724,6 +724,12 @@ def _more(count: int) -> list[Violation]:
     return [] if count <= SHOWN else [Violation("pubsub", f"... and {count - SHOWN} more")]
 
 
+def _listed(rule: str, shown: Sequence[str], total: int) -> list[Violation]:
+    """One ``rule`` violation for each message of ``shown`` (the first :data:`SHOWN` of
+    ``total`` findings), and a count of the rest."""
+    return [Violation(rule, message) for message in shown] + _more(total)
+
+
 def _msg(p: Publish) -> str:
     return f"publisher {p.publisher} seq {p.seq} on {p.channel} (published t={p.start:.3f})"
 
@@ -731,42 +737,33 @@ def _msg(p: Publish) -> str:
 def check_pubsub_misdelivery(tally: PubSubTally) -> list[Violation]:
     """Every message arrived on the channel its payload names, one its subscriber subscribed
     to, with the right type (``smessage`` for shard channels), and was really published."""
-    out = [
-        Violation(
-            "pubsub-no-misdelivery",
-            f"subscriber {d.subscriber} got {d.raw!r} as a {d.kind} on {d.channel} at "
-            f"t={d.at:.3f}: {reason}",
-        )
+    shown = [
+        f"subscriber {d.subscriber} got {d.raw!r} as a {d.kind} on {d.channel} at "
+        f"t={d.at:.3f}: {reason}"
         for d, reason in tally.misdelivered[:SHOWN]
     ]
-    return out + _more(len(tally.misdelivered))
+    return _listed("pubsub-no-misdelivery", shown, len(tally.misdelivered))
 
 
 def check_pubsub_duplicates(tally: PubSubTally) -> list[Violation]:
     """No subscriber received one message twice (ever, gaps or not)."""
-    out = [
-        Violation(
-            "pubsub-no-duplicate",
-            f"subscriber {d.subscriber} got publisher {d.publisher} seq {d.seq} on {d.channel} "
-            f"again at t={d.at:.3f}",
-        )
+    shown = [
+        f"subscriber {d.subscriber} got publisher {d.publisher} seq {d.seq} on {d.channel} "
+        f"again at t={d.at:.3f}"
         for d in tally.duplicates[:SHOWN]
     ]
-    return out + _more(len(tally.duplicates))
+    return _listed("pubsub-no-duplicate", shown, len(tally.duplicates))
 
 
 def check_pubsub_order(tally: PubSubTally) -> list[Violation]:
     """Per subscriber, channel and publisher, messages arrive in the order they were published
     (within a subscription: there is no order across a gap)."""
-    out = [
-        Violation(
-            "pubsub-order",
-            f"subscriber {d.subscriber} got publisher {d.publisher} seq {d.seq} on {d.channel} "
-            f"at t={d.at:.3f}, after seq {after}",
-        )
+    shown = [
+        f"subscriber {d.subscriber} got publisher {d.publisher} seq {d.seq} on {d.channel} "
+        f"at t={d.at:.3f}, after seq {after}"
         for d, after in tally.reordered[:SHOWN]
     ]
-    return out + _more(len(tally.reordered))
+    return _listed("pubsub-order", shown, len(tally.reordered))
 
 
 def check_pubsub_losses(
@@ -857,14 +854,11 @@ def check_pubsub_gaps(
     if faults and not gaps:
         out.append(Violation("pubsub-gap-seen", "the fault caused no gap event"))
     errors = [e for e in record.events if e.kind == "error"]
-    out += [
-        Violation(
-            "pubsub-stream-error",
-            f"subscriber {e.subscriber}: the stream raised {e.detail} at t={e.at:.3f}",
-        )
+    shown = [
+        f"subscriber {e.subscriber}: the stream raised {e.detail} at t={e.at:.3f}"
         for e in errors[:SHOWN]
     ]
-    return out + _more(len(errors))
+    return out + _listed("pubsub-stream-error", shown, len(errors))
 
 
 def check_pubsub_connections(record: PubSubRecord) -> list[Violation]:

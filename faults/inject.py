@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -56,6 +56,21 @@ class InjectedConnection:
     def maint_enabled(self) -> bool:
         """True when the client sent ``CLIENT MAINT_NOTIFICATIONS ON ...``."""
         return bool(self.maint_args) and self.maint_args[0].upper() == b"ON"  # type: ignore[index]
+
+
+async def _frames(stream: trio.SocketStream) -> AsyncIterator[list[bytes]]:
+    """The whole RESP frames each read from ``stream`` completes (a partial frame waits for
+    the next read), until the peer closes."""
+    buf = bytearray()
+    while data := await stream.receive_some(RECV_SIZE):
+        buf += data
+        frames = []
+        pos = 0
+        while (end := frame_end(buf, pos)) is not None:
+            frames.append(bytes(buf[pos:end]))
+            pos = end
+        del buf[:pos]
+        yield frames
 
 
 #: Which connections to inject into: None (all), a predicate, or a collection of ids.
@@ -153,17 +168,9 @@ class MaintInjector(NurseryOwner):
     async def _client_to_server(
         self, conn: InjectedConnection, client: trio.SocketStream, upstream: trio.SocketStream
     ) -> None:
-        buf = bytearray()
-        while True:
-            data = await client.receive_some(RECV_SIZE)
-            if not data:
-                return
-            buf += data
+        async for frames in _frames(client):
             out = bytearray()
-            pos = 0
-            while (end := frame_end(buf, pos)) is not None:
-                frame = bytes(buf[pos:end])
-                pos = end
+            for frame in frames:
                 args = parse_command(frame)
                 if (
                     len(args) >= 2
@@ -178,7 +185,6 @@ class MaintInjector(NurseryOwner):
                     continue
                 conn.order.append(_UPSTREAM)
                 out += frame
-            del buf[:pos]
             if out:
                 await upstream.send_all(bytes(out))
 
@@ -193,28 +199,19 @@ class MaintInjector(NurseryOwner):
     async def _server_to_client(
         self, conn: InjectedConnection, upstream: trio.SocketStream, client: trio.SocketStream
     ) -> None:
-        buf = bytearray()
-        while True:
-            data = await upstream.receive_some(RECV_SIZE)
-            if not data:
-                return
-            buf += data
+        async for frames in _frames(upstream):
             # Hold the lock from popping the reply order to writing: a local +OK decided
             # meanwhile must see either the reply still owed or already written.  Only whole
             # replies are written under this lock, and injections take it too, so an injected
             # frame always falls between two replies.
             async with conn.write_lock:
-                pos = 0
                 out = bytearray()
-                while (end := frame_end(buf, pos)) is not None:
-                    is_push = buf[pos] == ord(">")
-                    out += buf[pos:end]
-                    pos = end
-                    if not is_push and conn.order:
+                for frame in frames:
+                    out += frame
+                    if not frame.startswith(b">") and conn.order:  # a reply, not a push
                         conn.order.popleft()
                         while conn.order and conn.order[0] is not _UPSTREAM:
                             out += conn.order.popleft() or b""
-                del buf[:pos]
                 if out:
                     await client.send_all(bytes(out))
 
