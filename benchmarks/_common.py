@@ -482,9 +482,11 @@ def measure(record: dict[str, Any], run: Callable[[], dict[str, Any]]) -> dict[s
 async def run_rounds(
     module: str, args: argparse.Namespace, common: Sequence[str]
 ) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], dict[str, Any] | None]:
-    """Every (round, shape, client) worker of ``module`` with the ``common`` options, and the
-    memory worker unless ``--no-memory``: the samples by client and shape, and the memory
-    record.  The client order rotates each round, so no client always runs first or last."""
+    """Every (round, shape, client) worker of ``module`` with the ``common`` options and the
+    timing ones, and the memory worker unless ``--no-memory``: the samples by client and
+    shape, and the memory record.  The client order rotates each round, so no client always
+    runs first or last."""
+    common = [*common, "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
     clients: list[str] = args.clients
     shapes: list[str] = args.shapes
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -511,17 +513,18 @@ async def run_rounds(
 
 
 def report_main(
-    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
     worker_main: Callable[[argparse.Namespace], dict[str, Any]],
-    report: Callable[[], dict[str, Any]],
+    report: Callable[[argparse.Namespace], dict[str, Any]],
 ) -> None:
-    """A benchmark script's entry point: with ``--worker``, one measurement in this process
-    (its JSON line on stdout); otherwise the whole ``report()``, printed and, with ``--json``,
-    written to that file."""
+    """A benchmark script's entry point, its command line read with ``parser``: with
+    ``--worker``, one measurement in this process (its JSON line on stdout); otherwise the
+    whole ``report(args)``, printed and, with ``--json``, written to that file."""
+    args = parser.parse_args()
     if args.worker:
         emit(worker_main(args))
         return
-    text = json.dumps(report(), indent=2)
+    text = json.dumps(report(args), indent=2)
     print(text)
     if args.json:
         with open(args.json, "w") as out:

@@ -129,6 +129,39 @@ async def _time_workloads(client: Any, repeat: int) -> dict[str, list[float]]:
     return times
 
 
+class _Ticker:
+    """A task ticking every :data:`TICK` on either event loop (its clock and sleep given):
+    the worst lateness of a tick is how long the loop stalled."""
+
+    def __init__(self, now: Callable[[], float], sleep: Callable[[float], Awaitable[Any]]):
+        self.now = now
+        self.sleep = sleep
+        self.stall = 0.0
+        self.ticks = 0
+        self.done = False
+
+    async def run(self) -> None:
+        """Tick until :meth:`during` has finished."""
+        while not self.done:
+            target = self.now() + TICK
+            await self.sleep(TICK)
+            self.stall = max(self.stall, self.now() - target)
+            self.ticks += 1
+
+    async def during(self, read: Callable[[], Awaitable[Any]]) -> Any:
+        """``await read()`` once the ticker runs (three ticks), the stall counted from then
+        on; the ticker stops after it."""
+        await self.sleep(TICK * 3)
+        self.stall = 0.0
+        reply = await read()
+        self.done = True
+        return reply
+
+    def result(self) -> dict[str, Any]:
+        """The worst stall (ms) and the ticks counted."""
+        return {"stall_ms": round(self.stall * 1000, 2), "ticks": self.ticks}
+
+
 async def trio_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict[str, Any]:
     """trio-cluster: each workload ``repeat`` times, then the stall during one LRANGE."""
     from trio_cluster import Client, ClusterClient
@@ -136,27 +169,12 @@ async def trio_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> di
     client: Any = Client(*nodes[0]) if api == "client" else ClusterClient(startup_nodes=nodes)
     async with client:
         times = await _time_workloads(client, repeat)
-        calls = _calls(client)
-        stall = 0.0
-        ticks = 0
-        done = False
-
-        async def ticker() -> None:
-            nonlocal stall, ticks
-            while not done:
-                target = trio.current_time() + TICK
-                await trio.sleep_until(target)
-                stall = max(stall, trio.current_time() - target)
-                ticks += 1
-
+        ticker = _Ticker(trio.current_time, trio.sleep)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ticker)
-            await trio.sleep(TICK * 3)
-            stall = 0.0
-            reply = await calls["lrange_1m"]()
-            done = True
+            nursery.start_soon(ticker.run)
+            reply = await ticker.during(_calls(client)["lrange_1m"])
         _check("lrange_1m", reply)
-    return {"times": times, "stall_ms": round(stall * 1000, 2), "ticks": ticks}
+    return {"times": times, **ticker.result()}
 
 
 def redis_py_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict[str, Any]:
@@ -172,30 +190,14 @@ def redis_py_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict
         )
         try:
             times = await _time_workloads(client, repeat)
-            calls = _calls(client)
-            loop = asyncio.get_running_loop()
-            stall = 0.0
-            ticks = 0
-            done = False
-
-            async def ticker() -> None:
-                nonlocal stall, ticks
-                while not done:
-                    target = loop.time() + TICK
-                    await asyncio.sleep(TICK)
-                    stall = max(stall, loop.time() - target)
-                    ticks += 1
-
-            task = asyncio.create_task(ticker())
-            await asyncio.sleep(TICK * 3)
-            stall = 0.0
-            reply = await calls["lrange_1m"]()
-            done = True
+            ticker = _Ticker(asyncio.get_running_loop().time, asyncio.sleep)
+            task = asyncio.create_task(ticker.run())
+            reply = await ticker.during(_calls(client)["lrange_1m"])
             await task
             _check("lrange_1m", reply)
         finally:
             await client.aclose()
-        return {"times": times, "stall_ms": round(stall * 1000, 2), "ticks": ticks}
+        return {"times": times, **ticker.result()}
 
     return asyncio.run(main())
 
@@ -248,10 +250,18 @@ async def _hostile_trio(header: bytes) -> dict[str, Any]:
                 outcome = f"{type(exc).__name__}: {exc}"
         elapsed = time.perf_counter() - started
         nursery.cancel_scope.cancel()
+    return _hostile_record(baseline, ("bytes_sent_before_refusal_mb", sent), elapsed, outcome)
+
+
+def _hostile_record(
+    baseline: int, sent: tuple[str, int], elapsed: float, outcome: str
+) -> dict[str, Any]:
+    """A hostile-server measurement: RSS before and at peak, what the server sent (the
+    field's name, bytes), how long it took and how it ended."""
     return {
         "baseline_rss_mb": round(baseline / 2**20, 1),
         "peak_rss_mb": round(_peak_rss() / 2**20, 1),
-        "bytes_sent_before_refusal_mb": round(sent / 2**20, 1),
+        sent[0]: round(sent[1] / 2**20, 1),
         "seconds": round(elapsed, 3),
         "outcome": outcome[:160],
     }
@@ -324,13 +334,7 @@ def _hostile_redis_py(header: bytes) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         await client.aclose()
         server.close()
-        return {
-            "baseline_rss_mb": round(baseline / 2**20, 1),
-            "peak_rss_mb": round(_peak_rss() / 2**20, 1),
-            "bytes_sent_mb": round(sent / 2**20, 1),
-            "seconds": round(elapsed, 3),
-            "outcome": outcome[:160],
-        }
+        return _hostile_record(baseline, ("bytes_sent_mb", sent), elapsed, outcome)
 
     return asyncio.run(main())
 
@@ -471,21 +475,15 @@ def _summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def options() -> argparse.ArgumentParser:
     """Command-line options (the ``--worker`` ones are internal)."""
     parser = script_parser(__doc__, 5, "client x api", LIBS)
     parser.add_argument("--repeat", type=int, default=5, help="reads of each workload per worker")
     parser.add_argument("--api", choices=APIS, help=argparse.SUPPRESS)
     parser.add_argument("--nodes", help=argparse.SUPPRESS)
     parser.add_argument("--hostile", choices=list(HOSTILE_SHAPES), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: a worker measurement (``--worker``) or the whole comparison."""
-    args = parse_args(argv)
-    report_main(args, worker_main, lambda: trio.run(run_all, args))
+    return parser
 
 
 if __name__ == "__main__":
-    main()
+    report_main(options(), worker_main, lambda args: trio.run(run_all, args))

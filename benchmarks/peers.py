@@ -190,8 +190,6 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         common = [
             "--nodes", format_nodes(cluster.startup_nodes),
             "--slots", format_slots(ranges),
-            "--seconds", str(args.seconds),
-            "--warmup", str(args.warmup),
             "--idle-per-node", str(args.idle_per_node),
         ]  # fmt: skip
         samples, memory = await run_rounds("benchmarks.peers", args, common)
@@ -273,7 +271,7 @@ def _environment(server: str) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def options() -> argparse.ArgumentParser:
     """Command-line options (the ``--worker`` ones are internal)."""
     parser = comparison_parser(__doc__, CLIENTS, DEFAULT_CLIENTS, list(SHAPES), seconds=2.0)
     parser.add_argument(
@@ -281,14 +279,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--nodes", help=argparse.SUPPRESS)
     parser.add_argument("--slots", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: a worker measurement (``--worker``) or the whole comparison."""
-    args = parse_args(argv)
-    report_main(args, worker_main, lambda: trio.run(run_all, args))
+    return parser
 
 
 if __name__ == "__main__":
-    main()
+    report_main(options(), worker_main, lambda args: trio.run(run_all, args))

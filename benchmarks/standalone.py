@@ -157,8 +157,6 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         await _preload(server.address)
         common = [
             "--address", address,
-            "--seconds", str(args.seconds),
-            "--warmup", str(args.warmup),
             "--idle-connections", str(args.idle_connections),
         ]  # fmt: skip
         samples, memory = await run_rounds("benchmarks.standalone", args, common)
@@ -356,7 +354,7 @@ def profile(seconds: float, top: int) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def options() -> argparse.ArgumentParser:
     """Command-line options (the ``--worker`` ones are internal)."""
     parser = comparison_parser(__doc__, CLIENTS, CLIENTS, STANDALONE_SHAPES, seconds=3.0)
     parser.add_argument(
@@ -365,18 +363,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="profile one GET instead")
     parser.add_argument("--top", type=int, default=25, help="functions listed by --profile")
     parser.add_argument("--address", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: a worker measurement, the comparison, or ``--profile``."""
-    args = parse_args(argv)
-    report_main(
-        args,
-        worker_main,
-        lambda: profile(args.seconds, args.top) if args.profile else trio.run(run_all, args),
-    )
+def report(args: argparse.Namespace) -> dict[str, Any]:
+    """The comparison, or with ``--profile`` the profile of one GET."""
+    return profile(args.seconds, args.top) if args.profile else trio.run(run_all, args)
 
 
 if __name__ == "__main__":
-    main()
+    report_main(options(), worker_main, report)
