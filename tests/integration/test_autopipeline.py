@@ -17,6 +17,7 @@ import pytest
 import trio
 from failover_load import failover_cluster, kill_primary_under_load
 from redis import exceptions as rex
+from storm import Storm
 
 from trio_cluster import ClusterClient, PoolOptions
 from trio_cluster.errors import ReadTimeoutError
@@ -112,29 +113,20 @@ async def test_cancellation_storm_never_misdelivers(local_cluster: LocalCluster)
     every reply that reaches a caller is its own, and the pools end clean."""
     with trio.fail_after(60):
         async with _client(local_cluster, pool=PoolOptions(size=4, autopipeline=True)) as rc:
-            misdelivered: list[tuple[str, Any]] = []
-            completed = cancelled = 0
-
+            storm = Storm()
             active: list[trio.CancelScope] = []
 
             async def caller(n: int, rounds: int) -> None:
-                nonlocal completed, cancelled
                 rng = random.Random(n)
                 for r in range(rounds):
                     key = f"ap:storm:{n}:{r}"
                     value = f"{n}:{r}:{rng.random()}".encode()
-                    with trio.CancelScope() as scope:
-                        active.append(scope)
-                        reply = await rc.set(key, value)
-                        if reply is not True:
-                            misdelivered.append((key, reply))
-                        got = await rc.get(key)
-                        if got != value:
-                            misdelivered.append((key, got))
-                        completed += 1
+                    scope = trio.CancelScope()
+                    active.append(scope)
+                    with storm.attempt(scope):
+                        storm.expect(key, await rc.set(key, value), True)
+                        storm.expect(key, await rc.get(key), value)
                     active.remove(scope)
-                    if scope.cancelled_caught:
-                        cancelled += 1
 
             async def canceller(stop: trio.Event) -> None:
                 # Every scheduler pass, cancel a few callers: some while their command is
@@ -155,24 +147,17 @@ async def test_cancellation_storm_never_misdelivers(local_cluster: LocalCluster)
 
             # A second storm with deadlines that expire while replies are on their way.
             async def timed_caller(n: int) -> None:
-                nonlocal completed, cancelled
                 key, value = f"ap:storm2:{n}", f"v{n}".encode()
-                with trio.move_on_after(random.Random(n).random() * 0.002) as scope:
+                with storm.attempt(trio.move_on_after(random.Random(n).random() * 0.002)):
                     assert await rc.set(key, value) is True
-                    got = await rc.get(key)
-                    if got != value:
-                        misdelivered.append((key, got))
-                    completed += 1
-                if scope.cancelled_caught:
-                    cancelled += 1
+                    storm.expect(key, await rc.get(key), value)
 
             async with trio.open_nursery() as nursery:
                 for n in range(500):
                     nursery.start_soon(timed_caller, n)
 
-            print(f"\ncancellation storm: completed={completed} cancelled={cancelled}")
-            assert misdelivered == []
-            assert completed > 0 and cancelled > 0
+            print(f"\ncancellation storm: completed={storm.completed} cancelled={storm.cancelled}")
+            storm.check()
             # Every key holds its own value or nothing (a cancelled SET may or may not have run).
             for n in range(0, 300, 7):
                 for r in range(10):
