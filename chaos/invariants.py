@@ -125,7 +125,8 @@ RECOVERY_PARTS = 4
 RECOVERY_STEP = 0.05
 
 
-def _pct(values: Sequence[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of sorted ``values``; 0 when there are none."""
     if not values:
         return 0.0
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -137,7 +138,7 @@ def baseline_of(ops: Sequence[Op], start: float, end: float) -> Baseline:
     counted = [op for op in ops if lo <= op.start < end and op.error != CANCELLED]
     lat = sorted(op.latency for op in counted if op.ok)
     ok = sum(1 for op in counted if op.ok)
-    return Baseline(lo, end, len(counted), ok, _pct(lat, 0.5), _pct(lat, 0.99))
+    return Baseline(lo, end, len(counted), ok, percentile(lat, 0.5), percentile(lat, 0.99))
 
 
 def run_baseline(record: RunRecord) -> Baseline:
@@ -622,7 +623,7 @@ def in_flight(record: PubSubRecord, before: float) -> float:
         for d in record.deliveries
         if (start := sent.get((d.channel, d.publisher, d.seq))) is not None and start < before
     )
-    return max(0.0, _pct(times, 0.99))
+    return max(0.0, percentile(times, 0.99))
 
 
 def _confirmed_after(confirms: Sequence[float], t: float) -> float:

@@ -24,10 +24,7 @@ from trio_cluster.clients.cluster import ReadFrom, RetryOptions
 from trio_cluster.pooling.breaker import BreakerOptions, BreakerState
 from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster, LocalServer
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+from trio_cluster.wire.encoding import text
 
 
 def _owner_port(topology_map: list[Any], slot: int) -> int:
@@ -207,7 +204,7 @@ async def test_address_remap_through_proxies_for_topology_and_moved() -> None:
             # Poll (bounded) until every node describes every node at the unreachable address.
             with trio.fail_after(15):
                 while True:
-                    hosts = {_text(r[2][0]) for n in c.nodes
+                    hosts = {text(r[2][0]) for n in c.nodes
                              for r in await n.execute("CLUSTER", "SLOTS")}  # fmt: skip
                     if hosts == {"127.0.0.2"}:
                         break
