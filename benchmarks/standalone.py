@@ -249,15 +249,15 @@ _COMPONENTS: list[tuple[str, Any]] = [
 
 #: Inclusive (cumulative) time of the boundaries one GET crosses: (label, file suffix, name).
 _BOUNDARIES = [
-    ("Client.execute_command", "trio_cluster/client.py", "execute_command"),
+    ("Client.execute_command", "trio_cluster/clients/client.py", "execute_command"),
     ("Pool.get", "trio_cluster/pooling/pool.py", "get"),
     ("Pool.put", "trio_cluster/pooling/pool.py", "put"),
     ("Connection.execute_many", "trio_cluster/conn/connection.py", "execute_many"),
     ("encode_command", "trio_cluster/wire/protocol.py", "encode_command"),
-    ("Connection._send", "trio_cluster/conn/connection.py", "_send"),
-    ("Connection._read_reply", "trio_cluster/conn/connection.py", "_read_reply"),
+    ("Connection._send", "trio_cluster/conn/stream.py", "_send"),
+    ("Connection._read_reply", "trio_cluster/conn/stream.py", "_read_reply"),
     ("RespParser.next_reply", "trio_cluster/wire/protocol.py", "next_reply"),
-    ("ReplyParser.parse (callbacks)", "trio_cluster/commands.py", "parse"),
+    ("ReplyParser.parse (callbacks)", "trio_cluster/wire/commands.py", "parse"),
     ("CancelScope.__enter__", "trio/_core/_run.py", "__enter__"),
     ("CancelScope.__exit__", "trio/_core/_run.py", "__exit__"),
     ("CancelScope.deadline (setter)", "trio/_core/_run.py", "deadline"),
