@@ -17,6 +17,7 @@ A worker prints one JSON line: ``{"client", "shape", "ops_per_s", "p50_ms", "p99
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import json
@@ -26,8 +27,9 @@ import random
 import statistics
 import sys
 import time
+import traceback
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ KEY_COUNT = 10_000
 VALUE_SIZE = 64
 PIPELINE_DEPTH = 100
 SLOTS = 16384
+#: The shape name of the idle-connection memory worker.
+MEMORY_SHAPE = "idle-memory"
 
 KEYS: list[bytes] = [f"bench:{i}".encode() for i in range(KEY_COUNT)]
 VALUE: bytes = b"v" * VALUE_SIZE
@@ -139,6 +143,7 @@ class _Run:
         self.latencies: list[float] = []
         self.commands = 0
         self.window = 0.0
+        self.started = 0.0
 
     async def one_by_one(self, seed: int, get: GetFn, set_: SetFn) -> None:
         """One task of the ``tasks*`` shapes: random key, GET or SET with equal odds."""
@@ -166,6 +171,17 @@ class _Run:
             if self.measuring:
                 self.latencies.append(time.perf_counter() - started)
                 self.commands += depth
+
+    def begin(self) -> None:
+        """Start the measured window (after the warm-up; garbage collected first)."""
+        gc.collect()
+        self.measuring = True
+        self.started = time.perf_counter()
+
+    def end(self) -> None:
+        """End the measured window and tell the tasks to stop."""
+        self.measuring, self.stop = False, True
+        self.window = time.perf_counter() - self.started
 
     def result(self) -> dict[str, Any]:
         """Throughput and latency percentiles of the measured window."""
@@ -225,12 +241,9 @@ async def drive_trio(
         for index in range(shape.tasks):
             nursery.start_soon(task, index)
         await trio.sleep(warmup)
-        gc.collect()
-        run.measuring = True
-        started = time.perf_counter()
+        run.begin()
         await trio.sleep(seconds)
-        run.measuring, run.stop = False, True
-        run.window = time.perf_counter() - started
+        run.end()
         nursery.cancel_scope.deadline = trio.current_time() + 10  # bound the wind-down
     return run.result()
 
@@ -245,12 +258,9 @@ async def drive_asyncio(
         for index in range(shape.tasks)
     ]
     await asyncio.sleep(warmup)
-    gc.collect()
-    run.measuring = True
-    started = time.perf_counter()
+    run.begin()
     await asyncio.sleep(seconds)
-    run.measuring, run.stop = False, True
-    run.window = time.perf_counter() - started
+    run.end()
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
     return run.result()
 
@@ -398,6 +408,127 @@ async def run_worker(module: str, args: Sequence[str], budget: float) -> dict[st
         return record
     tail = done.stderr.decode().strip().splitlines()[-3:]
     return {"error": f"exit {done.returncode}: " + " | ".join(tail)}
+
+
+def script_parser(
+    doc: str | None, rounds: int, what: str, workers: Sequence[str]
+) -> argparse.ArgumentParser:
+    """The options every benchmark script has: ``--rounds`` (default ``rounds``, of every
+    ``what``), ``--json``, and the internal ``--worker`` (one of ``workers``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"rounds of every {what}")
+    parser.add_argument("--json", metavar="FILE", help="also write the report to FILE")
+    parser.add_argument("--worker", choices=workers, help=argparse.SUPPRESS)
+    return parser
+
+
+def comparison_parser(
+    doc: str | None,
+    clients: Sequence[str],
+    default_clients: Sequence[str],
+    shapes: Sequence[str],
+    seconds: float,
+) -> argparse.ArgumentParser:
+    """:func:`script_parser` plus the options of a client x shape comparison (the timing, the
+    clients and shapes to run, ``--no-memory``; the worker's ``--shape``)."""
+    parser = script_parser(doc, 3, "client x shape", clients)
+    parser.add_argument("--seconds", type=float, default=seconds, help="measured seconds each")
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds first")
+    parser.add_argument("--clients", nargs="+", choices=clients, default=list(default_clients))
+    parser.add_argument("--shapes", nargs="+", choices=shapes, default=list(shapes))
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory figure")
+    parser.add_argument("--shape", help=argparse.SUPPRESS)
+    return parser
+
+
+def measure_worker(
+    args: argparse.Namespace,
+    workers: Mapping[str, Callable[[Shape], Any]],
+    memory: Callable[[], Any],
+) -> dict[str, Any]:
+    """The record of the ``--worker`` measurement ``args`` ask for: ``workers[client](shape)``,
+    or ``memory()`` for the memory shape (see :func:`measure`)."""
+
+    def run() -> Any:
+        if args.shape == MEMORY_SHAPE:
+            return memory()
+        if args.worker not in workers:
+            raise ValueError(f"unknown client {args.worker!r}")
+        return workers[args.worker](SHAPES[args.shape])
+
+    return measure({"client": args.worker, "shape": args.shape}, run)
+
+
+async def pipelined_sets(client: Any, keys: Sequence[bytes]) -> Any:
+    """SET every key of ``keys`` to :data:`VALUE` in one pipeline of ``client`` (redis-py's
+    pipeline API, on either event loop)."""
+    async with client.pipeline() as p:
+        for key in keys:
+            p.set(key, VALUE)
+        return await p.execute()
+
+
+def measure(record: dict[str, Any], run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A worker's JSON record: ``record`` updated with what ``run()`` measured, or with an
+    ``error`` (traceback on stderr), so the parent goes on with the other measurements."""
+    try:
+        record.update(run())
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    return record
+
+
+async def run_rounds(
+    module: str, args: argparse.Namespace, common: Sequence[str]
+) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], dict[str, Any] | None]:
+    """Every (round, shape, client) worker of ``module`` with the ``common`` options and the
+    timing ones, and the memory worker unless ``--no-memory``: the samples by client and
+    shape, and the memory record.  The client order rotates each round, so no client always
+    runs first or last."""
+    common = [*common, "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
+    clients: list[str] = args.clients
+    shapes: list[str] = args.shapes
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {
+        c: {s: [] for s in shapes} for c in clients
+    }
+    timeout = args.seconds + args.warmup + 60
+    for round_ in range(args.rounds):
+        for shape in shapes:
+            shift = round_ % len(clients)
+            for client in clients[shift:] + clients[:shift]:
+                record = await run_worker(
+                    module, ["--worker", client, "--shape", shape, *common], timeout
+                )
+                samples[client][shape].append(record)
+                shown = record.get("error") or f"{record.get('ops_per_s')} ops/s"
+                progress(f"round {round_ + 1} {shape:9} {client:15} {shown}")
+    memory: dict[str, Any] | None = None
+    if "trio-cluster" in clients and not args.no_memory:
+        memory = await run_worker(
+            module, ["--worker", "trio-cluster", "--shape", MEMORY_SHAPE, *common], 120
+        )
+        progress(f"memory: {memory}")
+    return samples, memory
+
+
+def report_main(
+    parser: argparse.ArgumentParser,
+    worker_main: Callable[[argparse.Namespace], dict[str, Any]],
+    report: Callable[[argparse.Namespace], dict[str, Any]],
+) -> None:
+    """A benchmark script's entry point, its command line read with ``parser``: with
+    ``--worker``, one measurement in this process (its JSON line on stdout); otherwise the
+    whole ``report(args)``, printed and, with ``--json``, written to that file."""
+    args = parser.parse_args()
+    if args.worker:
+        emit(worker_main(args))
+        return
+    text = json.dumps(report(args), indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(text + "\n")
 
 
 def summarize(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -27,24 +27,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import statistics
-import sys
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
 
 from benchmarks._common import (
-    emit,
     format_nodes,
+    measure,
     parse_nodes,
     progress,
     ratio,
+    report_main,
     rss_bytes,
     run_worker,
+    script_parser,
 )
 
 LIBS = ("trio-cluster", "redis-py")
@@ -114,42 +113,68 @@ def _check(workload: str, reply: Any) -> None:
 # --- timing workers -----------------------------------------------------------------------------
 
 
+async def _time_workloads(client: Any, repeat: int) -> dict[str, list[float]]:
+    """Seconds each workload took, ``repeat`` times, on ``client`` (either event loop: only
+    ``await``), after a PING that opens the connection; every reply checked."""
+    await client.ping()
+    calls = _calls(client)
+    times: dict[str, list[float]] = {w: [] for w in WORKLOADS}
+    for _ in range(repeat):
+        for workload in WORKLOADS:
+            started = time.perf_counter()
+            reply = await calls[workload]()
+            times[workload].append(time.perf_counter() - started)
+            _check(workload, reply)
+            del reply
+    return times
+
+
+class _Ticker:
+    """A task ticking every :data:`TICK` on either event loop (its clock and sleep given):
+    the worst lateness of a tick is how long the loop stalled."""
+
+    def __init__(self, now: Callable[[], float], sleep: Callable[[float], Awaitable[Any]]):
+        self.now = now
+        self.sleep = sleep
+        self.stall = 0.0
+        self.ticks = 0
+        self.done = False
+
+    async def run(self) -> None:
+        """Tick until :meth:`during` has finished."""
+        while not self.done:
+            target = self.now() + TICK
+            await self.sleep(TICK)
+            self.stall = max(self.stall, self.now() - target)
+            self.ticks += 1
+
+    async def during(self, read: Callable[[], Awaitable[Any]]) -> Any:
+        """``await read()`` once the ticker runs (three ticks), the stall counted from then
+        on; the ticker stops after it."""
+        await self.sleep(TICK * 3)
+        self.stall = 0.0
+        reply = await read()
+        self.done = True
+        return reply
+
+    def result(self) -> dict[str, Any]:
+        """The worst stall (ms) and the ticks counted."""
+        return {"stall_ms": round(self.stall * 1000, 2), "ticks": self.ticks}
+
+
 async def trio_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict[str, Any]:
     """trio-cluster: each workload ``repeat`` times, then the stall during one LRANGE."""
     from trio_cluster import Client, ClusterClient
 
     client: Any = Client(*nodes[0]) if api == "client" else ClusterClient(startup_nodes=nodes)
-    times: dict[str, list[float]] = {w: [] for w in WORKLOADS}
     async with client:
-        await client.ping()
-        calls = _calls(client)
-        for _ in range(repeat):
-            for workload in WORKLOADS:
-                started = time.perf_counter()
-                reply = await calls[workload]()
-                times[workload].append(time.perf_counter() - started)
-                _check(workload, reply)
-                del reply
-        stall = 0.0
-        ticks = 0
-        done = False
-
-        async def ticker() -> None:
-            nonlocal stall, ticks
-            while not done:
-                target = trio.current_time() + TICK
-                await trio.sleep_until(target)
-                stall = max(stall, trio.current_time() - target)
-                ticks += 1
-
+        times = await _time_workloads(client, repeat)
+        ticker = _Ticker(trio.current_time, trio.sleep)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ticker)
-            await trio.sleep(TICK * 3)
-            stall = 0.0
-            reply = await calls["lrange_1m"]()
-            done = True
+            nursery.start_soon(ticker.run)
+            reply = await ticker.during(_calls(client)["lrange_1m"])
         _check("lrange_1m", reply)
-    return {"times": times, "stall_ms": round(stall * 1000, 2), "ticks": ticks}
+    return {"times": times, **ticker.result()}
 
 
 def redis_py_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict[str, Any]:
@@ -163,40 +188,16 @@ def redis_py_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict
             if api == "client"
             else RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes])
         )
-        times: dict[str, list[float]] = {w: [] for w in WORKLOADS}
         try:
-            await client.ping()
-            calls = _calls(client)
-            for _ in range(repeat):
-                for workload in WORKLOADS:
-                    started = time.perf_counter()
-                    reply = await calls[workload]()
-                    times[workload].append(time.perf_counter() - started)
-                    _check(workload, reply)
-                    del reply
-            loop = asyncio.get_running_loop()
-            stall = 0.0
-            ticks = 0
-            done = False
-
-            async def ticker() -> None:
-                nonlocal stall, ticks
-                while not done:
-                    target = loop.time() + TICK
-                    await asyncio.sleep(TICK)
-                    stall = max(stall, loop.time() - target)
-                    ticks += 1
-
-            task = asyncio.create_task(ticker())
-            await asyncio.sleep(TICK * 3)
-            stall = 0.0
-            reply = await calls["lrange_1m"]()
-            done = True
+            times = await _time_workloads(client, repeat)
+            ticker = _Ticker(asyncio.get_running_loop().time, asyncio.sleep)
+            task = asyncio.create_task(ticker.run())
+            reply = await ticker.during(_calls(client)["lrange_1m"])
             await task
             _check("lrange_1m", reply)
         finally:
             await client.aclose()
-        return {"times": times, "stall_ms": round(stall * 1000, 2), "ticks": ticks}
+        return {"times": times, **ticker.result()}
 
     return asyncio.run(main())
 
@@ -249,10 +250,18 @@ async def _hostile_trio(header: bytes) -> dict[str, Any]:
                 outcome = f"{type(exc).__name__}: {exc}"
         elapsed = time.perf_counter() - started
         nursery.cancel_scope.cancel()
+    return _hostile_record(baseline, ("bytes_sent_before_refusal_mb", sent), elapsed, outcome)
+
+
+def _hostile_record(
+    baseline: int, sent: tuple[str, int], elapsed: float, outcome: str
+) -> dict[str, Any]:
+    """A hostile-server measurement: RSS before and at peak, what the server sent (the
+    field's name, bytes), how long it took and how it ended."""
     return {
         "baseline_rss_mb": round(baseline / 2**20, 1),
         "peak_rss_mb": round(_peak_rss() / 2**20, 1),
-        "bytes_sent_before_refusal_mb": round(sent / 2**20, 1),
+        sent[0]: round(sent[1] / 2**20, 1),
         "seconds": round(elapsed, 3),
         "outcome": outcome[:160],
     }
@@ -325,13 +334,7 @@ def _hostile_redis_py(header: bytes) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         await client.aclose()
         server.close()
-        return {
-            "baseline_rss_mb": round(baseline / 2**20, 1),
-            "peak_rss_mb": round(_peak_rss() / 2**20, 1),
-            "bytes_sent_mb": round(sent / 2**20, 1),
-            "seconds": round(elapsed, 3),
-            "outcome": outcome[:160],
-        }
+        return _hostile_record(baseline, ("bytes_sent_mb", sent), elapsed, outcome)
 
     return asyncio.run(main())
 
@@ -342,21 +345,18 @@ def _hostile_redis_py(header: bytes) -> dict[str, Any]:
 def worker_main(args: argparse.Namespace) -> dict[str, Any]:
     """Run one measurement in this process and return its JSON record."""
     record: dict[str, Any] = {"lib": args.worker, "api": args.api, "hostile": args.hostile}
-    try:
-        if args.hostile:
-            header = HOSTILE_SHAPES[args.hostile]
-            if args.worker == "trio-cluster":
-                record.update(trio.run(_hostile_trio, header))
-            else:
-                record.update(_hostile_redis_py(header))
-        elif args.worker == "trio-cluster":
-            record.update(trio.run(trio_worker, args.api, parse_nodes(args.nodes), args.repeat))
-        else:
-            record.update(redis_py_worker(args.api, parse_nodes(args.nodes), args.repeat))
-    except Exception as exc:  # reported, so the run goes on with the other measurements
-        traceback.print_exc(file=sys.stderr)
-        record["error"] = f"{type(exc).__name__}: {exc}"
-    return record
+    return measure(record, lambda: _measure(args))
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    if args.hostile:
+        header = HOSTILE_SHAPES[args.hostile]
+        if args.worker == "trio-cluster":
+            return trio.run(_hostile_trio, header)
+        return _hostile_redis_py(header)
+    if args.worker == "trio-cluster":
+        return trio.run(trio_worker, args.api, parse_nodes(args.nodes), args.repeat)
+    return redis_py_worker(args.api, parse_nodes(args.nodes), args.repeat)
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -398,22 +398,17 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             hostile[f"{lib}_{shape}"] = record
             progress(f"hostile {shape:6} {lib:12} {record}")
     results = {api: {lib: _summary(samples[api][lib]) for lib in LIBS} for api in APIS}
-    ratios = {
-        f"{api}_{workload}": ratio(
-            results[api]["redis-py"]["median_s"].get(workload),
-            results[api]["trio-cluster"]["median_s"].get(workload),
-        )
-        for api in APIS
-        for workload in WORKLOADS
-    }
-    best_ratios = {
-        f"{api}_{workload}": ratio(
-            results[api]["redis-py"]["best_s"].get(workload),
-            results[api]["trio-cluster"]["best_s"].get(workload),
-        )
-        for api in APIS
-        for workload in WORKLOADS
-    }
+
+    def ratios(field: str) -> dict[str, float | None]:
+        return {
+            f"{api}_{workload}": ratio(
+                results[api]["redis-py"][field].get(workload),
+                results[api]["trio-cluster"][field].get(workload),
+            )
+            for api in APIS
+            for workload in WORKLOADS
+        }
+
     return {
         "benchmark": "large_replies",
         "server": version,
@@ -425,8 +420,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         },
         "settings": {"rounds": args.rounds, "repeat": args.repeat},
         "results": results,
-        "ratios_redis_py_time_over_trio_cluster_time": ratios,
-        "ratios_of_best_reads": best_ratios,
+        "ratios_redis_py_time_over_trio_cluster_time": ratios("median_s"),
+        "ratios_of_best_reads": ratios("best_s"),
         # The longest lateness of a 1 ms ticker in each run (one LRANGE of 1M each): the
         # median over runs, and the worst run (which also counts the OS preempting the
         # process on a busy machine).
@@ -480,32 +475,15 @@ def _summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def options() -> argparse.ArgumentParser:
     """Command-line options (the ``--worker`` ones are internal)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of every client x api")
+    parser = script_parser(__doc__, 5, "client x api", LIBS)
     parser.add_argument("--repeat", type=int, default=5, help="reads of each workload per worker")
-    parser.add_argument("--json", metavar="FILE", help="also write the report to FILE")
-    parser.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
     parser.add_argument("--api", choices=APIS, help=argparse.SUPPRESS)
     parser.add_argument("--nodes", help=argparse.SUPPRESS)
     parser.add_argument("--hostile", choices=list(HOSTILE_SHAPES), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: a worker measurement (``--worker``) or the whole comparison."""
-    args = parse_args(argv)
-    if args.worker:
-        emit(worker_main(args))
-        return
-    report = trio.run(run_all, args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(text + "\n")
+    return parser
 
 
 if __name__ == "__main__":
-    main()
+    report_main(options(), worker_main, lambda args: trio.run(run_all, args))

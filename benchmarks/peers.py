@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.metadata
-import json
 import os
 import platform
-import sys
 import time
-import traceback
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,21 +35,24 @@ from benchmarks._common import (
     VALUE,
     Address,
     Shape,
+    comparison_parser,
     drive_asyncio,
     drive_trio,
-    emit,
     figure,
     format_nodes,
     format_slots,
     idle_connection_memory,
     keys_by_primary,
+    measure_worker,
     parse_nodes,
     parse_slots,
+    pipelined_sets,
     preload_cluster,
     progress,
     ratio,
     raw_task_client,
-    run_worker,
+    report_main,
+    run_rounds,
     slot_table,
     summarize,
 )
@@ -61,7 +62,6 @@ CLIENTS = ("raw", "redis-py", "coredis", "trio-cluster", "trio-cluster-ap")
 DEFAULT_CLIENTS = ("raw", "redis-py", "trio-cluster", "trio-cluster-ap")
 #: Pool size per node for the pooled clients: one connection per task at 50 tasks.
 POOL_SIZE = 50
-MEMORY_SHAPE = "idle-memory"
 
 
 # --- workers (each runs in its own process) ---------------------------------------------------
@@ -92,13 +92,7 @@ def redis_py_worker(
         )
         await rc.initialize()
         try:
-
-            async def pipe(keys: Sequence[bytes]) -> Any:
-                async with rc.pipeline() as p:
-                    for key in keys:
-                        p.set(key, VALUE)
-                    return await p.execute()
-
+            pipe = functools.partial(pipelined_sets, rc)
             return await drive_asyncio(shape, seconds, warmup, get=rc.get, set_=rc.set, pipe=pipe)
         finally:
             await rc.aclose()
@@ -148,13 +142,7 @@ async def trio_cluster_worker(
 ) -> dict[str, Any]:
     """``trio_cluster.ClusterClient``, with or without automatic pipelining."""
     async with open_trio_cluster(nodes, POOL_SIZE, autopipeline=autopipeline) as rc:
-
-        async def pipe(keys: Sequence[bytes]) -> Any:
-            async with rc.pipeline() as p:
-                for key in keys:
-                    p.set(key, VALUE)
-                return await p.execute()
-
+        pipe = functools.partial(pipelined_sets, rc)
         return await drive_trio(shape, seconds, warmup, get=rc.get, set_=rc.set, pipe=pipe)
 
 
@@ -171,29 +159,17 @@ def worker_main(args: argparse.Namespace) -> dict[str, Any]:
     """Run one measurement in this process and return its JSON record."""
     nodes = parse_nodes(args.nodes)
     ranges = parse_slots(args.slots)
-    record: dict[str, Any] = {"client": args.worker, "shape": args.shape}
-    try:
-        if args.shape == MEMORY_SHAPE:
-            record.update(trio.run(trio_cluster_memory, nodes, ranges, args.idle_per_node))
-            return record
-        shape = SHAPES[args.shape]
-        if args.worker == "raw":
-            result = trio.run(raw_worker, shape, ranges, args.seconds, args.warmup)
-        elif args.worker == "redis-py":
-            result = redis_py_worker(shape, nodes, args.seconds, args.warmup)
-        elif args.worker == "coredis":
-            result = trio.run(coredis_worker, shape, nodes, args.seconds, args.warmup)
-        elif args.worker == "trio-cluster":
-            result = trio.run(trio_cluster_worker, shape, nodes, args.seconds, args.warmup)
-        elif args.worker == "trio-cluster-ap":
-            result = trio.run(trio_cluster_worker, shape, nodes, args.seconds, args.warmup, True)
-        else:
-            raise ValueError(f"unknown client {args.worker!r}")
-        record.update(result)
-    except Exception as exc:  # reported, so the run continues with the other clients
-        traceback.print_exc(file=sys.stderr)
-        record["error"] = f"{type(exc).__name__}: {exc}"
-    return record
+    timing = (args.seconds, args.warmup)
+    workers: dict[str, Callable[[Shape], Any]] = {
+        "raw": lambda shape: trio.run(raw_worker, shape, ranges, *timing),
+        "redis-py": lambda shape: redis_py_worker(shape, nodes, *timing),
+        "coredis": lambda shape: trio.run(coredis_worker, shape, nodes, *timing),
+        "trio-cluster": lambda shape: trio.run(trio_cluster_worker, shape, nodes, *timing),
+        "trio-cluster-ap": lambda shape: trio.run(trio_cluster_worker, shape, nodes, *timing, True),
+    }
+    return measure_worker(
+        args, workers, lambda: trio.run(trio_cluster_memory, nodes, ranges, args.idle_per_node)
+    )
 
 
 # --- the parent: one cluster, interleaved measurements ----------------------------------------
@@ -205,10 +181,6 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
     clients: list[str] = args.clients
     shapes: list[str] = args.shapes
-    samples: dict[str, dict[str, list[dict[str, Any]]]] = {
-        c: {s: [] for s in shapes} for c in clients
-    }
-    memory: dict[str, Any] | None = None
     started = time.monotonic()
     progress("starting the cluster ...")
     async with LocalCluster(masters=3, replicas_per_master=1) as cluster:
@@ -218,31 +190,9 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         common = [
             "--nodes", format_nodes(cluster.startup_nodes),
             "--slots", format_slots(ranges),
-            "--seconds", str(args.seconds),
-            "--warmup", str(args.warmup),
             "--idle-per-node", str(args.idle_per_node),
         ]  # fmt: skip
-        timeout = args.seconds + args.warmup + 60
-        for round_ in range(args.rounds):
-            for shape in shapes:
-                # Rotate the order each round so no client always runs first or last.
-                shift = round_ % len(clients)
-                for client in clients[shift:] + clients[:shift]:
-                    record = await run_worker(
-                        "benchmarks.peers",
-                        ["--worker", client, "--shape", shape, *common],
-                        timeout,
-                    )
-                    samples[client][shape].append(record)
-                    shown = record.get("error") or f"{record.get('ops_per_s')} ops/s"
-                    progress(f"round {round_ + 1} {shape:9} {client:13} {shown}")
-        if "trio-cluster" in clients and not args.no_memory:
-            memory = await run_worker(
-                "benchmarks.peers",
-                ["--worker", "trio-cluster", "--shape", MEMORY_SHAPE, *common],
-                120,
-            )
-            progress(f"memory: {memory}")
+        samples, memory = await run_rounds("benchmarks.peers", args, common)
     results = {c: {s: summarize(samples[c][s]) for s in shapes} for c in clients}
     return {
         "benchmark": "peers",
@@ -321,39 +271,16 @@ def _environment(server: str) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def options() -> argparse.ArgumentParser:
     """Command-line options (the ``--worker`` ones are internal)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every client x shape")
-    parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds each")
-    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds first")
-    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(DEFAULT_CLIENTS))
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser = comparison_parser(__doc__, CLIENTS, DEFAULT_CLIENTS, list(SHAPES), seconds=2.0)
     parser.add_argument(
         "--idle-per-node", type=int, default=100, help="idle connections per node (memory)"
     )
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory figure")
-    parser.add_argument("--json", metavar="FILE", help="also write the report to FILE")
-    parser.add_argument("--worker", choices=CLIENTS, help=argparse.SUPPRESS)
-    parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--nodes", help=argparse.SUPPRESS)
     parser.add_argument("--slots", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: a worker measurement (``--worker``) or the whole comparison."""
-    args = parse_args(argv)
-    if args.worker:
-        emit(worker_main(args))
-        return
-    report = trio.run(run_all, args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(text + "\n")
+    return parser
 
 
 if __name__ == "__main__":
-    main()
+    report_main(options(), worker_main, lambda args: trio.run(run_all, args))

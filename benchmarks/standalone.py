@@ -21,14 +21,11 @@ import argparse
 import asyncio
 import cProfile
 import importlib.metadata
-import json
 import os
 import platform
 import pstats
-import sys
 import time
-import traceback
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,7 +34,6 @@ import trio
 from benchmarks._common import (
     KEY_COUNT,
     KEYS,
-    SHAPES,
     VALUE,
     Address,
     GetFn,
@@ -45,22 +41,22 @@ from benchmarks._common import (
     RawConnection,
     SetFn,
     Shape,
+    comparison_parser,
     drive_asyncio,
     drive_trio,
-    emit,
     figure,
     idle_connection_memory,
+    measure_worker,
     pack,
-    progress,
     ratio,
-    run_worker,
+    report_main,
+    run_rounds,
     summarize,
 )
 
 CLIENTS = ("raw", "redis-py", "trio-cluster")
 STANDALONE_SHAPES = ("tasks50", "tasks1")
 POOL_SIZE = 50
-MEMORY_SHAPE = "idle-memory"
 
 
 async def _unused_pipe(keys: Sequence[bytes]) -> None:
@@ -127,31 +123,22 @@ def worker_main(args: argparse.Namespace) -> dict[str, Any]:
     """Run one measurement in this process and return its JSON record."""
     host, _, port = args.address.rpartition(":")
     address = (host, int(port))
-    record: dict[str, Any] = {"client": args.worker, "shape": args.shape}
-    try:
-        if args.shape == MEMORY_SHAPE:
-            memory = trio.run(
-                idle_connection_memory,
-                lambda size: open_client(address, size),
-                [KEYS],
-                args.idle_connections,
-            )
-            record.update(memory)
-            return record
-        shape = SHAPES[args.shape]
-        if args.worker == "raw":
-            result = trio.run(raw_worker, shape, address, args.seconds, args.warmup)
-        elif args.worker == "redis-py":
-            result = redis_py_worker(shape, address, args.seconds, args.warmup)
-        elif args.worker == "trio-cluster":
-            result = trio.run(trio_cluster_worker, shape, address, args.seconds, args.warmup)
-        else:
-            raise ValueError(f"unknown client {args.worker!r}")
-        record.update(result)
-    except Exception as exc:  # reported, so the run continues with the other clients
-        traceback.print_exc(file=sys.stderr)
-        record["error"] = f"{type(exc).__name__}: {exc}"
-    return record
+    timing = (args.seconds, args.warmup)
+    workers: dict[str, Callable[[Shape], Any]] = {
+        "raw": lambda shape: trio.run(raw_worker, shape, address, *timing),
+        "redis-py": lambda shape: redis_py_worker(shape, address, *timing),
+        "trio-cluster": lambda shape: trio.run(trio_cluster_worker, shape, address, *timing),
+    }
+    return measure_worker(
+        args,
+        workers,
+        lambda: trio.run(
+            idle_connection_memory,
+            lambda size: open_client(address, size),
+            [KEYS],
+            args.idle_connections,
+        ),
+    )
 
 
 # --- the parent -------------------------------------------------------------------------------
@@ -163,10 +150,6 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
     clients: list[str] = args.clients
     shapes: list[str] = args.shapes
-    samples: dict[str, dict[str, list[dict[str, Any]]]] = {
-        c: {s: [] for s in shapes} for c in clients
-    }
-    memory: dict[str, Any] | None = None
     started = time.monotonic()
     with LocalServer() as server:
         version = server_version(server.binary)
@@ -174,30 +157,9 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         await _preload(server.address)
         common = [
             "--address", address,
-            "--seconds", str(args.seconds),
-            "--warmup", str(args.warmup),
             "--idle-connections", str(args.idle_connections),
         ]  # fmt: skip
-        timeout = args.seconds + args.warmup + 60
-        for round_ in range(args.rounds):
-            for shape in shapes:
-                shift = round_ % len(clients)
-                for client in clients[shift:] + clients[:shift]:
-                    record = await run_worker(
-                        "benchmarks.standalone",
-                        ["--worker", client, "--shape", shape, *common],
-                        timeout,
-                    )
-                    samples[client][shape].append(record)
-                    shown = record.get("error") or f"{record.get('ops_per_s')} ops/s"
-                    progress(f"round {round_ + 1} {shape:8} {client:13} {shown}")
-        if "trio-cluster" in clients and not args.no_memory:
-            memory = await run_worker(
-                "benchmarks.standalone",
-                ["--worker", "trio-cluster", "--shape", MEMORY_SHAPE, *common],
-                120,
-            )
-            progress(f"memory: {memory}")
+        samples, memory = await run_rounds("benchmarks.standalone", args, common)
     results = {c: {s: summarize(samples[c][s]) for s in shapes} for c in clients}
     ratios: dict[str, Any] = {}
     for shape in shapes:
@@ -287,15 +249,15 @@ _COMPONENTS: list[tuple[str, Any]] = [
 
 #: Inclusive (cumulative) time of the boundaries one GET crosses: (label, file suffix, name).
 _BOUNDARIES = [
-    ("Client.execute_command", "trio_cluster/client.py", "execute_command"),
+    ("Client.execute_command", "trio_cluster/clients/client.py", "execute_command"),
     ("Pool.get", "trio_cluster/pooling/pool.py", "get"),
     ("Pool.put", "trio_cluster/pooling/pool.py", "put"),
     ("Connection.execute_many", "trio_cluster/conn/connection.py", "execute_many"),
     ("encode_command", "trio_cluster/wire/protocol.py", "encode_command"),
-    ("Connection._send", "trio_cluster/conn/connection.py", "_send"),
-    ("Connection._read_reply", "trio_cluster/conn/connection.py", "_read_reply"),
+    ("Connection._send", "trio_cluster/conn/stream.py", "_send"),
+    ("Connection._read_reply", "trio_cluster/conn/stream.py", "_read_reply"),
     ("RespParser.next_reply", "trio_cluster/wire/protocol.py", "next_reply"),
-    ("ReplyParser.parse (callbacks)", "trio_cluster/commands.py", "parse"),
+    ("ReplyParser.parse (callbacks)", "trio_cluster/wire/commands.py", "parse"),
     ("CancelScope.__enter__", "trio/_core/_run.py", "__enter__"),
     ("CancelScope.__exit__", "trio/_core/_run.py", "__exit__"),
     ("CancelScope.deadline (setter)", "trio/_core/_run.py", "deadline"),
@@ -392,42 +354,22 @@ def profile(seconds: float, top: int) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def options() -> argparse.ArgumentParser:
     """Command-line options (the ``--worker`` ones are internal)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every client x shape")
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds each")
-    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds first")
-    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS))
-    parser.add_argument(
-        "--shapes", nargs="+", choices=STANDALONE_SHAPES, default=list(STANDALONE_SHAPES)
-    )
+    parser = comparison_parser(__doc__, CLIENTS, CLIENTS, STANDALONE_SHAPES, seconds=3.0)
     parser.add_argument(
         "--idle-connections", type=int, default=200, help="idle connections (memory figure)"
     )
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory figure")
     parser.add_argument("--profile", action="store_true", help="profile one GET instead")
     parser.add_argument("--top", type=int, default=25, help="functions listed by --profile")
-    parser.add_argument("--json", metavar="FILE", help="also write the report to FILE")
-    parser.add_argument("--worker", choices=CLIENTS, help=argparse.SUPPRESS)
-    parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: a worker measurement, the comparison, or ``--profile``."""
-    args = parse_args(argv)
-    if args.worker:
-        emit(worker_main(args))
-        return
-    report = profile(args.seconds, args.top) if args.profile else trio.run(run_all, args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(text + "\n")
+def report(args: argparse.Namespace) -> dict[str, Any]:
+    """The comparison, or with ``--profile`` the profile of one GET."""
+    return profile(args.seconds, args.top) if args.profile else trio.run(run_all, args)
 
 
 if __name__ == "__main__":
-    main()
+    report_main(options(), worker_main, report)

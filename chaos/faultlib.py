@@ -11,14 +11,14 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import trio
 
 from faults import ToxiproxyError
 from faults.nodes import ProxiedNode, bandwidth, hang, latency, limit_data, node_down, reset_peer
 from trio_cluster import ClusterClient
+from trio_cluster.lifetime import Scoped
 from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster
 from trio_cluster.testing.servers import LocalServer
@@ -51,7 +51,7 @@ REPLICATION_SLACK = 1.0
 CLUSTER_REACTION_TIMEOUT = 30.0
 
 
-class Harness:
+class Harness(Scoped):
     """What a scenario sets up around its whole run, besides the proxies every run has (fault
     tools, ACL users...): extra client options, and a check at the end of the load.
 
@@ -61,17 +61,6 @@ class Harness:
 
     def __init__(self, env: Environment) -> None:
         self.env = env
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     def client_options(self) -> dict[str, Any]:
         """Keywords for every client the run opens (they override the scenario's)."""

@@ -125,7 +125,8 @@ RECOVERY_PARTS = 4
 RECOVERY_STEP = 0.05
 
 
-def _pct(values: Sequence[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of sorted ``values``; 0 when there are none."""
     if not values:
         return 0.0
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -137,7 +138,7 @@ def baseline_of(ops: Sequence[Op], start: float, end: float) -> Baseline:
     counted = [op for op in ops if lo <= op.start < end and op.error != CANCELLED]
     lat = sorted(op.latency for op in counted if op.ok)
     ok = sum(1 for op in counted if op.ok)
-    return Baseline(lo, end, len(counted), ok, _pct(lat, 0.5), _pct(lat, 0.99))
+    return Baseline(lo, end, len(counted), ok, percentile(lat, 0.5), percentile(lat, 0.99))
 
 
 def run_baseline(record: RunRecord) -> Baseline:
@@ -448,11 +449,12 @@ def check_handoffs(
                     f"{check.node} not on {check.endpoint}: {shown}{more}",
                 )
             )
-    if _total(maintenance, "handoffs") == 0:
-        out.append(Violation("handoff", "MOVING was sent but the client handed off nothing"))
-    failures = _total(maintenance, "handoff_failures")
-    if failures:
-        out.append(Violation("handoff", f"{failures:.0f} handoffs failed"))
+    out += _job_ran_cleanly(
+        maintenance,
+        "handoff",
+        ("handoffs", "MOVING was sent but the client handed off nothing"),
+        ("handoff_failures", "handoffs failed"),
+    )
     longest = max((float(s.get("longest_unusable", 0.0)) for s in maintenance.values()), default=0)
     if timeout is not None and longest >= timeout:
         out.append(
@@ -532,11 +534,29 @@ def check_auth(
                     f"not authenticated as {check.expected}: {listed}",
                 )
             )
-    if _total(maintenance, "reauths") == 0:
-        out.append(Violation("credential-rotation", "no connection re-authenticated"))
-    failures = _total(maintenance, "reauth_failures")
+    out += _job_ran_cleanly(
+        maintenance,
+        "credential-rotation",
+        ("reauths", "no connection re-authenticated"),
+        ("reauth_failures", "re-authentications failed"),
+    )
+    return out
+
+
+def _job_ran_cleanly(
+    maintenance: Mapping[str, Mapping[str, Any]],
+    rule: str,
+    ran: tuple[str, str],
+    failed: tuple[str, str],
+) -> list[Violation]:
+    """A background job's counters summed over the clients: ``ran`` (counter, message if
+    zero) must be non-zero, ``failed`` (counter, what failed) zero."""
+    out = []
+    if _total(maintenance, ran[0]) == 0:
+        out.append(Violation(rule, ran[1]))
+    failures = _total(maintenance, failed[0])
     if failures:
-        out.append(Violation("credential-rotation", f"{failures:.0f} re-authentications failed"))
+        out.append(Violation(rule, f"{failures:.0f} {failed[1]}"))
     return out
 
 
@@ -603,7 +623,7 @@ def in_flight(record: PubSubRecord, before: float) -> float:
         for d in record.deliveries
         if (start := sent.get((d.channel, d.publisher, d.seq))) is not None and start < before
     )
-    return max(0.0, _pct(times, 0.99))
+    return max(0.0, percentile(times, 0.99))
 
 
 def _confirmed_after(confirms: Sequence[float], t: float) -> float:
@@ -705,6 +725,12 @@ def _more(count: int) -> list[Violation]:
     return [] if count <= SHOWN else [Violation("pubsub", f"... and {count - SHOWN} more")]
 
 
+def _listed(rule: str, shown: Sequence[str], total: int) -> list[Violation]:
+    """One ``rule`` violation for each message of ``shown`` (the first :data:`SHOWN` of
+    ``total`` findings), and a count of the rest."""
+    return [Violation(rule, message) for message in shown] + _more(total)
+
+
 def _msg(p: Publish) -> str:
     return f"publisher {p.publisher} seq {p.seq} on {p.channel} (published t={p.start:.3f})"
 
@@ -712,42 +738,33 @@ def _msg(p: Publish) -> str:
 def check_pubsub_misdelivery(tally: PubSubTally) -> list[Violation]:
     """Every message arrived on the channel its payload names, one its subscriber subscribed
     to, with the right type (``smessage`` for shard channels), and was really published."""
-    out = [
-        Violation(
-            "pubsub-no-misdelivery",
-            f"subscriber {d.subscriber} got {d.raw!r} as a {d.kind} on {d.channel} at "
-            f"t={d.at:.3f}: {reason}",
-        )
+    shown = [
+        f"subscriber {d.subscriber} got {d.raw!r} as a {d.kind} on {d.channel} at "
+        f"t={d.at:.3f}: {reason}"
         for d, reason in tally.misdelivered[:SHOWN]
     ]
-    return out + _more(len(tally.misdelivered))
+    return _listed("pubsub-no-misdelivery", shown, len(tally.misdelivered))
 
 
 def check_pubsub_duplicates(tally: PubSubTally) -> list[Violation]:
     """No subscriber received one message twice (ever, gaps or not)."""
-    out = [
-        Violation(
-            "pubsub-no-duplicate",
-            f"subscriber {d.subscriber} got publisher {d.publisher} seq {d.seq} on {d.channel} "
-            f"again at t={d.at:.3f}",
-        )
+    shown = [
+        f"subscriber {d.subscriber} got publisher {d.publisher} seq {d.seq} on {d.channel} "
+        f"again at t={d.at:.3f}"
         for d in tally.duplicates[:SHOWN]
     ]
-    return out + _more(len(tally.duplicates))
+    return _listed("pubsub-no-duplicate", shown, len(tally.duplicates))
 
 
 def check_pubsub_order(tally: PubSubTally) -> list[Violation]:
     """Per subscriber, channel and publisher, messages arrive in the order they were published
     (within a subscription: there is no order across a gap)."""
-    out = [
-        Violation(
-            "pubsub-order",
-            f"subscriber {d.subscriber} got publisher {d.publisher} seq {d.seq} on {d.channel} "
-            f"at t={d.at:.3f}, after seq {after}",
-        )
+    shown = [
+        f"subscriber {d.subscriber} got publisher {d.publisher} seq {d.seq} on {d.channel} "
+        f"at t={d.at:.3f}, after seq {after}"
         for d, after in tally.reordered[:SHOWN]
     ]
-    return out + _more(len(tally.reordered))
+    return _listed("pubsub-order", shown, len(tally.reordered))
 
 
 def check_pubsub_losses(
@@ -838,14 +855,11 @@ def check_pubsub_gaps(
     if faults and not gaps:
         out.append(Violation("pubsub-gap-seen", "the fault caused no gap event"))
     errors = [e for e in record.events if e.kind == "error"]
-    out += [
-        Violation(
-            "pubsub-stream-error",
-            f"subscriber {e.subscriber}: the stream raised {e.detail} at t={e.at:.3f}",
-        )
+    shown = [
+        f"subscriber {e.subscriber}: the stream raised {e.detail} at t={e.at:.3f}"
         for e in errors[:SHOWN]
     ]
-    return out + _more(len(errors))
+    return out + _listed("pubsub-stream-error", shown, len(errors))
 
 
 def check_pubsub_connections(record: PubSubRecord) -> list[Violation]:

@@ -15,8 +15,7 @@ import itertools
 import secrets
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -86,25 +85,15 @@ class Injectors(Harness):
         self.moved: dict[Address, Address] = {}
         """Upstream -> the endpoint a MOVING sent its connections to."""
 
-    async def __aenter__(self) -> Self:
-        try:
-            for node in self.env.proxies.nodes:
-                injector = MaintInjector(node.listen, [_LOCAL, _LOCAL])
-                await self._stack.enter_async_context(injector)
-                self.by_upstream[node.upstream] = injector
-                self._by_proxy[node.listen] = injector.addresses[0]
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        return self
+    async def _open(self) -> None:
+        for node in self.env.proxies.nodes:
+            injector = MaintInjector(node.listen, [_LOCAL, _LOCAL])
+            await self._stack.enter_async_context(injector)
+            self.by_upstream[node.upstream] = injector
+            self._by_proxy[node.listen] = injector.addresses[0]
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._stack.__aexit__(exc_type, exc, tb)
+    async def _close(self) -> None:
+        await self._stack.aclose()
 
     def remap(self, address: Address) -> Address:
         """Upstream (or proxy) address -> the first address of its injector."""
@@ -284,28 +273,16 @@ class AclUsers(Harness):
             raise SetupError("credential rotation changes ACLs: it needs --cluster local")
         return [n for n in self.env.cluster.nodes if n.running]
 
-    async def __aenter__(self) -> Self:
-        try:
-            for server in self._servers():
-                for user, password in self.users:
-                    await server.execute(
-                        "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all"
-                    )
-            self._send.send_nowait(self.users[0])
-        except BaseException:
-            await self._delete_users()
-            raise
-        return self
+    async def _open(self) -> None:
+        for server in self._servers():
+            for user, password in self.users:
+                await server.execute(
+                    "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all"
+                )
+        self._send.send_nowait(self.users[0])
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._delete_users()
-
-    async def _delete_users(self) -> None:
+    async def _close(self) -> None:
+        """Delete the users (shielded, bounded)."""
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             self._send.close()
             self._receive.close()

@@ -37,16 +37,22 @@ def encode_value(key: str, version: int, pad: int = 0) -> str:
     return f"{key}{SEP}{version}{SEP}{'x' * pad}"
 
 
-def decode_value(value: object) -> tuple[str, int] | None:
-    """``(key, version)`` from a value written by :func:`encode_value`; None if it is not one."""
+def _decoded(value: object) -> str | None:
+    """``value`` as text (bytes decoded as UTF-8); None if it is neither text nor UTF-8."""
     if isinstance(value, bytes):
         try:
-            value = value.decode()
+            return value.decode()
         except UnicodeDecodeError:
             return None
-    if not isinstance(value, str):
+    return value if isinstance(value, str) else None
+
+
+def decode_value(value: object) -> tuple[str, int] | None:
+    """``(key, version)`` from a value written by :func:`encode_value`; None if it is not one."""
+    text = _decoded(value)
+    if text is None:
         return None
-    parts = value.split(SEP)
+    parts = text.split(SEP)
     if len(parts) != 3:
         return None
     try:
@@ -230,14 +236,10 @@ def encode_message(channel: str, publisher: int, seq: int) -> str:
 
 def decode_message(data: object) -> tuple[str, int, int] | None:
     """``(channel, publisher, seq)`` from a payload of :func:`encode_message`, else None."""
-    if isinstance(data, bytes):
-        try:
-            data = data.decode()
-        except UnicodeDecodeError:
-            return None
-    if not isinstance(data, str):
+    text = _decoded(data)
+    if text is None:
         return None
-    parts = data.rsplit(MSG_SEP, 2)
+    parts = text.rsplit(MSG_SEP, 2)
     if len(parts) != 3:
         return None
     try:

@@ -12,7 +12,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .invariants import CANCELLED, GAP_SLACK, RECOVERY_WINDOW, in_flight, pubsub_tally
+from .invariants import (
+    CANCELLED,
+    GAP_SLACK,
+    RECOVERY_WINDOW,
+    in_flight,
+    percentile,
+    pubsub_tally,
+)
 from .records import Op, RunRecord, Window
 from .runner import ScenarioResult, result_summary
 
@@ -29,12 +36,6 @@ TIMEOUTS = {"ReadTimeoutError", "WriteTimeoutError", "ConnectTimeoutError", "Poo
 BURST_GAP = 0.100
 #: Width of one point of the per-second series.
 SERIES_STEP = 1.0
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def _counted(ops: list[Op]) -> list[Op]:
@@ -75,9 +76,9 @@ def metrics(result: ScenarioResult) -> dict[str, Any]:
         "pool_timeouts": sum(1 for op in failed if op.error == "PoolTimeoutError"),
         "errors": dict(Counter(op.error or "?" for op in failed)),
         "avg_latency_ms": 1000 * sum(lat) / len(lat) if lat else 0.0,
-        "p50_ms": 1000 * _pct(lat, 0.50),
-        "p99_ms": 1000 * _pct(lat, 0.99),
-        "p999_ms": 1000 * _pct(lat, 0.999),
+        "p50_ms": 1000 * percentile(lat, 0.50),
+        "p99_ms": 1000 * percentile(lat, 0.99),
+        "p999_ms": 1000 * percentile(lat, 0.999),
         "max_ms": 1000 * lat[-1] if lat else 0.0,
         "throughput_ops_s": total / span,
         "latency_buckets": buckets,
@@ -114,8 +115,8 @@ def series(record: RunRecord, step: float = SERIES_STEP) -> list[dict[str, Any]]
             errors[op.error or "?"] = errors.get(op.error or "?", 0) + 1
     for i, lat in enumerate(latencies):
         lat.sort()
-        out[i]["p50_ms"] = round(1000 * _pct(lat, 0.5), 3)
-        out[i]["p99_ms"] = round(1000 * _pct(lat, 0.99), 3)
+        out[i]["p50_ms"] = round(1000 * percentile(lat, 0.5), 3)
+        out[i]["p99_ms"] = round(1000 * percentile(lat, 0.99), 3)
     by_step: dict[int, dict[int, tuple[int, int]]] = {}
     for sample in record.samples:
         i = int((sample.at - t0) // step)

@@ -171,17 +171,23 @@ async def run_scenario(
     if scenario.needs_local and not env.local:
         return skipped(scenario, seed, "needs --cluster local (process faults, admin commands)")
     with trio.fail_after(SCENARIO_TIMEOUT):
-        return await _run(env, scenario, seed, hold, duration, progress)
+        return await _run(_Settings(env, scenario, seed, hold, duration, progress))
 
 
-async def _run(
-    env: Environment,
-    scenario: Scenario,
-    seed: int,
-    hold: float | None,
-    duration: float | None,
-    progress: ProgressSink | None,
-) -> ScenarioResult:
+@dataclass(frozen=True)
+class _Settings:
+    """One run's settings, as :func:`run_scenario` got them."""
+
+    env: Environment
+    scenario: Scenario
+    seed: int
+    hold: float | None
+    duration: float | None
+    progress: ProgressSink | None
+
+
+async def _run(settings: _Settings) -> ScenarioResult:
+    env, scenario, seed = settings.env, settings.scenario, settings.seed
     if env.cluster is not None:
         await env.cluster.refresh_roles()
         await env.cluster.wait_ready()
@@ -191,7 +197,7 @@ async def _run(
     harness_names: dict[str, str] = {}
     async with scenario.harness(env) as harness:
         harness_names = harness.node_names()
-        await _load_and_verify(env, scenario, seed, hold, duration, progress, record, harness)
+        await _load_and_verify(settings, record, harness)
         record.final_clients = await _settled_counts(env, record.baseline_clients)
         record.final_pubsub_clients = await _settled_counts(
             env, record.baseline_pubsub_clients, "pubsub"
@@ -208,21 +214,13 @@ async def _run(
     )  # fmt: skip
 
 
-async def _load_and_verify(
-    env: Environment,
-    scenario: Scenario,
-    seed: int,
-    hold: float | None,
-    duration: float | None,
-    progress: ProgressSink | None,
-    record: RunRecord,
-    harness: Harness,
-) -> None:
-    monitor = Monitor(record, name=scenario.name, progress=progress)
+async def _load_and_verify(settings: _Settings, record: RunRecord, harness: Harness) -> None:
+    env, scenario, seed = settings.env, settings.scenario, settings.seed
+    monitor = Monitor(record, name=scenario.name, progress=settings.progress)
     prefix = f"chaos:{env.run_id}:{scenario.name}"
 
-    def open_client() -> AbstractAsyncContextManager[ClusterClient]:
-        options = {**scenario.client.kwargs(), **harness.client_options()}
+    def open_client(**extra: Any) -> AbstractAsyncContextManager[ClusterClient]:
+        options = {**scenario.client.kwargs(), **harness.client_options(), **extra}
         return monitor.watch(env.client(**options))
 
     filled = trio.Event()
@@ -238,8 +236,7 @@ async def _load_and_verify(
         bound = scenario.pubsub.max_connections
 
         def open_pubsub_client() -> AbstractAsyncContextManager[ClusterClient]:
-            options = {**scenario.client.kwargs(), **harness.client_options()}
-            return monitor.watch(env.client(**options, max_pubsub_connections=bound))
+            return open_client(max_pubsub_connections=bound)
 
         pubsub = PubSubRunner(scenario.pubsub, prefix, seed, record, open_pubsub_client)
     ctx = FaultContext(
@@ -247,7 +244,7 @@ async def _load_and_verify(
         env=env,
         record=record,
         rng=random.Random(f"{seed}:{scenario.name}:faults"),
-        hold=hold if hold is not None else scenario.hold,
+        hold=settings.hold if settings.hold is not None else scenario.hold,
         keys=workload.all_keys,
         primaries=await env.primaries(),
         harness=harness,
@@ -263,7 +260,7 @@ async def _load_and_verify(
                 load.start_soon(_drive, workload, stop, record)
                 if pubsub is not None:
                     load.start_soon(pubsub.run, stop)
-                await _schedule(scenario, ctx, monitor, stop, duration)
+                await _schedule(scenario, ctx, monitor, stop, settings.duration)
             record.end = trio.current_time()
             nursery.cancel_scope.cancel()
     finally:

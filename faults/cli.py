@@ -19,7 +19,8 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Final, NoReturn
+from collections.abc import Callable
+from typing import Any, Final, NoReturn, TypeVar
 
 from faults.version import VERSION
 
@@ -31,6 +32,7 @@ YELLOW: Final = "\x1b[33m"
 BLUE: Final = "\x1b[34m"
 PURPLE: Final = "\x1b[35m"
 NONE: Final = "\x1b[0m"
+T = TypeVar("T")
 _MACHINE: Final = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
@@ -132,11 +134,19 @@ def _enabled_color(out: _Output, enabled: bool) -> str:
     return out.color(GREEN if enabled else RED)
 
 
-def _list(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+def _api(failure: str, call: Callable[[], T], end: str = "\n") -> T:
+    """``call()``; an API error or an unreachable server becomes the command's failure,
+    ``CliError("<failure>: <error><end>")`` (toxiproxy-cli's wording)."""
     try:
-        proxies = client.send("GET", "/proxies") or {}
+        return call()
     except (_ApiError, ConnectionError) as exc:
-        raise CliError(f"Failed to retrieve proxies: {exc}") from None
+        raise CliError(f"{failure}: {exc}{end}") from None
+
+
+def _list(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+    proxies = _api(
+        "Failed to retrieve proxies", lambda: client.send("GET", "/proxies") or {}, end=""
+    )
     if out.tty:
         out.write(
             f"{out.color(GREEN)}Name\t\t\t{out.color(BLUE)}Listen\t\t{out.color(YELLOW)}"
@@ -188,10 +198,7 @@ def _required_name(args: argparse.Namespace, message: str) -> str:
 
 def _inspect(client: _Client, out: _Output, args: argparse.Namespace) -> None:
     name = _required_name(args, "Proxy name is required as the first argument.\n")
-    try:
-        proxy = client.proxy(name)
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(f"Failed to retrieve proxy {name}: {exc}\n") from None
+    proxy = _api(f"Failed to retrieve proxy {name}", lambda: client.proxy(name))
     toxics = proxy.get("toxics") or []
     if not out.tty:
         _list_toxics(out, toxics, "")
@@ -211,17 +218,13 @@ def _inspect(client: _Client, out: _Output, args: argparse.Namespace) -> None:
 
 def _toggle(client: _Client, out: _Output, args: argparse.Namespace) -> None:
     name = _required_name(args, "Proxy name is required as the first argument.\n")
-    try:
-        proxy = client.proxy(name)
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(f"Failed to retrieve proxy {name}: {exc}\n") from None
+    proxy = _api(f"Failed to retrieve proxy {name}", lambda: client.proxy(name))
     body = {k: proxy[k] for k in ("name", "listen", "upstream")}
     body["enabled"] = not proxy["enabled"]
     body["toxics"] = proxy.get("toxics")
-    try:
-        saved = client.send("POST", "/proxies/" + name, body)
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(f"Failed to toggle proxy {name}: {exc}\n") from None
+    saved = _api(
+        f"Failed to toggle proxy {name}", lambda: client.send("POST", "/proxies/" + name, body)
+    )
     enabled = bool(saved["enabled"])
     col = _enabled_color(out, enabled)
     state = "enabled" if enabled else "disabled"
@@ -239,23 +242,14 @@ def _create(client: _Client, out: _Output, args: argparse.Namespace) -> None:
     listen = _required_flag(args.listen, "listen")
     upstream = _required_flag(args.upstream, "upstream")
     body = {"name": name, "listen": listen, "upstream": upstream, "enabled": True, "toxics": None}
-    try:
-        client.send("POST", "/proxies", body)
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(f"Failed to create proxy: Create: {exc}\n") from None
+    _api("Failed to create proxy: Create", lambda: client.send("POST", "/proxies", body))
     out.write(f"Created new proxy {name}\n")
 
 
 def _delete(client: _Client, out: _Output, args: argparse.Namespace) -> None:
     name = _required_name(args, "Proxy name is required as the first argument.\n")
-    try:
-        client.proxy(name)
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(f"Failed to retrieve proxy {name}: {exc}\n") from None
-    try:
-        client.send("DELETE", "/proxies/" + name)
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(f"Failed to delete proxy: Delete: {exc}\n") from None
+    _api(f"Failed to retrieve proxy {name}", lambda: client.proxy(name))
+    _api("Failed to delete proxy: Delete", lambda: client.send("DELETE", "/proxies/" + name))
     out.write(f"Deleted proxy {name}\n")
 
 
@@ -308,18 +302,14 @@ def _toxic_add(client: _Client, out: _Output, args: argparse.Namespace) -> None:
         "toxicity": toxicity,
         "attributes": _dumps_attrs(_attributes(args)),
     }
-    try:
-        client.proxy(proxy)
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(
-            f"Failed to add toxic: failed to retrieve proxy with name `{proxy}`: {exc}\n"
-        ) from None
-    try:
-        toxic = client.send("POST", f"/proxies/{proxy}/toxics", body)
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(
-            f"Failed to add toxic: failed to add toxic to proxy {proxy}: AddToxic: {exc}\n"
-        ) from None
+    _api(
+        f"Failed to add toxic: failed to retrieve proxy with name `{proxy}`",
+        lambda: client.proxy(proxy),
+    )
+    toxic = _api(
+        f"Failed to add toxic: failed to add toxic to proxy {proxy}: AddToxic",
+        lambda: client.send("POST", f"/proxies/{proxy}/toxics", body),
+    )
     out.write(
         f"Added {toxic.get('stream', '')} {toxic['type']} toxic '{toxic['name']}' "
         f"on proxy '{proxy}'\n"
@@ -330,36 +320,28 @@ def _toxic_update(client: _Client, out: _Output, args: argparse.Namespace) -> No
     proxy = _required_name(args, "Proxy name is missing.\n")
     name = args.toxicName or ""
     body = {"attributes": _dumps_attrs(_attributes(args)), "toxicity": _toxicity(args)}
-    try:
-        client.proxy(proxy)
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(
-            f"Failed to update toxic: failed to retrieve proxy with name `{proxy}`: {exc}\n"
-        ) from None
-    try:
-        toxic = client.send("PATCH", f"/proxies/{proxy}/toxics/{name}", body)
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(
-            f"Failed to update toxic: failed to update toxic '{name}' of proxy '{proxy}': {exc}\n"
-        ) from None
+    _api(
+        f"Failed to update toxic: failed to retrieve proxy with name `{proxy}`",
+        lambda: client.proxy(proxy),
+    )
+    toxic = _api(
+        f"Failed to update toxic: failed to update toxic '{name}' of proxy '{proxy}'",
+        lambda: client.send("PATCH", f"/proxies/{proxy}/toxics/{name}", body),
+    )
     out.write(f"Updated toxic '{toxic['name']}' on proxy '{proxy}'\n")
 
 
 def _toxic_remove(client: _Client, out: _Output, args: argparse.Namespace) -> None:
     proxy = _required_name(args, "Proxy name is missing.\n")
     name = args.toxicName or ""
-    try:
-        client.proxy(proxy)
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(
-            f"Failed to remove toxic: failed to retrieve proxy with name `{proxy}`: {exc}\n"
-        ) from None
-    try:
-        client.send("DELETE", f"/proxies/{proxy}/toxics/{name}")
-    except (_ApiError, ConnectionError) as exc:
-        raise CliError(
-            f"Failed to remove toxic: failed to remove toxic '{name}' from proxy '{proxy}': {exc}\n"
-        ) from None
+    _api(
+        f"Failed to remove toxic: failed to retrieve proxy with name `{proxy}`",
+        lambda: client.proxy(proxy),
+    )
+    _api(
+        f"Failed to remove toxic: failed to remove toxic '{name}' from proxy '{proxy}'",
+        lambda: client.send("DELETE", f"/proxies/{proxy}/toxics/{name}"),
+    )
     out.write(f"Removed toxic '{name}' on proxy '{proxy}'\n")
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import trio
 
 from faults.client import Toxiproxy
 from faults.server import ToxiproxyServer
+from trio_cluster.lifetime import NurseryOwner
 
 __all__ = ["EmbeddedToxiproxy"]
 
 
-class EmbeddedToxiproxy:
+class EmbeddedToxiproxy(NurseryOwner):
     """Run a ``ToxiproxyServer`` in a nursery for the duration of an ``async with`` block.
 
     Entering yields a ``Toxiproxy`` client handle bound to the server; ``.server`` gives the
@@ -22,24 +21,14 @@ class EmbeddedToxiproxy:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, seed: int | None = None) -> None:
         self.server = ToxiproxyServer(host, port, seed=seed)
-        self._nursery_cm = trio.open_nursery()
-        self._nursery: trio.Nursery | None = None
 
-    async def __aenter__(self) -> Toxiproxy:
-        self._nursery = await self._nursery_cm.__aenter__()
-        try:
-            await self._nursery.start(self.server.run)
-        except BaseException as exc:
-            await self._nursery_cm.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+    # Entering gives the client handle, not the object itself (hence the override).
+    async def __aenter__(self) -> Toxiproxy:  # type: ignore[override]
+        await super().__aenter__()
         return Toxiproxy(self.server.url)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
-        return await self._nursery_cm.__aexit__(exc_type, exc, tb)
+    async def _start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self.server.run)
+
+    async def _stop(self) -> None:
+        """Nothing beyond the nursery's cancellation, which ends the server."""

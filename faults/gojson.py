@@ -388,16 +388,12 @@ class Pointer(GoType):
 
 
 @dataclass(frozen=True)
-class Interface(GoType):
-    """An ``interface{}`` holding a pointer to a struct: values store into that struct."""
+class Interface(Pointer):
+    """An ``interface{}`` holding a pointer to a struct: values store into that struct, and
+    ``null`` sets the interface to nil (as a pointer; the struct it held is untouched)."""
 
     target: Struct
     name: str = "interface {}"
-
-    def store(self, value: Any, current: Any, ctx: _Context) -> Any:
-        if value is None:
-            return None  # the interface is set to nil; the struct it held is untouched
-        return self.target.store(value, current, ctx)
 
 
 @dataclass(frozen=True)

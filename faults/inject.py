@@ -21,14 +21,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Final
 
 import trio
 
 from faults.resp import ProtocolError, frame_end, parse_command, push
+from trio_cluster.lifetime import NurseryOwner
 
 __all__ = ["ConnFilter", "InjectedConnection", "MaintInjector"]
 
@@ -58,6 +58,21 @@ class InjectedConnection:
         return bool(self.maint_args) and self.maint_args[0].upper() == b"ON"  # type: ignore[index]
 
 
+async def _frames(stream: trio.SocketStream) -> AsyncIterator[list[bytes]]:
+    """The whole RESP frames each read from ``stream`` completes (a partial frame waits for
+    the next read), until the peer closes."""
+    buf = bytearray()
+    while data := await stream.receive_some(RECV_SIZE):
+        buf += data
+        frames = []
+        pos = 0
+        while (end := frame_end(buf, pos)) is not None:
+            frames.append(bytes(buf[pos:end]))
+            pos = end
+        del buf[:pos]
+        yield frames
+
+
 #: Which connections to inject into: None (all), a predicate, or a collection of ids.
 ConnFilter = Callable[[InjectedConnection], bool] | Collection[int] | None
 
@@ -73,7 +88,7 @@ def _select(
     return [c for c in conns if c.id in wanted]
 
 
-class MaintInjector:
+class MaintInjector(NurseryOwner):
     """``async with MaintInjector(("127.0.0.1", 6379)) as inj:`` proxies and injects."""
 
     def __init__(
@@ -84,29 +99,13 @@ class MaintInjector:
         self.addresses: list[tuple[str, int]] = []
         self._conns: dict[int, InjectedConnection] = {}
         self._changed = trio.Event()
-        self._nursery_cm = trio.open_nursery()
-        self._nursery: trio.Nursery | None = None
 
-    async def __aenter__(self) -> MaintInjector:
-        self._nursery = await self._nursery_cm.__aenter__()
-        try:
-            for host, port in self._listen:
-                await self.add_listener(host, port)
-        except BaseException as exc:
-            self._nursery.cancel_scope.cancel()
-            await self._nursery_cm.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self
+    async def _start(self, nursery: trio.Nursery) -> None:
+        for host, port in self._listen:
+            await self.add_listener(host, port)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
-        return await self._nursery_cm.__aexit__(exc_type, exc, tb)
+    async def _stop(self) -> None:
+        """Nothing beyond the nursery's cancellation: it closes listeners and connections."""
 
     async def add_listener(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen on one more address for the same upstream; returns the real address."""
@@ -169,17 +168,9 @@ class MaintInjector:
     async def _client_to_server(
         self, conn: InjectedConnection, client: trio.SocketStream, upstream: trio.SocketStream
     ) -> None:
-        buf = bytearray()
-        while True:
-            data = await client.receive_some(RECV_SIZE)
-            if not data:
-                return
-            buf += data
+        async for frames in _frames(client):
             out = bytearray()
-            pos = 0
-            while (end := frame_end(buf, pos)) is not None:
-                frame = bytes(buf[pos:end])
-                pos = end
+            for frame in frames:
                 args = parse_command(frame)
                 if (
                     len(args) >= 2
@@ -194,7 +185,6 @@ class MaintInjector:
                     continue
                 conn.order.append(_UPSTREAM)
                 out += frame
-            del buf[:pos]
             if out:
                 await upstream.send_all(bytes(out))
 
@@ -209,28 +199,19 @@ class MaintInjector:
     async def _server_to_client(
         self, conn: InjectedConnection, upstream: trio.SocketStream, client: trio.SocketStream
     ) -> None:
-        buf = bytearray()
-        while True:
-            data = await upstream.receive_some(RECV_SIZE)
-            if not data:
-                return
-            buf += data
+        async for frames in _frames(upstream):
             # Hold the lock from popping the reply order to writing: a local +OK decided
             # meanwhile must see either the reply still owed or already written.  Only whole
             # replies are written under this lock, and injections take it too, so an injected
             # frame always falls between two replies.
             async with conn.write_lock:
-                pos = 0
                 out = bytearray()
-                while (end := frame_end(buf, pos)) is not None:
-                    is_push = buf[pos] == ord(">")
-                    out += buf[pos:end]
-                    pos = end
-                    if not is_push and conn.order:
+                for frame in frames:
+                    out += frame
+                    if not frame.startswith(b">") and conn.order:  # a reply, not a push
                         conn.order.popleft()
                         while conn.order and conn.order[0] is not _UPSTREAM:
                             out += conn.order.popleft() or b""
-                del buf[:pos]
                 if out:
                     await client.send_all(bytes(out))
 

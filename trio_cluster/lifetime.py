@@ -1,5 +1,7 @@
-"""``async with`` owning a nursery: the lifetime shared by ``Client`` and ``ClusterClient``,
-and the one place where trio's exception groups are turned back into single exceptions.
+"""``async with`` lifetimes: :class:`Scoped` (entering opens, leaving always closes),
+:class:`NurseryOwner` (the same, owning a nursery: ``Client``, ``ClusterClient``, pools,
+pub/sub), and the one place where trio's exception groups are turned back into single
+exceptions.
 
 Entering opens a nursery and calls :meth:`NurseryOwner._start` with it; leaving calls
 :meth:`NurseryOwner._stop` (close pools, connections...), cancels whatever background work is
@@ -24,7 +26,15 @@ import trio
 
 from .errors import ClientNotOpenError
 
-__all__ = ["NurseryOwner", "collapse", "first_error", "open_nursery", "raise_not_open"]
+__all__ = [
+    "BlockingScoped",
+    "NurseryOwner",
+    "Scoped",
+    "collapse",
+    "first_error",
+    "open_nursery",
+    "raise_not_open",
+]
 
 
 def _leaves(error: BaseException) -> list[BaseException]:
@@ -91,6 +101,52 @@ async def open_nursery() -> AsyncIterator[trio.Nursery]:
     else:
         return
     raise error  # outside the handler: no "during handling of ExceptionGroup" context
+
+
+class Scoped:
+    """Base class for an object used with ``async with``: entering runs :meth:`_open`;
+    leaving, however the block ends, runs :meth:`_close`, and so does an :meth:`_open` that
+    failed half-way (then the failure is raised).  Both do nothing unless overridden."""
+
+    async def _open(self) -> None:
+        """Whatever entering needs (connect, start, acquire...)."""
+
+    async def _close(self) -> None:
+        """Give back whatever the object holds; also called after a failed :meth:`_open`,
+        so it must cope with a half-opened object."""
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._open()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._close()
+
+
+class BlockingScoped:
+    """:class:`Scoped` for a plain ``with`` block: entering runs :meth:`_open_blocking`,
+    leaving (or a failed :meth:`_open_blocking`) runs :meth:`close`."""
+
+    def _open_blocking(self) -> None:
+        """Whatever entering needs."""
+
+    def close(self) -> None:
+        """Give back whatever the object holds (idempotent, copes with a half-open object)."""
+
+    def __enter__(self) -> Self:
+        try:
+            self._open_blocking()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class NurseryOwner:

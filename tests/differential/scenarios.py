@@ -4,7 +4,8 @@ client, in a worker thread; trio-cluster's, awaited)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import trio
@@ -358,27 +359,59 @@ async def _(r: Any, k: Resolve) -> Any:
 # --- pub/sub -------------------------------------------------------------------------------
 
 
-@scenario("pubsub")
-def publish_counts_the_subscriber(r: Any, k: Resolve) -> Any:
+@contextmanager
+def _subscribed(r: Any, k: Resolve) -> Iterator[Any]:
+    """redis-py's PubSub subscribed to the ``ch`` channel, its confirmation read."""
     pubsub = r.pubsub()
     try:
         pubsub.subscribe(k(K.ch))
-        confirmation = pubsub.get_message(timeout=5)
-        receivers = r.publish(k(K.ch), "hello")
-        message = pubsub.get_message(timeout=5)
-        return [confirmation, receivers, message]
+        pubsub.get_message(timeout=5)
+        yield pubsub
     finally:
         pubsub.close()
 
 
-@publish_counts_the_subscriber.ours
-async def _(r: Any, k: Resolve) -> Any:
+@asynccontextmanager
+async def _subscribed_ours(r: Any, k: Resolve) -> AsyncIterator[Any]:
+    """:func:`_subscribed` for trio-cluster."""
     async with r.pubsub() as pubsub:
         await pubsub.subscribe(k(K.ch))
-        confirmation = await pubsub.get_message(timeout=5)
-        receivers = await r.publish(k(K.ch), "hello")
-        message = await pubsub.get_message(timeout=5)
-        return [confirmation, receivers, message]
+        await pubsub.get_message(timeout=5)
+        yield pubsub
+
+
+def _subscribe_and_publish(name: str, sharded: bool, payload: str) -> None:
+    """Register the pair ``name``: subscribe to a channel, read the confirmation, publish to
+    it (the receivers counted), read the message; classic or sharded (SSUBSCRIBE,
+    ``get_sharded_message``, SPUBLISH) pub/sub."""
+    subscribe, get, publish = (
+        ("ssubscribe", "get_sharded_message", "spublish")
+        if sharded
+        else ("subscribe", "get_message", "publish")
+    )
+
+    def reference(r: Any, k: Resolve) -> Any:
+        pubsub = r.pubsub()
+        try:
+            getattr(pubsub, subscribe)(k(K.ch))
+            confirmation = getattr(pubsub, get)(timeout=5)
+            receivers = getattr(r, publish)(k(K.ch), payload)
+            return [confirmation, receivers, getattr(pubsub, get)(timeout=5)]
+        finally:
+            pubsub.close()
+
+    async def ours(r: Any, k: Resolve) -> Any:
+        async with r.pubsub() as pubsub:
+            await getattr(pubsub, subscribe)(k(K.ch))
+            confirmation = await getattr(pubsub, get)(timeout=5)
+            receivers = await getattr(r, publish)(k(K.ch), payload)
+            return [confirmation, receivers, await getattr(pubsub, get)(timeout=5)]
+
+    reference.__name__ = name
+    scenario("pubsub")(reference).ours(ours)
+
+
+_subscribe_and_publish("publish_counts_the_subscriber", sharded=False, payload="hello")
 
 
 @scenario(
@@ -386,21 +419,14 @@ async def _(r: Any, k: Resolve) -> Any:
     differs={t: "pubsub-ping-decoded" for t in ("decoded", "cluster-decoded")},
 )
 def pubsub_ping(r: Any, k: Resolve) -> Any:
-    pubsub = r.pubsub()
-    try:
-        pubsub.subscribe(k(K.ch))
-        pubsub.get_message(timeout=5)
+    with _subscribed(r, k) as pubsub:
         pubsub.ping("hi")
         return pubsub.get_message(timeout=5)
-    finally:
-        pubsub.close()
 
 
 @pubsub_ping.ours
 async def _(r: Any, k: Resolve) -> Any:
-    async with r.pubsub() as pubsub:
-        await pubsub.subscribe(k(K.ch))
-        await pubsub.get_message(timeout=5)
+    async with _subscribed_ours(r, k) as pubsub:
         await pubsub.ping("hi")
         return await pubsub.get_message(timeout=5)
 
@@ -428,20 +454,13 @@ async def _(r: Any, k: Resolve) -> Any:
 
 @scenario("pubsub", differs={t: "pubsub-deadline" for t in ALL})
 def get_message_without_timeout(r: Any, k: Resolve) -> Any:
-    pubsub = r.pubsub()
-    try:
-        pubsub.subscribe(k(K.ch))
-        pubsub.get_message(timeout=5)
+    with _subscribed(r, k) as pubsub:
         return pubsub.get_message()
-    finally:
-        pubsub.close()
 
 
 @get_message_without_timeout.ours
 async def _(r: Any, k: Resolve) -> Any:
-    async with r.pubsub() as pubsub:
-        await pubsub.subscribe(k(K.ch))
-        await pubsub.get_message(timeout=5)
+    async with _subscribed_ours(r, k) as pubsub:
         with trio.move_on_after(0.05):
             return await pubsub.get_message()
         return "still waiting when the caller's deadline came"
@@ -532,6 +551,17 @@ def _pair(
     )
 
 
+def _both(
+    name: str,
+    call: Callable[[Any, Resolve], Any],
+    *,
+    compare: Any = None,
+    targets: frozenset[str] = CLUSTER,
+) -> None:
+    """A :func:`_pair` whose call reads the same on both clients (ours is awaited)."""
+    _pair(name, call, call, compare=compare, targets=targets)
+
+
 def _names(nodes: Any) -> Any:
     return sorted((n.name, n.server_type) for n in nodes)
 
@@ -548,42 +578,18 @@ def _cluster_wide(info: dict[str, Any]) -> Any:
 
 
 _pair("keyslot", lambda r, k: r.keyslot(k(K.a)), lambda r, k: _value(r.keyslot(k(K.a))))
-_pair("cluster_keyslot", lambda r, k: r.cluster_keyslot("x"), lambda r, k: r.cluster_keyslot("x"))
-_pair(
-    "cluster_info",
-    lambda r, k: r.cluster_info(),
-    lambda r, k: r.cluster_info(),
-    compare=_cluster_wide,
-)
-_pair(
+_both("cluster_keyslot", lambda r, k: r.cluster_keyslot("x"))
+_both("cluster_info", lambda r, k: r.cluster_info(), compare=_cluster_wide)
+_both(
     "execute_command CLUSTER INFO",
     lambda r, k: r.execute_command("CLUSTER INFO"),
-    lambda r, k: r.execute_command("CLUSTER INFO"),
     compare=_cluster_wide,
 )
-_pair(
-    "cluster_nodes",
-    lambda r, k: r.cluster_nodes(),
-    lambda r, k: r.cluster_nodes(),
-    compare=lambda d: sorted(d),
-)
-_pair("cluster_slots", lambda r, k: r.cluster_slots(), lambda r, k: r.cluster_slots())
-_pair(
-    "execute_command CLUSTER SLOTS",
-    lambda r, k: r.execute_command("CLUSTER SLOTS"),
-    lambda r, k: r.execute_command("CLUSTER SLOTS"),
-)
-_pair(
-    "cluster_shards",
-    lambda r, k: r.cluster_shards(),
-    lambda r, k: r.cluster_shards(),
-    compare=shape,
-)
-_pair(
-    "cluster_countkeysinslot",
-    lambda r, k: r.cluster_countkeysinslot(r.keyslot(k(K.a))),
-    lambda r, k: r.cluster_countkeysinslot(r.keyslot(k(K.a))),
-)
+_both("cluster_nodes", lambda r, k: r.cluster_nodes(), compare=lambda d: sorted(d))
+_both("cluster_slots", lambda r, k: r.cluster_slots())
+_both("execute_command CLUSTER SLOTS", lambda r, k: r.execute_command("CLUSTER SLOTS"))
+_both("cluster_shards", lambda r, k: r.cluster_shards(), compare=shape)
+_both("cluster_countkeysinslot", lambda r, k: r.cluster_countkeysinslot(r.keyslot(k(K.a))))
 _pair("get_nodes", lambda r, k: _names(r.get_nodes()), lambda r, k: _value(_names(r.get_nodes())))
 _pair(
     "get_primaries",
@@ -633,14 +639,9 @@ _pair(
         r.info("server", target_nodes=_first(r.get_primaries())), lambda d: d["tcp_port"]
     ),
 )
-_pair(
-    "cluster_myid",
-    lambda r, k: r.cluster_myid(_first(r.get_primaries())),
-    lambda r, k: r.cluster_myid(_first(r.get_primaries())),
-)
-_pair(
+_both("cluster_myid", lambda r, k: r.cluster_myid(_first(r.get_primaries())))
+_both(
     "mget_nonatomic",
-    lambda r, k: r.mget_nonatomic(["diff-na-1", "diff-na-2", "diff-na-3", "diff-na-1"]),
     lambda r, k: r.mget_nonatomic(["diff-na-1", "diff-na-2", "diff-na-3", "diff-na-1"]),
 )
 _pair(
@@ -656,12 +657,7 @@ _pair(
         lambda: r.delete("diff-na-4", "diff-na-5"),
     ),
 )
-_pair(
-    "pubsub_numsub",
-    lambda r, k: r.pubsub_numsub("diff-a", "diff-b"),
-    lambda r, k: r.pubsub_numsub("diff-a", "diff-b"),
-    targets=ALL,
-)
+_both("pubsub_numsub", lambda r, k: r.pubsub_numsub("diff-a", "diff-b"), targets=ALL)
 
 
 async def _value(value: Any) -> Any:
@@ -721,27 +717,7 @@ async def _(r: Any, k: Resolve) -> Any:
 # --- more pub/sub --------------------------------------------------------------------------
 
 
-@scenario("pubsub")
-def sharded_pubsub(r: Any, k: Resolve) -> Any:
-    pubsub = r.pubsub()
-    try:
-        pubsub.ssubscribe(k(K.ch))
-        confirmation = pubsub.get_sharded_message(timeout=5)
-        receivers = r.spublish(k(K.ch), "sharded")
-        message = pubsub.get_sharded_message(timeout=5)
-        return [confirmation, receivers, message]
-    finally:
-        pubsub.close()
-
-
-@sharded_pubsub.ours
-async def _(r: Any, k: Resolve) -> Any:
-    async with r.pubsub() as pubsub:
-        await pubsub.ssubscribe(k(K.ch))
-        confirmation = await pubsub.get_sharded_message(timeout=5)
-        receivers = await r.spublish(k(K.ch), "sharded")
-        message = await pubsub.get_sharded_message(timeout=5)
-        return [confirmation, receivers, message]
+_subscribe_and_publish("sharded_pubsub", sharded=True, payload="sharded")
 
 
 @scenario("pubsub")

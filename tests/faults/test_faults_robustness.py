@@ -227,13 +227,25 @@ async def test_an_error_in_a_toxic_closes_only_that_connection(
         await toxi.add_toxic("p", "noop", stream="upstream")
         good = await trio.open_tcp_stream(*info.listen_address)
         bad = await trio.open_tcp_stream(*info.listen_address)
-        with caplog.at_level(logging.ERROR, logger="faults"):
-            await bad.send_all(b"boom")
-            assert await _closed_by_proxy(bad)
-        assert "a bug in a toxic" in caplog.text
-        await good.send_all(b"fine")
-        assert await read_exactly(good, 4) == b"fine"
-        assert (await toxi.proxies())["p"].enabled
+        await _only_the_bad_one_closes(toxi, good, bad, caplog, "a bug in a toxic")
+
+
+async def _only_the_bad_one_closes(
+    toxi: Toxiproxy,
+    good: trio.SocketStream,
+    bad: trio.SocketStream,
+    caplog: pytest.LogCaptureFixture,
+    bug: str,
+) -> None:
+    """``bad`` sends and hits ``bug``: the proxy closes that connection only and logs the
+    bug; ``good`` still round-trips and proxy ``p`` stays enabled."""
+    with caplog.at_level(logging.ERROR, logger="faults"):
+        await bad.send_all(b"boom")
+        assert await _closed_by_proxy(bad)
+    assert bug in caplog.text
+    await good.send_all(b"fine")
+    assert await read_exactly(good, 4) == b"fine"
+    assert (await toxi.proxies())["p"].enabled
 
 
 @embedded_only("injects a bug into the embedded server's pump")
@@ -263,13 +275,7 @@ async def test_an_error_in_the_pump_closes_only_that_connection(
         bad_port = bad.socket.getsockname()[1]
         (conn,) = [c for c in proxy.connections if c.client.getpeername()[1] == bad_port]
         poisoned.add(conn.client.fileno())  # the source of its parked upstream link
-        with caplog.at_level(logging.ERROR, logger="faults"):
-            await bad.send_all(b"boom")
-            assert await _closed_by_proxy(bad)
-        assert "a bug in the pump" in caplog.text
-        await good.send_all(b"fine")
-        assert await read_exactly(good, 4) == b"fine"
-        assert (await toxi.proxies())["p"].enabled
+        await _only_the_bad_one_closes(toxi, good, bad, caplog, "a bug in the pump")
 
 
 @embedded_only("white-box: the race behind the pump crash, made deterministic")

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 import trio
+from failover_load import failover_cluster, kill_primary_under_load
 from redis import exceptions as rex
+from storm import Storm
 
 from trio_cluster import ClusterClient, PoolOptions
 from trio_cluster.errors import ReadTimeoutError
@@ -111,29 +113,20 @@ async def test_cancellation_storm_never_misdelivers(local_cluster: LocalCluster)
     every reply that reaches a caller is its own, and the pools end clean."""
     with trio.fail_after(60):
         async with _client(local_cluster, pool=PoolOptions(size=4, autopipeline=True)) as rc:
-            misdelivered: list[tuple[str, Any]] = []
-            completed = cancelled = 0
-
+            storm = Storm()
             active: list[trio.CancelScope] = []
 
             async def caller(n: int, rounds: int) -> None:
-                nonlocal completed, cancelled
                 rng = random.Random(n)
                 for r in range(rounds):
                     key = f"ap:storm:{n}:{r}"
                     value = f"{n}:{r}:{rng.random()}".encode()
-                    with trio.CancelScope() as scope:
-                        active.append(scope)
-                        reply = await rc.set(key, value)
-                        if reply is not True:
-                            misdelivered.append((key, reply))
-                        got = await rc.get(key)
-                        if got != value:
-                            misdelivered.append((key, got))
-                        completed += 1
+                    scope = trio.CancelScope()
+                    active.append(scope)
+                    with storm.attempt(scope):
+                        storm.expect(key, await rc.set(key, value), True)
+                        storm.expect(key, await rc.get(key), value)
                     active.remove(scope)
-                    if scope.cancelled_caught:
-                        cancelled += 1
 
             async def canceller(stop: trio.Event) -> None:
                 # Every scheduler pass, cancel a few callers: some while their command is
@@ -154,24 +147,17 @@ async def test_cancellation_storm_never_misdelivers(local_cluster: LocalCluster)
 
             # A second storm with deadlines that expire while replies are on their way.
             async def timed_caller(n: int) -> None:
-                nonlocal completed, cancelled
                 key, value = f"ap:storm2:{n}", f"v{n}".encode()
-                with trio.move_on_after(random.Random(n).random() * 0.002) as scope:
+                with storm.attempt(trio.move_on_after(random.Random(n).random() * 0.002)):
                     assert await rc.set(key, value) is True
-                    got = await rc.get(key)
-                    if got != value:
-                        misdelivered.append((key, got))
-                    completed += 1
-                if scope.cancelled_caught:
-                    cancelled += 1
+                    storm.expect(key, await rc.get(key), value)
 
             async with trio.open_nursery() as nursery:
                 for n in range(500):
                     nursery.start_soon(timed_caller, n)
 
-            print(f"\ncancellation storm: completed={completed} cancelled={cancelled}")
-            assert misdelivered == []
-            assert completed > 0 and cancelled > 0
+            print(f"\ncancellation storm: completed={storm.completed} cancelled={storm.cancelled}")
+            storm.check()
             # Every key holds its own value or nothing (a cancelled SET may or may not have run).
             for n in range(0, 300, 7):
                 for r in range(10):
@@ -325,65 +311,23 @@ async def test_blocking_transactions_watch_and_pubsub_keep_their_own_connections
 
 async def test_primary_sigkill_under_load_with_autopipelining() -> None:
     with trio.fail_after(60):
-        async with LocalCluster(
-            masters=3, replicas_per_master=1, cluster_node_timeout_ms=1000
-        ) as c:
+        async with failover_cluster() as c:
             victim = c.shards[0].primary
-            heir = c.shards[0].replicas[0]
-            errors: list[tuple[float, BaseException]] = []
-            ops_after_recovery = 0
-            recovered_at: float | None = None
-            killed_at = 0.0
             async with ClusterClient(
                 startup_nodes=c.startup_nodes[:1],
                 read_timeout=1.0,
                 connect_timeout=0.5,
                 pool=PoolOptions(autopipeline=True),
             ) as rc:
-
-                async def worker(n: int, stop: trio.Event) -> None:
-                    nonlocal ops_after_recovery
-                    rng = random.Random(n)
-                    while not stop.is_set():
-                        key = f"fo:{n}:{rng.randrange(100)}"
-                        value = str(rng.randrange(10**9)).encode()
-                        try:
-                            assert await rc.set(key, value) is True
-                            assert await rc.get(key) == value
-                            if recovered_at is not None:
-                                ops_after_recovery += 1
-                        except Exception as exc:
-                            errors.append((trio.current_time(), exc))
-                        await trio.sleep(0.002)
-
-                stop = trio.Event()
-                async with trio.open_nursery() as nursery:
-                    for n in range(20):
-                        nursery.start_soon(worker, n, stop)
-                    await trio.sleep(0.5)
-                    killed_at = trio.current_time()
-                    victim.kill()
-                    with trio.fail_after(20):
-                        while True:
-                            try:
-                                ranges = await heir.execute("CLUSTER", "SLOTS", read_timeout=1.0)
-                                if any(int(r[2][1]) == heir.port for r in ranges):
-                                    break
-                            except Exception:
-                                pass
-                            await trio.sleep(0.05)
-                    recovered_at = trio.current_time()
-                    await trio.sleep(1.5)
-                    stop.set()
-                kinds = sorted({type(e).__name__ for _, e in errors})
+                run = await kill_primary_under_load(c, rc)
                 print(
-                    f"\nautopipelined failover: errors reaching callers={len(errors)} {kinds}, "
-                    f"failover took {recovered_at - killed_at:.2f}s, "
-                    f"ops after recovery={ops_after_recovery}"
+                    f"\nautopipelined failover: errors reaching callers={len(run.errors)} "
+                    f"{run.kinds()}, failover took {run.failover_seconds:.2f}s, "
+                    f"ops after recovery={run.ops_after_recovery}"
                 )
-                assert all(t >= killed_at for t, _ in errors)
-                assert len(errors) <= 20
-                assert ops_after_recovery > 100
+                assert all(t >= run.killed_at for t, _ in run.errors)
+                assert len(run.errors) <= 20
+                assert run.ops_after_recovery > 100
                 assert f"127.0.0.1:{victim.port}" not in rc.node_names()
 
 

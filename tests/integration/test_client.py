@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+from conflict import ConflictOnce
 from redis import exceptions as rex
+from storm import Storm
 
 from trio_cluster.clients.client import Client
 from trio_cluster.pooling.pool import PoolOptions
@@ -122,19 +124,9 @@ async def test_watch_conflict_raises_and_transaction_helper_retries(
                     await p.execute()
             assert await r.get("watch:n") == b"100"
 
-            attempts = 0
-
-            async def bump(pipe: object) -> None:
-                nonlocal attempts
-                attempts += 1
-                current = int(await pipe.get("watch:n"))  # type: ignore[attr-defined]
-                if attempts == 1:
-                    await r.set("watch:n", current + 1000)  # force one conflict
-                pipe.multi()  # type: ignore[attr-defined]
-                pipe.set("watch:n", current + 1)  # type: ignore[attr-defined]
-
+            bump = ConflictOnce(r, "watch:n", spoil=1000, add=1)
             await r.transaction(bump, "watch:n")
-            assert attempts == 2
+            assert bump.attempts == 2
             assert await r.get("watch:n") == b"1101"
             assert all(c.state.name == "IDLE" for c in r.connections())
 
@@ -198,31 +190,23 @@ async def test_cancellation_storm_never_misdelivers(local_server: LocalServer) -
         async with _client(local_server, pool=PoolOptions(size=100)) as r:
             await r.mset({k: k for k in keys})
             before = (await r.info("stats"))["total_connections_received"]
-            completed = cancelled = 0
-            misdelivered: list[tuple[str, object]] = []
+            storm = Storm()
 
             async def worker(seed: int) -> None:
-                nonlocal completed, cancelled
                 local = random.Random(seed)
                 for _ in range(40):
                     key = local.choice(keys)
-                    with trio.move_on_after(local.uniform(0, 0.02)) as scope:
-                        value = await r.get(key)
-                        if value != key.encode():
-                            misdelivered.append((key, value))
-                        completed += 1
-                    if scope.cancelled_caught:
-                        cancelled += 1
+                    with storm.attempt(trio.move_on_after(local.uniform(0, 0.02))):
+                        storm.expect(key, await r.get(key), key.encode())
 
             async with trio.open_nursery() as nursery:
                 for _ in range(200):
                     nursery.start_soon(worker, rng.random())
             after = (await r.info("stats"))["total_connections_received"]
             stats = r.stats()
-    assert misdelivered == []
-    assert completed > 0 and cancelled > 0
+    storm.check()
     new_connections = after - before
-    assert new_connections / cancelled <= 0.05, (new_connections, cancelled, stats)
+    assert new_connections / storm.cancelled <= 0.05, (new_connections, storm.cancelled, stats)
     assert stats.total_connections <= 100
     assert dict(stats.closes) == {}  # no connection was lost to a cancellation
 

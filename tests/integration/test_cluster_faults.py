@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import trio
+from failover_load import failover_cluster, kill_primary_under_load
 from redis import exceptions as rex
 
 from faults.embedded import EmbeddedToxiproxy
@@ -23,10 +24,7 @@ from trio_cluster.clients.cluster import ReadFrom, RetryOptions
 from trio_cluster.pooling.breaker import BreakerOptions, BreakerState
 from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster, LocalServer
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+from trio_cluster.wire.encoding import text
 
 
 def _owner_port(topology_map: list[Any], slot: int) -> int:
@@ -37,6 +35,24 @@ def _owner_port(topology_map: list[Any], slot: int) -> int:
 async def _proxied(cluster: LocalCluster) -> AsyncIterator[NodeProxies]:
     async with EmbeddedToxiproxy() as tp, NodeProxies.create(tp, cluster.startup_nodes) as np:
         yield np
+
+
+@asynccontextmanager
+async def _proxied_client(
+    cluster: LocalCluster, **options: Any
+) -> AsyncIterator[tuple[NodeProxies, ClusterClient]]:
+    """Proxies for ``cluster`` and a client that reaches it only through them."""
+    async with _proxied(cluster) as proxies, _via(proxies, cluster, **options) as rc:
+        yield proxies, rc
+
+
+def _via(proxies: NodeProxies, cluster: LocalCluster, **options: Any) -> ClusterClient:
+    """A client (``options`` added) that reaches ``cluster`` only through ``proxies``."""
+    return ClusterClient(
+        startup_nodes=[proxies.remap(cluster.startup_nodes[0])],
+        address_remap=proxies.remap,
+        **options,
+    )
 
 
 # --- resharding ---------------------------------------------------------------------------
@@ -144,70 +160,29 @@ async def test_reshard_under_load_follows_moved_and_ask_without_errors() -> None
 
 async def test_primary_sigkill_under_load_errors_only_in_failover_window() -> None:
     with trio.fail_after(60):
-        async with LocalCluster(
-            masters=3, replicas_per_master=1, cluster_node_timeout_ms=1000
-        ) as c:
+        async with failover_cluster() as c:
             victim = c.shards[0].primary
             heir = c.shards[0].replicas[0]
-            errors: list[tuple[float, BaseException]] = []
-            ops_after_recovery = 0
-            recovered_at: float | None = None
-            killed_at = 0.0
             async with ClusterClient(
                 startup_nodes=c.startup_nodes[:1], read_timeout=1.0, connect_timeout=0.5
             ) as rc:
-
-                async def worker(n: int, stop: trio.Event) -> None:
-                    nonlocal ops_after_recovery
-                    rng = random.Random(n)
-                    while not stop.is_set():
-                        key = f"fo:{n}:{rng.randrange(100)}"  # each worker its own keys
-                        value = str(rng.randrange(10**9)).encode()
-                        try:
-                            assert await rc.set(key, value) is True
-                            assert await rc.get(key) == value
-                            if recovered_at is not None:
-                                ops_after_recovery += 1
-                        except rex.RedisError as exc:  # a wrong value fails the test
-                            errors.append((trio.current_time(), exc))
-                        await trio.sleep(0.002)
-
-                stop = trio.Event()
-                async with trio.open_nursery() as nursery:
-                    for n in range(20):
-                        nursery.start_soon(worker, n, stop)
-                    await trio.sleep(0.5)  # a steady workload first
-                    killed_at = trio.current_time()
-                    victim.kill()
-                    # Poll the cluster (bounded) until the replica has taken over.
-                    with trio.fail_after(20):
-                        while True:
-                            try:
-                                ranges = await heir.execute("CLUSTER", "SLOTS", read_timeout=1.0)
-                                if any(int(r[2][1]) == heir.port for r in ranges):
-                                    break
-                            except (rex.RedisError, OSError):  # the heir may be busy electing
-                                pass
-                            await trio.sleep(0.05)
-                    recovered_at = trio.current_time()
-                    await trio.sleep(1.5)  # the workload goes on against the promoted replica
-                    stop.set()
+                run = await kill_primary_under_load(c, rc)
                 stats = rc.stats()
+                errors, killed_at = run.errors, run.killed_at
                 window = max((t for t, _ in errors), default=killed_at) - killed_at
-                kinds = sorted({type(e).__name__ for _, e in errors})
                 print(
-                    f"\nfailover: errors reaching callers={len(errors)} {kinds}, "
+                    f"\nfailover: errors reaching callers={len(errors)} {run.kinds()}, "
                     f"error window={window:.2f}s, failover took "
-                    f"{recovered_at - killed_at:.2f}s, retries={stats.retries}, "
+                    f"{run.failover_seconds:.2f}s, retries={stats.retries}, "
                     f"breaker rejections={stats.breaker_rejections}, "
-                    f"ops after recovery={ops_after_recovery}"
+                    f"ops after recovery={run.ops_after_recovery}"
                 )
                 for t, e in errors[:5]:
                     print(f"  at +{t - killed_at:.2f}s: {type(e).__name__}: {e}")
                 assert all(t >= killed_at for t, _ in errors)
-                assert window <= (recovered_at - killed_at) + 2.0  # errors only in the window
+                assert window <= run.failover_seconds + 2.0  # errors only in the window
                 assert len(errors) <= 20
-                assert ops_after_recovery > 100
+                assert run.ops_after_recovery > 100
                 assert f"127.0.0.1:{heir.port}" in stats.topology  # the heir is a primary now
                 assert f"127.0.0.1:{victim.port}" not in stats.topology
                 # The dead node left the map: its pool was retired and closed.
@@ -229,7 +204,7 @@ async def test_address_remap_through_proxies_for_topology_and_moved() -> None:
             # Poll (bounded) until every node describes every node at the unreachable address.
             with trio.fail_after(15):
                 while True:
-                    hosts = {_text(r[2][0]) for n in c.nodes
+                    hosts = {text(r[2][0]) for n in c.nodes
                              for r in await n.execute("CLUSTER", "SLOTS")}  # fmt: skip
                     if hosts == {"127.0.0.2"}:
                         break
@@ -293,15 +268,11 @@ def _keys_per_primary(rc: ClusterClient, prefix: str) -> dict[tuple[str, int], l
 
 async def test_pipeline_with_one_node_down(local_cluster: LocalCluster) -> None:
     with trio.fail_after(30):
-        async with (
-            _proxied(local_cluster) as proxies,
-            ClusterClient(
-                startup_nodes=[proxies.remap(local_cluster.startup_nodes[0])],
-                address_remap=proxies.remap,
-                retry=RetryOptions(budget=0.5),
-                breaker=BreakerOptions(cooldown=0.2),
-            ) as rc,
-        ):
+        async with _proxied_client(
+            local_cluster,
+            retry=RetryOptions(budget=0.5),
+            breaker=BreakerOptions(cooldown=0.2),
+        ) as (proxies, rc):
             by_primary = _keys_per_primary(rc, "pd:")
             down_address, down_keys = next(iter(by_primary.items()))
             down = next(n for n in proxies.nodes if n.listen == down_address)
@@ -339,15 +310,11 @@ async def test_pipeline_with_one_node_down(local_cluster: LocalCluster) -> None:
 
 async def test_breaker_opens_fails_fast_and_closes(local_cluster: LocalCluster) -> None:
     with trio.fail_after(30):
-        async with (
-            _proxied(local_cluster) as proxies,
-            ClusterClient(
-                startup_nodes=[proxies.remap(local_cluster.startup_nodes[0])],
-                address_remap=proxies.remap,
-                retry=RetryOptions(budget=0.3),
-                breaker=BreakerOptions(failure_threshold=3, cooldown=2.0),
-            ) as rc,
-        ):
+        async with _proxied_client(
+            local_cluster,
+            retry=RetryOptions(budget=0.3),
+            breaker=BreakerOptions(failure_threshold=3, cooldown=2.0),
+        ) as (proxies, rc):
             by_primary = _keys_per_primary(rc, "br:")
             address, keys = next(iter(by_primary.items()))
             name = f"{address[0]}:{address[1]}"
@@ -406,11 +373,7 @@ async def test_replica_reads_fall_back_to_primary_and_follow_latency(
             replicas = [proxies[n.address] for n in local_cluster.nodes[3:]]
             primaries = [proxies[n.address] for n in local_cluster.primaries]
             keys = [f"rr:{i}" for i in range(12)]
-            async with ClusterClient(
-                startup_nodes=[proxies.remap(local_cluster.startup_nodes[0])],
-                address_remap=proxies.remap,
-                read_from=ReadFrom.RANDOM,
-            ) as rc:
+            async with _via(proxies, local_cluster, read_from=ReadFrom.RANDOM) as rc:
                 await rc.mset({k: 1 for k in keys})
                 async with node_down(replicas):
                     for key in keys:
@@ -418,11 +381,7 @@ async def test_replica_reads_fall_back_to_primary_and_follow_latency(
                 stats = rc.stats()
                 assert stats.retries.get("replica_fallback", 0) > 0
                 assert stats.errors == {}
-            async with ClusterClient(
-                startup_nodes=[proxies.remap(local_cluster.startup_nodes[0])],
-                address_remap=proxies.remap,
-                read_from=ReadFrom.LOWEST_LATENCY,
-            ) as rc:
+            async with _via(proxies, local_cluster, read_from=ReadFrom.LOWEST_LATENCY) as rc:
 
                 def gets(nodes: list[Any]) -> int:
                     per_node = rc.stats().nodes

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import redis
 import trio
+from conflict import ConflictOnce
 from redis.exceptions import LockError, LockNotOwnedError, RedisClusterException
 
 from trio_cluster import Client, ClusterClient
@@ -249,22 +250,11 @@ async def test_transaction_with_watch_delay_retries_until_it_commits(
     with trio.fail_after(20):
         async with _client(local_server) as r:
             await r.set("helpers:tx", 0)
-            attempts = 0
-
-            async def bump(pipe: object) -> int:
-                nonlocal attempts
-                attempts += 1
-                value = int(await pipe.get("helpers:tx"))  # type: ignore[attr-defined]
-                if attempts == 1:
-                    await r.incr("helpers:tx")  # spoil the first attempt
-                pipe.multi()  # type: ignore[attr-defined]
-                pipe.set("helpers:tx", value + 10)  # type: ignore[attr-defined]
-                return value
-
+            bump = ConflictOnce(r, "helpers:tx", spoil=1, add=10)
             seen = await r.transaction(
                 bump, "helpers:tx", value_from_callable=True, watch_delay=0.01
             )
-            assert (attempts, seen, await r.get("helpers:tx")) == (2, 1, b"11")
+            assert (bump.attempts, seen, await r.get("helpers:tx")) == (2, 1, b"11")
 
 
 async def test_pubsub_run_gives_every_message_to_its_handler(local_server: LocalServer) -> None:

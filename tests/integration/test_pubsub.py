@@ -385,6 +385,18 @@ async def test_failover_of_a_primary_resubscribes_after_promotion() -> None:
                 assert stats.gaps == 2 and stats.disconnects == 2
 
 
+async def _move_empty_slot(
+    cluster: LocalCluster, slot: int, source: LocalServer, target: LocalServer
+) -> None:
+    """Move an empty ``slot`` from ``source`` to ``target`` as redis-cli does."""
+    target_id = cluster.node_ids[target.port]
+    source_id = cluster.node_ids[source.port]
+    await target.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    await source.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    await target.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    await source.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
 async def test_slot_move_resubscribes_on_the_new_owner() -> None:
     async with LocalCluster(masters=2, replicas_per_master=0) as cluster:
         with trio.fail_after(15):
@@ -395,14 +407,9 @@ async def test_slot_move_resubscribes_on_the_new_owner() -> None:
                 await _expect(ps, "ssubscribe")
                 source = await _owner(cluster, channel)
                 target = next(n for n in cluster.primaries if n is not source)
-                target_id = cluster.node_ids[target.port]
-                source_id = cluster.node_ids[source.port]
-                # Move the (empty) slot as redis-cli does; when the source gives it up, it
-                # drops its shard subscribers with a server-side SUNSUBSCRIBE.
-                await target.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-                await source.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-                await target.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-                await source.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                # When the source gives the slot up, it drops its shard subscribers with a
+                # server-side SUNSUBSCRIBE.
+                await _move_empty_slot(cluster, slot, source, target)
                 gap = await _expect(ps, "gap")
                 assert gap["shard_channels"] == [channel.encode()]
                 assert "left" in gap["data"]
@@ -427,3 +434,35 @@ async def test_ssubscribe_over_the_bound_changes_nothing(local_cluster: LocalClu
             assert not ps.subscribed and registry.open == 0
             await ps.ssubscribe(*channels[:2])
             assert registry.open == 2
+
+
+def _routed_to(rc: ClusterClient, slot: int) -> tuple[str, int]:
+    """The primary the client's public topology names for ``slot``."""
+    shard = rc.topology.shard_for(slot)
+    assert shard is not None
+    return shard.primary
+
+
+async def test_ssubscribe_moved_updates_the_clients_slot_map() -> None:
+    """A MOVED answering SSUBSCRIBE goes through the client's one MOVED path: the channel is
+    subscribed on the new owner, and the client's slot map and public ``topology`` name that
+    owner at once (before any refresh could)."""
+    async with LocalCluster(masters=2, replicas_per_master=0) as cluster:
+        with trio.fail_after(15):
+            channel = f"{_tag()}:redirected"
+            slot = key_slot(channel.encode())
+            async with ClusterClient(startup_nodes=cluster.startup_nodes) as rc, _pubsub(rc) as ps:
+                source = await _owner(cluster, channel)
+                target = next(n for n in cluster.primaries if n is not source)
+                assert _routed_to(rc, slot) == source.address
+                # Behind the client's back: its map is now stale.
+                await _move_empty_slot(cluster, slot, source, target)
+                moved_before = rc.stats().moved
+                await ps.ssubscribe(channel)  # sent to the source, which answers MOVED
+                assert (await _expect(ps, "ssubscribe"))["channel"] == channel.encode()
+                assert ps.stats().moved == 1
+                assert rc.stats().moved == moved_before + 1  # applied by the slot map
+                assert _routed_to(rc, slot) == target.address
+                assert f"{target.host}:{target.port}" in ps.connection_addresses()
+                assert await rc.spublish(channel, "here") == 1
+                assert (await _expect(ps, "smessage"))["data"] == b"here"

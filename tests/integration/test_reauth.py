@@ -32,6 +32,50 @@ async def _until(condition: object, what: str) -> None:
         await trio.sleep(0.005)
 
 
+class _Load:
+    """Tasks that SET then GET their own ``prefix`` keys through ``client`` until
+    :attr:`stop` is set; only redis errors are tolerated (recorded in :attr:`failures`), a
+    wrong value fails the test."""
+
+    def __init__(self, client: Client | ClusterClient, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.done = 0
+        self.failures: list[BaseException] = []
+        self.stop = trio.Event()
+
+    def start(self, nursery: trio.Nursery, tasks: int) -> None:
+        for i in range(tasks):
+            nursery.start_soon(self._worker, i)
+
+    async def _worker(self, i: int) -> None:
+        key = f"{self.prefix}:{i}"
+        while not self.stop.is_set():
+            try:
+                await self.client.set(key, i)
+                assert await self.client.get(key) == str(i).encode()
+                self.done += 1
+            except rex.RedisError as exc:  # a wrong value fails the test
+                self.failures.append(exc)
+            await trio.lowlevel.checkpoint()
+
+    async def more(self, count: int, what: str) -> None:
+        """Wait until ``count`` more rounds have succeeded."""
+        before = self.done
+        await _until(lambda: self.done > before + count, what)
+
+
+async def _rotated(client: Client | ClusterClient) -> None:
+    """Wait until the client's connections all run as the second user it was given."""
+    await _until(
+        lambda: (
+            client.maintenance_stats()["stale_credential_connections"] == 0
+            and client.maintenance_stats()["credential_rotations"] == 2
+        ),
+        "rotation",
+    )
+
+
 async def test_rotation_then_deluser_under_load() -> None:
     """alice -> bob via a streaming provider while 20 tasks run, then ACL DELUSER alice (the
     server drops every connection still authenticated as alice): zero failed commands."""
@@ -39,46 +83,24 @@ async def test_rotation_then_deluser_under_load() -> None:
         await _acl_users(server)
         send, receive = trio.open_memory_channel[tuple[str | None, str]](1)
         await send.send(("alice", "alice-pw-1"))
-        failures: list[BaseException] = []
-        done = 0
-        stop = trio.Event()
         with trio.fail_after(30):
             async with Client(
                 server.host, server.port, credentials=receive, client_name="rot",
                 pool=PoolOptions(size=10),
             ) as r:  # fmt: skip
-
-                async def worker(i: int) -> None:
-                    nonlocal done
-                    while not stop.is_set():
-                        try:
-                            await r.set(f"rot:{i}", i)
-                            assert await r.get(f"rot:{i}") == str(i).encode()
-                            done += 1
-                        except rex.RedisError as exc:  # a wrong value fails the test
-                            failures.append(exc)
-                        await trio.lowlevel.checkpoint()
-
+                load = _Load(r, "rot")
                 async with trio.open_nursery() as nursery:
-                    for i in range(20):
-                        nursery.start_soon(worker, i)
-                    await _until(lambda: done > 200, "warm-up")
+                    load.start(nursery, 20)
+                    await load.more(200, "warm-up")
                     assert set(await _users_of(server, "rot")) == {"alice"}
                     await send.send(("bob", "bob-pw-2"))
-                    await _until(
-                        lambda: (
-                            r.maintenance_stats()["stale_credential_connections"] == 0
-                            and r.maintenance_stats()["credential_rotations"] == 2
-                        ),
-                        "rotation",
-                    )
-                    before = done
+                    await _rotated(r)
                     await server.execute("ACL", "DELUSER", "alice")
-                    await _until(lambda: done > before + 200, "after deluser")
-                    stop.set()
+                    await load.more(200, "after deluser")
+                    load.stop.set()
                 stats = r.maintenance_stats()
                 users = await _users_of(server, "rot")
-        assert failures == []
+        assert load.failures == []
         assert stats["reauths"] > 0 and stats["reauth_failures"] == 0
         assert users and set(users) == {"bob"}
 
@@ -206,45 +228,23 @@ async def test_cluster_rotation_then_deluser_under_load(local_cluster: LocalClus
                 )
         send, receive = trio.open_memory_channel[tuple[str | None, str]](1)
         await send.send(users[0])
-        failures: list[BaseException] = []
-        done = 0
-        stop = trio.Event()
         async with ClusterClient(
             startup_nodes=local_cluster.startup_nodes, credentials=receive, client_name="crot"
         ) as rc:
-
-            async def worker(i: int) -> None:
-                nonlocal done
-                while not stop.is_set():
-                    try:
-                        await rc.set(f"crot:{i}", i)
-                        assert await rc.get(f"crot:{i}") == str(i).encode()
-                        done += 1
-                    except rex.RedisError as exc:  # a wrong value fails the test
-                        failures.append(exc)
-                    await trio.lowlevel.checkpoint()
-
+            load = _Load(rc, "crot")
             async with trio.open_nursery() as nursery:
-                for i in range(24):
-                    nursery.start_soon(worker, i)
-                await _until(lambda: done > 300, "warm-up")
+                load.start(nursery, 24)
+                await load.more(300, "warm-up")
                 await send.send(users[1])
-                await _until(
-                    lambda: (
-                        rc.maintenance_stats()["stale_credential_connections"] == 0
-                        and rc.maintenance_stats()["credential_rotations"] == 2
-                    ),
-                    "rotation",
-                )
-                before = done
+                await _rotated(rc)
                 for node in local_cluster.primaries:
                     await node.execute("ACL", "DELUSER", "carol")
-                await _until(lambda: done > before + 300, "after deluser")
-                stop.set()
+                await load.more(300, "after deluser")
+                load.stop.set()
             stats = rc.maintenance_stats()
             seen = set()
             for node in local_cluster.primaries:
                 seen.update(await _users_of(node, "crot"))
-    assert failures == []
+    assert load.failures == []
     assert stats["reauths"] > 0
     assert seen == {"dave"}

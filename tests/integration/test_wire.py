@@ -41,6 +41,16 @@ async def connected(
         nursery.cancel_scope.cancel()
 
 
+async def _get_fails_then_next_works(kind: str, wire: bytes, error: type[Exception]) -> None:
+    """``wire`` answering ``GET a`` raises ``error`` (typed); the next command, ``GET b``, on
+    the same client still gets its own reply."""
+    with trio.fail_after(20):
+        async with connected(kind, once(get_of(b"a"), wire)) as (client, _):
+            with pytest.raises(error):
+                await client.get("a")
+            assert await client.get("b") == b"v:b"
+
+
 def once(match: Callable[[list[bytes]], bool], wire: bytes) -> ReplyHook:
     """Answer the first command that ``match`` accepts with ``wire``; the rest correctly."""
     used = False
@@ -157,12 +167,8 @@ async def test_push_frame_inside_an_array_is_a_protocol_error(
 ) -> None:
     caplog.set_level(logging.WARNING, "trio_cluster.connection")
     wire = b"*2\r\n>1\r\n$1\r\nb\r\n$1\r\nb\r\n"  # the issue's case: it left "$1 b" behind
-    with trio.fail_after(20):
-        async with connected(kind, once(get_of(b"a"), wire)) as (client, _):
-            with pytest.raises(tce.ReplyShapeError):
-                await client.get("a")
-            assert any("ReplyShapeError" in m for m in violations(caplog))
-            assert await client.get("b") == b"v:b"
+    await _get_fails_then_next_works(kind, wire, tce.ReplyShapeError)
+    assert any("ReplyShapeError" in m for m in violations(caplog))
 
 
 # --- 3. size and depth limits -----------------------------------------------------------------
@@ -214,11 +220,7 @@ async def test_reply_past_max_reply_bytes_is_refused_and_the_connection_closed(
     ids=["arrays", "attributes"],
 )
 async def test_nesting_past_the_depth_limit_is_typed(kind: str, wire: bytes) -> None:
-    with trio.fail_after(20):
-        async with connected(kind, once(get_of(b"a"), wire)) as (client, _):
-            with pytest.raises(tce.ReplyTooDeepError):
-                await client.get("a")
-            assert await client.get("b") == b"v:b"
+    await _get_fails_then_next_works(kind, wire, tce.ReplyTooDeepError)
 
 
 @pytest.mark.parametrize(
@@ -317,8 +319,4 @@ async def test_bad_redirect_is_typed_and_leaves_routing_untouched(redirect: byte
     ids=["array-key", "map-key", "array-key-after-attribute"],
 )  # fmt: skip
 async def test_map_with_unhashable_key_is_typed(kind: str, wire: bytes) -> None:
-    with trio.fail_after(20):
-        async with connected(kind, once(get_of(b"a"), wire)) as (client, _):
-            with pytest.raises(tce.ReplyShapeError):
-                await client.get("a")
-            assert await client.get("b") == b"v:b"
+    await _get_fails_then_next_works(kind, wire, tce.ReplyShapeError)

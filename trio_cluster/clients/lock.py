@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from types import SimpleNamespace, TracebackType
+from types import SimpleNamespace
 from typing import Any, Literal, Self
 
 import trio
 from redis.exceptions import LockError, LockNotOwnedError
+
+from ..lifetime import Scoped
 
 __all__ = ["Lock"]
 
@@ -61,7 +63,7 @@ return 1
 RELEASE_BUDGET = 5.0
 
 
-class Lock:
+class Lock(Scoped):
     """A lock held in key ``name``, as redis-py's.
 
     ``timeout``: the lock's life in seconds (None: until released).  ``sleep``: the pause
@@ -112,16 +114,12 @@ class Lock:
         return f"<Lock {self.name!r} {'held' if self.token is not None else 'not held'}>"
 
     async def __aenter__(self) -> Self:
+        # Not Scoped's: a lock not acquired has nothing to release.
         if await self.acquire():
             return self
         raise LockError("Unable to acquire lock within the time specified", lock_name=self.name)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _close(self) -> None:
         # Shielded: a cancelled block must still give the lock back (bounded, though).
         with trio.CancelScope(shield=True, deadline=trio.current_time() + RELEASE_BUDGET):
             try:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from ..conn.connection import Connection
+from ..lifetime import Scoped
 
 __all__ = ["Monitor"]
 
@@ -25,7 +25,7 @@ _LINE = re.compile(r"\[(\d+) (.*?)\] (.*)")
 _ARG = re.compile(r'"(.*?)(?<!\\)"')
 
 
-class Monitor:
+class Monitor(Scoped):
     """The commands one node runs, one dict per command: ``time``, ``db``,
     ``client_address``, ``client_port``, ``client_type`` and ``command`` (as redis-py)."""
 
@@ -33,26 +33,15 @@ class Monitor:
         self._dial = dial
         self._conn: Connection | None = None
 
-    async def __aenter__(self) -> Self:
-        conn = await self._dial()
-        try:
-            reply = await conn.read_push(send=[("MONITOR",)])
-            if isinstance(reply, Exception):
-                raise reply
-            if reply not in (b"OK", "OK"):
-                raise RedisError(f"MONITOR failed: {reply!r}")
-        except BaseException:
-            await conn.aclose()
-            raise
-        self._conn = conn
-        return self
+    async def _open(self) -> None:
+        self._conn = await self._dial()
+        reply = await self._conn.read_push(send=[("MONITOR",)])
+        if isinstance(reply, Exception):
+            raise reply
+        if reply not in (b"OK", "OK"):
+            raise RedisError(f"MONITOR failed: {reply!r}")
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.aclose()

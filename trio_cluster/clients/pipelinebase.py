@@ -8,7 +8,6 @@ pipelines do)."""
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import trio
@@ -18,6 +17,7 @@ from redis.exceptions import ResponseError
 
 from ..conn.connection import Connection
 from ..errors import ArgumentTypeError
+from ..lifetime import Scoped
 from ..wire.commands import queue_entry
 from ..wire.encoding import Encoding, prepare_stack
 
@@ -29,7 +29,9 @@ __all__ = ["PipelineBase", "Script"]
 _Command = tuple[tuple[Any, ...], dict[str, Any]]
 
 
-class PipelineBase(AsyncCoreCommands):
+# The ignore: with a second base, mypy checks redis-py's own mixins against each other
+# (their ``command_info`` signatures differ); nothing of ours is involved.
+class PipelineBase(AsyncCoreCommands, Scoped):  # type: ignore[misc]
     """Commands queued on the client side; subclasses send them (``execute``), run commands
     at once while watching (``_immediate``) and undo WATCH (``reset``).
 
@@ -55,9 +57,6 @@ class PipelineBase(AsyncCoreCommands):
     def __bool__(self) -> bool:
         return True
 
-    async def __aenter__(self) -> Self:
-        return self
-
     def __await__(self) -> Generator[Any, None, Self]:
         """``await pipe.set(...)`` gives the pipeline back, as redis-py's asyncio pipeline."""
         return self._self().__await__()
@@ -65,12 +64,7 @@ class PipelineBase(AsyncCoreCommands):
     async def _self(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _close(self) -> None:
         await self.reset()
 
     async def reset(self) -> None:  # type: ignore[override]

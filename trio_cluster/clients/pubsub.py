@@ -153,7 +153,7 @@ class PubSub(_Links):
             if link is not None:
                 again[(link, key_slot(n))].append(n)
         self._shard.update(names)
-        self._place_shard(names, hint=None)
+        self._place_shard(names)
         for (link, _), group in again.items():
             link.queue(("SSUBSCRIBE", *group))
         await trio.lowlevel.checkpoint()

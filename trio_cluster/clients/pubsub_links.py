@@ -101,10 +101,10 @@ class _Links(_PubSubState):
         node = cluster.primary(key_slot(name))
         return node.address if node is not None else None
 
-    def _place_shard(self, names: Iterable[bytes], *, hint: Address | None) -> list[bytes]:
+    def _place_shard(self, names: Iterable[bytes]) -> list[bytes]:
         """Put shard channels that have no link on one (creating links as needed) and queue
-        their SSUBSCRIBE; returns the channels whose slot has no known owner.  ``hint`` (the
-        node a MOVED named) overrides the client's slot map."""
+        their SSUBSCRIBE, on the node the client's slot map names for their slot; returns
+        the channels whose slot has no known owner."""
         if self._closed:
             return []  # a link task finishing a frame while the PubSub closes
         groups: dict[tuple[_Link, int], list[bytes]] = defaultdict(list)
@@ -118,7 +118,7 @@ class _Links(_PubSubState):
                     self._classic = self._start_link(classic=True, address=self._classic_address())
                 link = self._classic
             else:
-                address = hint or self._shard_address(n)
+                address = self._shard_address(n)
                 if address is None:
                     homeless.append(n)
                     continue
@@ -158,7 +158,7 @@ class _Links(_PubSubState):
                 if (self._channels or self._patterns) and self._classic is None:
                     self._classic = self._start_link(classic=True, address=self._classic_address())
                 homeless = self._place_shard(
-                    [n for n in sorted(self._shard) if n not in self._owner], hint=None
+                    [n for n in sorted(self._shard) if n not in self._owner]
                 )
             except (PubSubLimitError, ClusterDownError) as error:
                 if isinstance(error, PubSubLimitError):
@@ -360,10 +360,11 @@ class _Links(_PubSubState):
             taken = self._unassign(link, names)
             cluster = self._cluster
             if cluster is not None:
-                cluster.request_refresh()
-                target = cluster.redirect_address(error, link.address)
+                # The client's one MOVED path: its slot map and public topology learn the new
+                # owner (and a refresh is requested); placement below reads that map.
+                await cluster.apply_moved(error, cluster.by_name(link.name))
                 try:
-                    self._place_shard(taken, hint=target)
+                    self._place_shard(taken)
                 except PubSubLimitError as limit:
                     self._counters.limit_rejections += 1
                     await self._deliver(_Failure(limit))

@@ -22,7 +22,7 @@ import itertools
 import math
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -395,9 +395,10 @@ class Connection(ReplyStream):
         """Whether relaxed timeouts are in force right now."""
         return trio.current_time() < self.relaxed_until
 
-    async def reconnect(self, config: ConnectionConfig) -> None:
-        """Move this connection to a new endpoint (a handoff): open and greet a new stream
-        with ``config``, then swap it in and close the old one.
+    async def reconnect(self, dial: Callable[[], Awaitable[Connection]]) -> None:
+        """Move this connection to a new endpoint (a handoff): ``dial()`` opens a new,
+        greeted connection (the client's dialer: this method never opens one itself), whose
+        stream is swapped in; the old stream is closed.
 
         The caller owns the connection (state UNUSABLE); it is INITIALIZING while this runs
         and stays INITIALIZING on return, for the owner to give back.  On failure the old
@@ -407,11 +408,12 @@ class Connection(ReplyStream):
             raise ConnectionClosedError(f"connection {self.id} cannot be handed off in this state")
         if self.state.state is not ConnState.INITIALIZING:  # a retry stays INITIALIZING
             self.state.transition(ConnState.INITIALIZING)
-        fresh = await Connection.open(config)
+        fresh = await dial()
         old_stream = self._stream
         self._stream, self._parser, self._fd = fresh._stream, fresh._parser, fresh._fd
         self.config, self.protocol, self.client_id = fresh.config, fresh.protocol, fresh.client_id
         self.maint_notifications = fresh.maint_notifications
+        self.credentials_version = fresh.credentials_version
         fresh._closed = True  # its stream now belongs to this connection
         await close_quietly(old_stream)
 

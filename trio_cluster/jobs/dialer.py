@@ -89,12 +89,10 @@ class Dialer:
         return conn
 
     async def handoff(self, conn: Connection, endpoint: tuple[str, int]) -> None:
-        """Move ``conn`` (owned by the caller, UNUSABLE) to ``endpoint``: a new stream opened
-        like every other connection (the newest credentials, the client's TLS and timeouts),
-        swapped in by :meth:`Connection.reconnect`."""
-        config, version = await self.settings(endpoint)
-        await conn.reconnect(config)
-        conn.credentials_version = version
+        """Move ``conn`` (owned by the caller, UNUSABLE) to ``endpoint``: a new connection
+        opened by :meth:`open` like every other one (the newest credentials, the client's TLS
+        and timeouts), whose stream :meth:`Connection.reconnect` swaps in."""
+        await conn.reconnect(lambda: self.open(endpoint))
 
     async def __call__(self) -> Connection:
         """A new connection for the pool (the pool's ``dial``)."""

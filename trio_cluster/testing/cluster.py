@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import attrs
 import trio
 
+from ..lifetime import BlockingScoped, Scoped
 from ..wire.encoding import text
 from ..wire.protocol import EncodableArg
 from .servers import LocalServer, find_server_binary, free_port, parse_info
@@ -48,7 +48,7 @@ class Shard:
     replicas: list[LocalServer]
 
 
-class LocalCluster:
+class LocalCluster(Scoped, BlockingScoped):
     """A cluster of ``masters`` primaries with ``replicas_per_master`` replicas each.
 
     Use ``with LocalCluster() as c:`` outside trio (pytest session fixtures), or
@@ -160,36 +160,13 @@ class LocalCluster:
         if errors:
             raise errors[0]
 
-    def __enter__(self) -> LocalCluster:
-        try:
-            self.start_blocking()
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def _open_blocking(self) -> None:
+        self.start_blocking()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    async def _open(self) -> None:
+        await self.start()
 
-    async def __aenter__(self) -> LocalCluster:
-        try:
-            await self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _close(self) -> None:
         self.close()
 
     # --- forming ---------------------------------------------------------------------------

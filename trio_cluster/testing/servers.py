@@ -23,13 +23,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import trio
 
 from ..config import ConnectionConfig
 from ..conn.connection import Connection
+from ..lifetime import BlockingScoped
 from ..wire.protocol import EncodableArg
 
 __all__ = [
@@ -134,7 +134,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-class LocalServer:
+class LocalServer(BlockingScoped):
     """One server process on a free loopback port, in a temporary directory.
 
     ``cluster=True`` starts it in cluster mode (see :class:`~trio_cluster.testing.LocalCluster`).
@@ -342,22 +342,9 @@ class LocalServer:
             if self._own_directory:
                 shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> LocalServer:
-        try:
-            if not self.running:
-                self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _open_blocking(self) -> None:
+        if not self.running:
+            self.start()
 
     # --- talking to it (async) -------------------------------------------------------------
 
