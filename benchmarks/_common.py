@@ -544,6 +544,7 @@ def summarize(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for field in ("p50_ms", "p99_ms"):
         values = [s[field] for s in good if s.get(field) is not None]
         summary[field] = round(statistics.median(values), 3) if values else None
+    summary["rounds_p99_ms"] = [s.get("p99_ms") for s in good]
     if errors:
         summary["errors"] = errors
     return summary
@@ -556,6 +557,23 @@ def ratio(numerator: Any, denominator: Any) -> float | None:
     if not denominator:
         return None
     return round(numerator / denominator, 3)
+
+
+def paired_ratio(
+    results: dict[str, dict[str, Any]], numerator: str, denominator: str, shape: str, field: str
+) -> float | None:
+    """The median over rounds of ``numerator``'s ``field`` over ``denominator``'s, each pair
+    measured in the same round (the clients of a round run back to back, so a busy stretch of
+    the machine weighs on both sides of a pair).  ``field`` is ``"ops_per_s"`` or
+    ``"p99_ms"``.  Falls back to the ratio of the medians when a side lost a round."""
+    top = figure(results, numerator, shape, f"rounds_{field}")
+    bottom = figure(results, denominator, shape, f"rounds_{field}")
+    if not top or not bottom or len(top) != len(bottom):
+        return ratio(
+            figure(results, numerator, shape, field), figure(results, denominator, shape, field)
+        )
+    pairs = [a / b for a, b in zip(top, bottom, strict=True) if a and b]
+    return round(statistics.median(pairs), 3) if pairs else None
 
 
 def figure(results: dict[str, dict[str, Any]], client: str, shape: str, field: str) -> Any:

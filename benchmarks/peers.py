@@ -44,6 +44,7 @@ from benchmarks._common import (
     idle_connection_memory,
     keys_by_primary,
     measure_worker,
+    paired_ratio,
     parse_nodes,
     parse_slots,
     pipelined_sets,
@@ -215,20 +216,21 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         "environment": _environment(server),
         "results": results,
         "ratios": _ratios(results),
+        "ratios_of_medians": _ratios(results, paired=False),
         "trio_cluster_idle_memory": _memory_summary(memory),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
 
 
-def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _ratios(results: dict[str, dict[str, Any]], *, paired: bool = True) -> dict[str, Any]:
     """Per shape: each trio-cluster mode over redis-py and over raw (ops/s), redis-py over
-    raw, and each mode's p99 over redis-py's."""
+    raw, and each mode's p99 over redis-py's.  ``paired``: the median of the ratios measured
+    round by round (the headline figures); otherwise the ratio of the medians."""
 
-    def ops(client: str, shape: str) -> Any:
-        return figure(results, client, shape, "ops_per_s")
-
-    def p99(client: str, shape: str) -> Any:
-        return figure(results, client, shape, "p99_ms")
+    def over(top: str, bottom: str, shape: str, field: str = "ops_per_s") -> float | None:
+        if paired:
+            return paired_ratio(results, top, bottom, shape, field)
+        return ratio(figure(results, top, shape, field), figure(results, bottom, shape, field))
 
     shapes = sorted({s for by_shape in results.values() for s in by_shape}, key=list(SHAPES).index)
     out: dict[str, Any] = {}
@@ -236,14 +238,12 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if mode not in results:
             continue
         for shape in shapes:
-            out[f"{label}_over_redis_py_{shape}"] = ratio(ops(mode, shape), ops("redis-py", shape))
-            out[f"{label}_over_raw_{shape}"] = ratio(ops(mode, shape), ops("raw", shape))
-            out[f"p99_{label}_over_redis_py_{shape}"] = ratio(
-                p99(mode, shape), p99("redis-py", shape)
-            )
+            out[f"{label}_over_redis_py_{shape}"] = over(mode, "redis-py", shape)
+            out[f"{label}_over_raw_{shape}"] = over(mode, "raw", shape)
+            out[f"p99_{label}_over_redis_py_{shape}"] = over(mode, "redis-py", shape, "p99_ms")
     for shape in shapes:
-        out[f"redis_py_over_raw_{shape}"] = ratio(ops("redis-py", shape), ops("raw", shape))
-        out[f"p99_ms_{shape}"] = {c: p99(c, shape) for c in results}
+        out[f"redis_py_over_raw_{shape}"] = over("redis-py", "raw", shape)
+        out[f"p99_ms_{shape}"] = {c: figure(results, c, shape, "p99_ms") for c in results}
     return out
 
 
