@@ -246,16 +246,7 @@ class ReplyStream:
                 # (their commands go out meanwhile), then try the read: under load the reply
                 # is usually there already, which saves arming epoll and a wake-up.
                 if not reads:
-                    watchdog = self.watchdog
-                    if watchdog is None or len(watchdog.inflight) > 1:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                    else:
-                        # The only command in flight: nobody else has a command to send, and
-                        # the reply cannot be there yet.  Wait for it at once (no pass of
-                        # the scheduler for nothing, no read that must fail).
-                        if self._timed_out:
-                            raise trio.ClosedResourceError("deadline passed")
-                        await trio.lowlevel.wait_readable(self._fd)
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 while True:
                     try:
                         # A reply that needs more than one read is a large one: read more
