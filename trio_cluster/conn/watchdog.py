@@ -38,8 +38,7 @@ class Watchdog:
     """Enforces the deadlines of in-flight commands; run :meth:`run` in the owner's nursery."""
 
     def __init__(self) -> None:
-        #: The connections with a command in flight (read it, don't change it).
-        self.inflight: set[Watched] = set()
+        self._inflight: set[Watched] = set()
         self._wake_at = math.inf
         self._scope: trio.CancelScope | None = None
         #: Commands timed out by the watchdog (for stats and tests).
@@ -49,12 +48,12 @@ class Watchdog:
         self.poller = select.poll()
 
     def __len__(self) -> int:
-        return len(self.inflight)
+        return len(self._inflight)
 
     def watch(self, conn: Watched) -> None:
         """``conn`` has a command in flight until :meth:`unwatch`; its deadline is
         ``conn.io_deadline`` (call again after moving it earlier)."""
-        self.inflight.add(conn)
+        self._inflight.add(conn)
         if conn.io_deadline < self._wake_at:
             self._wake_at = conn.io_deadline
             if self._scope is not None:
@@ -62,7 +61,7 @@ class Watchdog:
 
     def unwatch(self, conn: Watched) -> None:
         """The command on ``conn`` finished (however it ended)."""
-        self.inflight.discard(conn)
+        self._inflight.discard(conn)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Sleep until the earliest deadline, expire what is overdue, repeat (forever)."""
@@ -74,10 +73,10 @@ class Watchdog:
             self._scope = None
             now = trio.current_time()
             wake_at = math.inf
-            for conn in list(self.inflight):
+            for conn in list(self._inflight):
                 deadline = conn.io_deadline
                 if deadline <= now:
-                    self.inflight.discard(conn)
+                    self._inflight.discard(conn)
                     self.expired += 1
                     conn.expire()
                 elif deadline < wake_at:
