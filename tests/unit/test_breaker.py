@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from redis import exceptions as rex
 
 from trio_cluster.conn.connection import was_unsent
+from trio_cluster.errors import PoolClosedError, PoolTimeoutError
 from trio_cluster.pooling.breaker import (
     BreakerOptions,
     BreakerState,
@@ -112,3 +114,44 @@ async def test_disabled_breaker_never_opens(autojump_clock: trio.testing.MockClo
 def test_bad_options_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         BreakerOptions(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("error", "counts"),
+    [
+        (rex.ConnectionError("dial refused"), True),
+        (rex.TimeoutError("dial timed out"), True),
+        (PoolClosedError("the node left the map"), False),
+        (PoolTimeoutError("every connection busy"), False),
+        (trio.Cancelled.__new__(trio.Cancelled), False),
+    ],
+)
+async def test_a_failed_pool_get_counts_only_when_the_dial_failed(
+    error: BaseException, counts: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    b = _breaker(failure_threshold=1)
+    b.before_call()
+    b.record_get_failure(error)
+    assert (b.state is BreakerState.OPEN) is counts
+
+
+@pytest.mark.parametrize(
+    ("error", "state"),
+    [
+        (None, BreakerState.CLOSED),
+        (rex.ResponseError("WRONGTYPE"), BreakerState.CLOSED),  # the node answered
+        (rex.ConnectionError("reset"), BreakerState.OPEN),
+        (PoolClosedError("closed"), BreakerState.HALF_OPEN),  # says nothing: still probing
+        (PoolTimeoutError("busy"), BreakerState.HALF_OPEN),
+    ],
+)
+async def test_record_classifies_a_calls_outcome(
+    error: BaseException | None, state: BreakerState, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(60):
+        b = _breaker(failure_threshold=1, cooldown=1.0)
+        b.record_failure()
+        await trio.sleep(1.0)
+        b.before_call()  # the half-open probe
+        b.record(error)
+        assert b.state is state

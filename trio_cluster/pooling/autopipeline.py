@@ -38,7 +38,6 @@ import trio
 from redis import exceptions as rex
 
 from ..conn.connection import mark_unsent
-from ..errors import node_failed
 from ..wire.protocol import EncodableArg, encode_command
 
 __all__ = ["MAX_BATCH", "AutoPipeliner", "BatchBreaker", "BatchPool", "shares_connection"]
@@ -95,6 +94,10 @@ class BatchBreaker(Protocol):
 
     def record(self, error: BaseException | None) -> None:
         """How a call went."""
+        ...
+
+    def record_get_failure(self, error: BaseException) -> None:
+        """A pool get failed before anything was sent."""
         ...
 
     def abandon_probe(self) -> None:
@@ -212,10 +215,7 @@ class AutoPipeliner:
                 conn: PipelinedConnection = await pool.get()
             except BaseException as exc:
                 if breaker is not None:
-                    if node_failed(exc):
-                        breaker.record(exc)  # the dial failed: the node is unreachable
-                    else:
-                        breaker.abandon_probe()  # a busy or closing pool says nothing
+                    breaker.record_get_failure(exc)
                 raise
         except BaseException as exc:
             # Nothing was sent: every queued command gets the error, marked unsent, so their

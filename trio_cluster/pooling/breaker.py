@@ -129,6 +129,14 @@ class CircuitBreaker:
         else:
             self.record_success()
 
+    def record_get_failure(self, error: BaseException) -> None:
+        """A pool get for a call failed before anything was sent: a failed dial counts
+        against the node; a busy or closed pool, or a cancellation, says nothing."""
+        if node_failed(error) and not isinstance(error, PoolClosedError):
+            self.record_failure()
+        else:
+            self.abandon_probe()
+
     def abandon_probe(self) -> None:
         """A half-open probe was cancelled before it could decide anything."""
         if self._probes > 0:

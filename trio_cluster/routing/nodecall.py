@@ -18,14 +18,13 @@ import trio
 
 from ..config import ConnectionConfig
 from ..conn.connection import Connection, mark_unsent
-from ..errors import NETWORK_ERRORS, PoolClosedError, node_failed
+from ..errors import NETWORK_ERRORS, PoolClosedError
 from ..jobs.dialer import Dialer
 from ..wire.commands import DATA_TAKING_COMMANDS, blocking_seconds
 from .slotmap import Node
 
 __all__ = [
     "NodeConnection",
-    "account",
     "accounted",
     "call",
     "call_batch",
@@ -48,36 +47,28 @@ async def take_connection(node: Node) -> Connection:
     breaker.before_call()
     try:
         return await node.pool.get()
-    except PoolClosedError as error:
-        breaker.abandon_probe()
-        raise mark_unsent(error) from None  # the node left the map: nothing was sent
     except BaseException as error:
-        if node_failed(error):
-            breaker.record_failure()  # the dial failed: the node is unreachable
-        else:
-            breaker.abandon_probe()
+        breaker.record_get_failure(error)
+        if isinstance(error, PoolClosedError):
+            raise mark_unsent(error) from None  # the node left the map: nothing was sent
         raise
-
-
-def account(node: Node, error: BaseException | None) -> None:
-    """Tell ``node``'s breaker how a call went (:meth:`CircuitBreaker.record`)."""
-    node.breaker.record(error)
 
 
 @contextmanager
 def accounted(node: Node) -> Iterator[None]:
-    """:func:`account` for the call inside the block."""
+    """Tell ``node``'s breaker how the call inside the block went
+    (:meth:`CircuitBreaker.record`)."""
     try:
         yield
     except BaseException as error:
-        account(node, error)
+        node.breaker.record(error)
         raise
-    account(node, None)
+    node.breaker.record(None)
 
 
 class NodeConnection:
-    """:func:`take_connection` for one call, :func:`account` for it, and the connection given
-    back.  A class, not a generator: it is on every command's path."""
+    """:func:`take_connection` for one call, its outcome told to the breaker, and the
+    connection given back.  A class, not a generator: it is on every command's path."""
 
     __slots__ = ("_conn", "_node")
 
@@ -94,7 +85,7 @@ class NodeConnection:
     ) -> None:
         node = self._node
         try:
-            account(node, error)
+            node.breaker.record(error)
         finally:
             assert self._conn is not None
             node.pool.put(self._conn)
@@ -124,11 +115,11 @@ async def call(
             try:
                 reply = await conn.execute(args)
             except BaseException as error:
-                account(node, error)
+                node.breaker.record(error)
                 raise
             finally:
                 node.pool.put(conn)
-            account(node, None)
+            node.breaker.record(None)
             return reply
         # Automatic pipelining: a shared connection; its batch consults the breaker.
         return await pipeliner.execute(args)
