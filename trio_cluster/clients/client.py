@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Any
 
 import trio
 from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
 from redis.exceptions import ResponseError
 
-from ..config import ConnectionConfig, connection_options, parse_url, redact_url
+from ..config import ConnectionConfig, connection_options
 from ..conn.connection import Connection
 from ..conn.watchdog import Watchdog
 from ..errors import ArgumentTypeError, PoolClosedError
@@ -97,16 +97,6 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         self._replies = self._encoding.reply_parser(protocol)
         self._shown_url: str | None = None
         self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Self:
-        """A client for ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS,
-        verified) or ``unix://path``; keyword arguments override what the URL says."""
-        options = parse_url(url)
-        options.update(kwargs)
-        client = cls(**options)
-        client._shown_url = redact_url(url)
-        return client
 
     def __repr__(self) -> str:
         where = self._shown_url or self._dialer.config.address

@@ -8,14 +8,14 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import attrs
 import trio
 from redis._parsers.encoders import Encoder
 from redis.exceptions import WatchError
 
-from ..config import ConnectionConfig
+from ..config import ConnectionConfig, parse_url, redact_url
 from ..conn.connection import Connection
 from ..conn.watchdog import Watchdog
 from ..jobs.credentials import CredentialManager
@@ -48,6 +48,7 @@ class ClientBase(NurseryOwner):
     _event_dispatcher: Any = None
     _pubsub_registry: PubSubRegistry
     _replies: ReplyParser
+    _shown_url: str | None
     _watchdog: Watchdog
 
     if not TYPE_CHECKING:  # type checkers keep redis-py's signature, which this matches
@@ -59,6 +60,18 @@ class ClientBase(NurseryOwner):
             if args or kwargs:
                 return super().set(name, value, *args, **kwargs)
             return self.execute_command("SET", name, value)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """A client for ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS,
+        verified) or ``unix://path`` (a cluster client starts from the node it names);
+        keyword arguments override what the URL says.  Its repr shows the URL without the
+        password."""
+        options = parse_url(url)
+        options.update(kwargs)
+        client = cls(**options)
+        client._shown_url = redact_url(url)
+        return client
 
     @property
     def dialer(self) -> Dialer:

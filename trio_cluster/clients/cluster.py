@@ -13,7 +13,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Self
+from typing import Any
 
 import attrs
 import trio
@@ -21,7 +21,7 @@ from redis import exceptions as rex
 from redis.client import EMPTY_RESPONSE
 from redis.commands import AsyncCoreCommands
 
-from ..config import ConnectionConfig, connection_options, parse_url, redact_url
+from ..config import ConnectionConfig, connection_options
 from ..conn.connection import Connection
 from ..conn.watchdog import Watchdog
 from ..errors import (
@@ -168,15 +168,6 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
         self._errors: Counter[str] = Counter()
         self._retired_rejections = 0
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Self:
-        """A client that starts from the node a ``redis://`` / ``rediss://`` URL names."""
-        options = parse_url(url)
-        options.update(kwargs)
-        client = cls(**options)
-        client._shown_url = redact_url(url)
-        return client
 
     def __repr__(self) -> str:
         where = self._shown_url or ",".join(f"{h}:{p}" for h, p in self.startup_nodes)

@@ -156,7 +156,7 @@ class Connection(ReplyStream):
             try:
                 conn.state.transition(ConnState.INITIALIZING)
                 await conn._handshake()
-                conn._fresh_parser()
+                conn._drop_handshake_parser()
                 conn.state.transition(ConnState.IDLE)
             except BaseException:
                 with trio.CancelScope(shield=True):
@@ -225,7 +225,7 @@ class Connection(ReplyStream):
         client_id = replies[optional_from]
         self.client_id = client_id if isinstance(client_id, int) else None
 
-    def _fresh_parser(self) -> None:
+    def _drop_handshake_parser(self) -> None:
         """Drop the parser once the handshake is read (the next read makes a new one): the
         handshake's replies (the largest most idle connections ever read) would otherwise
         keep its buffers grown for as long as the connection lives, and a connection that

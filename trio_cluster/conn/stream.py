@@ -152,7 +152,7 @@ class ReplyStream:
             except ProtocolError as exc:
                 raise self._violation(exc) from None
             if reply is NEED_DATA:
-                await self._receive(reads)
+                await self._receive(parser, reads)
                 reads += 1
                 continue
             if reply is YIELD:
@@ -233,7 +233,8 @@ class ReplyStream:
                 trio.ClosedResourceError("deadline passed"),
             )
 
-    async def _receive(self, reads: int = 0) -> None:
+    async def _receive(self, parser: RespParser, reads: int) -> None:
+        """Read what the socket has into ``parser`` (the connection's own)."""
         data: bytes | bytearray
         if reads:
             # Not the first read of this reply: the deadline holds even while bytes keep
@@ -267,7 +268,7 @@ class ReplyStream:
             self.broken = True
             raise ConnectionClosedError(f"{self.config.address} closed the connection")
         try:
-            self._reader().feed(data)
+            parser.feed(data)
         except ProtocolError as exc:
             raise self._violation(exc) from None
 
