@@ -102,6 +102,8 @@ CASES: list[Case] = [
     c("strings", "substr", K.s, 0, 2, setup=STR),
     # A bad argument: DataError, before anything is sent.
     c("strings", "set", K.a, None),
+    c("strings", "set", K.a, True),  # bool is refused too (the plain set() fast path)
+    c("strings", "set", K.a, [1]),
     # --- keys ---------------------------------------------------------------------------------
     c("keys", "exists", K.s, K.n, K.missing, setup=STR),
     c("keys", "delete", K.s, K.n, K.missing, setup=STR),
