@@ -61,6 +61,12 @@ class ClientBase(NurseryOwner):
                 return super().set(name, value, *args, **kwargs)
             return self.execute_command("SET", name, value)
 
+        def get(self, name):
+            """redis-py's ``get``, without the ``keys`` option it builds for routers that need
+            it (here the key is the command's first argument): a dictionary and a list less
+            to make and take apart on the most common command."""
+            return self.execute_command("GET", name)
+
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
         """A client for ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS,

@@ -106,6 +106,7 @@ class Connection(ReplyStream):
         #: When the command in flight times out (trio clock); read by the watchdog.
         self.io_deadline = math.inf
         self._timed_out = False
+        self._spin_misses = 0
         #: Where a pending endpoint handoff should move this connection (set by the handoff
         #: manager; None when none is pending).
         self.handoff_to: tuple[str, int] | None = None

@@ -43,6 +43,10 @@ logger = logging.getLogger("trio_cluster.connection")
 
 _RECEIVE_SIZE = 65536
 _LARGE_RECEIVE_SIZE = 262144
+#: Misses in a row after which a connection stops spinning, and reads that slept after which
+#: it tries again (see ``ReplyStream._spin_missed``).
+_SPIN_MISSES = 3
+_SPIN_RETRY = 64
 
 
 class ReplyStream:
@@ -56,6 +60,7 @@ class ReplyStream:
         "_closed",
         "_fd",
         "_parser",
+        "_spin_misses",
         "_stream",
         "_timed_out",
         "broken",
@@ -76,6 +81,8 @@ class ReplyStream:
     _closed: bool
     _fd: int
     _parser: RespParser | None
+    #: Reads in a row whose reply the spin did not catch (see :meth:`_receive`).
+    _spin_misses: int
     _stream: trio.abc.Stream | trio.socket.SocketType
 
     def _dispatch_push(self, frame: PushFrame) -> None:
@@ -246,8 +253,13 @@ class ReplyStream:
                 # read, and nothing else reads this socket.  Let the other tasks run first
                 # (their commands go out meanwhile), then try the read: under load the reply
                 # is usually there already, which saves arming epoll and a wake-up.
+                spin = 0
+                slept = False
                 if not reads:
                     await trio.lowlevel.cancel_shielded_checkpoint()
+                    if self._spin_misses < _SPIN_MISSES:
+                        spin = self.config.read_spin
+                spun = spin
                 while True:
                     try:
                         # A reply that needs more than one read is a large one: read more
@@ -258,7 +270,19 @@ class ReplyStream:
                     except BlockingIOError:
                         if self._timed_out:  # the watchdog fired while we were not waiting
                             raise trio.ClosedResourceError("deadline passed") from None
+                        if spin:
+                            # Not there yet: let the other tasks run once more and try again
+                            # rather than sleep (``read_spin``; see _spin_missed).
+                            spin -= 1
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                            continue
+                        slept = True
                         await trio.lowlevel.wait_readable(self._fd)
+                if slept:
+                    if not reads:
+                        self._spin_missed()
+                elif spun and self._spin_misses:
+                    self._spin_misses = 0  # the spin caught it: keep spinning
             else:
                 data = await self._tls().receive_some(_RECEIVE_SIZE)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -272,6 +296,18 @@ class ReplyStream:
         except ProtocolError as exc:
             raise self._violation(exc) from None
 
+    def _spin_missed(self) -> None:
+        """The first read of a reply had to sleep (after spinning, or without: the connection
+        had stopped spinning).
+
+        After :data:`_SPIN_MISSES` misses in a row a connection stops spinning: its replies
+        come later than a spin lasts (a distant or busy server, a blocking command, pub/sub),
+        and spinning would only burn time.  After :data:`_SPIN_RETRY` reads that slept, it
+        tries again, so a server that became quick again is noticed.
+        """
+        misses = self._spin_misses + 1
+        self._spin_misses = 0 if misses >= _SPIN_RETRY else misses
+
     # --- idle checks -----------------------------------------------------------------------
 
     def peer_closed(self) -> bool:
@@ -280,15 +316,31 @@ class ReplyStream:
         One ``poll`` call.  An idle connection normally has nothing to read; if it does, the
         bytes are read: push frames are dispatched (maintenance notifications arrive on idle
         connections), while EOF, an error, garbage or an unsolicited reply mean it is unfit.
+
+        The poll uses one ``poll`` object shared by all the connections of a client (the
+        watchdog's): a registration, a poll and an unregistration cost less than
+        ``select.select``, and a poll object per connection would cost about 300 bytes of
+        each idle connection.  It is written out here, on every hand-out's path.
         """
         if self._closed or self.broken:
             return True
-        if self._fd < 0:
+        fd = self._fd
+        if fd < 0:
             return False
         try:
-            if not self._readable():
+            watchdog = self.watchdog
+            if watchdog is None:
+                readable = bool(select.select([fd], (), (), 0)[0])
+            else:
+                poller = watchdog.poller
+                poller.register(fd, select.POLLIN)
+                try:
+                    readable = bool(poller.poll(0))
+                finally:
+                    poller.unregister(fd)
+            if not readable:
                 return False
-            data = os.read(self._fd, _RECEIVE_SIZE)
+            data = os.read(fd, _RECEIVE_SIZE)
         except BlockingIOError:
             return False
         except (OSError, ValueError):
@@ -304,24 +356,6 @@ class ReplyStream:
             self._violation(exc)
             return True
         return False
-
-    def _readable(self) -> bool:
-        """Whether the socket has bytes (or EOF, or an error) to read, without waiting.
-
-        One ``poll`` object shared by all the connections of a client (the watchdog's): a
-        registration, a poll and an unregistration cost less than ``select.select``, and a
-        poll object per connection would cost about 300 bytes of each idle connection.
-        """
-        fd = self._fd
-        watchdog = self.watchdog
-        if watchdog is None:
-            return bool(select.select([fd], (), (), 0)[0])
-        poller = watchdog.poller
-        poller.register(fd, select.POLLIN)
-        try:
-            return bool(poller.poll(0))
-        finally:
-            poller.unregister(fd)
 
     # --- subscribed mode (pub/sub) ---------------------------------------------------------
 

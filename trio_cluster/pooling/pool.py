@@ -198,12 +198,20 @@ class Pool(NurseryOwner, Generic[C]):
             Exception: a dial error (after retries) or an ``on_get`` hook's error, for the
                 caller first in line when it happened.
         """
+        conn = self.get_idle()
+        if conn is not None:
+            return conn
+        return await self._bg.get_slow()
+
+    def get_idle(self) -> C | None:
+        """:meth:`get`'s fast path, synchronous: a healthy idle connection (IN_USE now) if
+        one is there and nobody is waiting, else None (then :meth:`get` waits, or dials)."""
         if self._idle and not self._waiters and not self._closed:
             entry = self._take_idle()
             if entry is not None:
                 self._hits += 1
                 return entry.conn
-        return await self._bg.get_slow()
+        return None
 
     def put(self, conn: C) -> None:
         """Give back a connection that :meth:`get` returned. Synchronous.
@@ -224,8 +232,8 @@ class Pool(NurseryOwner, Generic[C]):
                 f"connection {conn.id} released to pool {self.node_name} but it is not out"
                 " (double release, or not from this pool)"
             )
-        conn.last_used_at = trio.current_time()
-        self._release(entry, from_caller=True)
+        now = conn.last_used_at = trio.current_time()
+        self._release(entry, now, from_caller=True)
 
     def return_from_background(self, conn: C) -> None:
         """Give back a connection a background job owned (UNUSABLE or INITIALIZING, or already
@@ -253,9 +261,9 @@ class Pool(NurseryOwner, Generic[C]):
             entry.place = Place.BACKGROUND
         if state is _UNUSABLE or state is _INITIALIZING:
             conn.state.transition(_IDLE)  # may be claimed at once by the next waiting job
-        self._release(entry, from_caller=False)
+        self._release(entry, trio.current_time(), from_caller=False)
 
-    def _release(self, entry: Entry[C], *, from_caller: bool) -> None:
+    def _release(self, entry: Entry[C], now: float, *, from_caller: bool) -> None:
         """The one release decision, for a caller's :meth:`put` (the connection is IN_USE) and
         a background job's :meth:`return_from_background` (it is IDLE by now).
 
@@ -274,7 +282,7 @@ class Pool(NurseryOwner, Generic[C]):
             self._start_drain(entry)
         elif from_caller and self._hooks and not self._put_hooks_keep(entry):
             pass  # the hooks' verdict has been carried out
-        elif trio.current_time() >= entry.expires_at:
+        elif now >= entry.expires_at:
             self._remove(entry, CloseReason.LIFETIME)
         elif from_caller:
             sm.transition(_IDLE)

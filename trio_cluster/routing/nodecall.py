@@ -45,8 +45,10 @@ async def take_connection(node: Node) -> Connection:
     """
     breaker = node.breaker
     breaker.before_call()
+    pool = node.pool
     try:
-        return await node.pool.get()
+        conn = pool.get_idle()  # the common case, without a coroutine
+        return conn if conn is not None else await pool.get()
     except BaseException as error:
         breaker.record_get_failure(error)
         if isinstance(error, PoolClosedError):

@@ -35,6 +35,7 @@ __all__ = [
 #: The option under which a queued command keeps the name its reply is parsed by, when that
 #: differs from the first word sent (``"CONFIG GET"`` is sent as ``CONFIG``, ``GET``).
 COMMAND_NAME = "_trio_cluster_command_name"
+_RESOLVED_NAMES = 4096
 
 
 def normalize_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -154,10 +155,16 @@ class ReplyParser:
                 layer["CLUSTER SHARDS"] = parse_cluster_shards_with_str_keys
             self.cluster_callbacks = {k.upper(): v for k, v in layer.items()}
 
+        # The callbacks of each command name seen, both layers resolved: one dictionary
+        # look-up per reply.  At most _RESOLVED_NAMES names (``execute_command`` takes any
+        # name); emptied whenever a callback changes.
+        self._resolved: dict[str, tuple[Callable[..., Any], ...]] = {}
+
     def set_callback(self, command: str, callback: Callable[..., Any]) -> None:
         """Replace the callback of one command (as redis-py's ``set_response_callback``)."""
         table = self.callbacks if self.cluster_callbacks is None else self.cluster_callbacks
         table[command.upper()] = callback
+        self._resolved.clear()
 
     def parse(self, name: str, reply: Any, options: dict[str, Any]) -> Any:
         """Apply the command's callback to its reply (``options`` as the mixin passed them)."""
@@ -167,21 +174,31 @@ class ReplyParser:
             options.pop(EMPTY_RESPONSE, None)
             options.pop("keys", None)
             options.pop("target_nodes", None)  # routing, not parsing (cluster pipelines)
-        if type(name) is not str:
-            name = name.decode() if isinstance(name, bytes) else str(name)
-        callback = self.callbacks.get(name)
-        if callback is None:
-            callback = self.callbacks.get(name.upper())
-        if callback is not None:
+        chain = self._resolved.get(name)  # a bytes name misses: _chain decodes it
+        if chain is None:
+            chain = self._chain(name)
+        for callback in chain:
             reply = callback(reply, **options)
-        layer = self.cluster_callbacks
-        if layer:
-            second = layer.get(name)
-            if second is None and not name.isupper():  # the mixins pass upper case
-                second = layer.get(name.upper())
-            if second is not None:
-                reply = second(reply, **options)
         return reply
+
+    def _chain(self, name: str | bytes) -> tuple[Callable[..., Any], ...]:
+        """The callbacks for ``name``, the node's first, looked up as given, then in upper
+        case (the mixins pass upper case; users of ``execute_command`` may not)."""
+        text = name if type(name) is str else (
+            name.decode() if isinstance(name, bytes) else str(name)
+        )  # fmt: skip
+        found: list[Callable[..., Any]] = []
+        for table in (self.callbacks, self.cluster_callbacks):
+            if table:
+                callback = table.get(text)
+                if callback is None:
+                    callback = table.get(text.upper())
+                if callback is not None:
+                    found.append(callback)
+        chain = tuple(found)
+        if type(name) is str and len(self._resolved) < _RESOLVED_NAMES:
+            self._resolved[name] = chain
+        return chain
 
 
 PipelineStack = Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
