@@ -124,25 +124,35 @@ async def coredis_worker(
 
 @asynccontextmanager
 async def open_trio_cluster(
-    nodes: list[Address], size: int, *, autopipeline: bool = False
+    nodes: list[Address], size: int, *, autopipeline: bool = False, read_spin: int | None = None
 ) -> AsyncIterator[Any]:
-    """``ClusterClient`` with pools of ``size`` per node and 3 s read/write timeouts."""
+    """``ClusterClient`` with pools of ``size`` per node and 3 s read/write timeouts
+    (``read_spin``: the client's option, its default when None)."""
     from trio_cluster import ClusterClient, PoolOptions
 
+    spin: dict[str, Any] = {} if read_spin is None else {"read_spin": read_spin}
     async with ClusterClient(
         startup_nodes=nodes,
         pool=PoolOptions(size=size, autopipeline=autopipeline),
         read_timeout=3.0,
         write_timeout=3.0,
+        **spin,
     ) as rc:
         yield rc
 
 
 async def trio_cluster_worker(
-    shape: Shape, nodes: list[Address], seconds: float, warmup: float, autopipeline: bool = False
+    shape: Shape,
+    nodes: list[Address],
+    seconds: float,
+    warmup: float,
+    autopipeline: bool = False,
+    read_spin: int | None = None,
 ) -> dict[str, Any]:
     """``trio_cluster.ClusterClient``, with or without automatic pipelining."""
-    async with open_trio_cluster(nodes, POOL_SIZE, autopipeline=autopipeline) as rc:
+    async with open_trio_cluster(
+        nodes, POOL_SIZE, autopipeline=autopipeline, read_spin=read_spin
+    ) as rc:
         pipe = functools.partial(pipelined_sets, rc)
         return await drive_trio(shape, seconds, warmup, get=rc.get, set_=rc.set, pipe=pipe)
 
@@ -161,12 +171,17 @@ def worker_main(args: argparse.Namespace) -> dict[str, Any]:
     nodes = parse_nodes(args.nodes)
     ranges = parse_slots(args.slots)
     timing = (args.seconds, args.warmup)
+    spin = args.read_spin
     workers: dict[str, Callable[[Shape], Any]] = {
         "raw": lambda shape: trio.run(raw_worker, shape, ranges, *timing),
         "redis-py": lambda shape: redis_py_worker(shape, nodes, *timing),
         "coredis": lambda shape: trio.run(coredis_worker, shape, nodes, *timing),
-        "trio-cluster": lambda shape: trio.run(trio_cluster_worker, shape, nodes, *timing),
-        "trio-cluster-ap": lambda shape: trio.run(trio_cluster_worker, shape, nodes, *timing, True),
+        "trio-cluster": lambda shape: trio.run(
+            trio_cluster_worker, shape, nodes, *timing, False, spin
+        ),
+        "trio-cluster-ap": lambda shape: trio.run(
+            trio_cluster_worker, shape, nodes, *timing, True, spin
+        ),
     }
     return measure_worker(
         args, workers, lambda: trio.run(trio_cluster_memory, nodes, ranges, args.idle_per_node)
@@ -193,6 +208,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             "--slots", format_slots(ranges),
             "--idle-per-node", str(args.idle_per_node),
         ]  # fmt: skip
+        if args.read_spin is not None:
+            common += ["--read-spin", str(args.read_spin)]
         samples, memory = await run_rounds("benchmarks.peers", args, common)
     results = {c: {s: summarize(samples[c][s]) for s in shapes} for c in clients}
     return {
@@ -212,6 +229,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": args.seconds,
             "warmup": args.warmup,
             "pool_size_per_node": POOL_SIZE,
+            "read_spin": args.read_spin,
         },
         "environment": _environment(server),
         "results": results,
@@ -276,6 +294,11 @@ def options() -> argparse.ArgumentParser:
     parser = comparison_parser(__doc__, CLIENTS, DEFAULT_CLIENTS, list(SHAPES), seconds=2.0)
     parser.add_argument(
         "--idle-per-node", type=int, default=100, help="idle connections per node (memory)"
+    )
+    parser.add_argument(
+        "--read-spin",
+        type=int,
+        help="trio-cluster's read_spin option (default: the client's own default)",
     )
     parser.add_argument("--nodes", help=argparse.SUPPRESS)
     parser.add_argument("--slots", help=argparse.SUPPRESS)

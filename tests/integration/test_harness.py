@@ -91,6 +91,11 @@ def test_cluster_operations_and_no_process_left() -> None:
     async def exercise() -> None:
         with trio.fail_after(60):
             await cluster.start()
+            # Formed with a longer node timeout; the one asked for applies once it is ready.
+            for node in cluster.nodes:
+                reply = await node.execute("CONFIG", "GET", "cluster-node-timeout")
+                assert reply == {b"cluster-node-timeout": b"1000"}
+                assert node.cluster_node_timeout_ms == 1000
             shard = cluster.shards[0]
             old_primary, new_primary = shard.primary, shard.replicas[0]
             await cluster.failover(0)

@@ -28,6 +28,8 @@ __all__ = ["LocalCluster", "Shard", "SlotRange"]
 SLOTS = 16384
 #: Upper bound, in seconds, on forming the cluster or waiting for it to settle.
 READY_TIMEOUT = 30.0
+#: The shortest ``cluster-node-timeout`` a cluster is formed with (see ``LocalCluster.start``).
+FORMING_NODE_TIMEOUT_MS = 5000
 
 
 @attrs.frozen
@@ -137,13 +139,24 @@ class LocalCluster(Scoped, BlockingScoped):
         Bounded by :data:`READY_TIMEOUT`; wrap it in ``trio.fail_after`` for a tighter bound.
         """
         with trio.fail_after(READY_TIMEOUT):
+            # Formed with a node timeout of at least FORMING_NODE_TIMEOUT_MS: forming (a full
+            # mesh of MEETs, replicas syncing) is the busiest moment, and a node that misses a
+            # short timeout then gets failed over, after which the map never matches the one
+            # asked for.  The timeout asked for applies once the cluster is ready.
+            wanted = {node.port: node.cluster_node_timeout_ms for node in self.nodes}
             for node in self.nodes:
+                node.cluster_node_timeout_ms = max(node.cluster_node_timeout_ms,
+                                                   FORMING_NODE_TIMEOUT_MS)  # fmt: skip
                 node.spawn()
             async with trio.open_nursery() as nursery:
                 for node in self.nodes:
                     nursery.start_soon(node.wait_ready)
             await self._form()
             await self.wait_ready()
+            for node in self.nodes:
+                if node.cluster_node_timeout_ms != wanted[node.port]:
+                    await node.execute("CONFIG", "SET", "cluster-node-timeout", wanted[node.port])
+                    node.cluster_node_timeout_ms = wanted[node.port]
 
     def start_blocking(self) -> None:
         """:meth:`start` from synchronous code (not from inside a trio run)."""
