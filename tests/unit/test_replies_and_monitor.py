@@ -34,6 +34,23 @@ def test_options_reach_the_callback_and_internal_ones_do_not() -> None:
     assert seen == {"full": True}
 
 
+def test_a_callback_set_after_use_replaces_the_one_looked_up_before() -> None:
+    parser = ReplyParser(None)
+    assert parser.parse("SET", b"OK", {}) is True  # redis-py's callback, now remembered
+    assert parser.parse("set", b"OK", {}) is True  # any case, as redis-py looks it up
+    parser.set_callback("SET", lambda r, **_: "replaced")
+    assert parser.parse("SET", b"OK", {}) == "replaced"
+    assert parser.parse(b"SET", b"OK", {}) == "replaced"
+
+
+def test_names_past_the_remembered_ones_still_get_their_callbacks() -> None:
+    parser = ReplyParser(None)
+    for n in range(5000):  # more distinct names than are remembered
+        assert parser.parse(f"NOSUCH{n}", b"r", {}) == b"r"
+    assert parser.parse("SET", b"OK", {}) is True
+    assert parser.parse("CONFIG GET", {b"maxmemory": b"0"}, {}) == {"maxmemory": "0"}
+
+
 def test_queue_entry_splits_the_words_and_keeps_the_name() -> None:
     wire, options = queue_entry(("CLIENT LIST", "TYPE", "normal"), {"_type": "normal"})
     assert wire == ("CLIENT", "LIST", "TYPE", "normal")

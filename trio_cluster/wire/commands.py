@@ -174,7 +174,8 @@ class ReplyParser:
             options.pop(EMPTY_RESPONSE, None)
             options.pop("keys", None)
             options.pop("target_nodes", None)  # routing, not parsing (cluster pipelines)
-        chain = self._resolved.get(name)  # a bytes name misses: _chain decodes it
+        # Only text names are kept (a bytes name is decoded by _chain; any other goes there).
+        chain = self._resolved.get(name) if type(name) is str else None
         if chain is None:
             chain = self._chain(name)
         for callback in chain:
