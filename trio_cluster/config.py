@@ -73,7 +73,7 @@ MIN_MAX_REPLY_BYTES = 1024 * 1024
 #: Default and largest nesting depth of a reply (hiredis itself stops at 1024 levels).
 DEFAULT_MAX_REPLY_DEPTH = 64
 MAX_MAX_REPLY_DEPTH = 1000
-#: Default ``read_spin``: four scheduler passes, about 15-25 us of a 2-core VM's time.
+#: Default ``read_spin``: four more scheduler passes before a read sleeps.
 DEFAULT_READ_SPIN = 4
 
 

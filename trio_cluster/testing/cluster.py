@@ -141,22 +141,21 @@ class LocalCluster(Scoped, BlockingScoped):
         with trio.fail_after(READY_TIMEOUT):
             # Formed with a node timeout of at least FORMING_NODE_TIMEOUT_MS: forming (a full
             # mesh of MEETs, replicas syncing) is the busiest moment, and a node that misses a
-            # short timeout then gets failed over, after which the map never matches the one
-            # asked for.  The timeout asked for applies once the cluster is ready.
-            wanted = {node.port: node.cluster_node_timeout_ms for node in self.nodes}
+            # short timeout can be failed over, after which the map never matches the one
+            # asked for.  The timeout asked for (one for every node, as __init__ and
+            # set_node_timeout set it) applies once the cluster is ready.
+            wanted = self.nodes[0].cluster_node_timeout_ms
+            forming = max(wanted, FORMING_NODE_TIMEOUT_MS)
             for node in self.nodes:
-                node.cluster_node_timeout_ms = max(node.cluster_node_timeout_ms,
-                                                   FORMING_NODE_TIMEOUT_MS)  # fmt: skip
+                node.cluster_node_timeout_ms = forming
                 node.spawn()
             async with trio.open_nursery() as nursery:
                 for node in self.nodes:
                     nursery.start_soon(node.wait_ready)
             await self._form()
             await self.wait_ready()
-            for node in self.nodes:
-                if node.cluster_node_timeout_ms != wanted[node.port]:
-                    await node.execute("CONFIG", "SET", "cluster-node-timeout", wanted[node.port])
-                    node.cluster_node_timeout_ms = wanted[node.port]
+            if forming != wanted:
+                await self.set_node_timeout(wanted)
 
     def start_blocking(self) -> None:
         """:meth:`start` from synchronous code (not from inside a trio run)."""
