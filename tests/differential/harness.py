@@ -11,7 +11,9 @@ same types all the way down, or trio-cluster's exception is an instance of redis
 
 A case that differs on purpose names its reason (a key of ``DIFFERENCES``, each listed in the
 README's "Differences from redis-py"): the suite then checks that it *does* differ, so a
-difference that disappears is noticed too.
+difference that disappears is noticed too.  Where redis-py itself changed between releases,
+``redispy_versions.py`` says so as data; what no line there explains is reported as drift
+(``Drift``), one short line per row.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ import math
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import trio
+from packaging.version import Version
+
+from .redispy_versions import REDIS_PY, change_for, message_rule_holds
 
 #: Deliberate differences: reason key -> what differs and why (mirrored in README.md).
 DIFFERENCES: dict[str, str] = {
@@ -76,8 +81,12 @@ DIFFERENCES: dict[str, str] = {
 MESSAGE_DIFFERENCES: dict[str, str] = {
     "data-error-message": (
         "a value redis-py cannot send (None...) raises DataError with the words of redis-py's "
-        "own encoder, naming the type and the argument; redis-py with hiredis installed says "
-        "'A tuple item must be str, int, float or bytes.' (hiredis' packer)"
+        "own encoder, naming the type and the argument; redis-py before 8.2 with hiredis "
+        "installed says 'A tuple item must be str, int, float or bytes.' (hiredis' packer)"
+    ),
+    "data-error-argument": (
+        "a value redis-py cannot send raises DataError with redis-py 8.2's words, followed by "
+        "the argument's position and command, which redis-py does not name"
     ),
     "unknown-command-message": (
         "a command the cluster's servers do not know reaches a node, whose answer names the "
@@ -101,13 +110,24 @@ MESSAGE_DIFFERENCES: dict[str, str] = {
 STRICT_MESSAGES = True
 
 
-def message_difference(reference: BaseException, ours: BaseException) -> str | None:
-    """The key of MESSAGE_DIFFERENCES that explains why the two messages differ, if any."""
+def message_difference(
+    reference: BaseException, ours: BaseException, installed: Version = REDIS_PY
+) -> str | None:
+    """The key of MESSAGE_DIFFERENCES that explains why the two messages differ, if any (a
+    rule that holds only for some redis-py releases is tried only on those)."""
     theirs, mine = str(reference), str(ours)
-    if theirs == "A tuple item must be str, int, float or bytes." and mine.startswith(
-        "Invalid input of type: "
+    if (
+        message_rule_holds("data-error-message", installed)
+        and theirs == "A tuple item must be str, int, float or bytes."
+        and mine.startswith("Invalid input of type: ")
     ):
         return "data-error-message"
+    if (
+        message_rule_holds("data-error-argument", installed)
+        and theirs.startswith("Invalid input of type: ")
+        and mine.startswith(f"{theirs} (command argument ")
+    ):
+        return "data-error-argument"
     if theirs.endswith(" command doesn't exist in Redis commands") and mine.startswith(
         "unknown command "
     ):
@@ -399,6 +419,33 @@ def agree(case: Case, reference: Outcome, ours: Outcome) -> bool:
     return same(a, b)
 
 
+@dataclass(frozen=True)
+class Drift:
+    """One row whose behaviour is not what the tables and ``redispy_versions`` expect for the
+    installed redis-py."""
+
+    kind: Literal["now agrees", "now differs", "message changed"]
+    case: str
+    target: str
+    detail: str
+    """The reason that no longer holds, the two outcomes, or the two messages."""
+
+    def line(self) -> str:
+        return f"{self.kind}: {self.case} [{self.target}] {self.detail}"
+
+
+def drift_summary(drift: Iterable[Drift]) -> list[str]:
+    """One line per (kind, row, detail), the targets where it was seen joined: what a new
+    redis-py release changed, short enough to read."""
+    seen: dict[tuple[str, str, str], list[str]] = {}
+    for item in drift:
+        seen.setdefault((item.kind, item.case, item.detail), []).append(item.target)
+    return [
+        f"{kind}: {case} [{', '.join(targets)}] {detail}"
+        for (kind, case, detail), targets in seen.items()
+    ]
+
+
 @dataclass
 class Report:
     """What one run of a table compared."""
@@ -409,9 +456,9 @@ class Report:
     messages_differ: list[str] = field(default_factory=list)
     """Errors of the same class whose ``str()`` differs for no listed reason (a failure
     when ``STRICT_MESSAGES`` is on)."""
-    mismatches: list[str] = field(default_factory=list)
-    """Unexpected: outcomes that differ without a reason, or a listed difference that no
-    longer differs."""
+    drift: list[Drift] = field(default_factory=list)
+    """Unexpected: outcomes that differ without a reason, a listed difference that no longer
+    differs, or a message that changed."""
 
 
 async def compare_cases(
@@ -442,22 +489,25 @@ async def compare_cases(
         reason = difference(case, target, kind)
         message_reason = None
         if matched and reference[0] == "error" and str(reference[1]) != str(ours[1]):
-            line = f"{case.name}: {str(reference[1])[:80]!r} / {str(ours[1])[:80]!r}"
+            messages = f"{str(reference[1])[:160]!r} / {str(ours[1])[:160]!r}"
             message_reason = message_difference(reference[1], ours[1])
             if message_reason is None:
-                report.messages_differ.append(line)
+                report.messages_differ.append(f"{case.name}: {messages}")
                 if STRICT_MESSAGES and reason is None:
-                    report.mismatches.append(f"[{target}] message differs: {line}")
-        detail = (
-            f"[{target}] {case.name}\n    redis-py:     {outcome_text(reference)}"
-            f"\n    trio-cluster: {outcome_text(ours)}"
-        )
+                    report.drift.append(Drift("message changed", case.name, target, messages))
         if reason is not None:
             assert reason in DIFFERENCES, f"unknown difference {reason!r}"
-            if matched:
-                report.mismatches.append(
-                    f"listed difference {reason!r} no longer differs: {detail}"
+            change = change_for(case.name, reason)
+            if change is not None and matched:
+                report.expected_differences.append(
+                    f"{reason} (agrees since redis-py {change.since}): {case.name}"
                 )
+            elif change is not None:
+                detail = f"redis-py: {outcome_text(reference)} / trio-cluster: {outcome_text(ours)}"
+                report.drift.append(Drift("now differs", case.name, target, detail))
+            elif matched:
+                detail = f"(listed difference {reason!r}, redis-py {REDIS_PY})"
+                report.drift.append(Drift("now agrees", case.name, target, detail))
             else:
                 report.expected_differences.append(f"{reason}: {case.name}")
         elif matched and message_reason is not None:
@@ -465,7 +515,8 @@ async def compare_cases(
         elif matched:
             report.agreed += 1
         else:
-            report.mismatches.append(detail)
+            detail = f"redis-py: {outcome_text(reference)} / trio-cluster: {outcome_text(ours)}"
+            report.drift.append(Drift("now differs", case.name, target, detail))
 
 
 async def _prepare(

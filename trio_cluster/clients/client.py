@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import trio
-from redis.client import EMPTY_RESPONSE
-from redis.commands import AsyncCoreCommands
 from redis.exceptions import ResponseError
 
 from ..config import ConnectionConfig, connection_options
@@ -27,6 +25,7 @@ from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
 from ..lifetime import raise_not_open
 from ..pooling.autopipeline import AutoPipeliner, shares_connection
 from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from ..redispy import EMPTY_RESPONSE, AsyncCoreCommands
 from ..routing.nodecall import run_blocking
 from ..wire.commands import (
     COMMAND_NAME,

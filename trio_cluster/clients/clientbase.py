@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import attrs
 import trio
-from redis._parsers.encoders import Encoder
 from redis.exceptions import WatchError
 
 from ..config import ConnectionConfig, parse_url, redact_url
@@ -22,6 +21,7 @@ from ..jobs.credentials import CredentialManager
 from ..jobs.dialer import Dialer
 from ..jobs.maint import MaintenanceManager
 from ..lifetime import NurseryOwner
+from ..redispy import Encoder
 from ..wire.commands import ReplyParser
 from ..wire.encoding import Encoding
 from .lock import Lock

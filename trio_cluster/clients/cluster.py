@@ -18,8 +18,6 @@ from typing import Any
 import attrs
 import trio
 from redis import exceptions as rex
-from redis.client import EMPTY_RESPONSE
-from redis.commands import AsyncCoreCommands
 
 from ..config import ConnectionConfig, connection_options
 from ..conn.connection import Connection
@@ -34,6 +32,7 @@ from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
 from ..lifetime import raise_not_open
 from ..pooling.breaker import BreakerOptions, BreakerState, CircuitBreaker
 from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from ..redispy import EMPTY_RESPONSE, AsyncCoreCommands
 from ..routing.refresher import Refresher
 from ..routing.router import RetryOptions, Router
 from ..routing.rules import CommandTable, key_slot

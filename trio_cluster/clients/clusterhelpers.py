@@ -13,15 +13,14 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from redis.commands.cluster import ClusterManagementCommands
-from redis.commands.helpers import list_or_args
 from redis.exceptions import DataError
 
+from ..redispy import ClusterManagementCommands, list_or_args
 from ..routing.rules import key_slot
 from ..routing.slotmap import Node, SlotMap
 
 if TYPE_CHECKING:
-    from redis._parsers.encoders import Encoder
+    from ..redispy import Encoder
 
 
 __all__ = ["PRIMARY", "REPLICA", "ClusterHelpers", "ClusterNode"]

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import exceptions as rex
-from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 
 from ..lifetime import first_error, open_nursery
+from ..redispy import EMPTY_RESPONSE, NEVER_DECODE
 from ..routing.router import Router
 from ..routing.rules import RESULT_CALLBACKS, Target, slot_of
 from ..routing.slotmap import Node

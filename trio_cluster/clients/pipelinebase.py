@@ -11,18 +11,17 @@ from collections.abc import Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import trio
-from redis.commands import AsyncCoreCommands
-from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from ..conn.connection import Connection
 from ..errors import ArgumentTypeError
 from ..lifetime import Scoped
+from ..redispy import AsyncCoreCommands, AsyncScript
 from ..wire.commands import queue_entry
 from ..wire.encoding import Encoding, prepare_stack
 
 if TYPE_CHECKING:
-    from redis._parsers.encoders import Encoder
+    from ..redispy import Encoder
 
 __all__ = ["PipelineBase", "Script"]
 

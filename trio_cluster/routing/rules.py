@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from redis.cluster import RedisCluster
 
+from ..redispy import RedisCluster
 from ..wire.commands import BLOCKING_COMMANDS
 from ..wire.encoding import text
 

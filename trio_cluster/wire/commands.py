@@ -12,12 +12,18 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis._parsers.helpers import zset_score_pairs_resp3_to_resp2_legacy
-from redis._parsers.response_callbacks import get_response_callbacks
-from redis.client import EMPTY_RESPONSE, NEVER_DECODE
-from redis.cluster import RedisCluster, parse_cluster_shards_with_str_keys
 from redis.exceptions import ExecAbortError, ResponseError, WatchError
-from redis.utils import safe_str, truncate_text
+
+from ..redispy import (
+    EMPTY_RESPONSE,
+    NEVER_DECODE,
+    RedisCluster,
+    parse_cluster_shards_with_str_keys,
+    response_callbacks,
+    safe_str,
+    truncate_text,
+    zset_score_pairs_resp3_to_resp2_legacy,
+)
 
 __all__ = [
     "BLOCKING_COMMANDS",
@@ -143,7 +149,7 @@ class ReplyParser:
     """
 
     def __init__(self, protocol: int | None, *, cluster: bool = False) -> None:
-        callbacks = get_response_callbacks(user_protocol=protocol, legacy_responses=True)
+        callbacks = response_callbacks(protocol)
         self.callbacks: dict[str, Callable[..., Any]] = {
             k.upper(): _scores_as_floats if v is zset_score_pairs_resp3_to_resp2_legacy else v
             for k, v in callbacks.items()

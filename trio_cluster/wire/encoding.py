@@ -21,9 +21,9 @@ from operator import itemgetter
 from typing import Any
 
 import attrs
-from redis.client import NEVER_DECODE
 
 from ..errors import ArgumentTypeError
+from ..redispy import NEVER_DECODE
 from .commands import ReplyParser
 
 __all__ = ["DecodingReplyParser", "Encoding", "decode_reply", "prepare_args", "prepare_stack"]
