@@ -56,11 +56,11 @@ def _sync(session: nox.Session, *extras: str) -> None:
 
 def _lower_bounds() -> list[str]:
     """``name==lower`` for every runtime dependency of pyproject.toml (the core ones and the
-    ``server`` and ``chaos`` extras): what ``--resolution lowest-direct`` would pick."""
+    ``server``, ``chaos`` and ``otel`` extras): what ``--resolution lowest-direct`` picks."""
     project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     pins = []
-    for text in [*project["dependencies"], *extras["server"], *extras["chaos"]]:
+    for text in [*project["dependencies"], *extras["server"], *extras["chaos"], *extras["otel"]]:
         requirement = Requirement(text)
         lows = [spec.version for spec in requirement.specifier if spec.operator == ">="]
         if len(lows) != 1:
