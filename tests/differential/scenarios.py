@@ -552,6 +552,40 @@ async def _(r: Any, k: Resolve) -> Any:
             return message
 
 
+@scenario("pubsub")
+def listen_until_unsubscribed(r: Any, k: Resolve) -> Any:
+    # listen() ends at once with nothing subscribed, and once everything is unsubscribed
+    # (after the confirmation).
+    pubsub = r.pubsub()
+    try:
+        seen = [list(pubsub.listen())]
+        pubsub.subscribe(k(K.ch))
+        for message in pubsub.listen():
+            seen.append(message)
+            if message["type"] == "subscribe":
+                r.publish(k(K.ch), "last")
+            elif message["type"] == "message":
+                pubsub.unsubscribe()
+        return seen
+    finally:
+        pubsub.close()
+
+
+@listen_until_unsubscribed.ours
+async def _(r: Any, k: Resolve) -> Any:
+    async with r.pubsub() as pubsub:
+        with trio.fail_after(5):  # a regression fails instead of hanging the suite
+            seen: list[Any] = [[m async for m in pubsub.listen()]]
+            await pubsub.subscribe(k(K.ch))
+            async for message in pubsub.listen():
+                seen.append(message)
+                if message["type"] == "subscribe":
+                    await r.publish(k(K.ch), "last")
+                elif message["type"] == "message":
+                    await pubsub.unsubscribe()
+        return seen
+
+
 # --- monitor -------------------------------------------------------------------------------
 
 

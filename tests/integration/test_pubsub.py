@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from trio_cluster import Client, ClusterClient
 from trio_cluster.clients.pubsub import PubSub, PubSubLimitError, PubSubRegistry
@@ -198,6 +199,60 @@ async def test_channels_and_patterns_are_decoded_as_redis_py(local_server: Local
                 assert ps.shard_channels == {name(f"{tag}:s"): None}
                 await ps.unsubscribe(f"{tag}:a")
                 assert list(ps.channels) == [name(f"{tag}:b")]
+
+
+async def test_listen_ends_once_nothing_is_subscribed(own_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        channel = f"{_tag()}:listen"
+        async with (
+            Client(own_server.host, own_server.port) as r,
+            r.pubsub() as ps,
+            trio.open_nursery() as nursery,
+        ):
+            assert [m async for m in ps.listen()] == []  # nothing subscribed: ends at once
+
+            async def resume_once_all_wait() -> None:
+                # The listener has decided whether to wait for the confirmation.
+                await trio.testing.wait_all_tasks_blocked()
+                own_server.resume()
+
+            await ps.subscribe(channel)
+            seen = []
+            try:
+                async for message in ps.listen():
+                    seen.append((message["type"], message["data"]))
+                    if message["type"] == "subscribe":
+                        assert await r.publish(channel, "last") == 1
+                    elif message["type"] == "message":
+                        own_server.pause()  # the confirmation comes only once listen() waits
+                        nursery.start_soon(resume_once_all_wait)
+                        await ps.unsubscribe()
+            finally:
+                own_server.resume()  # (again, if the test failed: the next tests need it)
+            # As redis-py: the unsubscribe confirmation is given, then the loop ends.
+            assert seen == [("subscribe", 1), ("message", b"last"), ("unsubscribe", 0)]
+
+
+async def test_listen_ends_when_the_confirmation_it_waits_for_cannot_come(
+    own_server: LocalServer,
+) -> None:
+    with trio.fail_after(15):
+        channel = f"{_tag()}:owed"
+        async with (
+            Client(own_server.host, own_server.port, socket_timeout=0.5) as r,
+            r.pubsub() as ps,
+        ):
+            await ps.subscribe(channel)
+            await _expect(ps, "subscribe")
+            own_server.pause()  # the UNSUBSCRIBE is sent and never answered
+            try:
+                await ps.unsubscribe(channel)
+                # The link gives up after the read timeout: its confirmation will not come,
+                # and no gap is reported for a subscription nobody wants any more.
+                assert [m async for m in ps.listen()] == []
+            finally:
+                own_server.resume()
+            assert ps.stats().disconnects == 1 and ps.stats().gaps == 0
 
 
 async def test_dropped_connection_resubscribes_and_reports_a_gap(own_server: LocalServer) -> None:

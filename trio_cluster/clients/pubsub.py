@@ -275,10 +275,21 @@ class PubSub(NurseryOwner):
         return await self.get_message(ignore_subscribe_messages, timeout=timeout)
 
     async def listen(self) -> AsyncIterator[dict[str, Any]]:
-        """Every message, as redis-py's ``listen()`` (the same as ``async for m in p``);
-        ends when the PubSub is closed."""
-        async for item in self:
-            yield item
+        """Every message while anything is subscribed, as redis-py's ``listen()``: it ends
+        once nothing is subscribed and the unsubscribe confirmations asked for have been
+        given (at once if nothing is subscribed when it starts), or when the PubSub is
+        closed.  ``async for m in p`` instead goes on until the PubSub is closed."""
+        stream = self._entered_stream()
+        while self.subscribed or self._links.owed() or stream.buffered():
+            with self._links.interruptible() as wait:
+                try:
+                    item = await stream.take()
+                except PoolClosedError:
+                    return
+            if wait.cancelled_caught:
+                continue  # a link ended: what it owed will not come; look again
+            if not await self._handled(item):
+                yield self._decoded(item)
 
     def __aiter__(self) -> Self:
         return self

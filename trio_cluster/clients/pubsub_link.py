@@ -140,6 +140,11 @@ class Link:
         """``host:port`` of the node."""
         return f"{self.address[0]}:{self.address[1]}"
 
+    @property
+    def owed(self) -> int:
+        """Unsubscribe confirmations asked for on this connection that have not come yet."""
+        return sum(self._unsubscribing.values())
+
     def queue(self, command: Command) -> bool:
         """Queue a command if the link is serving (else its replay covers it); returns
         whether it was queued."""
@@ -279,11 +284,13 @@ class Link:
         await self._owner.deliver(message(kind, frame))
 
     async def _report_gap(self, reason: str) -> None:
-        """Tell the consumer which confirmed subscriptions this connection lost."""
-        if not self.active:
-            return  # nothing had been confirmed on this connection: nothing was missed
+        """Tell the consumer which confirmed subscriptions this connection lost (not those
+        being unsubscribed: nobody waits for their messages)."""
+        lost = {key for key in self.active if key not in self._unsubscribing}
+        if not lost:
+            return  # nothing wanted had been confirmed on this connection: nothing was missed
         self._tally.add("gaps")
-        await self._owner.deliver(self.gap(reason, self.active))
+        await self._owner.deliver(self.gap(reason, lost))
 
     def gap(self, reason: str, lost: set[tuple[Family, bytes]]) -> dict[str, Any]:
         """The gap event for ``lost`` subscriptions of this link."""

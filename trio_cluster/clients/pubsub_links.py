@@ -13,7 +13,8 @@ path.  The link's frame-level work is in ``pubsub_link``; the subscriptions are 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 import trio
@@ -136,6 +137,8 @@ class LinkSet:
         self._refresh_wanted = False
         self._tasks = TaskScopes()
         self._nursery: trio.Nursery | None = None
+        #: Waits to interrupt when a link ends (see :meth:`interruptible`).
+        self._waits: set[trio.CancelScope] = set()
         self.closed = False
 
     # --- lifetime ------------------------------------------------------------------------------
@@ -223,6 +226,22 @@ class LinkSet:
             self._pending_pings.append(command)
         elif not self._classic.queue(command):
             self._pending_pings.append(command)  # connecting: its replay sends it
+
+    def owed(self) -> int:
+        """Unsubscribe confirmations asked for that have not come yet (on links still up:
+        a link that ends owes nothing, its connection's subscriptions are gone)."""
+        return sum(link.owed for link in self._links)
+
+    @contextmanager
+    def interruptible(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope for a wait that must end when a link ends (``listen`` waiting
+        for confirmations that link owed): check ``cancelled_caught`` afterwards."""
+        with trio.CancelScope() as scope:
+            self._waits.add(scope)
+            try:
+                yield scope
+            finally:
+                self._waits.discard(scope)
 
     def addresses(self) -> list[str]:
         """``host:port`` of every link, open or opening."""
@@ -420,6 +439,8 @@ class LinkSet:
         if link not in self._links:
             return
         self._links.discard(link)
+        for wait in self._waits:
+            wait.cancel()
         self._tally.registry.release()
         if self._classic is link:
             self._classic = None
