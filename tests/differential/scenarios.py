@@ -432,6 +432,20 @@ async def _(r: Any, k: Resolve) -> Any:
 
 
 @scenario("pubsub")
+def pubsub_ping_without_message(r: Any, k: Resolve) -> Any:
+    with _subscribed(r, k) as pubsub:
+        pubsub.ping()
+        return pubsub.get_message(timeout=5)
+
+
+@pubsub_ping_without_message.ours
+async def _(r: Any, k: Resolve) -> Any:
+    async with _subscribed_ours(r, k) as pubsub:
+        await pubsub.ping()
+        return await pubsub.get_message(timeout=5)
+
+
+@scenario("pubsub")
 def get_message_timeout(r: Any, k: Resolve) -> Any:
     pubsub = r.pubsub()
     try:

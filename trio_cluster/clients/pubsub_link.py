@@ -248,8 +248,10 @@ class Link:
             and (kind == "pong" or (kind is None and not isinstance(frame, list)))
         ):
             # The answer to ping(): the PING after it closes the command, as for others.
+            # A bare PONG (RESP3, or not subscribed yet) gives b"", as redis-py shapes it.
             waiting.answered = True
-            await self._owner.deliver(pong_message(frame[1] if kind == "pong" else frame))
+            data = frame[1] if kind == "pong" else b"" if frame == b"PONG" else frame
+            await self._owner.deliver(pong_message(data))
             return
         if kind is None:
             if frame == b"PONG":
