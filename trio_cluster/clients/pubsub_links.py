@@ -441,7 +441,7 @@ class LinkSet:
         self._links.discard(link)
         for wait in self._waits:
             wait.cancel()
-        self._tally.registry.release()
+        self._tally.release()
         if self._classic is link:
             self._classic = None
         if self._shard_links.get(link.address) is link:

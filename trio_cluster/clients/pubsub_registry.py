@@ -144,9 +144,13 @@ class Tally:
             raise
 
     def acquire(self) -> None:
-        """:meth:`PubSubRegistry.acquire`, a refusal counted."""
+        """:meth:`PubSubRegistry.acquire`, a refusal counted for this PubSub too."""
         self.check(1)
-        self.registry.open += 1
+        self.registry.acquire()
+
+    def release(self) -> None:
+        """:meth:`PubSubRegistry.release`."""
+        self.registry.release()
 
     def stats(self, open_connections: int) -> PubSubStats:
         """This PubSub's counters, with its own open connections."""
