@@ -64,8 +64,8 @@ DIFFERENCES: dict[str, str] = {
     ),
     "pubsub-ping-decoded": (
         "PubSub.ping() with decode_responses gives the decoded pong message; redis-py before "
-        "8.2's handle_message raises IndexError on the decoded answer (it only recognises "
-        "bytes)"
+        "8.2's handle_message indexes the decoded answer (a str) as a list: IndexError, or "
+        "{'type': 'P', 'channel': 'O', 'data': 'N'} for a bare PONG"
     ),
     "pipeline-discard": (
         "Pipeline.discard() forgets the queue and ends WATCH on the client side; redis-py "

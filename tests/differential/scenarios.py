@@ -431,7 +431,10 @@ async def _(r: Any, k: Resolve) -> Any:
         return await pubsub.get_message(timeout=5)
 
 
-@scenario("pubsub")
+@scenario(
+    "pubsub",
+    differs={t: "pubsub-ping-decoded" for t in ("decoded", "cluster-decoded")},
+)
 def pubsub_ping_without_message(r: Any, k: Resolve) -> Any:
     with _subscribed(r, k) as pubsub:
         pubsub.ping()
