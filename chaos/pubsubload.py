@@ -234,13 +234,14 @@ class PubSubRunner:
                 await p.ssubscribe(*shard)
             while True:
                 try:
-                    message = await p.get_message()
+                    message = await p.get_message(timeout=None)
                 except PoolClosedError:
                     return
                 except Exception as exc:  # an error the server gave a subscribe command
                     self._event(i, "error", (), f"{type(exc).__name__}: {exc}")
                     continue
-                self._handle(i, message)
+                if message is not None:  # (None only for ignored or handled messages)
+                    self._handle(i, message)
 
     def _next_pos(self, i: int) -> int:
         self._pos[i] += 1

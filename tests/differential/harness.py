@@ -62,13 +62,10 @@ DIFFERENCES: dict[str, str] = {
         "Client.pipeline() is a plain pipeline unless transaction=True, as ClusterClient's "
         "(and redis-py's RedisCluster's); redis-py's Redis.pipeline() defaults to MULTI/EXEC"
     ),
-    "pubsub-deadline": (
-        "PubSub.get_message() without timeout= waits (trio: the caller's cancel scope bounds "
-        "it); redis-py's returns None at once"
-    ),
     "pubsub-ping-decoded": (
-        "PubSub.ping() with decode_responses gives the decoded pong message; redis-py's "
-        "handle_message raises IndexError on the decoded answer (it only recognises bytes)"
+        "PubSub.ping() with decode_responses gives the decoded pong message; redis-py before "
+        "8.2's handle_message indexes the decoded answer (a str) as a list: IndexError, or "
+        "{'type': 'P', 'channel': 'O', 'data': 'N'} for a bare PONG"
     ),
     "pipeline-discard": (
         "Pipeline.discard() forgets the queue and ends WATCH on the client side; redis-py "

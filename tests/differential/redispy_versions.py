@@ -63,7 +63,7 @@ CHANGES: tuple[Change, ...] = (
     Change(
         since="8.2",
         reason="pubsub-ping-decoded",
-        cases=("pubsub:pubsub_ping",),
+        cases=("pubsub:pubsub_ping",),  # with a message, and pubsub_ping_without_message
         why=(
             "redis-py 8.2's PubSub.handle_message recognises a decoded PING answer, and gives "
             "the same {'type': 'pong', ..., 'data': 'hi'} message as we do"

@@ -431,6 +431,23 @@ async def _(r: Any, k: Resolve) -> Any:
         return await pubsub.get_message(timeout=5)
 
 
+@scenario(
+    "pubsub",
+    differs={t: "pubsub-ping-decoded" for t in ("decoded", "cluster-decoded")},
+)
+def pubsub_ping_without_message(r: Any, k: Resolve) -> Any:
+    with _subscribed(r, k) as pubsub:
+        pubsub.ping()
+        return pubsub.get_message(timeout=5)
+
+
+@pubsub_ping_without_message.ours
+async def _(r: Any, k: Resolve) -> Any:
+    async with _subscribed_ours(r, k) as pubsub:
+        await pubsub.ping()
+        return await pubsub.get_message(timeout=5)
+
+
 @scenario("pubsub")
 def get_message_timeout(r: Any, k: Resolve) -> Any:
     pubsub = r.pubsub()
@@ -452,18 +469,81 @@ async def _(r: Any, k: Resolve) -> Any:
         return [confirmation, nothing]
 
 
-@scenario("pubsub", differs={t: "pubsub-deadline" for t in ALL})
+@scenario("pubsub")
 def get_message_without_timeout(r: Any, k: Resolve) -> Any:
+    # Nothing published: redis-py's default timeout=0.0 returns None at once.
     with _subscribed(r, k) as pubsub:
-        return pubsub.get_message()
+        return [pubsub.get_message(), pubsub.get_message(timeout=0)]
 
 
 @get_message_without_timeout.ours
 async def _(r: Any, k: Resolve) -> Any:
     async with _subscribed_ours(r, k) as pubsub:
-        with trio.move_on_after(0.05):
-            return await pubsub.get_message()
-        return "still waiting when the caller's deadline came"
+        # A deadline only so that a regression fails instead of hanging the suite.
+        with trio.fail_after(5):
+            return [await pubsub.get_message(), await pubsub.get_message(timeout=0)]
+
+
+@scenario("pubsub")
+def get_message_timeout_none(r: Any, k: Resolve) -> Any:
+    # timeout=None waits for one message; an ignored confirmation makes it return None.
+    pubsub = r.pubsub()
+    try:
+        pubsub.subscribe(k(K.ch))
+        ignored = pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+        receivers = r.publish(k(K.ch), "waited")
+        return [ignored, receivers, pubsub.get_message(timeout=None)]
+    finally:
+        pubsub.close()
+
+
+@get_message_timeout_none.ours
+async def _(r: Any, k: Resolve) -> Any:
+    async with r.pubsub() as pubsub:
+        await pubsub.subscribe(k(K.ch))
+        ignored = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+        receivers = await r.publish(k(K.ch), "waited")
+        return [ignored, receivers, await pubsub.get_message(timeout=None)]
+
+
+@scenario("pubsub")
+def subscriptions_as_dictionaries(r: Any, k: Resolve) -> Any:
+    # channels / patterns / shard_channels: name -> handler, names decoded under
+    # decode_responses; an unsubscribed name leaves once its confirmation is read.
+    pubsub = r.pubsub()
+    try:
+        pubsub.subscribe(k(K.ch), k(K.ch) + "2")
+        pubsub.psubscribe(k(K.ch) + "*")
+        pubsub.ssubscribe(k(K.ch) + "s")
+        for _ in range(3):
+            pubsub.get_message(timeout=5)
+        pubsub.get_sharded_message(timeout=5)
+        # Copies: redis-py's dictionaries are live (ours are snapshots).
+        subscribed = [
+            dict(pubsub.channels),
+            dict(pubsub.patterns),
+            dict(pubsub.shard_channels),
+            pubsub.subscribed,
+        ]
+        pubsub.unsubscribe(k(K.ch))
+        pubsub.get_message(timeout=5)
+        return [subscribed, pubsub.channels]
+    finally:
+        pubsub.close()
+
+
+@subscriptions_as_dictionaries.ours
+async def _(r: Any, k: Resolve) -> Any:
+    async with r.pubsub() as pubsub:
+        await pubsub.subscribe(k(K.ch), k(K.ch) + "2")
+        await pubsub.psubscribe(k(K.ch) + "*")
+        await pubsub.ssubscribe(k(K.ch) + "s")
+        for _ in range(4):
+            await pubsub.get_message(timeout=5)
+        subscribed = [pubsub.channels, pubsub.patterns, pubsub.shard_channels, pubsub.subscribed]
+        await pubsub.unsubscribe(k(K.ch))
+        await pubsub.get_message(timeout=5)
+        return [subscribed, pubsub.channels]
 
 
 @scenario("pubsub")
@@ -487,6 +567,40 @@ async def _(r: Any, k: Resolve) -> Any:
         await r.publish(k(K.ch) + "x", "1")
         async for message in pubsub.listen():
             return message
+
+
+@scenario("pubsub")
+def listen_until_unsubscribed(r: Any, k: Resolve) -> Any:
+    # listen() ends at once with nothing subscribed, and once everything is unsubscribed
+    # (after the confirmation).
+    pubsub = r.pubsub()
+    try:
+        seen = [list(pubsub.listen())]
+        pubsub.subscribe(k(K.ch))
+        for message in pubsub.listen():
+            seen.append(message)
+            if message["type"] == "subscribe":
+                r.publish(k(K.ch), "last")
+            elif message["type"] == "message":
+                pubsub.unsubscribe()
+        return seen
+    finally:
+        pubsub.close()
+
+
+@listen_until_unsubscribed.ours
+async def _(r: Any, k: Resolve) -> Any:
+    async with r.pubsub() as pubsub:
+        with trio.fail_after(5):  # a regression fails instead of hanging the suite
+            seen: list[Any] = [[m async for m in pubsub.listen()]]
+            await pubsub.subscribe(k(K.ch))
+            async for message in pubsub.listen():
+                seen.append(message)
+                if message["type"] == "subscribe":
+                    await r.publish(k(K.ch), "last")
+                elif message["type"] == "message":
+                    await pubsub.unsubscribe()
+        return seen
 
 
 # --- monitor -------------------------------------------------------------------------------

@@ -301,10 +301,10 @@ async def test_blocking_transactions_watch_and_pubsub_keep_their_own_connections
 
             async with rc.pubsub() as ps:
                 await ps.subscribe("ap:channel")
-                message = await ps.get_message()
+                message = await ps.get_message(timeout=None)
                 assert message["type"] == "subscribe"
                 await rc.publish("ap:channel", "hello")  # counts this node's receivers only
-                message = await ps.get_message()
+                message = await ps.get_message(timeout=None)
                 assert message["type"] == "message" and message["data"] == b"hello"
                 assert await rc.get(keys[2]) == keys[2].encode()  # still autopipelined
 

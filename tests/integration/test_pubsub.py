@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from trio_cluster import Client, ClusterClient
 from trio_cluster.clients.pubsub import PubSub, PubSubLimitError, PubSubRegistry
@@ -30,17 +31,16 @@ def _tag() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def _pubsub(client: Client | ClusterClient, **kwargs: Any) -> PubSub:
-    # ``client.pubsub()`` once the clients are wired; the constructor is the same object.
-    factory = getattr(client, "pubsub", None)
-    if factory is not None:
-        return factory(**kwargs)  # type: ignore[no-any-return]
-    return PubSub(client, **kwargs)
+async def _next(ps: PubSub) -> dict[str, Any]:
+    """The next message in the stream (waiting for it: ``timeout=None``)."""
+    message = await ps.get_message(timeout=None)
+    assert message is not None  # nothing here is ignored or given to a handler
+    return message
 
 
 async def _expect(ps: PubSub, kind: str) -> dict[str, Any]:
     """The next message, which must be of ``kind``."""
-    message = await ps.get_message()
+    message = await _next(ps)
     assert message["type"] == kind, message
     return message
 
@@ -49,7 +49,7 @@ async def _until(ps: PubSub, kind: str, channel: bytes | None = None) -> list[di
     """Messages up to and including the first of ``kind`` (on ``channel``, if given)."""
     seen = []
     while True:
-        message = await ps.get_message()
+        message = await _next(ps)
         seen.append(message)
         if message["type"] == kind and (channel is None or message["channel"] == channel):
             return seen
@@ -99,7 +99,7 @@ async def test_subscribe_psubscribe_unsubscribe_in_order(local_server: LocalServ
     with trio.fail_after(10):
         tag = _tag()
         a, b, pattern = f"{tag}:a", f"{tag}:b", f"{tag}:p:*"
-        async with Client(local_server.host, local_server.port) as r, _pubsub(r) as ps:
+        async with Client(local_server.host, local_server.port) as r, r.pubsub() as ps:
             await ps.subscribe(a, b)
             await ps.psubscribe(pattern)
             assert (await _expect(ps, "subscribe"))["channel"] == a.encode()
@@ -107,13 +107,13 @@ async def test_subscribe_psubscribe_unsubscribe_in_order(local_server: LocalServ
             confirmed = await _expect(ps, "psubscribe")
             assert confirmed == {"type": "psubscribe", "pattern": None,
                                  "channel": pattern.encode(), "data": 3}  # fmt: skip
-            assert ps.subscribed and ps.channels == {a.encode(), b.encode()}
+            assert ps.subscribed and ps.channels == {a.encode(): None, b.encode(): None}
             sent = []
             for i in range(30):
                 channel = (a, b, f"{tag}:p:{i}")[i % 3]
                 assert await r.publish(channel, f"m{i}") == 1
                 sent.append((channel.encode(), f"m{i}".encode()))
-            received = [await ps.get_message() for _ in sent]
+            received = [await _next(ps) for _ in sent]
             # One connection, so the server's order is kept exactly.
             assert [(m["channel"], m["data"]) for m in received] == sent
             assert received[0] == {"type": "message", "pattern": None,
@@ -125,7 +125,7 @@ async def test_subscribe_psubscribe_unsubscribe_in_order(local_server: LocalServ
             assert (await _expect(ps, "unsubscribe"))["channel"] == a.encode()
             assert await r.publish(a, "lost") == 0  # nobody listens to ``a`` any more
             assert await r.publish(b, "kept") == 1
-            assert (await ps.get_message())["data"] == b"kept"
+            assert (await _next(ps))["data"] == b"kept"
             await ps.punsubscribe()
             assert (await _expect(ps, "punsubscribe"))["channel"] == pattern.encode()
             await ps.unsubscribe()
@@ -135,43 +135,137 @@ async def test_subscribe_psubscribe_unsubscribe_in_order(local_server: LocalServ
             assert r.stats().total_connections <= 1  # the pub/sub connection is not pooled
 
 
-async def test_get_message_deadline_comes_from_the_callers_scope(
-    local_server: LocalServer,
-) -> None:
+async def _poll(ps: PubSub) -> tuple[dict[str, Any], int]:
+    """Poll as a redis-py loop does, with no sleep between calls: the next message, and how
+    many calls returned None before it (bounded, so a poll that starves the link tasks
+    fails instead of spinning forever)."""
+    for empty in range(1_000_000):
+        message = await ps.get_message()
+        if message is not None:
+            return message, empty
+    raise AssertionError("a million polls and no message: the link tasks never ran")
+
+
+async def test_get_message_returns_at_once_or_waits_as_asked(local_server: LocalServer) -> None:
     with trio.fail_after(10):
         channel = f"{_tag()}:deadline"
-        async with (
-            Client(local_server.host, local_server.port) as r,
-            _pubsub(r, ignore_subscribe_messages=True) as ps,
-        ):
+        async with Client(local_server.host, local_server.port) as r, r.pubsub() as ps:
+            assert await ps.get_message() is None  # nothing subscribed: None, at once
             await ps.subscribe(channel)
+            # No timeout: each call returns at once (None while nothing has come), as
+            # redis-py's; the confirmation comes once the server has sent it.
+            confirmation, _ = await _poll(ps)
+            assert confirmation["type"] == "subscribe"
+            assert await ps.get_message() is None  # nothing published
+            assert await ps.get_message(timeout=0) is None
+            assert await ps.get_message(timeout=0.05) is None  # waited, nothing came
+            # timeout=None: the caller's cancel scope bounds the wait.
             message = None
             with trio.move_on_after(0.2) as scope:
-                message = await ps.get_message()
+                message = await ps.get_message(timeout=None)
             assert scope.cancelled_caught and message is None
             with pytest.raises(trio.TooSlowError):
                 with trio.fail_after(0.1):
-                    await ps.get_message()
-            assert ps.get_message_nowait() is None
-            # A wait that ran out lost nothing: the next message is still delivered.
-            while await r.publish(channel, "late") == 0:  # noqa: ASYNC110 - polls the server
-                # Polling the server: the subscription is confirmed asynchronously and
-                # confirmations are filtered out of this stream.
-                await trio.sleep(0.01)
-            assert (await ps.get_message())["data"] == b"late"
+                    await ps.get_message(timeout=None)
+            # The waits that ran out lost nothing: the next message is still delivered.
+            assert await r.publish(channel, "late") == 1
+            late, _ = await _poll(ps)
+            assert late["data"] == b"late"
+            assert await r.publish(channel, "timed") == 1
+            assert (await ps.get_message(timeout=5) or {}).get("data") == b"timed"
+            # One message taken per call: an ignored confirmation makes it return None.
+            await ps.unsubscribe(channel)
+            assert await ps.get_message(ignore_subscribe_messages=True, timeout=5) is None
+            assert await ps.get_message() is None
+
+
+async def test_channels_and_patterns_are_decoded_as_redis_py(local_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        tag = _tag()
+        handler_calls: list[dict[str, Any]] = []
+        for decode, name in ((False, lambda s: s.encode()), (True, lambda s: s)):
+            async with (
+                Client(local_server.host, local_server.port, decode_responses=decode) as r,
+                r.pubsub() as ps,
+            ):
+                await ps.subscribe(f"{tag}:a", **{f"{tag}:b": handler_calls.append})
+                await ps.psubscribe(f"{tag}:*")
+                await ps.ssubscribe(f"{tag}:s")
+                assert ps.channels == {
+                    name(f"{tag}:a"): None,
+                    name(f"{tag}:b"): handler_calls.append,
+                }
+                assert ps.patterns == {name(f"{tag}:*"): None}
+                assert ps.shard_channels == {name(f"{tag}:s"): None}
+                await ps.unsubscribe(f"{tag}:a")
+                assert list(ps.channels) == [name(f"{tag}:b")]
+
+
+async def test_listen_ends_once_nothing_is_subscribed(own_server: LocalServer) -> None:
+    with trio.fail_after(10):
+        channel = f"{_tag()}:listen"
+        async with (
+            Client(own_server.host, own_server.port) as r,
+            r.pubsub() as ps,
+            trio.open_nursery() as nursery,
+        ):
+            assert [m async for m in ps.listen()] == []  # nothing subscribed: ends at once
+
+            async def resume_once_all_wait() -> None:
+                # The listener has decided whether to wait for the confirmation.
+                await trio.testing.wait_all_tasks_blocked()
+                own_server.resume()
+
+            await ps.subscribe(channel)
+            seen = []
+            try:
+                async for message in ps.listen():
+                    seen.append((message["type"], message["data"]))
+                    if message["type"] == "subscribe":
+                        assert await r.publish(channel, "last") == 1
+                    elif message["type"] == "message":
+                        own_server.pause()  # the confirmation comes only once listen() waits
+                        nursery.start_soon(resume_once_all_wait)
+                        await ps.unsubscribe()
+            finally:
+                own_server.resume()  # (again, if the test failed: the next tests need it)
+            # As redis-py: the unsubscribe confirmation is given, then the loop ends.
+            assert seen == [("subscribe", 1), ("message", b"last"), ("unsubscribe", 0)]
+
+
+async def test_listen_ends_when_the_confirmation_it_waits_for_cannot_come(
+    own_server: LocalServer,
+) -> None:
+    with trio.fail_after(15):
+        channel = f"{_tag()}:owed"
+        async with (
+            Client(own_server.host, own_server.port, socket_timeout=0.5) as r,
+            r.pubsub() as ps,
+        ):
+            await ps.subscribe(channel)
+            await _expect(ps, "subscribe")
+            own_server.pause()  # the UNSUBSCRIBE is sent and never answered
+            try:
+                await ps.unsubscribe(channel)
+                # The link gives up after the read timeout: its confirmation will not come,
+                # and no gap is reported for a subscription nobody wants any more.
+                assert [m async for m in ps.listen()] == []
+            finally:
+                own_server.resume()
+            assert ps.stats().disconnects == 1 and ps.stats().gaps == 0
 
 
 async def test_dropped_connection_resubscribes_and_reports_a_gap(own_server: LocalServer) -> None:
     with trio.fail_after(10):
         tag = _tag()
         channel, pattern, shard = f"{tag}:c", f"{tag}:p*", f"{tag}:s"
-        async with Client(own_server.host, own_server.port) as r, _pubsub(r) as ps:
+        async with Client(own_server.host, own_server.port) as r, r.pubsub() as ps:
             await ps.subscribe(channel)
             await ps.psubscribe(pattern)
             await ps.ssubscribe(shard)
             await _until(ps, "ssubscribe")
             assert await r.publish(channel, "before") == 1
-            assert (await ps.get_message())["data"] == b"before"
+            assert (await _next(ps))["data"] == b"before"
 
             assert await own_server.execute("CLIENT", "KILL", "TYPE", "pubsub") == 1
             gap = await _expect(ps, "gap")
@@ -184,7 +278,7 @@ async def test_dropped_connection_resubscribes_and_reports_a_gap(own_server: Loc
             assert {m["type"] for m in replayed} == {"subscribe", "psubscribe", "ssubscribe"}
             assert await r.publish(channel, "after") == 1
             assert await r.spublish(shard, "after-s") == 1
-            assert [(await ps.get_message())["data"] for _ in range(2)] == [b"after", b"after-s"]
+            assert [(await _next(ps))["data"] for _ in range(2)] == [b"after", b"after-s"]
             stats = ps.stats()
             assert (stats.gaps, stats.disconnects, stats.connects) == (1, 1, 2)
             assert ps.registry.stats().gaps >= 1
@@ -201,7 +295,7 @@ async def test_cancelled_consumer_leaves_nothing_subscribed(own_server: LocalSer
 
             async def consumer() -> None:
                 nonlocal received
-                async with _pubsub(r, registry=registry, buffer=4) as ps:
+                async with r.pubsub(registry=registry, buffer=4) as ps:
                     await ps.subscribe(channel)
                     await ps.ssubscribe(channel + ":s")
                     async for message in ps:
@@ -245,10 +339,10 @@ async def test_bound_on_pubsub_connections_is_enforced(local_server: LocalServer
         tag = _tag()
         registry = PubSubRegistry(max_connections=2)
         async with Client(local_server.host, local_server.port) as r:
-            async with _pubsub(r, registry=registry) as one, _pubsub(r, registry=registry) as two:
+            async with r.pubsub(registry=registry) as one, r.pubsub(registry=registry) as two:
                 await one.subscribe(f"{tag}:1")
                 await two.psubscribe(f"{tag}:*")
-                async with _pubsub(r, registry=registry) as three:
+                async with r.pubsub(registry=registry) as three:
                     with pytest.raises(PubSubLimitError, match="at most 2"):
                         await three.subscribe(f"{tag}:3")
                     assert not three.subscribed  # refused before anything changed
@@ -273,7 +367,7 @@ async def test_cluster_classic_pubsub_reaches_a_subscriber_on_another_node(
         channel = f"{_tag()}:classic"
         async with (
             ClusterClient(startup_nodes=local_cluster.startup_nodes[:1]) as rc,
-            _pubsub(rc) as ps,
+            rc.pubsub() as ps,
         ):
             await ps.subscribe(channel)
             await _expect(ps, "subscribe")
@@ -295,7 +389,7 @@ async def test_sharded_pubsub_across_three_shards(local_cluster: LocalCluster) -
         channels = _channels_on_every_shard(local_cluster, f"{_tag()}:s")
         async with (
             ClusterClient(startup_nodes=local_cluster.startup_nodes[:1]) as rc,
-            _pubsub(rc, ignore_subscribe_messages=True) as ps,
+            rc.pubsub(ignore_subscribe_messages=True) as ps,
         ):
             await ps.ssubscribe(*channels)
             owners = [await _owner(local_cluster, c) for c in channels]
@@ -306,15 +400,13 @@ async def test_sharded_pubsub_across_three_shards(local_cluster: LocalCluster) -
                     await trio.sleep(0.01)  # polling the owner: confirmations are filtered
             for i, channel in enumerate(channels):
                 assert await rc.spublish(channel, f"m{i}") == 1  # routed by slot
-            got = sorted(
-                (m["channel"], m["data"]) for m in [await ps.get_message() for _ in channels]
-            )
+            got = sorted((m["channel"], m["data"]) for m in [await _next(ps) for _ in channels])
             assert got == sorted((c.encode(), f"m{i}".encode()) for i, c in enumerate(channels))
             await ps.sunsubscribe(channels[0])
             while (await owners[0].execute("PUBSUB", "SHARDNUMSUB", channels[0]))[1]:  # noqa: ASYNC110 - polls the server
                 await trio.sleep(0.01)
             assert await rc.spublish(channels[0], "gone") == 0
-            assert ps.shard_channels == {c.encode() for c in channels[1:]}
+            assert ps.shard_channels == {c.encode(): None for c in channels[1:]}
 
 
 async def test_sharded_connection_killed_on_one_shard(local_cluster: LocalCluster) -> None:
@@ -322,7 +414,7 @@ async def test_sharded_connection_killed_on_one_shard(local_cluster: LocalCluste
         channels = _channels_on_every_shard(local_cluster, f"{_tag()}:k")
         async with (
             ClusterClient(startup_nodes=local_cluster.startup_nodes[:1]) as rc,
-            _pubsub(rc) as ps,
+            rc.pubsub() as ps,
         ):
             await ps.ssubscribe(*channels)
             for _ in channels:
@@ -347,11 +439,11 @@ async def test_failover_of_a_primary_resubscribes_after_promotion() -> None:
     ) as cluster:
         with trio.fail_after(15):
             channels = _channels_on_every_shard(cluster, f"{_tag()}:f")
-            async with ClusterClient(startup_nodes=cluster.startup_nodes) as rc, _pubsub(rc) as ps:
+            async with ClusterClient(startup_nodes=cluster.startup_nodes) as rc, rc.pubsub() as ps:
                 await ps.ssubscribe(*channels)
                 await ps.subscribe("classic")
                 # Four connections confirm in any order: wait for all four confirmations.
-                confirmed = {(await ps.get_message())["channel"] for _ in range(4)}
+                confirmed = {(await _next(ps))["channel"] for _ in range(4)}
                 assert confirmed == {b"classic", *(c.encode() for c in channels)}
                 # Kill the primary that carries the classic connection: both kinds of
                 # subscription must come back, on other nodes.
@@ -366,7 +458,7 @@ async def test_failover_of_a_primary_resubscribes_after_promotion() -> None:
                 seen: list[dict[str, Any]] = []
                 back = {"subscribe": False, "ssubscribe": False}
                 while not all(back.values()):
-                    message = await ps.get_message()
+                    message = await _next(ps)
                     seen.append(message)
                     if message["type"] == "subscribe" and message["channel"] == b"classic":
                         back["subscribe"] = True
@@ -384,7 +476,7 @@ async def test_failover_of_a_primary_resubscribes_after_promotion() -> None:
                 # PUBLISH counts the receivers of the node it ran on only: the subscriber
                 # may be elsewhere, so the proof is the message arriving.
                 await rc.publish("classic", "c")
-                got = {(await ps.get_message())["data"] for _ in range(len(channels) + 1)}
+                got = {(await _next(ps))["data"] for _ in range(len(channels) + 1)}
                 assert got == {b"m0", b"m1", b"m2", b"c"}
                 stats = ps.stats()
                 assert stats.gaps == 2 and stats.disconnects == 2
@@ -407,7 +499,7 @@ async def test_slot_move_resubscribes_on_the_new_owner() -> None:
         with trio.fail_after(15):
             channel = f"{_tag()}:moving"
             slot = key_slot(channel.encode())
-            async with ClusterClient(startup_nodes=cluster.startup_nodes) as rc, _pubsub(rc) as ps:
+            async with ClusterClient(startup_nodes=cluster.startup_nodes) as rc, rc.pubsub() as ps:
                 await ps.ssubscribe(channel)
                 await _expect(ps, "ssubscribe")
                 source = await _owner(cluster, channel)
@@ -432,7 +524,7 @@ async def test_ssubscribe_over_the_bound_changes_nothing(local_cluster: LocalClu
         registry = PubSubRegistry(max_connections=2)
         async with (
             ClusterClient(startup_nodes=local_cluster.startup_nodes[:1]) as rc,
-            _pubsub(rc, registry=registry) as ps,
+            rc.pubsub(registry=registry) as ps,
         ):
             with pytest.raises(PubSubLimitError):
                 await ps.ssubscribe(*channels)  # needs three connections
@@ -456,7 +548,7 @@ async def test_ssubscribe_moved_updates_the_clients_slot_map() -> None:
         with trio.fail_after(15):
             channel = f"{_tag()}:redirected"
             slot = key_slot(channel.encode())
-            async with ClusterClient(startup_nodes=cluster.startup_nodes) as rc, _pubsub(rc) as ps:
+            async with ClusterClient(startup_nodes=cluster.startup_nodes) as rc, rc.pubsub() as ps:
                 source = await _owner(cluster, channel)
                 target = next(n for n in cluster.primaries if n is not source)
                 assert _routed_to(rc, slot) == source.address

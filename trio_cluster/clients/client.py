@@ -95,7 +95,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         self._dialer.attach(self._pool, maint)
         self._replies = self._encoding.reply_parser(protocol)
         self._shown_url: str | None = None
-        self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
+        self.pubsub_registry = PubSubRegistry(max_pubsub_connections)
 
     def __repr__(self) -> str:
         where = self._shown_url or self._dialer.config.address

@@ -27,7 +27,7 @@ from ..wire.encoding import Encoding
 from .lock import Lock
 from .monitor import Monitor
 from .pipelinebase import Script
-from .pubsub import PubSub, PubSubRegistry, PubSubStats
+from .pubsub import PubSub, PubSubRegistry, PubSubStats, ShardMap
 
 __all__ = ["ClientBase"]
 
@@ -46,7 +46,9 @@ class ClientBase(NurseryOwner):
     # redis-py's command protocol declares it (an abstract member for type checkers);
     # nothing here dispatches redis-py events.
     _event_dispatcher: Any = None
-    _pubsub_registry: PubSubRegistry
+    pubsub_registry: PubSubRegistry
+    """The bound on this client's pub/sub connections and their counters, shared by all its
+    PubSubs (``max_pubsub_connections``)."""
     _replies: ReplyParser
     _shown_url: str | None
     _watchdog: Watchdog
@@ -93,15 +95,20 @@ class ClientBase(NurseryOwner):
         """Queue commands, sent together (``transaction=True``: MULTI/EXEC)."""
         raise NotImplementedError
 
+    @property
+    def pubsub_shards(self) -> ShardMap | None:
+        """What places a PubSub's subscriptions on a cluster (its slot map); None for one
+        node."""
+        return None
+
     def pubsub(self, **options: Any) -> PubSub:
         """Subscriptions on dedicated connections, outside the command pool (see
         ``docs/pubsub.md``): ``async with client.pubsub() as p: await p.subscribe("ch")``."""
-        options.setdefault("registry", self._pubsub_registry)
         return PubSub(self, **options)
 
     def pubsub_stats(self) -> PubSubStats:
         """Pub/sub connections (open, bound) and their counters, over every PubSub."""
-        return self._pubsub_registry.stats()
+        return self.pubsub_registry.stats()
 
     def maintenance_stats(self) -> dict[str, Any]:
         """Handoffs and re-authentications done and failed, relaxed connections, notifications

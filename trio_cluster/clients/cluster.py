@@ -164,7 +164,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         )
         self._fanout = FanOut(self.router, self._replies)
         self._shown_url: str | None = None
-        self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
+        self.pubsub_registry = PubSubRegistry(max_pubsub_connections)
         self._errors: Counter[str] = Counter()
         self._retired_rejections = 0
 
@@ -393,6 +393,11 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
     def topology(self) -> Topology:
         """The slot map the client is routing by."""
         return self.slot_map.topology
+
+    @property
+    def pubsub_shards(self) -> SlotMap:
+        """The slot map: it places a PubSub's classic connection and shard channels."""
+        return self.slot_map
 
     def breaker_state(self, name: str) -> BreakerState:
         """The breaker state of node ``host:port``."""
