@@ -27,9 +27,10 @@ from typing import Any, Final
 import outcome
 import trio
 
+from faults.errors import ToxiproxyError
 from faults.logs import event
 from faults.metrics import Metrics
-from faults.model import ApiError, Toxic
+from faults.model import Toxic
 from faults.toxics import HANDLERS, Chunk
 
 __all__ = ["Connection", "Proxy", "bind_listener", "resolve_listen"]
@@ -47,13 +48,13 @@ def _split_host_port(addr: str, kind: str) -> tuple[str, str]:
     if addr.startswith("["):
         end = addr.find("]")
         if end < 0 or not addr[end + 1 :].startswith(":"):
-            raise ApiError(500, f"{kind} tcp: address {addr}: missing port in address")
+            raise ToxiproxyError(500, f"{kind} tcp: address {addr}: missing port in address")
         return addr[1:end], addr[end + 2 :]
     host, sep, port = addr.rpartition(":")
     if not sep:
-        raise ApiError(500, f"{kind} tcp: address {addr}: missing port in address")
+        raise ToxiproxyError(500, f"{kind} tcp: address {addr}: missing port in address")
     if ":" in host:
-        raise ApiError(500, f"{kind} tcp: address {addr}: too many colons in address")
+        raise ToxiproxyError(500, f"{kind} tcp: address {addr}: too many colons in address")
     return host, port
 
 
@@ -79,9 +80,9 @@ async def resolve_listen(listen: str) -> tuple[int, str, int, str]:
     try:
         port = int(port_text) if port_text else 0
     except ValueError:
-        raise ApiError(500, f"listen tcp: lookup tcp/{port_text}: unknown port") from None
+        raise ToxiproxyError(500, f"listen tcp: lookup tcp/{port_text}: unknown port") from None
     if not 0 <= port <= 65535:
-        raise ApiError(500, f"listen tcp: address {port}: invalid port")
+        raise ToxiproxyError(500, f"listen tcp: address {port}: invalid port")
     if host in ("", "0.0.0.0", "::"):
         if stdsocket.has_ipv6:
             return stdsocket.AF_INET6, "::", port, _display(stdsocket.AF_INET6, "::", port)
@@ -89,7 +90,7 @@ async def resolve_listen(listen: str) -> tuple[int, str, int, str]:
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=stdsocket.SOCK_STREAM)
     except OSError:
-        raise ApiError(500, f"listen tcp: lookup {host}: no such host") from None
+        raise ToxiproxyError(500, f"listen tcp: lookup {host}: no such host") from None
     infos.sort(key=lambda info: info[0] != stdsocket.AF_INET)
     family, _, _, _, sockaddr = infos[0]
     ip = str(sockaddr[0])
@@ -109,7 +110,7 @@ async def bind_listener(listen: str) -> tuple[trio.socket.SocketType, str]:
     except OSError as exc:
         sock.close()
         reason = (exc.strerror or str(exc)).lower()
-        raise ApiError(500, f"listen tcp {display}: bind: {reason}") from None
+        raise ToxiproxyError(500, f"listen tcp {display}: bind: {reason}") from None
     real_port = sock.getsockname()[1]
     return sock, _display(family, host, real_port)
 
@@ -666,7 +667,7 @@ class Proxy:
                 upstream.close()
                 upstream = trio.socket.socket(family, stdsocket.SOCK_STREAM)
             await upstream.connect(sockaddr)
-        except (*_SOCKET_ERRORS, ApiError, ValueError, IndexError) as exc:
+        except (*_SOCKET_ERRORS, ToxiproxyError, ValueError, IndexError) as exc:
             # Upstream unreachable: the client just sees the connection close (Go behaviour).
             event(
                 log,

@@ -20,9 +20,10 @@ import trio
 
 from faults.api import Api, Response, request_id
 from faults.collection import ProxyCollection
+from faults.errors import ToxiproxyError
 from faults.logs import event
 from faults.metrics import Metrics
-from faults.model import ApiError, decode_body
+from faults.model import decode_body
 
 __all__ = ["ToxiproxyServer"]
 
@@ -119,7 +120,7 @@ class ToxiproxyServer:
             return
         try:
             _, doc = await self.collection.populate(decode_body(raw))
-        except ApiError as exc:
+        except ToxiproxyError as exc:
             event(log, logging.ERROR, "Failed to populate proxies from file", error=exc.message)
             return
         count = len(doc["proxies"] or [])

@@ -191,6 +191,19 @@ async def test_cli_reports_an_unreachable_server() -> None:
     )
 
 
+async def test_cli_reports_an_answer_that_is_not_toxiproxys(toxi: Toxiproxy) -> None:
+    # A path the server does not serve: its plain-text 404 is not an API error body.
+    commands = [[sys.executable, "-m", "faults", "cli"], *([[GO_CLI]] if GO_CLI else [])]
+    for command in commands:
+        status, stdout, stderr = await _run(command, toxi.url + "/elsewhere", ["list"])
+        assert (status, stdout, stderr) == (
+            1,
+            "",
+            "Failed to retrieve proxies: json: cannot unmarshal number into Go value of type "
+            "toxiproxy.ApiError\n",
+        ), command
+
+
 def _in_a_terminal(command: list[str]) -> bytes:
     """Run ``command`` with its stdout on a pseudo-terminal (Go colours only a terminal)."""
     import pty
