@@ -21,7 +21,8 @@ from faults.model import (
     proxy_input,
     toxic_from_json,
 )
-from faults.proxy import Proxy, resolve_listen
+from faults.proxy import Proxy
+from faults.sockets import resolve_listen
 
 __all__ = ["ProxyCollection"]
 

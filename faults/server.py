@@ -24,6 +24,7 @@ from faults.errors import ToxiproxyError
 from faults.logs import event
 from faults.metrics import Metrics
 from faults.model import decode_body
+from faults.sockets import accept, go_duration
 
 __all__ = ["ToxiproxyServer"]
 
@@ -93,13 +94,24 @@ class ToxiproxyServer:
                     "Starting Toxiproxy HTTP server",
                     address=f"{self.host}:{self.port}",
                 )
-                await nursery.start(
-                    trio.serve_listeners, lambda stream: self._serve_http(api, stream), listeners
-                )
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, api, listener.socket, nursery)
                 task_status.started()
         finally:
             if self.collection is not None:
                 self.collection.close()
+
+    async def _accept_loop(
+        self, api: Api, listener: trio.socket.SocketType, nursery: trio.Nursery
+    ) -> None:
+        """Serve each accepted connection in its own task.  Out of file descriptors, wait
+        and retry as Go's ``net/http`` does (5 ms doubling to 1 s), logging its line."""
+        try:
+            while True:
+                sock = await accept(listener, _log_accept_error)
+                nursery.start_soon(self._serve_http, api, trio.SocketStream(sock))
+        finally:
+            listener.close()
 
     async def _populate_from(self, path: str) -> None:
         """Populate at start from a JSON file, as Go's ``-config`` does: a failure is logged
@@ -251,6 +263,10 @@ class ToxiproxyServer:
             out = (out or b"") + (conn.send(h11.Data(data=resp.body)) or b"")
         out = (out or b"") + (conn.send(h11.EndOfMessage()) or b"")
         await stream.send_all(out)
+
+
+def _log_accept_error(error: str, delay: float) -> None:
+    event(log, logging.ERROR, f"http: Accept error: {error}; retrying in {go_duration(delay)}")
 
 
 def _protocol_error(exc: h11.RemoteProtocolError) -> bytes:

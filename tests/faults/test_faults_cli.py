@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from faults_helpers import HERE, REAL_CLI, Backend
+from faults_helpers import HERE, REAL_CLI, Backend, deadline
 
 from faults import Toxiproxy
 
@@ -170,11 +170,13 @@ async def _session(command: list[str], url: str, backend: Backend) -> None:
             assert _normalise(got_stdout) == stdout, args
 
 
+@deadline(50)  # 40 CLI processes, each starting trio
 async def test_cli_session_prints_what_go_cli_prints(toxi: Toxiproxy, backend: Backend) -> None:
     await _session([sys.executable, "-m", "faults", "cli"], toxi.url, backend)
 
 
 @pytest.mark.skipif(GO_CLI is None, reason="the Go toxiproxy-cli binary is not at hand")
+@deadline(50)
 async def test_go_cli_session_matches_the_transcript(toxi: Toxiproxy, backend: Backend) -> None:
     assert GO_CLI is not None
     await _session([GO_CLI], toxi.url, backend)

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 import trio
-from faults_helpers import Backend, embedded_only, http, read_exactly, read_until_eof
+from faults_helpers import Backend, embedded_only, http, read_exactly, read_until_eof, roundtrip
 
 from faults import Toxiproxy
 
@@ -27,13 +27,6 @@ async def add(
     **attrs: int,
 ) -> str:
     return await tp.add_toxic(proxy, toxic_type, stream=stream, toxicity=toxicity, attributes=attrs)
-
-
-async def roundtrip(stream: trio.SocketStream, payload: bytes) -> float:
-    start = trio.current_time()
-    await stream.send_all(payload)
-    assert await read_exactly(stream, len(payload)) == payload
-    return trio.current_time() - start
 
 
 async def test_echo_large_and_multipart(toxi: Toxiproxy, backend: Backend) -> None:
