@@ -22,7 +22,7 @@ import trio
 
 from faults.logs import event
 from faults.model import Toxic
-from faults.toxics import HANDLERS, Chunk
+from faults.toxics import HANDLERS, MS, Chunk, go_seconds
 
 if TYPE_CHECKING:
     from faults.proxy import Proxy
@@ -156,8 +156,10 @@ class Link:
     def _timeout_deadline(self) -> float:
         deadline = math.inf
         for t in self.chain:
-            if t.type == "timeout" and self.rolls.get(t.ident) and t.attributes["timeout"] > 0:
-                deadline = min(deadline, trio.current_time() + t.attributes["timeout"] / 1000)
+            if t.type == "timeout" and self.rolls.get(t.ident):
+                timeout = go_seconds(t.attributes["timeout"], MS)
+                if timeout > 0:  # as Go: no timer otherwise
+                    deadline = min(deadline, trio.current_time() + timeout)
         return deadline
 
     async def write_loop(self) -> None:
@@ -201,10 +203,10 @@ class Link:
             if not self.rolls.get(toxic.ident):
                 continue
             if toxic.type == "slow_close":
-                with trio.move_on_after(max(toxic.attributes["delay"], 0) / 1000):
+                with trio.move_on_after(max(go_seconds(toxic.attributes["delay"], MS), 0)):
                     await toxic.interrupt.wait()
             elif toxic.type == "reset_peer":
-                await trio.sleep(max(toxic.attributes["timeout"], 0) / 1000)
+                await trio.sleep(max(go_seconds(toxic.attributes["timeout"], MS), 0))
                 self.conn.close(reset=True)
                 return
         # Full close, as Toxiproxy does: the peer link then reads an error and closes too.

@@ -26,7 +26,7 @@ __all__ = [
     "bind_listener",
     "dial",
     "display",
-    "go_duration",
+    "go_duration_text",
     "os_error_text",
     "resolve_listen",
     "split_host_port",
@@ -156,7 +156,7 @@ async def dial(upstream: str) -> trio.socket.SocketType:
     return sock
 
 
-def go_duration(seconds: float) -> str:
+def go_duration_text(seconds: float) -> str:
     """A short duration as Go prints it (``5ms``, ``640ms``, ``1s``)."""
     return f"{seconds:g}s" if seconds >= 1 else f"{round(seconds * 1000)}ms"
 
