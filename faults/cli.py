@@ -316,11 +316,33 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"Incorrect Usage: {message}")
 
 
+#: Go's description of ``toxiproxy-cli toxic``: the toxics and their attributes.
+_TOXICS_HELP: Final = """\
+toxics and their attributes (-a key=value):
+  latency:     delay all data +/- jitter; latency=<ms>, jitter=<ms>
+  bandwidth:   limit to max KB/s; rate=<KB/s>
+  slow_close:  delay from closing; delay=<ms>
+  timeout:     stop all data and close after timeout; timeout=<ms>
+  reset_peer:  simulate TCP RESET (Connection reset by peer) on the connections, at once or
+               after a timeout; timeout=<ms>
+  slicer:      slice data into bits with optional delay; average_size=<bytes>,
+               size_variation=<bytes>, delay=<microseconds>
+  limit_data:  close the connection after some bytes; bytes=<count>
+  noop:        pass data through
+
+example: toxiproxy-cli toxic add -t latency -n myToxic -a latency=100 -a jitter=50 myProxy
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="toxiproxy-cli", description="Simulate network and system conditions", add_help=False
+        prog="toxiproxy-cli",
+        description="Simulate network and system conditions: drive a Toxiproxy server (Go's "
+        "or the embedded one) with toxiproxy-cli 2.12's commands, flags, output and errors.",
+        epilog="Run 'COMMAND --help' for a command's flags.",
+        add_help=False,
     )
-    parser.add_argument("--help", action="help", help="show help")
+    parser.add_argument("--help", action="help", help="show this help and exit")
     parser.add_argument(
         "--host",
         "-h",
@@ -329,52 +351,93 @@ def _parser() -> argparse.ArgumentParser:
         help='toxiproxy host to connect to (default: "http://localhost:8474") [$TOXIPROXY_URL]',
     )
     parser.add_argument(
-        "--version", "-v", action="version", version=f"toxiproxy-cli version {VERSION}"
+        "--version",
+        "-v",
+        action="version",
+        version=f"toxiproxy-cli version {VERSION}",
+        help="print the version and exit",
     )
-    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(
-        name: str, aliases: list[str], help_text: str, action: Any
+        name: str, aliases: list[str], help_text: str, action: Any, usage: str
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, aliases=aliases, help=help_text)
+        sub = commands.add_parser(
+            name, aliases=aliases, help=help_text, description=f"{help_text}: {usage}"
+        )
         sub.set_defaults(action=action, parser=sub)
         return sub
 
-    command("list", ["l", "li", "ls"], "list all proxies", _list)
+    def proxy_name(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("proxy", nargs="?", metavar="proxyName", help="the proxy's name")
+
+    command("list", ["l", "li", "ls"], "list all proxies", _list, "toxiproxy-cli list")
     for name, aliases, text, action in (
         ("inspect", ["i", "ins"], "inspect a single proxy", _inspect),
         ("toggle", ["tog"], "toggle enabled status on a proxy", _toggle),
         ("delete", ["d"], "delete a proxy", _delete),
     ):
-        command(name, aliases, text, action).add_argument("proxy", nargs="?")
-    create = command("create", ["c", "new"], "create a new proxy", _create)
+        proxy_name(command(name, aliases, text, action, f"toxiproxy-cli {name} <proxyName>"))
+    create = command(
+        "create",
+        ["c", "new"],
+        "create a new proxy",
+        _create,
+        "toxiproxy-cli create --listen <addr> --upstream <addr> <proxyName>",
+    )
     create.add_argument("--listen", "-l", "-listen", help="proxy will listen on this address")
     create.add_argument("--upstream", "-u", "-upstream", help="proxy will forward to this address")
-    create.add_argument("proxy", nargs="?")
+    proxy_name(create)
 
-    toxic = commands.add_parser("toxic", aliases=["t"], help="add, remove or update a toxic")
-    toxics = toxic.add_subparsers(dest="toxic_command", parser_class=_Parser)
+    toxic = commands.add_parser(
+        "toxic",
+        aliases=["t"],
+        help="add, remove or update a toxic",
+        description="add, remove or update a toxic",
+        epilog=_TOXICS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    toxics = toxic.add_subparsers(dest="toxic_command", metavar="COMMAND", parser_class=_Parser)
     add = toxics.add_parser("add", aliases=["a"], help="add a new toxic")
     add.set_defaults(action=_toxic_add)
     update = toxics.add_parser("update", aliases=["u"], help="update an enabled toxic")
     update.set_defaults(action=_toxic_update)
-    remove = toxics.add_parser("remove", aliases=["r", "delete", "d"], help="remove a toxic")
+    remove = toxics.add_parser(
+        "remove", aliases=["r", "delete", "d"], help="remove an enabled toxic"
+    )
     remove.set_defaults(action=_toxic_remove)
     for sub in (add, update, remove):
         sub.set_defaults(parser=sub)
         sub.add_argument("--toxicName", "-n", "-toxicName", help="name of the toxic")
-        sub.add_argument("proxy", nargs="?")
+        proxy_name(sub)
+    add.description = "add a new toxic (see 'toxiproxy-cli toxic --help' for the toxics)"
+    update.description = "update an enabled toxic's attributes or toxicity"
+    remove.description = "remove an enabled toxic"
     for sub in (add, update):
         sub.add_argument(
-            "--toxicity", "--tox", "-tox", "-toxicity", help="toxicity between 0 and 1"
+            "--toxicity",
+            "--tox",
+            "-tox",
+            "-toxicity",
+            help="toxicity of toxic should be a float between 0 and 1 (default: 1.0)",
         )
         sub.add_argument(
-            "--attribute", "-a", "-attribute", action="append", help="attribute key=value"
+            "--attribute",
+            "-a",
+            "-attribute",
+            action="append",
+            help="toxic attribute in key=value format (repeat for more)",
         )
-    add.add_argument("--type", "-t", "-type", help="type of toxic")
-    add.add_argument("--upstream", "-u", "-upstream", action="store_true", help="upstream toxic")
+    add.add_argument("--type", "-t", "-type", help="type of toxic (see 'toxic --help')")
     add.add_argument(
-        "--downstream", "-d", "-downstream", action="store_true", help="downstream toxic"
+        "--upstream", "-u", "-upstream", action="store_true", help="add toxic to upstream"
+    )
+    add.add_argument(
+        "--downstream",
+        "-d",
+        "-downstream",
+        action="store_true",
+        help="add toxic to downstream (the default)",
     )
     return parser
 
