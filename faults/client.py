@@ -13,8 +13,10 @@ not that JSON, raises ``ToxiproxyError`` with ``status`` None and Go's client te
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import ssl
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -105,18 +107,36 @@ class Toxiproxy:
         # As Go's client: a bare host:port means http.
         full = url if "://" in url else "http://" + url
         parts = urllib.parse.urlsplit(full)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"a Toxiproxy URL is http://host:port, not {url!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+            raise ValueError(
+                "a Toxiproxy URL is http://host:port (or https://), not one with scheme "
+                f"{parts.scheme!r}, host {parts.hostname!r}"
+            )
         self.url = full.rstrip("/")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = port or (443 if parts.scheme == "https" else 80)
         self.timeout = timeout
         self.user_agent = user_agent
-        self._netloc = parts.netloc
+        self._tls = parts.scheme == "https"
+        self._hostport = parts.netloc.rpartition("@")[2]
         self._prefix = parts.path.rstrip("/")
+        self._auth: str | None = None
+        # In error texts the password shows as Go's url.Redacted() shows it.
+        self._shown = self.url
+        if parts.username is not None:
+            userinfo = f"{parts.username}:{parts.password or ''}"
+            self._auth = (
+                "Basic " + base64.b64encode(urllib.parse.unquote(userinfo).encode()).decode()
+            )
+            if parts.password is not None:
+                self._shown = self.url.replace(f":{parts.password}@", ":xxxxx@", 1)
 
     def __repr__(self) -> str:
-        return f"Toxiproxy({self.url!r})"
+        return f"Toxiproxy({self._shown!r})"
 
     # --- one request ------------------------------------------------------------------------
 
@@ -141,14 +161,14 @@ class Toxiproxy:
     async def _exchange(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
         """One request and its whole answer: ``(status, body)``."""
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        where = f'{method.title()} "{self.url}{path}"'
+        where = f'{method.title()} "{self._shown}{path}"'
         try:
             with trio.fail_after(self.timeout):
                 return await self._send(method, self._prefix + path, data)
         except trio.TooSlowError:
             message = f"fail to request: {where}: no answer within {self.timeout:g} s"
         except OSError as exc:
-            message = f"fail to request: {where}: dial tcp {self._netloc}: {_reason(exc)}"
+            message = f"fail to request: {where}: dial tcp {self._hostport}: {_reason(exc)}"
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
             message = f"fail to request: {where}: {exc or 'connection closed'}"
         raise ToxiproxyError(None, message)
@@ -156,24 +176,31 @@ class Toxiproxy:
     async def _send(self, method: str, target: str, data: bytes) -> tuple[int, bytes]:
         conn = h11.Connection(h11.CLIENT)
         headers = [
-            ("Host", self._netloc),
+            ("Host", self._hostport),
             ("User-Agent", self.user_agent),
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(data))),
             ("Connection", "close"),
         ]
+        if self._auth is not None:
+            headers.append(("Authorization", self._auth))
         request = [conn.send(h11.Request(method=method, target=target, headers=headers))]
         if data:
             request.append(conn.send(h11.Data(data=data)))
         request.append(conn.send(h11.EndOfMessage()))
-        stream = await trio.open_tcp_stream(self.host, self.port)
+        stream: trio.abc.Stream
+        if self._tls:
+            context = ssl.create_default_context()
+            stream = await trio.open_ssl_over_tcp_stream(self.host, self.port, ssl_context=context)
+        else:
+            stream = await trio.open_tcp_stream(self.host, self.port)
         async with stream:
             await stream.send_all(b"".join(part or b"" for part in request))
             status, chunks, size = 0, [], 0
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(_RECV_SIZE))
+                    conn.receive_data(bytes(await stream.receive_some(_RECV_SIZE)))
                 elif isinstance(event, h11.Response):
                     status = event.status_code
                 elif isinstance(event, h11.Data):

@@ -122,8 +122,40 @@ async def test_clients_of_two_servers_work_side_by_side(toxi: Toxiproxy, backend
 
 def test_a_url_that_is_not_http_is_refused() -> None:
     with pytest.raises(ValueError, match="http://host:port"):
-        Toxiproxy("https://127.0.0.1:8474")
+        Toxiproxy("ftp://127.0.0.1:8474")
+    with pytest.raises(ValueError, match="http://host:port"):
+        Toxiproxy("http://127.0.0.1:port")
     assert Toxiproxy("127.0.0.1:8474").url == "http://127.0.0.1:8474"  # as Go's client
+
+
+async def test_credentials_in_the_url_are_sent_and_never_shown(nursery: trio.Nursery) -> None:
+    seen: list[bytes] = []
+
+    async def answer(stream: trio.SocketStream) -> None:
+        seen.append(await stream.receive_some(65536))
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    client = Toxiproxy(f"http://me:s3cret@127.0.0.1:{port}")
+    assert await client.proxies() == {}
+    head = seen[0].decode()
+    assert f"Host: 127.0.0.1:{port}\r\n" in head
+    assert "Authorization: Basic bWU6czNjcmV0\r\n" in head  # me:s3cret
+    with socket_bound() as closed:
+        refused = Toxiproxy(f"http://me:s3cret@127.0.0.1:{closed}")
+        with pytest.raises(ToxiproxyError) as info:
+            await refused.reset()
+    assert "s3cret" not in str(info.value) + repr(refused)
+    assert f'"http://me:xxxxx@127.0.0.1:{closed}/reset"' in str(info.value)  # Go's redaction
+
+
+async def test_https_speaks_tls(toxi: Toxiproxy) -> None:
+    # A plain-HTTP server behind an https:// URL: the TLS handshake fails, as an API error.
+    client = Toxiproxy(toxi.url.replace("http://", "https://"), timeout=5)
+    with pytest.raises(ToxiproxyError) as info:
+        await client.proxies()
+    assert info.value.status is None and str(info.value).startswith("fail to request: Get")
 
 
 class socket_bound:
