@@ -1,10 +1,11 @@
 """The embedded Toxiproxy-compatible server: HTTP/1.1 over h11 on trio, plus its proxies.
 
-``ToxiproxyServer.run`` serves until cancelled; it owns one nursery holding the API listener,
-one task per HTTP connection and every proxy.  Answers are written as Go's ``net/http``
-writes them: reason phrase, the handler's headers sorted, then ``Date`` and
-``Content-Length``; a request must arrive whole within Go's ``ReadTimeout`` (15 s from the
-connection's start, or from the first byte after an idle keep-alive wait).
+``ToxiproxyServer.run`` serves until cancelled; it owns one nursery holding the API's accept
+loop (which outlasts running out of fds as Go's does), one task per HTTP connection and every
+proxy.  Answers are written as Go's ``net/http`` writes them: reason phrase, the handler's
+headers sorted, then ``Date`` and ``Content-Length``; a request must arrive whole within Go's
+``ReadTimeout`` (15 s from the connection's start, or from the first byte after an idle
+keep-alive wait), and a head over Go's limit is answered 431.
 """
 
 from __future__ import annotations
