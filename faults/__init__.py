@@ -3,12 +3,13 @@
 * an embedded Toxiproxy 2.12-compatible server (``python -m faults serve``,
   ``faults.server.ToxiproxyServer``, ``faults.embedded.EmbeddedToxiproxy``) and a
   ``toxiproxy-cli`` work-alike (``python -m faults cli``);
-* an async client over ``toxiproxy-python`` (``faults.client.Toxiproxy``) and trio fault
-  context managers over one node or many (``faults.nodes``);
+* a trio client of the Toxiproxy HTTP API (``faults.client.Toxiproxy``; its one error is
+  ``ToxiproxyError``) and trio fault context managers over one node or many
+  (``faults.nodes``);
 * maintenance-notification injection in front of a real Redis/Valkey (``faults.inject``).
 
 The names below are imported on first use, so ``python -m faults cli`` starts without
-loading trio, requests or the server.
+loading the server.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from faults.client import ProxyInfo, Toxiproxy, ToxiproxyError
+    from faults.client import ProxyInfo, Toxiproxy
     from faults.embedded import EmbeddedToxiproxy
+    from faults.errors import ToxiproxyError
     from faults.server import ToxiproxyServer
 
 __all__ = ["EmbeddedToxiproxy", "ProxyInfo", "Toxiproxy", "ToxiproxyError", "ToxiproxyServer"]
@@ -27,7 +29,7 @@ _HOMES = {
     "EmbeddedToxiproxy": "faults.embedded",
     "ProxyInfo": "faults.client",
     "Toxiproxy": "faults.client",
-    "ToxiproxyError": "faults.client",
+    "ToxiproxyError": "faults.errors",
     "ToxiproxyServer": "faults.server",
 }
 

@@ -1,19 +1,22 @@
-"""``python -m faults serve|cli|version``.
+"""``python -m faults serve|cli|version`` (also the ``faults`` console script).
 
 ``serve`` runs the embedded server with the Go server's flags (``-host``, ``-port``,
 ``-config``, ``-seed``, ``-proxy-metrics``, ``-runtime-metrics``, ``-version``; the
 ``--double-dash`` spellings work too) plus ``-log-level`` (default: Go's ``LOG_LEVEL``
 environment variable, else every level, as Go prints).  ``cli`` is ``toxiproxy-cli``
-(see ``faults.cli``).
+(see ``faults.cli``).  Both need the ``chaos`` extra (h11, prometheus_client): without it a
+command exits 2 with one line that says what to install, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
 import sys
+from typing import Final
 
 from faults.version import VERSION
 
@@ -22,35 +25,60 @@ log = logging.getLogger("faults.server")
 
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m faults serve", description="run a Toxiproxy 2.12-compatible server"
-    )
-    parser.add_argument("-host", "--host", default="localhost", help="API host (Go: -host)")
-    parser.add_argument("-port", "--port", type=int, default=8474, help="API port (Go: -port)")
-    parser.add_argument(
-        "-config", "--config", default=None, help="JSON file of proxies to create on startup"
+        prog=f"{_prog()} serve",
+        description="Run a Toxiproxy 2.12-compatible server: its HTTP API on -host:-port, "
+        "TCP proxies with every built-in toxic, Go's JSON log lines on stdout.  Go's "
+        "toxiproxy-server flags, in its single-dash spelling or with two dashes.",
     )
     parser.add_argument(
-        "-seed", "--seed", type=int, default=None, help="seed for randomizing toxics with"
+        "-host",
+        "--host",
+        default="localhost",
+        help="host for toxiproxy's API to listen on (default: localhost)",
+    )
+    parser.add_argument(
+        "-port",
+        "--port",
+        type=int,
+        default=8474,
+        help="port for toxiproxy's API to listen on (default: 8474)",
+    )
+    parser.add_argument(
+        "-config",
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="JSON file containing proxies to create on startup",
+    )
+    parser.add_argument(
+        "-seed",
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for randomizing toxics with (default: random)",
     )
     parser.add_argument(
         "-proxy-metrics",
         "--proxy-metrics",
         action="store_true",
-        help="enable toxiproxy-specific prometheus metrics",
+        help="enable toxiproxy-specific prometheus metrics on GET /metrics",
     )
     parser.add_argument(
         "-runtime-metrics",
         "--runtime-metrics",
         action="store_true",
-        help="enable runtime-related prometheus metrics",
+        help="enable runtime-related prometheus metrics on GET /metrics",
     )
     parser.add_argument(
         "-log-level",
         "--log-level",
         default=os.environ.get("LOG_LEVEL", "trace"),
+        metavar="LEVEL",
         help="trace, debug, info, warn or error (default: $LOG_LEVEL, else trace, as Go)",
     )
-    parser.add_argument("-version", "--version", action="store_true", help="print the version")
+    parser.add_argument(
+        "-version", "--version", action="store_true", help="print the version and exit"
+    )
     return parser
 
 
@@ -96,25 +124,74 @@ def serve(argv: list[str]) -> int:
     return 0
 
 
+def _prog() -> str:
+    """``faults`` when run as the console script, else ``python -m faults``."""
+    return "python -m faults" if sys.argv[0].endswith("__main__.py") else "faults"
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The top-level help (each command parses its own flags, Go's single-dash ones)."""
+    parser = argparse.ArgumentParser(
+        prog=_prog(),
+        description="Fault injection for trio-cluster: a Toxiproxy 2.12-compatible server "
+        "and a toxiproxy-cli work-alike, interchangeable with Go's Toxiproxy.",
+        epilog=f"Run '{_prog()} COMMAND --help' for a command's flags.  The commands need "
+        "the chaos extra: pip install 'trio-cluster[chaos]'.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in (
+        ("serve", "run the server (Go's toxiproxy-server flags)"),
+        (
+            "cli",
+            "toxiproxy-cli: list, inspect, create, toggle and delete proxies; add, update and "
+            "remove toxics",
+        ),
+        ("version", "print the Toxiproxy version the server and CLI imitate"),
+    ):
+        commands.add_parser(name, help=text, description=text)
+    return parser
+
+
+#: The optional dependencies (the ``chaos`` extra) each command imports.
+_NEEDS: Final = {"serve": ("h11", "prometheus_client"), "cli": ("h11",)}
+_EXTRA: Final = "pip install 'trio-cluster[chaos]'"
+
+
+def _missing(command: str) -> str | None:
+    """Why ``command`` cannot run (a dependency that does not import), or None."""
+    for name in _NEEDS.get(command, ()):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            return f"{_prog()} {command}: cannot import {name} ({exc}); install it: {_EXTRA}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to ``serve``, ``cli`` or ``version``."""
+    """Dispatch to ``serve``, ``cli`` or ``version``; a missing dependency exits 2, saying
+    which extra to install."""
     args = sys.argv[1:] if argv is None else argv
-    usage = "usage: python -m faults {serve,cli,version} [options]"
+    parser = _parser()
     if not args or args[0] in ("-h", "--help"):
-        print(usage)
+        parser.print_help(sys.stdout if args else sys.stderr)
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command not in ("serve", "cli", "version"):
+        parser.print_usage(sys.stderr)
+        print(f"{_prog()}: unknown command {command!r}", file=sys.stderr)
+        return 2
+    problem = _missing(command)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     if command == "serve":
         return serve(rest)
     if command == "cli":
         from faults import cli
 
         return cli.main(rest)
-    if command == "version":
-        print(VERSION)
-        return 0
-    print(f"{usage}\nunknown command {command!r}", file=sys.stderr)
-    return 2
+    print(VERSION)
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from faults.collection import ProxyCollection
+from faults.errors import ToxiproxyError
 from faults.logs import event
 from faults.metrics import CONTENT_TYPE, Metrics
-from faults.model import ApiError, decode_body, dumps
+from faults.model import decode_body, dumps
 from faults.version import VERSION
 
 __all__ = ["VERSION", "Api", "Response"]
@@ -46,9 +47,13 @@ def _json(status: int, doc: Any) -> Response:
     return Response(status, dumps(doc).encode(), [("Content-Type", _JSON)])
 
 
-def _error(exc: ApiError) -> Response:
+def _error(exc: ToxiproxyError) -> Response:
+    """The error answer exactly as Go's ``http.Error`` writes it (JSON and a newline)."""
+    doc: dict[str, Any] = {"error": exc.message, "status": exc.status, **exc.extra}
     return Response(
-        exc.status, exc.body(), [("Content-Type", _TEXT), ("X-Content-Type-Options", "nosniff")]
+        exc.status or 500,
+        dumps(doc).encode() + b"\n",
+        [("Content-Type", _TEXT), ("X-Content-Type-Options", "nosniff")],
     )
 
 
@@ -168,7 +173,7 @@ class Api:
             )
         try:
             return await handler(params, body)
-        except ApiError as exc:
+        except ToxiproxyError as exc:
             if exc.status == 500:
                 event(
                     log,
@@ -179,7 +184,7 @@ class Api:
             return _error(exc)
         except Exception as exc:  # a bug must not take the server down: report a 500
             log.exception("internal error answering %s", name)
-            return _error(ApiError(500, f"internal error: {exc!r}"))
+            return _error(ToxiproxyError(500, f"internal error: {exc!r}"))
 
     async def _reset(self, params: dict[str, str], body: bytes) -> Response:
         await self.collection.reset()
@@ -194,12 +199,12 @@ class Api:
     async def _populate(self, params: dict[str, str], body: bytes) -> Response:
         try:
             status, doc = await self.collection.populate(decode_body(body))
-        except ApiError as exc:
+        except ToxiproxyError as exc:
             # Go answers every populate error as JSON (not http.Error: no newline) with the
             # proxies created so far, or null.
             doc = {"error": exc.message, "status": exc.status}
             doc["proxies"] = exc.extra.get("proxies") or None
-            return _json(exc.status, doc)
+            return _json(exc.status or 500, doc)
         return _json(status, doc)
 
     async def _proxy_show(self, params: dict[str, str], body: bytes) -> Response:

@@ -5,23 +5,23 @@ Same commands and aliases (``list``, ``inspect``, ``create``, ``toggle``, ``dele
 ``--listen``/``-l``, ``--upstream``/``-u``, ``--toxicName``/``-n``, ``--type``/``-t``,
 ``--toxicity``/``--tox``, ``--attribute``/``-a key=value``, ``--upstream``/``--downstream``),
 same output on stdout (plain when piped, coloured on a terminal), same error messages on
-stderr and exit status 1.  It talks HTTP to any Toxiproxy, embedded or Go.
+stderr and exit status 1.  It talks to any Toxiproxy, embedded or Go, through
+``faults.client.Toxiproxy`` (with ``toxiproxy-cli``'s User-Agent), under ``trio.run``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable
 from typing import Any, Final, NoReturn, TypeVar
 
+import trio
+
+from faults.client import Toxiproxy, ToxiproxyError
 from faults.version import VERSION
 
 __all__ = ["CliError", "main"]
@@ -45,13 +45,6 @@ class CliError(Exception):
         self.usage = usage
 
 
-class _ApiError(Exception):
-    """A non-2xx answer, rendered as the Go client renders it."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-
-
 def _go_float(value: float) -> str:
     """A float64 as Go's ``fmt.Print`` writes it (``100``, ``1.5``, ``1e+06``)."""
     if value == 0:
@@ -68,44 +61,17 @@ def _go_float(value: float) -> str:
     return f"{mantissa}e{sign}{digits.zfill(2)}"
 
 
-class _Client:
-    """The Go client's requests: JSON in, JSON out, errors as ``HTTP <code>: <message>``."""
+def _client(host: str) -> Toxiproxy:
+    """The API client, sending ``toxiproxy-cli``'s User-Agent (30 s per call, as Go's)."""
+    arch = _MACHINE.get(platform.machine(), platform.machine())
+    agent = f"toxiproxy-cli/{VERSION} ({sys.platform}/{arch})"
+    return Toxiproxy(host, timeout=30.0, user_agent=agent)
 
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint.rstrip("/")
-        arch = _MACHINE.get(platform.machine(), platform.machine())
-        self.agent = f"toxiproxy-cli/{VERSION} ({sys.platform}/{arch})"
 
-    def send(self, verb: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        request = urllib.request.Request(self.endpoint + path, data=data, method=verb)
-        request.add_header("User-Agent", self.agent)
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            try:
-                doc = json.loads(exc.read() or b"null")
-            except ValueError:
-                doc = None
-            if isinstance(doc, dict):
-                raise _ApiError(int(doc.get("status", 0) or 0), str(doc.get("error", ""))) from None
-            raise _ApiError(exc.code, f"Unexpected response code {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if isinstance(reason, OSError) and reason.strerror:
-                host = urllib.parse.urlsplit(self.endpoint).netloc
-                reason = f"dial tcp {host}: connect: {reason.strerror.lower()}"
-            raise ConnectionError(
-                f'fail to request: {verb.title()} "{self.endpoint}{path}": {reason}'
-            ) from None
-        return json.loads(raw) if raw.strip() else None
-
-    def proxy(self, name: str) -> dict[str, Any]:
-        doc = self.send("GET", "/proxies/" + name)
-        assert isinstance(doc, dict)
-        return doc
+async def _proxy(client: Toxiproxy, name: str) -> dict[str, Any]:
+    doc = await client.request("GET", "/proxies/" + name)
+    assert isinstance(doc, dict)
+    return doc
 
 
 class _Output:
@@ -134,19 +100,18 @@ def _enabled_color(out: _Output, enabled: bool) -> str:
     return out.color(GREEN if enabled else RED)
 
 
-def _api(failure: str, call: Callable[[], T], end: str = "\n") -> T:
-    """``call()``; an API error or an unreachable server becomes the command's failure,
+async def _api(failure: str, call: Awaitable[T], end: str = "\n") -> T:
+    """``await call``; an API error or an unreachable server becomes the command's failure,
     ``CliError("<failure>: <error><end>")`` (toxiproxy-cli's wording)."""
     try:
-        return call()
-    except (_ApiError, ConnectionError) as exc:
+        return await call
+    except ToxiproxyError as exc:
         raise CliError(f"{failure}: {exc}{end}") from None
 
 
-def _list(client: _Client, out: _Output, args: argparse.Namespace) -> None:
-    proxies = _api(
-        "Failed to retrieve proxies", lambda: client.send("GET", "/proxies") or {}, end=""
-    )
+async def _list(client: Toxiproxy, out: _Output, args: argparse.Namespace) -> None:
+    found = await _api("Failed to retrieve proxies", client.request("GET", "/proxies"), end="")
+    proxies: dict[str, Any] = found or {}
     if out.tty:
         out.write(
             f"{out.color(GREEN)}Name\t\t\t{out.color(BLUE)}Listen\t\t{out.color(YELLOW)}"
@@ -196,9 +161,9 @@ def _required_name(args: argparse.Namespace, message: str) -> str:
     return str(args.proxy)
 
 
-def _inspect(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+async def _inspect(client: Toxiproxy, out: _Output, args: argparse.Namespace) -> None:
     name = _required_name(args, "Proxy name is required as the first argument.\n")
-    proxy = _api(f"Failed to retrieve proxy {name}", lambda: client.proxy(name))
+    proxy = await _api(f"Failed to retrieve proxy {name}", _proxy(client, name))
     toxics = proxy.get("toxics") or []
     if not out.tty:
         _list_toxics(out, toxics, "")
@@ -216,14 +181,14 @@ def _inspect(client: _Client, out: _Output, args: argparse.Namespace) -> None:
     out.hint("add a toxic with `toxiproxy-cli toxic add`")
 
 
-def _toggle(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+async def _toggle(client: Toxiproxy, out: _Output, args: argparse.Namespace) -> None:
     name = _required_name(args, "Proxy name is required as the first argument.\n")
-    proxy = _api(f"Failed to retrieve proxy {name}", lambda: client.proxy(name))
+    proxy = await _api(f"Failed to retrieve proxy {name}", _proxy(client, name))
     body = {k: proxy[k] for k in ("name", "listen", "upstream")}
     body["enabled"] = not proxy["enabled"]
     body["toxics"] = proxy.get("toxics")
-    saved = _api(
-        f"Failed to toggle proxy {name}", lambda: client.send("POST", "/proxies/" + name, body)
+    saved = await _api(
+        f"Failed to toggle proxy {name}", client.request("POST", "/proxies/" + name, body)
     )
     enabled = bool(saved["enabled"])
     col = _enabled_color(out, enabled)
@@ -237,19 +202,19 @@ def _required_flag(value: str | None, flag: str) -> str:
     return value
 
 
-def _create(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+async def _create(client: Toxiproxy, out: _Output, args: argparse.Namespace) -> None:
     name = _required_name(args, "Proxy name is required as the first argument.\n")
     listen = _required_flag(args.listen, "listen")
     upstream = _required_flag(args.upstream, "upstream")
     body = {"name": name, "listen": listen, "upstream": upstream, "enabled": True, "toxics": None}
-    _api("Failed to create proxy: Create", lambda: client.send("POST", "/proxies", body))
+    await _api("Failed to create proxy: Create", client.request("POST", "/proxies", body))
     out.write(f"Created new proxy {name}\n")
 
 
-def _delete(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+async def _delete(client: Toxiproxy, out: _Output, args: argparse.Namespace) -> None:
     name = _required_name(args, "Proxy name is required as the first argument.\n")
-    _api(f"Failed to retrieve proxy {name}", lambda: client.proxy(name))
-    _api("Failed to delete proxy: Delete", lambda: client.send("DELETE", "/proxies/" + name))
+    await _api(f"Failed to retrieve proxy {name}", _proxy(client, name))
+    await _api("Failed to delete proxy: Delete", client.request("DELETE", "/proxies/" + name))
     out.write(f"Deleted proxy {name}\n")
 
 
@@ -288,7 +253,7 @@ def _dumps_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _toxic_add(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+async def _toxic_add(client: Toxiproxy, out: _Output, args: argparse.Namespace) -> None:
     proxy = _required_name(args, "Proxy name is missing.\n")
     toxic_type = _required_flag(args.type, "type")
     if args.upstream and args.downstream:
@@ -302,13 +267,13 @@ def _toxic_add(client: _Client, out: _Output, args: argparse.Namespace) -> None:
         "toxicity": toxicity,
         "attributes": _dumps_attrs(_attributes(args)),
     }
-    _api(
+    await _api(
         f"Failed to add toxic: failed to retrieve proxy with name `{proxy}`",
-        lambda: client.proxy(proxy),
+        _proxy(client, proxy),
     )
-    toxic = _api(
+    toxic = await _api(
         f"Failed to add toxic: failed to add toxic to proxy {proxy}: AddToxic",
-        lambda: client.send("POST", f"/proxies/{proxy}/toxics", body),
+        client.request("POST", f"/proxies/{proxy}/toxics", body),
     )
     out.write(
         f"Added {toxic.get('stream', '')} {toxic['type']} toxic '{toxic['name']}' "
@@ -316,31 +281,31 @@ def _toxic_add(client: _Client, out: _Output, args: argparse.Namespace) -> None:
     )
 
 
-def _toxic_update(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+async def _toxic_update(client: Toxiproxy, out: _Output, args: argparse.Namespace) -> None:
     proxy = _required_name(args, "Proxy name is missing.\n")
     name = args.toxicName or ""
     body = {"attributes": _dumps_attrs(_attributes(args)), "toxicity": _toxicity(args)}
-    _api(
+    await _api(
         f"Failed to update toxic: failed to retrieve proxy with name `{proxy}`",
-        lambda: client.proxy(proxy),
+        _proxy(client, proxy),
     )
-    toxic = _api(
+    toxic = await _api(
         f"Failed to update toxic: failed to update toxic '{name}' of proxy '{proxy}'",
-        lambda: client.send("PATCH", f"/proxies/{proxy}/toxics/{name}", body),
+        client.request("PATCH", f"/proxies/{proxy}/toxics/{name}", body),
     )
     out.write(f"Updated toxic '{toxic['name']}' on proxy '{proxy}'\n")
 
 
-def _toxic_remove(client: _Client, out: _Output, args: argparse.Namespace) -> None:
+async def _toxic_remove(client: Toxiproxy, out: _Output, args: argparse.Namespace) -> None:
     proxy = _required_name(args, "Proxy name is missing.\n")
     name = args.toxicName or ""
-    _api(
+    await _api(
         f"Failed to remove toxic: failed to retrieve proxy with name `{proxy}`",
-        lambda: client.proxy(proxy),
+        _proxy(client, proxy),
     )
-    _api(
+    await _api(
         f"Failed to remove toxic: failed to remove toxic '{name}' from proxy '{proxy}'",
-        lambda: client.send("DELETE", f"/proxies/{proxy}/toxics/{name}"),
+        client.request("DELETE", f"/proxies/{proxy}/toxics/{name}"),
     )
     out.write(f"Removed toxic '{name}' on proxy '{proxy}'\n")
 
@@ -351,11 +316,33 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"Incorrect Usage: {message}")
 
 
+#: Go's description of ``toxiproxy-cli toxic``: the toxics and their attributes.
+_TOXICS_HELP: Final = """\
+toxics and their attributes (-a key=value):
+  latency:     delay all data +/- jitter; latency=<ms>, jitter=<ms>
+  bandwidth:   limit to max KB/s; rate=<KB/s>
+  slow_close:  delay from closing; delay=<ms>
+  timeout:     stop all data and close after timeout; timeout=<ms>
+  reset_peer:  simulate TCP RESET (Connection reset by peer) on the connections, at once or
+               after a timeout; timeout=<ms>
+  slicer:      slice data into bits with optional delay; average_size=<bytes>,
+               size_variation=<bytes>, delay=<microseconds>
+  limit_data:  close the connection after some bytes; bytes=<count>
+  noop:        pass data through
+
+example: toxiproxy-cli toxic add -t latency -n myToxic -a latency=100 -a jitter=50 myProxy
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="toxiproxy-cli", description="Simulate network and system conditions", add_help=False
+        prog="toxiproxy-cli",
+        description="Simulate network and system conditions: drive a Toxiproxy server (Go's "
+        "or the embedded one) with toxiproxy-cli 2.12's commands, flags, output and errors.",
+        epilog="Run 'COMMAND --help' for a command's flags.",
+        add_help=False,
     )
-    parser.add_argument("--help", action="help", help="show help")
+    parser.add_argument("--help", action="help", help="show this help and exit")
     parser.add_argument(
         "--host",
         "-h",
@@ -364,52 +351,93 @@ def _parser() -> argparse.ArgumentParser:
         help='toxiproxy host to connect to (default: "http://localhost:8474") [$TOXIPROXY_URL]',
     )
     parser.add_argument(
-        "--version", "-v", action="version", version=f"toxiproxy-cli version {VERSION}"
+        "--version",
+        "-v",
+        action="version",
+        version=f"toxiproxy-cli version {VERSION}",
+        help="print the version and exit",
     )
-    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(
-        name: str, aliases: list[str], help_text: str, action: Any
+        name: str, aliases: list[str], help_text: str, action: Any, usage: str
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, aliases=aliases, help=help_text)
+        sub = commands.add_parser(
+            name, aliases=aliases, help=help_text, description=f"{help_text}: {usage}"
+        )
         sub.set_defaults(action=action, parser=sub)
         return sub
 
-    command("list", ["l", "li", "ls"], "list all proxies", _list)
+    def proxy_name(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("proxy", nargs="?", metavar="proxyName", help="the proxy's name")
+
+    command("list", ["l", "li", "ls"], "list all proxies", _list, "toxiproxy-cli list")
     for name, aliases, text, action in (
         ("inspect", ["i", "ins"], "inspect a single proxy", _inspect),
         ("toggle", ["tog"], "toggle enabled status on a proxy", _toggle),
         ("delete", ["d"], "delete a proxy", _delete),
     ):
-        command(name, aliases, text, action).add_argument("proxy", nargs="?")
-    create = command("create", ["c", "new"], "create a new proxy", _create)
+        proxy_name(command(name, aliases, text, action, f"toxiproxy-cli {name} <proxyName>"))
+    create = command(
+        "create",
+        ["c", "new"],
+        "create a new proxy",
+        _create,
+        "toxiproxy-cli create --listen <addr> --upstream <addr> <proxyName>",
+    )
     create.add_argument("--listen", "-l", "-listen", help="proxy will listen on this address")
     create.add_argument("--upstream", "-u", "-upstream", help="proxy will forward to this address")
-    create.add_argument("proxy", nargs="?")
+    proxy_name(create)
 
-    toxic = commands.add_parser("toxic", aliases=["t"], help="add, remove or update a toxic")
-    toxics = toxic.add_subparsers(dest="toxic_command", parser_class=_Parser)
+    toxic = commands.add_parser(
+        "toxic",
+        aliases=["t"],
+        help="add, remove or update a toxic",
+        description="add, remove or update a toxic",
+        epilog=_TOXICS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    toxics = toxic.add_subparsers(dest="toxic_command", metavar="COMMAND", parser_class=_Parser)
     add = toxics.add_parser("add", aliases=["a"], help="add a new toxic")
     add.set_defaults(action=_toxic_add)
     update = toxics.add_parser("update", aliases=["u"], help="update an enabled toxic")
     update.set_defaults(action=_toxic_update)
-    remove = toxics.add_parser("remove", aliases=["r", "delete", "d"], help="remove a toxic")
+    remove = toxics.add_parser(
+        "remove", aliases=["r", "delete", "d"], help="remove an enabled toxic"
+    )
     remove.set_defaults(action=_toxic_remove)
     for sub in (add, update, remove):
         sub.set_defaults(parser=sub)
         sub.add_argument("--toxicName", "-n", "-toxicName", help="name of the toxic")
-        sub.add_argument("proxy", nargs="?")
+        proxy_name(sub)
+    add.description = "add a new toxic (see 'toxiproxy-cli toxic --help' for the toxics)"
+    update.description = "update an enabled toxic's attributes or toxicity"
+    remove.description = "remove an enabled toxic"
     for sub in (add, update):
         sub.add_argument(
-            "--toxicity", "--tox", "-tox", "-toxicity", help="toxicity between 0 and 1"
+            "--toxicity",
+            "--tox",
+            "-tox",
+            "-toxicity",
+            help="toxicity of toxic should be a float between 0 and 1 (default: 1.0)",
         )
         sub.add_argument(
-            "--attribute", "-a", "-attribute", action="append", help="attribute key=value"
+            "--attribute",
+            "-a",
+            "-attribute",
+            action="append",
+            help="toxic attribute in key=value format (repeat for more)",
         )
-    add.add_argument("--type", "-t", "-type", help="type of toxic")
-    add.add_argument("--upstream", "-u", "-upstream", action="store_true", help="upstream toxic")
+    add.add_argument("--type", "-t", "-type", help="type of toxic (see 'toxic --help')")
     add.add_argument(
-        "--downstream", "-d", "-downstream", action="store_true", help="downstream toxic"
+        "--upstream", "-u", "-upstream", action="store_true", help="add toxic to upstream"
+    )
+    add.add_argument(
+        "--downstream",
+        "-d",
+        "-downstream",
+        action="store_true",
+        help="add toxic to downstream (the default)",
     )
     return parser
 
@@ -423,7 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         if action is None:
             parser.print_help()
             return 0
-        action(_Client(args.host), _Output(), args)
+        try:
+            client = _client(args.host)
+        except ValueError as exc:
+            raise CliError(f"{exc}\n") from None
+        trio.run(action, client, _Output(), args)
     except CliError as exc:
         if exc.usage:
             args.parser.print_help()

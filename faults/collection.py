@@ -1,6 +1,6 @@
 """The set of proxies and every state-changing operation of the API, with Go's semantics.
 
-Operations raise ``ApiError`` for anything the client did wrong (or a bind failure), and
+Operations raise ``ToxiproxyError`` for anything the client did wrong (or a bind failure), and
 return plain JSON-ready values.  Proxies serve inside the collection's nursery, so they live
 exactly as long as the server that owns the collection.
 """
@@ -12,16 +12,17 @@ from typing import Any
 
 import trio
 
+from faults.errors import ToxiproxyError
 from faults.metrics import Metrics
 from faults.model import (
-    ApiError,
     ProxyInput,
     Toxic,
     populate_input,
     proxy_input,
     toxic_from_json,
 )
-from faults.proxy import Proxy, resolve_listen
+from faults.proxy import Proxy
+from faults.sockets import resolve_listen
 
 __all__ = ["ProxyCollection"]
 
@@ -43,7 +44,7 @@ class ProxyCollection:
         """The named proxy, or a 404."""
         proxy = self.proxies.get(name)
         if proxy is None:
-            raise ApiError(404, "proxy not found")
+            raise ToxiproxyError(404, "proxy not found")
         return proxy
 
     def index(self) -> dict[str, Any]:
@@ -53,9 +54,9 @@ class ProxyCollection:
     @staticmethod
     def _validate(entry: ProxyInput, suffix: str = "") -> None:
         if not entry.name:
-            raise ApiError(400, f"missing required field: name{suffix}")
+            raise ToxiproxyError(400, f"missing required field: name{suffix}")
         if not entry.upstream:
-            raise ApiError(400, f"missing required field: upstream{suffix}")
+            raise ToxiproxyError(400, f"missing required field: upstream{suffix}")
 
     async def _new(self, entry: ProxyInput) -> Proxy:
         proxy = Proxy(entry.name, entry.listen, entry.upstream, self.rng, self.metrics)
@@ -70,7 +71,7 @@ class ProxyCollection:
         self._validate(entry)
         async with self._lock:
             if entry.name in self.proxies:
-                raise ApiError(409, "proxy already exists")
+                raise ToxiproxyError(409, "proxy already exists")
             return (await self._new(entry)).to_json()
 
     async def _differs(self, proxy: Proxy, entry: ProxyInput) -> bool:
@@ -78,8 +79,8 @@ class ProxyCollection:
         ``net.ResolveTCPAddr``'s text (no ``listen tcp:`` prefix)."""
         try:
             _, _, port, display = await resolve_listen(entry.listen)
-        except ApiError as exc:
-            raise ApiError(exc.status, exc.message.removeprefix("listen tcp: ")) from None
+        except ToxiproxyError as exc:
+            raise ToxiproxyError(exc.status, exc.message.removeprefix("listen tcp: ")) from None
         return entry.upstream != proxy.upstream or port == 0 or display != proxy.listen
 
     async def update(self, name: str, doc: Any) -> dict[str, Any]:
@@ -122,8 +123,8 @@ class ProxyCollection:
         for number, entry in enumerate(entries, start=1):
             try:
                 self._validate(entry, f" at proxy {number}")
-            except ApiError as exc:
-                raise ApiError(exc.status, exc.message, proxies=None) from None
+            except ToxiproxyError as exc:
+                raise ToxiproxyError(exc.status, exc.message, proxies=None) from None
         done: list[dict[str, Any]] = []
         async with self._lock:
             for entry in entries:
@@ -136,8 +137,8 @@ class ProxyCollection:
                         existing.stop()
                         del self.proxies[entry.name]
                     done.append((await self._new(entry)).to_json())
-                except ApiError as exc:
-                    raise ApiError(exc.status, exc.message, proxies=done) from None
+                except ToxiproxyError as exc:
+                    raise ToxiproxyError(exc.status, exc.message, proxies=done) from None
         # Go's nil slice: an empty populate answers null.
         return 201, {"proxies": done or None}
 
@@ -147,7 +148,7 @@ class ProxyCollection:
         proxy = self.get(proxy_name)
         toxic = proxy.find_toxic(toxic_name)
         if toxic is None:
-            raise ApiError(404, "toxic not found")
+            raise ToxiproxyError(404, "toxic not found")
         return proxy, toxic
 
     def toxic_index(self, proxy_name: str) -> list[dict[str, Any]]:

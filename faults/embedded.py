@@ -5,30 +5,27 @@ from __future__ import annotations
 import trio
 
 from faults.client import Toxiproxy
+from faults.lifetime import TaskOwner
 from faults.server import ToxiproxyServer
-from trio_cluster.lifetime import NurseryOwner
 
 __all__ = ["EmbeddedToxiproxy"]
 
 
-class EmbeddedToxiproxy(NurseryOwner):
+class EmbeddedToxiproxy(TaskOwner):
     """Run a ``ToxiproxyServer`` in a nursery for the duration of an ``async with`` block.
 
-    Entering yields a ``Toxiproxy`` client handle bound to the server; ``.server`` gives the
-    server itself (its ``collection`` for white-box tests).  Leaving cancels the server, which
-    closes its listener, its proxies and every proxied connection.
+    Entering yields a ``Toxiproxy`` client bound to the server; ``.server`` gives the server
+    itself (its ``collection`` for white-box tests).  Leaving cancels the server, which closes
+    its listener, its proxies and every proxied connection.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, seed: int | None = None) -> None:
         self.server = ToxiproxyServer(host, port, seed=seed)
 
-    # Entering gives the client handle, not the object itself (hence the override).
+    # Entering gives the client, not the object itself (hence the override).
     async def __aenter__(self) -> Toxiproxy:  # type: ignore[override]
         await super().__aenter__()
         return Toxiproxy(self.server.url)
 
     async def _start(self, nursery: trio.Nursery) -> None:
         await nursery.start(self.server.run)
-
-    async def _stop(self) -> None:
-        """Nothing beyond the nursery's cancellation, which ends the server."""

@@ -27,8 +27,8 @@ from typing import Final
 
 import trio
 
+from faults.lifetime import TaskOwner
 from faults.resp import ProtocolError, frame_end, parse_command, push
-from trio_cluster.lifetime import NurseryOwner
 
 __all__ = ["ConnFilter", "InjectedConnection", "MaintInjector"]
 
@@ -88,7 +88,7 @@ def _select(
     return [c for c in conns if c.id in wanted]
 
 
-class MaintInjector(NurseryOwner):
+class MaintInjector(TaskOwner):
     """``async with MaintInjector(("127.0.0.1", 6379)) as inj:`` proxies and injects."""
 
     def __init__(
@@ -103,9 +103,6 @@ class MaintInjector(NurseryOwner):
     async def _start(self, nursery: trio.Nursery) -> None:
         for host, port in self._listen:
             await self.add_listener(host, port)
-
-    async def _stop(self) -> None:
-        """Nothing beyond the nursery's cancellation: it closes listeners and connections."""
 
     async def add_listener(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen on one more address for the same upstream; returns the real address."""

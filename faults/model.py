@@ -19,10 +19,10 @@ from typing import Any, Final
 import trio
 
 from faults import gojson
+from faults.errors import ToxiproxyError
 
 __all__ = [
     "TOXIC_ATTRIBUTES",
-    "ApiError",
     "ProxyInput",
     "Toxic",
     "decode_body",
@@ -48,24 +48,9 @@ TOXIC_ATTRIBUTES: Final[dict[str, tuple[str, ...]]] = {
 _toxic_ids = itertools.count(1)
 
 
-class ApiError(Exception):
-    """An error that the API reports to the client as ``{"error": msg, "status": code}``."""
-
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra
-
-    def body(self) -> bytes:
-        """The error body exactly as Go's ``http.Error`` writes it (with a trailing newline)."""
-        doc: dict[str, Any] = {"error": self.message, "status": self.status, **self.extra}
-        return dumps(doc).encode() + b"\n"
-
-
-def bad_body(detail: str) -> ApiError:
+def bad_body(detail: str) -> ToxiproxyError:
     """A 400 ``bad request body`` error with Go's decoder-style detail."""
-    return ApiError(400, f"bad request body: {detail}")
+    return ToxiproxyError(400, f"bad request body: {detail}")
 
 
 @dataclass(frozen=True)
@@ -177,7 +162,7 @@ def parse_stream(stream: str) -> str:
     """Normalise a stream name, case-insensitively, or raise the Go 400 for an invalid one."""
     lowered = stream.lower()
     if lowered not in ("upstream", "downstream"):
-        raise ApiError(400, "stream was invalid, can be either upstream or downstream")
+        raise ToxiproxyError(400, "stream was invalid, can be either upstream or downstream")
     return lowered
 
 
@@ -235,9 +220,9 @@ def toxic_from_json(doc: Any, exists: Callable[[str], bool]) -> Toxic:
     direction = parse_stream(stream)
     name = wrapper.get("name") or f"{toxic_type}_{stream}"
     if toxic_type not in TOXIC_ATTRIBUTES:
-        raise ApiError(400, "invalid toxic type")
+        raise ToxiproxyError(400, "invalid toxic type")
     if exists(name):
-        raise ApiError(409, "toxic already exists")
+        raise ToxiproxyError(409, "toxic already exists")
     zero = dict.fromkeys(TOXIC_ATTRIBUTES[toxic_type], 0)
     body = _store(_attributes_body(toxic_type, with_toxicity=False), doc, {"attributes": zero})
     attributes = {**zero, **(body.get("attributes") or {})}

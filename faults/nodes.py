@@ -123,7 +123,7 @@ async def _shielded(undo: Callable[[], Awaitable[None]]) -> None:
         scope.deadline = trio.current_time() + UNDO_TIMEOUT
         await undo()
     if scope.cancelled_caught:
-        raise ToxiproxyError(f"undoing a fault took longer than {UNDO_TIMEOUT} s")
+        raise ToxiproxyError(None, f"undoing a fault took longer than {UNDO_TIMEOUT} s")
 
 
 @asynccontextmanager

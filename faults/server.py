@@ -1,10 +1,11 @@
 """The embedded Toxiproxy-compatible server: HTTP/1.1 over h11 on trio, plus its proxies.
 
-``ToxiproxyServer.run`` serves until cancelled; it owns one nursery holding the API listener,
-one task per HTTP connection and every proxy.  Answers are written as Go's ``net/http``
-writes them: reason phrase, the handler's headers sorted, then ``Date`` and
-``Content-Length``; a request must arrive whole within Go's ``ReadTimeout`` (15 s from the
-connection's start, or from the first byte after an idle keep-alive wait).
+``ToxiproxyServer.run`` serves until cancelled; it owns one nursery holding the API's accept
+loop (which outlasts running out of fds as Go's does), one task per HTTP connection and every
+proxy.  Answers are written as Go's ``net/http`` writes them: reason phrase, the handler's
+headers sorted, then ``Date`` and ``Content-Length``; a request must arrive whole within Go's
+``ReadTimeout`` (15 s from the connection's start, or from the first byte after an idle
+keep-alive wait), and a head over Go's limit is answered 431.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ import trio
 
 from faults.api import Api, Response, request_id
 from faults.collection import ProxyCollection
+from faults.errors import ToxiproxyError
 from faults.logs import event
 from faults.metrics import Metrics
-from faults.model import ApiError, decode_body
+from faults.model import decode_body
+from faults.sockets import accept, go_duration_text
 
 __all__ = ["ToxiproxyServer"]
 
 MAX_BODY: Final = 8 * 1024 * 1024
 MAX_HEADER_BYTES: Final = 1 << 20 | 4096  # Go's DefaultMaxHeaderBytes plus its 4 KiB slack
+RST_AVOIDANCE_DELAY: Final = 0.5  # Go's wait between half-closing and closing, after a 431
 READ_TIMEOUT: Final = 15.0  # Go's ReadTimeout: the whole request, headers and body
 IDLE_TIMEOUT: Final = 60.0  # Go's IdleTimeout: waiting for the next keep-alive request
 WRITE_TIMEOUT: Final = 30.0  # Go's WriteTimeout: a client that does not read is dropped
@@ -92,13 +96,24 @@ class ToxiproxyServer:
                     "Starting Toxiproxy HTTP server",
                     address=f"{self.host}:{self.port}",
                 )
-                await nursery.start(
-                    trio.serve_listeners, lambda stream: self._serve_http(api, stream), listeners
-                )
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, api, listener.socket, nursery)
                 task_status.started()
         finally:
             if self.collection is not None:
                 self.collection.close()
+
+    async def _accept_loop(
+        self, api: Api, listener: trio.socket.SocketType, nursery: trio.Nursery
+    ) -> None:
+        """Serve each accepted connection in its own task.  Out of file descriptors, wait
+        and retry as Go's ``net/http`` does (5 ms doubling to 1 s), logging its line."""
+        try:
+            while True:
+                sock = await accept(listener, _log_accept_error)
+                nursery.start_soon(self._serve_http, api, trio.SocketStream(sock))
+        finally:
+            listener.close()
 
     async def _populate_from(self, path: str) -> None:
         """Populate at start from a JSON file, as Go's ``-config`` does: a failure is logged
@@ -119,7 +134,7 @@ class ToxiproxyServer:
             return
         try:
             _, doc = await self.collection.populate(decode_body(raw))
-        except ApiError as exc:
+        except ToxiproxyError as exc:
             event(log, logging.ERROR, "Failed to populate proxies from file", error=exc.message)
             return
         count = len(doc["proxies"] or [])
@@ -201,12 +216,15 @@ class ToxiproxyServer:
         # for IDLE_TIMEOUT, and the clock restarts at the next request's first byte.
         deadline = now + (self.read_timeout if first else IDLE_TIMEOUT)
         idle = not first
+        # Bytes received for this request so far (a pipelined request may already be there):
+        # Go refuses a head (request line and headers) over MAX_HEADER_BYTES with a 431.
+        received = len(conn.trailing_data[0])
         while True:
             try:
                 event_ = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    await stream.send_all(_protocol_error(exc))
+                    await _refuse(stream, exc.error_status_hint, str(exc))
                 return None, b""
             if event_ is h11.NEED_DATA:
                 data = b""
@@ -217,9 +235,15 @@ class ToxiproxyServer:
                 if idle and data:
                     idle = False
                     deadline = trio.current_time() + self.read_timeout
+                received += len(data)
                 conn.receive_data(data)
                 continue
             if isinstance(event_, h11.Request):
+                # h11 checks its limit only while the head is incomplete: a whole head that
+                # arrived in the last read may still be over it.
+                if received - len(conn.trailing_data[0]) > MAX_HEADER_BYTES:
+                    await _refuse(stream, 431, "")
+                    return None, b""
                 request = event_
             elif isinstance(event_, h11.Data):
                 size += len(event_.data)
@@ -252,13 +276,22 @@ class ToxiproxyServer:
         await stream.send_all(out)
 
 
-def _protocol_error(exc: h11.RemoteProtocolError) -> bytes:
-    """The raw answer Go's server writes for a request it cannot parse, then it hangs up."""
-    if exc.error_status_hint == 431:
+def _log_accept_error(error: str, delay: float) -> None:
+    event(log, logging.ERROR, f"http: Accept error: {error}; retrying in {go_duration_text(delay)}")
+
+
+async def _refuse(stream: trio.SocketStream, status: int, error: str) -> None:
+    """Answer a request that cannot be parsed as Go's server does, raw, then hang up: after
+    a 431 it half-closes and waits 500 ms first (Go's ``closeWriteAndWait``), so a client
+    still sending its oversized head reads the answer before the reset of a full close."""
+    if status == 431:
         public = "431 Request Header Fields Too Large"
-    elif "host" in str(exc).lower():
+    elif "host" in error.lower():
         public = "400 Bad Request: missing required Host header"
     else:
         public = "400 Bad Request"
     headers = "Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
-    return f"HTTP/1.1 {public}\r\n{headers}{public}".encode()
+    await stream.send_all(f"HTTP/1.1 {public}\r\n{headers}{public}".encode())
+    if status == 431:
+        await stream.send_eof()
+        await trio.sleep(RST_AVOIDANCE_DELAY)

@@ -4,8 +4,9 @@ A link (one direction of one proxied connection) pushes every chunk through its 
 each handler receives the chunk and a ``forward`` continuation for the rest of the chain.  The
 semantics follow Toxiproxy 2.12's toxics (the real binary is the oracle, see
 ``faults/README.md``): latency is pipelined against the chunk's read time, bandwidth counts KB
-as 1000 bytes, slicer delays are in microseconds, timeout drops data, reset_peer closes with
-RST, limit_data truncates.
+as 1000 bytes (and holds the data at rate 0), slicer delays are in microseconds, timeout drops
+data, reset_peer closes with RST, limit_data truncates.  Durations are computed as Go computes
+them (``go_seconds``), overflow included.
 """
 
 from __future__ import annotations
@@ -13,13 +14,29 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 
 from faults.model import Toxic
 
-__all__ = ["HANDLERS", "Chunk", "Forward", "LinkContext", "slice_sizes"]
+__all__ = ["HANDLERS", "MS", "US", "Chunk", "Forward", "LinkContext", "go_seconds", "slice_sizes"]
+
+#: Go's ``time.Millisecond`` and ``time.Microsecond``, in nanoseconds.
+MS: Final = 1_000_000
+US: Final = 1_000
+
+
+def _int64(value: int) -> int:
+    """``value`` as Go's int64 arithmetic leaves it: wrapped on overflow."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
+def go_seconds(value: int, unit: int) -> float:
+    """``time.Duration(value) * unit`` in seconds, as Go computes it: int64 nanoseconds that
+    wrap on overflow, so a huge attribute can come out negative, which Go's timers take as
+    "now" (a latency of 2**63-1 ms passes data at once; one of 10**18 ms holds it)."""
+    return _int64(value * unit) / 1e9
 
 
 @dataclass
@@ -61,10 +78,12 @@ async def latency(link: LinkContext, toxic: Toxic, chunk: Chunk, forward: Forwar
     """Delay each chunk to ``read time + latency ± jitter``; chained latencies add up."""
     delay_ms = toxic.attributes["latency"]
     jitter = toxic.attributes["jitter"]
-    if jitter > 0:
-        delay_ms += link.rng.randrange(2 * jitter) - jitter
-    if delay_ms > 0:
-        target = chunk.ts + delay_ms / 1000
+    span = _int64(2 * jitter)
+    if jitter > 0 and span > 0:  # (Go's rand.Int63n panics, and its server dies, at span <= 0)
+        delay_ms = _int64(delay_ms + link.rng.randrange(span) - jitter)
+    delay = go_seconds(delay_ms, MS)
+    if delay > 0:
+        target = chunk.ts + delay
         await _sleep_until(target, toxic)
         # Advance the stamp so that a second latency toxic adds its delay on top of this one.
         chunk.ts = target
@@ -72,9 +91,15 @@ async def latency(link: LinkContext, toxic: Toxic, chunk: Chunk, forward: Forwar
 
 
 async def bandwidth(link: LinkContext, toxic: Toxic, chunk: Chunk, forward: Forward) -> None:
-    """Limit to ``rate`` KB/s (KB = 1000 bytes); the schedule carries over between chunks."""
+    """Limit to ``rate`` KB/s (KB = 1000 bytes); the schedule carries over between chunks.
+
+    At rate 0 nothing passes until the toxic is updated or removed, then the held chunk does:
+    Go's loop sends empty pieces for ever.  (A negative rate crashes Go's server within
+    100 ms; here it holds the data as 0 does.)
+    """
     rate = toxic.attributes["rate"]
     if rate <= 0:
+        await toxic.interrupt.wait()
         await forward(chunk)
         return
     piece = rate * 100  # Go sends over-large chunks as rate*100-byte pieces every 100 ms.
@@ -94,7 +119,7 @@ async def drop(link: LinkContext, toxic: Toxic, chunk: Chunk, forward: Forward) 
 
 async def reset_peer(link: LinkContext, toxic: Toxic, chunk: Chunk, forward: Forward) -> None:
     """On the first chunk, wait ``timeout`` ms, then reset the connection; data is dropped."""
-    await trio.sleep(max(toxic.attributes["timeout"], 0) / 1000)
+    await trio.sleep(max(go_seconds(toxic.attributes["timeout"], MS), 0))
     link.close(reset=True)
     await trio.lowlevel.checkpoint()  # close() cancelled us: raise Cancelled here.
 
@@ -128,7 +153,7 @@ async def slicer(link: LinkContext, toxic: Toxic, chunk: Chunk, forward: Forward
     """Cut each chunk into pieces of about ``average_size`` bytes, ``delay`` µs apart."""
     attrs = toxic.attributes
     sizes = slice_sizes(len(chunk.data), attrs["average_size"], attrs["size_variation"], link.rng)
-    delay = max(attrs["delay"], 0) / 1_000_000
+    delay = max(go_seconds(attrs["delay"], US), 0)
     view = memoryview(chunk.data)
     pos = 0
     interrupted = False

@@ -39,17 +39,31 @@ GO_SERVER = REAL_BINARY or (str(_SHARED_GO) if _SHARED_GO.exists() else None)
 
 
 def _with_deadline(fn: Callable[..., Any]) -> Callable[..., Any]:
+    seconds = getattr(fn, "deadline", TEST_DEADLINE)
+
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with trio.fail_after(TEST_DEADLINE):
+        with trio.fail_after(seconds):
             return await fn(*args, **kwargs)
 
     return wrapper
 
 
+def deadline(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give one test a deadline other than TEST_DEADLINE (pytest-timeout's 60 s still
+    bounds it): for a test that starts dozens of processes on a busy machine."""
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.deadline = seconds  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:  # re-exported by conftest
-    """Bound every async test in this directory by TEST_DEADLINE (a hang fails fast); against
-    a real Toxiproxy, skip the tests marked ``embedded_only``, saying why."""
+    """Bound every async test in this directory by TEST_DEADLINE or its own ``deadline``
+    (a hang fails fast); against a real Toxiproxy, skip the tests marked ``embedded_only``,
+    saying why."""
     for item in items:
         fn = getattr(item, "obj", None)
         if str(getattr(item, "path", "")).startswith(HERE) and inspect.iscoroutinefunction(fn):
@@ -86,12 +100,24 @@ async def wait_until_serving(url: str, proc: subprocess.Popen[bytes] | None = No
         await trio.sleep(0.02)
 
 
+def _limit_fds(count: int) -> None:
+    """In a child before it runs the server: at most ``count`` open file descriptors."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
 class ServerProcess:
     """A Toxiproxy server in its own process: the Go binary when the suite runs against the
-    real one, else ``python -m faults serve`` (same flags); its stdout lines are its log."""
+    real one, else ``python -m faults serve`` (same flags); its stdout lines are its log.
+    ``max_fds`` runs it under that limit of open files (``ulimit -n``)."""
 
     def __init__(
-        self, *flags: str, env: dict[str, str] | None = None, binary: str | None = REAL_BINARY
+        self,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        binary: str | None = REAL_BINARY,
+        max_fds: int | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -103,7 +129,11 @@ class ServerProcess:
         root = str(Path(HERE).parent.parent)
         full_env = {**os.environ, "PYTHONPATH": root, **(env or {})}
         self.proc = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=full_env
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            preexec_fn=None if max_fds is None else functools.partial(_limit_fds, max_fds),
         )
 
     async def __aenter__(self) -> ServerProcess:
@@ -289,6 +319,14 @@ async def read_exactly(stream: trio.SocketStream, n: int) -> bytes:
         assert data, f"EOF after {len(buf)} of {n} bytes"
         buf += data
     return bytes(buf)
+
+
+async def roundtrip(stream: trio.SocketStream, payload: bytes) -> float:
+    """Send ``payload`` through an echo and read it back whole; the seconds it took."""
+    start = trio.current_time()
+    await stream.send_all(payload)
+    assert await read_exactly(stream, len(payload)) == payload
+    return trio.current_time() - start
 
 
 async def read_until_eof(stream: trio.SocketStream) -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from faults_helpers import HERE, REAL_CLI, Backend
+from faults_helpers import HERE, REAL_CLI, Backend, deadline
 
 from faults import Toxiproxy
 
@@ -170,11 +170,13 @@ async def _session(command: list[str], url: str, backend: Backend) -> None:
             assert _normalise(got_stdout) == stdout, args
 
 
+@deadline(50)  # 40 CLI processes, each starting trio
 async def test_cli_session_prints_what_go_cli_prints(toxi: Toxiproxy, backend: Backend) -> None:
     await _session([sys.executable, "-m", "faults", "cli"], toxi.url, backend)
 
 
 @pytest.mark.skipif(GO_CLI is None, reason="the Go toxiproxy-cli binary is not at hand")
+@deadline(50)
 async def test_go_cli_session_matches_the_transcript(toxi: Toxiproxy, backend: Backend) -> None:
     assert GO_CLI is not None
     await _session([GO_CLI], toxi.url, backend)
@@ -189,6 +191,19 @@ async def test_cli_reports_an_unreachable_server() -> None:
         'Failed to retrieve proxies: fail to request: Get "http://127.0.0.1:1/proxies": '
         "dial tcp 127.0.0.1:1: connect: connection refused\n"
     )
+
+
+async def test_cli_reports_an_answer_that_is_not_toxiproxys(toxi: Toxiproxy) -> None:
+    # A path the server does not serve: its plain-text 404 is not an API error body.
+    commands = [[sys.executable, "-m", "faults", "cli"], *([[GO_CLI]] if GO_CLI else [])]
+    for command in commands:
+        status, stdout, stderr = await _run(command, toxi.url + "/elsewhere", ["list"])
+        assert (status, stdout, stderr) == (
+            1,
+            "",
+            "Failed to retrieve proxies: json: cannot unmarshal number into Go value of type "
+            "toxiproxy.ApiError\n",
+        ), command
 
 
 def _in_a_terminal(command: list[str]) -> bytes:

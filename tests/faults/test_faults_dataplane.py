@@ -6,7 +6,14 @@ import errno
 
 import pytest
 import trio
-from faults_helpers import Backend, embedded_only, http, read_exactly, read_until_eof
+from faults_helpers import (
+    Backend,
+    embedded_only,
+    http,
+    read_exactly,
+    read_until_eof,
+    roundtrip,
+)
 
 from faults import Toxiproxy
 
@@ -27,13 +34,6 @@ async def add(
     **attrs: int,
 ) -> str:
     return await tp.add_toxic(proxy, toxic_type, stream=stream, toxicity=toxicity, attributes=attrs)
-
-
-async def roundtrip(stream: trio.SocketStream, payload: bytes) -> float:
-    start = trio.current_time()
-    await stream.send_all(payload)
-    assert await read_exactly(stream, len(payload)) == payload
-    return trio.current_time() - start
 
 
 async def test_echo_large_and_multipart(toxi: Toxiproxy, backend: Backend) -> None:
@@ -261,3 +261,69 @@ async def test_noop_passes(toxi: Toxiproxy, backend: Backend) -> None:
     s = await trio.open_tcp_stream(*await proxy_to(toxi, backend))
     await add(toxi, "noop", "upstream")
     assert await roundtrip(s, b"noop") < 0.5
+
+
+# --- attribute values at the edges, as Go treats them (measured on Toxiproxy 2.12.0) -------
+
+INT64_MAX = 2**63 - 1
+
+
+async def _nothing_arrives(stream: trio.SocketStream, seconds: float = 0.5) -> None:
+    with trio.move_on_after(seconds) as waited:
+        data = await stream.receive_some(100)
+        raise AssertionError(f"{data!r} arrived while it should be held")
+    assert waited.cancelled_caught
+
+
+async def test_bandwidth_rate_zero_holds_data_until_the_toxic_changes(
+    toxi: Toxiproxy, backend: Backend
+) -> None:
+    s = await trio.open_tcp_stream(*await proxy_to(toxi, backend))
+    name = await add(toxi, "bandwidth", "downstream", rate=0)
+    await s.send_all(b"hello")
+    await _nothing_arrives(s)
+    # An update lets the held chunk through; the next one is held again (rate still 0).
+    body = {"attributes": {"rate": 0}}
+    assert (await http(toxi.url, "PATCH", f"/proxies/p/toxics/{name}", body)).status == 200
+    assert await read_exactly(s, 5) == b"hello"
+    await s.send_all(b"more")
+    await _nothing_arrives(s)
+    await toxi.remove_toxic("p", name)  # removal lets it through
+    assert await read_exactly(s, 4) == b"more"
+
+
+@pytest.mark.parametrize(
+    ("latency", "jitter", "held"),
+    [
+        # Go multiplies by time.Millisecond in int64 nanoseconds, which wraps:
+        (INT64_MAX, 0, False),  # -1 ms: no delay at all
+        (10**18, 0, True),  # +63 years
+        pytest.param(
+            0,
+            2**62,
+            False,
+            marks=embedded_only("deliberate difference: Go's server dies of it"),
+            id="jitter-doubled-wraps",  # Go's rand.Int63n panics; no jitter here
+        ),
+    ],
+)
+async def test_latency_overflows_as_go_computes_it(
+    toxi: Toxiproxy, backend: Backend, latency: int, jitter: int, held: bool
+) -> None:
+    s = await trio.open_tcp_stream(*await proxy_to(toxi, backend))
+    name = await add(toxi, "latency", "downstream", latency=latency, jitter=jitter)
+    await s.send_all(b"hello")
+    if held:
+        await _nothing_arrives(s)
+        await toxi.remove_toxic("p", name)
+    with trio.fail_after(2):
+        assert await read_exactly(s, 5) == b"hello"
+
+
+async def test_slicer_delay_overflows_as_go_computes_it(toxi: Toxiproxy, backend: Backend) -> None:
+    # INT64_MAX microseconds wraps to -1 µs in Go: every piece goes out at once.
+    s = await trio.open_tcp_stream(*await proxy_to(toxi, backend))
+    await add(toxi, "slicer", "downstream", average_size=1, delay=INT64_MAX)
+    await s.send_all(b"hello")
+    with trio.fail_after(2):
+        assert await read_exactly(s, 5) == b"hello"

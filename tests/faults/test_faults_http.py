@@ -7,6 +7,7 @@ against both servers (TOXIPROXY_SERVER), so a difference from Go fails here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 import trio
-from faults_helpers import GO_SERVER, Backend, ServerProcess, embedded_only, http
+from faults_helpers import GO_SERVER, Backend, ServerProcess, deadline, embedded_only, http
 
 from faults import EmbeddedToxiproxy, Toxiproxy
 
@@ -358,6 +359,91 @@ async def test_slow_clients_do_not_lock_the_api_out(toxi: Toxiproxy) -> None:
     finally:
         for stream in held:
             await stream.aclose()
+
+
+@pytest.mark.slow
+@deadline(45)
+async def test_slow_header_clients_are_cut_at_gos_read_timeout_and_never_lock_the_api_out(
+    toxi: Toxiproxy,
+) -> None:
+    # 200 clients send one more header byte every 0.5 s: never idle, never done.  The API
+    # answers throughout, and the server hangs up on each at Go's ReadTimeout (15 s for the
+    # whole request), without an answer, as Go does.
+    host, port = toxi.url.split("://", 1)[1].rsplit(":", 1)
+    started = trio.current_time()
+    cut: list[float] = []
+
+    async def trickle() -> None:
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"GET /version HTTP/1.1\r\nHost: x\r\nX: ")
+            while True:
+                with trio.move_on_after(0.5):
+                    assert await _received_or_reset(stream) == b""
+                    cut.append(trio.current_time() - started)
+                    return
+                await stream.send_all(b"a")
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(200):
+            nursery.start_soon(trickle)
+        for _ in range(5):
+            with trio.fail_after(5):
+                assert (await http(toxi.url, "GET", "/version")).status == 200
+            await trio.sleep(1)  # pacing the probes over the first seconds of the trickle
+    assert len(cut) == 200
+    assert min(cut) >= 14.5  # not before the read timeout (the clock started before dialing)
+
+
+async def _received_or_reset(stream: trio.SocketStream) -> bytes:
+    try:
+        return await stream.receive_some(100)
+    except trio.BrokenResourceError:
+        return b""
+
+
+_HEAD_START = b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+#: Go reads at most DefaultMaxHeaderBytes (1 MiB) plus 4096 bytes of slack for a head.
+GO_MAX_HEAD = (1 << 20) + 4096
+_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; "
+    b"charset=utf-8\r\nConnection: close\r\n\r\n431 Request Header Fields Too Large"
+)
+
+
+@pytest.mark.parametrize(
+    ("size", "answer"),
+    [
+        (GO_MAX_HEAD, b"HTTP/1.1 200 OK\r\n"),
+        (GO_MAX_HEAD + 1, _431),
+        # The answer comes while the client is still sending: Go half-closes and waits
+        # 500 ms before it closes, so the client reads it before the close resets it.
+        (2 * GO_MAX_HEAD, _431),
+    ],
+)
+async def test_a_request_head_over_gos_limit_gets_431(
+    toxi: Toxiproxy, size: int, answer: bytes
+) -> None:
+    # The head (request line, headers and the blank line) is exactly ``size`` bytes.
+    pad = size - len(_HEAD_START) - len(b"X: \r\n\r\n")
+    request = _HEAD_START + b"X: " + b"a" * pad + b"\r\n\r\n"
+    assert len(request) == size
+    host, port = toxi.url.split("://", 1)[1].rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    got = bytearray()
+    async with stream, trio.open_nursery() as nursery:
+
+        async def send() -> None:
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(request)
+
+        nursery.start_soon(send)
+        while data := await stream.receive_some(65536):
+            got += data
+        nursery.cancel_scope.cancel()
+    assert bytes(got).startswith(answer)
+    if answer == _431:
+        assert bytes(got) == _431
 
 
 @embedded_only("shortens the server's read timeout to watch it expire")

@@ -100,12 +100,14 @@ async def test_runtime_metrics_are_process_metrics() -> None:
 async def _log_line(server: ServerProcess, message: str, **fields: Any) -> dict[str, Any]:
     """The first log line with this message and fields (waits until it is written)."""
     while True:
+        # Whether it had exited before the log is read: its last line may be the one.
+        exited = not server.alive()
         for line in server.log_lines():
             if line.get("message", "") == message and all(
                 line.get(k) == v for k, v in fields.items()
             ):
                 return line
-        if not server.alive():
+        if exited:
             pytest.fail("the server exited:\n" + server.log_text()[-2000:])
         await trio.sleep(0.02)
 

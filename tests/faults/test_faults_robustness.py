@@ -1,8 +1,8 @@
 """The proxy survives churn under load, and an error on one connection costs only that one.
 
-Regression for the crash ``ValueError: I/O operation on closed epoll object``: a connection
-whose upstream dial completed just as its proxy was disabled started its links after the
-proxy's pump had closed its epoll set, and the error tore down the whole embedded server.
+Regression for a crash of the embedded server: a connection whose upstream dial completed
+just as its proxy was disabled started its links after its proxy had stopped serving, and the
+error tore down the whole server.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import trio
 import trio.testing
 from faults_helpers import Backend, embedded_only, http, read_exactly
 
-from faults import EmbeddedToxiproxy, Toxiproxy
+from faults import EmbeddedToxiproxy, Toxiproxy, link
 from faults.api import Api
-from faults.proxy import Connection, Proxy, Pump
+from faults.link import Connection
+from faults.proxy import Proxy
 from faults.server import ToxiproxyServer
 from faults.toxics import HANDLERS
 
@@ -248,50 +249,37 @@ async def _only_the_bad_one_closes(
     assert (await toxi.proxies())["p"].enabled
 
 
-@embedded_only("injects a bug into the embedded server's pump")
-async def test_an_error_in_the_pump_closes_only_that_connection(
+@embedded_only("injects a bug into the embedded server's no-toxic fast path")
+async def test_an_error_in_the_fast_path_closes_only_that_connection(
     backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_serve_one = Pump._serve_one
-    poisoned: set[int] = set()
+    real_write_all = link._write_all
 
-    def serve_one(link, fd):  # type: ignore[no-untyped-def]
-        if fd in poisoned:
-            raise RuntimeError("a bug in the pump")
-        real_serve_one(link, fd)
+    async def write_all(sock, data):  # type: ignore[no-untyped-def]
+        if data.startswith(b"boom"):
+            raise RuntimeError("a bug in the fast path")
+        await real_write_all(sock, data)
 
-    monkeypatch.setattr(Pump, "_serve_one", staticmethod(serve_one))
-    embedded = EmbeddedToxiproxy(seed=1)
-    async with embedded as toxi:
+    monkeypatch.setattr(link, "_write_all", write_all)
+    async with EmbeddedToxiproxy(seed=1) as toxi:
         info = await toxi.create_proxy("p", backend.address)
         good = await trio.open_tcp_stream(*info.listen_address)
         await good.send_all(b"one")
         assert await read_exactly(good, 3) == b"one"
         bad = await trio.open_tcp_stream(*info.listen_address)
-        await bad.send_all(b"two")
-        assert await read_exactly(bad, 3) == b"two"
-        assert embedded.server.collection is not None
-        proxy = embedded.server.collection.proxies["p"]
-        bad_port = bad.socket.getsockname()[1]
-        (conn,) = [c for c in proxy.connections if c.client.getpeername()[1] == bad_port]
-        poisoned.add(conn.client.fileno())  # the source of its parked upstream link
-        await _only_the_bad_one_closes(toxi, good, bad, caplog, "a bug in the pump")
+        await _only_the_bad_one_closes(toxi, good, bad, caplog, "a bug in the fast path")
 
 
-@embedded_only("white-box: the race behind the pump crash, made deterministic")
-async def test_links_started_after_their_pump_stopped_read_on_their_own() -> None:
-    # The exact race behind the crash, made deterministic: a connection's links start after
-    # the pump of its serving period has stopped (its dial completed as the proxy stopped).
+@embedded_only("white-box: a connection started after its proxy stopped serving")
+async def test_a_connection_started_after_its_proxy_stopped_still_runs_and_closes() -> None:
+    # The race behind the crash, made deterministic: a connection's links start after its
+    # proxy stopped (its dial completed as the proxy stopped); it must run and close on its own.
     proxy = Proxy("p", "127.0.0.1:0", "127.0.0.1:1", random.Random(1))
-    pump = Pump()
+    proxy.stop()
     client_outer, client_inner = trio.socket.socketpair()
     upstream_inner, upstream_outer = trio.socket.socketpair()
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump.run)
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
-        conn = Connection(proxy, client_inner, upstream_inner, pump)
+        conn = Connection(proxy, client_inner, upstream_inner)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.run)
             await client_outer.send(b"up")
@@ -301,6 +289,5 @@ async def test_links_started_after_their_pump_stopped_read_on_their_own() -> Non
             client_outer.close()  # EOF: the connection closes both sides, as Toxiproxy does
             assert await upstream_outer.recv(10) == b""
     finally:
-        pump.close()
         for sock in (client_outer, upstream_outer):
             sock.close()
