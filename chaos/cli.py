@@ -26,14 +26,14 @@ from urllib.parse import urlsplit
 import trio
 from rich.console import Console
 
-from trio_cluster.config import parse_url
-
 from .document import document, junit_xml, render_json
+from .plot import plot
 from .progress import LiveUI, summary_table
 from .redact import Redactor
-from .report import plot, render_text
+from .report import render_text
 from .scenarios import GROUPS, SCENARIOS, select
 from .session import RunOutcome, RunPlan, execute
+from .target import ClusterTarget, TargetError
 
 __all__ = ["EXIT_ALL_SKIPPED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SETUP", "EXIT_VIOLATION",
            "main"]  # fmt: skip
@@ -161,19 +161,13 @@ def _writable_dir(path: Path, option: str) -> None:
         raise UsageError(f"{option} {path}: {existing} is not writable")
 
 
-def _validate(args: argparse.Namespace, redactor: Redactor) -> None:
-    """Every argument checked before anything starts (UsageError names the bad one)."""
-    if args.cluster != "local":
-        redactor.add_url(args.cluster)
-        shown = redactor.url(args.cluster)
-        if not args.cluster.startswith(("redis://", "rediss://")):
-            raise UsageError(f"--cluster {shown}: use 'local' or a redis:// or rediss:// URL")
-        try:
-            options = parse_url(args.cluster)
-        except ValueError as exc:
-            raise UsageError(f"--cluster: {redactor.scrub(str(exc))}") from None
-        if "host" not in options:
-            raise UsageError(f"--cluster {shown}: no host")
+def _validate(args: argparse.Namespace, redactor: Redactor) -> ClusterTarget:
+    """Every argument checked before anything starts (UsageError names the bad one); the
+    cluster target, parsed once for the whole run."""
+    try:
+        target = ClusterTarget.parse(args.cluster, redactor)
+    except TargetError as exc:
+        raise UsageError(f"--cluster {exc}") from None
     if args.toxiproxy != "embedded":
         redactor.add_url(args.toxiproxy)
         shown = redactor.url(args.toxiproxy)
@@ -200,6 +194,7 @@ def _validate(args: argparse.Namespace, redactor: Redactor) -> None:
         raise UsageError(
             "; ".join(f"{n}: unavailable: {SCENARIOS[n].unavailable}" for n in unavailable)
         )
+    return target
 
 
 def _status(outcome: RunOutcome, allow_skip: bool) -> tuple[str, int]:
@@ -262,16 +257,15 @@ def _logging(redactor: Redactor, debug: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING if debug else logging.ERROR)
 
 
-def _run(args: argparse.Namespace, redactor: Redactor) -> int:
+def _run(args: argparse.Namespace, target: ClusterTarget, redactor: Redactor) -> int:
     _logging(redactor, args.debug)
     chosen = select(args.scenarios, args.mode)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-    plan = RunPlan(chosen, args.cluster, args.toxiproxy, seed, uuid.uuid4().hex[:8],
+    plan = RunPlan(chosen, target, args.toxiproxy, seed, uuid.uuid4().hex[:8],
                    args.duration)  # fmt: skip
-    cluster = "local" if args.cluster == "local" else redactor.url(args.cluster)
     toxiproxy = "embedded" if args.toxiproxy == "embedded" else redactor.url(args.toxiproxy)
-    print(f"chaos run {plan.run_id}: seed {seed}, {len(chosen)} scenarios, cluster {cluster}, "
-          f"toxiproxy {toxiproxy}", file=sys.stderr, flush=True)  # fmt: skip
+    print(f"chaos run {plan.run_id}: seed {seed}, {_count(len(chosen), 'scenario')}, cluster "
+          f"{target.shown}, toxiproxy {toxiproxy}", file=sys.stderr, flush=True)  # fmt: skip
     ui = LiveUI(redactor)
     try:
         outcome = trio.run(execute, plan, redactor, ui)
@@ -303,6 +297,11 @@ def _run(args: argparse.Namespace, redactor: Redactor) -> int:
     return code
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 scenario``, ``3 scenarios``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     redactor = Redactor()
@@ -310,14 +309,14 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "list":
             return _list()
-        _validate(args, redactor)
+        target = _validate(args, redactor)
     except SystemExit as exc:  # --help
         return EXIT_OK if exc.code in (0, None) else EXIT_SETUP
     except UsageError as exc:
         print(f"usage error: {redactor.scrub(str(exc))}", file=sys.stderr)
         return EXIT_SETUP
     try:
-        return _run(args, redactor)
+        return _run(args, target, redactor)
     except KeyboardInterrupt:  # Ctrl-C outside the run (the run itself handles its own)
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -11,19 +11,17 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import trio
 
 from faults import ToxiproxyError
 from faults.nodes import ProxiedNode, bandwidth, hang, latency, limit_data, node_down, reset_peer
 from trio_cluster import ClusterClient
-from trio_cluster.lifetime import Scoped
-from trio_cluster.routing.rules import key_slot
-from trio_cluster.testing import LocalCluster
-from trio_cluster.testing.servers import LocalServer
+from trio_cluster.testing import LocalCluster, LocalServer
 
-from .env import Address, Environment, SetupError
+from .address import Address
+from .env import Environment, SetupError
 from .pubsubload import SUBSCRIBE_TIMEOUT, PubSubRunner
 from .records import RunRecord, Window
 
@@ -51,24 +49,40 @@ REPLICATION_SLACK = 1.0
 CLUSTER_REACTION_TIMEOUT = 30.0
 
 
-class Harness(Scoped):
+class Harness:
     """What a scenario sets up around its whole run, besides the proxies every run has (fault
     tools, ACL users...): extra client options, and a check at the end of the load.
 
-    The runner enters it before the load starts and leaves it after the end-of-run
-    verification; faults reach it as ``ctx.harness``.  This base class does nothing.
+    The runner enters it (``async with harness.entered()``) before the load starts and leaves
+    it after the end-of-run verification; faults reach it as ``ctx.harness``.  Entering runs
+    :meth:`_open`; leaving, however the block ends, runs :meth:`_close`, and so does an
+    :meth:`_open` that failed half-way.  This base class does nothing.
     """
 
     def __init__(self, env: Environment) -> None:
         self.env = env
 
+    async def _open(self) -> None:
+        """Set up whatever the scenario needs."""
+
+    async def _close(self) -> None:
+        """Undo it (also after a failed :meth:`_open`: it must cope with half a setup)."""
+
+    @asynccontextmanager
+    async def entered(self) -> AsyncIterator[Self]:
+        """The harness set up for the run; undone on the way out, however the block ends."""
+        try:
+            await self._open()
+            yield self
+        finally:
+            await self._close()
+
     def client_options(self) -> dict[str, Any]:
         """Keywords for every client the run opens (they override the scenario's)."""
         return {}
 
-    def node_names(self) -> dict[str, str]:
-        """Addresses this harness puts before the nodes (``host:port``) -> the node's real
-        ``host:port`` (for reports)."""
+    def node_names(self) -> dict[Address, Address]:
+        """Addresses this harness puts before the nodes -> the node's real address."""
         return {}
 
     async def end_of_load(self, ctx: FaultContext) -> None:
@@ -93,18 +107,51 @@ class FaultContext:
     """The clients open now (the workload's, during the load)."""
     pubsub: PubSubRunner | None = None
     """The scenario's pub/sub load, if it has one."""
-    hits: list[str] = field(default_factory=list)
+    hits: list[Address] = field(default_factory=list)
     """Real addresses of the nodes the running fault acts on (see :meth:`hit`)."""
+    everywhere: bool = False
+    """The running fault acts on every node (see :meth:`hit_all`)."""
     filled: trio.Event = field(default_factory=trio.Event)
     """Set once the workload's client is ready (its pools filled) and its workers start."""
 
-    def hit(self, node: Address | ProxiedNode | str) -> None:
+    def hit(self, node: Address | ProxiedNode) -> None:
         """Record that the running fault acts on ``node`` (its real address is reported)."""
-        if isinstance(node, ProxiedNode):
-            node = node.upstream
-        name = node if isinstance(node, str) else f"{node[0]}:{node[1]}"
-        if name not in self.hits:
-            self.hits.append(name)
+        address = self.env.real(node) if isinstance(node, ProxiedNode) else node
+        if address not in self.hits:
+            self.hits.append(address)
+
+    def hit_all(self) -> None:
+        """Record that the running fault acts on every node."""
+        self.everywhere = True
+
+    def begin(self) -> None:
+        """A new fault starts: forget what the last one hit."""
+        self.hits.clear()
+        self.everywhere = False
+
+    def owners(self) -> dict[int, Address]:
+        """The workload's slots -> the real address of the primary serving each, as the
+        client's topology says now (empty when no client is open)."""
+        clients = self.clients()
+        if not clients:
+            return {}
+        rc = clients[0]
+        topology = rc.topology
+        out = {}
+        for slot in {rc.keyslot(key) for key in self.keys}:
+            shard = topology.shard_for(slot)
+            if shard is not None:
+                out[slot] = self.record.node(Address.of(shard.primary))
+        return out
+
+    def window(self, name: str, start: float, owners: dict[int, Address]) -> Window:
+        """The window of the fault that began at ``start`` and ends now; ``owners`` is what
+        :meth:`owners` said when it began (the slots of a faulted node)."""
+        nodes = () if self.everywhere else tuple(self.hits)
+        slots: frozenset[int] = frozenset()
+        if len(nodes) == 1:
+            slots = frozenset(s for s, owner in owners.items() if owner == nodes[0])
+        return Window(name, start, trio.current_time(), nodes, self.everywhere, slots)
 
     def client(self) -> ClusterClient:
         """The workload's client (the oldest one open)."""
@@ -128,8 +175,8 @@ class FaultContext:
         return node
 
     def all_nodes(self) -> list[ProxiedNode]:
-        """Every proxy of this run; recorded as hitting ``all`` nodes."""
-        self.hit("all")
+        """Every proxy of this run; recorded as hitting every node."""
+        self.hit_all()
         return self.env.proxies.nodes
 
     def local(self) -> LocalCluster:
@@ -164,8 +211,7 @@ async def pubsub_node_down(ctx: FaultContext) -> None:
     if carriers:
         # The most used node; ties broken by address, so a seed always picks the same one.
         address, count = min(carriers.items(), key=lambda item: (-item[1], item[0]))
-        host, port = address.rsplit(":", 1)
-        node = ctx.env.proxied((host, int(port)))
+        node = ctx.env.proxied(address)
     else:
         node, count = ctx.target(), 0
     shard = sorted(c for c in runner.data.sharded if runner.owner(c) == node.listen)
@@ -233,8 +279,8 @@ async def bandwidth_starvation(ctx: FaultContext) -> None:
 
 
 def _server(ctx: FaultContext, address: Address) -> LocalServer:
-    server = ctx.local().node(address[1])
-    ctx.hit(server.address)
+    server = ctx.local().node(address.port)
+    ctx.hit(Address.of(server.address))
     return server
 
 
@@ -353,7 +399,8 @@ async def live_reshard(ctx: FaultContext) -> None:
     src = _server(ctx, ctx.primaries[0])
     dst = _server(ctx, ctx.primaries[1])
     owned = {r.start: r for r in await cluster.slot_map() if r.primary[1] == src.port}
-    slots = sorted({key_slot(k.encode()) for k in ctx.keys})
+    rc = ctx.client()
+    slots = sorted({rc.keyslot(k) for k in ctx.keys})
     mine = [s for s in slots if any(r.start <= s <= r.end for r in owned.values())]
     chosen = mine[:12]
     pace = max(0.01, ctx.hold / max(1, 2 * len(chosen)) / 3)

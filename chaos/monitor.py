@@ -16,6 +16,7 @@ import trio
 
 from trio_cluster import ClusterClient, ConnState
 
+from .address import Address
 from .records import ConnSample, RunRecord, Window
 
 __all__ = ["PROGRESS_EVERY", "Monitor", "ProgressSink", "Snapshot"]
@@ -36,7 +37,8 @@ class Snapshot:
     ops_per_s: float
     """Over the last ``PROGRESS_EVERY`` seconds."""
     errors: int
-    """Failed operations so far (cancelled ones included)."""
+    """Failed operations so far (``Op.failed``: as the report counts them, so those the
+    workload cancelled itself are not errors)."""
     p99_ms: float
     """Over the last ``PROGRESS_EVERY`` seconds."""
     connections: int
@@ -104,16 +106,16 @@ class Monitor:
         if keep:
             self._last_keep = now
         for cid, rc in self._clients.items():
-            per_node: Counter[str] = Counter()
+            per_node: Counter[Address] = Counter()
             states: Counter[str] = Counter()
             for conn in rc.connections():
-                per_node[conn.node] += 1
+                per_node[Address.of(conn.node)] += 1
                 states[conn.state.name] += 1
                 if conn.state is ConnState.UNUSABLE:
                     seen_unusable.add(conn.id)
                     self._unusable_since.setdefault(conn.id, now)
             for node, count in per_node.items():
-                key = f"client{cid}/{node}"
+                key = (cid, node)
                 record.max_per_node[key] = max(record.max_per_node.get(key, 0), count)
             if keep:
                 record.samples.append(ConnSample(now, cid, dict(per_node), dict(states)))
@@ -152,7 +154,7 @@ class Monitor:
                 elapsed=now - self.record.start,
                 ops=len(ops),
                 ops_per_s=len(recent) / PROGRESS_EVERY,
-                errors=sum(1 for op in ops if not op.ok),
+                errors=sum(1 for op in ops if op.failed),
                 p99_ms=lat[int(0.99 * (len(lat) - 1))] * 1000 if lat else 0.0,
                 connections=sum(len(rc.connections()) for rc in self._clients.values()),
                 unusable=len(self._unusable_since),

@@ -17,9 +17,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .figures import metrics
 from .monitor import ProgressSink, Snapshot
 from .redact import Redactor
-from .report import metrics, render_text
+from .report import render_text
 from .runner import ScenarioResult
 from .scenarios import Scenario
 from .session import UI

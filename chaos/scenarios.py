@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from trio_cluster import PoolOptions
-from trio_cluster.jobs.maint import MaintNotificationsOptions
+from trio_cluster import MaintNotificationsOptions, PoolOptions
 
 from . import faultlib, maintenance
 from .clientspec import ClientSpec

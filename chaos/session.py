@@ -21,15 +21,16 @@ from typing import Any
 import trio
 
 import trio_cluster
-from trio_cluster.config import ConnectionConfig
-from trio_cluster.conn.connection import Connection
+from trio_cluster import Client, PoolOptions
 
+from .address import Address
 from .env import Environment, open_environment
 from .monitor import ProgressSink
 from .records import RunRecord
 from .redact import Redactor
 from .runner import ScenarioResult, derive_bounds, run_scenario
 from .scenarios import Scenario
+from .target import ClusterTarget
 
 __all__ = ["RunOutcome", "RunPlan", "describe", "execute"]
 
@@ -42,7 +43,7 @@ class RunPlan:
     """What to run, and where."""
 
     scenarios: list[Scenario]
-    cluster: str
+    cluster: ClusterTarget
     toxiproxy: str
     seed: int
     run_id: str
@@ -123,46 +124,46 @@ def _versions(server: str) -> dict[str, str]:
     }
 
 
+def _node(env: Environment, address: Address) -> Client:
+    """A client for one node, straight to it (not through its proxy), with the run's
+    credentials; one connection is all it needs."""
+    host, port = address
+    return Client(host=host, port=port, pool=PoolOptions(size=1), **env.client_options)
+
+
 async def _server_version(env: Environment) -> str:
-    host, port = env.upstreams[0]
-    conn = await Connection.open(ConnectionConfig(host=host, port=port, **env.client_options))
-    try:
-        info = await conn.execute(("INFO", "server"))
-    finally:
-        await conn.aclose()
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    async with _node(env, env.upstreams[0]) as node:
+        fields: dict[str, Any] = await node.info("server")
     name = "valkey" if "valkey_version" in fields else "redis"
-    return f"{name} {fields.get(f'{name}_version', fields.get('redis_version', '?')).strip()}"
+    return f"{name} {fields.get(f'{name}_version', fields.get('redis_version', '?'))!s}"
 
 
 async def sweep_keys(env: Environment) -> int:
     """Delete every key of this run (``chaos:<run id>:*``) on every primary; the count."""
     pattern = f"chaos:{env.run_id}:*"
     deleted = 0
-    for host, port in await env.primaries():
-        config = ConnectionConfig(host=host, port=port, **env.client_options)
-        conn = await Connection.open(config)
-        try:
-            cursor = b"0"
+    for address in await env.primaries():
+        async with _node(env, address) as node:
+            cursor = 0
             while True:
-                cursor, keys = await conn.execute(("SCAN", cursor, "MATCH", pattern, "COUNT", 500))
+                cursor, keys = await node.scan(cursor, match=pattern, count=500)
                 if keys:
                     # One UNLINK per key: the keys of one SCAN page may be in different slots.
-                    await conn.execute_many([["UNLINK", key] for key in keys])
+                    pipe = node.pipeline(transaction=False)
+                    for key in keys:
+                        pipe.unlink(key)
+                    await pipe.execute()
                     deleted += len(keys)
-                if cursor in (b"0", 0, "0"):
+                if not cursor:
                     break
-        finally:
-            await conn.aclose()
     return deleted
 
 
 def _target(plan: RunPlan, env: Environment, redactor: Redactor) -> dict[str, Any]:
     return {
-        "cluster": "local" if plan.cluster == "local" else redactor.url(plan.cluster),
+        "cluster": plan.cluster.shown,
         "local": env.local,
-        "nodes": [f"{h}:{p}" for h, p in env.upstreams],
+        "nodes": [str(address) for address in env.upstreams],
         "toxiproxy": plan.toxiproxy
         if plan.toxiproxy == "embedded"
         else redactor.url(plan.toxiproxy),

@@ -15,7 +15,7 @@ from chaos.env import Environment
 from chaos.runner import run_scenario
 from chaos.scenarios import SCENARIOS, select
 from faults.nodes import NodeProxies
-from trio_cluster.jobs.maint import MaintNotificationsOptions
+from trio_cluster import MaintNotificationsOptions
 
 
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chaos.address import Address
 from chaos.invariants import (
     CANCELLED,
     Bounds,
@@ -34,6 +35,8 @@ from chaos.records import (
     decode_value,
     encode_value,
 )
+
+N1, E2 = Address("127.0.0.1", 7000), Address("127.0.0.1", 2)
 
 
 def obs(got_key: str | None, got: int, lo: int, hi: int, acked_at: float = 1.0) -> Observation:
@@ -67,8 +70,10 @@ def test_lost_write_detected_and_excused_only_in_window() -> None:
 
 
 def test_pool_bound() -> None:
-    assert check_pool_bounds({"c0/n1": 8}, 8) == []
-    assert check_pool_bounds({"c0/n1": 9}, 8)
+    node = Address("127.0.0.1", 7000)
+    assert check_pool_bounds({(0, node): 8}, 8) == []
+    (found,) = check_pool_bounds({(0, node): 9}, 8)
+    assert "client 0 to 127.0.0.1:7000: 9 connections" in found.message
 
 
 def test_unusable_bound() -> None:
@@ -133,7 +138,7 @@ def test_check_all_on_a_clean_and_a_broken_record() -> None:
     bounds = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0)
     record = RunRecord(start=0.0, end=10.0, ops=_even(0.0, 10.0, 100))
     assert check_all(record, bounds).violations == []
-    record.max_per_node = {"client0/n": 5}
+    record.max_per_node = {(0, N1): 5}
     record.final_reads = [Observation("k", 9.0, "k", 1, 2, 2, 3.0, final=True)]
     names = {v.invariant for v in check_all(record, bounds).violations}
     assert names == {"pool-bound", "no-acknowledged-write-lost"}
@@ -160,13 +165,13 @@ def _maint(**stats: float) -> dict[str, dict[str, Any]]:
 
 
 def test_handoffs() -> None:
-    moved = HandoffCheck("n1", "127.0.0.1:2", 12, [])
+    moved = HandoffCheck(N1, E2, 12, [])
     good = _maint(handoffs=12, longest_unusable=0.05)
     assert check_handoffs([], {}, 5.0) == []  # no MOVING: nothing to check
     assert check_handoffs([moved], good, 5.0) == []
-    late = HandoffCheck("n1", "127.0.0.1:2", 12, ["#3 on 127.0.0.1:1"], when="end of load")
+    late = HandoffCheck(N1, E2, 12, ["#3 on 127.0.0.1:1"], when="end of load")
     assert "end of load: 1 of 12" in check_handoffs([late], good, 5.0)[0].message
-    assert check_handoffs([HandoffCheck("n1", "e", 0, [])], good, 5.0)  # nothing was moved
+    assert check_handoffs([HandoffCheck(N1, E2, 0, [])], good, 5.0)  # nothing was moved
     assert check_handoffs([moved], _maint(), 5.0)  # the client never handed off
     assert check_handoffs([moved], _maint(handoffs=11, handoff_failures=1), 5.0)
     slow = check_handoffs([moved], _maint(handoffs=12, longest_unusable=5.2), 5.0)
@@ -189,14 +194,14 @@ def test_relaxed_windows() -> None:
 
 
 def test_auth_checks() -> None:
-    good = AuthCheck(":7000", "b", ["b", "b"], 0.05)
+    good = AuthCheck(N1, "b", ["b", "b"], 0.05)
     done = _maint(reauths=8)
     assert check_auth([], {}) == []
     assert check_auth([good], done) == []
-    mixed = check_auth([AuthCheck(":7000", "b", ["b", "a", "a"], 0.05)], done)
+    mixed = check_auth([AuthCheck(N1, "b", ["b", "a", "a"], 0.05)], done)
     assert len(mixed) == 1 and "2 of 3" in mixed[0].message and "a x2" in mixed[0].message
-    assert check_auth([AuthCheck(":7000", "b", [], 0.05)], done)  # no connection to look at
-    assert check_auth([AuthCheck(":7000", "b", ["b"], None)], done)  # stale at the deadline
+    assert check_auth([AuthCheck(N1, "b", [], 0.05)], done)  # no connection to look at
+    assert check_auth([AuthCheck(N1, "b", ["b"], None)], done)  # stale at the deadline
     assert check_auth([good], _maint())  # nothing re-authenticated
     assert check_auth([good], _maint(reauths=8, reauth_failures=1))
 
@@ -204,9 +209,9 @@ def test_auth_checks() -> None:
 def test_check_all_runs_the_maintenance_checkers() -> None:
     bounds = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, handoff_timeout=5.0)
     record = RunRecord(start=0.0, end=10.0, ops=_even(0.0, 10.0, 100))
-    record.handoffs = [HandoffCheck("n1", "e", 4, ["#1"])]
+    record.handoffs = [HandoffCheck(N1, E2, 4, ["#1"])]
     record.relaxed_windows = [Window("MIGRATING", 4.0, 5.0)]
-    record.auth_checks = [AuthCheck(":7000", "b", ["a"], 0.1)]
+    record.auth_checks = [AuthCheck(N1, "b", ["a"], 0.1)]
     record.maintenance = _maint(handoffs=4, reauths=4)
     names = {v.invariant for v in check_all(record, bounds).violations}
     assert names == {"handoff", "relaxed-timeouts", "credential-rotation"}

@@ -8,16 +8,18 @@ from pathlib import Path
 
 from rich.console import Console
 
-from chaos.invariants import check_all
+from chaos.address import Address
+from chaos.figures import BUCKETS, metrics, node_stats, series
+from chaos.plot import plot
 from chaos.progress import summary_table
 from chaos.records import ConnSample, Op, RunRecord, Window
 from chaos.redact import Redactor, secrets_of_url
-from chaos.report import BUCKETS, metrics, node_stats, plot, render_text, series, to_json
-from chaos.runner import ScenarioResult, derive_bounds
+from chaos.report import render_text, to_json
+from chaos.runner import ScenarioResult, judge
 from chaos.scenarios import SCENARIOS
 
-PROXY, REAL = "127.0.0.1:40001", "127.0.0.1:7000"
-IDLE_REPLICA = "127.0.0.1:40002"
+PROXY, REAL = Address("127.0.0.1", 40001), Address("127.0.0.1", 7000)
+IDLE_REPLICA = Address("127.0.0.1", 40002)
 
 
 def _pool(hits: int) -> dict[str, object]:
@@ -32,21 +34,16 @@ def _result() -> ScenarioResult:
             for i in range(6)]  # fmt: skip
     ops += [Op(0, "set", 3.0 + i / 100, 3.0 + i / 100 + 0.003, True) for i in range(300)]
     record = RunRecord(start=0.0, end=6.0, ops=ops)
-    record.fault_windows = [Window("node-down", 1.0, 3.0, REAL)]
-    record.node_names = {PROXY: REAL, IDLE_REPLICA: "127.0.0.1:7003"}
-    record.client_stats = {"client0": {"nodes": {PROXY: _pool(400), IDLE_REPLICA: _pool(0)},
+    record.fault_windows = [Window("node-down", 1.0, 3.0, (REAL,))]
+    record.node_names = {PROXY: REAL, IDLE_REPLICA: Address("127.0.0.1", 7003)}
+    record.client_stats = {"client0": {"nodes": {str(PROXY): _pool(400),
+                                                 str(IDLE_REPLICA): _pool(0)},
                                        "moved": 0, "ask": 0, "retries": {},
                                        "breaker_rejections": 3}}  # fmt: skip
-    record.max_per_node = {f"client0/{PROXY}": 8, f"client0/{IDLE_REPLICA}": 2}
+    record.max_per_node = {(0, PROXY): 8, (0, IDLE_REPLICA): 2}
     record.samples = [ConnSample(t / 4, 0, {PROXY: 8}, {"IDLE": 6, "UNUSABLE": 2})
                       for t in range(24)]  # fmt: skip
-    scenario = SCENARIOS["node-down"]
-    verdict = check_all(record, derive_bounds(scenario, None))
-    bounds = derive_bounds(scenario, verdict.baseline)
-    verdict = check_all(record, bounds)
-    return ScenarioResult(scenario, 1, record, bounds, verdict.violations, verdict.excused,
-                          verdict.recoveries, baseline=verdict.baseline,
-                          checks=verdict.checks)  # fmt: skip
+    return judge(SCENARIOS["node-down"], 1, record)
 
 
 def test_buckets_count_every_op_and_agree_with_slow_ops() -> None:
@@ -68,8 +65,8 @@ def test_series_per_second() -> None:
 
 def test_only_nodes_that_served_traffic_by_real_address() -> None:
     nodes = node_stats(_result().record)
-    assert list(nodes) == [REAL]
-    assert nodes[REAL]["max_connections"] == 8
+    assert list(nodes) == [str(REAL)]
+    assert nodes[str(REAL)]["max_connections"] == 8
 
 
 def test_text_report_shows_the_outage_bounds_and_what_was_not_checked() -> None:
@@ -80,7 +77,7 @@ def test_text_report_shows_the_outage_bounds_and_what_was_not_checked() -> None:
     for bound in ("pool_size:", "unusable:", "blocked:", "recovery:"):
         assert bound in text
     assert "NOT CHECKED server-clients-baseline" in text  # no server client counts recorded
-    assert PROXY not in text and "7003" not in text  # real addresses; idle replica left out
+    assert str(PROXY) not in text and "7003" not in text  # real addresses; idle replica left out
     seconds = result.recoveries[0].seconds
     assert seconds is not None and seconds < 0.5
 
@@ -89,7 +86,8 @@ def test_json_object_is_plain_json(tmp_path: Path) -> None:
     obj = to_json(_result())
     text = json.dumps(obj, allow_nan=False)  # no repr strings, no NaN
     assert "PoolOptions(" not in text
-    assert obj["faults"] == [{"name": "node-down", "target": REAL, "start_s": 1.0, "end_s": 3.0}]
+    assert obj["faults"] == [{"name": "node-down", "target": str(REAL), "nodes": [str(REAL)],
+                              "start_s": 1.0, "end_s": 3.0}]  # fmt: skip
     assert obj["client"]["pool"]["size"] == 8
     assert obj["checks"]["recovery"] == "passed"
 
