@@ -47,6 +47,9 @@ __all__ = [
 REPLICATION_SLACK = 1.0
 #: Upper bound on the cluster reacting to a process fault (failover, rejoin).
 CLUSTER_REACTION_TIMEOUT = 30.0
+#: While a process fault must not turn into a failover, the cluster's node timeout is raised to
+#: the fault's length plus this much.
+NO_FAILOVER_MARGIN = 10.0
 
 
 class Harness:
@@ -284,14 +287,29 @@ def _server(ctx: FaultContext, address: Address) -> LocalServer:
     return server
 
 
+@asynccontextmanager
+async def _node_timeout(cluster: LocalCluster, seconds: float) -> AsyncIterator[None]:
+    """The cluster's node timeout set to ``seconds`` on every running node for the block, and
+    set back after it (shielded, on the nodes running then).  Every node must answer when the
+    block starts and ends: a paused node would not."""
+    before = cluster.nodes[0].cluster_node_timeout_ms
+    await cluster.set_node_timeout(round(1000 * seconds))
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            await cluster.set_node_timeout(before)
+
+
 async def sigstop_primary(ctx: FaultContext) -> None:
-    """SIGSTOP the first primary for ``hold`` seconds (kept under the cluster node timeout, so
-    the cluster does not fail over: a pure hang with the sockets open)."""
+    """SIGSTOP the first primary for ``hold`` seconds: a pure hang, sockets open.  The cluster's
+    node timeout is raised for the while, so the cluster does not fail the node over (as with
+    the production default of 15 s)."""
     cluster = ctx.local()
     server = _server(ctx, ctx.primaries[0])
-    hold = min(ctx.hold, 0.7)
-    with cluster.paused(server):
-        await trio.sleep(hold)
+    async with _node_timeout(cluster, ctx.hold + NO_FAILOVER_MARGIN):
+        with cluster.paused(server):
+            await trio.sleep(ctx.hold)
     ctx.restores.append(cluster.wait_ready)
 
 
@@ -303,7 +321,10 @@ async def _primary_of(cluster: LocalCluster, slot: int, ask: LocalServer) -> int
 
 
 async def kill_primary(ctx: FaultContext) -> None:
-    """SIGKILL the first primary; the window lasts until its replica has been promoted.
+    """SIGKILL the first primary; the window lasts until its replica has been promoted, which
+    the cluster does once the node has been silent for its node timeout: set to ``hold`` for
+    the while, so the dead node's slots go unserved that long (then about a second of
+    election).
 
     Writes acknowledged from ``REPLICATION_SLACK`` before the kill until the promotion may be
     lost by the server (asynchronous replication): that is the declared loss window.  The
@@ -314,17 +335,18 @@ async def kill_primary(ctx: FaultContext) -> None:
     shard = cluster.shard_of(server)
     replica = shard.replicas[0]
     slot = next(r.start for r in await cluster.slot_map(replica) if r.primary[1] == server.port)
-    start = trio.current_time()
-    server.kill()
-    with trio.fail_after(CLUSTER_REACTION_TIMEOUT):
-        while True:
-            try:
-                if await _primary_of(cluster, slot, replica) == replica.port:
-                    break
-            except Exception:
-                pass
-            await trio.sleep(0.05)
-    end = trio.current_time()
+    async with _node_timeout(cluster, ctx.hold):
+        start = trio.current_time()
+        server.kill()
+        with trio.fail_after(CLUSTER_REACTION_TIMEOUT):
+            while True:
+                try:
+                    if await _primary_of(cluster, slot, replica) == replica.port:
+                        break
+                except Exception:
+                    pass
+                await trio.sleep(0.05)
+        end = trio.current_time()
     ctx.loss_window("primary killed", start - REPLICATION_SLACK, end)
     ctx.note(
         f"replica :{replica.port} promoted {end - start:.2f} s after :{server.port} was killed"
@@ -339,22 +361,29 @@ async def kill_primary(ctx: FaultContext) -> None:
 
 
 async def restart_primary(ctx: FaultContext) -> None:
-    """Restart the first primary (SIGTERM, then start it again with its AOF); it comes back
-    before the cluster gives up on it.  If the cluster failed over anyway, the window is
-    declared a loss window and the report says so."""
+    """Stop the first primary (SIGTERM: its connections close, new ones are refused), keep it
+    down for ``hold`` seconds, then start it again with its AOF.  The cluster's node timeout
+    is raised for the while, so the node comes back as the primary of its slots.  If the
+    cluster failed over anyway, the window is declared a loss window and the report says so."""
     cluster = ctx.local()
     server = _server(ctx, ctx.primaries[0])
-    start = trio.current_time()
-    await server.restart()
-    with trio.fail_after(CLUSTER_REACTION_TIMEOUT):
-        await cluster.refresh_roles()
-        await cluster.wait_ready()
-    end = trio.current_time()
+    async with _node_timeout(cluster, ctx.hold + NO_FAILOVER_MARGIN):
+        start = trio.current_time()
+        # stop() waits for the process to exit (an AOF flush): off the event loop.
+        await trio.to_thread.run_sync(server.stop)
+        await trio.sleep(ctx.hold)
+        with trio.fail_after(CLUSTER_REACTION_TIMEOUT):
+            server.spawn()
+            await server.wait_ready()
+            await cluster.refresh_roles()
+            await cluster.wait_ready()
+        end = trio.current_time()
     if cluster.shard_of(server).primary is not server:
         ctx.loss_window("restart turned into a failover", start - REPLICATION_SLACK, end)
         ctx.note(f":{server.port} was failed over while restarting")
     else:
-        ctx.note(f":{server.port} restarted in {end - start:.2f} s and kept its slots")
+        ctx.note(f":{server.port} down {ctx.hold:.1f} s, back in {end - start - ctx.hold:.2f} s "
+                 "more with its slots")  # fmt: skip
 
 
 async def graceful_failover(ctx: FaultContext) -> None:

@@ -68,6 +68,10 @@ def _origin_client(pool: PoolOptions) -> ClientSpec:
 
 
 SETS = (("set", 1.0),)
+#: How long a fault on one node lasts: long enough for a client that lets a sick node stall
+#: the healthy ones to show it (the blast-radius check), with the first read timeout small
+#: beside it.
+SINGLE_NODE_HOLD = 5.0
 #: Maintenance notifications for the handoff scenario: a handoff timeout short enough to be a
 #: meaningful UNUSABLE bound, and a post-handoff relaxation over before the MIGRATING part.
 HANDOFF_MAINT = MaintNotificationsOptions(
@@ -171,6 +175,7 @@ def _fault(
     workload: Workload = FAULT_LOAD,
     needs_local: bool = False,
     recovery_extra: float = 0.0,
+    hold: float = SINGLE_NODE_HOLD,
 ) -> Scenario:
     return Scenario(
         name,
@@ -180,31 +185,40 @@ def _fault(
         faults=((name, fn),),
         needs_local=needs_local,
         recovery_extra=recovery_extra,
+        hold=hold,
     )
 
 
 _FAULTS = [
-    _fault("node-down", faultlib.node_down_fault, "a primary's proxy disabled for 2 s"),
-    _fault("node-hang", faultlib.node_hang, "a primary swallows all data for 2 s (timeout toxic)"),
-    _fault("node-sigstop", faultlib.sigstop_primary, "a primary SIGSTOPped for 0.7 s",
-           needs_local=True),
-    _fault("latency-spike", faultlib.latency_spike, "800 ms latency, read timeout 500 ms"),
-    _fault("reset-storm", faultlib.reset_storm, "half the connections to every node reset"),
-    _fault("slow-close", faultlib.slow_close, "connections cut after 2 KB, closed 1.5 s later"),
-    _fault("bandwidth", faultlib.bandwidth_starvation, "replies trickle at 1 KB/s (400 B values)",
+    _fault("node-down", faultlib.node_down_fault,
+           f"a primary's proxy disabled for {SINGLE_NODE_HOLD:.0f} s (connections refused)"),
+    _fault("node-hang", faultlib.node_hang,
+           f"a primary swallows all data for {SINGLE_NODE_HOLD:.0f} s (timeout toxic)"),
+    _fault("node-sigstop", faultlib.sigstop_primary,
+           f"a primary SIGSTOPped for {SINGLE_NODE_HOLD:.0f} s (no failover)", needs_local=True),
+    _fault("latency-spike", faultlib.latency_spike,
+           f"a primary 800 ms late for {SINGLE_NODE_HOLD:.0f} s, read timeout 500 ms"),
+    _fault("reset-storm", faultlib.reset_storm, "half the connections to every node reset",
+           hold=2.0),
+    _fault("slow-close", faultlib.slow_close,
+           "a primary's connections cut after 2 KB, closed 1.5 s later"),
+    _fault("bandwidth", faultlib.bandwidth_starvation,
+           "a primary's replies trickle at 1 KB/s (400 B values)",
            workload=Workload(workers=16, think=(0.001, 0.004), value_pad=400)),
-    _fault("kill-primary", faultlib.kill_primary, "a primary SIGKILLed; its replica promoted",
-           needs_local=True, recovery_extra=2.0),
+    _fault("kill-primary", faultlib.kill_primary,
+           f"a primary SIGKILLed; its replica promoted after a {SINGLE_NODE_HOLD:.0f} s node "
+           "timeout", needs_local=True, recovery_extra=2.0),
     _fault("failover", faultlib.graceful_failover, "CLUSTER FAILOVER of a shard (lossless)",
            needs_local=True),
-    _fault("restart-primary", faultlib.restart_primary, "a primary restarted (SIGTERM, AOF)",
-           needs_local=True, recovery_extra=2.0),
+    _fault("restart-primary", faultlib.restart_primary,
+           f"a primary stopped (SIGTERM) for {SINGLE_NODE_HOLD:.0f} s, then restarted with its "
+           "AOF", needs_local=True, recovery_extra=2.0),
     _fault("reshard", faultlib.live_reshard, "slots with live keys moved away and back (ASK/MOVED)",
            needs_local=True, workload=Workload(workers=16, think=(0.001, 0.004),
-                                               keys_per_worker=8)),
+                                               keys_per_worker=8), hold=2.0),
     Scenario("pubsub-node-failure", "faults",
              "the pub/sub load of advanced-pubsub; the proxy of the primary carrying most "
-             "classic subscriptions disabled for 2 s",
+             f"classic subscriptions disabled for {SINGLE_NODE_HOLD:.0f} s",
              # This load saturates its process (p99 0.5-0.8 s before the fault beside four CPU
              # hogs, over 2 s while 100 connections redial after it): 0.5/1 s timeouts then
              # fail healthy commands.  Timeouts are not what this tests (pub/sub recovery is).
@@ -212,6 +226,7 @@ _FAULTS = [
              ClientSpec(pool=_pool(100, 3.0), read_timeout=2.0, write_timeout=2.0,
                         connect_timeout=2.0),
              faults=(("pubsub-node-down", faultlib.pubsub_node_down),), pubsub=PUBSUB, tail=4.0,
+             hold=SINGLE_NODE_HOLD,
              origin=f"{PUBSUB_ORIGIN}, 1 s + the fault + 3 s (the origin has no fault)"),
     Scenario("cancel-storm", "faults",
              "every command under a random 0-20 ms move_on_after deadline",

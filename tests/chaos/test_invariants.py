@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from chaos.address import Address
 from chaos.invariants import (
     CANCELLED,
     Bounds,
     baseline_of,
+    blast_radii,
     check_all,
     check_auth,
+    check_blast_radius,
     check_blocked,
     check_client_counts,
     check_failures,
@@ -24,6 +28,7 @@ from chaos.invariants import (
     check_unusable,
     recoveries,
     run_baseline,
+    steadiness,
 )
 from chaos.records import (
     AuthCheck,
@@ -249,3 +254,60 @@ def test_timeouts_during_an_event_loop_stall_are_the_machines() -> None:
     # Any other failure still fails the check.
     record.ops.append(Op(2, "set", 5.2, 5.3, False, "ConnectionError"))
     assert check_all(record, strict).violations
+
+
+def _keyed(
+    start: float, end: float, rate: float, slots: tuple[int, ...], ok: bool = True
+) -> list[Op]:
+    """Operations on ``slots`` started at ``rate`` per second over ``[start, end)``."""
+    n = round((end - start) * rate)
+    return [Op(0, "get", start + i / rate, start + i / rate + 0.001, ok, None if ok else "X",
+               slots) for i in range(n)]  # fmt: skip
+
+
+def test_blast_radius_compares_the_healthy_slots_with_the_baseline() -> None:
+    sick, well = (7,), (9,)
+    fault = Window("hang", 1.0, 6.0, (N1,), slots=frozenset(sick))
+    before = [*_keyed(0.0, 1.0, 100, well), *_keyed(0.0, 1.0, 50, sick)]  # healthy share 2/3
+    base = baseline_of(before, 0.0, 1.0)
+    # The healthy part keeps its pace while the sick node's slots fail: the bound holds.
+    kept = [*before, *_keyed(1.0, 6.0, 100, well), *_keyed(1.0, 6.0, 50, sick, ok=False)]
+    (b,) = blast_radii(kept, [fault], base, held=1.0)
+    assert b.healthy_share == pytest.approx(2 / 3, abs=0.02)
+    assert b.ratio == pytest.approx(b.healthy_share, abs=0.03)
+    assert b.bound == pytest.approx(b.healthy_share * (1 - 1.0 / 5.0) * b.steadiness)
+    assert 0.9 < b.steadiness <= 1.0 and check_blast_radius([b]) == []
+    # Every task stuck on the sick node: the healthy part collapses too.
+    stalled = [*before, *_keyed(1.0, 6.0, 3, well)]
+    (b,) = blast_radii(stalled, [fault], base, held=1.0)
+    (violation,) = check_blast_radius([b])
+    assert b.ratio < 0.05 and "hang on 127.0.0.1:7000" in violation.message
+    # A pipeline that touched the sick slot counts as faulted, not healthy.
+    mixed = [*before, *_keyed(1.0, 6.0, 100, (7, 9))]
+    assert blast_radii(mixed, [fault], base, held=1.0)[0].healthy_ok_per_s == 0
+    # Not checked: a fault no longer than a task may be held, or no baseline to compare with.
+    short = Window("failover", 1.0, 1.5, (N1,), slots=frozenset(sick))
+    assert blast_radii(stalled, [short], base, held=1.0)[0].unchecked is not None
+    empty = baseline_of([], 0.0, 1.0)
+    assert blast_radii(stalled, [fault], empty, held=1.0)[0].unchecked == "baseline too short"
+    # Only faults on a single node have a blast radius.
+    everywhere = Window("reset-storm", 1.0, 6.0, everywhere=True)
+    assert blast_radii(stalled, [everywhere], base, held=1.0) == []
+
+
+def test_check_all_lists_the_blast_radius_only_for_single_node_faults() -> None:
+    bounds = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, held=1.0)
+    ops = [*_keyed(0.0, 1.0, 100, (9,)), *_keyed(1.0, 10.0, 3, (9,))]
+    fault = Window("hang", 1.0, 6.0, (N1,), slots=frozenset({7}))
+    verdict = check_all(RunRecord(start=0.0, end=10.0, ops=ops, fault_windows=[fault]), bounds)
+    assert verdict.checks["blast-radius"] == "failed" and len(verdict.blast) == 1
+    verdict = check_all(RunRecord(start=0.0, end=10.0, ops=ops), bounds)
+    assert "blast-radius" not in verdict.checks and verdict.blast == []
+
+
+def test_steadiness_is_the_slowest_part_of_the_baseline() -> None:
+    even = _keyed(0.0, 1.0, 100, (1,))
+    assert steadiness(even, 0.0, 1.0) == pytest.approx(1.0)
+    lumpy = [*_keyed(0.0, 0.75, 100, (1,)), *_keyed(0.75, 1.0, 40, (1,))]
+    assert steadiness(lumpy, 0.0, 1.0) == pytest.approx(10 / 21.25, abs=0.02)
+    assert steadiness([], 0.0, 1.0) == 0.0

@@ -29,12 +29,15 @@ def _pool(hits: int) -> dict[str, object]:
 
 def _result() -> ScenarioResult:
     """node-down: 100 ops/s for 1 s, an outage (3 ops/s, some failing) for 2 s, back after."""
-    ops = [Op(0, "set", i / 100, i / 100 + 0.002, True) for i in range(100)]
-    ops += [Op(0, "get", 1.0 + i / 3, 1.0 + i / 3 + 1.2, i % 2 == 0, "CircuitOpenError")
+    # Keys on slot 7 (the faulted node's) and slot 9, in turn.
+    ops = [Op(0, "set", i / 100, i / 100 + 0.002, True, None, (7 + 2 * (i % 2),))
+           for i in range(100)]  # fmt: skip
+    ops += [Op(0, "get", 1.0 + i / 3, 1.0 + i / 3 + 1.2, i % 2 == 0, "CircuitOpenError", (9,))
             for i in range(6)]  # fmt: skip
-    ops += [Op(0, "set", 3.0 + i / 100, 3.0 + i / 100 + 0.003, True) for i in range(300)]
+    ops += [Op(0, "set", 3.0 + i / 100, 3.0 + i / 100 + 0.003, True, None, (7 + 2 * (i % 2),))
+            for i in range(300)]  # fmt: skip
     record = RunRecord(start=0.0, end=6.0, ops=ops)
-    record.fault_windows = [Window("node-down", 1.0, 3.0, (REAL,))]
+    record.fault_windows = [Window("node-down", 1.0, 3.0, (REAL,), slots=frozenset({7}))]
     record.node_names = {PROXY: REAL, IDLE_REPLICA: Address("127.0.0.1", 7003)}
     record.client_stats = {"client0": {"nodes": {str(PROXY): _pool(400),
                                                  str(IDLE_REPLICA): _pool(0)},
@@ -58,6 +61,13 @@ def test_series_per_second() -> None:
     points = series(_result().record)
     assert [p["t"] for p in points] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert points[0]["ops"] == 100 and points[1]["ops"] == 3
+    # Successes on the faulted node's slots and on the rest, through the fault.
+    assert [(p["ok_healthy"], p["ok_faulted"]) for p in points[:4]] == [
+        (50, 50),
+        (2, 0),
+        (1, 0),
+        (50, 50),
+    ]
     assert points[1]["errors"] == {"CircuitOpenError": 1}
     assert points[0]["connections"] == 8 and points[0]["unusable"] == 2
     assert sum(p["ops"] for p in points) == 406
@@ -77,6 +87,10 @@ def test_text_report_shows_the_outage_bounds_and_what_was_not_checked() -> None:
     for bound in ("pool_size:", "unusable:", "blocked:", "recovery:"):
         assert bound in text
     assert "NOT CHECKED server-clients-baseline" in text  # no server client counts recorded
+    assert f"Blast radius of node-down on {REAL}: healthy slots 2 ok/s" in text
+    assert "ok/s healthy/faulted slots (* = during the fault): 0s 50/50, 1s 2/0*, 2s 1/0*" in text
+    assert "blast_radius:" in text  # the bound's one-line explanation
+    assert "VIOLATION blast-radius" in text
     assert str(PROXY) not in text and "7003" not in text  # real addresses; idle replica left out
     seconds = result.recoveries[0].seconds
     assert seconds is not None and seconds < 0.5
@@ -90,6 +104,12 @@ def test_json_object_is_plain_json(tmp_path: Path) -> None:
                               "start_s": 1.0, "end_s": 3.0}]  # fmt: skip
     assert obj["client"]["pool"]["size"] == 8
     assert obj["checks"]["recovery"] == "passed"
+    assert obj["checks"]["blast-radius"] == "failed"
+    blast = obj["blast_radius"]
+    assert blast["node"] == str(REAL) and blast["healthy_share"] == 0.5
+    assert blast["baseline_ok_per_s"] == 100.0 and blast["healthy_ok_per_s"] == 1.5
+    assert blast["ratio"] == 0.015 and blast["ratio"] < blast["bound"] < 0.5
+    assert {"t", "ok_healthy", "ok_faulted"} <= set(obj["series"][0])
 
 
 def test_plot_and_summary_table(tmp_path: Path) -> None:
