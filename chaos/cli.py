@@ -1,13 +1,6 @@
-"""``python -m chaos list`` and ``python -m chaos run [SCENARIO...] [options]``.
-
-Exit status of ``run``:
-  0    every invariant held in every scenario that ran
-  1    an invariant failed (or a scenario could not run to its end)
-  2    usage or setup error (bad argument, unreachable cluster or proxy...): one line on
-       stderr, the traceback only with --debug
-  3    every selected scenario was skipped (0 with --allow-skip)
-  130  interrupted (Ctrl-C), after cleanup: faults undone, the run's keys deleted, proxies
-       removed, and the partial report, JSON and JUnit written
+"""The command line: ``python -m chaos list`` and ``python -m chaos run [SCENARIO...]
+[options]``.  The help texts (:data:`DESCRIPTION`, :data:`RUN_DESCRIPTION`, :data:`RUN_EPILOG`)
+are plain text, exit statuses included (:data:`EXIT_STATUSES`).
 """
 
 from __future__ import annotations
@@ -26,7 +19,7 @@ from urllib.parse import urlsplit
 import trio
 from rich.console import Console
 
-from .document import document, junit_xml, render_json
+from .document import SCHEMA_VERSION, document, junit_xml, render_json
 from .plot import plot
 from .progress import LiveUI, summary_table
 from .redact import Redactor
@@ -62,18 +55,74 @@ def _duration(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m chaos", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the scenarios")
-    run = sub.add_parser("run", help="run scenarios (default: those of --mode)",
-                         description=__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+#: What ``python -m chaos --help`` says first (plain text: argparse prints it as it is).
+DESCRIPTION = """\
+Chaos drills for a Redis Cluster with trio-cluster: a seeded load that checks every reply,
+faults injected through proxies chaos creates in front of every node (and, on a local
+cluster, process faults: SIGSTOP, kill, restart, failover, resharding), and invariants
+checked after each scenario (no misdelivered reply, no acknowledged write lost, pool and
+time bounds derived from the run's own baseline, recovery, blast radius...).
+
+commands:
+  python -m chaos list                      every scenario, its group and what it does
+  python -m chaos run [SCENARIO...] [opts]  run scenarios; see python -m chaos run --help
+"""
+
+#: The exit statuses of ``run`` (also in the module docstring and docs/chaos.md).
+EXIT_STATUSES = """\
+exit status:
+  0    every invariant held in every scenario that ran
+  1    an invariant failed (or a scenario could not run to its end)
+  2    usage or setup error (bad argument, unreachable cluster or proxy...): one line on
+       stderr, the traceback only with --debug
+  3    every selected scenario was skipped (0 with --allow-skip)
+  130  interrupted (Ctrl-C), after cleanup: faults undone, the run's keys deleted, proxies
+       removed, and the partial report, JSON and JUnit written
+"""
+
+RUN_DESCRIPTION = """\
+Run scenarios (default: every scenario of --mode) and report each: the text report on
+stdout as each ends, live progress on stderr, a summary table at the end, and the files
+asked for.  Bounds are derived from the run's own baseline and the client's timeouts;
+each is explained in one line of the report.
+"""
+
+RUN_EPILOG = f"""\
+{EXIT_STATUSES}
+examples:
+  python -m chaos run node-hang kill-primary --seed 7 --report-dir reports/
+  python -m chaos run --mode detect
+  python -m chaos run --cluster redis://:PASSWORD@staging:7000 --toxiproxy http://toxiproxy:8474
+
+The JSON document (schema_version {SCHEMA_VERSION}) and the JUnit XML are described in
+docs/chaos.md.
+"""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 0..65535, not {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line's parser (its help texts are the module's constants)."""
+    raw = argparse.RawDescriptionHelpFormatter
+    top = _Parser(prog="python -m chaos", description=DESCRIPTION, epilog=EXIT_STATUSES,
+                     formatter_class=raw)  # fmt: skip
+    sub = top.add_subparsers(dest="command", required=True, metavar="{list,run}")
+    sub.add_parser("list", help="list every scenario, its group and what it does",
+                   description="List every scenario: its name, its group (a --mode), what it "
+                   "does, and whether it needs --cluster local.")  # fmt: skip
+    run = sub.add_parser("run", help="run scenarios (default: every scenario of --mode)",
+                         description=RUN_DESCRIPTION, epilog=RUN_EPILOG,
+                         formatter_class=raw)  # fmt: skip
     run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                     help="scenarios to run, in this order (see `python -m chaos list`); "
+                     help="scenarios to run, in this order (python -m chaos list names them); "
                           "default: every scenario of --mode")  # fmt: skip
     run.add_argument(
         "--mode",
@@ -84,19 +133,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--cluster",
         default="local",
-        help="'local' (start a 3+3 cluster) or a redis:// or rediss:// URL of a "
-        "node of an existing cluster (its password is never shown)",
+        metavar="local|URL",
+        help="'local' (default: start a 3+3 cluster on free loopback ports) or the "
+        "redis:// or rediss:// URL of a node of an existing cluster (its "
+        "password is never shown)",
     )
     run.add_argument(
         "--toxiproxy",
         default="embedded",
-        help="'embedded' (in this process) or the http:// URL of a Toxiproxy "
-        "server; only proxies named chaos-<run id>-* are touched",
+        metavar="embedded|URL",
+        help="'embedded' (default: a Toxiproxy-compatible server in this process) "
+        "or the http:// URL of a Toxiproxy server; only proxies named "
+        "chaos-<run id>-* are touched",
     )
     run.add_argument(
         "--seed",
         type=int,
         default=None,
+        metavar="N",
         help="seed of every random choice (workload, faults); default: random, "
         "printed, so a run can be repeated",
     )
@@ -104,19 +158,31 @@ def _parser() -> argparse.ArgumentParser:
         "--duration",
         type=_duration,
         default=None,
-        help="seconds of steady load / of each fault (default: per scenario)",
+        metavar="SECONDS",
+        help="seconds of steady load, and of each fault (default: per scenario; "
+        "a fault on one node lasts 5 s)",
     )
     run.add_argument(
-        "--json", type=Path, default=None, help="write the run as JSON here (schema: docs/chaos.md)"
+        "--json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the run as one JSON document here (schema: docs/chaos.md)",
     )
     run.add_argument(
-        "--junit", type=Path, default=None, help="write JUnit XML here (one test case per scenario)"
+        "--junit",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write JUnit XML here (one test case per scenario)",
     )
     run.add_argument(
         "--report-dir",
         type=Path,
         default=None,
-        help="write a text report and a PNG plot per scenario, and results.json",
+        metavar="DIR",
+        help="write a text report and a PNG plot per scenario, and results.json "
+        "(the --json document), here",
     )
     run.add_argument(
         "--allow-skip",
@@ -124,9 +190,12 @@ def _parser() -> argparse.ArgumentParser:
         help="exit 0 (not 3) when every selected scenario was skipped",
     )
     run.add_argument(
-        "--debug", action="store_true", help="show tracebacks of setup and scenario errors"
+        "--debug",
+        action="store_true",
+        help="show tracebacks of setup and scenario errors, and the client's and "
+        "the proxies' own log lines",
     )
-    return parser
+    return top  # fmt: skip
 
 
 def _list() -> int:
@@ -187,7 +256,7 @@ def _validate(args: argparse.Namespace, redactor: Redactor) -> ClusterTarget:
         chosen = select(args.scenarios, args.mode)
     except KeyError as exc:
         raise UsageError(
-            f"unknown scenario(s): {exc.args[0]}; see `python -m chaos list`"
+            f"unknown scenario(s): {exc.args[0]}; python -m chaos list names them"
         ) from None
     unavailable = [s.name for s in chosen if s.unavailable and args.scenarios]
     if unavailable:
@@ -253,8 +322,10 @@ def _logging(redactor: Redactor, debug: bool) -> None:
     handler.addFilter(_Scrub(redactor))
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])  # no-op if configured
-    for name in ("trio_cluster", "faults"):
-        logging.getLogger(name).setLevel(logging.WARNING if debug else logging.ERROR)
+    # The embedded proxy logs at ERROR what a fault does on purpose (a link to a stopped node
+    # cannot open): only with --debug.
+    logging.getLogger("trio_cluster").setLevel(logging.WARNING if debug else logging.ERROR)
+    logging.getLogger("faults").setLevel(logging.WARNING if debug else logging.CRITICAL)
 
 
 def _run(args: argparse.Namespace, target: ClusterTarget, redactor: Redactor) -> int:
@@ -264,9 +335,9 @@ def _run(args: argparse.Namespace, target: ClusterTarget, redactor: Redactor) ->
     plan = RunPlan(chosen, target, args.toxiproxy, seed, uuid.uuid4().hex[:8],
                    args.duration)  # fmt: skip
     toxiproxy = "embedded" if args.toxiproxy == "embedded" else redactor.url(args.toxiproxy)
-    print(f"chaos run {plan.run_id}: seed {seed}, {_count(len(chosen), 'scenario')}, cluster "
+    print(f"chaos run {plan.run_id}: seed {seed}, {count(len(chosen), 'scenario')}, cluster "
           f"{target.shown}, toxiproxy {toxiproxy}", file=sys.stderr, flush=True)  # fmt: skip
-    ui = LiveUI(redactor)
+    ui = LiveUI(redactor, [s.planned(args.duration) for s in chosen])
     try:
         outcome = trio.run(execute, plan, redactor, ui)
     finally:
@@ -297,7 +368,7 @@ def _run(args: argparse.Namespace, target: ClusterTarget, redactor: Redactor) ->
     return code
 
 
-def _count(n: int, noun: str) -> str:
+def count(n: int, noun: str) -> str:
     """``1 scenario``, ``3 scenarios``."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -306,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     redactor = Redactor()
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
         if args.command == "list":
             return _list()
         target = _validate(args, redactor)

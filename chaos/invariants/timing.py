@@ -288,6 +288,10 @@ def blast_radii(
         unchecked = None
         if not baseline.measured or not before:
             unchecked = "baseline too short"
+        elif steady == 0:
+            unchecked = (
+                f"the baseline stalled (a {1 / STEADINESS_PARTS:.0%} part of it saw no success)"
+            )
         elif seconds <= held:
             unchecked = (
                 f"the fault ({seconds:.1f} s) is no longer than a task may be held by the node "
