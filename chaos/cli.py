@@ -92,10 +92,11 @@ RUN_EPILOG = f"""\
 examples:
   python -m chaos run node-hang kill-primary --seed 7 --report-dir reports/
   python -m chaos run --mode detect
+  python -m chaos run --metrics-port 9464   (Prometheus metrics while it runs)
   python -m chaos run --cluster redis://:PASSWORD@staging:7000 --toxiproxy http://toxiproxy:8474
 
-The JSON document (schema_version {SCHEMA_VERSION}) and the JUnit XML are described in
-docs/chaos.md.
+The JSON document (schema_version {SCHEMA_VERSION}), the JUnit XML and the metrics are
+described in docs/chaos.md.
 """
 
 
@@ -183,6 +184,21 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write a text report and a PNG plot per scenario, and results.json "
         "(the --json document), here",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="serve the per-second figures as Prometheus metrics on "
+        "http://HOST:PORT/metrics while the run lasts (0: a free port, "
+        "printed); names in docs/chaos.md",
+    )
+    run.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address --metrics-port listens on (default: 127.0.0.1)",
     )
     run.add_argument(
         "--allow-skip",
@@ -332,8 +348,9 @@ def _run(args: argparse.Namespace, target: ClusterTarget, redactor: Redactor) ->
     _logging(redactor, args.debug)
     chosen = select(args.scenarios, args.mode)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    metrics = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
     plan = RunPlan(chosen, target, args.toxiproxy, seed, uuid.uuid4().hex[:8],
-                   args.duration)  # fmt: skip
+                   args.duration, metrics)  # fmt: skip
     toxiproxy = "embedded" if args.toxiproxy == "embedded" else redactor.url(args.toxiproxy)
     print(f"chaos run {plan.run_id}: seed {seed}, {count(len(chosen), 'scenario')}, cluster "
           f"{target.shown}, toxiproxy {toxiproxy}", file=sys.stderr, flush=True)  # fmt: skip

@@ -22,6 +22,7 @@ from trio_cluster.testing import LocalCluster, LocalServer
 
 from .address import Address
 from .env import Environment, SetupError
+from .monitor import Hit
 from .pubsubload import SUBSCRIBE_TIMEOUT, PubSubRunner
 from .records import RunRecord, Window
 
@@ -147,14 +148,20 @@ class FaultContext:
                 out[slot] = self.record.node(Address.of(shard.primary))
         return out
 
-    def window(self, name: str, start: float, owners: dict[int, Address]) -> Window:
-        """The window of the fault that began at ``start`` and ends now; ``owners`` is what
-        :meth:`owners` said when it began (the slots of a faulted node)."""
+    def hit_now(self, owners: dict[int, Address]) -> Hit:
+        """What the running fault has hit so far; ``owners``: what :meth:`owners` said when it
+        began (the slots of a faulted node)."""
         nodes = () if self.everywhere else tuple(self.hits)
         slots: frozenset[int] = frozenset()
         if len(nodes) == 1:
             slots = frozenset(s for s, owner in owners.items() if owner == nodes[0])
-        return Window(name, start, trio.current_time(), nodes, self.everywhere, slots)
+        return Hit(nodes, self.everywhere, slots)
+
+    def window(self, name: str, start: float, owners: dict[int, Address]) -> Window:
+        """The window of the fault that began at ``start`` and ends now (``owners``: as for
+        :meth:`hit_now`)."""
+        hit = self.hit_now(owners)
+        return Window(name, start, trio.current_time(), hit.nodes, hit.everywhere, hit.slots)
 
     def client(self) -> ClusterClient:
         """The workload's client (the oldest one open)."""

@@ -10,15 +10,14 @@ proxy's), and only nodes that served traffic are listed.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections import Counter
 from typing import Any
 
-from .invariants import TIMEOUT_ERRORS, BlastRadius, PubSubTally, faulted, percentile
-from .records import Op, RunRecord, Window
+from .invariants import TIMEOUT_ERRORS, BlastRadius, Partition, PubSubTally, percentile
+from .records import Op, RunRecord
 from .runner import ScenarioResult
 
-__all__ = ["BUCKETS", "SERIES_STEP", "Partition", "blast_json", "client_summary", "deciding",
+__all__ = ["BUCKETS", "SERIES_STEP", "blast_json", "client_summary", "deciding",
            "metrics", "node_stats", "pubsub_metrics", "series", "server_clients"]  # fmt: skip
 
 #: Latency buckets: (label, upper bound in seconds, exclusive).  Every counted operation
@@ -82,27 +81,6 @@ def metrics(result: ScenarioResult) -> dict[str, Any]:
     }
 
 
-class Partition:
-    """Which slots were the faulted part at any time of a run: those of the node of the
-    latest fault on a single node begun by then (before the first, the first one's)."""
-
-    def __init__(self, faults: list[Window]) -> None:
-        single = sorted((w for w in faults if w.single_node is not None), key=lambda w: w.start)
-        self._starts = [w.start for w in single]
-        self._slots = [w.slots for w in single]
-
-    def __bool__(self) -> bool:
-        return bool(self._starts)
-
-    def part(self, op: Op) -> str | None:
-        """``faulted``, ``healthy``, or None for an operation on no key or a run without a
-        fault on a single node."""
-        if not self._starts or not op.slots:
-            return None
-        index = max(bisect_right(self._starts, op.start) - 1, 0)
-        return "faulted" if faulted(op, self._slots[index]) else "healthy"
-
-
 def series(record: RunRecord, step: float = SERIES_STEP) -> list[dict[str, Any]]:
     """Per ``step`` seconds of the load: operations started, successes (and, in a run with a
     fault on a single node, the successes on that node's slots and on the rest: see
@@ -110,7 +88,7 @@ def series(record: RunRecord, step: float = SERIES_STEP) -> list[dict[str, Any]]
     monitor's samples) connections open and UNUSABLE at the last sample of the step."""
     t0 = record.start
     steps = max(1, math.ceil((record.end - t0) / step)) if record.end > t0 else 0
-    partition = Partition(record.fault_windows)
+    partition = Partition.of(record.fault_windows)
     split = 0 if partition else None
     out: list[dict[str, Any]] = [
         {"t": round(i * step, 3), "ops": 0, "ok": 0, "ok_healthy": split, "ok_faulted": split,
@@ -127,7 +105,7 @@ def series(record: RunRecord, step: float = SERIES_STEP) -> list[dict[str, Any]]
         if op.ok:
             point["ok"] += 1
             latencies[i].append(op.latency)
-            part = partition.part(op)
+            part = partition.part(op) if partition else None
             if part is not None:
                 point[f"ok_{part}"] += 1
         else:

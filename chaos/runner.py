@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import attrs
@@ -28,7 +29,7 @@ from .invariants import (
     check_all,
     run_baseline,
 )
-from .monitor import Monitor, ProgressSink
+from .monitor import FaultNow, MetricsSink, Monitor, ProgressSink
 from .pubsubload import PubSubRunner
 from .records import Observation, RunRecord
 from .scenarios import Scenario
@@ -201,14 +202,16 @@ async def run_scenario(
     hold: float | None = None,
     duration: float | None = None,
     progress: ProgressSink | None = None,
+    metrics: MetricsSink | None = None,
 ) -> ScenarioResult:
-    """Run ``scenario`` in ``env`` and check every invariant."""
+    """Run ``scenario`` in ``env`` and check every invariant; ``progress`` and ``metrics``
+    receive what the load does as it goes."""
     if scenario.unavailable:
         return skipped(scenario, seed, scenario.unavailable)
     if scenario.needs_local and not env.local:
         return skipped(scenario, seed, "needs --cluster local (process faults, admin commands)")
     with trio.fail_after(SCENARIO_TIMEOUT):
-        return await _run(_Settings(env, scenario, seed, hold, duration, progress))
+        return await _run(_Settings(env, scenario, seed, hold, duration, progress, metrics))
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ class _Settings:
     hold: float | None
     duration: float | None
     progress: ProgressSink | None
+    metrics: MetricsSink | None
 
 
 async def _run(settings: _Settings) -> ScenarioResult:
@@ -252,7 +256,8 @@ def judge(scenario: Scenario, seed: int, record: RunRecord) -> ScenarioResult:
 
 async def _load_and_verify(settings: _Settings, record: RunRecord, harness: Harness) -> None:
     env, scenario, seed = settings.env, settings.scenario, settings.seed
-    monitor = Monitor(record, name=scenario.name, progress=settings.progress)
+    monitor = Monitor(record, name=scenario.name, progress=settings.progress,
+                      metrics=settings.metrics)  # fmt: skip
     prefix = f"chaos:{env.run_id}:{scenario.name}"
 
     def open_client(**extra: Any) -> AbstractAsyncContextManager[ClusterClient]:
@@ -298,12 +303,13 @@ async def _load_and_verify(settings: _Settings, record: RunRecord, harness: Harn
                     load.start_soon(pubsub.run, stop)
                 await _schedule(scenario, ctx, monitor, stop, settings.duration)
             record.end = trio.current_time()
+            monitor.publish()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(60):
             for restore in ctx.restores:
                 await restore()
-    monitor.progress = None
+    monitor.progress = monitor.metrics = None  # the verification is not the load
     async with trio.open_nursery() as nursery:
         nursery.start_soon(monitor.run)
         async with open_client() as rc:
@@ -339,15 +345,15 @@ async def _schedule(
             await ctx.filled.wait()
         await trio.sleep(scenario.warmup)
         for name, fault in scenario.faults:
-            monitor.fault = name
             ctx.begin()
             owners = ctx.owners()
             start = trio.current_time()
+            monitor.begin_fault(FaultNow(name, start, partial(ctx.hit_now, owners)))
             try:
                 await fault(ctx)
             finally:
                 record.fault_windows.append(ctx.window(name, start, owners))
-                monitor.fault = None
+                monitor.end_fault()
             await trio.sleep(scenario.tail)
         if ctx.harness is not None and not stop.is_set():
             await ctx.harness.end_of_load(ctx)

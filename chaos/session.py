@@ -25,6 +25,7 @@ from trio_cluster import Client, PoolOptions
 
 from .address import Address
 from .env import Environment, open_environment
+from .metrics import ChaosMetrics, serve_metrics
 from .monitor import ProgressSink
 from .records import RunRecord
 from .redact import Redactor
@@ -48,6 +49,8 @@ class RunPlan:
     seed: int
     run_id: str
     duration: float | None = None
+    metrics: tuple[str, int] | None = None
+    """Where to serve Prometheus metrics while the run lasts (host, port; port 0: any)."""
 
 
 @dataclass
@@ -174,11 +177,13 @@ async def execute(plan: RunPlan, redactor: Redactor, ui: UI) -> RunOutcome:
     """Run ``plan``; never raises for setup or scenario errors (they are in the outcome)."""
     outcome = RunOutcome(plan, datetime.now(UTC))
     outcome.versions = _versions("?")
+    metrics = ChaosMetrics() if plan.metrics is not None else None
     with trio.CancelScope() as everything:
         interrupt = _Interrupt(everything)
         async with trio.open_nursery() as nursery:
             await nursery.start(interrupt.watch)
-            await _run(plan, outcome, interrupt, redactor, ui)
+            if await _serve(nursery, plan, metrics, outcome, redactor, ui):
+                await _run(plan, outcome, interrupt, redactor, ui, metrics)
             nursery.cancel_scope.cancel()
     if everything.cancelled_caught:
         outcome.interrupted = True
@@ -188,8 +193,37 @@ async def execute(plan: RunPlan, redactor: Redactor, ui: UI) -> RunOutcome:
     return outcome
 
 
+async def _serve(
+    nursery: trio.Nursery,
+    plan: RunPlan,
+    metrics: ChaosMetrics | None,
+    outcome: RunOutcome,
+    redactor: Redactor,
+    ui: UI,
+) -> bool:
+    """Serve ``metrics`` in ``nursery`` if the plan asks for it; False (a setup error in
+    ``outcome``) if the port cannot be had."""
+    if metrics is None or plan.metrics is None:
+        return True
+    host, port = plan.metrics
+    try:
+        port = await nursery.start(serve_metrics, metrics, host, port)
+    except OSError as exc:
+        outcome.setup_error = redactor.scrub(
+            f"setup error: cannot serve metrics on {host}:{port}: {describe(exc)}"
+        )
+        return False
+    ui.message(f"metrics: http://{host}:{port}/metrics")
+    return True
+
+
 async def _run(
-    plan: RunPlan, outcome: RunOutcome, interrupt: _Interrupt, redactor: Redactor, ui: UI
+    plan: RunPlan,
+    outcome: RunOutcome,
+    interrupt: _Interrupt,
+    redactor: Redactor,
+    ui: UI,
+    metrics: ChaosMetrics | None,
 ) -> None:
     entered = False
     try:
@@ -201,7 +235,7 @@ async def _run(
                 outcome.versions = _versions(await _server_version(env))
             except Exception as exc:
                 ui.message(redactor.scrub(f"server version unknown: {describe(exc)}"))
-            await _scenarios(plan, outcome, interrupt, env, redactor, ui)
+            await _scenarios(plan, outcome, interrupt, env, redactor, ui, metrics)
             with trio.move_on_after(SWEEP_TIMEOUT):
                 try:
                     outcome.swept_keys = await sweep_keys(env)
@@ -222,12 +256,15 @@ async def _scenarios(
     env: Environment,
     redactor: Redactor,
     ui: UI,
+    metrics: ChaosMetrics | None,
 ) -> None:
     total = len(plan.scenarios)
     for index, scenario in enumerate(plan.scenarios):
         if interrupt.count:
             break
         ui.scenario_started(index, total, scenario)
+        if metrics is not None:
+            metrics.scenario(scenario.name, running=True)
         began = time.monotonic()
         result: ScenarioResult | None = None
         with trio.CancelScope() as scope:
@@ -235,7 +272,7 @@ async def _scenarios(
             try:
                 result = await run_scenario(
                     env, scenario, plan.seed, hold=plan.duration, duration=plan.duration,
-                    progress=ui.snapshot(),
+                    progress=ui.snapshot(), metrics=metrics,
                 )  # fmt: skip
             except Exception as exc:
                 result = _failed(scenario, plan.seed, redactor.scrub(describe(exc)))
@@ -246,6 +283,8 @@ async def _scenarios(
             result.interrupted = True
         result.seconds = time.monotonic() - began
         outcome.results.append(result)
+        if metrics is not None:
+            metrics.scenario(scenario.name, running=False, checks=result.checks)
         ui.scenario_done(result)
 
 

@@ -8,7 +8,7 @@ These are measurements first (the report shows them) and checks second (``recove
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +23,7 @@ __all__ = [
     "THROUGHPUT_MARGIN",
     "Baseline",
     "BlastRadius",
+    "Partition",
     "Recovery",
     "baseline_of",
     "blast_radii",
@@ -244,6 +245,45 @@ class BlastRadius:
 def faulted(op: Op, slots: frozenset[int]) -> bool:
     """Whether ``op`` touched a key on one of ``slots``."""
     return any(slot in slots for slot in op.slots)
+
+
+class Partition:
+    """Which operations were on the faulted part of the cluster: an operation is ``faulted``
+    when a key of it is on a slot the node of the latest fault on one node begun by then
+    served (before the first such fault, the first one's), ``healthy`` when it has keys but
+    none there, and has no part (None) when it has no key.  With no fault on one node at
+    all, every operation with keys is healthy."""
+
+    def __init__(self) -> None:
+        self._starts: list[float] = []
+        self._slots: list[frozenset[int]] = []
+
+    @classmethod
+    def of(cls, faults: Sequence[Window]) -> Partition:
+        """The partition of a finished run's fault windows."""
+        partition = cls()
+        for w in sorted(faults, key=lambda w: w.start):
+            if w.single_node is not None:
+                partition.add(w.start, w.slots)
+        return partition
+
+    def add(self, start: float, slots: frozenset[int]) -> None:
+        """A fault on one node began at ``start`` (the latest yet), on a node serving
+        ``slots``."""
+        self._starts.append(start)
+        self._slots.append(slots)
+
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
+    def part(self, op: Op) -> str | None:
+        """``faulted``, ``healthy`` or None (see the class docstring)."""
+        if not op.slots:
+            return None
+        if not self._starts:
+            return "healthy"
+        index = max(bisect_right(self._starts, op.start) - 1, 0)
+        return "faulted" if faulted(op, self._slots[index]) else "healthy"
 
 
 def steadiness(ok: Sequence[Op], start: float, end: float, parts: int = STEADINESS_PARTS) -> float:

@@ -42,6 +42,8 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
         (["run", "--cluster", "redis://:hunter2@127.0.0.1:notaport"], "--cluster"),
         (["run", "--cluster", "http://127.0.0.1:6379"], "--cluster"),
         (["run", "--seed", "x"], "--seed"),
+        (["run", "--metrics-port", "70000"], "--metrics-port"),
+        (["run", "--metrics-port", "http"], "--metrics-port"),
         (["frobnicate"], "frobnicate"),
     ],
 )

@@ -130,3 +130,9 @@ def test_redactor() -> None:
     redactor.add("hunter2-longer")
     assert redactor.scrub("a hunter2-longer b hunter2") == "a *** b ***"
     assert redactor.url("redis://:hunter2@h:1") == "redis://:***@h:1"
+
+
+def test_series_without_a_fault_on_one_node_has_no_split() -> None:
+    record = RunRecord(start=0.0, end=2.0, ops=[Op(0, "set", 0.1, 0.2, True, None, (7,))])
+    (point, _) = series(record)
+    assert point["ok"] == 1 and point["ok_healthy"] is None and point["ok_faulted"] is None
