@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .figures import metrics
+from .figures import deciding, metrics
 from .monitor import ProgressSink, Snapshot
 from .redact import Redactor
 from .report import render_text
@@ -186,19 +186,22 @@ class LiveUI(UI):
 
 
 def summary_table(results: list[ScenarioResult]) -> Table:
-    """One row per scenario: status, time, operations, throughput, errors, p99, recovery and
-    the first violation."""
+    """One row per scenario: status, time, operations, throughput, errors, p99, recovery, the
+    blast radius (the healthy slots' share of the baseline during a fault on one node, against
+    its bound) and the first violation."""
     table = Table(title="chaos run summary", show_lines=False)
     for column, justify in (("scenario", "left"), ("status", "left"), ("time", "right"),
                             ("ops", "right"), ("ops/s", "right"), ("errors", "right"),
                             ("p99 ms", "right"), ("recovery", "right"),
+                            ("healthy/bound", "right"),
                             ("first violation / reason", "left")):  # fmt: skip
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for r in results:
         status = Text(r.status, style=_STYLE.get(r.status, ""))
         if r.status in ("skipped", "error", "interrupted"):
             why = r.skipped or r.error or "Ctrl-C"
-            table.add_row(r.scenario.name, status, f"{r.seconds:.1f}s", "", "", "", "", "", why)
+            table.add_row(r.scenario.name, status, f"{r.seconds:.1f}s", "", "", "", "", "", "",
+                          why)  # fmt: skip
             continue
         m = metrics(r)
         recovery = ""
@@ -216,6 +219,18 @@ def summary_table(results: list[ScenarioResult]) -> Table:
         table.add_row(
             r.scenario.name, status, f"{r.seconds:.1f}s", str(m["total_operations"]),
             f"{m['throughput_ops_s']:.0f}", str(m["failed"]), f"{m['p99_ms']:.1f}", recovery,
-            first,
+            _blast(r), first,
         )  # fmt: skip
     return table
+
+
+def _blast(result: ScenarioResult) -> Text:
+    """``ratio/bound`` of the blast radius that decides the check (red when under), ``n/c``
+    when it could not be checked, empty without a fault on one node."""
+    blast = deciding(result.blast)
+    if blast is None:
+        return Text("")
+    if blast.unchecked is not None:
+        return Text("n/c")
+    held = blast.ratio >= blast.bound
+    return Text(f"{blast.ratio:.2f}/{blast.bound:.2f}", style="" if held else "bold red")

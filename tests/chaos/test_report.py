@@ -4,6 +4,7 @@ redactor."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from rich.console import Console
@@ -118,7 +119,9 @@ def test_plot_and_summary_table(tmp_path: Path) -> None:
     assert plot(result, path) and path.stat().st_size > 10_000
     console = Console(width=160, record=True)
     console.print(summary_table([result]))
-    assert "node-down" in console.export_text()
+    text = console.export_text()
+    assert "node-down" in text and "healthy/bound" in text
+    assert re.search(r"0\.0\d/0\.\d\d", text)  # the blast radius's ratio under its bound
 
 
 def test_redactor() -> None:
