@@ -115,6 +115,9 @@ class FaultContext:
     """Real addresses of the nodes the running fault acts on (see :meth:`hit`)."""
     everywhere: bool = False
     """The running fault acts on every node (see :meth:`hit_all`)."""
+    over: float | None = None
+    """When the running fault's effect ended, if before the fault returned (it went on waiting
+    for the cluster to settle): its window ends there (see :meth:`over_now`)."""
     filled: trio.Event = field(default_factory=trio.Event)
     """Set once the workload's client is ready (its pools filled) and its workers start."""
 
@@ -132,6 +135,12 @@ class FaultContext:
         """A new fault starts: forget what the last one hit."""
         self.hits.clear()
         self.everywhere = False
+        self.over = None
+
+    def over_now(self) -> None:
+        """The running fault's effect is over now, though the fault still waits for the
+        cluster: its window (and the blast radius) end here, its recovery counts from here."""
+        self.over = trio.current_time()
 
     def owners(self) -> dict[int, Address]:
         """The workload's slots -> the real address of the primary serving each, as the
@@ -161,7 +170,8 @@ class FaultContext:
         """The window of the fault that began at ``start`` and ends now (``owners``: as for
         :meth:`hit_now`)."""
         hit = self.hit_now(owners)
-        return Window(name, start, trio.current_time(), hit.nodes, hit.everywhere, hit.slots)
+        end = self.over if self.over is not None else trio.current_time()
+        return Window(name, start, end, hit.nodes, hit.everywhere, hit.slots)
 
     def client(self) -> ClusterClient:
         """The workload's client (the oldest one open)."""
@@ -382,15 +392,19 @@ async def restart_primary(ctx: FaultContext) -> None:
         with trio.fail_after(CLUSTER_REACTION_TIMEOUT):
             server.spawn()
             await server.wait_ready()
+            # It answers again: the outage is over, though the cluster may take a while to
+            # agree that it is ready (the window ends here; the tail starts once it agrees).
+            ctx.over_now()
             await cluster.refresh_roles()
             await cluster.wait_ready()
         end = trio.current_time()
+    back = (ctx.over or end) - start - ctx.hold
     if cluster.shard_of(server).primary is not server:
         ctx.loss_window("restart turned into a failover", start - REPLICATION_SLACK, end)
         ctx.note(f":{server.port} was failed over while restarting")
     else:
-        ctx.note(f":{server.port} down {ctx.hold:.1f} s, back in {end - start - ctx.hold:.2f} s "
-                 "more with its slots")  # fmt: skip
+        ctx.note(f":{server.port} down {ctx.hold:.1f} s, answering {back:.2f} s later, the "
+                 f"cluster ready {end - start - ctx.hold:.2f} s later, with its slots")  # fmt: skip
 
 
 async def graceful_failover(ctx: FaultContext) -> None:

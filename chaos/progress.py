@@ -31,6 +31,9 @@ from .session import UI
 
 __all__ = ["Eta", "LiveUI", "summary_table"]
 
+#: Seconds of planned extra time, at the planned pace, the ETA starts from (see ``Eta.scale``).
+ETA_PRIOR = 3.0
+
 _STYLE = {"passed": "green", "failed": "bold red", "error": "bold red", "skipped": "yellow",
           "interrupted": "magenta"}  # fmt: skip
 
@@ -64,10 +67,11 @@ class Eta:
 
     @property
     def scale(self) -> float:
-        """How much longer than planned the unfixed part runs on this machine (1 at first)."""
-        if self._done_extra <= 0:
-            return 1.0
-        return max(self._took_extra, 0.0) / self._done_extra
+        """How much longer than planned the unfixed part runs on this machine: 1 at first, then
+        the finished scenarios' ratio, weighed against ``ETA_PRIOR`` planned seconds at 1 (so that
+        the first short scenario, slow to dial, does not set it alone)."""
+        took = max(self._took_extra, 0.0)
+        return (took + ETA_PRIOR) / (self._done_extra + ETA_PRIOR)
 
     def start(self, index: int, now: float) -> None:
         """Scenario ``index`` starts at ``now``."""

@@ -262,7 +262,7 @@ _FAULTS = [
                                                keys_per_worker=8), hold=2.0),
     Scenario("pubsub-node-failure", "faults",
              "the pub/sub load of advanced-pubsub; the proxy of the primary carrying most "
-             f"classic subscriptions disabled for {SINGLE_NODE_HOLD:.0f} s",
+             f"classic subscriptions disabled for {2 * SINGLE_NODE_HOLD:.0f} s",
              # This load saturates its process (p99 0.5-0.8 s before the fault beside four CPU
              # hogs, over 2 s while 100 connections redial after it): 0.5/1 s timeouts then
              # fail healthy commands.  Timeouts are not what this tests (pub/sub recovery is).
@@ -270,7 +270,9 @@ _FAULTS = [
              ClientSpec(pool=_pool(100, 3.0), read_timeout=2.0, write_timeout=2.0,
                         connect_timeout=2.0),
              faults=(("pubsub-node-down", faultlib.pubsub_node_down),), pubsub=PUBSUB, tail=4.0,
-             hold=SINGLE_NODE_HOLD, warmup=FAULT_WARMUP, extra=1.2,
+             # Its 2 s read timeout (and the slack of a busy baseline) would take up most of a
+             # 5 s fault, and the blast-radius bound with it: twice as long.
+             hold=2 * SINGLE_NODE_HOLD, warmup=FAULT_WARMUP, extra=1.2,
              origin=f"{PUBSUB_ORIGIN}, 1 s + the fault + 3 s (the origin has no fault)"),
     Scenario("cancel-storm", "faults",
              "every command under a random 0-20 ms move_on_after deadline",
