@@ -19,7 +19,7 @@ __all__ = ["GROUPS", "SCENARIOS", "Planned", "Scenario", "select"]
 
 GROUPS = ("basic", "advanced", "detect", "faults")
 #: Seconds every scenario spends outside its load (cluster checks, verification, clean-up),
-#: measured on a quiet 2-core machine.
+#: measured on a 2-core machine.
 PLAN_OVERHEAD = 0.3
 
 
@@ -72,7 +72,8 @@ class Scenario:
     """Subscribers and publishers running beside the workload (``chaos.pubsubload``)."""
     extra: float = 0.0
     """Seconds a run takes beyond what its plan fixes (a fixed amount of work, the cluster's
-    reaction to a fault, waits): measured on a quiet 2-core machine, for the progress ETA."""
+    reaction to a fault, waits): the median of three default runs on a shared 2-core machine,
+    for the progress ETA."""
 
     def planned(self, duration: float | None = None) -> Planned:
         """How long a run of it should take (``duration``: the run's ``--duration``, which
@@ -139,11 +140,12 @@ _LOAD = [
     Scenario("basic-concurrent", "basic", "many tasks, SETs on their own keys",
              Workload(workers=50, ops_per_worker=100, mix=SETS),
              _origin_client(PoolOptions()),
+             extra=0.4,
              origin="Basic Concurrent Operations: 100 goroutines x 5000 SET -> 50 x 100"),
     Scenario("basic-stress", "basic", "high concurrency on a pool of 5, 0-99 us think time",
              Workload(workers=100, ops_per_worker=50, mix=SETS, think=(0.0, 0.0001)),
              _origin_client(_pool(5, 2.0)),
-             extra=0.6,
+             extra=1.0,
              origin="High Concurrency Stress: PoolSize 5, PoolTimeout 2 s, 250 x 250 SET -> "
                     "100 x 50"),
     Scenario("basic-pool-load", "basic", "workers hold the pool busy for a few seconds",
@@ -155,39 +157,40 @@ _LOAD = [
              Workload(workers=60, ops_per_worker=80, mix=(("get", 0.6), ("set", 0.4)),
                       keys_per_worker=4, prepopulate=True),
              _origin_client(_pool(10, 5.0)),
-             extra=0.3, origin="Mixed Read/Write: PoolSize 10, 300 x 1000 ops 60/40 -> 60 x 80"),
+             extra=0.4, origin="Mixed Read/Write: PoolSize 10, 300 x 1000 ops 60/40 -> 60 x 80"),
     Scenario("advanced-contention", "advanced", "200 tasks on a pool of 2",
              Workload(workers=200, ops_per_worker=10, mix=SETS),
              _origin_client(_pool(2, 1.0)),
+             extra=0.4,
              origin="Extreme Contention: PoolSize 2, PoolTimeout 1 s, 200 x 10 (unscaled)"),
     Scenario("advanced-rapid-cycles", "advanced", "acquire/release with max_idle 1",
              Workload(workers=50, ops_per_worker=100, mix=SETS),
              _origin_client(_pool(5, 2.0, max_idle=1)),
-             extra=0.6, origin="Rapid Acquire/Release: PoolSize 5, MaxIdle 1, 50 x 100 (unscaled)"),
+             extra=1.4, origin="Rapid Acquire/Release: PoolSize 5, MaxIdle 1, 50 x 100 (unscaled)"),
     Scenario("advanced-long-running", "advanced", "pipelines (SET, GET, INCR) with think time",
              Workload(workers=40, ops_per_worker=40, mix=(("pipeline", 1.0),),
                       think=(0.0, 0.019)),
              _origin_client(_pool(2, 3.0, max_idle=1, max_active=5)),
-             extra=0.5,
+             extra=2.5,
              origin="Long-Running Operations: PoolSize 2, MaxIdle 1, MaxActive 5, 100 x 200 "
                     "pipelines -> 40 x 40"),
     Scenario("advanced-pipelines", "advanced", "concurrent pipelines of 50 SETs",
              Workload(workers=16, ops_per_worker=20, mix=(("pipeline", 1.0),),
                       pipeline_sets=50, keys_per_worker=50),
              _origin_client(_pool(10, 5.0, max_idle=5, min_idle=5)),
-             extra=0.7, origin="Concurrent Pipelines: PoolSize 10, 64 x 100 pipelines x 100 SET -> "
+             extra=1.9, origin="Concurrent Pipelines: PoolSize 10, 64 x 100 pipelines x 100 SET -> "
                     "16 x 20 x 50"),
     Scenario("advanced-pubsub", "advanced",
              f"{PUBSUB.subscribers} subscribers x {PUBSUB.channels_per_subscriber} channels "
              f"({PUBSUB.sharded} of {PUBSUB.channels} sharded), {PUBSUB.publishers} publishers, "
              f"{PUBSUB_GETSET.workers} GET/SET workers",
              PUBSUB_GETSET, _origin_client(_pool(100, 5.0)), duration=PUBSUB_SECONDS,
-             pubsub=PUBSUB, extra=1.1, origin=f"{PUBSUB_ORIGIN}, {PUBSUB_SECONDS:.0f} s"),
+             pubsub=PUBSUB, extra=1.8, origin=f"{PUBSUB_ORIGIN}, {PUBSUB_SECONDS:.0f} s"),
     Scenario("detect-thundering-herd", "detect", "100 tasks released at once on a pool of 5",
              Workload(workers=100, ops_per_worker=1, mix=SETS, shape="rounds", rounds=3,
                       pause=0.2),
              _origin_client(_pool(5, 2.0)),
-             extra=0.3,
+             extra=0.5,
              origin="Thundering Herd: PoolSize 5, 100 goroutines x 1 SET (3 rounds here)"),
     Scenario("detect-bursty", "detect", "5 bursts of 50 tasks, 100 ms apart",
              Workload(workers=50, ops_per_worker=1, mix=SETS, shape="rounds", rounds=5,
@@ -198,11 +201,11 @@ _LOAD = [
              Workload(workers=20, ops_per_worker=1, mix=SETS, shape="churn", rounds=10,
                       pause=0.05),
              _origin_client(_pool(5, 2.0)),
-             extra=1.7, origin="Connection Churn: 10 iterations x 20 goroutines, new client each"),
+             extra=0.9, origin="Connection Churn: 10 iterations x 20 goroutines, new client each"),
     Scenario("detect-race", "detect", "SET / GET / pipeline(SET+GET) cycled on a pool of 3",
              Workload(workers=100, ops_per_worker=20, cycle=True, shape="rounds"),
              _origin_client(_pool(3, 1.0)),
-             extra=1.2,
+             extra=0.7,
              origin="Race Condition Detection (defined but never run by the origin): PoolSize 3, "
                     "PoolTimeout 1 s, 100 x 20"),
 ]  # fmt: skip
@@ -243,7 +246,7 @@ _FAULTS = [
     _fault("latency-spike", faultlib.latency_spike,
            f"a primary 800 ms late for {SINGLE_NODE_HOLD:.0f} s, read timeout 500 ms"),
     _fault("reset-storm", faultlib.reset_storm, "half the connections to every node reset",
-           hold=2.0),
+           hold=2.0, extra=0.5),
     _fault("slow-close", faultlib.slow_close,
            "a primary's connections cut after 2 KB, closed 1.5 s later"),
     _fault("bandwidth", faultlib.bandwidth_starvation,
@@ -251,7 +254,7 @@ _FAULTS = [
            workload=Workload(workers=16, think=(0.001, 0.004), value_pad=400)),
     _fault("kill-primary", faultlib.kill_primary,
            f"a primary SIGKILLed; its replica promoted after a {SINGLE_NODE_HOLD:.0f} s node "
-           "timeout", needs_local=True, recovery_extra=2.0, extra=4.6),
+           "timeout", needs_local=True, recovery_extra=2.0, extra=4.5),
     _fault("failover", faultlib.graceful_failover, "CLUSTER FAILOVER of a shard (lossless)",
            needs_local=True, hold=0.0),
     _fault("restart-primary", faultlib.restart_primary,
@@ -259,7 +262,7 @@ _FAULTS = [
            "AOF", needs_local=True, recovery_extra=2.0, extra=3.4),
     _fault("reshard", faultlib.live_reshard, "slots with live keys moved away and back (ASK/MOVED)",
            needs_local=True, workload=Workload(workers=16, think=(0.001, 0.004),
-                                               keys_per_worker=8), hold=2.0),
+                                               keys_per_worker=8), hold=2.0, extra=0.6),
     Scenario("pubsub-node-failure", "faults",
              "the pub/sub load of advanced-pubsub; the proxy of the primary carrying most "
              f"classic subscriptions disabled for {2 * SINGLE_NODE_HOLD:.0f} s",
@@ -272,7 +275,7 @@ _FAULTS = [
              faults=(("pubsub-node-down", faultlib.pubsub_node_down),), pubsub=PUBSUB, tail=4.0,
              # Its 2 s read timeout (and the slack of a busy baseline) would take up most of a
              # 5 s fault, and the blast-radius bound with it: twice as long.
-             hold=2 * SINGLE_NODE_HOLD, warmup=FAULT_WARMUP, extra=1.2,
+             hold=2 * SINGLE_NODE_HOLD, warmup=FAULT_WARMUP, extra=1.7,
              origin=f"{PUBSUB_ORIGIN}, 1 s + the fault + 3 s (the origin has no fault)"),
     Scenario("cancel-storm", "faults",
              "every command under a random 0-20 ms move_on_after deadline",
@@ -294,7 +297,7 @@ _FAULTS = [
                         connect_timeout=HANDOFF_CONNECT_TIMEOUT),
              faults=(("moving", maintenance.moving_handoff(HANDOFF_MAINT.handoff_timeout)),
                      ("migrating", maintenance.relaxed_migration(RELAX_LATENCY_MS))),
-             harness=maintenance.Injectors, zero_failures=True, hold=1.5, tail=2.5, extra=0.9),
+             harness=maintenance.Injectors, zero_failures=True, hold=1.5, tail=2.5, extra=2.6),
     Scenario("credential-rotation", "faults",
              "streaming credentials rotated to a second ACL user under load, then the first "
              "user deleted", FAULT_LOAD,

@@ -38,7 +38,13 @@ def _worst_error(plan: list[Planned], took: list[float]) -> float:
     return worst
 
 
-@pytest.mark.parametrize("slower", [1.0, 1.6, 2.5])
+#: Seconds each scenario of a default run took (``--seed 3``, this plan, a shared 2-core
+#: machine), in the order they run.
+MEASURED = [0.7, 1.5, 3.2, 0.7, 0.9, 1.7, 3.1, 2.2, 8.2, 1.0, 0.9, 1.2, 1.0, 10.8, 10.4, 10.3,
+            10.4, 7.8, 10.4, 10.3, 14.8, 5.8, 13.1, 7.9, 19.6, 4.3, 11.9, 7.0]  # fmt: skip
+
+
+@pytest.mark.parametrize("slower", [1.0, 1.6, 2.0])
 def test_eta_of_a_default_run_stays_within_20_percent(slower: float) -> None:
     plan = [s.planned() for s in select([], "all")]
     rng = random.Random(7)
@@ -46,6 +52,12 @@ def test_eta_of_a_default_run_stays_within_20_percent(slower: float) -> None:
     # the cluster's reactions: ``slower`` times the measured figure, give or take 15 %.
     took = [1.01 * p.fixed + slower * p.extra * rng.uniform(0.85, 1.15) for p in plan]
     assert _worst_error(plan, took) <= 0
+
+
+def test_eta_of_a_measured_default_run_stays_within_20_percent() -> None:
+    plan = [s.planned() for s in select([], "all")]
+    assert len(MEASURED) == len(plan)
+    assert _worst_error(plan, MEASURED) <= 0
 
 
 def test_the_old_eta_from_a_flat_average_misses_by_far() -> None:
