@@ -12,8 +12,8 @@
 * ``chaos``: the default chaos scenarios against a local cluster behind the embedded proxies;
 * ``bench``: trio-cluster against its peers (``benchmarks.peers``), then large replies;
 * ``faults_real``: ``tests/faults`` against the real Toxiproxy 2.12.0 binaries.
-* ``chaos-busy``: the chaos suite three times beside four CPU-bound processes, then the
-  deliberately broken clients under the same load.
+* ``chaos-busy``: the deliberately broken clients beside four CPU-bound processes, then the
+  chaos suite three times under the same load.
 
 Every session but ``tests-latest`` installs exactly what ``uv.lock`` names (``uv sync
 --frozen``): a fresh clone runs the versions CI ran.
@@ -218,15 +218,16 @@ def faults_real(session: nox.Session) -> None:
 
 @nox.session(name="chaos-busy")
 def chaos_busy(session: nox.Session) -> None:
-    """The default chaos suite three times in a row beside four CPU-bound processes (as on a
-    busy shared runner), then the deliberately broken clients under the same load: the
-    invariants must keep their meaning there.  Extra arguments go to each ``chaos run``."""
+    """The deliberately broken clients beside four CPU-bound processes (as on a busy shared
+    runner): the invariants must keep their meaning there (a client that waits on a hung node
+    fails the blast radius, one that isolates it keeps it); then the default chaos suite three
+    times in a row under the same load.  Extra arguments go to each ``chaos run``."""
     _sync(session, "dev")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
     env = {"TRIO_CLUSTER_SERVER": bundled.strip()}
     busy = ["python", "-m", "chaos.busy", "--procs", "4"]
-    session.run(*busy, "--repeat", "3", "--", "python", "-m", "chaos", "run", *session.posargs,
-                env=env)  # fmt: skip
     session.run(*busy, "--", "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
                 "tests/chaos/test_broken_client.py", env=env)  # fmt: skip
+    session.run(*busy, "--repeat", "3", "--", "python", "-m", "chaos", "run", *session.posargs,
+                env=env)  # fmt: skip

@@ -1,11 +1,5 @@
 """``python -m chaos.busy [--procs 4] [--repeat 3] -- COMMAND...``: run a command beside CPU
-hogs, as on a busy shared CI runner.
-
-``--procs`` processes spin on the CPU (``while True: pass``) for as long as the command runs;
-the command is run ``--repeat`` times in a row, stopping at the first failure.  Each run's wall
-time and the 1-minute load average are printed.  The exit status is the first failing run's,
-or 0.  The hogs are killed on every way out (Ctrl-C included).
-"""
+hogs, as on a busy shared CI runner (the help text is :data:`DESCRIPTION`)."""
 
 from __future__ import annotations
 
@@ -18,17 +12,32 @@ import time
 __all__ = ["main"]
 
 HOG = "while True: pass"
+DESCRIPTION = """\
+Run a command beside CPU hogs, as on a busy shared CI runner.
+
+--procs processes spin on the CPU (while True: pass) for as long as the command runs; the
+command is run --repeat times in a row, stopping at the first failure.  Each run's wall time
+and the 1-minute load average are printed.  The exit status is the first failing run's, or
+0.  The hogs are killed on every way out (Ctrl-C included).
+
+example:
+  python -m chaos.busy --procs 4 --repeat 3 -- python -m chaos run
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m chaos.busy",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--procs", type=int, default=4, help="CPU-bound processes (default 4)")
-    parser.add_argument("--repeat", type=int, default=1, help="consecutive runs (default 1)")
+    parser.add_argument(
+        "--procs", type=int, default=4, metavar="N", help="CPU-bound processes (default 4)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, metavar="N", help="consecutive runs (default 1)"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

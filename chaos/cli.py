@@ -1,13 +1,6 @@
-"""``python -m chaos list`` and ``python -m chaos run [SCENARIO...] [options]``.
-
-Exit status of ``run``:
-  0    every invariant held in every scenario that ran
-  1    an invariant failed (or a scenario could not run to its end)
-  2    usage or setup error (bad argument, unreachable cluster or proxy...): one line on
-       stderr, the traceback only with --debug
-  3    every selected scenario was skipped (0 with --allow-skip)
-  130  interrupted (Ctrl-C), after cleanup: faults undone, the run's keys deleted, proxies
-       removed, and the partial report, JSON and JUnit written
+"""The command line: ``python -m chaos list`` and ``python -m chaos run [SCENARIO...]
+[options]``.  The help texts (:data:`DESCRIPTION`, :data:`RUN_DESCRIPTION`, :data:`RUN_EPILOG`)
+are plain text, exit statuses included (:data:`EXIT_STATUSES`).
 """
 
 from __future__ import annotations
@@ -26,14 +19,14 @@ from urllib.parse import urlsplit
 import trio
 from rich.console import Console
 
-from trio_cluster.config import parse_url
-
-from .document import document, junit_xml, render_json
+from .document import SCHEMA_VERSION, document, junit_xml, render_json
+from .plot import plot
 from .progress import LiveUI, summary_table
 from .redact import Redactor
-from .report import plot, render_text
+from .report import render_text
 from .scenarios import GROUPS, SCENARIOS, select
 from .session import RunOutcome, RunPlan, execute
+from .target import ClusterTarget, TargetError
 
 __all__ = ["EXIT_ALL_SKIPPED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SETUP", "EXIT_VIOLATION",
            "main"]  # fmt: skip
@@ -62,18 +55,75 @@ def _duration(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m chaos", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the scenarios")
-    run = sub.add_parser("run", help="run scenarios (default: those of --mode)",
-                         description=__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+#: What ``python -m chaos --help`` says first (plain text: argparse prints it as it is).
+DESCRIPTION = """\
+Chaos drills for a Redis Cluster with trio-cluster: a seeded load that checks every reply,
+faults injected through proxies chaos creates in front of every node (and, on a local
+cluster, process faults: SIGSTOP, kill, restart, failover, resharding), and invariants
+checked after each scenario (no misdelivered reply, no acknowledged write lost, pool and
+time bounds derived from the run's own baseline, recovery, blast radius...).
+
+commands:
+  python -m chaos list                      every scenario, its group and what it does
+  python -m chaos run [SCENARIO...] [opts]  run scenarios; see python -m chaos run --help
+"""
+
+#: The exit statuses of ``run`` (also in the module docstring and docs/chaos.md).
+EXIT_STATUSES = """\
+exit status:
+  0    every invariant held in every scenario that ran
+  1    an invariant failed (or a scenario could not run to its end)
+  2    usage or setup error (bad argument, unreachable cluster or proxy...): one line on
+       stderr, the traceback only with --debug
+  3    every selected scenario was skipped (0 with --allow-skip)
+  130  interrupted (Ctrl-C), after cleanup: faults undone, the run's keys deleted, proxies
+       removed, and the partial report, JSON and JUnit written
+"""
+
+RUN_DESCRIPTION = """\
+Run scenarios (default: every scenario of --mode) and report each: the text report on
+stdout as each ends, live progress on stderr, a summary table at the end, and the files
+asked for.  Bounds are derived from the run's own baseline and the client's timeouts;
+each is explained in one line of the report.
+"""
+
+RUN_EPILOG = f"""\
+{EXIT_STATUSES}
+examples:
+  python -m chaos run node-hang kill-primary --seed 7 --report-dir reports/
+  python -m chaos run --mode detect
+  python -m chaos run --metrics-port 9464   (Prometheus metrics while it runs)
+  python -m chaos run --cluster redis://:PASSWORD@staging:7000 --toxiproxy http://toxiproxy:8474
+
+The JSON document (schema_version {SCHEMA_VERSION}), the JUnit XML and the metrics are
+described in docs/chaos.md.
+"""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 0..65535, not {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line's parser (its help texts are the module's constants)."""
+    raw = argparse.RawDescriptionHelpFormatter
+    top = _Parser(prog="python -m chaos", description=DESCRIPTION, epilog=EXIT_STATUSES,
+                     formatter_class=raw)  # fmt: skip
+    sub = top.add_subparsers(dest="command", required=True, metavar="{list,run}")
+    sub.add_parser("list", help="list every scenario, its group and what it does",
+                   description="List every scenario: its name, its group (a --mode), what it "
+                   "does, and whether it needs --cluster local.")  # fmt: skip
+    run = sub.add_parser("run", help="run scenarios (default: every scenario of --mode)",
+                         description=RUN_DESCRIPTION, epilog=RUN_EPILOG,
+                         formatter_class=raw)  # fmt: skip
     run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                     help="scenarios to run, in this order (see `python -m chaos list`); "
+                     help="scenarios to run, in this order (python -m chaos list names them); "
                           "default: every scenario of --mode")  # fmt: skip
     run.add_argument(
         "--mode",
@@ -84,19 +134,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--cluster",
         default="local",
-        help="'local' (start a 3+3 cluster) or a redis:// or rediss:// URL of a "
-        "node of an existing cluster (its password is never shown)",
+        metavar="local|URL",
+        help="'local' (default: start a 3+3 cluster on free loopback ports) or the "
+        "redis:// or rediss:// URL of a node of an existing cluster (its "
+        "password is never shown)",
     )
     run.add_argument(
         "--toxiproxy",
         default="embedded",
-        help="'embedded' (in this process) or the http:// URL of a Toxiproxy "
-        "server; only proxies named chaos-<run id>-* are touched",
+        metavar="embedded|URL",
+        help="'embedded' (default: a Toxiproxy-compatible server in this process) "
+        "or the http:// URL of a Toxiproxy server; only proxies named "
+        "chaos-<run id>-* are touched",
     )
     run.add_argument(
         "--seed",
         type=int,
         default=None,
+        metavar="N",
         help="seed of every random choice (workload, faults); default: random, "
         "printed, so a run can be repeated",
     )
@@ -104,19 +159,46 @@ def _parser() -> argparse.ArgumentParser:
         "--duration",
         type=_duration,
         default=None,
-        help="seconds of steady load / of each fault (default: per scenario)",
+        metavar="SECONDS",
+        help="seconds of steady load, and of each fault (default: per scenario; "
+        "a fault on one node lasts 5 s)",
     )
     run.add_argument(
-        "--json", type=Path, default=None, help="write the run as JSON here (schema: docs/chaos.md)"
+        "--json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the run as one JSON document here (schema: docs/chaos.md)",
     )
     run.add_argument(
-        "--junit", type=Path, default=None, help="write JUnit XML here (one test case per scenario)"
+        "--junit",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write JUnit XML here (one test case per scenario)",
     )
     run.add_argument(
         "--report-dir",
         type=Path,
         default=None,
-        help="write a text report and a PNG plot per scenario, and results.json",
+        metavar="DIR",
+        help="write a text report and a PNG plot per scenario, and results.json "
+        "(the --json document), here",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="serve the per-second figures as Prometheus metrics on "
+        "http://HOST:PORT/metrics while the run lasts (0: a free port, "
+        "printed); names in docs/chaos.md",
+    )
+    run.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address --metrics-port listens on (default: 127.0.0.1)",
     )
     run.add_argument(
         "--allow-skip",
@@ -124,9 +206,12 @@ def _parser() -> argparse.ArgumentParser:
         help="exit 0 (not 3) when every selected scenario was skipped",
     )
     run.add_argument(
-        "--debug", action="store_true", help="show tracebacks of setup and scenario errors"
+        "--debug",
+        action="store_true",
+        help="show tracebacks of setup and scenario errors, and the client's and "
+        "the proxies' own log lines",
     )
-    return parser
+    return top  # fmt: skip
 
 
 def _list() -> int:
@@ -161,19 +246,13 @@ def _writable_dir(path: Path, option: str) -> None:
         raise UsageError(f"{option} {path}: {existing} is not writable")
 
 
-def _validate(args: argparse.Namespace, redactor: Redactor) -> None:
-    """Every argument checked before anything starts (UsageError names the bad one)."""
-    if args.cluster != "local":
-        redactor.add_url(args.cluster)
-        shown = redactor.url(args.cluster)
-        if not args.cluster.startswith(("redis://", "rediss://")):
-            raise UsageError(f"--cluster {shown}: use 'local' or a redis:// or rediss:// URL")
-        try:
-            options = parse_url(args.cluster)
-        except ValueError as exc:
-            raise UsageError(f"--cluster: {redactor.scrub(str(exc))}") from None
-        if "host" not in options:
-            raise UsageError(f"--cluster {shown}: no host")
+def _validate(args: argparse.Namespace, redactor: Redactor) -> ClusterTarget:
+    """Every argument checked before anything starts (UsageError names the bad one); the
+    cluster target, parsed once for the whole run."""
+    try:
+        target = ClusterTarget.parse(args.cluster, redactor)
+    except TargetError as exc:
+        raise UsageError(f"--cluster {exc}") from None
     if args.toxiproxy != "embedded":
         redactor.add_url(args.toxiproxy)
         shown = redactor.url(args.toxiproxy)
@@ -193,13 +272,14 @@ def _validate(args: argparse.Namespace, redactor: Redactor) -> None:
         chosen = select(args.scenarios, args.mode)
     except KeyError as exc:
         raise UsageError(
-            f"unknown scenario(s): {exc.args[0]}; see `python -m chaos list`"
+            f"unknown scenario(s): {exc.args[0]}; python -m chaos list names them"
         ) from None
     unavailable = [s.name for s in chosen if s.unavailable and args.scenarios]
     if unavailable:
         raise UsageError(
             "; ".join(f"{n}: unavailable: {SCENARIOS[n].unavailable}" for n in unavailable)
         )
+    return target
 
 
 def _status(outcome: RunOutcome, allow_skip: bool) -> tuple[str, int]:
@@ -258,21 +338,23 @@ def _logging(redactor: Redactor, debug: bool) -> None:
     handler.addFilter(_Scrub(redactor))
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])  # no-op if configured
-    for name in ("trio_cluster", "faults"):
-        logging.getLogger(name).setLevel(logging.WARNING if debug else logging.ERROR)
+    # The embedded proxy logs at ERROR what a fault does on purpose (a link to a stopped node
+    # cannot open): only with --debug.
+    logging.getLogger("trio_cluster").setLevel(logging.WARNING if debug else logging.ERROR)
+    logging.getLogger("faults").setLevel(logging.WARNING if debug else logging.CRITICAL)
 
 
-def _run(args: argparse.Namespace, redactor: Redactor) -> int:
+def _run(args: argparse.Namespace, target: ClusterTarget, redactor: Redactor) -> int:
     _logging(redactor, args.debug)
     chosen = select(args.scenarios, args.mode)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-    plan = RunPlan(chosen, args.cluster, args.toxiproxy, seed, uuid.uuid4().hex[:8],
-                   args.duration)  # fmt: skip
-    cluster = "local" if args.cluster == "local" else redactor.url(args.cluster)
+    metrics = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
+    plan = RunPlan(chosen, target, args.toxiproxy, seed, uuid.uuid4().hex[:8],
+                   args.duration, metrics)  # fmt: skip
     toxiproxy = "embedded" if args.toxiproxy == "embedded" else redactor.url(args.toxiproxy)
-    print(f"chaos run {plan.run_id}: seed {seed}, {len(chosen)} scenarios, cluster {cluster}, "
-          f"toxiproxy {toxiproxy}", file=sys.stderr, flush=True)  # fmt: skip
-    ui = LiveUI(redactor)
+    print(f"chaos run {plan.run_id}: seed {seed}, {count(len(chosen), 'scenario')}, cluster "
+          f"{target.shown}, toxiproxy {toxiproxy}", file=sys.stderr, flush=True)  # fmt: skip
+    ui = LiveUI(redactor, [s.planned(args.duration) for s in chosen])
     try:
         outcome = trio.run(execute, plan, redactor, ui)
     finally:
@@ -303,21 +385,26 @@ def _run(args: argparse.Namespace, redactor: Redactor) -> int:
     return code
 
 
+def count(n: int, noun: str) -> str:
+    """``1 scenario``, ``3 scenarios``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     redactor = Redactor()
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
         if args.command == "list":
             return _list()
-        _validate(args, redactor)
+        target = _validate(args, redactor)
     except SystemExit as exc:  # --help
         return EXIT_OK if exc.code in (0, None) else EXIT_SETUP
     except UsageError as exc:
         print(f"usage error: {redactor.scrub(str(exc))}", file=sys.stderr)
         return EXIT_SETUP
     try:
-        return _run(args, redactor)
+        return _run(args, target, redactor)
     except KeyboardInterrupt:  # Ctrl-C outside the run (the run itself handles its own)
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

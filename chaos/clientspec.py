@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trio_cluster import BreakerOptions, PoolOptions, RetryOptions
-from trio_cluster.jobs.maint import MaintNotificationsOptions
+from trio_cluster import BreakerOptions, MaintNotificationsOptions, PoolOptions, RetryOptions
 
 __all__ = ["ClientSpec", "blocked_bound", "recovery_bound", "scheduling_slack"]
 

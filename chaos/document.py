@@ -14,7 +14,7 @@ from .session import RunOutcome
 __all__ = ["SCHEMA_VERSION", "document", "junit_xml", "render_json"]
 
 #: Bumped on any change a consumer could notice (fields removed, renamed or retyped).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _iso(outcome: RunOutcome, which: str) -> str | None:

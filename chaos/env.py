@@ -8,7 +8,7 @@ local cluster, whose processes this run started.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,16 +17,14 @@ import trio
 
 from faults import EmbeddedToxiproxy, Toxiproxy
 from faults.nodes import NodeProxies, ProxiedNode
-from trio_cluster import ClusterClient
-from trio_cluster.config import parse_url, redact_url
-from trio_cluster.testing import LocalCluster
-from trio_cluster.testing.servers import LocalServer
+from trio_cluster import ClusterClient, redact_url
+from trio_cluster.testing import LocalCluster, LocalServer
 
+from .address import Address
 from .redact import Redactor
+from .target import ClusterTarget
 
 __all__ = ["Environment", "SetupError", "open_environment"]
-
-Address = tuple[str, int]
 
 
 class SetupError(RuntimeError):
@@ -41,8 +39,8 @@ class Environment:
     upstreams: list[Address]
     run_id: str
     cluster: LocalCluster | None = None
-    client_options: dict[str, Any] = field(default_factory=dict)
-    """Connection keywords from the cluster URL (credentials, TLS, db)."""
+    client_options: Mapping[str, Any] = field(default_factory=dict)
+    """Connection keywords from the cluster URL (credentials, TLS, db): ``target.options``."""
     redactor: Redactor = field(default_factory=Redactor)
     """Every secret of the run (see ``chaos.redact``)."""
 
@@ -54,14 +52,11 @@ class Environment:
     @property
     def startup_nodes(self) -> list[Address]:
         """Proxy addresses of every node."""
-        return [self.proxies.address(a) for a in self.upstreams]
+        return [Address.of(self.proxies.address(a)) for a in self.upstreams]
 
-    def node_names(self) -> dict[str, str]:
-        """Proxy ``host:port`` (how the client names a node) -> the node's real ``host:port``."""
-        return {
-            f"{n.listen[0]}:{n.listen[1]}": f"{n.upstream[0]}:{n.upstream[1]}"
-            for n in self.proxies.nodes
-        }
+    def node_names(self) -> dict[Address, Address]:
+        """Proxy address (how the client names a node) -> the node's real address."""
+        return {Address.of(n.listen): Address.of(n.upstream) for n in self.proxies.nodes}
 
     def proxied(self, address: Address) -> ProxiedNode:
         """The proxied node for an upstream *or* a proxy address."""
@@ -71,6 +66,10 @@ class Environment:
             if node.listen == address:
                 return node
         raise KeyError(f"no proxy for {address}")
+
+    def real(self, node: ProxiedNode) -> Address:
+        """The real address of a proxied node."""
+        return Address.of(node.upstream)
 
     def server(self, address: Address) -> LocalServer:
         """The local process behind an upstream or proxy address (local clusters only)."""
@@ -93,10 +92,10 @@ class Environment:
         """Upstream addresses of the current primaries (asked of the cluster itself)."""
         if self.cluster is not None:
             await self.cluster.refresh_roles()
-            return [p.address for p in self.cluster.primaries]
+            return [Address.of(p.address) for p in self.cluster.primaries]
         async with self.client() as rc:
             shards = rc.topology.shards
-            return [self.proxied(s.primary).upstream for s in shards]
+            return [self.real(self.proxied(Address.of(s.primary))) for s in shards]
 
     async def client_counts(self) -> dict[int, int]:
         """Per-node client counts (local clusters only; empty otherwise)."""
@@ -105,16 +104,12 @@ class Environment:
         return await self.cluster.client_counts()
 
 
-async def _discover(url: str) -> tuple[list[Address], dict[str, Any]]:
-    options = parse_url(url)
-    options.pop("host", None)
-    options.pop("port", None)
+async def _discover(target: ClusterTarget) -> list[Address]:
+    """Every node of the cluster ``target`` names, primaries first."""
+    assert target.seed is not None
     with trio.fail_after(15):
-        async with ClusterClient.from_url(url) as rc:
-            nodes: list[Address] = []
-            for shard in rc.topology.shards:
-                nodes += [shard.primary, *shard.replicas]
-    return nodes, options
+        async with ClusterClient(startup_nodes=[target.seed], **target.options) as rc:
+            return [Address.of(node) for node in rc.topology.nodes]
 
 
 @asynccontextmanager
@@ -136,22 +131,22 @@ async def _toxiproxy(spec: str) -> AsyncIterator[Toxiproxy]:
 
 @asynccontextmanager
 async def open_environment(
-    cluster: str, toxiproxy: str, run_id: str, *, masters: int = 3
+    target: ClusterTarget, toxiproxy: str, run_id: str, *, masters: int = 3
 ) -> AsyncIterator[Environment]:
-    """Start (``cluster="local"``) or discover (a ``redis://`` URL) a cluster and put a proxy
-    in front of every node; undo it all on exit.  An external cluster is reached before any
-    proxy is started, so a wrong URL fails fast whatever the proxy mode."""
-    if cluster != "local":
+    """Start (a local target) or discover (a URL) a cluster and put a proxy in front of every
+    node; undo it all on exit.  An external cluster is reached before any proxy is started,
+    so a wrong URL fails fast whatever the proxy mode."""
+    if not target.local:
         try:
-            upstreams, options = await _discover(cluster)
+            upstreams = await _discover(target)
         except Exception as exc:
-            raise SetupError(f"cannot reach the cluster at {redact_url(cluster)}: "
+            raise SetupError(f"cannot reach the cluster at {target.shown}: "
                              f"{_one_line(exc)}") from exc  # fmt: skip
         async with (
             _toxiproxy(toxiproxy) as tp,
             NodeProxies.create(tp, upstreams, prefix=f"chaos-{run_id}") as proxies,
         ):
-            yield Environment(proxies, upstreams, run_id, None, options)
+            yield Environment(proxies, upstreams, run_id, None, target.options)
         return
     try:
         # AOF, so that a restarted primary comes back with its data (as in production).
@@ -168,7 +163,8 @@ async def open_environment(
         local,
         NodeProxies.create(tp, local.startup_nodes, prefix=f"chaos-{run_id}") as proxies,
     ):
-        yield Environment(proxies, local.startup_nodes, run_id, local)
+        upstreams = [Address.of(node) for node in local.startup_nodes]
+        yield Environment(proxies, upstreams, run_id, local)
 
 
 def _one_line(exc: BaseException) -> str:

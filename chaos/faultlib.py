@@ -11,19 +11,18 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import trio
 
 from faults import ToxiproxyError
 from faults.nodes import ProxiedNode, bandwidth, hang, latency, limit_data, node_down, reset_peer
 from trio_cluster import ClusterClient
-from trio_cluster.lifetime import Scoped
-from trio_cluster.routing.rules import key_slot
-from trio_cluster.testing import LocalCluster
-from trio_cluster.testing.servers import LocalServer
+from trio_cluster.testing import LocalCluster, LocalServer
 
-from .env import Address, Environment, SetupError
+from .address import Address
+from .env import Environment, SetupError
+from .monitor import Hit
 from .pubsubload import SUBSCRIBE_TIMEOUT, PubSubRunner
 from .records import RunRecord, Window
 
@@ -49,26 +48,45 @@ __all__ = [
 REPLICATION_SLACK = 1.0
 #: Upper bound on the cluster reacting to a process fault (failover, rejoin).
 CLUSTER_REACTION_TIMEOUT = 30.0
+#: While a process fault must not turn into a failover, the cluster's node timeout is raised to
+#: the fault's length plus this much.
+NO_FAILOVER_MARGIN = 10.0
 
 
-class Harness(Scoped):
+class Harness:
     """What a scenario sets up around its whole run, besides the proxies every run has (fault
     tools, ACL users...): extra client options, and a check at the end of the load.
 
-    The runner enters it before the load starts and leaves it after the end-of-run
-    verification; faults reach it as ``ctx.harness``.  This base class does nothing.
+    The runner enters it (``async with harness.entered()``) before the load starts and leaves
+    it after the end-of-run verification; faults reach it as ``ctx.harness``.  Entering runs
+    :meth:`_open`; leaving, however the block ends, runs :meth:`_close`, and so does an
+    :meth:`_open` that failed half-way.  This base class does nothing.
     """
 
     def __init__(self, env: Environment) -> None:
         self.env = env
 
+    async def _open(self) -> None:
+        """Set up whatever the scenario needs."""
+
+    async def _close(self) -> None:
+        """Undo it (also after a failed :meth:`_open`: it must cope with half a setup)."""
+
+    @asynccontextmanager
+    async def entered(self) -> AsyncIterator[Self]:
+        """The harness set up for the run; undone on the way out, however the block ends."""
+        try:
+            await self._open()
+            yield self
+        finally:
+            await self._close()
+
     def client_options(self) -> dict[str, Any]:
         """Keywords for every client the run opens (they override the scenario's)."""
         return {}
 
-    def node_names(self) -> dict[str, str]:
-        """Addresses this harness puts before the nodes (``host:port``) -> the node's real
-        ``host:port`` (for reports)."""
+    def node_names(self) -> dict[Address, Address]:
+        """Addresses this harness puts before the nodes -> the node's real address."""
         return {}
 
     async def end_of_load(self, ctx: FaultContext) -> None:
@@ -93,18 +111,67 @@ class FaultContext:
     """The clients open now (the workload's, during the load)."""
     pubsub: PubSubRunner | None = None
     """The scenario's pub/sub load, if it has one."""
-    hits: list[str] = field(default_factory=list)
+    hits: list[Address] = field(default_factory=list)
     """Real addresses of the nodes the running fault acts on (see :meth:`hit`)."""
+    everywhere: bool = False
+    """The running fault acts on every node (see :meth:`hit_all`)."""
+    over: float | None = None
+    """When the running fault's effect ended, if before the fault returned (it went on waiting
+    for the cluster to settle): its window ends there (see :meth:`over_now`)."""
     filled: trio.Event = field(default_factory=trio.Event)
     """Set once the workload's client is ready (its pools filled) and its workers start."""
 
-    def hit(self, node: Address | ProxiedNode | str) -> None:
+    def hit(self, node: Address | ProxiedNode) -> None:
         """Record that the running fault acts on ``node`` (its real address is reported)."""
-        if isinstance(node, ProxiedNode):
-            node = node.upstream
-        name = node if isinstance(node, str) else f"{node[0]}:{node[1]}"
-        if name not in self.hits:
-            self.hits.append(name)
+        address = self.env.real(node) if isinstance(node, ProxiedNode) else node
+        if address not in self.hits:
+            self.hits.append(address)
+
+    def hit_all(self) -> None:
+        """Record that the running fault acts on every node."""
+        self.everywhere = True
+
+    def begin(self) -> None:
+        """A new fault starts: forget what the last one hit."""
+        self.hits.clear()
+        self.everywhere = False
+        self.over = None
+
+    def over_now(self) -> None:
+        """The running fault's effect is over now, though the fault still waits for the
+        cluster: its window (and the blast radius) end here, its recovery counts from here."""
+        self.over = trio.current_time()
+
+    def owners(self) -> dict[int, Address]:
+        """The workload's slots -> the real address of the primary serving each, as the
+        client's topology says now (empty when no client is open)."""
+        clients = self.clients()
+        if not clients:
+            return {}
+        rc = clients[0]
+        topology = rc.topology
+        out = {}
+        for slot in {rc.keyslot(key) for key in self.keys}:
+            shard = topology.shard_for(slot)
+            if shard is not None:
+                out[slot] = self.record.node(Address.of(shard.primary))
+        return out
+
+    def hit_now(self, owners: dict[int, Address]) -> Hit:
+        """What the running fault has hit so far; ``owners``: what :meth:`owners` said when it
+        began (the slots of a faulted node)."""
+        nodes = () if self.everywhere else tuple(self.hits)
+        slots: frozenset[int] = frozenset()
+        if len(nodes) == 1:
+            slots = frozenset(s for s, owner in owners.items() if owner == nodes[0])
+        return Hit(nodes, self.everywhere, slots)
+
+    def window(self, name: str, start: float, owners: dict[int, Address]) -> Window:
+        """The window of the fault that began at ``start`` and ends now (``owners``: as for
+        :meth:`hit_now`)."""
+        hit = self.hit_now(owners)
+        end = self.over if self.over is not None else trio.current_time()
+        return Window(name, start, end, hit.nodes, hit.everywhere, hit.slots)
 
     def client(self) -> ClusterClient:
         """The workload's client (the oldest one open)."""
@@ -128,8 +195,8 @@ class FaultContext:
         return node
 
     def all_nodes(self) -> list[ProxiedNode]:
-        """Every proxy of this run; recorded as hitting ``all`` nodes."""
-        self.hit("all")
+        """Every proxy of this run; recorded as hitting every node."""
+        self.hit_all()
         return self.env.proxies.nodes
 
     def local(self) -> LocalCluster:
@@ -164,8 +231,7 @@ async def pubsub_node_down(ctx: FaultContext) -> None:
     if carriers:
         # The most used node; ties broken by address, so a seed always picks the same one.
         address, count = min(carriers.items(), key=lambda item: (-item[1], item[0]))
-        host, port = address.rsplit(":", 1)
-        node = ctx.env.proxied((host, int(port)))
+        node = ctx.env.proxied(address)
     else:
         node, count = ctx.target(), 0
     shard = sorted(c for c in runner.data.sharded if runner.owner(c) == node.listen)
@@ -233,19 +299,34 @@ async def bandwidth_starvation(ctx: FaultContext) -> None:
 
 
 def _server(ctx: FaultContext, address: Address) -> LocalServer:
-    server = ctx.local().node(address[1])
-    ctx.hit(server.address)
+    server = ctx.local().node(address.port)
+    ctx.hit(Address.of(server.address))
     return server
 
 
+@asynccontextmanager
+async def _node_timeout(cluster: LocalCluster, seconds: float) -> AsyncIterator[None]:
+    """The cluster's node timeout set to ``seconds`` on every running node for the block, and
+    set back after it (shielded, on the nodes running then).  Every node must answer when the
+    block starts and ends: a paused node would not."""
+    before = cluster.nodes[0].cluster_node_timeout_ms
+    await cluster.set_node_timeout(round(1000 * seconds))
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            await cluster.set_node_timeout(before)
+
+
 async def sigstop_primary(ctx: FaultContext) -> None:
-    """SIGSTOP the first primary for ``hold`` seconds (kept under the cluster node timeout, so
-    the cluster does not fail over: a pure hang with the sockets open)."""
+    """SIGSTOP the first primary for ``hold`` seconds: a pure hang, sockets open.  The cluster's
+    node timeout is raised for the while, so the cluster does not fail the node over (as with
+    the production default of 15 s)."""
     cluster = ctx.local()
     server = _server(ctx, ctx.primaries[0])
-    hold = min(ctx.hold, 0.7)
-    with cluster.paused(server):
-        await trio.sleep(hold)
+    async with _node_timeout(cluster, ctx.hold + NO_FAILOVER_MARGIN):
+        with cluster.paused(server):
+            await trio.sleep(ctx.hold)
     ctx.restores.append(cluster.wait_ready)
 
 
@@ -257,7 +338,10 @@ async def _primary_of(cluster: LocalCluster, slot: int, ask: LocalServer) -> int
 
 
 async def kill_primary(ctx: FaultContext) -> None:
-    """SIGKILL the first primary; the window lasts until its replica has been promoted.
+    """SIGKILL the first primary; the window lasts until its replica has been promoted, which
+    the cluster does once the node has been silent for its node timeout: set to ``hold`` for
+    the while, so the dead node's slots go unserved that long (then about a second of
+    election).
 
     Writes acknowledged from ``REPLICATION_SLACK`` before the kill until the promotion may be
     lost by the server (asynchronous replication): that is the declared loss window.  The
@@ -268,17 +352,18 @@ async def kill_primary(ctx: FaultContext) -> None:
     shard = cluster.shard_of(server)
     replica = shard.replicas[0]
     slot = next(r.start for r in await cluster.slot_map(replica) if r.primary[1] == server.port)
-    start = trio.current_time()
-    server.kill()
-    with trio.fail_after(CLUSTER_REACTION_TIMEOUT):
-        while True:
-            try:
-                if await _primary_of(cluster, slot, replica) == replica.port:
-                    break
-            except Exception:
-                pass
-            await trio.sleep(0.05)
-    end = trio.current_time()
+    async with _node_timeout(cluster, ctx.hold):
+        start = trio.current_time()
+        server.kill()
+        with trio.fail_after(CLUSTER_REACTION_TIMEOUT):
+            while True:
+                try:
+                    if await _primary_of(cluster, slot, replica) == replica.port:
+                        break
+                except Exception:
+                    pass
+                await trio.sleep(0.05)
+        end = trio.current_time()
     ctx.loss_window("primary killed", start - REPLICATION_SLACK, end)
     ctx.note(
         f"replica :{replica.port} promoted {end - start:.2f} s after :{server.port} was killed"
@@ -293,22 +378,33 @@ async def kill_primary(ctx: FaultContext) -> None:
 
 
 async def restart_primary(ctx: FaultContext) -> None:
-    """Restart the first primary (SIGTERM, then start it again with its AOF); it comes back
-    before the cluster gives up on it.  If the cluster failed over anyway, the window is
-    declared a loss window and the report says so."""
+    """Stop the first primary (SIGTERM: its connections close, new ones are refused), keep it
+    down for ``hold`` seconds, then start it again with its AOF.  The cluster's node timeout
+    is raised for the while, so the node comes back as the primary of its slots.  If the
+    cluster failed over anyway, the window is declared a loss window and the report says so."""
     cluster = ctx.local()
     server = _server(ctx, ctx.primaries[0])
-    start = trio.current_time()
-    await server.restart()
-    with trio.fail_after(CLUSTER_REACTION_TIMEOUT):
-        await cluster.refresh_roles()
-        await cluster.wait_ready()
-    end = trio.current_time()
+    async with _node_timeout(cluster, ctx.hold + NO_FAILOVER_MARGIN):
+        start = trio.current_time()
+        # stop() waits for the process to exit (an AOF flush): off the event loop.
+        await trio.to_thread.run_sync(server.stop)
+        await trio.sleep(ctx.hold)
+        with trio.fail_after(CLUSTER_REACTION_TIMEOUT):
+            server.spawn()
+            await server.wait_ready()
+            # It answers again: the outage is over, though the cluster may take a while to
+            # agree that it is ready (the window ends here; the tail starts once it agrees).
+            ctx.over_now()
+            await cluster.refresh_roles()
+            await cluster.wait_ready()
+        end = trio.current_time()
+    back = (ctx.over or end) - start - ctx.hold
     if cluster.shard_of(server).primary is not server:
         ctx.loss_window("restart turned into a failover", start - REPLICATION_SLACK, end)
         ctx.note(f":{server.port} was failed over while restarting")
     else:
-        ctx.note(f":{server.port} restarted in {end - start:.2f} s and kept its slots")
+        ctx.note(f":{server.port} down {ctx.hold:.1f} s, answering {back:.2f} s later, the "
+                 f"cluster ready {end - start - ctx.hold:.2f} s later, with its slots")  # fmt: skip
 
 
 async def graceful_failover(ctx: FaultContext) -> None:
@@ -353,7 +449,8 @@ async def live_reshard(ctx: FaultContext) -> None:
     src = _server(ctx, ctx.primaries[0])
     dst = _server(ctx, ctx.primaries[1])
     owned = {r.start: r for r in await cluster.slot_map() if r.primary[1] == src.port}
-    slots = sorted({key_slot(k.encode()) for k in ctx.keys})
+    rc = ctx.client()
+    slots = sorted({rc.keyslot(k) for k in ctx.keys})
     mine = [s for s in slots if any(r.start <= s <= r.end for r in owned.values())]
     chosen = mine[:12]
     pace = max(0.01, ctx.hold / max(1, 2 * len(chosen)) / 3)

@@ -22,10 +22,11 @@ import trio
 from faults.inject import InjectedConnection, MaintInjector
 from faults.nodes import latency
 from trio_cluster import ClusterClient
-from trio_cluster.testing.servers import LocalServer
+from trio_cluster.testing import LocalServer
 
+from .address import Address
 from .clientspec import SLACK
-from .env import Address, Environment, SetupError
+from .env import Environment, SetupError
 from .faultlib import FaultContext, FaultFn, Harness
 from .records import AuthCheck, HandoffCheck, Window
 
@@ -43,11 +44,7 @@ MOVING_SECONDS = 15
 REACTION_TIMEOUT = 3.0
 #: Bound on every connection leaving the old credentials after a rotation.
 ROTATION_TIMEOUT = 10.0
-_LOCAL: Address = ("127.0.0.1", 0)
-
-
-def _endpoint(address: Address) -> str:
-    return f"{address[0]}:{address[1]}"
+_LOCAL = Address("127.0.0.1", 0)
 
 
 async def _until(condition: Callable[[], bool], within: float, poll: float = 0.01) -> bool:
@@ -80,6 +77,7 @@ class Injectors(Harness):
         super().__init__(env)
         self.by_upstream: dict[Address, MaintInjector] = {}
         self._by_proxy: dict[Address, Address] = {}
+        """Proxy address -> the first address of the injector before it."""
         self._stack = AsyncExitStack()
         self._seq = itertools.count(1)
         self.moved: dict[Address, Address] = {}
@@ -89,23 +87,24 @@ class Injectors(Harness):
         for node in self.env.proxies.nodes:
             injector = MaintInjector(node.listen, [_LOCAL, _LOCAL])
             await self._stack.enter_async_context(injector)
-            self.by_upstream[node.upstream] = injector
-            self._by_proxy[node.listen] = injector.addresses[0]
+            self.by_upstream[self.env.real(node)] = injector
+            self._by_proxy[Address.of(node.listen)] = Address.of(injector.addresses[0])
 
     async def _close(self) -> None:
         await self._stack.aclose()
 
-    def remap(self, address: Address) -> Address:
-        """Upstream (or proxy) address -> the first address of its injector."""
-        proxied = self.env.proxies.remap(address)
+    def remap(self, address: tuple[str, int]) -> Address:
+        """Upstream (or proxy) address -> the first address of its injector (the client's
+        ``address_remap``)."""
+        proxied = Address.of(self.env.proxies.remap(address))
         return self._by_proxy.get(proxied, proxied)
 
     def client_options(self) -> dict[str, Any]:
         return {"address_remap": self.remap}
 
-    def node_names(self) -> dict[str, str]:
+    def node_names(self) -> dict[Address, Address]:
         return {
-            _endpoint(address): _endpoint(upstream)
+            Address.of(address): upstream
             for upstream, injector in self.by_upstream.items()
             for address in injector.addresses
         }
@@ -114,9 +113,9 @@ class Injectors(Harness):
         """The injector in front of ``upstream``."""
         return self.by_upstream[upstream]
 
-    def node_name(self, upstream: Address) -> str:
+    def node_name(self, upstream: Address) -> Address:
         """How the client names ``upstream`` (the address it dials first)."""
-        return _endpoint(self.injector(upstream).addresses[0])
+        return Address.of(self.injector(upstream).addresses[0])
 
     def next_seq(self) -> int:
         """A fresh notification sequence number."""
@@ -134,13 +133,12 @@ class Injectors(Harness):
         for upstream, endpoint in self.moved.items():
             count, late = self.stragglers(upstream)
             ctx.record.handoffs.append(
-                HandoffCheck(self.node_name(upstream), _endpoint(endpoint), count, late,
-                             when="end of load")
-            )  # fmt: skip
+                HandoffCheck(self.node_name(upstream), endpoint, count, late, when="end of load")
+            )
 
 
 def _describe(conn: InjectedConnection) -> str:
-    return f"#{conn.id} from :{conn.peer[1]} on {_endpoint(conn.listen)}"
+    return f"#{conn.id} from :{conn.peer[1]} on {Address.of(conn.listen)}"
 
 
 def _pooled_on(address: Address) -> Callable[[InjectedConnection], bool]:
@@ -161,9 +159,9 @@ def moving_handoff(handoff_timeout: float) -> FaultFn:
         for upstream in ctx.primaries:
             ctx.hit(upstream)
             injector = harness.injector(upstream)
-            first, second = injector.addresses[:2]
+            first, second = (Address.of(a) for a in injector.addresses[:2])
             targets = await injector.send_moving(
-                _pooled_on(first), seq, MOVING_SECONDS, _endpoint(second)
+                _pooled_on(first), seq, MOVING_SECONDS, str(second)
             )
             harness.moved[upstream] = second
             sent[upstream] = len(targets)
@@ -176,9 +174,8 @@ def moving_handoff(handoff_timeout: float) -> FaultFn:
         for upstream, count in sent.items():
             _, late = harness.stragglers(upstream)
             ctx.record.handoffs.append(
-                HandoffCheck(harness.node_name(upstream), _endpoint(harness.moved[upstream]),
-                             count, late)
-            )  # fmt: skip
+                HandoffCheck(harness.node_name(upstream), harness.moved[upstream], count, late)
+            )
         if not sum(sent.values()):
             outcome = "it reached no connection"
         elif done:
@@ -219,7 +216,7 @@ def relaxed_migration(latency_ms: int) -> FaultFn:
         targets = await injector.send_migrating(lambda c: c.maint_enabled, seq, slot)
 
         def node_relaxed() -> bool:
-            conns = [c for c in rc.connections() if c.node == name]
+            conns = [c for c in rc.connections() if Address.of(c.node) == name]
             return bool(conns) and _relaxed(rc) >= len(conns)
 
         if not await _until(node_relaxed, REACTION_TIMEOUT):
@@ -329,7 +326,7 @@ class AclUsers(Harness):
             users = await self.users_of_client(server)
             if users or server.port in primaries:
                 ctx.record.auth_checks.append(
-                    AuthCheck(f":{server.port}", self.users[1][0], users, self.rotated_in)
+                    AuthCheck(Address.of(server.address), self.users[1][0], users, self.rotated_in)
                 )
 
 
@@ -337,7 +334,7 @@ async def rotate_credentials(ctx: FaultContext) -> None:
     """A fault: stream the second user; wait until no connection is left on the first; delete
     the first user everywhere (the servers drop its connections); hold."""
     harness = _harness(ctx, AclUsers)
-    ctx.hit("all")
+    ctx.hit_all()
     rc = ctx.client()
     start = trio.current_time()
     harness.rotate()

@@ -23,9 +23,8 @@ import attrs
 import trio
 
 from trio_cluster import ClusterClient, PoolClosedError, PubSub
-from trio_cluster.routing.rules import key_slot
-from trio_cluster.wire.encoding import text
 
+from .address import Address
 from .records import (
     Delivery,
     Op,
@@ -46,6 +45,11 @@ SUBSCRIBE_TIMEOUT = 10.0
 QUIET = 0.3
 _MESSAGES = frozenset({"message", "smessage", "pmessage"})
 _CONFIRMS = frozenset({"subscribe", "ssubscribe", "psubscribe"})
+
+
+def _text(name: object) -> str:
+    """A channel name as text (the client gives bytes unless told to decode)."""
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
 
 
 @attrs.frozen(kw_only=True)
@@ -123,7 +127,7 @@ class PubSubRunner:
         # Shard channels: the first channels whose owners cover the primaries in turn.
         by_owner: dict[Any, list[str]] = {p: [] for p in primaries}
         for name in names:
-            shard = topology.shard_for(key_slot(name.encode()))
+            shard = topology.shard_for(rc.keyslot(name))
             if shard is not None:
                 by_owner.setdefault(shard.primary, []).append(name)
         sharded: list[str] = []
@@ -217,7 +221,9 @@ class PubSubRunner:
             ok = error is None
             self.data.publishes.append(Publish(k, seq, channel, start, end, ok, error))
             kind = "spublish" if sharded else "publish"
-            self.record.ops.append(Op(10_000 + k, kind, start, end, ok, error))
+            # A shard channel has a slot; a classic one goes to any node.
+            slots = (rc.keyslot(channel),) if sharded else ()
+            self.record.ops.append(Op(10_000 + k, kind, start, end, ok, error, slots))
             if ok:
                 self._due += self._fanout[channel]
             await trio.sleep(spec.interval)
@@ -255,7 +261,7 @@ class PubSubRunner:
     def _handle(self, i: int, message: dict[str, Any]) -> None:
         kind = str(message["type"])
         if kind in _MESSAGES:
-            channel = text(message["channel"])
+            channel = _text(message["channel"])
             decoded = decode_message(message["data"])
             named, publisher, seq = decoded if decoded is not None else (None, -1, -1)
             self.data.deliveries.append(
@@ -266,10 +272,10 @@ class PubSubRunner:
         if kind == "gap":
             names = [*message["channels"], *message["shard_channels"], *message["patterns"]]
             self._event(
-                i, "gap", tuple(text(n) for n in names), f"{message['node']}: {message['data']}"
+                i, "gap", tuple(_text(n) for n in names), f"{message['node']}: {message['data']}"
             )
             return
-        channel = text(message["channel"])
+        channel = _text(message["channel"])
         self._event(i, kind, (channel,))
         if kind in _CONFIRMS:
             pending = self._pending[i]
@@ -279,26 +285,21 @@ class PubSubRunner:
 
     # --- for faults ----------------------------------------------------------------------------
 
-    def owner(self, channel: str) -> tuple[str, int] | None:
+    def owner(self, channel: str) -> Address | None:
         """The primary owning ``channel``'s slot, as the client addresses it."""
-        shard = self.rc.topology.shard_for(key_slot(channel.encode())) if self.rc else None
-        return shard.primary if shard is not None else None
-
-    def classic_nodes(self) -> Counter[str]:
-        """``host:port`` of the node carrying each subscriber's classic channels, counted."""
-        found: Counter[str] = Counter()
         rc = self.rc
-        if rc is None:
+        shard = rc.topology.shard_for(rc.keyslot(channel)) if rc is not None else None
+        return Address.of(shard.primary) if shard is not None else None
+
+    def classic_nodes(self) -> Counter[Address]:
+        """The node carrying each subscriber's classic channels (as the client addresses
+        it), counted."""
+        found: Counter[Address] = Counter()
+        if self.rc is None:
             return found
-        topology = rc.topology
         for i, p in self.pubsubs.items():
-            links = Counter(p.connection_addresses())
-            owners = set()
-            for channel in self.data.subscriptions[i]:
-                if channel in self.data.sharded:
-                    shard = topology.shard_for(key_slot(channel.encode()))
-                    if shard is not None:
-                        owners.add(f"{shard.primary[0]}:{shard.primary[1]}")
+            links = Counter(Address.of(a) for a in p.connection_addresses())
+            owners = {self.owner(c) for c in self.data.subscriptions[i] if c in self.data.sharded}
             for address, count in links.items():
                 if count > (1 if address in owners else 0):
                     found[address] += 1

@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .address import Address
+
 __all__ = [
+    "CANCELLED",
     "AuthCheck",
     "ConnSample",
     "Delivery",
@@ -27,6 +30,8 @@ __all__ = [
     "encode_value",
 ]
 
+#: ``Op.error`` for a command the workload itself cancelled (its own random deadline).
+CANCELLED = "Cancelled"
 #: Separator inside every value the workload writes: ``<key>|<version>|<padding>``.
 SEP = "|"
 
@@ -72,11 +77,25 @@ class Op:
     ok: bool
     error: str | None = None
     """Exception class name, or ``"Cancelled"`` for a deadline the workload set itself."""
+    slots: tuple[int, ...] = ()
+    """The slots of the keys it touched (empty: none known, e.g. a publish)."""
 
     @property
     def latency(self) -> float:
         """Seconds the caller was blocked."""
         return self.end - self.start
+
+    @property
+    def counted(self) -> bool:
+        """Whether it counts in the figures: every command except those the workload cancelled
+        itself (its own deadline is not the client's doing)."""
+        return self.error != CANCELLED
+
+    @property
+    def failed(self) -> bool:
+        """A counted command that did not succeed: what the report and the live progress
+        call an error."""
+        return not self.ok and self.error != CANCELLED
 
 
 @dataclass(slots=True)
@@ -109,21 +128,37 @@ class Window:
     name: str
     start: float
     end: float
-    target: str = ""
-    """For a fault: the real address(es) of the node(s) it hit (``host:port``), or ``all``."""
+    nodes: tuple[Address, ...] = ()
+    """For a fault: the real addresses of the nodes it hit."""
+    everywhere: bool = False
+    """For a fault: it hit every node (``nodes`` is then empty)."""
+    slots: frozenset[int] = frozenset()
+    """For a fault on one node: the workload's slots that node served when the fault began
+    (from the client's topology)."""
 
     def contains(self, t: float) -> bool:
         """Whether ``t`` lies in ``[start, end]``."""
         return self.start <= t <= self.end
 
+    @property
+    def target(self) -> str:
+        """What the fault hit, for people: ``all``, or the real ``host:port`` of each node."""
+        return "all" if self.everywhere else ", ".join(str(n) for n in self.nodes)
+
+    @property
+    def single_node(self) -> Address | None:
+        """The one node the fault hit (None: several, every one, or none)."""
+        return self.nodes[0] if len(self.nodes) == 1 and not self.everywhere else None
+
 
 @dataclass(slots=True)
 class ConnSample:
-    """Connections of one client at one instant, by node and state."""
+    """Connections of one client at one instant, by node (as the client names it) and
+    state."""
 
     at: float
     client: int
-    per_node: dict[str, int]
+    per_node: dict[Address, int]
     states: dict[str, int]
 
 
@@ -131,9 +166,10 @@ class ConnSample:
 class HandoffCheck:
     """Where one node's connections were after a MOVING handoff had time to finish."""
 
-    node: str
-    endpoint: str
-    """The endpoint MOVING named (``host:port``)."""
+    node: Address
+    """The node, as the client names it."""
+    endpoint: Address
+    """The endpoint MOVING named."""
     targeted: int
     """Connections checked (those MOVING was sent to, or those open at the end of the load)."""
     stragglers: list[str]
@@ -145,7 +181,8 @@ class HandoffCheck:
 class AuthCheck:
     """Which users the client's connections to one node were authenticated as."""
 
-    node: str
+    node: Address
+    """The node's real address."""
     expected: str
     users: list[str]
     """The ``user=`` field of every connection of the client, from ``CLIENT LIST``."""
@@ -266,8 +303,8 @@ class RunRecord:
     fault_windows: list[Window] = field(default_factory=list)
     loss_windows: list[Window] = field(default_factory=list)
     samples: list[ConnSample] = field(default_factory=list)
-    max_per_node: dict[str, int] = field(default_factory=dict)
-    """Most connections seen open at once per node (any client)."""
+    max_per_node: dict[tuple[int, Address], int] = field(default_factory=dict)
+    """(client, node as the client names it) -> most connections seen open at once."""
     unusable_spans: dict[int, float] = field(default_factory=dict)
     """Connection id -> longest time it was seen UNUSABLE (seconds)."""
     leaked_connections: list[str] = field(default_factory=list)
@@ -294,10 +331,12 @@ class RunRecord:
     stalls: list[Window] = field(default_factory=list)
     """When this process's event loop did not run (the monitor woke up late): the machine was
     too busy to serve anything, whatever the client does."""
-    node_names: dict[str, str] = field(default_factory=dict)
-    """How the client names a node (a proxy or injector ``host:port``) -> the node's real
-    ``host:port``."""
+    node_names: dict[Address, Address] = field(default_factory=dict)
+    """How the client names a node (a proxy or injector address) -> the node's real address
+    (set before the load starts)."""
 
-    def node(self, name: str) -> str:
-        """The real ``host:port`` of a node the client calls ``name`` (unchanged if unknown)."""
-        return self.node_names.get(name, name)
+    def node(self, name: Address | str) -> Address:
+        """The real address of a node the client calls ``name`` (``host:port`` as the client's
+        stats name it, or an Address); unchanged if unknown."""
+        address = Address.of(name)
+        return self.node_names.get(address, address)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from trio_cluster.config import redact_url
+from trio_cluster import redact_url
 
 __all__ = ["MASK", "Redactor", "secrets_of_url"]
 

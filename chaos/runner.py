@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import attrs
@@ -20,14 +21,17 @@ from .invariants import (
     SUCCESS_MARGIN,
     THROUGHPUT_MARGIN,
     Baseline,
+    BlastRadius,
     Bounds,
     Recovery,
+    Verdict,
     Violation,
     check_all,
+    run_baseline,
 )
-from .monitor import Monitor, ProgressSink
+from .monitor import FaultNow, MetricsSink, Monitor, ProgressSink
 from .pubsubload import PubSubRunner
-from .records import Observation, RunRecord, Window
+from .records import Observation, RunRecord
 from .scenarios import Scenario
 from .workload import WorkloadRunner
 
@@ -50,19 +54,45 @@ class ScenarioResult:
     seed: int
     record: RunRecord
     bounds: Bounds
-    violations: list[Violation] = field(default_factory=list)
-    excused: list[Observation] = field(default_factory=list)
-    recoveries: list[Recovery] = field(default_factory=list)
+    verdict: Verdict | None = None
+    """What the invariants found (None: the scenario did not run to its end)."""
     skipped: str | None = None
-    baseline: Baseline | None = None
-    checks: dict[str, str] = field(default_factory=dict)
-    """Check code -> passed / failed / not checked: why (``chaos.invariants.Verdict``)."""
     error: str | None = None
     """The scenario could not run to the end: a one-line description of why."""
     interrupted: bool = False
     """Stopped by Ctrl-C before it finished."""
     seconds: float = 0.0
     """Wall time of the scenario."""
+
+    @property
+    def violations(self) -> list[Violation]:
+        """Every broken invariant."""
+        return self.verdict.violations if self.verdict is not None else []
+
+    @property
+    def checks(self) -> dict[str, str]:
+        """Check code -> passed / failed / not checked: why."""
+        return self.verdict.checks if self.verdict is not None else {}
+
+    @property
+    def baseline(self) -> Baseline | None:
+        """What the load did before the first fault."""
+        return self.verdict.baseline if self.verdict is not None else None
+
+    @property
+    def recoveries(self) -> list[Recovery]:
+        """How long the load took to come back after each fault."""
+        return self.verdict.recoveries if self.verdict is not None else []
+
+    @property
+    def blast(self) -> list[BlastRadius]:
+        """How the rest of the cluster fared during each fault on one node."""
+        return self.verdict.blast if self.verdict is not None else []
+
+    @property
+    def excused(self) -> list[Observation]:
+        """Acknowledged writes lost inside a loss window (the server's right)."""
+        return self.verdict.excused if self.verdict is not None else []
 
     @property
     def passed(self) -> bool:
@@ -91,6 +121,7 @@ def derive_bounds(scenario: Scenario, baseline: Baseline | None) -> Bounds:
     blocked = blocked_bound(spec, slack)
     unusable = spec.unusable_limit(slack)
     recovery = recovery_bound(spec, slack, scenario.recovery_extra)
+    held = spec.longest_read_timeout + slack
     base = (
         f"baseline p99 {1000 * p99:.1f} ms -> slack {slack:.2f} s"
         if baseline is not None
@@ -108,6 +139,12 @@ def derive_bounds(scenario: Scenario, baseline: Baseline | None) -> Bounds:
         f"{100 * THROUGHPUT_MARGIN:.0f}% of baseline and success rate >= baseline - "
         f"{100 * SUCCESS_MARGIN:.0f} pt, looked for in the {scenario.tail:.1f} s of load "
         "after each fault",
+        "blast_radius": f"successful ops/s on the slots the faulted node did not serve, during "
+        f"the fault, / the baseline's (all slots) >= healthy share of the baseline x (1 - "
+        f"{held:.2f} s / fault length) x steadiness; {held:.2f} s = longest a task may be held "
+        f"by the node before the client knows it is bad: read timeout "
+        f"({spec.longest_read_timeout} s) + {base}; steadiness = slowest quarter of the "
+        "baseline / its mean",
     }
     return Bounds(
         pool_size=spec.pool_limit,
@@ -119,6 +156,7 @@ def derive_bounds(scenario: Scenario, baseline: Baseline | None) -> Bounds:
         handoff_timeout=spec.handoff_timeout,
         longest_read_timeout=spec.longest_read_timeout,
         slack=slack,
+        held=held,
         explain=explain,
     )
 
@@ -164,14 +202,16 @@ async def run_scenario(
     hold: float | None = None,
     duration: float | None = None,
     progress: ProgressSink | None = None,
+    metrics: MetricsSink | None = None,
 ) -> ScenarioResult:
-    """Run ``scenario`` in ``env`` and check every invariant."""
+    """Run ``scenario`` in ``env`` and check every invariant; ``progress`` and ``metrics``
+    receive what the load does as it goes."""
     if scenario.unavailable:
         return skipped(scenario, seed, scenario.unavailable)
     if scenario.needs_local and not env.local:
         return skipped(scenario, seed, "needs --cluster local (process faults, admin commands)")
     with trio.fail_after(SCENARIO_TIMEOUT):
-        return await _run(_Settings(env, scenario, seed, hold, duration, progress))
+        return await _run(_Settings(env, scenario, seed, hold, duration, progress, metrics))
 
 
 @dataclass(frozen=True)
@@ -184,6 +224,7 @@ class _Settings:
     hold: float | None
     duration: float | None
     progress: ProgressSink | None
+    metrics: MetricsSink | None
 
 
 async def _run(settings: _Settings) -> ScenarioResult:
@@ -194,29 +235,29 @@ async def _run(settings: _Settings) -> ScenarioResult:
     record = RunRecord()
     record.baseline_clients = await _normal_clients(env)
     record.baseline_pubsub_clients = await _normal_clients(env, "pubsub")
-    harness_names: dict[str, str] = {}
-    async with scenario.harness(env) as harness:
-        harness_names = harness.node_names()
+    async with scenario.harness(env).entered() as harness:
+        record.node_names.update(env.node_names())
+        record.node_names.update(harness.node_names())
         await _load_and_verify(settings, record, harness)
         record.final_clients = await _settled_counts(env, record.baseline_clients)
         record.final_pubsub_clients = await _settled_counts(
             env, record.baseline_pubsub_clients, "pubsub"
         )
-    record.node_names.update(env.node_names())
-    record.node_names.update(harness_names)
-    # Two passes: the baseline comes from the record, the bounds from the baseline.
-    baseline = check_all(record, derive_bounds(scenario, None)).baseline
+    return judge(scenario, seed, record)
+
+
+def judge(scenario: Scenario, seed: int, record: RunRecord) -> ScenarioResult:
+    """Check a finished run: its baseline first, the bounds derived from it, then every
+    invariant once."""
+    baseline = run_baseline(record)
     bounds = derive_bounds(scenario, baseline if baseline.measured else None)
-    verdict = check_all(record, bounds)
-    return ScenarioResult(
-        scenario, seed, record, bounds, verdict.violations, verdict.excused,
-        verdict.recoveries, baseline=verdict.baseline, checks=verdict.checks,
-    )  # fmt: skip
+    return ScenarioResult(scenario, seed, record, bounds, check_all(record, bounds, baseline))
 
 
 async def _load_and_verify(settings: _Settings, record: RunRecord, harness: Harness) -> None:
     env, scenario, seed = settings.env, settings.scenario, settings.seed
-    monitor = Monitor(record, name=scenario.name, progress=settings.progress)
+    monitor = Monitor(record, name=scenario.name, progress=settings.progress,
+                      metrics=settings.metrics)  # fmt: skip
     prefix = f"chaos:{env.run_id}:{scenario.name}"
 
     def open_client(**extra: Any) -> AbstractAsyncContextManager[ClusterClient]:
@@ -262,12 +303,13 @@ async def _load_and_verify(settings: _Settings, record: RunRecord, harness: Harn
                     load.start_soon(pubsub.run, stop)
                 await _schedule(scenario, ctx, monitor, stop, settings.duration)
             record.end = trio.current_time()
+            monitor.publish()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(60):
             for restore in ctx.restores:
                 await restore()
-    monitor.progress = None
+    monitor.progress = monitor.metrics = None  # the verification is not the load
     async with trio.open_nursery() as nursery:
         nursery.start_soon(monitor.run)
         async with open_client() as rc:
@@ -303,15 +345,15 @@ async def _schedule(
             await ctx.filled.wait()
         await trio.sleep(scenario.warmup)
         for name, fault in scenario.faults:
-            monitor.fault = name
-            ctx.hits.clear()
+            ctx.begin()
+            owners = ctx.owners()
             start = trio.current_time()
+            monitor.begin_fault(FaultNow(name, start, partial(ctx.hit_now, owners)))
             try:
                 await fault(ctx)
             finally:
-                target = ", ".join(ctx.hits)
-                record.fault_windows.append(Window(name, start, trio.current_time(), target))
-                monitor.fault = None
+                record.fault_windows.append(ctx.window(name, start, owners))
+                monitor.end_fault()
             await trio.sleep(scenario.tail)
         if ctx.harness is not None and not stop.is_set():
             await ctx.harness.end_of_load(ctx)

@@ -21,15 +21,17 @@ from typing import Any
 import trio
 
 import trio_cluster
-from trio_cluster.config import ConnectionConfig
-from trio_cluster.conn.connection import Connection
+from trio_cluster import Client, PoolOptions
 
+from .address import Address
 from .env import Environment, open_environment
+from .metrics import ChaosMetrics, serve_metrics
 from .monitor import ProgressSink
 from .records import RunRecord
 from .redact import Redactor
 from .runner import ScenarioResult, derive_bounds, run_scenario
 from .scenarios import Scenario
+from .target import ClusterTarget
 
 __all__ = ["RunOutcome", "RunPlan", "describe", "execute"]
 
@@ -42,11 +44,13 @@ class RunPlan:
     """What to run, and where."""
 
     scenarios: list[Scenario]
-    cluster: str
+    cluster: ClusterTarget
     toxiproxy: str
     seed: int
     run_id: str
     duration: float | None = None
+    metrics: tuple[str, int] | None = None
+    """Where to serve Prometheus metrics while the run lasts (host, port; port 0: any)."""
 
 
 @dataclass
@@ -123,46 +127,46 @@ def _versions(server: str) -> dict[str, str]:
     }
 
 
+def _node(env: Environment, address: Address) -> Client:
+    """A client for one node, straight to it (not through its proxy), with the run's
+    credentials; one connection is all it needs."""
+    host, port = address
+    return Client(host=host, port=port, pool=PoolOptions(size=1), **env.client_options)
+
+
 async def _server_version(env: Environment) -> str:
-    host, port = env.upstreams[0]
-    conn = await Connection.open(ConnectionConfig(host=host, port=port, **env.client_options))
-    try:
-        info = await conn.execute(("INFO", "server"))
-    finally:
-        await conn.aclose()
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    async with _node(env, env.upstreams[0]) as node:
+        fields: dict[str, Any] = await node.info("server")
     name = "valkey" if "valkey_version" in fields else "redis"
-    return f"{name} {fields.get(f'{name}_version', fields.get('redis_version', '?')).strip()}"
+    return f"{name} {fields.get(f'{name}_version', fields.get('redis_version', '?'))!s}"
 
 
 async def sweep_keys(env: Environment) -> int:
     """Delete every key of this run (``chaos:<run id>:*``) on every primary; the count."""
     pattern = f"chaos:{env.run_id}:*"
     deleted = 0
-    for host, port in await env.primaries():
-        config = ConnectionConfig(host=host, port=port, **env.client_options)
-        conn = await Connection.open(config)
-        try:
-            cursor = b"0"
+    for address in await env.primaries():
+        async with _node(env, address) as node:
+            cursor = 0
             while True:
-                cursor, keys = await conn.execute(("SCAN", cursor, "MATCH", pattern, "COUNT", 500))
+                cursor, keys = await node.scan(cursor, match=pattern, count=500)
                 if keys:
                     # One UNLINK per key: the keys of one SCAN page may be in different slots.
-                    await conn.execute_many([["UNLINK", key] for key in keys])
+                    pipe = node.pipeline(transaction=False)
+                    for key in keys:
+                        pipe.unlink(key)
+                    await pipe.execute()
                     deleted += len(keys)
-                if cursor in (b"0", 0, "0"):
+                if not cursor:
                     break
-        finally:
-            await conn.aclose()
     return deleted
 
 
 def _target(plan: RunPlan, env: Environment, redactor: Redactor) -> dict[str, Any]:
     return {
-        "cluster": "local" if plan.cluster == "local" else redactor.url(plan.cluster),
+        "cluster": plan.cluster.shown,
         "local": env.local,
-        "nodes": [f"{h}:{p}" for h, p in env.upstreams],
+        "nodes": [str(address) for address in env.upstreams],
         "toxiproxy": plan.toxiproxy
         if plan.toxiproxy == "embedded"
         else redactor.url(plan.toxiproxy),
@@ -173,11 +177,13 @@ async def execute(plan: RunPlan, redactor: Redactor, ui: UI) -> RunOutcome:
     """Run ``plan``; never raises for setup or scenario errors (they are in the outcome)."""
     outcome = RunOutcome(plan, datetime.now(UTC))
     outcome.versions = _versions("?")
+    metrics = ChaosMetrics() if plan.metrics is not None else None
     with trio.CancelScope() as everything:
         interrupt = _Interrupt(everything)
         async with trio.open_nursery() as nursery:
             await nursery.start(interrupt.watch)
-            await _run(plan, outcome, interrupt, redactor, ui)
+            if await _serve(nursery, plan, metrics, outcome, redactor, ui):
+                await _run(plan, outcome, interrupt, redactor, ui, metrics)
             nursery.cancel_scope.cancel()
     if everything.cancelled_caught:
         outcome.interrupted = True
@@ -187,8 +193,37 @@ async def execute(plan: RunPlan, redactor: Redactor, ui: UI) -> RunOutcome:
     return outcome
 
 
+async def _serve(
+    nursery: trio.Nursery,
+    plan: RunPlan,
+    metrics: ChaosMetrics | None,
+    outcome: RunOutcome,
+    redactor: Redactor,
+    ui: UI,
+) -> bool:
+    """Serve ``metrics`` in ``nursery`` if the plan asks for it; False (a setup error in
+    ``outcome``) if the port cannot be had."""
+    if metrics is None or plan.metrics is None:
+        return True
+    host, port = plan.metrics
+    try:
+        port = await nursery.start(serve_metrics, metrics, host, port)
+    except OSError as exc:
+        outcome.setup_error = redactor.scrub(
+            f"setup error: cannot serve metrics on {host}:{port}: {describe(exc)}"
+        )
+        return False
+    ui.message(f"metrics: http://{host}:{port}/metrics")
+    return True
+
+
 async def _run(
-    plan: RunPlan, outcome: RunOutcome, interrupt: _Interrupt, redactor: Redactor, ui: UI
+    plan: RunPlan,
+    outcome: RunOutcome,
+    interrupt: _Interrupt,
+    redactor: Redactor,
+    ui: UI,
+    metrics: ChaosMetrics | None,
 ) -> None:
     entered = False
     try:
@@ -200,7 +235,7 @@ async def _run(
                 outcome.versions = _versions(await _server_version(env))
             except Exception as exc:
                 ui.message(redactor.scrub(f"server version unknown: {describe(exc)}"))
-            await _scenarios(plan, outcome, interrupt, env, redactor, ui)
+            await _scenarios(plan, outcome, interrupt, env, redactor, ui, metrics)
             with trio.move_on_after(SWEEP_TIMEOUT):
                 try:
                     outcome.swept_keys = await sweep_keys(env)
@@ -221,12 +256,15 @@ async def _scenarios(
     env: Environment,
     redactor: Redactor,
     ui: UI,
+    metrics: ChaosMetrics | None,
 ) -> None:
     total = len(plan.scenarios)
     for index, scenario in enumerate(plan.scenarios):
         if interrupt.count:
             break
         ui.scenario_started(index, total, scenario)
+        if metrics is not None:
+            metrics.scenario(scenario.name, running=True)
         began = time.monotonic()
         result: ScenarioResult | None = None
         with trio.CancelScope() as scope:
@@ -234,7 +272,7 @@ async def _scenarios(
             try:
                 result = await run_scenario(
                     env, scenario, plan.seed, hold=plan.duration, duration=plan.duration,
-                    progress=ui.snapshot(),
+                    progress=ui.snapshot(), metrics=metrics,
                 )  # fmt: skip
             except Exception as exc:
                 result = _failed(scenario, plan.seed, redactor.scrub(describe(exc)))
@@ -245,6 +283,8 @@ async def _scenarios(
             result.interrupted = True
         result.seconds = time.monotonic() - began
         outcome.results.append(result)
+        if metrics is not None:
+            metrics.scenario(scenario.name, running=False, checks=result.checks)
         ui.scenario_done(result)
 
 

@@ -18,8 +18,7 @@ import trio
 
 from trio_cluster import ClusterClient
 
-from .invariants import CANCELLED
-from .records import Observation, Op, RunRecord, decode_value, encode_value
+from .records import CANCELLED, Observation, Op, RunRecord, decode_value, encode_value
 
 __all__ = ["KeyBook", "OpenClient", "Workload", "WorkloadRunner"]
 
@@ -114,6 +113,8 @@ class WorkloadRunner:
         ]
         self.rngs = [random.Random(f"{seed}:{w}") for w in range(spec.workers)]
         self._cursor = [0] * spec.workers
+        self._slot: dict[str, int] = {}
+        """Key -> its slot (the client's ``keyslot``, asked once per key)."""
 
     @property
     def all_keys(self) -> list[str]:
@@ -200,10 +201,30 @@ class WorkloadRunner:
         weights = [w for _, w in self.spec.mix]
         return self.rngs[worker].choices(kinds, weights)[0]
 
+    def _keys_of(self, kind: str, book: KeyBook, key: str) -> list[str]:
+        """The keys one operation touches."""
+        if kind in ("set", "get"):
+            return [key]
+        if kind == "incr":
+            return [book.counter]
+        first = book.keys.index(key)
+        count = self.spec.pipeline_sets
+        return [*(book.keys[(first + j) % len(book.keys)] for j in range(count)), book.counter]
+
+    def _slots(self, rc: ClusterClient, keys: list[str]) -> tuple[int, ...]:
+        slots = []
+        for key in keys:
+            slot = self._slot.get(key)
+            if slot is None:
+                slot = self._slot[key] = rc.keyslot(key)
+            slots.append(slot)
+        return tuple(sorted(set(slots)))
+
     async def _one(self, rc: ClusterClient, book: KeyBook) -> None:
         rng = self.rngs[book.worker]
         kind = self._kind(book.worker)
         key = book.keys[rng.randrange(len(book.keys))]
+        slots = self._slots(rc, self._keys_of(kind, book, key))
         deadline = None
         spec = self.spec
         if spec.cancel is not None and rng.random() < spec.cancel_fraction:
@@ -225,7 +246,7 @@ class WorkloadRunner:
         except Exception as exc:  # every failure is recorded, none stops the worker
             error = type(exc).__name__
         end = trio.current_time()
-        self.record.ops.append(Op(book.worker, kind, start, end, error is None, error))
+        self.record.ops.append(Op(book.worker, kind, start, end, error is None, error, slots))
 
     # --- the operations and their checks -----------------------------------------------------
 

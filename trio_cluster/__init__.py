@@ -2,6 +2,9 @@
 
 ``Client`` talks to one node, ``ClusterClient`` to a Redis Cluster; both take ``PoolOptions``
 and expose ``stats()`` and ``connections()``.  Errors subclass redis-py's.
+``MaintNotificationsOptions`` configures ``maint_notifications=``; ``parse_url`` turns a
+``redis://`` URL into the clients' keywords (what ``from_url`` does, for tools that parse a
+URL once and open several clients from it) and ``redact_url`` shows a URL without its password.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from .clients.client import Client, Pipeline
 from .clients.cluster import ClusterClient, ClusterStats, ReadFrom, RetryOptions
 from .clients.cluster_pipeline import ClusterPipeline
 from .clients.pubsub import PubSub, PubSubLimitError, PubSubStats
-from .config import ConnectionConfig
+from .config import ConnectionConfig, parse_url, redact_url
 from .conn.state import ConnState
 from .errors import (
     AskError,
@@ -27,6 +30,7 @@ from .errors import (
     ReadTimeoutError,
     WriteTimeoutError,
 )
+from .jobs.maint import MaintNotificationsOptions
 from .pooling.breaker import BreakerOptions, BreakerState, CircuitOpenError
 from .pooling.pool import ConnectionInfo, PoolOptions, PoolStats
 from .version import __version__
@@ -50,6 +54,7 @@ __all__ = [
     "ConnectionConfig",
     "ConnectionInfo",
     "InvalidTransition",
+    "MaintNotificationsOptions",
     "MovedError",
     "Pipeline",
     "PoolClosedError",
@@ -66,4 +71,6 @@ __all__ = [
     "RetryOptions",
     "WriteTimeoutError",
     "__version__",
+    "parse_url",
+    "redact_url",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import cast
@@ -9,13 +10,13 @@ from typing import cast
 import pytest
 
 from chaos.busy import main as busy
-from chaos.cli import main
+from chaos.cli import count, main, parser
 from chaos.clientspec import CHAOS_RETRY, SLACK, ClientSpec, blocked_bound
 from chaos.env import Environment
 from chaos.runner import run_scenario
 from chaos.scenarios import SCENARIOS, select
 from faults.nodes import NodeProxies
-from trio_cluster.jobs.maint import MaintNotificationsOptions
+from trio_cluster import MaintNotificationsOptions
 
 
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:
@@ -41,6 +42,8 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
         (["run", "--cluster", "redis://:hunter2@127.0.0.1:notaport"], "--cluster"),
         (["run", "--cluster", "http://127.0.0.1:6379"], "--cluster"),
         (["run", "--seed", "x"], "--seed"),
+        (["run", "--metrics-port", "70000"], "--metrics-port"),
+        (["run", "--metrics-port", "http"], "--metrics-port"),
         (["frobnicate"], "frobnicate"),
     ],
 )
@@ -125,3 +128,50 @@ def test_busy_runs_a_command_beside_cpu_hogs_and_stops_at_the_first_failure(
     fail = [sys.executable, "-c", "raise SystemExit(5)"]
     assert busy(["--procs", "1", "--repeat", "3", "--", *fail]) == 5
     assert capsys.readouterr().err.count("exit 5") == 1  # stopped at the first failure
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["list", "--help"]])
+def test_help_is_plain_text_and_says_every_exit_status(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "`" not in out  # no reST markup
+    if argv[0] != "list":
+        for status in ("0 ", "1 ", "2 ", "3 ", "130 "):
+            assert f"\n  {status}" in out
+    assert main(["--help"]) == 0 and "python -m chaos list" in capsys.readouterr().out
+
+
+def test_every_option_and_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = _subcommands()
+    assert set(commands) == {"list", "run"}
+    for name, command in commands.items():
+        assert command.description, name
+        for action in command._actions:
+            assert action.help and action.help != argparse.SUPPRESS, action.option_strings
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    for action in commands["run"]._actions:
+        for option in action.option_strings:
+            assert option in out
+    assert main(["python"]) == 2  # an unknown command is a usage error
+    capsys.readouterr()
+
+
+def test_busy_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        busy(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "`" not in out and "--procs" in out and "--repeat" in out
+
+
+def test_counts_say_one_scenario() -> None:
+    assert count(1, "scenario") == "1 scenario"
+    assert count(28, "scenario") == "28 scenarios"

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from chaos.address import Address
 from chaos.invariants import (
     CANCELLED,
     Bounds,
     baseline_of,
+    blast_radii,
     check_all,
     check_auth,
+    check_blast_radius,
     check_blocked,
     check_client_counts,
     check_failures,
@@ -23,6 +28,7 @@ from chaos.invariants import (
     check_unusable,
     recoveries,
     run_baseline,
+    steadiness,
 )
 from chaos.records import (
     AuthCheck,
@@ -34,6 +40,8 @@ from chaos.records import (
     decode_value,
     encode_value,
 )
+
+N1, E2 = Address("127.0.0.1", 7000), Address("127.0.0.1", 2)
 
 
 def obs(got_key: str | None, got: int, lo: int, hi: int, acked_at: float = 1.0) -> Observation:
@@ -67,8 +75,10 @@ def test_lost_write_detected_and_excused_only_in_window() -> None:
 
 
 def test_pool_bound() -> None:
-    assert check_pool_bounds({"c0/n1": 8}, 8) == []
-    assert check_pool_bounds({"c0/n1": 9}, 8)
+    node = Address("127.0.0.1", 7000)
+    assert check_pool_bounds({(0, node): 8}, 8) == []
+    (found,) = check_pool_bounds({(0, node): 9}, 8)
+    assert "client 0 to 127.0.0.1:7000: 9 connections" in found.message
 
 
 def test_unusable_bound() -> None:
@@ -133,7 +143,7 @@ def test_check_all_on_a_clean_and_a_broken_record() -> None:
     bounds = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0)
     record = RunRecord(start=0.0, end=10.0, ops=_even(0.0, 10.0, 100))
     assert check_all(record, bounds).violations == []
-    record.max_per_node = {"client0/n": 5}
+    record.max_per_node = {(0, N1): 5}
     record.final_reads = [Observation("k", 9.0, "k", 1, 2, 2, 3.0, final=True)]
     names = {v.invariant for v in check_all(record, bounds).violations}
     assert names == {"pool-bound", "no-acknowledged-write-lost"}
@@ -160,13 +170,13 @@ def _maint(**stats: float) -> dict[str, dict[str, Any]]:
 
 
 def test_handoffs() -> None:
-    moved = HandoffCheck("n1", "127.0.0.1:2", 12, [])
+    moved = HandoffCheck(N1, E2, 12, [])
     good = _maint(handoffs=12, longest_unusable=0.05)
     assert check_handoffs([], {}, 5.0) == []  # no MOVING: nothing to check
     assert check_handoffs([moved], good, 5.0) == []
-    late = HandoffCheck("n1", "127.0.0.1:2", 12, ["#3 on 127.0.0.1:1"], when="end of load")
+    late = HandoffCheck(N1, E2, 12, ["#3 on 127.0.0.1:1"], when="end of load")
     assert "end of load: 1 of 12" in check_handoffs([late], good, 5.0)[0].message
-    assert check_handoffs([HandoffCheck("n1", "e", 0, [])], good, 5.0)  # nothing was moved
+    assert check_handoffs([HandoffCheck(N1, E2, 0, [])], good, 5.0)  # nothing was moved
     assert check_handoffs([moved], _maint(), 5.0)  # the client never handed off
     assert check_handoffs([moved], _maint(handoffs=11, handoff_failures=1), 5.0)
     slow = check_handoffs([moved], _maint(handoffs=12, longest_unusable=5.2), 5.0)
@@ -189,14 +199,14 @@ def test_relaxed_windows() -> None:
 
 
 def test_auth_checks() -> None:
-    good = AuthCheck(":7000", "b", ["b", "b"], 0.05)
+    good = AuthCheck(N1, "b", ["b", "b"], 0.05)
     done = _maint(reauths=8)
     assert check_auth([], {}) == []
     assert check_auth([good], done) == []
-    mixed = check_auth([AuthCheck(":7000", "b", ["b", "a", "a"], 0.05)], done)
+    mixed = check_auth([AuthCheck(N1, "b", ["b", "a", "a"], 0.05)], done)
     assert len(mixed) == 1 and "2 of 3" in mixed[0].message and "a x2" in mixed[0].message
-    assert check_auth([AuthCheck(":7000", "b", [], 0.05)], done)  # no connection to look at
-    assert check_auth([AuthCheck(":7000", "b", ["b"], None)], done)  # stale at the deadline
+    assert check_auth([AuthCheck(N1, "b", [], 0.05)], done)  # no connection to look at
+    assert check_auth([AuthCheck(N1, "b", ["b"], None)], done)  # stale at the deadline
     assert check_auth([good], _maint())  # nothing re-authenticated
     assert check_auth([good], _maint(reauths=8, reauth_failures=1))
 
@@ -204,9 +214,9 @@ def test_auth_checks() -> None:
 def test_check_all_runs_the_maintenance_checkers() -> None:
     bounds = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, handoff_timeout=5.0)
     record = RunRecord(start=0.0, end=10.0, ops=_even(0.0, 10.0, 100))
-    record.handoffs = [HandoffCheck("n1", "e", 4, ["#1"])]
+    record.handoffs = [HandoffCheck(N1, E2, 4, ["#1"])]
     record.relaxed_windows = [Window("MIGRATING", 4.0, 5.0)]
-    record.auth_checks = [AuthCheck(":7000", "b", ["a"], 0.1)]
+    record.auth_checks = [AuthCheck(N1, "b", ["a"], 0.1)]
     record.maintenance = _maint(handoffs=4, reauths=4)
     names = {v.invariant for v in check_all(record, bounds).violations}
     assert names == {"handoff", "relaxed-timeouts", "credential-rotation"}
@@ -244,3 +254,60 @@ def test_timeouts_during_an_event_loop_stall_are_the_machines() -> None:
     # Any other failure still fails the check.
     record.ops.append(Op(2, "set", 5.2, 5.3, False, "ConnectionError"))
     assert check_all(record, strict).violations
+
+
+def _keyed(
+    start: float, end: float, rate: float, slots: tuple[int, ...], ok: bool = True
+) -> list[Op]:
+    """Operations on ``slots`` started at ``rate`` per second over ``[start, end)``."""
+    n = round((end - start) * rate)
+    return [Op(0, "get", start + i / rate, start + i / rate + 0.001, ok, None if ok else "X",
+               slots) for i in range(n)]  # fmt: skip
+
+
+def test_blast_radius_compares_the_healthy_slots_with_the_baseline() -> None:
+    sick, well = (7,), (9,)
+    fault = Window("hang", 1.0, 6.0, (N1,), slots=frozenset(sick))
+    before = [*_keyed(0.0, 1.0, 100, well), *_keyed(0.0, 1.0, 50, sick)]  # healthy share 2/3
+    base = baseline_of(before, 0.0, 1.0)
+    # The healthy part keeps its pace while the sick node's slots fail: the bound holds.
+    kept = [*before, *_keyed(1.0, 6.0, 100, well), *_keyed(1.0, 6.0, 50, sick, ok=False)]
+    (b,) = blast_radii(kept, [fault], base, held=1.0)
+    assert b.healthy_share == pytest.approx(2 / 3, abs=0.02)
+    assert b.ratio == pytest.approx(b.healthy_share, abs=0.03)
+    assert b.bound == pytest.approx(b.healthy_share * (1 - 1.0 / 5.0) * b.steadiness)
+    assert 0.9 < b.steadiness <= 1.0 and check_blast_radius([b]) == []
+    # Every task stuck on the sick node: the healthy part collapses too.
+    stalled = [*before, *_keyed(1.0, 6.0, 3, well)]
+    (b,) = blast_radii(stalled, [fault], base, held=1.0)
+    (violation,) = check_blast_radius([b])
+    assert b.ratio < 0.05 and "hang on 127.0.0.1:7000" in violation.message
+    # A pipeline that touched the sick slot counts as faulted, not healthy.
+    mixed = [*before, *_keyed(1.0, 6.0, 100, (7, 9))]
+    assert blast_radii(mixed, [fault], base, held=1.0)[0].healthy_ok_per_s == 0
+    # Not checked: a fault no longer than a task may be held, or no baseline to compare with.
+    short = Window("failover", 1.0, 1.5, (N1,), slots=frozenset(sick))
+    assert blast_radii(stalled, [short], base, held=1.0)[0].unchecked is not None
+    empty = baseline_of([], 0.0, 1.0)
+    assert blast_radii(stalled, [fault], empty, held=1.0)[0].unchecked == "baseline too short"
+    # Only faults on a single node have a blast radius.
+    everywhere = Window("reset-storm", 1.0, 6.0, everywhere=True)
+    assert blast_radii(stalled, [everywhere], base, held=1.0) == []
+
+
+def test_check_all_lists_the_blast_radius_only_for_single_node_faults() -> None:
+    bounds = Bounds(pool_size=4, unusable=1.0, blocked=5.0, recovery=2.0, held=1.0)
+    ops = [*_keyed(0.0, 1.0, 100, (9,)), *_keyed(1.0, 10.0, 3, (9,))]
+    fault = Window("hang", 1.0, 6.0, (N1,), slots=frozenset({7}))
+    verdict = check_all(RunRecord(start=0.0, end=10.0, ops=ops, fault_windows=[fault]), bounds)
+    assert verdict.checks["blast-radius"] == "failed" and len(verdict.blast) == 1
+    verdict = check_all(RunRecord(start=0.0, end=10.0, ops=ops), bounds)
+    assert "blast-radius" not in verdict.checks and verdict.blast == []
+
+
+def test_steadiness_is_the_slowest_part_of_the_baseline() -> None:
+    even = _keyed(0.0, 1.0, 100, (1,))
+    assert steadiness(even, 0.0, 1.0) == pytest.approx(1.0)
+    lumpy = [*_keyed(0.0, 0.75, 100, (1,)), *_keyed(0.75, 1.0, 40, (1,))]
+    assert steadiness(lumpy, 0.0, 1.0) == pytest.approx(10 / 21.25, abs=0.02)
+    assert steadiness([], 0.0, 1.0) == 0.0

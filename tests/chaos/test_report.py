@@ -4,20 +4,23 @@ redactor."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from rich.console import Console
 
-from chaos.invariants import check_all
+from chaos.address import Address
+from chaos.figures import BUCKETS, metrics, node_stats, series
+from chaos.plot import plot
 from chaos.progress import summary_table
 from chaos.records import ConnSample, Op, RunRecord, Window
 from chaos.redact import Redactor, secrets_of_url
-from chaos.report import BUCKETS, metrics, node_stats, plot, render_text, series, to_json
-from chaos.runner import ScenarioResult, derive_bounds
+from chaos.report import render_text, to_json
+from chaos.runner import ScenarioResult, judge
 from chaos.scenarios import SCENARIOS
 
-PROXY, REAL = "127.0.0.1:40001", "127.0.0.1:7000"
-IDLE_REPLICA = "127.0.0.1:40002"
+PROXY, REAL = Address("127.0.0.1", 40001), Address("127.0.0.1", 7000)
+IDLE_REPLICA = Address("127.0.0.1", 40002)
 
 
 def _pool(hits: int) -> dict[str, object]:
@@ -27,26 +30,24 @@ def _pool(hits: int) -> dict[str, object]:
 
 def _result() -> ScenarioResult:
     """node-down: 100 ops/s for 1 s, an outage (3 ops/s, some failing) for 2 s, back after."""
-    ops = [Op(0, "set", i / 100, i / 100 + 0.002, True) for i in range(100)]
-    ops += [Op(0, "get", 1.0 + i / 3, 1.0 + i / 3 + 1.2, i % 2 == 0, "CircuitOpenError")
+    # Keys on slot 7 (the faulted node's) and slot 9, in turn.
+    ops = [Op(0, "set", i / 100, i / 100 + 0.002, True, None, (7 + 2 * (i % 2),))
+           for i in range(100)]  # fmt: skip
+    ops += [Op(0, "get", 1.0 + i / 3, 1.0 + i / 3 + 1.2, i % 2 == 0, "CircuitOpenError", (9,))
             for i in range(6)]  # fmt: skip
-    ops += [Op(0, "set", 3.0 + i / 100, 3.0 + i / 100 + 0.003, True) for i in range(300)]
+    ops += [Op(0, "set", 3.0 + i / 100, 3.0 + i / 100 + 0.003, True, None, (7 + 2 * (i % 2),))
+            for i in range(300)]  # fmt: skip
     record = RunRecord(start=0.0, end=6.0, ops=ops)
-    record.fault_windows = [Window("node-down", 1.0, 3.0, REAL)]
-    record.node_names = {PROXY: REAL, IDLE_REPLICA: "127.0.0.1:7003"}
-    record.client_stats = {"client0": {"nodes": {PROXY: _pool(400), IDLE_REPLICA: _pool(0)},
+    record.fault_windows = [Window("node-down", 1.0, 3.0, (REAL,), slots=frozenset({7}))]
+    record.node_names = {PROXY: REAL, IDLE_REPLICA: Address("127.0.0.1", 7003)}
+    record.client_stats = {"client0": {"nodes": {str(PROXY): _pool(400),
+                                                 str(IDLE_REPLICA): _pool(0)},
                                        "moved": 0, "ask": 0, "retries": {},
                                        "breaker_rejections": 3}}  # fmt: skip
-    record.max_per_node = {f"client0/{PROXY}": 8, f"client0/{IDLE_REPLICA}": 2}
+    record.max_per_node = {(0, PROXY): 8, (0, IDLE_REPLICA): 2}
     record.samples = [ConnSample(t / 4, 0, {PROXY: 8}, {"IDLE": 6, "UNUSABLE": 2})
                       for t in range(24)]  # fmt: skip
-    scenario = SCENARIOS["node-down"]
-    verdict = check_all(record, derive_bounds(scenario, None))
-    bounds = derive_bounds(scenario, verdict.baseline)
-    verdict = check_all(record, bounds)
-    return ScenarioResult(scenario, 1, record, bounds, verdict.violations, verdict.excused,
-                          verdict.recoveries, baseline=verdict.baseline,
-                          checks=verdict.checks)  # fmt: skip
+    return judge(SCENARIOS["node-down"], 1, record)
 
 
 def test_buckets_count_every_op_and_agree_with_slow_ops() -> None:
@@ -61,6 +62,13 @@ def test_series_per_second() -> None:
     points = series(_result().record)
     assert [p["t"] for p in points] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert points[0]["ops"] == 100 and points[1]["ops"] == 3
+    # Successes on the faulted node's slots and on the rest, through the fault.
+    assert [(p["ok_healthy"], p["ok_faulted"]) for p in points[:4]] == [
+        (50, 50),
+        (2, 0),
+        (1, 0),
+        (50, 50),
+    ]
     assert points[1]["errors"] == {"CircuitOpenError": 1}
     assert points[0]["connections"] == 8 and points[0]["unusable"] == 2
     assert sum(p["ops"] for p in points) == 406
@@ -68,8 +76,8 @@ def test_series_per_second() -> None:
 
 def test_only_nodes_that_served_traffic_by_real_address() -> None:
     nodes = node_stats(_result().record)
-    assert list(nodes) == [REAL]
-    assert nodes[REAL]["max_connections"] == 8
+    assert list(nodes) == [str(REAL)]
+    assert nodes[str(REAL)]["max_connections"] == 8
 
 
 def test_text_report_shows_the_outage_bounds_and_what_was_not_checked() -> None:
@@ -80,7 +88,11 @@ def test_text_report_shows_the_outage_bounds_and_what_was_not_checked() -> None:
     for bound in ("pool_size:", "unusable:", "blocked:", "recovery:"):
         assert bound in text
     assert "NOT CHECKED server-clients-baseline" in text  # no server client counts recorded
-    assert PROXY not in text and "7003" not in text  # real addresses; idle replica left out
+    assert f"Blast radius of node-down on {REAL}: healthy slots 2 ok/s" in text
+    assert "ok/s healthy/faulted slots (* = during the fault): 0s 50/50, 1s 2/0*, 2s 1/0*" in text
+    assert "blast_radius:" in text  # the bound's one-line explanation
+    assert "VIOLATION blast-radius" in text
+    assert str(PROXY) not in text and "7003" not in text  # real addresses; idle replica left out
     seconds = result.recoveries[0].seconds
     assert seconds is not None and seconds < 0.5
 
@@ -89,9 +101,16 @@ def test_json_object_is_plain_json(tmp_path: Path) -> None:
     obj = to_json(_result())
     text = json.dumps(obj, allow_nan=False)  # no repr strings, no NaN
     assert "PoolOptions(" not in text
-    assert obj["faults"] == [{"name": "node-down", "target": REAL, "start_s": 1.0, "end_s": 3.0}]
+    assert obj["faults"] == [{"name": "node-down", "target": str(REAL), "nodes": [str(REAL)],
+                              "start_s": 1.0, "end_s": 3.0}]  # fmt: skip
     assert obj["client"]["pool"]["size"] == 8
     assert obj["checks"]["recovery"] == "passed"
+    assert obj["checks"]["blast-radius"] == "failed"
+    blast = obj["blast_radius"]
+    assert blast["node"] == str(REAL) and blast["healthy_share"] == 0.5
+    assert blast["baseline_ok_per_s"] == 100.0 and blast["healthy_ok_per_s"] == 1.5
+    assert blast["ratio"] == 0.015 and blast["ratio"] < blast["bound"] < 0.5
+    assert {"t", "ok_healthy", "ok_faulted"} <= set(obj["series"][0])
 
 
 def test_plot_and_summary_table(tmp_path: Path) -> None:
@@ -100,7 +119,9 @@ def test_plot_and_summary_table(tmp_path: Path) -> None:
     assert plot(result, path) and path.stat().st_size > 10_000
     console = Console(width=160, record=True)
     console.print(summary_table([result]))
-    assert "node-down" in console.export_text()
+    text = console.export_text()
+    assert "node-down" in text and "healthy/bound" in text
+    assert re.search(r"0\.0\d/0\.\d\d", text)  # the blast radius's ratio under its bound
 
 
 def test_redactor() -> None:
@@ -112,3 +133,9 @@ def test_redactor() -> None:
     redactor.add("hunter2-longer")
     assert redactor.scrub("a hunter2-longer b hunter2") == "a *** b ***"
     assert redactor.url("redis://:hunter2@h:1") == "redis://:***@h:1"
+
+
+def test_series_without_a_fault_on_one_node_has_no_split() -> None:
+    record = RunRecord(start=0.0, end=2.0, ops=[Op(0, "set", 0.1, 0.2, True, None, (7,))])
+    (point, _) = series(record)
+    assert point["ok"] == 1 and point["ok_healthy"] is None and point["ok_faulted"] is None
