@@ -212,13 +212,11 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         config = attrs.evolve(self._base_config, host=address[0], port=address[1])
         name = config.address
         dialer = Dialer(config, watchdog=self._watchdog, credentials=self._credentials)
+        breaker = CircuitBreaker(name, self.breaker_options)
         pool: Pool[Connection] = Pool(
-            dialer, self.pool_options, node_name=name, timeout=self._pool_timeout()
+            dialer, self.pool_options, node_name=name, timeout=self._pool_timeout(), breaker=breaker
         )
         dialer.attach(pool, self._maint, on_smigrated=self.request_refresh)
-        breaker = CircuitBreaker(name, self.breaker_options)
-        if pool.autopipeliner is not None:
-            pool.autopipeliner.breaker = breaker  # batches go past it, not each command
         return Node(address, pool, breaker, dialer)
 
     async def _start_node(self, node: Node) -> None:

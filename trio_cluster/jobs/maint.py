@@ -33,9 +33,8 @@ import trio
 
 from ..config import ConnectionConfig
 from ..conn.connection import Connection
-from ..conn.state import ConnState
 from ..pooling.breaker import BreakerOptions, CircuitBreaker
-from ..pooling.pool import BasePoolHook, Pool
+from ..pooling.pool import Pool
 from ..wire.encoding import text
 from ..wire.protocol import PushFrame
 from .claims import Claims
@@ -43,8 +42,6 @@ from .claims import Claims
 __all__ = ["MaintNotificationsOptions", "MaintenanceManager", "Notification", "parse_notification"]
 
 logger = logging.getLogger("trio_cluster.maint")
-
-_IDLE = (ConnState.IDLE,)
 
 
 @attrs.frozen(kw_only=True)
@@ -160,7 +157,7 @@ class Endpoints(Protocol):
         ...
 
 
-class MaintenanceManager(BasePoolHook[Connection]):
+class MaintenanceManager:
     """Acts on the maintenance notifications of one node's pool.
 
     ``dialer`` is the pool's: the manager moves its endpoint after a MOVING (new connections
@@ -197,7 +194,8 @@ class MaintenanceManager(BasePoolHook[Connection]):
         self.malformed = 0
         self.handoffs = 0
         self.handoff_failures = 0
-        pool.add_hook(self)
+        # A connection due for a handoff is never handed out: its job takes it instead.
+        self._claimant = self._claims.watch(pool, _due_for_handoff)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Jobs run in ``nursery``; a sweep reads pushes that land on idle connections."""
@@ -209,7 +207,7 @@ class MaintenanceManager(BasePoolHook[Connection]):
         """The server sends no notifications (``auto`` mode found it lacks them): leave the
         pool's hot path and stop sweeping, so the feature costs nothing."""
         self.disabled = True
-        self._pool.remove_hook(self)
+        self._pool.remove_claimant(self._claimant)
 
     def relaxed_connections(self) -> int:
         """Connections whose timeouts are relaxed right now."""
@@ -262,14 +260,6 @@ class MaintenanceManager(BasePoolHook[Connection]):
         for conn in self._pool.live_connections():
             conn.handoff_to = endpoint
             self._claims.schedule(self._pool, conn)
-
-    # --- the pool hook -------------------------------------------------------------------------
-
-    def on_get(self, conn: Connection, is_new: bool) -> bool:
-        """A connection due for a handoff is never handed out: its job takes it instead."""
-        if conn.handoff_to is None:
-            return True
-        return not self._claims.claim_now(self._pool, conn)
 
     @property
     def longest_unusable(self) -> float:
@@ -325,6 +315,9 @@ class MaintenanceManager(BasePoolHook[Connection]):
         """Read pushes that arrive on idle connections (nobody else reads them)."""
         while not self.disabled:
             await trio.sleep(0.05)
-            for conn in self._pool.live_connections():
-                if conn.state.state is ConnState.IDLE:
-                    conn.peer_closed()  # reads and dispatches any push frame waiting
+            for conn in self._pool.idle_connections():
+                conn.peer_closed()  # reads and dispatches any push frame waiting
+
+
+def _due_for_handoff(conn: Connection) -> bool:
+    return conn.handoff_to is not None
