@@ -16,10 +16,10 @@ import trio
 from redis import exceptions as rex
 
 from ..conn.connection import Connection
+from ..conn.dialer import Dialer
 from ..errors import (
     ProtocolError,
 )
-from ..jobs.dialer import Dialer
 from ..lifetime import NurseryOwner
 from ..routing.slotmap import SlotMap
 from ..routing.topology import Address
