@@ -23,9 +23,11 @@ import logging
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any, TypeAlias
 
+import attrs
 import trio
 
 from ..conn.connection import Connection
+from ..conn.redact import redact
 from ..conn.state import ConnState
 from ..pooling.pool import Pool
 from .claims import Claims
@@ -144,6 +146,7 @@ class CredentialManager:
                     await conn.execute(args)
                 except Exception as exc:
                     self.reauth_failures += 1
+                    redact(exc, password)  # the connection masks only the password it had
                     logger.warning("re-authentication on %s failed: %s", conn.config.address, exc)
                     conn.broken = True
                     break
@@ -151,6 +154,8 @@ class CredentialManager:
                 self.reauth_failures += 1
                 conn.broken = True
                 break
+            # The connection runs as these credentials now: its errors mask this password.
+            conn.config = attrs.evolve(conn.config, username=username, password=password)
             conn.credentials_version = version
             self.reauths += 1
 
