@@ -55,11 +55,10 @@ class HandoffManager:
         self.handoff_failures = 0
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Follow the node's moves, and read pushes that land on idle connections, in
-        ``nursery`` (until the node turns out to have no notifications)."""
+        """Follow the node's moves, and read pushes that land on idle connections, as one task
+        in ``nursery``; it ends when the node turns out to have no notifications."""
         self._claims.start(nursery)
-        nursery.start_soon(self._follow_moves, nursery)
-        nursery.start_soon(self._sweep_idle)
+        nursery.start_soon(self._run, nursery)
 
     def relaxed_connections(self) -> int:
         """Connections whose timeouts are relaxed right now."""
@@ -70,20 +69,26 @@ class HandoffManager:
         """The longest a connection was kept from callers by a handoff (seconds)."""
         return self._claims.longest_claim
 
-    async def _follow_moves(self, nursery: trio.Nursery) -> None:
-        try:
-            while True:
-                note = await self.notices.next_move()
+    async def _run(self, nursery: trio.Nursery) -> None:
+        while True:
+            with trio.move_on_after(_SWEEP_INTERVAL):
+                try:
+                    note = await self.notices.next_move()
+                except trio.ClosedResourceError:
+                    # The node has no notifications: leave the pool's hot path; the feature
+                    # costs nothing from now on.
+                    self._pool.remove_claimant(self._claimant)
+                    return
                 if note.endpoint is not None:
                     self._move_all(note.endpoint)
                 else:
                     # No new address: the same one serves again after half the announced time.
                     config = self._dialer.config
                     nursery.start_soon(self._move_later, (config.host, config.port), note.seconds)
-        except trio.ClosedResourceError:
-            # The node has no notifications: leave the pool's hot path; the feature costs
-            # nothing from now on.
-            self._pool.remove_claimant(self._claimant)
+                continue
+            # Read the pushes that arrive on idle connections (nobody else reads them).
+            for conn in self._pool.idle_connections():
+                conn.peer_closed()  # reads and dispatches any push frame waiting
 
     async def _move_later(self, endpoint: tuple[str, int], seconds: int) -> None:
         await trio.sleep(seconds / 2)
@@ -141,13 +146,6 @@ class HandoffManager:
                 name, self._options.endpoint_breaker
             )
         return breaker
-
-    async def _sweep_idle(self) -> None:
-        """Read pushes that arrive on idle connections (nobody else reads them)."""
-        while not self.notices.disabled:
-            await trio.sleep(_SWEEP_INTERVAL)
-            for conn in self._pool.idle_connections():
-                conn.peer_closed()  # reads and dispatches any push frame waiting
 
 
 def _due_for_handoff(conn: Connection) -> bool:
