@@ -1,6 +1,6 @@
 """The pool's background I/O (trio_cluster/pooling/background.py) on its own, without a pool:
 dials with retries, back-off and one deadline for the whole dial, failures that are not retried,
-closes (bounded, shielded), drains, and the movable timer. Every outcome is read from the
+closes (bounded, shielded) and drains. Every outcome is read from the
 callbacks a pool would get, on the autojump clock."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from trio_cluster.errors import (
     CertificateVerificationError,
     ConnectTimeoutError,
 )
-from trio_cluster.pooling.background import MIN_IDLE_RETRY_DELAY, Background, Timer
+from trio_cluster.pooling.background import MIN_IDLE_RETRY_DELAY, Background
 from trio_cluster.pooling.pooltypes import PoolOptions
 
 
@@ -272,28 +272,3 @@ async def test_drains_report_whether_the_connection_is_fit(
             await settle()
     assert sorted((c.id, ok) for c, ok in reports.drained) == [(1, True), (2, False), (3, False)]
     assert fine.owed_replies == 0
-
-
-# --- the timer -----------------------------------------------------------------------------------
-
-
-async def test_timer_fires_when_due_and_can_be_brought_forward(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    due = [10.0]
-    fired: list[float] = []
-
-    def fire() -> None:
-        fired.append(trio.current_time())
-        due[0] = math.inf if len(fired) >= 3 else trio.current_time() + 10.0
-
-    timer = Timer(lambda: due[0], fire)
-    with trio.fail_after(100):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(timer.run)
-            await trio.sleep(1)
-            timer.wake_by(4.0)  # earlier: fires then
-            timer.wake_by(8.0)  # later than planned: no effect
-            await trio.sleep(30)
-            nursery.cancel_scope.cancel()
-    assert fired == [4.0, 14.0, 24.0]

@@ -1,6 +1,6 @@
 """The pool's parking lot (trio_cluster/pooling/parking.py) on its own: arrival order, hand-offs
 decided at the moment of the decision, cancellation on either side of a hand-off, failures and
-deadlines (on the autojump clock)."""
+deadlines, and the movable timer (on the autojump clock)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_cluster.pooling.parking import Lot
+from trio_cluster.pooling.parking import Lot, Timer
 
 
 async def settle() -> None:
@@ -168,3 +168,28 @@ async def test_expire_fails_due_tasks_from_the_head(
             assert lot.expire(trio.current_time(), TimeoutError) == 0
             lot.hand_first("served")
     assert outcomes == {0: "expired at 2", 1: "expired at 2", 2: "expired at 2", 3: "served"}
+
+
+# --- the timer -----------------------------------------------------------------------------------
+
+
+async def test_timer_fires_when_due_and_can_be_brought_forward(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    due = [10.0]
+    fired: list[float] = []
+
+    def fire() -> None:
+        fired.append(trio.current_time())
+        due[0] = math.inf if len(fired) >= 3 else trio.current_time() + 10.0
+
+    timer = Timer(lambda: due[0], fire)
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(timer.run)
+            await trio.sleep(1)
+            timer.wake_by(4.0)  # earlier: fires then
+            timer.wake_by(8.0)  # later than planned: no effect
+            await trio.sleep(30)
+            nursery.cancel_scope.cancel()
+    assert fired == [4.0, 14.0, 24.0]

@@ -1,5 +1,5 @@
-"""The I/O a pool's decisions imply, and the pool's timers: dialling (with retries, and pacing
-after failures), closing, draining, and a movable timer.
+"""The I/O a pool's decisions imply: dialling (with retries, and pacing after failures),
+closing, draining.
 
 :class:`Background` runs these as jobs in the pool's nursery. It keeps no record of the pool's
 connections and never changes their state: it opens, closes and drains, counts what it did, and
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic
+from typing import Generic
 
 import trio
 from redis import exceptions as rex
@@ -22,7 +22,7 @@ from ..conn.connection import mark_unsent
 from ..errors import CertificateVerificationError, ConnectTimeoutError
 from .pooltypes import C, PoolOptions
 
-__all__ = ["MIN_IDLE_RETRY_DELAY", "Background", "Timer"]
+__all__ = ["MIN_IDLE_RETRY_DELAY", "Background"]
 
 logger = logging.getLogger("trio_cluster.pool")
 
@@ -200,36 +200,3 @@ class Background(Generic[C]):
             logger.debug("pool %s: draining connection %d: %s", self._node_name, conn.id, exc)
             ok = False
         self._drained(conn, ok)
-
-
-class Timer:
-    """Calls ``fire()`` each time the clock reaches ``when()`` (read again after each call);
-    :meth:`wake_by` brings the next call forward. Run :meth:`run` as a task.
-
-    One task and one cancel scope for a whole queue of deadlines (a scope per parked get
-    would cost microseconds on every wait). If what ``when()`` named goes away early, the
-    timer wakes at a stale moment, ``fire()`` finds nothing due, and it sleeps again.
-    ``when()`` must lie in the future once ``fire()`` has run, or the timer spins.
-    """
-
-    __slots__ = ("_fire", "_scope", "_when")
-
-    def __init__(self, when: Callable[[], float], fire: Callable[[], Any]) -> None:
-        self._when = when
-        self._fire = fire
-        self._scope: trio.CancelScope | None = None
-
-    async def run(self) -> None:
-        """Sleep until ``when()``, call ``fire()``; forever (until cancelled)."""
-        while True:
-            with trio.move_on_at(self._when()) as scope:
-                self._scope = scope
-                await trio.sleep_forever()
-            self._scope = None
-            self._fire()
-
-    def wake_by(self, at: float) -> None:
-        """Make the next ``fire()`` happen no later than ``at``."""
-        scope = self._scope
-        if scope is not None and at < scope.deadline:
-            scope.deadline = at

@@ -1,4 +1,5 @@
-"""Tasks parked until something is handed to them: the one queue behind every wait of the pool.
+"""Waiting on a pool: tasks parked until something is handed to them, and the timer that fails
+the overdue ones.
 
 A :class:`Lot` is trio's ``ParkingLot`` with a value: tasks park in arrival order, and whoever
 unparks one hands it its result (a value, or an error raised in the parked task) at that very
@@ -7,10 +8,10 @@ cancelled while parked leaves the queue and is handed nothing; one already hande
 returns it (and sees the cancellation at its next checkpoint), so whatever it was handed is
 never lost.
 
-The pool parks its waiting gets here (handed a connection) and the jobs waiting to claim one
-connection (handed whether they got it). Each parked task may carry a deadline; whoever parks
-with deadlines parks them in rising order (the pool: one timeout for every get), so the first
-deadline is the earliest and one timer watching it serves the whole queue (:meth:`Lot.expire`).
+:class:`Waiting` is everyone who waits on one pool: its parked gets (handed a connection) and
+the jobs waiting to claim one connection (handed whether they got it), each a :class:`Lot`.
+Every get parks with the same timeout, so deadlines rise from head to tail and one
+:class:`Timer` watching the head serves the whole queue (:meth:`Lot.expire`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any, Generic, TypeVar
 import outcome
 import trio
 
-__all__ = ["Lot"]
+from ..errors import PoolClosedError, PoolTimeoutError
+
+__all__ = ["Lot", "Timer", "Waiting"]
 
 T = TypeVar("T")
 
@@ -98,3 +101,110 @@ class Lot(collections.deque[_Spot], Generic[T]):
             self.fail_first(error())
             count += 1
         return count
+
+
+class Timer:
+    """Calls ``fire()`` each time the clock reaches ``when()`` (read again after each call);
+    :meth:`wake_by` brings the next call forward. Run :meth:`run` as a task.
+
+    One task and one cancel scope for a whole queue of deadlines (a scope per parked get
+    would cost microseconds on every wait). If what ``when()`` named goes away early, the
+    timer wakes at a stale moment, ``fire()`` finds nothing due, and it sleeps again.
+    ``when()`` must lie in the future once ``fire()`` has run, or the timer spins.
+    """
+
+    __slots__ = ("_fire", "_scope", "_when")
+
+    def __init__(self, when: Callable[[], float], fire: Callable[[], Any]) -> None:
+        self._when = when
+        self._fire = fire
+        self._scope: trio.CancelScope | None = None
+
+    async def run(self) -> None:
+        """Sleep until ``when()``, call ``fire()``; forever (until cancelled)."""
+        while True:
+            with trio.move_on_at(self._when()) as scope:
+                self._scope = scope
+                await trio.sleep_forever()
+            self._scope = None
+            self._fire()
+
+    def wake_by(self, at: float) -> None:
+        """Make the next ``fire()`` happen no later than ``at``."""
+        scope = self._scope
+        if scope is not None and at < scope.deadline:
+            scope.deadline = at
+
+
+class Waiting(Generic[T]):
+    """Everyone waiting on one pool (see the module docstring), and how long they waited.
+
+    ``gets`` and ``claims`` are read by the pool's decisions (who is first in line for a
+    connection that comes free); tasks join them only through :meth:`get` and :meth:`claim`.
+    """
+
+    def __init__(self, node_name: str, size: int, timeout: float) -> None:
+        self._node_name = node_name
+        self._size = size
+        self._timeout = timeout
+        #: Parked gets, in arrival order.
+        self.gets: Lot[T] = Lot()
+        #: Jobs waiting to claim a connection, by connection id (no empty lot stays here).
+        self.claims: dict[int, Lot[bool]] = {}
+        #: Fails parked gets at their deadline (run it as a task).
+        self.timer = Timer(self.gets.first_deadline, self._expire)
+        #: Gets that parked, that timed out, and the seconds they spent parked.
+        self.waits = 0
+        self.timeouts = 0
+        self.wait_time = 0.0
+
+    async def get(self) -> T:
+        """Park a get until it is handed a connection (or an error), for at most the pool's
+        timeout (then ``PoolTimeoutError``)."""
+        start = trio.current_time()
+        deadline = start + self._timeout
+        if not self.gets:
+            self.timer.wake_by(deadline)  # this get heads the line
+        self.waits += 1
+        try:
+            return await self.gets.park(deadline)
+        finally:
+            self.wait_time += trio.current_time() - start
+
+    async def claim(self, conn_id: int) -> bool:
+        """Wait, after the jobs already waiting for it, until connection ``conn_id`` is handed
+        over (True) or goes away (False)."""
+        lot = self.claims.get(conn_id)
+        if lot is None:
+            lot = self.claims[conn_id] = Lot()
+        try:
+            return await lot.park()
+        finally:
+            if not lot and self.claims.get(conn_id) is lot:
+                del self.claims[conn_id]
+
+    def refuse(self, conn_id: int) -> None:
+        """Connection ``conn_id`` is gone: the jobs waiting for it get False."""
+        lot = self.claims.pop(conn_id, None)
+        if lot:
+            lot.hand_all(False)
+
+    def close(self) -> int:
+        """The pool is closed: parked gets fail with ``PoolClosedError``, waiting claims get
+        False. Returns how many gets were failed."""
+        failed = self.gets.fail_all(
+            lambda: PoolClosedError(f"pool for {self._node_name} is closed")
+        )
+        claims, self.claims = self.claims, {}
+        for lot in claims.values():
+            lot.hand_all(False)
+        return failed
+
+    def _expire(self) -> None:
+        self.timeouts += self.gets.expire(trio.current_time(), self._timeout_error)
+
+    def _timeout_error(self) -> PoolTimeoutError:
+        return PoolTimeoutError(
+            f"no connection to {self._node_name} became available within {self._timeout:g} s"
+            f" (pool size {self._size})"
+        )
