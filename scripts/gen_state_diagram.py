@@ -1,8 +1,9 @@
-"""Generate the mermaid state diagram in ``docs/state-machine.md`` from the transition table.
+"""Generate the state diagram and tables in ``docs/state-machine.md`` from the state table.
 
-The diagram is never edited by hand: it sits between two marker comments and is rewritten from
-:data:`trio_cluster.conn.state.ALLOWED_TRANSITIONS`, so the doc cannot drift from the code
-(a unit test checks it). Usage::
+The block is never edited by hand: it sits between two marker comments and is rewritten from
+:data:`trio_cluster.conn.state.MOVES` (every transition, who makes it and when) and
+:data:`trio_cluster.conn.state.HOLDER` (who holds a connection in each state), so the doc
+cannot drift from the code (a unit test checks it). Usage::
 
     python scripts/gen_state_diagram.py          # rewrite the block in place
     python scripts/gen_state_diagram.py --check  # exit 1 if the doc is out of date
@@ -17,21 +18,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trio_cluster.conn.state import ALLOWED_TRANSITIONS, ConnState  # noqa: E402
+from trio_cluster.conn.state import HOLDER, MOVES, ConnState  # noqa: E402
 
 DOC = ROOT / "docs" / "state-machine.md"
 BEGIN = "<!-- BEGIN GENERATED: scripts/gen_state_diagram.py -->"
 END = "<!-- END GENERATED -->"
 
 
-def render_mermaid() -> str:
-    """The diagram block (markers included) for the current table, in enum order."""
+def render() -> str:
+    """The generated block (markers included): the diagram, then the states and their
+    holders, then every move, in table order."""
     lines = [BEGIN, "```mermaid", "stateDiagram-v2", "    [*] --> CREATED"]
-    for frm in ConnState:
-        for to in ConnState:  # enum order, so the output is stable
-            if to in ALLOWED_TRANSITIONS[frm]:
-                lines.append(f"    {frm.name} --> {to.name}")
-    lines += ["    CLOSED --> [*]", "```", END]
+    for move in MOVES:
+        lines.append(f"    {move.frm.name} --> {move.to.name} : {move.when}")
+    lines += ["    CLOSED --> [*]", "```", "", "| state | held by |", "|---|---|"]
+    lines += [f"| `{state.name}` | {HOLDER[state]} |" for state in ConnState]
+    lines += ["", "| from | to | made by | when |", "|---|---|---|---|"]
+    lines += [f"| `{m.frm.name}` | `{m.to.name}` | {m.by} | {m.when} |" for m in MOVES]
+    lines.append(END)
     return "\n".join(lines)
 
 
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if the doc is stale")
     args = parser.parse_args(argv)
     current = DOC.read_text(encoding="utf-8")
-    wanted = splice(current, render_mermaid())
+    wanted = splice(current, render())
     if args.check:
         if current != wanted:
             sys.stderr.write(f"{DOC} is stale: run python scripts/gen_state_diagram.py\n")

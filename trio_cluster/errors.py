@@ -17,6 +17,7 @@ __all__ = [
     "AuthenticationError",
     "BusyError",
     "BusyLoadingError",
+    "CertificateVerificationError",
     "ClientNotOpenError",
     "ClusterCrossSlotError",
     "ClusterDownError",
@@ -44,7 +45,6 @@ __all__ = [
     "ReplyTooDeepError",
     "ReplyTooLargeError",
     "ResponseError",
-    "StateMachineClosed",
     "TryAgainError",
     "UnknownCommandError",
     "UnsolicitedReplyError",
@@ -122,6 +122,12 @@ class ConnectionClosedError(rex.ConnectionError):
     """The connection was closed (by us or the peer) and cannot carry a command."""
 
 
+class CertificateVerificationError(rex.ConnectionError):
+    """The server's TLS certificate failed verification (an issuer the ``ssl_context`` does not
+    trust, an expired certificate, a host name it does not cover...). Not retried: another
+    attempt fails the same way; trust the issuer or connect by a name the certificate covers."""
+
+
 class InvalidTransition(RuntimeError):
     """A connection state change that the transition table does not allow."""
 
@@ -134,10 +140,6 @@ class InvalidTransition(RuntimeError):
 
     def __reduce__(self) -> tuple[type[InvalidTransition], tuple[object, object]]:
         return (type(self), (self.from_state, self.to_state))
-
-
-class StateMachineClosed(RuntimeError):
-    """A wait on a connection's state could not finish because the connection is CLOSED."""
 
 
 class ReleaseError(RuntimeError):

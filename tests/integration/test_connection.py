@@ -11,15 +11,18 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 import trustme
 from redis import exceptions as rex
 
+from trio_cluster import Client, PoolOptions
 from trio_cluster.config import ConnectionConfig
-from trio_cluster.conn.connection import Connection
+from trio_cluster.conn.connection import Connection, was_unsent
 from trio_cluster.conn.state import ConnState
 from trio_cluster.conn.watchdog import Watchdog
 from trio_cluster.errors import (
     AuthenticationError,
+    CertificateVerificationError,
     ConnectionClosedError,
     ConnectTimeoutError,
     ReadTimeoutError,
@@ -281,12 +284,20 @@ def ca() -> trustme.CA:
 
 
 async def _tls_front(
-    nursery: trio.Nursery, ca: trustme.CA, upstream: LocalServer, hostname: str
+    nursery: trio.Nursery,
+    ca: trustme.CA,
+    upstream: LocalServer,
+    hostname: str,
+    accepted: list[float] | None = None,
 ) -> int:
+    """A TLS terminator for ``upstream`` with a certificate for ``hostname`` issued by
+    ``ca``; records when it accepted each connection in ``accepted``."""
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(hostname).configure_cert(server_ctx)
 
     async def handle(raw: trio.SocketStream) -> None:
+        if accepted is not None:
+            accepted.append(trio.current_time())
         tls = trio.SSLStream(raw, server_ctx, server_side=True)
         try:
             await tls.do_handshake()
@@ -336,12 +347,87 @@ async def test_tls_rejects_unverified_peers(
             ctx = ssl.create_default_context()
             if case == "wrong-hostname":
                 ca.configure_trust(ctx)
-            with pytest.raises(rex.ConnectionError) as info:
+            with pytest.raises(CertificateVerificationError) as info:
                 await Connection.open(
                     ConnectionConfig(host="localhost", port=port, ssl_context=ctx)
                 )
-            assert isinstance(info.value.__cause__, ssl.SSLError)
+            assert isinstance(info.value, rex.ConnectionError)
+            assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+            assert was_unsent(info.value)
             nursery.cancel_scope.cancel()
+
+
+# What OpenSSL says of each case (its own verify_message), said once in the error.
+_WHY = {
+    "unknown-ca": "unable to get local issuer certificate",
+    "wrong-hostname": "Hostname mismatch, certificate is not valid for 'localhost'.",
+}
+
+
+@pytest.mark.parametrize("case", ["unknown-ca", "wrong-hostname"])
+async def test_certificate_failure_is_a_certificate_error_said_once_and_never_retried(
+    case: str, ca: trustme.CA, local_server: LocalServer
+) -> None:
+    """Issue 27: it was dialled 3 times in 0.16 s and reported as ``EPERM (...)`` with the SSL
+    text twice. Through a client's pool: one dial, one clear typed error."""
+    accepted: list[float] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            cert_host = "other.example" if case == "wrong-hostname" else "localhost"
+            port = await _tls_front(nursery, ca, local_server, cert_host, accepted)
+            ctx = ssl.create_default_context()
+            if case == "wrong-hostname":
+                ca.configure_trust(ctx)
+            async with Client("localhost", port, ssl_context=ctx) as client:
+                with pytest.raises(CertificateVerificationError) as info:
+                    await client.ping()
+                dials = client.stats().dials
+            nursery.cancel_scope.cancel()
+    message = str(info.value)
+    assert message == f"the TLS certificate of localhost:{port} failed verification: {_WHY[case]}"
+    assert "EPERM" not in message and "certificate verify failed" not in message
+    assert isinstance(info.value, rex.ConnectionError)
+    assert (dials, len(accepted)) == (1, 1)  # not retried
+
+
+@pytest.fixture
+def patient_autojump_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps only once nothing has happened for 20 real milliseconds, so
+    the kernel completes a local TCP connect before the clock can move past it."""
+    return trio.testing.MockClock(autojump_threshold=0.02)
+
+
+async def test_connect_timeout_bounds_the_whole_dial_tls_handshake_included(
+    patient_autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 27: ``connect_timeout=1.0`` against a TLS listener that never answers took
+    3.15 s (three attempts of 1 s each). The whole dial takes the connect timeout, exactly."""
+    accepted: list[float] = []
+
+    async def silent(stream: trio.SocketStream) -> None:  # accepts TCP, never speaks TLS
+        accepted.append(trio.current_time())
+        await trio.sleep_forever()
+
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, silent, 0)
+            port = listeners[0].socket.getsockname()[1]
+            ctx = ssl.create_default_context()
+            async with Client(
+                "127.0.0.1",
+                port,
+                ssl_context=ctx,
+                connect_timeout=1.0,
+                pool=PoolOptions(timeout=60.0, dial_retries=2),
+            ) as client:
+                start = trio.current_time()
+                with pytest.raises(ConnectTimeoutError):
+                    await client.ping()
+                elapsed = trio.current_time() - start
+                dials = client.stats().dials
+            nursery.cancel_scope.cancel()
+    assert elapsed == pytest.approx(1.0, abs=1e-6)
+    assert dials == 1 and len(accepted) == 1  # the TCP connect worked; the budget was spent
 
 
 async def test_tls_verification_off_when_the_context_says_so(

@@ -23,8 +23,6 @@ from trio_cluster.errors import (
     ReleaseError,
 )
 from trio_cluster.pooling.pool import (
-    BasePoolHook,
-    CloseReason,
     ConnectionInfo,
     Pool,
     PoolOptions,
@@ -48,9 +46,10 @@ class FakeConn:
         self.owed_replies = 0
         self.broken = False
         self.peer_gone = False
+        self.stale = False  # for a claimant to want it (tests of claims)
         self.drain_gate: trio.Event | None = None
         self.drain_error: Exception | None = None
-        self.close_calls = 0
+        self.closed = False
 
     def __repr__(self) -> str:
         return f"<FakeConn {self.id} {self.state.state.name}>"
@@ -67,8 +66,10 @@ class FakeConn:
         self.owed_replies = 0
 
     async def aclose(self) -> None:
-        self.close_calls += 1
-        if self.state.state is not S.CLOSED:
+        # As Connection.aclose: the state may be CLOSED already (the pool marks a connection
+        # CLOSED when it decides to close it), the socket closes once.
+        if not self.closed:
+            self.closed = True
             self.dialer.open_now -= 1
             self.dialer.closed.append(self)
         self.state.transition(S.CLOSED)
@@ -604,7 +605,10 @@ async def test_min_idle_refill_backs_off_when_dials_fail(
             assert pool.stats().idle_connections == 1
 
 
-async def test_unusable_idle_entries_do_not_use_up_attempts(
+# --- claims: jobs take connections through the pool --------------------------------------------
+
+
+async def test_claim_now_takes_idle_connections_out_of_the_idle_list(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(100):
@@ -612,126 +616,117 @@ async def test_unusable_idle_entries_do_not_use_up_attempts(
             conns = [await pool.get() for _ in range(61)]
             for c in conns:
                 pool.put(c)
-            # A background job claims 60 of them straight out of the idle list.
-            for c in conns[1:]:
-                assert c.state.try_transition((S.IDLE,), S.UNUSABLE)
+            assert not pool.claim_now(FakeConn(dialer))  # not this pool's
+            for c in conns[1:]:  # a job claims 60 of them
+                assert pool.claim_now(c)
+                assert c.state.state is S.UNUSABLE
+                assert not pool.claim_now(c)  # a job holds it now
+            st = pool.stats()
+            assert (st.idle_connections, st.unusable_connections) == (1, 60)
+            assert pool.idle_connections() == [conns[0]]
             got = await pool.get()
-            assert got is conns[0]  # found past 60 unusable entries, no new dial
+            assert got is conns[0]  # the idle list held nothing else: no skipping, no dial
+            assert not pool.claim_now(got)  # a caller holds it
             assert dialer.attempts == 61
             pool.put(got)
             for c in conns[1:]:
-                pool.return_from_background(c)
+                pool.give_back(c)
             assert pool.stats().idle_connections == 61
-
-
-# --- hooks and background jobs ---------------------------------------------------------------
+            assert all(c.state.state is S.IDLE for c in conns)
 
 
 @attrs.define
-class RecordingHook(BasePoolHook[FakeConn]):
-    get_verdict: Callable[[FakeConn, bool], bool] = lambda c, new: True
-    put_verdict: Callable[[FakeConn], bool] = lambda c: True
-    removed: list[tuple[int, str]] = attrs.Factory(list)
-    gets: list[tuple[int, bool]] = attrs.Factory(list)
+class RecordingClaimant:
+    """A claimant that wants the connections ``wanted`` says, and records what it took."""
 
-    def on_get(self, conn: FakeConn, is_new: bool) -> bool:
-        self.gets.append((conn.id, is_new))
-        return self.get_verdict(conn, is_new)
+    wanted: Callable[[FakeConn], bool]
+    taken: list[FakeConn] = attrs.Factory(list)
 
-    def on_put(self, conn: FakeConn) -> bool:
-        return self.put_verdict(conn)
+    def wants(self, conn: FakeConn) -> bool:
+        assert conn.state.state is S.IDLE  # asked before the hand-out, while idle
+        return self.wanted(conn)
 
-    def on_remove(self, conn: FakeConn, reason: CloseReason) -> None:
-        self.removed.append((conn.id, str(reason)))
+    def take(self, conn: FakeConn) -> None:
+        assert conn.state.state is S.UNUSABLE  # the pool claimed it for us
+        self.taken.append(conn)
 
 
-async def test_on_get_reject_closes_and_claim_hands_to_background(
+async def test_claimant_takes_a_connection_before_a_caller_gets_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(10):
-        async with make_pool() as (pool, _):
+        async with make_pool(PoolOptions(size=3)) as (pool, dialer):
             a, b = await pool.get(), await pool.get()
             pool.put(a)
             pool.put(b)
-            claimed: list[FakeConn] = []
-
-            def verdict(conn: FakeConn, is_new: bool) -> bool:
-                if conn is b:  # claim it for a background job
-                    conn.state.transition(S.UNUSABLE)
-                    claimed.append(conn)
-                    return False
-                return conn is not a  # reject a, leaving it IDLE: the pool closes it
-
-            hook = RecordingHook(get_verdict=verdict)
-            pool.add_hook(hook)
-            c = await pool.get()  # LIFO: b (claimed), then a (rejected), then a new dial
-            assert c not in (a, b)
-            assert hook.gets == [(b.id, False), (a.id, False), (c.id, True)]
-            await settle()
-            assert a.state.state is S.CLOSED and hook.removed == [(a.id, "hook_rejected")]
-            assert b.state.state is S.UNUSABLE
+            claimant = RecordingClaimant(lambda conn: conn is b)
+            pool.add_claimant(claimant)
+            got = await pool.get()  # LIFO: b first, which the claimant takes; then a
+            assert got is a and claimant.taken == [b]
             assert pool.stats().unusable_connections == 1
-            pool.remove_hook(hook)
-            pool.put(c)
-            pool.return_from_background(b)  # the job is done with it
-            assert b.state.state is S.IDLE
-            assert (await pool.get()) is b
+            c = await pool.get()  # dialled: the pool is full now
+            waiting: list[FakeConn] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_append_get, pool, waiting)
+                await settle()
+                pool.give_back(b)  # the job is done, but b is still wanted: taken again
+                assert claimant.taken == [b, b] and waiting == []
+                pool.remove_claimant(claimant)
+                pool.give_back(b)  # now b serves the parked get
+            assert waiting == [b] and b.state.state is S.IN_USE
+            for conn in (a, b, c):
+                pool.put(conn)
+            with pytest.raises(ValueError):
+                pool.remove_claimant(claimant)
+            assert dialer.attempts == 3
 
 
-async def test_on_get_error_reaches_caller(autojump_clock: trio.testing.MockClock) -> None:
-    with trio.fail_after(10):
-        async with make_pool() as (pool, _):
-            conn = await pool.get()
-            pool.put(conn)
+async def _append_get(pool: Pool[FakeConn], into: list[FakeConn]) -> None:
+    into.append(await pool.get())
 
-            def boom(c: FakeConn, new: bool) -> bool:
-                raise KeyError("hook failed")
 
-            pool.add_hook(RecordingHook(get_verdict=boom))
-            with pytest.raises(KeyError):
-                await pool.get()
+async def test_give_back_decides_like_a_release(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(100):
+        async with make_pool() as (pool, dialer):
+            conns = [await pool.get() for _ in range(4)]
+            idle, broken, owing, closed = conns
+            pool.put(idle)
+            with pytest.raises(ReleaseError, match="no job holds it"):
+                pool.give_back(idle)  # IDLE: nobody claimed it
+            with pytest.raises(ReleaseError, match="no job holds it"):
+                pool.give_back(broken)  # IN_USE: a caller holds it
+            with pytest.raises(ReleaseError, match="not from this pool"):
+                pool.give_back(FakeConn(dialer))
+            for conn in (broken, owing, closed):
+                pool.put(conn)
+                assert pool.claim_now(conn)
+            broken.broken = True
+            pool.give_back(broken)
+            owing.owed_replies = 1
+            pool.give_back(owing)
+            assert owing.state.state is S.UNUSABLE  # now the pool's drain holds it
+            await closed.aclose()  # the job closed it itself
+            pool.give_back(closed)
             await settle()
-            assert conn.state.state is S.CLOSED
-            assert pool.stats().closes == {"hook_error": 1}
-
-
-async def test_on_put_remove_and_mark(autojump_clock: trio.testing.MockClock) -> None:
-    with trio.fail_after(10):
-        async with make_pool() as (pool, _):
-            a, b = await pool.get(), await pool.get()
-
-            def verdict(conn: FakeConn) -> bool:
-                if conn is b:
-                    conn.state.transition(S.UNUSABLE)  # e.g. marked for handoff
-                    return True
-                return False
-
-            pool.add_hook(RecordingHook(put_verdict=verdict))
-            pool.put(a)
-            pool.put(b)
-            await settle()
-            assert a.state.state is S.CLOSED and pool.stats().closes == {"hook_removed": 1}
-            assert b.state.state is S.UNUSABLE  # left to its job, quietly
-            with pytest.raises(ReleaseError):
-                pool.put(b)
-            pool.return_from_background(b)
-            assert pool.stats().idle_connections == 1
+            assert broken.state.state is S.CLOSED and owing.state.state is S.IDLE
+            assert pool.stats().closes == {"broken": 1, "closed_elsewhere": 1}
+            assert pool.stats().idle_connections == 2
 
 
 async def test_go_redis_4027_with_pool(autojump_clock: trio.testing.MockClock) -> None:
-    """A re-auth job waits for the in-use connection to become IDLE; the ordinary release
-    wakes it at once, the parked get does not get the connection, and when the job gives it
-    back the next waiter is served."""
+    """A re-auth job waits to claim the in-use connection; the ordinary release hands it to
+    the job at once, the parked get does not get it, and when the job gives it back the
+    parked get is served."""
     with trio.fail_after(100):
         async with make_pool(PoolOptions(size=1), wait=30) as (pool, dialer):
             conn = await pool.get()
             events: list[tuple[str, float]] = []
 
             async def reauth_job() -> None:
-                await conn.state.wait_and_transition([S.IDLE], S.UNUSABLE)
+                assert await pool.claim_when_idle(conn)
                 events.append(("job claimed", trio.current_time()))
                 await trio.sleep(2)  # AUTH round trip
-                pool.return_from_background(conn)
+                pool.give_back(conn)
 
             async def getter() -> None:
                 c = await pool.get()
@@ -750,17 +745,112 @@ async def test_go_redis_4027_with_pool(autojump_clock: trio.testing.MockClock) -
             assert dialer.attempts == 1  # size 1: the getter waited for the same connection
 
 
-async def test_state_waiter_served_while_connection_sits_idle() -> None:
-    with trio.fail_after(10):
+async def test_claims_on_one_connection_are_served_in_arrival_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(100):
         async with make_pool() as (pool, _):
             conn = await pool.get()
+            order: list[int] = []
+
+            async def job(n: int) -> None:
+                assert await pool.claim_when_idle(conn)
+                order.append(n)
+                await trio.sleep(1)
+                pool.give_back(conn)
+
+            async with trio.open_nursery() as nursery:
+                for n in range(3):
+                    nursery.start_soon(job, n)
+                    await settle()
+                pool.put(conn)
+            assert order == [0, 1, 2]
+            assert conn.state.state is S.IDLE and pool.stats().idle_connections == 1
+
+
+async def test_claim_when_idle_waits_for_a_drain(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(100):
+        async with make_pool() as (pool, _):
+            conn = await pool.get()
+            conn.owed_replies = 1
+            conn.drain_gate = trio.Event()
+            pool.put(conn)  # the pool's drain holds it
+            claimed: list[bool] = []
+
+            async def job() -> None:
+                claimed.append(await pool.claim_when_idle(conn))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(job)
+                await settle()
+                assert claimed == [] and conn.state.state is S.UNUSABLE
+                conn.drain_gate.set()
+            assert claimed == [True] and conn.owed_replies == 0
+            pool.give_back(conn)
+            assert conn.state.state is S.IDLE
+
+
+async def test_claim_when_idle_is_false_once_the_connection_or_pool_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(100):
+        async with make_pool() as (pool, _):
+            a, b = await pool.get(), await pool.get()
+            results: dict[str, bool] = {}
+
+            async def job(name: str, conn: FakeConn) -> None:
+                results[name] = await pool.claim_when_idle(conn)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(job, "broken", a)
+                nursery.start_soon(job, "pool closed", b)
+                await settle()
+                a.broken = True
+                pool.put(a)  # closed, not claimed
+                await settle()
+                assert results == {"broken": False}
+                await pool.aclose()
+            assert results == {"broken": False, "pool closed": False}
+            assert not await pool.claim_when_idle(b)  # closed: at once
+
+
+async def test_cancelled_claim_claims_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(100):
+        async with make_pool() as (pool, _):
+            conn = await pool.get()
+            with trio.move_on_after(1) as waited:
+                await pool.claim_when_idle(conn)
+            assert waited.cancelled_caught
             pool.put(conn)
-            await conn.state.wait_and_transition([S.IDLE], S.UNUSABLE)  # claim it idle
-            c2 = await pool.get()
-            assert c2 is not conn
-            pool.put(c2)
-            pool.return_from_background(conn)
-            assert pool.stats().idle_connections == 2
+            assert conn.state.state is S.IDLE  # nobody claimed it
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await pool.claim_when_idle(conn)  # a checkpoint, even for an idle one
+            assert scope.cancelled_caught and conn.state.state is S.IDLE
+
+
+async def test_claim_handed_over_just_before_a_cancel_is_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(100):
+        async with make_pool() as (pool, _):
+            conn = await pool.get()
+            scope = trio.CancelScope()
+            claimed: list[bool] = []
+
+            async def job() -> None:
+                with scope:
+                    claimed.append(await pool.claim_when_idle(conn))
+                    await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(job)
+                await settle()
+                pool.put(conn)  # hands it to the job ...
+                scope.cancel()  # ... which is cancelled before it runs
+            assert claimed == [True] and scope.cancelled_caught
+            assert conn.state.state is S.UNUSABLE  # the job holds it: it must give it back
+            pool.give_back(conn)
 
 
 # --- closing and introspection ---------------------------------------------------------------

@@ -77,7 +77,9 @@ class EchoConn:
 
 
 @asynccontextmanager
-async def echo_pool(size: int = 2) -> AsyncIterator[tuple[Pool[Any], list[list[bytes]]]]:
+async def echo_pool(
+    size: int = 2, breaker: CircuitBreaker | None = None
+) -> AsyncIterator[tuple[Pool[Any], list[list[bytes]]]]:
     log: list[list[bytes]] = []
 
     async def dial() -> EchoConn:
@@ -87,7 +89,11 @@ async def echo_pool(size: int = 2) -> AsyncIterator[tuple[Pool[Any], list[list[b
     EchoConn.gate = None
     EchoConn.fail_with = None
     async with Pool(
-        dial, PoolOptions(size=size, autopipeline=True), node_name="n:1", timeout=5.0
+        dial,
+        PoolOptions(size=size, autopipeline=True),
+        node_name="n:1",
+        timeout=5.0,
+        breaker=breaker,
     ) as pool:
         yield pool, log
 
@@ -233,11 +239,10 @@ async def test_batch_workers_are_reused_not_started_per_batch(autojump_clock: An
 
 
 async def test_the_breaker_counts_a_failed_batch_once(autojump_clock: Any) -> None:
-    async with echo_pool() as (pool, log):
+    breaker = CircuitBreaker("n:1", BreakerOptions(failure_threshold=2))
+    async with echo_pool(breaker=breaker) as (pool, log):
         pipeliner = pool.autopipeliner
         assert pipeliner is not None
-        breaker = CircuitBreaker("n:1", BreakerOptions(failure_threshold=2))
-        pipeliner.breaker = breaker
         EchoConn.fail_with = rex.ConnectionError("connection lost")
         failed: list[BaseException] = []
 

@@ -1,5 +1,7 @@
 """Stateful (hypothesis) test of the pool: random interleavings of get, put, cancel, time
-passing, killed connections, owed replies and background jobs claiming / returning connections.
+passing, killed connections, owed replies, and jobs claiming connections through the pool (at
+once, when idle, or as a claimant before a hand-out), moving them (a handoff's INITIALIZING),
+closing them, cancelling their claims and giving them back.
 
 Each example runs one trio loop in a helper thread with a MockClock that only moves when a rule
 says so; every rule is one call into that loop followed by "let everything settle"
@@ -74,6 +76,31 @@ class GetTask:
         self.status = "pending"  # -> held -> released | timeout | cancelled
         self.conn: FakeConn | None = None
         self.park_seq: int | None = None
+        self.served_at = -1  # the step it was served in
+
+
+class ClaimTask:
+    """One job's claim_when_idle() on one connection."""
+
+    def __init__(self, conn: FakeConn, step: int) -> None:
+        self.conn = conn
+        self.scope = trio.CancelScope()
+        self.status = "pending"  # -> claimed | refused | cancelled
+        self.parked_at = step
+
+
+class StaleClaimant:
+    """A claimant (a re-auth job, say) that takes every connection marked stale."""
+
+    def __init__(self, machine: PoolMachine) -> None:
+        self.machine = machine
+
+    def wants(self, conn: FakeConn) -> bool:
+        return conn.stale
+
+    def take(self, conn: FakeConn) -> None:
+        conn.stale = False
+        self.machine.jobs.append(conn)
 
 
 class PoolMachine(RuleBasedStateMachine):
@@ -87,17 +114,25 @@ class PoolMachine(RuleBasedStateMachine):
             node_name="n",
             timeout=TIMEOUT,
         )
+        self.pool.add_claimant(StaleClaimant(self))
         self.gets: list[GetTask] = []
-        self.jobs: list[FakeConn] = []  # connections a background job owns (UNUSABLE)
+        self.claims: list[ClaimTask] = []
+        self.jobs: list[FakeConn] = []  # connections a job holds (UNUSABLE or INITIALIZING)
         self.served_order: list[GetTask] = []
         self.parks = 0
+        self.step = 0
+        self.violations: list[str] = []
 
         async def start() -> None:
             await self.pool.start_background(self.loop.nursery)
 
         self.loop.run(start)
 
-    # --- rules --------------------------------------------------------------------------------
+    def _run(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self.step += 1
+        self.loop.run(fn)
+
+    # --- callers ------------------------------------------------------------------------------
 
     @rule()
     def get(self) -> None:
@@ -114,7 +149,9 @@ class PoolMachine(RuleBasedStateMachine):
                 except PoolClosedError:
                     task.status = "closed"  # teardown
                     return
-                task.conn, task.status = conn, "held"
+                if conn.stale:
+                    self.violations.append(f"caller {task.n} got stale {conn!r}")
+                task.conn, task.status, task.served_at = conn, "held", self.step
                 self.served_order.append(task)
             if task.scope.cancelled_caught:
                 task.status = "cancelled"
@@ -122,7 +159,7 @@ class PoolMachine(RuleBasedStateMachine):
         async def spawn() -> None:
             self.loop.nursery.start_soon(caller)
 
-        self.loop.run(spawn)
+        self._run(spawn)
         if task.status == "pending":
             task.park_seq = self.parks
             self.parks += 1
@@ -145,7 +182,7 @@ class PoolMachine(RuleBasedStateMachine):
         async def release() -> None:
             self.pool.put(conn)
 
-        self.loop.run(release)
+        self._run(release)
 
     @precondition(lambda self: any(t.status == "pending" for t in self.gets))
     @rule(data=st.data())
@@ -155,14 +192,14 @@ class PoolMachine(RuleBasedStateMachine):
         async def cancel() -> None:
             task.scope.cancel()
 
-        self.loop.run(cancel)
+        self._run(cancel)
 
     @rule(dt=st.sampled_from([1.0, 5.0, TIMEOUT]))
     def time_passes(self, dt: float) -> None:
         async def jump() -> None:
             self.loop.clock.jump(dt)
 
-        self.loop.run(jump)
+        self._run(jump)
 
     def _idle(self) -> list[FakeConn]:
         return [c for c in self.dialer.made if c.state.state is S.IDLE]
@@ -172,48 +209,86 @@ class PoolMachine(RuleBasedStateMachine):
     def kill_idle(self, data: st.DataObject) -> None:
         data.draw(st.sampled_from(self._idle())).peer_gone = True
 
+    # --- jobs ---------------------------------------------------------------------------------
+
     @precondition(lambda self: self._idle())
     @rule(data=st.data())
-    def job_claims_idle(self, data: st.DataObject) -> None:
+    def job_claims_idle_now(self, data: st.DataObject) -> None:
         conn = data.draw(st.sampled_from(self._idle()))
 
         async def claim() -> None:
-            await conn.state.wait_and_transition([S.IDLE], S.UNUSABLE)
+            assert self.pool.claim_now(conn)
 
-        self.loop.run(claim)
+        self._run(claim)
         self.jobs.append(conn)
 
-    @precondition(lambda self: self._held())
+    def _open(self) -> list[FakeConn]:
+        return [c for c in self.dialer.made if c.state.state is not S.CLOSED]
+
+    @precondition(lambda self: self._open())
     @rule(data=st.data())
-    def job_waits_for_held(self, data: st.DataObject) -> None:
-        """go-redis #4027's shape: a job waits for an in-use connection to become IDLE."""
-        conn = data.draw(st.sampled_from(self._held())).conn
-        assert conn is not None
-        if conn.state.waiting:
-            return
+    def job_claims_when_idle(self, data: st.DataObject) -> None:
+        """go-redis #4027's shape when the connection is held: the job waits for it."""
+        conn = data.draw(st.sampled_from(self._open()))
+        claim = ClaimTask(conn, self.step + 1)
+        self.claims.append(claim)
 
         async def job() -> None:
-            try:
-                await conn.state.wait_and_transition([S.IDLE], S.UNUSABLE)
-            except Exception:
-                return  # closed meanwhile (broken on release)
-            self.jobs.append(conn)
+            with claim.scope:
+                claimed = await self.pool.claim_when_idle(conn)
+                claim.status = "claimed" if claimed else "refused"
+                if claimed:
+                    self.jobs.append(conn)
+            if claim.scope.cancelled_caught:
+                claim.status = "cancelled"
 
         async def spawn() -> None:
             self.loop.nursery.start_soon(job)
 
-        self.loop.run(spawn)
+        self._run(spawn)
+
+    @precondition(lambda self: any(c.status == "pending" for c in self.claims))
+    @rule(data=st.data())
+    def job_gives_up_waiting(self, data: st.DataObject) -> None:
+        claim = data.draw(st.sampled_from([c for c in self.claims if c.status == "pending"]))
+
+        async def cancel() -> None:
+            claim.scope.cancel()
+
+        self._run(cancel)
+
+    @precondition(lambda self: self._open())
+    @rule(data=st.data())
+    def mark_stale(self, data: st.DataObject) -> None:
+        """New credentials: the claimant takes this connection before any caller gets it."""
+        data.draw(st.sampled_from(self._open())).stale = True
+
+    @precondition(lambda self: any(c.state.state is S.UNUSABLE for c in self.jobs))
+    @rule(data=st.data())
+    def job_starts_a_handoff(self, data: st.DataObject) -> None:
+        conn = data.draw(st.sampled_from([c for c in self.jobs if c.state.state is S.UNUSABLE]))
+
+        async def reconnect() -> None:
+            conn.state.transition(S.INITIALIZING)  # as Connection.reconnect does
+
+        self._run(reconnect)
 
     @precondition(lambda self: self.jobs)
-    @rule(data=st.data())
-    def job_returns(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), how=st.sampled_from(["ok", "ok", "owes", "broken", "closed"]))
+    def job_gives_back(self, data: st.DataObject, how: str) -> None:
         conn = data.draw(st.sampled_from(self.jobs))
         self.jobs.remove(conn)
+        if how == "owes" and conn.state.state is S.UNUSABLE:
+            conn.owed_replies = 1
+        elif how == "broken":
+            conn.broken = True
 
         async def give_back() -> None:
-            self.pool.return_from_background(conn)
+            if how == "closed":
+                await conn.aclose()
+            self.pool.give_back(conn)
 
-        self.loop.run(give_back)
+        self._run(give_back)
 
     # --- invariants ---------------------------------------------------------------------------
 
@@ -221,19 +296,23 @@ class PoolMachine(RuleBasedStateMachine):
     def every_connection_in_exactly_one_place(self) -> None:
         held = [t.conn for t in self._held()]
         assert len(held) == len({id(c) for c in held}), "one connection held by two callers"
-        open_conns = [c for c in self.dialer.made if c.state.state is not S.CLOSED]
-        for conn in open_conns:
+        assert len(self.jobs) == len({id(c) for c in self.jobs}), "one connection, two jobs"
+        idle_list = self.pool.idle_connections()
+        for conn in self._open():
             places = [
-                conn.state.state is S.IDLE,
+                any(c is conn for c in idle_list),
                 any(c is conn for c in held),
                 any(c is conn for c in self.jobs),
             ]
             assert sum(places) == 1, (conn, places)
-            if any(c is conn for c in held):
+            # The state is the place: nothing else records it.
+            if places[0]:
+                assert conn.state.state is S.IDLE
+            if places[1]:
                 assert conn.state.state is S.IN_USE
-            if any(c is conn for c in self.jobs):
-                assert conn.state.state is S.UNUSABLE
-        assert {c.id for c in open_conns} == {i.id for i in self.pool.connections()}
+            if places[2]:
+                assert conn.state.state in (S.UNUSABLE, S.INITIALIZING)
+        assert {c.id for c in self._open()} == {i.id for i in self.pool.connections()}
 
     @invariant()
     def never_hand_out_a_connection_that_owes_replies(self) -> None:
@@ -244,9 +323,22 @@ class PoolMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_lost_wake_up(self) -> None:
-        # go-redis #4027: a job waiting for IDLE must never sit next to an IDLE connection.
-        for conn in self.dialer.made:
-            assert not (conn.state.waiting and conn.state.state is S.IDLE)
+        # go-redis #4027: a job waiting to claim a connection never sits next to it idle, and
+        # no caller is served a connection a job was already waiting for.
+        for claim in self.claims:
+            if claim.status != "pending":
+                continue
+            assert claim.conn.state.state is not S.IDLE, claim.conn
+            for task in self._held():
+                if task.conn is claim.conn:
+                    assert task.served_at < claim.parked_at, (task.n, claim.conn)
+
+    @invariant()
+    def claims_end_as_they_should(self) -> None:
+        for claim in self.claims:
+            if claim.status == "refused":
+                assert claim.conn.state.state is S.CLOSED  # only a closed one is refused
+        assert self.violations == []
 
     @invariant()
     def never_more_than_size_open(self) -> None:
@@ -286,12 +378,14 @@ class PoolMachine(RuleBasedStateMachine):
         assert st_.dials == self.dialer.attempts
         assert sum(st_.closes.values()) == len(self.dialer.closed)
         assert st_.in_use_connections == len(self._held())
+        assert st_.unusable_connections == len(self.jobs)
 
     def teardown(self) -> None:
         try:
             self.loop.run(self.pool.aclose)
             assert all(c.state.state is S.CLOSED for c in self.dialer.made)
             assert self.dialer.open_now == 0
+            assert all(c.status != "pending" for c in self.claims)
         finally:
             self.loop.close()
 

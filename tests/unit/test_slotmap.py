@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from trio_cluster.config import ConnectionConfig
+from trio_cluster.conn.dialer import Dialer
 from trio_cluster.errors import AskError, MovedError
-from trio_cluster.jobs.dialer import Dialer
 from trio_cluster.pooling.breaker import BreakerOptions, CircuitBreaker
 from trio_cluster.pooling.pool import Pool, PoolOptions
 from trio_cluster.routing.slotmap import Node, ReadFrom, SlotMap

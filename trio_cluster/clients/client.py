@@ -8,7 +8,6 @@ and closes every connection.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,13 +19,15 @@ from ..conn.connection import Connection
 from ..conn.watchdog import Watchdog
 from ..errors import ArgumentTypeError, PoolClosedError
 from ..jobs.credentials import CredentialManager, CredentialSource
-from ..jobs.dialer import Dialer
-from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
+from ..jobs.handoff import HandoffManager
+from ..jobs.maint import MaintNotificationsOptions
 from ..lifetime import raise_not_open
 from ..pooling.autopipeline import AutoPipeliner, shares_connection
+from ..pooling.breaker import BreakerOptions
 from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from ..redispy import EMPTY_RESPONSE, AsyncCoreCommands
 from ..routing.nodecall import run_blocking
+from ..routing.nodes import NodeFactory
 from ..wire.commands import (
     COMMAND_NAME,
     blocking_seconds,
@@ -85,14 +86,18 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         self.pool_options = pool if pool is not None else PoolOptions()
         self._watchdog = Watchdog()
         self._credentials = CredentialManager(credentials) if credentials is not None else None
-        self._dialer = Dialer(config, watchdog=self._watchdog, credentials=self._credentials)
-        self._pool: Pool[Connection] = Pool(
-            self._dialer,
-            self.pool_options,
-            node_name=config.address,
-            timeout=_pool_timeout(self.pool_options, config),
-        )
-        self._dialer.attach(self._pool, maint)
+        # One node, made as a cluster's nodes are; its breaker is off (redis-py's Client has
+        # none), so it decides nothing.
+        self._node = NodeFactory(
+            config=config,
+            pool=self.pool_options,
+            breaker=BreakerOptions(enabled=False),
+            maint=maint,
+            watchdog=self._watchdog,
+            credentials=self._credentials,
+        )((host, port))
+        self._dialer = self._node.dialer
+        self._pool: Pool[Connection] = self._node.pool
         self._replies = self._encoding.reply_parser(protocol)
         self._shown_url: str | None = None
         self.pubsub_registry = PubSubRegistry(max_pubsub_connections)
@@ -112,9 +117,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         await nursery.start(self._watchdog.run)
         if self._credentials is not None:
             await self._credentials.start(nursery)
-        if self._dialer.maint is not None:
-            self._dialer.maint.start(nursery)
-        await self._pool.start_background(nursery)
+        await self._node.start(nursery)
 
     async def _stop(self) -> None:
         await self._pool.aclose()
@@ -122,8 +125,8 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     def _connection_config(self) -> ConnectionConfig:
         return self._dialer.config
 
-    def _maintenance_managers(self) -> list[MaintenanceManager]:
-        return [self._dialer.maint] if self._dialer.maint is not None else []
+    def _maintenance_managers(self) -> list[HandoffManager]:
+        return [self._node.handoffs] if self._node.handoffs is not None else []
 
     async def aclose(self) -> None:
         """Close the pool: every connection, in use or not.  Prefer leaving ``async with``."""
@@ -302,11 +305,3 @@ async def _run_transaction(
 
 
 _RETRY: Any = object()
-
-
-def _pool_timeout(options: PoolOptions, config: ConnectionConfig) -> float:
-    if options.timeout is not None:
-        return options.timeout
-    if config.read_timeout is None:
-        return math.inf
-    return config.read_timeout + 1.0

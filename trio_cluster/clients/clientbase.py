@@ -16,10 +16,10 @@ from redis.exceptions import WatchError
 
 from ..config import ConnectionConfig, parse_url, redact_url
 from ..conn.connection import Connection
+from ..conn.dialer import Dialer
 from ..conn.watchdog import Watchdog
 from ..jobs.credentials import CredentialManager
-from ..jobs.dialer import Dialer
-from ..jobs.maint import MaintenanceManager
+from ..jobs.handoff import HandoffManager
 from ..lifetime import NurseryOwner
 from ..redispy import Encoder
 from ..wire.commands import ReplyParser
@@ -87,8 +87,9 @@ class ClientBase(NurseryOwner):
         helpers): the newest credentials, the client's TLS and timeouts."""
         return self._dialer
 
-    def _maintenance_managers(self) -> list[MaintenanceManager]:
-        """The maintenance-notification managers of every pool the client has."""
+    def _maintenance_managers(self) -> list[HandoffManager]:
+        """The handoff managers of every node the client has (one per node that may get
+        maintenance notifications; each reads its node's notices)."""
         raise NotImplementedError
 
     def pipeline(self, transaction: bool = False, shard_hint: Any = None) -> Any:
@@ -116,7 +117,7 @@ class ClientBase(NurseryOwner):
         managers = self._maintenance_managers()
         received: Counter[str] = Counter()
         for manager in managers:
-            received.update(manager.received)
+            received.update(manager.notices.received)
         creds = self._credentials
         return {
             "handoffs": sum(m.handoffs for m in managers),
@@ -124,7 +125,7 @@ class ClientBase(NurseryOwner):
             "longest_unusable": max((m.longest_unusable for m in managers), default=0.0),
             "relaxed_connections": sum(m.relaxed_connections() for m in managers),
             "notifications": dict(received),
-            "malformed_notifications": sum(m.malformed for m in managers),
+            "malformed_notifications": sum(m.notices.malformed for m in managers),
             "reauths": creds.reauths if creds else 0,
             "reauth_failures": creds.reauth_failures if creds else 0,
             "credential_rotations": creds.rotations if creds else 0,

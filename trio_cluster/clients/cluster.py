@@ -10,7 +10,6 @@ of multi-node commands (``fanout``).  docs/architecture.md follows one command t
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -20,19 +19,20 @@ import trio
 from redis import exceptions as rex
 
 from ..config import ConnectionConfig, connection_options
-from ..conn.connection import Connection
+from ..conn.dialer import Dialer
 from ..conn.watchdog import Watchdog
 from ..errors import (
     ArgumentTypeError,
     PoolClosedError,
 )
 from ..jobs.credentials import CredentialManager, CredentialSource
-from ..jobs.dialer import Dialer
-from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
+from ..jobs.handoff import HandoffManager
+from ..jobs.maint import MaintNotificationsOptions
 from ..lifetime import raise_not_open
-from ..pooling.breaker import BreakerOptions, BreakerState, CircuitBreaker
-from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
+from ..pooling.breaker import BreakerOptions, BreakerState
+from ..pooling.pool import ConnectionInfo, PoolOptions, PoolStats
 from ..redispy import EMPTY_RESPONSE, AsyncCoreCommands
+from ..routing.nodes import NodeFactory
 from ..routing.refresher import Refresher
 from ..routing.router import RetryOptions, Router
 from ..routing.rules import CommandTable, key_slot
@@ -113,7 +113,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         self.startup_nodes: list[Address] = [
             address_remap((n[0], n[1])) if address_remap else (n[0], n[1]) for n in nodes
         ]
-        self._maint = (
+        maint = (
             maint_notifications
             if isinstance(maint_notifications, MaintNotificationsOptions)
             else MaintNotificationsOptions(mode=maint_notifications)
@@ -125,8 +125,8 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             port=self.startup_nodes[0][1],
             protocol=2 if protocol == 2 else 3,
             readonly=self.read_from is not ReadFrom.PRIMARY,
-            maint_notifications=self._maint.mode,
-            moving_endpoint_type=self._maint.endpoint_type,
+            maint_notifications=maint.mode,
+            moving_endpoint_type=maint.endpoint_type,
             **connection,
         )
         self._watchdog = Watchdog()
@@ -148,6 +148,16 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             install=self._install,
             interval=refresh_interval,
             min_interval=refresh_min_interval,
+        )
+        #: Makes each node: its dialer, breaker, pool and maintenance handoffs.
+        self._make_node = NodeFactory(
+            config=self._base_config,
+            pool=self.pool_options,
+            breaker=self.breaker_options,
+            maint=maint,
+            watchdog=self._watchdog,
+            credentials=self._credentials,
+            on_smigrated=self.refresher.request,
         )
         #: The one owner of nodes, slot owners, the public topology and MOVED/ASK.
         self.slot_map = SlotMap(
@@ -187,8 +197,8 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             return self._base_config
         return attrs.evolve(self._base_config, host=node.address[0], port=node.address[1])
 
-    def _maintenance_managers(self) -> list[MaintenanceManager]:
-        return [n.dialer.maint for n in self.slot_map.nodes() if n.dialer.maint]
+    def _maintenance_managers(self) -> list[HandoffManager]:
+        return [n.handoffs for n in self.slot_map.nodes() if n.handoffs is not None]
 
     async def aclose(self) -> None:
         """Close every node's pool and stop the background work now (redis-py's ``aclose``);
@@ -206,33 +216,15 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
     # --- nodes and topology ------------------------------------------------------------------
 
     def _create_node(self, address: Address) -> Node:
-        """A node for the slot map: its dialer, pool and breaker (the pool not started)."""
+        """A node for the slot map (not started), made by the one node factory."""
         if self.router.closed or self._nursery is None:
             raise PoolClosedError("the cluster client is closed")
-        config = attrs.evolve(self._base_config, host=address[0], port=address[1])
-        name = config.address
-        dialer = Dialer(config, watchdog=self._watchdog, credentials=self._credentials)
-        pool: Pool[Connection] = Pool(
-            dialer, self.pool_options, node_name=name, timeout=self._pool_timeout()
-        )
-        dialer.attach(pool, self._maint, on_smigrated=self.request_refresh)
-        breaker = CircuitBreaker(name, self.breaker_options)
-        if pool.autopipeliner is not None:
-            pool.autopipeliner.breaker = breaker  # batches go past it, not each command
-        return Node(address, pool, breaker, dialer)
+        return self._make_node(address)
 
     async def _start_node(self, node: Node) -> None:
         """Start a new node's background work in the client's nursery."""
         assert self._nursery is not None
-        if node.dialer.maint is not None:
-            node.dialer.maint.start(self._nursery)
-        await node.pool.start_background(self._nursery)
-
-    def _pool_timeout(self) -> float:
-        if self.pool_options.timeout is not None:
-            return self.pool_options.timeout
-        read = self._base_config.read_timeout
-        return math.inf if read is None else read + 1.0
+        await node.start(self._nursery)
 
     async def _install(self, topology: Topology, table: CommandTable | None) -> None:
         """Make ``topology`` (and the command table) current; departed nodes are closed once

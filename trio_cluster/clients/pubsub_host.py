@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from ..conn.dialer import Dialer
 from ..errors import MovedError
-from ..jobs.dialer import Dialer
 from ..redispy import Encoder
 from ..routing.slotmap import Node
 from ..routing.topology import Topology

@@ -21,8 +21,8 @@ import trio
 from redis import exceptions as rex
 
 from ..conn.connection import Connection
+from ..conn.dialer import Dialer
 from ..errors import SERVER_DID_NOT_RUN, ClusterDownError, MovedError
-from ..jobs.dialer import Dialer
 from ..routing.topology import Address, Topology
 from .pubsub_host import ShardMap
 from .pubsub_link import Link, UserPing

@@ -31,8 +31,10 @@ from redis import exceptions as rex
 from ..config import ConnectionConfig
 from ..errors import (
     AuthenticationError,
+    CertificateVerificationError,
     ConnectionClosedError,
     ConnectTimeoutError,
+    ProtocolError,
     ReadTimeoutError,
     UnknownCommandError,
     WriteTimeoutError,
@@ -42,6 +44,7 @@ from ..wire.protocol import (
     PushFrame,
     encode_command,
 )
+from .redact import redact, redact_replies
 from .state import ConnState, ConnStateMachine
 from .stream import ReplyStream, close_quietly, mark_unsent, network_error, was_unsent
 from .watchdog import Watchdog
@@ -113,12 +116,10 @@ class Connection(ReplyStream):
         #: Called with every push frame (RESP3 ``>``) that arrives; never given to a caller.
         self.on_push: PushHandler | None = None
         self._parser = None  # made at the first read (ReplyStream._reader)
-        # On plain sockets we read and write the file descriptor with non-blocking system
-        # calls: a write then tells exactly whether any byte went out (the cancel-safety books
-        # depend on it), and both are cheaper than trio's stream layers.  So a plain socket
-        # keeps only its trio socket (the ``SocketStream`` around it and its two conflict
-        # detectors would cost about 180 bytes of every idle connection); TLS streams keep
-        # the stream and go through ``send_all`` / ``receive_some``.
+        # A plain socket is read and written with non-blocking system calls on its fd (a
+        # write then tells exactly whether any byte went out, which the books depend on; and
+        # it is cheaper), so only its trio socket is kept: the ``SocketStream`` around it would
+        # cost about 180 bytes of every idle connection. TLS streams go through the stream.
         self._stream: trio.abc.Stream | trio.socket.SocketType
         if isinstance(stream, trio.SocketStream):
             self._stream = stream.socket
@@ -159,9 +160,11 @@ class Connection(ReplyStream):
                 await conn._handshake()
                 conn._drop_handshake_parser()
                 conn.state.transition(ConnState.IDLE)
-            except BaseException:
+            except BaseException as exc:
                 with trio.CancelScope(shield=True):
                     await conn.aclose()
+                if isinstance(exc, Exception):
+                    redact(exc, config.password)  # a server may echo what AUTH/HELLO sent
                 raise
             return conn
         if conn is not None:
@@ -277,7 +280,8 @@ class Connection(ReplyStream):
         return await self._roundtrip(data, count, 0.0)
 
     async def _roundtrip(self, data: bytes, count: int, blocks_for: float) -> list[Any]:
-        """Write ``count`` encoded commands and read their replies, within the deadlines."""
+        """Write ``count`` encoded commands and read their replies, within the deadlines;
+        error replies have the configured password masked (:mod:`.redact`)."""
         if self.broken or self._closed:
             raise mark_unsent(
                 ConnectionClosedError(f"connection {self.id} to {self.config.address} is closed")
@@ -290,9 +294,12 @@ class Connection(ReplyStream):
             write_timeout = read_timeout = self.relaxed_timeout
         watchdog = self.watchdog
         if watchdog is None or self._fd < 0:
-            return await self._execute_scoped(
+            replies = await self._execute_scoped(
                 data, count, now, write_timeout, read_timeout, blocks_for
             )
+            if config.password is not None:
+                redact_replies(replies, config.password)
+            return replies
         self.io_deadline = now + write_timeout if write_timeout is not None else math.inf
         watchdog.watch(self)
         writing = True
@@ -317,6 +324,8 @@ class Connection(ReplyStream):
             watchdog.unwatch(self)
         if self._timed_out:
             self.broken = True  # expired just as the reply came: used, but never again
+        if config.password is not None:
+            redact_replies(replies, config.password)
         return replies
 
     async def _execute_scoped(
@@ -363,6 +372,10 @@ class Connection(ReplyStream):
         if self._fd >= 0:
             trio.lowlevel.notify_closing(self._fd)
 
+    def _violation(self, error: ProtocolError) -> ProtocolError:
+        # It may quote the server's bytes: mask the password before it is logged and raised.
+        return super()._violation(redact(error, self.config.password))
+
     def _dispatch_push(self, frame: PushFrame) -> None:
         handler = self.on_push
         if handler is not None:
@@ -376,7 +389,8 @@ class Connection(ReplyStream):
         """
         timeout = self.config.read_timeout
         with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            return await self._read_reply()
+            reply = await self._read_reply()
+            return redact(reply, self.config.password) if isinstance(reply, Exception) else reply
         self.broken = True
         raise ReadTimeoutError(f"no reply from {self.config.address} within {timeout} s")
 
@@ -469,6 +483,15 @@ async def _open_stream(config: ConnectionConfig) -> trio.abc.Stream:
         except (ssl.SSLError, trio.BrokenResourceError) as exc:
             await trio.aclose_forcefully(stream)
             cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                # Said once, as what it is (the SSL error's own text repeats itself); not
+                # worth retrying, which the error's class tells the pool.
+                why = cause.verify_message or cause.reason or "certificate verify failed"
+                raise mark_unsent(
+                    CertificateVerificationError(
+                        f"the TLS certificate of {config.address} failed verification: {why}"
+                    )
+                ) from cause
             raise network_error(f"TLS handshake with {config.address} failed", cause) from cause
         stream = tls
     return stream

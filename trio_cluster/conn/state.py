@@ -1,35 +1,30 @@
-"""The connection state machine.
+"""The connection state machine: every state, who holds a connection in it, and every move.
 
-Every connection owns one :class:`ConnStateMachine`. Its state moves along the edges of
-:data:`ALLOWED_TRANSITIONS` (one table, data rather than scattered ``if``\\ s) and *every* change
-goes through :meth:`ConnStateMachine.transition`, which also serves whoever is parked in
-:meth:`ConnStateMachine.wait_and_transition`. That single funnel is what avoids the lost wake-up
-of go-redis #4027, where a release that bypassed the notifier left a re-auth worker waiting for an
-IDLE connection until it timed out.
+Rules (after h11's ``_state.py``):
 
-trio is single-threaded, so "check the state, then set it" with no ``await`` in between is atomic:
-the table check in :meth:`~ConnStateMachine.transition` plays the part of a compare-and-swap.
+1. Everything about states lives here, as data. :data:`MOVES` lists every transition a
+   connection can make, with who makes it and why; :data:`HOLDER` says who holds a connection
+   in each state, so a connection's state *is* its place (in its pool's idle list, with one
+   caller, with one job, or gone). :data:`ALLOWED_TRANSITIONS` is derived from :data:`MOVES`,
+   and ``docs/state-machine.md`` draws both (``scripts/gen_state_diagram.py``).
+2. Every change goes through :meth:`ConnStateMachine.transition`, which refuses anything not
+   in the table. It does nothing else: deciding *which* move to make is the holder's job
+   (for a pooled connection, the pool's: it alone moves its connections).
 
-Invariant kept by the wake-up logic: **no parked waiter ever matches the current state.** Every
-transition hands itself on to the first matching waiter (in arrival order) before returning, and
-keeps doing so while the new state matches someone. So a newcomer that finds its wanted state can
-take it at once without barging past anybody.
+trio is single-threaded, so "check the state, then set it" with no ``await`` in between is
+atomic: the table check in :meth:`~ConnStateMachine.transition` is the compare-and-swap.
 """
 
 from __future__ import annotations
 
-import collections
 import enum
 import types
-from collections.abc import Container, Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import NamedTuple
 
-import outcome
-import trio
+from ..errors import InvalidTransition
 
-from ..errors import InvalidTransition, StateMachineClosed
-
-__all__ = ["ALLOWED_TRANSITIONS", "ConnState", "ConnStateMachine"]
+__all__ = ["ALLOWED_TRANSITIONS", "HOLDER", "MOVES", "ConnState", "ConnStateMachine", "Move"]
 
 
 class ConnState(enum.Enum):
@@ -38,13 +33,13 @@ class ConnState(enum.Enum):
     CREATED = "CREATED"
     """Object exists, nothing sent yet."""
     INITIALIZING = "INITIALIZING"
-    """Handshake (HELLO/AUTH/...) running, or a handoff / re-auth re-initialising it."""
+    """Handshake (HELLO/AUTH/...) running, or a handoff re-initialising it."""
     IDLE = "IDLE"
-    """Ready, sitting in its pool."""
+    """Ready, in its pool's idle list."""
     IN_USE = "IN_USE"
     """Handed to exactly one caller."""
     UNUSABLE = "UNUSABLE"
-    """Owned by a background job (draining owed replies, handoff, re-auth); never handed out."""
+    """Held by a job (draining owed replies, handoff, re-auth); never handed out."""
     CLOSED = "CLOSED"
     """Terminal."""
 
@@ -55,71 +50,78 @@ class ConnState(enum.Enum):
 
 _S = ConnState
 
-_EDGES: dict[ConnState, frozenset[ConnState]] = {
-    _S.CREATED: frozenset({_S.INITIALIZING}),
-    _S.INITIALIZING: frozenset({_S.IDLE}),
-    _S.IDLE: frozenset({_S.IN_USE, _S.UNUSABLE}),
-    _S.IN_USE: frozenset({_S.IDLE, _S.UNUSABLE}),
-    _S.UNUSABLE: frozenset({_S.INITIALIZING, _S.IDLE}),
-    _S.CLOSED: frozenset(),
-}
+HOLDER: Mapping[ConnState, str] = types.MappingProxyType(
+    {
+        _S.CREATED: "the task opening it",
+        _S.INITIALIZING: "the task opening it, or the job that claimed it (a handoff)",
+        _S.IDLE: "its pool: in the idle list, and nowhere else",
+        _S.IN_USE: "the one caller (or automatic-pipelining batch) the pool handed it to",
+        _S.UNUSABLE: "one job: the pool's drain, or a job that claimed it from the pool",
+        _S.CLOSED: "nobody (its pool may still be closing the socket)",
+    }
+)
+"""Who holds a connection in each state: for a pooled connection, its place."""
+
+
+class Move(NamedTuple):
+    """One transition: from, to, who makes it, and when."""
+
+    frm: ConnState
+    to: ConnState
+    by: str
+    when: str
+
+
+MOVES: tuple[Move, ...] = (
+    Move(_S.CREATED, _S.INITIALIZING, "Connection.open", "the handshake starts"),
+    Move(_S.INITIALIZING, _S.IDLE, "Connection.open", "the handshake is done"),
+    Move(_S.IDLE, _S.IN_USE, "Pool", "handed to a caller (get)"),
+    Move(_S.IDLE, _S.UNUSABLE, "Pool", "claimed for a job (claim_now, claim_when_idle)"),
+    Move(_S.IN_USE, _S.IDLE, "Pool", "released by its caller (put)"),
+    Move(_S.IN_USE, _S.UNUSABLE, "Pool", "released owing replies, to be drained by the pool"),
+    Move(_S.UNUSABLE, _S.INITIALIZING, "Connection.reconnect", "a handoff swaps its stream"),
+    Move(_S.UNUSABLE, _S.IDLE, "Pool", "drained, or given back by its job (give_back)"),
+    Move(_S.INITIALIZING, _S.IDLE, "Pool", "given back by its job after a handoff"),
+    *(
+        Move(state, _S.CLOSED, "Pool, or its holder", "removed by the pool, or closed")
+        for state in _S
+        if state is not _S.CLOSED
+    ),
+    # CLOSED -> CLOSED is allowed and does nothing, so closing is idempotent (the pool may
+    # decide to close a connection whose holder closes it too).
+    Move(_S.CLOSED, _S.CLOSED, "anyone", "closed again, which does nothing"),
+)
+"""Every transition a connection can make (two moves may join the same pair of states)."""
 
 ALLOWED_TRANSITIONS: Mapping[ConnState, frozenset[ConnState]] = types.MappingProxyType(
-    # Any state may close. CLOSED -> CLOSED is allowed and is a no-op, so closing is idempotent
-    # (a connection may be closed by its pool and by an I/O error in the same instant).
-    {state: targets | {_S.CLOSED} for state, targets in _EDGES.items()}
+    {state: frozenset(m.to for m in MOVES if m.frm is state) for state in _S}
 )
-"""``from_state -> frozenset of allowed target states``. Anything not listed raises
-:class:`~trio_cluster.errors.InvalidTransition`."""
-
-
-class _Waiter:
-    """One task parked in :meth:`ConnStateMachine.wait_and_transition`."""
-
-    __slots__ = ("from_states", "task", "to")
-
-    def __init__(self, from_states: frozenset[ConnState], to: ConnState, task: trio.lowlevel.Task):
-        self.from_states = from_states
-        self.to = to
-        self.task = task
+"""``from_state -> frozenset of allowed target states``, from :data:`MOVES`. Anything not
+listed raises :class:`~trio_cluster.errors.InvalidTransition`."""
 
 
 class ConnStateMachine:
-    """The state of one connection, plus the tasks waiting for it to reach a given state.
+    """The state of one connection.
 
-    Cheap on the fast path: :meth:`transition` with nobody waiting is a table lookup and an
-    attribute store; it allocates nothing.
+    Cheap: :meth:`transition` is a table lookup and an attribute store, with no allocation; it
+    runs twice per command (``IDLE -> IN_USE -> IDLE``).
     """
 
-    __slots__ = ("_state", "_waiters")
+    __slots__ = ("_state",)
 
     def __init__(self, initial: ConnState = ConnState.CREATED) -> None:
         self._state = initial
-        # An empty tuple until someone waits: most connections never have a waiter, and a
-        # deque per connection would cost more memory than the rest of it.
-        self._waiters: collections.deque[_Waiter] | tuple[()] = ()
 
     def __repr__(self) -> str:
-        return f"<ConnStateMachine {self._state.name} waiters={len(self._waiters)}>"
+        return f"<ConnStateMachine {self._state.name}>"
 
     @property
     def state(self) -> ConnState:
         """The current state."""
         return self._state
 
-    @property
-    def waiting(self) -> int:
-        """How many tasks are parked in :meth:`wait_and_transition`."""
-        return len(self._waiters)
-
     def transition(self, to: ConnState) -> None:
         """Move to ``to`` if the table allows it from the current state, else raise.
-
-        This is the one place where the state changes. After the change, parked waiters whose
-        ``from_states`` contain the new state are served in arrival order (each is handed its own
-        transition directly, so nobody can slip in between the wake-up and the waiter running).
-        Moving to CLOSED fails every remaining waiter with
-        :class:`~trio_cluster.errors.StateMachineClosed`.
 
         Raises:
             InvalidTransition: ``(state, to)`` is not in :data:`ALLOWED_TRANSITIONS`.
@@ -128,101 +130,3 @@ class ConnStateMachine:
         if to not in ALLOWED_TRANSITIONS[frm]:
             raise InvalidTransition(frm, to)
         self._state = to
-        if self._waiters:
-            self._serve_waiters()
-
-    def try_transition(self, from_states: Container[ConnState], to: ConnState) -> bool:
-        """Perform ``state -> to`` only if the current state is in ``from_states``; never blocks.
-
-        Returns whether the transition happened. A tuple is the cheapest ``from_states``.
-
-        Raises:
-            InvalidTransition: the current state is in ``from_states`` but the table forbids
-                the move (a programming error, not a lost race).
-        """
-        if self._state in from_states:
-            self.transition(to)
-            return True
-        return False
-
-    async def wait_and_transition(
-        self, from_states: Iterable[ConnState], to: ConnState
-    ) -> ConnState:
-        """Wait until the state is one of ``from_states``, then move to ``to``.
-
-        Waiters are served strictly in arrival order. The transition is performed on the
-        waiter's behalf at the moment the matching state appears, so it cannot be lost to a task
-        that runs in between. Returns the state the transition started from.
-
-        Cancel-safe: a waiter cancelled while parked is removed and never transitions; a waiter
-        that was already served returns normally (its transition happened) and sees the
-        cancellation at its next checkpoint.
-
-        Raises:
-            StateMachineClosed: the state is, or becomes, CLOSED before the wait is served.
-            InvalidTransition: ``to`` is not allowed from some state in ``from_states`` (checked
-                up front, so a bad request fails at once instead of after a long wait).
-            ValueError: ``from_states`` is empty.
-        """
-        wanted = frozenset(from_states)
-        if not wanted:
-            raise ValueError("from_states must name at least one state")
-        for frm in wanted:
-            if to not in ALLOWED_TRANSITIONS[frm]:
-                raise InvalidTransition(frm, to)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        frm = self._state
-        if frm is ConnState.CLOSED:
-            raise StateMachineClosed(f"cannot wait for {_names(wanted)}: connection is CLOSED")
-        if frm in wanted:
-            # By the invariant in the module docstring no parked waiter matches `frm`, so
-            # taking it now does not jump the queue.
-            self.transition(to)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return frm
-        waiter = _Waiter(wanted, to, trio.lowlevel.current_task())
-        if not self._waiters:
-            self._waiters = collections.deque()
-        waiters = self._waiters
-        waiters.append(waiter)
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            # Only called while still parked, i.e. before any transition was handed to us.
-            waiters.remove(waiter)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        result: ConnState = await trio.lowlevel.wait_task_rescheduled(abort)
-        return result
-
-    def _serve_waiters(self) -> None:
-        """Hand the current state to matching waiters, first come first served, chaining."""
-        waiters = self._waiters
-        assert isinstance(waiters, collections.deque)
-        while waiters:
-            state = self._state
-            if state is ConnState.CLOSED:
-                while waiters:
-                    w = waiters.popleft()
-                    trio.lowlevel.reschedule(
-                        w.task,
-                        outcome.Error(
-                            StateMachineClosed(
-                                f"connection closed while waiting for {_names(w.from_states)}"
-                            )
-                        ),
-                    )
-                return
-            for w in waiters:
-                if state in w.from_states:
-                    break
-            else:
-                return  # nobody matches: the invariant holds again
-            waiters.remove(w)
-            # Validated against the table when the waiter parked; assigning directly keeps
-            # this loop from re-entering transition() (the table check already happened).
-            self._state = w.to
-            trio.lowlevel.reschedule(w.task, outcome.Value(state))
-
-
-def _names(states: Iterable[ConnState]) -> str:
-    return "|".join(sorted(s.name for s in states))

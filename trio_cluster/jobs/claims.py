@@ -1,11 +1,13 @@
 """Claims: running a job on a pooled connection that no caller may see while the job runs.
 
 Re-authentication after a credential rotation (``credentials.py``) and the MOVING handoff
-(``maint.py``) both work this way: the connection is taken from IDLE to UNUSABLE (at once if it
-is idle, else as soon as its caller gives it back, waiting at most ``wait_limit``; a pool hook
-catches any connection whose wait ran out before a caller can get it), the job runs, and the
-connection goes back to the pool (closed first if the job left it broken).  One job per
-connection at a time.
+(``maint.py``) both work this way. The pool moves the connection, never the job: the job asks
+the pool to claim it (:meth:`Pool.claim_now` if it is idle, else :meth:`Pool.claim_when_idle`,
+served the moment its caller gives it back, waiting at most ``wait_limit``); a connection whose
+wait ran out is caught before any caller gets it, by the claimant this module registers with
+the pool (:meth:`Claims.watch`). The job runs, and the connection goes back with
+:meth:`Pool.give_back` (which closes it if the job left it broken). One job per connection at
+a time.
 """
 
 from __future__ import annotations
@@ -15,13 +17,9 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..conn.connection import Connection
-from ..conn.state import ConnState
-from ..errors import StateMachineClosed
 from ..pooling.pool import Pool
 
 __all__ = ["Claims"]
-
-_IDLE = (ConnState.IDLE,)
 
 Job = Callable[[Connection], Awaitable[None]]
 
@@ -41,38 +39,39 @@ class Claims:
         """Jobs run in ``nursery`` from now on (none before)."""
         self._nursery = nursery
 
-    @property
-    def started(self) -> bool:
-        """Whether jobs can run (:meth:`start` was called)."""
-        return self._nursery is not None
-
-    def claim_now(self, pool: Pool[Connection], conn: Connection) -> bool:
-        """For a pool's ``on_get`` hook: claim ``conn`` if it is idle and start its job.
-        Returns whether it was claimed (then the pool must not hand it out)."""
-        if self._nursery is None or not conn.state.try_transition(_IDLE, ConnState.UNUSABLE):
-            return False
-        self._pending.add(conn.id)
-        self._nursery.start_soon(self._run, pool, conn, trio.current_time())
-        return True
+    def watch(self, pool: Pool[Connection], wants: Callable[[Connection], bool]) -> _Claimant:
+        """Before ``pool`` hands out a connection for which ``wants`` is true, claim it and run
+        the job on it. Returns the registration (for :meth:`Pool.remove_claimant`)."""
+        claimant = _Claimant(self, pool, wants)
+        pool.add_claimant(claimant)
+        return claimant
 
     def schedule(self, pool: Pool[Connection], conn: Connection) -> None:
-        """Claim ``conn`` once it is idle (bounded by ``wait_limit``) and run the job; nothing
-        if it already has a job."""
+        """Claim ``conn`` (at once if idle, else once its holder gives it back, within
+        ``wait_limit``) and run the job; nothing if it already has a job."""
         if conn.id in self._pending or self._nursery is None:
             return
         self._pending.add(conn.id)
-        self._nursery.start_soon(self._claim_and_run, pool, conn)
+        if pool.claim_now(conn):
+            self._nursery.start_soon(self._run, pool, conn, trio.current_time())
+        else:
+            self._nursery.start_soon(self._claim_and_run, pool, conn)
+
+    def _take(self, pool: Pool[Connection], conn: Connection) -> None:
+        """``pool`` claimed ``conn`` for this job (a claimant's ``take``): run the job."""
+        assert self._nursery is not None  # _Claimant.wants says no until started
+        self._pending.add(conn.id)
+        self._nursery.start_soon(self._run, pool, conn, trio.current_time())
+
+    def _may_take(self, conn: Connection) -> bool:
+        return self._nursery is not None and conn.id not in self._pending
 
     async def _claim_and_run(self, pool: Pool[Connection], conn: Connection) -> None:
-        try:
-            with trio.move_on_after(self._wait_limit) as waited:
-                if not conn.state.try_transition(_IDLE, ConnState.UNUSABLE):
-                    await conn.state.wait_and_transition(_IDLE, ConnState.UNUSABLE)
-        except StateMachineClosed:
-            self._pending.discard(conn.id)
-            return
-        if waited.cancelled_caught:
-            # Held too long: leave it; the on_get hook claims it before any caller can.
+        claimed = False
+        with trio.move_on_after(self._wait_limit):
+            claimed = await pool.claim_when_idle(conn)
+        if not claimed:
+            # Closed, or held too long: leave it; the claimant catches it before any caller.
             self._pending.discard(conn.id)
             return
         await self._run(pool, conn, trio.current_time())
@@ -84,7 +83,25 @@ class Claims:
         finally:
             self._pending.discard(conn.id)
             self.longest_claim = max(self.longest_claim, trio.current_time() - claimed_at)
-            if conn.broken:
-                with trio.CancelScope(shield=True):
-                    await conn.aclose()
-            pool.return_from_background(conn)
+            pool.give_back(conn)
+
+
+class _Claimant:
+    """One job's claimant on one pool (see :class:`~trio_cluster.pooling.pool.Claimant`)."""
+
+    __slots__ = ("_claims", "_pool", "_wants")
+
+    def __init__(
+        self, claims: Claims, pool: Pool[Connection], wants: Callable[[Connection], bool]
+    ) -> None:
+        self._claims = claims
+        self._pool = pool
+        self._wants = wants
+
+    def wants(self, conn: Connection) -> bool:
+        """Whether the job must run on ``conn`` before a caller gets it."""
+        return self._wants(conn) and self._claims._may_take(conn)
+
+    def take(self, conn: Connection) -> None:
+        """The pool claimed ``conn`` for the job: run it."""
+        self._claims._take(self._pool, conn)

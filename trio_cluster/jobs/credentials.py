@@ -8,9 +8,10 @@ A source of credentials is one of:
   pairs over time (token rotation).
 
 When new credentials arrive, every pooled connection re-authenticates in the background:
-idle ones at once, in-use ones right after their command (a job waits for the connection to
-become IDLE and claims it before any caller can).  A connection takes part only while its job
-owns it (state UNUSABLE), so callers never see a half-authenticated connection.  AUTH failing
+idle ones at once, in-use ones right after their command (the job asks the pool to claim the
+connection when it comes back, before any caller can have it; see ``claims.py``).  A
+connection takes part only while its job holds it (state UNUSABLE), so callers never see a
+half-authenticated connection.  AUTH failing
 (WRONGPASS, a timeout) closes the connection: none stays on stale credentials.  New
 connections always use the newest credentials.
 """
@@ -22,11 +23,13 @@ import logging
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any, TypeAlias
 
+import attrs
 import trio
 
 from ..conn.connection import Connection
+from ..conn.redact import redact
 from ..conn.state import ConnState
-from ..pooling.pool import BasePoolHook, Pool
+from ..pooling.pool import Pool
 from .claims import Claims
 
 __all__ = ["CredentialManager", "CredentialSource", "Credentials"]
@@ -38,10 +41,8 @@ CredentialSource: TypeAlias = (
     Credentials | Callable[[], Credentials | Awaitable[Credentials]] | AsyncIterable[Credentials]
 )
 
-_IDLE = (ConnState.IDLE,)
 
-
-class CredentialManager(BasePoolHook[Connection]):
+class CredentialManager:
     """Owns the current credentials and the re-authentication jobs of the pools it watches."""
 
     def __init__(self, source: CredentialSource, *, timeout: float = 5.0) -> None:
@@ -103,9 +104,10 @@ class CredentialManager(BasePoolHook[Connection]):
         return self._current, self.version
 
     def watch(self, pool: Pool[Connection]) -> None:
-        """Keep ``pool``'s connections on the current credentials."""
+        """Keep ``pool``'s connections on the current credentials: none is handed out on
+        older ones."""
         self._pools.append(pool)
-        pool.add_hook(self)
+        self._claims.watch(pool, self._is_stale)
 
     def rotate(self, credentials: Credentials) -> None:
         """New credentials: new connections use them at once; existing ones re-authenticate
@@ -126,14 +128,8 @@ class CredentialManager(BasePoolHook[Connection]):
             if conn.credentials_version < self.version and conn.state.state is not ConnState.CLOSED
         )
 
-    # --- the pool hook -----------------------------------------------------------------------
-
-    def on_get(self, conn: Connection, is_new: bool) -> bool:
-        """Never hand out a connection on stale credentials: claim it for a job instead."""
-        if conn.credentials_version >= self.version or not self._claims.started:
-            return True
-        pool = next((p for p in self._pools if p.owns(conn)), None)
-        return pool is None or not self._claims.claim_now(pool, conn)
+    def _is_stale(self, conn: Connection) -> bool:
+        return conn.credentials_version < self.version
 
     # --- the job -----------------------------------------------------------------------------
 
@@ -150,6 +146,7 @@ class CredentialManager(BasePoolHook[Connection]):
                     await conn.execute(args)
                 except Exception as exc:
                     self.reauth_failures += 1
+                    redact(exc, password)  # the connection masks only the password it had
                     logger.warning("re-authentication on %s failed: %s", conn.config.address, exc)
                     conn.broken = True
                     break
@@ -157,6 +154,8 @@ class CredentialManager(BasePoolHook[Connection]):
                 self.reauth_failures += 1
                 conn.broken = True
                 break
+            # The connection runs as these credentials now: its errors mask this password.
+            conn.config = attrs.evolve(conn.config, username=username, password=password)
             conn.credentials_version = version
             self.reauths += 1
 

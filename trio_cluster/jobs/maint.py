@@ -1,50 +1,44 @@
-"""Maintenance notifications: endpoint handoff (MOVING), relaxed timeouts, slot migrations.
+"""Maintenance notifications: what they say, and what each one does to its connection.
 
 Servers that support it push, on RESP3 connections that asked with ``CLIENT
 MAINT_NOTIFICATIONS ON``, frames announcing maintenance:
 
 * ``MOVING seq seconds endpoint``: this node's connections should move to ``endpoint``
-  (``null``: reconnect to the same address after half of ``seconds``).  Every connection of
-  the node is handed off in the background: idle ones at once, in-use ones right after their
-  command.  A handoff owns the connection (UNUSABLE), opens and greets a stream to the new
-  endpoint, swaps it in, and gives the connection back; callers never wait on it and never see
-  an error from it.  New connections go to the new endpoint.  Workers are bounded, retried with
-  a short backoff within the handoff timeout, and a per-endpoint breaker stops hammering a dead
-  endpoint; a handoff that fails closes its connection and the pool refills.
+  (``null``: reconnect to the same address after half of ``seconds``).  :class:`MaintNotices`
+  queues the move, once per sequence number, for the node's handoff manager
+  (``handoff.py``), which hands every connection over in the background.
 * ``MIGRATING`` / ``FAILING_OVER``: relax that connection's timeouts until ``MIGRATED`` /
   ``FAILED_OVER`` or an expiry (the Go original never expires them).
 * ``SMIGRATING`` relaxes; ``SMIGRATED`` asks for a topology refresh, deduplicated by sequence
   number with a bounded memory.
 
-Malformed frames are counted and ignored.
+Malformed frames are counted and ignored.  :class:`MaintNotices` needs neither the pool nor
+the dialer: the dialer hands it to each pooled connection as its push handler, and the handoff
+manager, made after the pool, reads the moves it queued.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
-import logging
 import math
 from collections.abc import Callable
-from typing import Protocol
 
 import attrs
 import trio
 
-from ..config import ConnectionConfig
 from ..conn.connection import Connection
-from ..conn.state import ConnState
-from ..pooling.breaker import BreakerOptions, CircuitBreaker
-from ..pooling.pool import BasePoolHook, Pool
+from ..pooling.breaker import BreakerOptions
 from ..wire.encoding import text
 from ..wire.protocol import PushFrame
-from .claims import Claims
 
-__all__ = ["MaintNotificationsOptions", "MaintenanceManager", "Notification", "parse_notification"]
-
-logger = logging.getLogger("trio_cluster.maint")
-
-_IDLE = (ConnState.IDLE,)
+__all__ = [
+    "Kind",
+    "MaintNotices",
+    "MaintNotificationsOptions",
+    "Notification",
+    "parse_notification",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -149,73 +143,56 @@ def parse_notification(frame: PushFrame) -> Notification | None:
     return Notification(kind, seq)
 
 
-class Endpoints(Protocol):
-    """What the manager needs from the pool's dialer (:class:`~trio_cluster.dialer.Dialer`)."""
+class MaintNotices:
+    """The maintenance notifications of one node: the push handler of its pooled connections.
 
-    config: ConnectionConfig
-    """Where new connections go; a MOVING points it at the new endpoint."""
-
-    async def handoff(self, conn: Connection, endpoint: tuple[str, int]) -> None:
-        """Move ``conn`` to ``endpoint`` on a stream opened like every other connection."""
-        ...
-
-
-class MaintenanceManager(BasePoolHook[Connection]):
-    """Acts on the maintenance notifications of one node's pool.
-
-    ``dialer`` is the pool's: the manager moves its endpoint after a MOVING (new connections
-    go to the new endpoint) and opens every handoff's new stream through it, so a moved
-    connection keeps the newest credentials, TLS and timeouts.  ``on_smigrated`` (if given)
-    is called for each new SMIGRATED.
+    Acts on a connection's own notifications at once (relaxing or restoring its timeouts),
+    asks for a topology refresh on each new SMIGRATED (``on_smigrated``), and queues each new
+    MOVING for the node's handoff manager (:meth:`next_move`).
     """
 
     def __init__(
         self,
         options: MaintNotificationsOptions,
-        pool: Pool[Connection],
-        dialer: Endpoints,
         *,
         on_smigrated: Callable[[], None] | None = None,
     ) -> None:
         self.options = options
-        self._pool = pool
-        self._dialer = dialer
         self._on_smigrated = on_smigrated
-        workers = options.max_workers or max(1, pool.options.size // 2)
-        self._limiter = trio.CapacityLimiter(workers)
-        self._breakers: dict[tuple[str, int], CircuitBreaker] = {}
         self._moving_seen: collections.deque[int] = collections.deque(maxlen=256)
         self._smigrated_seen: collections.deque[int] = collections.deque(
             maxlen=options.smigrated_memory
         )
-        self._nursery: trio.Nursery | None = None
-        #: Handoff jobs on the pool's connections.
-        self._claims = Claims(self._handoff, wait_limit=options.handoff_timeout)
-        self.disabled = False
+        self._moves: collections.deque[Notification] = collections.deque()
+        self._lot = trio.lowlevel.ParkingLot()  # the handoff manager, waiting for a move
+        self._disabled = False
         #: Counters, for stats.
         self.received: collections.Counter[str] = collections.Counter()
         self.malformed = 0
-        self.handoffs = 0
-        self.handoff_failures = 0
-        pool.add_hook(self)
 
-    def start(self, nursery: trio.Nursery) -> None:
-        """Jobs run in ``nursery``; a sweep reads pushes that land on idle connections."""
-        self._nursery = nursery
-        self._claims.start(nursery)
-        nursery.start_soon(self._sweep_idle)
+    @property
+    def disabled(self) -> bool:
+        """Whether the node turned out to have no notifications (:meth:`stand_down`)."""
+        return self._disabled
 
     def stand_down(self) -> None:
-        """The server sends no notifications (``auto`` mode found it lacks them): leave the
-        pool's hot path and stop sweeping, so the feature costs nothing."""
-        self.disabled = True
-        self._pool.remove_hook(self)
+        """The server sends no notifications (``auto`` mode found it lacks them): the handoff
+        manager leaves the pool's hot path."""
+        self._disabled = True
+        self._lot.unpark_all()
 
-    def relaxed_connections(self) -> int:
-        """Connections whose timeouts are relaxed right now."""
-        return sum(1 for conn in self._pool.live_connections() if conn.relaxed)
+    async def next_move(self) -> Notification:
+        """Wait for the next new MOVING (its endpoint None: reconnect to the same address
+        after half its ``seconds``).
 
-    # --- push frames -------------------------------------------------------------------------
+        Raises:
+            trio.ClosedResourceError: the node has no notifications (:meth:`stand_down`).
+        """
+        while not self._moves:
+            if self._disabled:
+                raise trio.ClosedResourceError("this node sends no maintenance notifications")
+            await self._lot.park()
+        return self._moves.popleft()
 
     def on_push(self, conn: Connection, frame: PushFrame) -> None:
         """Called by the connection for every push frame it reads (synchronously)."""
@@ -239,92 +216,8 @@ class MaintenanceManager(BasePoolHook[Connection]):
                 self._smigrated_seen.append(note.seq)
                 if self._on_smigrated is not None:
                     self._on_smigrated()
-        elif note.kind is Kind.MOVING:
-            self._moving(conn, note)
-
-    def _moving(self, conn: Connection, note: Notification) -> None:
-        if note.seq in self._moving_seen or self._nursery is None:
-            return  # every connection of the node gets the same MOVING: act once
-        self._moving_seen.append(note.seq)
-        if note.endpoint is None:
-            # No new address: the same one will serve again after half the announced time.
-            self._nursery.start_soon(self._move_later, conn.config.host, conn.config.port, note)
-            return
-        self._move_all(note.endpoint)
-
-    async def _move_later(self, host: str, port: int, note: Notification) -> None:
-        await trio.sleep(note.seconds / 2)
-        self._move_all((host, port))
-
-    def _move_all(self, endpoint: tuple[str, int]) -> None:
-        dialer = self._dialer
-        dialer.config = attrs.evolve(dialer.config, host=endpoint[0], port=endpoint[1])
-        for conn in self._pool.live_connections():
-            conn.handoff_to = endpoint
-            self._claims.schedule(self._pool, conn)
-
-    # --- the pool hook -------------------------------------------------------------------------
-
-    def on_get(self, conn: Connection, is_new: bool) -> bool:
-        """A connection due for a handoff is never handed out: its job takes it instead."""
-        if conn.handoff_to is None:
-            return True
-        return not self._claims.claim_now(self._pool, conn)
-
-    @property
-    def longest_unusable(self) -> float:
-        """The longest a connection was kept from callers by a handoff (seconds)."""
-        return self._claims.longest_claim
-
-    # --- the job ---------------------------------------------------------------------------------
-
-    async def _handoff(self, conn: Connection) -> None:
-        """``conn`` is claimed: move it to its endpoint (broken if that keeps failing)."""
-        options = self.options
-        moved = False  # did this job move it (another job may have, meanwhile)?
-        with trio.move_on_after(options.handoff_timeout):
-            done = False
-            for attempt in range(options.handoff_retries):
-                endpoint = conn.handoff_to
-                if endpoint is None:
-                    done = True
-                    break
-                breaker = self._breaker(endpoint)
-                try:
-                    breaker.before_call()
-                    async with self._limiter:
-                        await self._dialer.handoff(conn, endpoint)
-                except Exception as exc:
-                    breaker.record_failure()
-                    logger.debug("handoff of %s to %s failed: %s", conn.id, endpoint, exc)
-                    await trio.sleep(min(0.5, 0.05 * 2**attempt))
-                    continue
-                breaker.record_success()
-                moved = True
-                if conn.handoff_to == endpoint:
-                    conn.handoff_to = None
-                now = trio.current_time()
-                conn.relax(options.relaxed_timeout, now + options.post_handoff_relaxed)
-                done = conn.handoff_to is None
-                if done:
-                    break
-        if done:
-            self.handoffs += moved  # a job that found nothing left to do moved nothing
-        else:
-            self.handoff_failures += 1
-            conn.broken = True
-
-    def _breaker(self, endpoint: tuple[str, int]) -> CircuitBreaker:
-        breaker = self._breakers.get(endpoint)
-        if breaker is None:
-            name = f"{endpoint[0]}:{endpoint[1]}"
-            breaker = self._breakers[endpoint] = CircuitBreaker(name, self.options.endpoint_breaker)
-        return breaker
-
-    async def _sweep_idle(self) -> None:
-        """Read pushes that arrive on idle connections (nobody else reads them)."""
-        while not self.disabled:
-            await trio.sleep(0.05)
-            for conn in self._pool.live_connections():
-                if conn.state.state is ConnState.IDLE:
-                    conn.peer_closed()  # reads and dispatches any push frame waiting
+        elif note.kind is Kind.MOVING and note.seq not in self._moving_seen:
+            # Every connection of the node gets the same MOVING: act once.
+            self._moving_seen.append(note.seq)
+            self._moves.append(note)
+            self._lot.unpark_all()

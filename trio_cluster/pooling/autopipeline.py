@@ -137,19 +137,28 @@ def _own_copy(error: BaseException) -> BaseException:
 
 class AutoPipeliner:
     """The queue and batches of one pool (one node).  Made by the pool when
-    ``PoolOptions.autopipeline`` is set; its batch jobs run in the pool's nursery."""
+    ``PoolOptions.autopipeline`` is set, with the node's breaker if it has one; its batch jobs
+    run in the pool's nursery."""
 
-    __slots__ = ("_idle_workers", "_pool", "_queue", "_scheduled", "batches", "breaker", "commands")
+    __slots__ = (
+        "_breaker",
+        "_idle_workers",
+        "_pool",
+        "_queue",
+        "_scheduled",
+        "batches",
+        "commands",
+    )
 
-    def __init__(self, pool: BatchPool) -> None:
+    def __init__(self, pool: BatchPool, breaker: BatchBreaker | None = None) -> None:
         self._pool = pool
+        #: The node's circuit breaker (a cluster node's), checked once per batch.
+        self._breaker = breaker
         self._queue: list[_Call] = []
         #: A worker has been woken (or started) and has not taken the queue yet.
         self._scheduled = False
         #: Batch workers parked between batches (starting a task per batch costs more).
         self._idle_workers: list[trio.lowlevel.Task] = []
-        #: The node's circuit breaker (set by the cluster client), checked once per batch.
-        self.breaker: BatchBreaker | None = None
         #: Batches written so far, and the commands they carried (for stats and tests).
         self.batches = 0
         self.commands = 0
@@ -207,7 +216,7 @@ class AutoPipeliner:
     async def _run_batch(self) -> None:
         """One batch: borrow a connection, take the queue, write it, hand out the replies."""
         pool = self._pool
-        breaker = self.breaker
+        breaker = self._breaker
         try:
             if breaker is not None:
                 breaker.before_call()  # an open breaker: CircuitOpenError, marked unsent

@@ -1,25 +1,25 @@
 """The pool's public types: what it needs of a connection, its options (validated), its stats,
-why it closes a connection, and the hooks that let background jobs watch and claim
-connections.  Kept apart from :mod:`trio_cluster.pooling.pool`, which re-exports them."""
+why it closes a connection, and what a job that claims connections before they are handed out
+provides (:class:`Claimant`).  Kept apart from :mod:`trio_cluster.pooling.pool`, which
+re-exports them."""
 
 from __future__ import annotations
 
 import enum
 import math
 from collections.abc import Mapping
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import attrs
 
 from ..conn.state import ConnState, ConnStateMachine
 
 __all__ = [
-    "BasePoolHook",
     "C",
     "C_contra",
+    "Claimant",
     "CloseReason",
     "ConnectionInfo",
-    "PoolHook",
     "PoolOptions",
     "PoolStats",
     "PoolableConnection",
@@ -32,7 +32,8 @@ class PoolableConnection(Protocol):
     id: int
     """Unique per process."""
     state: ConnStateMachine
-    """Owned by the connection; arrives from ``dial()`` already IDLE."""
+    """Arrives from ``dial()`` IDLE; from then on only the pool moves it (and a job that
+    claimed it, between UNUSABLE and INITIALIZING, or to CLOSED)."""
     created_at: float
     """``trio.current_time()`` at creation."""
     last_used_at: float
@@ -75,14 +76,8 @@ class CloseReason(enum.StrEnum):
     """The server closed the socket while the connection sat idle."""
     MAX_IDLE = "max_idle"
     """Released while ``max_idle`` connections were already idle."""
-    HOOK_REJECTED = "hook_rejected"
-    """An ``on_get`` hook returned False and left the connection IDLE."""
-    HOOK_REMOVED = "hook_removed"
-    """An ``on_put`` hook returned False."""
-    HOOK_ERROR = "hook_error"
-    """A hook raised."""
     CLOSED_ELSEWHERE = "closed_elsewhere"
-    """Its state was already CLOSED when the pool next looked at it."""
+    """Given back (by its caller or job) already CLOSED."""
     BAD_STATE = "bad_state"
     """``dial()`` returned a connection that was not IDLE."""
     POOL_CLOSED = "pool_closed"
@@ -188,7 +183,8 @@ class PoolStats:
     idle_connections: int
     in_use_connections: int
     unusable_connections: int
-    """In state UNUSABLE or INITIALIZING: owned by a drainer or a background job."""
+    """In state UNUSABLE or INITIALIZING: held by the pool's drain or by a job that claimed
+    it."""
     closing_connections: int
     pending_waiters: int
     """Gets parked right now."""
@@ -212,44 +208,21 @@ class ConnectionInfo:
     last_used_at: float
 
 
-class PoolHook(Protocol[C_contra]):
-    """Callbacks that let handoff / re-auth machinery watch and claim connections. All run
-    synchronously inside the pool's decisions, so they must not block.
+class Claimant(Protocol[C_contra]):
+    """A job that takes connections before the pool hands them to a caller (re-authentication
+    on new credentials, handoff to a new endpoint).  Registered with
+    :meth:`Pool.add_claimant`; both methods run inside the pool's synchronous decisions, so
+    they must not block.
 
-    * ``on_get(conn, is_new)`` runs before a connection is handed out, while it is still IDLE.
-      True lets it through. False keeps it from the caller: if the hook moved it to UNUSABLE, the
-      hook's job owns it now and gives it back with :meth:`Pool.return_from_background`; if it is
-      still IDLE the pool closes it (``hook_rejected``). Raising closes it (``hook_error``) and the
-      exception goes to the caller of :meth:`Pool.get` it was meant for.
-    * ``on_put(conn)`` runs on release, while the connection is still IN_USE. False has it closed
-      (``hook_removed``). A hook may instead move it to UNUSABLE and return True: the pool then
-      leaves it to the hook's job, quietly. Raising closes it (``hook_error``), logged.
-    * ``on_remove(conn, reason)`` runs when the pool decides to close a connection.
+    Before an idle connection goes to a caller, the pool asks each claimant in turn whether it
+    ``wants`` it; for the first that does, the pool claims it (IDLE -> UNUSABLE) and calls
+    ``take``: the job holds it from then on and gives it back with :meth:`Pool.give_back`.
     """
 
-    def on_get(self, conn: C_contra, is_new: bool) -> bool:
-        """See the class docstring."""
+    def wants(self, conn: C_contra) -> bool:
+        """Whether this job must have ``conn`` (IDLE) before any caller does."""
         ...
 
-    def on_put(self, conn: C_contra) -> bool:
-        """See the class docstring."""
+    def take(self, conn: C_contra) -> None:
+        """``conn`` is claimed for this job (UNUSABLE): start the job (it must not raise)."""
         ...
-
-    def on_remove(self, conn: C_contra, reason: CloseReason) -> None:
-        """See the class docstring."""
-        ...
-
-
-class BasePoolHook(Generic[C]):
-    """A :class:`PoolHook` that accepts everything; subclass it and override what you need."""
-
-    def on_get(self, conn: C, is_new: bool) -> bool:
-        """Accept the connection."""
-        return True
-
-    def on_put(self, conn: C) -> bool:
-        """Keep the connection."""
-        return True
-
-    def on_remove(self, conn: C, reason: CloseReason) -> None:
-        """Do nothing."""

@@ -18,8 +18,8 @@ import trio
 
 from ..config import ConnectionConfig
 from ..conn.connection import Connection, mark_unsent
+from ..conn.dialer import Dialer
 from ..errors import NETWORK_ERRORS, PoolClosedError
-from ..jobs.dialer import Dialer
 from ..wire.commands import DATA_TAKING_COMMANDS, blocking_seconds
 from .slotmap import Node
 

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
+from ..conn.dialer import Dialer
 from ..errors import ClusterUnreachableError, UnknownCommandError
-from ..jobs.dialer import Dialer
 from ..logs import LogLimiter
 from .rules import CommandTable
 from .topology import Address, AddressRemap, Topology, parse_shards, parse_slots

@@ -26,6 +26,7 @@ import trio
 from redis.exceptions import ResponseError
 
 from ..conn.connection import mark_unsent, was_unsent
+from ..conn.dialer import Dialer
 from ..errors import (
     NETWORK_ERRORS,
     SERVER_DID_NOT_RUN,
@@ -36,7 +37,6 @@ from ..errors import (
     MovedError,
     PoolTimeoutError,
 )
-from ..jobs.dialer import Dialer
 from ..wire.encoding import text
 from . import nodecall
 from .rules import CommandSpec, CommandTable, Target, key_slot, keyless_target, slot_of

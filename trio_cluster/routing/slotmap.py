@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..conn.connection import Connection
+from ..conn.dialer import Dialer
 from ..errors import AskError, MovedError
-from ..jobs.dialer import Dialer
+from ..jobs.handoff import HandoffManager
 from ..pooling.breaker import CircuitBreaker
 from ..pooling.pool import Pool
 from .topology import SLOTS, Address, AddressRemap, Shard, Topology
@@ -35,22 +36,37 @@ class ReadFrom(enum.Enum):
 
 
 class Node:
-    """One node: its pool, breaker, dialer and measured latency."""
+    """One node: its pool, breaker, dialer, maintenance handoffs and measured latency.
+
+    Made, wired, by :class:`~trio_cluster.routing.nodes.NodeFactory`.
+    """
 
     def __init__(
-        self, address: Address, pool: Pool[Connection], breaker: CircuitBreaker, dialer: Dialer
+        self,
+        address: Address,
+        pool: Pool[Connection],
+        breaker: CircuitBreaker,
+        dialer: Dialer,
+        handoffs: HandoffManager | None = None,
     ) -> None:
         self.address = address
         self.name = f"{address[0]}:{address[1]}"
         self.pool = pool
         self.breaker = breaker
         self.dialer = dialer
+        self.handoffs = handoffs
         self.latency = 0.0
         self.started = trio.Event()
         self.retired = False
 
     def __repr__(self) -> str:
         return f"<node {self.name}{' retired' if self.retired else ''}>"
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the node's background work (its handoffs, its pool's jobs) in ``nursery``."""
+        if self.handoffs is not None:
+            self.handoffs.start(nursery)
+        await self.pool.start_background(nursery)
 
 
 class SlotMap:

@@ -1,63 +1,92 @@
 """Opening connections the way their client wants them: the one place a connection is opened.
 
-Every connection a client opens comes from its ``Dialer``: the pool's connections, the
-one-off ones (topology fetch, pub/sub links, the ``CLIENT UNBLOCK`` helper, MONITOR) and the
-new stream of a maintenance handoff.  Each gets the newest credentials from the credential
-manager and the client's TLS settings and timeouts; a caller changes only what it names
-(``address``, ``maint_notifications``...).  A pool's connections also get the client's
-watchdog and maintenance-notification handler.  One ``Dialer`` per pool (per node): it holds
-the node's current connection settings, which a MOVING notification may point at a new
-endpoint.  Shared by ``Client`` and ``ClusterClient`` so both behave the same.
+Every connection a client opens comes from a ``Dialer``: the pools' connections, the one-off
+ones (topology fetch, pub/sub links, the ``CLIENT UNBLOCK`` helper, MONITOR) and the new stream
+of a maintenance handoff.  Each gets the newest credentials and the client's TLS settings and
+timeouts; a caller changes only what it names (``address``, ``maint_notifications``...).  A
+pool's connections also get the client's watchdog and their node's maintenance-notification
+handler.  One ``Dialer`` per node, holding the node's current connection settings (a MOVING
+notification may point them at a new endpoint), and one more per cluster client for one-off
+connections to any node.
+
+It sits below the pool (the pool's ``dial`` is a dialer) and knows nothing above it: the
+credentials and the notification handler come in as the small protocols below, so wiring a
+node is a straight line (``routing.nodes``), with no cycle and nothing patched in afterwards.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
-from typing import Any
+import ssl
+from typing import Any, Protocol
 
 import attrs
 from redis import exceptions as rex
 
 from ..config import ConnectionConfig
-from ..conn.connection import Connection
-from ..conn.watchdog import Watchdog
-from ..pooling.pool import Pool
-from .credentials import CredentialManager
-from .maint import MaintenanceManager, MaintNotificationsOptions
+from ..wire.protocol import PushFrame
+from .connection import Connection
+from .watchdog import Watchdog
 
-__all__ = ["Dialer"]
+__all__ = ["CurrentCredentials", "Dialer", "PushHandlerOwner"]
 
 logger = logging.getLogger("trio_cluster.dialer")
 
 
+class CurrentCredentials(Protocol):
+    """Where a new connection's credentials come from (the client's credential manager)."""
+
+    async def for_new_connection(self) -> tuple[tuple[str | None, str] | None, int]:
+        """The ``(username, password)`` a new connection must use (None: the configured
+        ones), and their version."""
+        ...
+
+
+class PushHandlerOwner(Protocol):
+    """What handles a node's maintenance notifications (``jobs.maint.MaintNotices``)."""
+
+    @property
+    def disabled(self) -> bool:
+        """Whether the node turned out to have no notifications (nothing to hand over)."""
+        ...
+
+    def on_push(self, conn: Connection, frame: PushFrame) -> None:
+        """Called by a connection for each push frame it reads."""
+        ...
+
+    def stand_down(self) -> None:
+        """The server has no notifications (``auto`` mode found out): stop."""
+        ...
+
+
 class Dialer:
-    """The ``dial`` callable of one pool."""
+    """Opens connections with the newest credentials; as a callable, the ``dial`` of a pool.
+
+    Args:
+        config: how connections reach and greet the node (credentials aside).
+        watchdog: given to the pool's connections, which it bounds.
+        credentials: the newest credentials (None: those in ``config``).
+        notices: the node's maintenance-notification handler, for the pool's connections.
+    """
 
     def __init__(
         self,
         config: ConnectionConfig,
         *,
         watchdog: Watchdog | None,
-        credentials: CredentialManager | None,
+        credentials: CurrentCredentials | None,
+        notices: PushHandlerOwner | None = None,
     ) -> None:
+        #: Where new connections go (a MOVING notification may change it) and how they greet.
         self.config = config
         self.watchdog = watchdog
         self.credentials = credentials
-        self.maint: MaintenanceManager | None = None
+        self.notices = notices
 
-    def attach(
-        self,
-        pool: Pool[Connection],
-        maint: MaintNotificationsOptions,
-        on_smigrated: Callable[[], None] | None = None,
-    ) -> None:
-        """Watch ``pool`` for credential rotations and maintenance notifications."""
-        if self.credentials is not None:
-            self.credentials.watch(pool)
-        if maint.mode != "disabled":
-            self.maint = MaintenanceManager(maint, pool, self, on_smigrated=on_smigrated)
+    def move_to(self, endpoint: tuple[str, int]) -> None:
+        """New connections go to ``endpoint`` from now on (a MOVING notification)."""
+        self.config = attrs.evolve(self.config, host=endpoint[0], port=endpoint[1])
 
     async def settings(
         self, address: tuple[str, int] | None = None, **overrides: Any
@@ -98,22 +127,24 @@ class Dialer:
         """A new connection for the pool (the pool's ``dial``)."""
         conn = await self.open()
         conn.watchdog = self.watchdog
-        maint = self.maint
-        if maint is not None and not maint.disabled:
+        notices = self.notices
+        if notices is not None and not notices.disabled:
             if conn.config.maint_notifications == "auto" and not conn.maint_notifications:
                 # The server has no maintenance notifications: stop asking, quietly and once
                 # per node (never a log line per connection), and take the feature off the
                 # pool's hot path.
                 self.config = attrs.evolve(self.config, maint_notifications="disabled")
-                maint.stand_down()
+                notices.stand_down()
                 logger.debug("%s has no maintenance notifications", conn.config.address)
             else:
-                conn.on_push = maint.on_push
+                conn.on_push = notices.on_push
         return conn
 
 
 def _socket_causes(error: BaseException) -> list[OSError]:
-    """The socket errors (with an errno) at the root of a failed connect."""
+    """The socket errors (with an errno) at the root of a failed connect.  TLS errors are
+    OSErrors too (a certificate failure carries errno 1, EPERM), but they say what they are
+    in their own message: not socket causes."""
     found: list[OSError] = []
     seen: set[int] = set()
     pending: list[BaseException] = [error]
@@ -122,7 +153,11 @@ def _socket_causes(error: BaseException) -> list[OSError]:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno is not None:
+        if (
+            isinstance(current, OSError)
+            and not isinstance(current, ssl.SSLError)
+            and current.errno is not None
+        ):
             found.append(current)
         if isinstance(current, BaseExceptionGroup):
             pending.extend(reversed(current.exceptions))

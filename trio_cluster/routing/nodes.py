@@ -1,0 +1,85 @@
+"""The one node factory: each node's dialer, breaker, pool and maintenance handoffs, wired once.
+
+``Client`` (one node) and ``ClusterClient`` (one per node of the map) both make their nodes
+here, so a node is the same thing in both. The parts are made in the order they depend on each
+other, each complete when made, and nothing is attached or patched afterwards:
+
+1. the maintenance notices (``jobs.maint.MaintNotices``: needs nothing);
+2. the dialer (``conn.dialer``: the settings, the watchdog, the credentials, the notices);
+3. the breaker (``CircuitBreaker``; ``Client`` has a disabled one);
+4. the pool (``Pool``: the dialer is its ``dial``; the breaker guards its automatic
+   pipelining; the connect timeout bounds each dial, retries included);
+5. the handoff manager (``jobs.handoff``: the notices, the pool, the dialer), which registers
+   as a claimant of the pool; the credential manager watches the pool likewise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import attrs
+
+from ..config import ConnectionConfig
+from ..conn.connection import Connection
+from ..conn.dialer import Dialer
+from ..conn.watchdog import Watchdog
+from ..jobs.credentials import CredentialManager
+from ..jobs.handoff import HandoffManager
+from ..jobs.maint import MaintNotices, MaintNotificationsOptions
+from ..pooling.breaker import BreakerOptions, CircuitBreaker
+from ..pooling.pool import Pool, PoolOptions
+from .slotmap import Node
+from .topology import Address
+
+__all__ = ["NodeFactory", "pool_timeout"]
+
+
+def pool_timeout(options: PoolOptions, config: ConnectionConfig) -> float:
+    """How long a get waits for a connection: ``options.timeout``, else the read timeout
+    plus a second (``math.inf`` when reads have no timeout)."""
+    if options.timeout is not None:
+        return options.timeout
+    if config.read_timeout is None:
+        return math.inf
+    return config.read_timeout + 1.0
+
+
+@attrs.frozen(kw_only=True)
+class NodeFactory:
+    """Makes the nodes of one client (call it with an address); see the module docstring."""
+
+    config: ConnectionConfig
+    """What every node's connections start from (the host and port are the node's)."""
+    pool: PoolOptions
+    breaker: BreakerOptions
+    maint: MaintNotificationsOptions
+    watchdog: Watchdog
+    """The client's: it bounds every round trip on a pooled connection."""
+    credentials: CredentialManager | None
+    on_smigrated: Callable[[], None] | None = None
+    """Called for each new SMIGRATED notification (the cluster's refresh request)."""
+
+    def __call__(self, address: Address) -> Node:
+        """A new node at ``address``, not started (:meth:`Node.start`)."""
+        config = attrs.evolve(self.config, host=address[0], port=address[1])
+        name = config.address
+        notices = None
+        if self.maint.mode != "disabled":
+            notices = MaintNotices(self.maint, on_smigrated=self.on_smigrated)
+        dialer = Dialer(
+            config, watchdog=self.watchdog, credentials=self.credentials, notices=notices
+        )
+        breaker = CircuitBreaker(name, self.breaker)
+        pool: Pool[Connection] = Pool(
+            dialer,
+            self.pool,
+            node_name=name,
+            timeout=pool_timeout(self.pool, config),
+            dial_timeout=config.connect_timeout,
+            breaker=breaker,
+        )
+        handoffs = HandoffManager(notices, pool, dialer) if notices is not None else None
+        if self.credentials is not None:
+            self.credentials.watch(pool)
+        return Node(address, pool, breaker, dialer, handoffs)
