@@ -19,7 +19,7 @@ import attrs
 import trio
 from redis import exceptions as rex
 
-from ..config import ConnectionConfig, connection_options
+from ..config import ConnectionConfig, RetryOptions, connection_options
 from ..conn.connection import Connection
 from ..conn.watchdog import Watchdog
 from ..errors import (
@@ -34,7 +34,7 @@ from ..pooling.breaker import BreakerOptions, BreakerState, CircuitBreaker
 from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from ..redispy import EMPTY_RESPONSE, AsyncCoreCommands
 from ..routing.refresher import Refresher
-from ..routing.router import RetryOptions, Router
+from ..routing.router import Router
 from ..routing.rules import CommandTable, key_slot
 from ..routing.slotmap import Node, ReadFrom, SlotMap
 from ..routing.topology import Address, AddressRemap, Topology
@@ -196,7 +196,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         await self._stop()
 
     async def _stop(self) -> None:
-        self.router.closed = True
+        self.router.policy.closed = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
@@ -207,7 +207,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
 
     def _create_node(self, address: Address) -> Node:
         """A node for the slot map: its dialer, pool and breaker (the pool not started)."""
-        if self.router.closed or self._nursery is None:
+        if self.router.policy.closed or self._nursery is None:
             raise PoolClosedError("the cluster client is closed")
         config = attrs.evolve(self._base_config, host=address[0], port=address[1])
         name = config.address
@@ -372,7 +372,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             totals=totals,
             moved=self.slot_map.moved,
             ask=self.slot_map.ask,
-            retries=dict(self.router.retries),
+            retries=dict(self.router.policy.retries),
             errors=dict(self._errors),
             refreshes=self.refresher.refreshes,
             refresh_failures=self.refresher.failures,

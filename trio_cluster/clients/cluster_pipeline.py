@@ -20,18 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import trio
 from redis.exceptions import ResponseError, WatchError
 
-from ..conn.connection import Connection, mark_unsent, was_unsent
-from ..errors import (
-    AskError,
-    ClusterDownError,
-    CrossSlotTransactionError,
-    MovedError,
-)
+from ..conn.connection import Connection
+from ..errors import NETWORK_ERRORS, AskError, CrossSlotTransactionError, MovedError
 from ..lifetime import open_nursery
 from ..routing.nodecall import accounted, call_batch, take_connection
+from ..routing.policy import Attempt, Rule, classify, longer_wait
 from ..routing.router import Router
 from ..routing.rules import slot_of
 from ..routing.slotmap import Node
@@ -106,8 +101,7 @@ class ClusterPipeline(PipelineBase):
         if self._conn is None:
             node = self._slots.primary(slot)
             if node is None:
-                self._slots.request_refresh()
-                raise ClusterDownError(f"CLUSTERDOWN slot {slot} is not served")
+                raise self._slots.not_served(slot)
             self._conn = await take_connection(node)
             self._watch_node, self._watch_slot = node, slot
         assert self._watch_node is not None
@@ -208,21 +202,23 @@ class ClusterPipeline(PipelineBase):
         return self._slots.primary(slot)
 
     async def _pipeline(self, stack: Sequence[_Command], slots: list[int | None]) -> list[Any]:
-        router, slot_map = self._router, self._slots
+        """Each node's commands in one batch, all nodes at once; then the retry policy for
+        each failed command: redirected ones go again at once, waits are taken once per round
+        (the longest any command needs)."""
+        policy = self._router.policy
+        slot_map = self._slots
         results: list[Any] = [None] * len(stack)
         pending = list(range(len(stack)))
         asking: dict[int, Node] = {}
-        rounds = waits = 0  # rounds of redirects followed; back-offs taken
-        deadline = trio.current_time() + router.retry.budget
+        attempts: dict[int, Attempt] = {}
+        waits = 0
         while pending:
             batches: dict[int, tuple[Node, list[int]]] = {}
+            sent_to: dict[int, Node | None] = {}
             for index in pending:
-                node = asking.get(index) or self._node_for(slots[index])
+                node = sent_to[index] = asking.get(index) or self._node_for(slots[index])
                 if node is None:
-                    slot_map.request_refresh()
-                    results[index] = mark_unsent(
-                        ClusterDownError(f"CLUSTERDOWN slot {slots[index]} is not served")
-                    )
+                    results[index] = slot_map.not_served(slots[index])
                     continue
                 batches.setdefault(id(node), (node, []))[1].append(index)
             asking_now, asking = asking, {}
@@ -245,56 +241,69 @@ class ClusterPipeline(PipelineBase):
                 for node, indexes in batches.values():
                     nursery.start_soon(send, node, indexes, asking_now)
             retry: list[int] = []
-            unsent = False
+            wait: Rule | None = None
             for index in pending:
                 result = results[index]
-                node = asking_now.get(index) or self._node_for(slots[index])
-                if isinstance(result, MovedError):
-                    await slot_map.apply_moved(result, node)
-                    retry.append(index)
-                elif isinstance(result, AskError):
-                    asking[index] = await slot_map.ask_target(result, node)
-                    retry.append(index)
-                elif router.may_retry(result, deadline):
-                    # Safe to repeat for any command: the server did not run it.
-                    router.retries[type(result).__name__] += 1
-                    unsent = unsent or was_unsent(result)
-                    retry.append(index)
-            if not retry:
-                break
-            redirects_only = all(isinstance(results[i], MovedError | AskError) for i in retry)
-            rounds = rounds + 1 if redirects_only else rounds
-            if rounds > router.retry.max_redirects:
-                break
-            if unsent:
-                await router.settle_after_failure(waits)  # refresh: the node may be gone
-                waits += 1
-            elif not redirects_only:
-                await trio.sleep(router.retry.backoff(waits))
+                if not isinstance(result, Exception):
+                    continue
+                attempt = attempts.get(index)
+                if attempt is None:
+                    readonly = self._router.commands.is_readonly(stack[index][0])
+                    attempt = attempts[index] = policy.attempt(readonly)
+                node = sent_to[index]
+                rule = attempt.decide(result, node)
+                if rule is Rule.RAISE:
+                    continue
+                if rule is Rule.MOVED or rule is Rule.ASK:
+                    target = await attempt.redirect(rule, result, node)
+                    if rule is Rule.ASK:
+                        asking[index] = target
+                else:
+                    wait = longer_wait(wait, rule)
+                retry.append(index)
+            if wait is not None:
+                await policy.pause(wait, waits)
                 waits += 1
             pending = retry
         return results
 
     async def _transaction(self, stack: Sequence[_Command], slots: list[int | None]) -> list[Any]:
+        """MULTI, the commands and EXEC in one batch to the slot's node, under the retry
+        policy: a command refused at queue time (MOVED, ASK, TRYAGAIN...: EXEC then runs
+        nothing) or a batch that never left sends the whole transaction again."""
         keyed = {slot for slot in slots if slot is not None}
         if len(keyed) > 1:
             raise CrossSlotTransactionError(_ONE_SLOT)
         slot = keyed.pop() if keyed else None
-        node = self._node_for(slot)
         commands: list[Sequence[Any]] = [("MULTI",), *(args for args, _ in stack), ("EXEC",)]
-        for _ in range(self._router.retry.max_redirects + 1):
-            if node is None:
-                raise ResponseError(f"CLUSTERDOWN slot {slot} is not served")
-            replies = await call_batch(node, commands)
-            first = len(commands) - len(stack) - 2  # MULTI's place (ASKING may come first)
-            multi, queued, executed = replies[first], replies[first + 1 : -1], replies[-1]
-            redirect = next((r for r in queued if isinstance(r, MovedError | AskError)), None)
-            if isinstance(redirect, MovedError):
-                node = await self._slots.apply_moved(redirect, node)
-                continue
-            if isinstance(redirect, AskError):
-                node = await self._slots.ask_target(redirect, node)
-                commands = [("ASKING",), *commands]
-                continue
-            return transaction_results(stack, multi, queued, executed)
-        raise ResponseError("too many redirects for a cluster transaction")
+        attempt = self._router.policy.attempt(readonly=False)
+        asking: Node | None = None
+        while True:
+            asked, asking = asking, None
+            node = asked if asked is not None else self._node_for(slot)
+            try:
+                if node is None:
+                    raise self._slots.not_served(slot)
+                batch = commands if asked is None else [("ASKING",), *commands]
+                replies = await call_batch(node, batch)
+                first = len(batch) - len(stack) - 2  # MULTI's place (ASKING may come first)
+                multi, queued, executed = replies[first], replies[first + 1 : -1], replies[-1]
+                refused = next((r for r in queued if classify(r, False) in _RESEND), None)
+                if refused is not None:
+                    raise refused  # EXEC ran nothing: the policy decides
+                if isinstance(executed, NETWORK_ERRORS):
+                    raise executed  # the node failed (unsent or not: the policy decides)
+                return transaction_results(stack, multi, queued, executed)
+            except Exception as error:
+                rule = attempt.decide(error, node)
+                if rule is Rule.RAISE:
+                    raise
+                if rule is Rule.MOVED or rule is Rule.ASK:
+                    target = await attempt.redirect(rule, error, node)
+                    asking = target if rule is Rule.ASK else None
+                else:
+                    await attempt.pause(rule)
+
+
+#: Rules under which a transaction refused at queue time is sent again.
+_RESEND = frozenset({Rule.MOVED, Rule.ASK, Rule.TRYAGAIN, Rule.CLUSTERDOWN})

@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..conn.connection import Connection
-from ..errors import AskError, MovedError
+from ..conn.connection import Connection, mark_unsent
+from ..errors import AskError, ClusterDownError, MovedError
 from ..jobs.dialer import Dialer
 from ..pooling.breaker import CircuitBreaker
 from ..pooling.pool import Pool
@@ -174,6 +174,15 @@ class SlotMap:
     def primary(self, slot: int) -> Node | None:
         """The primary serving ``slot``, or None while no node does."""
         return self._slot_primary[slot]
+
+    def not_served(self, slot: int | None) -> ClusterDownError:
+        """The error for a command whose slot no node serves (in the client's map): a
+        ``CLUSTERDOWN`` marked unsent (nothing was sent), with a refresh requested.  The one
+        way "slot not served" is said, by single commands, pipelines and transactions."""
+        self.request_refresh()
+        error = ClusterDownError(f"CLUSTERDOWN slot {slot} is not served")
+        mark_unsent(error)
+        return error
 
     def replicas_of(self, slot: int) -> tuple[Node, ...]:
         """The replicas of ``slot``'s primary."""
