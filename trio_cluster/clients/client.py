@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import trio
@@ -18,22 +19,17 @@ from redis.exceptions import ResponseError
 from ..config import ConnectionConfig, connection_options
 from ..conn.connection import Connection
 from ..conn.watchdog import Watchdog
-from ..errors import ArgumentTypeError, PoolClosedError
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.dialer import Dialer
 from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
 from ..lifetime import raise_not_open
-from ..pooling.autopipeline import AutoPipeliner, shares_connection
+from ..pooling.breaker import BreakerOptions, CircuitBreaker
 from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
-from ..redispy import EMPTY_RESPONSE, AsyncCoreCommands
-from ..routing.nodecall import run_blocking
-from ..wire.commands import (
-    COMMAND_NAME,
-    blocking_seconds,
-    normalize_args,
-    pipeline_results,
-    transaction_results,
-)
+from ..redispy import AsyncCoreCommands
+from ..routing.nodecall import call
+from ..routing.slotmap import Node
+from ..routing.specs import CommandSpec, CommandSpecs
+from ..wire.commands import pipeline_results, transaction_results
 from ..wire.encoding import Encoding, prepare_args
 from .clientbase import ClientBase
 from .pipelinebase import PipelineBase
@@ -94,6 +90,12 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         )
         self._dialer.attach(self._pool, maint)
         self._replies = self._encoding.reply_parser(protocol)
+        self._specs = CommandSpecs(self._replies)
+        self._errors: Counter[str] = Counter()
+        # The node-call path wants a node; the standalone client's breaker is off.
+        self._node = Node(
+            (host, port), self._pool, CircuitBreaker(config.address, _NO_BREAKER), self._dialer
+        )
         self._shown_url: str | None = None
         self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
 
@@ -146,67 +148,11 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     # --- running commands --------------------------------------------------------------------
 
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        """Run one command (what every command method calls) and parse its reply."""
-        name = args[0]  # the name redis-py looks the callback up by ("CONFIG GET")
-        args = normalize_args(args)
-        blocks = blocking_seconds(args[0], args)
-        if self._encoding.encodes_str:
-            args = prepare_args(args, self._encoding)
-        pool = self._pool
-        if pool.autopipeliner is not None and blocks is None and shares_connection(name):
-            return await self._execute_pipelined(pool.autopipeliner, args, options)
-        try:
-            conn = await pool.get()
-        except RuntimeError:
-            if self._nursery is None:
-                raise_not_open(self)
-            raise
-        try:
-            if blocks is None:
-                reply = await conn.execute(args)
-            else:
-                reply = await run_blocking(conn, args, blocks, self._dialer)
-        except ResponseError:
-            if options and EMPTY_RESPONSE in options:
-                return options[EMPTY_RESPONSE]
-            raise
-        except ArgumentTypeError:
-            # Refused before anything was sent.  Off the hot path: convert what redis-py
-            # accepts (bytearray...) and try once more, or raise redis-py's DataError.
-            prepared = prepare_args(args, self._encoding)
-            if prepared is args:
-                raise
-            reply = _RETRY
-        finally:
-            pool.put(conn)
-        if reply is _RETRY:
-            if prepared[0] != name:  # split ("CONFIG GET"): parse by the full name
-                options = {**options, COMMAND_NAME: name}
-            return await self.execute_command(*prepared, **options)
-        return self._replies.parse(name, reply, options)
-
-    async def _execute_pipelined(
-        self, pipeliner: AutoPipeliner, args: tuple[Any, ...], options: dict[str, Any]
-    ) -> Any:
-        """``PoolOptions(autopipeline=True)``: the command shares a connection and a write
-        with the other tasks' commands of this scheduler pass (see ``autopipeline``)."""
-        try:
-            reply = await pipeliner.execute(args)
-        except PoolClosedError:
-            if self._nursery is None:
-                raise_not_open(self)
-            raise
-        except ResponseError:
-            if options and EMPTY_RESPONSE in options:
-                return options[EMPTY_RESPONSE]
-            raise
-        except ArgumentTypeError:
-            prepared = prepare_args(args, self._encoding)  # refused before it was queued
-            if prepared is args:
-                raise
-            return await self.execute_command(*prepared, **options)
-        return self._replies.parse(args[0], reply, options)
+    def _route(
+        self, spec: CommandSpec, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Awaitable[Any]:
+        """Every command goes to the one node (:func:`~trio_cluster.routing.nodecall.call`)."""
+        return call(self._node, args, spec, self._dialer)
 
     async def _get_connection(self) -> Connection:
         try:
@@ -239,8 +185,10 @@ class Pipeline(PipelineBase):
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         assert self._conn is not None
-        reply = await self._conn.execute(prepare_args(args, self._client._encoding))
-        return self._client._replies.parse(args[0], reply, options)
+        client = self._client
+        spec = client._specs.queued(args, options)
+        reply = await self._conn.execute(prepare_args(args, client._encoding))
+        return client._replies.apply(spec.callbacks, reply, options)
 
     async def watch(self, *names: Any) -> bool:  # type: ignore[override]
         """WATCH keys on a connection the pipeline keeps until execute() or reset()."""
@@ -284,7 +232,8 @@ class Pipeline(PipelineBase):
             pool.put(conn)
             self.command_stack = []
             self._explicit_multi = False
-        return pipeline_results(self._client._replies, stack, results, raise_on_error)
+        chains = [self._client._specs.queued(*entry).callbacks for entry in stack]
+        return pipeline_results(self._client._replies, chains, stack, results, raise_on_error)
 
 
 async def _run_transaction(
@@ -301,7 +250,8 @@ async def _run_transaction(
         raise
 
 
-_RETRY: Any = object()
+#: The standalone client's breaker options (off).
+_NO_BREAKER = BreakerOptions(enabled=False)
 
 
 def _pool_timeout(options: PoolOptions, config: ConnectionConfig) -> float:

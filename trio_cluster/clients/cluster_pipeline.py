@@ -30,6 +30,7 @@ from ..routing.policy import Attempt, Rule, classify, longer_wait
 from ..routing.router import Router
 from ..routing.rules import slot_of
 from ..routing.slotmap import Node
+from ..routing.specs import CommandSpec
 from ..wire.commands import ReplyParser, normalize_args, pipeline_results, transaction_results
 from ..wire.encoding import Encoding, prepare_args
 from .pipelinebase import PipelineBase
@@ -61,14 +62,15 @@ class ClusterPipeline(PipelineBase):
         self._client = client
         self._router = router
         self._slots = router.slots
+        self._specs = router.specs
         self._encoding = encoding
         self._replies = replies
         # While WATCHing: where the watched connection comes from, and the slot it serves.
         self._watch_node: Node | None = None
         self._watch_slot: int | None = None
 
-    def _check_watched_slot(self, args: tuple[Any, ...]) -> None:
-        slot = self._slot(args)
+    def _check_watched_slot(self, args: tuple[Any, ...], spec: CommandSpec) -> None:
+        slot = self._slot(args, spec)
         if slot is not None and slot != self._watch_slot:
             raise CrossSlotTransactionError(
                 f"{_ONE_SLOT} ({args[0]} touches slot {slot}, the pipeline watches slot "
@@ -78,9 +80,10 @@ class ClusterPipeline(PipelineBase):
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         conn, node = self._conn, self._watch_node
         assert conn is not None and node is not None
-        self._check_watched_slot(args)
+        spec = self._specs.queued(args, options)
+        self._check_watched_slot(args, spec)
         reply = await self._on_watched(conn, node, prepare_args(args, self._encoding))
-        return self._replies.parse(args[0], reply, options)
+        return self._replies.apply(spec.callbacks, reply, options)
 
     async def _on_watched(self, conn: Connection, node: Node, args: tuple[Any, ...]) -> Any:
         """One command on the watched connection, the outcome told to the node's breaker."""
@@ -146,12 +149,14 @@ class ClusterPipeline(PipelineBase):
         if self._conn is not None:
             return await self._execute_watched(raise_on_error)
         stack, self.command_stack = self.command_stack, []
-        slots = [self._slot(args) for args, _ in stack]
+        specs = [self._specs.queued(*entry) for entry in stack]
+        slots = [self._slot(args, spec) for (args, _), spec in zip(stack, specs, strict=True)]
         if self.transaction:
             results = await self._transaction(stack, slots)
         else:
-            results = await self._pipeline(stack, slots)
-        return pipeline_results(self._replies, stack, results, raise_on_error)
+            results = await self._pipeline(stack, specs, slots)
+        chains = [spec.callbacks for spec in specs]
+        return pipeline_results(self._replies, chains, stack, results, raise_on_error)
 
     async def _execute_watched(self, raise_on_error: bool) -> list[Any]:
         """The queued commands on the watched connection (MULTI/EXEC for a transaction)."""
@@ -159,9 +164,10 @@ class ClusterPipeline(PipelineBase):
         conn, node = self._conn, self._watch_node
         assert conn is not None and node is not None
         transaction = self.transaction or self._explicit_multi
+        specs = [self._specs.queued(*entry) for entry in stack]
         try:
-            for args, _ in stack:
-                self._check_watched_slot(args)
+            for (args, _), spec in zip(stack, specs, strict=True):
+                self._check_watched_slot(args, spec)
         except BaseException:
             await self.reset()
             raise
@@ -183,7 +189,8 @@ class ClusterPipeline(PipelineBase):
             self.command_stack = []
             self._explicit_multi = False
             self._release()  # EXEC (or its failure) ended the WATCH
-        return pipeline_results(self._replies, stack, results, raise_on_error)
+        chains = [spec.callbacks for spec in specs]
+        return pipeline_results(self._replies, chains, stack, results, raise_on_error)
 
     async def _batch_on_watched(
         self, conn: Connection, node: Node, commands: Sequence[Sequence[Any]]
@@ -191,9 +198,9 @@ class ClusterPipeline(PipelineBase):
         with accounted(node):
             return await conn.execute_many(commands)
 
-    def _slot(self, args: tuple[Any, ...]) -> int | None:
+    def _slot(self, args: tuple[Any, ...], spec: CommandSpec) -> int | None:
         """The command's slot; None for keyless commands (they go to the default node)."""
-        route = self._router.slot_for(args)
+        route = self._router.slot_for(args, spec)
         return route if type(route) is int else None
 
     def _node_for(self, slot: int | None) -> Node | None:
@@ -201,7 +208,9 @@ class ClusterPipeline(PipelineBase):
             return self._slots.default_node
         return self._slots.primary(slot)
 
-    async def _pipeline(self, stack: Sequence[_Command], slots: list[int | None]) -> list[Any]:
+    async def _pipeline(
+        self, stack: Sequence[_Command], specs: Sequence[CommandSpec], slots: list[int | None]
+    ) -> list[Any]:
         """Each node's commands in one batch, all nodes at once; then the retry policy for
         each failed command: redirected ones go again at once, waits are taken once per round
         (the longest any command needs)."""
@@ -248,7 +257,8 @@ class ClusterPipeline(PipelineBase):
                     continue
                 attempt = attempts.get(index)
                 if attempt is None:
-                    readonly = self._router.commands.is_readonly(stack[index][0])
+                    server = specs[index].on_server(stack[index][0])
+                    readonly = server is not None and server.readonly
                     attempt = attempts[index] = policy.attempt(readonly)
                 node = sent_to[index]
                 rule = attempt.decide(result, node)

@@ -19,8 +19,9 @@ from ..jobs.dialer import Dialer
 from ..wire.encoding import text
 from . import nodecall
 from .policy import Attempt, RetryPolicy, Rule
-from .rules import CommandSpec, CommandTable, Target, key_slot, keyless_target, slot_of
+from .rules import Target, command_keys, key_slot, needs_getkeys, slot_of
 from .slotmap import Node, ReadFrom, SlotMap
+from .specs import CommandSpec, CommandSpecs
 from .topology import Address
 
 __all__ = ["Router", "cross_slot_message"]
@@ -29,11 +30,12 @@ __all__ = ["Router", "cross_slot_message"]
 class Router:
     """Routes commands over a :class:`SlotMap` and runs them with the retry rules.
 
-    ``commands`` is the server's command table (replaced on the first refresh); ``dialer``
-    opens one-off connections (the helper that unblocks a cancelled blocking command).
-    ``startup`` are the startup nodes (remapped): keyless commands go to the first until a
-    topology is known.  ``retry`` configures the retry policy (:attr:`policy`), whose
-    ``closed`` the owner sets when it closes: nothing is retried after that.
+    ``specs`` is the client's command-spec table (the server's command table installed into
+    it on the first refresh); ``dialer`` opens one-off connections (the helper that unblocks
+    a cancelled blocking command).  ``startup`` are the startup nodes (remapped): keyless
+    commands go to the first until a topology is known.  ``retry`` configures the retry
+    policy (:attr:`policy`), whose ``closed`` the owner sets when it closes: nothing is
+    retried after that.
     """
 
     def __init__(
@@ -41,49 +43,42 @@ class Router:
         slots: SlotMap,
         retry: RetryOptions,
         dialer: Dialer,
-        commands: CommandTable,
+        specs: CommandSpecs,
         startup: Sequence[Address],
     ) -> None:
         self.slots = slots
         self.startup = startup
         self.dialer = dialer
-        self.commands = commands
+        self.specs = specs
         #: The redirect and retry rules, with their counters.
         self.policy = RetryPolicy(retry, slots)
 
     # --- where a command goes --------------------------------------------------------------
 
-    def slot_for(
-        self, args: tuple[Any, ...], spec: CommandSpec | bool | None = False
-    ) -> int | Target:
+    def slot_for(self, args: tuple[Any, ...], spec: CommandSpec) -> int | Target:
         """The slot of a keyed command, or where a keyless one goes.  Raises
         CrossSlotKeysError if its keys span slots."""
-        keys = self.commands.keys(args, spec)
+        keys = command_keys(spec.on_server(args), args)
         if keys:
             slot = slot_of(keys)
             if slot is None:
                 raise CrossSlotKeysError(cross_slot_message(args))
             return slot
-        name = text(args[0]).upper()
-        if name == "PUBLISH" and len(args) > 1:
-            # As redis-py's cluster: the channel's slot, where a PubSub subscribing to it
-            # connects too, so the reply counts that subscriber.
-            return key_slot(args[1])
-        target = keyless_target(f"{name} {text(args[1]).upper()}" if len(args) > 1 else name)
-        if target is None:
-            target = keyless_target(name)
+        target = spec.target_for(args)
+        if target is Target.CHANNEL_SLOT:
+            return key_slot(args[1]) if len(args) > 1 else Target.DEFAULT_NODE
         if target is Target.SLOT_ID:
             return int(args[2])
         return target if target is not None else Target.DEFAULT_NODE
 
-    async def route(self, args: tuple[Any, ...], spec: CommandSpec | None) -> int | Target:
+    async def route(self, args: tuple[Any, ...], spec: CommandSpec) -> int | Target:
         """:meth:`slot_for`, asking the server (COMMAND GETKEYS) for commands whose keys only
         it can find."""
-        if not self.commands.needs_getkeys(args, spec):
+        if not needs_getkeys(spec.on_server(args)):
             return self.slot_for(args, spec)
         node = await self.default_node()
         try:
-            keys = await self.call(node, ("COMMAND", "GETKEYS", *args))
+            keys = await self.call(node, ("COMMAND", "GETKEYS", *args), self.specs.get("COMMAND"))
         except ResponseError:
             return Target.DEFAULT_NODE  # no keys (or malformed: the real call will say so)
         slot = slot_of(keys) if keys else None
@@ -98,32 +93,20 @@ class Router:
 
     # --- running -----------------------------------------------------------------------------
 
-    async def call(
-        self, node: Node, args: tuple[Any, ...], *, asking: bool = False, simple: bool = False
-    ) -> Any:
-        """One attempt on one node (:func:`.nodecall.call`)."""
+    async def call(self, node: Node, args: tuple[Any, ...], spec: CommandSpec) -> Any:
+        """One attempt on one node (:func:`.nodecall.call`), no retries."""
         measure = self.slots.read_from is ReadFrom.LOWEST_LATENCY
-        return await nodecall.call(
-            node, args, dialer=self.dialer, asking=asking, simple=simple, measure=measure
-        )
+        return await nodecall.call(node, args, spec, self.dialer, measure=measure)
 
     async def on_slot(
-        self,
-        slot: int,
-        args: tuple[Any, ...],
-        readonly: bool | None = None,
-        *,
-        simple: bool = False,
+        self, slot: int, args: tuple[Any, ...], spec: CommandSpec, readonly: bool
     ) -> Any:
-        """Run a command on the owner of ``slot`` (or a replica for reads), following the
-        retry policy.  ``readonly``: whether the command only reads (looked up when not
-        given)."""
+        """Run a command (described by ``spec``) on the owner of ``slot``, or a replica for a
+        read (``readonly``: it only reads), following the retry policy."""
         slots = self.slots
         call = nodecall.call
         dialer = self.dialer
         measure = slots.read_from is ReadFrom.LOWEST_LATENCY
-        if readonly is None:
-            readonly = self.commands.is_readonly(args)
         use_replica = readonly and slots.read_from is not ReadFrom.PRIMARY
         asking: Node | None = None
         attempt: Attempt | None = None  # made at the first failure: the happy path makes none
@@ -133,14 +116,14 @@ class Router:
             try:
                 if node is not None:
                     asking = None
-                    return await call(node, args, dialer=dialer, asking=True, measure=measure)
+                    return await call(node, args, spec, dialer, asking=True, measure=measure)
                 node = slots.primary(slot)
                 if node is None:
                     raise slots.not_served(slot)
                 if use_replica:
                     primary, node = node, slots.for_read(slot, node)
                     on_replica = node is not primary
-                return await call(node, args, dialer=dialer, simple=simple, measure=measure)
+                return await call(node, args, spec, dialer, measure=measure)
             except Exception as error:
                 if attempt is None:
                     attempt = self.policy.attempt(readonly)
