@@ -22,9 +22,9 @@ Every guarantee of a command on its own connection holds:
   of the error; when not one byte went out, the error says so (``was_unsent``) and the caller's
   retry rules resend it.  Queued commands of later batches are untouched.
 
-Only commands that neither block nor depend on connection state come here (the cluster's hot
-path of single-key commands); blocking commands, transactions, ``WATCH`` and pub/sub keep
-connections of their own.
+Only commands that neither block nor depend on connection state come here (the node call
+decides, by the command's spec: ``routing.specs.CommandSpec.shares_connection``); blocking
+commands, transactions, ``WATCH`` and pub/sub keep connections of their own.
 """
 
 from __future__ import annotations
@@ -40,19 +40,10 @@ from redis import exceptions as rex
 from ..conn.connection import mark_unsent
 from ..wire.protocol import EncodableArg, encode_command
 
-__all__ = ["MAX_BATCH", "AutoPipeliner", "BatchBreaker", "BatchPool", "shares_connection"]
+__all__ = ["MAX_BATCH", "AutoPipeliner", "BatchBreaker", "BatchPool"]
 
 #: Most commands written in one batch; the rest wait for the next batch (which starts at once).
 MAX_BATCH = 512
-
-#: Commands that change or depend on the state of their connection: they never share one.
-_CONNECTION_STATE = frozenset(
-    {
-        "AUTH", "HELLO", "SELECT", "CLIENT", "RESET", "QUIT", "READONLY", "READWRITE",
-        "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "ASKING", "MONITOR", "SYNC", "PSYNC",
-        "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE",
-    }
-)  # fmt: skip
 
 _QUEUED = 0
 _SENT = 1
@@ -272,14 +263,6 @@ class AutoPipeliner:
         for call in calls:
             call.state = _SENT
         return calls
-
-
-def shares_connection(name: Any) -> bool:
-    """Whether a command (not a blocking one: the caller checks that) may be autopipelined:
-    anything but the commands that change or depend on their connection's state."""
-    if isinstance(name, bytes):
-        name = name.decode("latin-1")
-    return str(name).upper() not in _CONNECTION_STATE
 
 
 def _deliver(call: _Call, reply: Any) -> None:
