@@ -20,7 +20,8 @@ Every guarantee of a command on its own connection holds:
 * Timeouts are the connection's typed ones (``ReadTimeoutError``, ``WriteTimeoutError``).
 * A failure of the connection fails exactly the commands of that batch, each with its own copy
   of the error; when not one byte went out, the error says so (``was_unsent``) and the caller's
-  retry rules resend it.  Queued commands of later batches are untouched.
+  retry rules resend it.  Queued commands of later batches are untouched, unless that failure
+  opened the node's breaker: then they get its refusal at once (never sent).
 
 Only commands that neither block nor depend on connection state come here (the node call
 decides, by the command's spec: ``routing.specs.CommandSpec.shares_connection``); blocking
@@ -83,8 +84,8 @@ class BatchBreaker(Protocol):
         """Raise (an unsent ``ConnectionError``) if nothing may be sent now."""
         ...
 
-    def record(self, error: BaseException | None) -> None:
-        """How a call went."""
+    def record(self, error: BaseException | None, commands: int = 1) -> None:
+        """How a call carrying ``commands`` commands went."""
         ...
 
     def record_get_failure(self, error: BaseException) -> None:
@@ -231,7 +232,10 @@ class AutoPipeliner:
             replies = await conn.execute_encoded(b"".join([c.data for c in calls]), len(calls))
         except BaseException as exc:
             if breaker is not None:
-                breaker.record(exc)  # once for the batch, not once per command
+                # Once for the batch (a timeout: once per command it held).
+                breaker.record(exc, len(calls))
+                if self._queue:
+                    self._refuse_queued(breaker)
             # The connection's failure is every command's of this batch, and no other's.
             error: BaseException = exc
             if not isinstance(exc, Exception):
@@ -249,6 +253,17 @@ class AutoPipeliner:
             breaker.record(None)
         for call, reply in zip(calls, replies, strict=True):
             _deliver(call, reply)
+
+    def _refuse_queued(self, breaker: BatchBreaker) -> None:
+        """If the breaker refuses calls now (this batch's failure opened it), the commands
+        still queued, never sent, get its refusal at once rather than wait for a connection
+        to a node known bad (a dial into a hung node waits for its timeout)."""
+        try:
+            breaker.before_call()
+        except Exception as refusal:
+            self.fail_queued(refusal)
+        else:
+            breaker.abandon_probe()  # it let a call through: none was made
 
     def _take(self) -> list[_Call]:
         """The live queued calls, at most :data:`MAX_BATCH`; more left over start a new batch."""
