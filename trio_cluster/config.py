@@ -143,6 +143,10 @@ class ConnectionConfig:
         return f"{self.host}:{self.port}"
 
 
+#: The values of ``RetryOptions.failover_wait``.
+FAILOVER_WAITS = ("auto", "always", "never")
+
+
 @attrs.frozen(kw_only=True)
 class RetryOptions:
     """How hard a cluster client tries before an error reaches the caller (the rules are
@@ -162,8 +166,20 @@ class RetryOptions:
     """Longest single backoff."""
     budget: float = 10.0
     """Seconds a command that provably never reached a server keeps being retried."""
+    failover_wait: str = "auto"
+    """What a command for a known-bad node's slots (its circuit breaker open) does:
+    ``"auto"`` waits for a failover (within ``budget``) only when the node has a replica and
+    the cluster itself sees the node failing, and otherwise fails at once with
+    ``CircuitOpenError`` naming the node and why; ``"never"`` always fails at once;
+    ``"always"`` always waits (the behaviour before isolation).  See
+    ``docs/architecture.md``, "A sick node"."""
 
     def __attrs_post_init__(self) -> None:
+        if self.failover_wait not in FAILOVER_WAITS:
+            raise ValueError(
+                f"failover_wait must be one of {', '.join(FAILOVER_WAITS)}; "
+                f"got {self.failover_wait!r}"
+            )
         for name in ("max_redirects", "retries", "transient_retries"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -73,9 +73,13 @@ class FakeNode:
         #: Outcomes of the next commands, in order (a value, an exception to reply with, or
         #: a function of the command's arguments); then the store answers.
         self.script: list[Any] = []
-        #: Every command that reached the node (ASKING, MULTI... included).
+        #: Every command the node answered (ASKING, MULTI... included).
         self.calls: list[tuple[Any, ...]] = []
+        #: Commands that reached the node, answered or not (a hung node holds them).
+        self.received = 0
         self.dials = 0
+        #: What CLUSTER NODES answers (the cluster's view of its nodes, as this node has it).
+        self.cluster_nodes = ""
         self.down = False
         self.latency = 0.0
         self._resumed: trio.Event | None = None
@@ -99,6 +103,7 @@ class FakeNode:
         """The node's reply to one command (an error reply as an exception object), after
         its latency and while it is not hung.  ``queued`` (inside MULTI): only a scripted
         outcome, else None (the command waits for EXEC)."""
+        self.received += 1
         if self.latency:
             await trio.sleep(self.latency)
         while self._resumed is not None:
@@ -137,6 +142,11 @@ class FakeNode:
         if name == "FLUSHALL":
             self.data.clear()
             return b"OK"
+        if name == "CLUSTER" and len(args) > 1 and _text(args[1]).upper() == "NODES":
+            return self.cluster_nodes.encode()
+        if name == "TIME":
+            now = trio.current_time()
+            return [str(int(now)).encode(), str(int(now % 1 * 1e6)).encode()]
         if name in ("PING", "ASKING", "READONLY", "MULTI"):
             return b"PONG" if name == "PING" else b"OK"
         return rex.ResponseError(f"ERR unknown command '{name}'")

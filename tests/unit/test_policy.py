@@ -25,6 +25,7 @@ from trio_cluster.errors import (
 from trio_cluster.jobs.dialer import Dialer
 from trio_cluster.pooling.breaker import BreakerOptions, CircuitBreaker, CircuitOpenError
 from trio_cluster.pooling.pool import Pool, PoolOptions
+from trio_cluster.routing.isolation import Isolation
 from trio_cluster.routing.policy import RetryPolicy, Rule, classify, longer_wait
 from trio_cluster.routing.slotmap import Node, ReadFrom, SlotMap
 from trio_cluster.routing.topology import Address, Shard, Topology
@@ -68,7 +69,12 @@ async def _policy(refreshes: Refreshes | None = None, **options: Any) -> RetryPo
         refresh=refreshes.refresh,
     )
     await slots.install(Topology.from_shards([Shard(A, (), ((0, 16383),))]))
-    return RetryPolicy(RetryOptions(**options), slots)
+    retry = RetryOptions(**options)
+    return RetryPolicy(retry, slots, Isolation(slots, retry.failover_wait, _no_ask))
+
+
+async def _no_ask(node: Node, commands: Any) -> list[Any]:
+    raise AssertionError("no node is known bad here")
 
 
 async def _no_start(node: Node) -> None:
@@ -135,14 +141,14 @@ async def test_redirects_are_bounded_per_command_moved_and_ask_together(
         policy = await _policy(max_redirects=3)
         attempt = policy.attempt(readonly=False)
         moved, ask = MovedError("1 10.0.0.2:7000"), AskError("1 10.0.0.2:7000")
-        assert [attempt.decide(e, None) for e in (moved, ask, moved)] == [
+        assert [await attempt.decide(e, None) for e in (moved, ask, moved)] == [
             Rule.MOVED,
             Rule.ASK,
             Rule.MOVED,
         ]
-        assert attempt.decide(ask, None) is Rule.RAISE
+        assert await attempt.decide(ask, None) is Rule.RAISE
         # Another command has its own budget.
-        assert policy.attempt(readonly=False).decide(moved, None) is Rule.MOVED
+        assert await policy.attempt(readonly=False).decide(moved, None) is Rule.MOVED
         assert policy.retries == {}  # redirects are counted by the slot map, not as retries
 
 
@@ -153,9 +159,9 @@ async def test_transient_replies_are_bounded_by_count(
         policy = await _policy(transient_retries=2)
         attempt = policy.attempt(readonly=False)
         tryagain = TryAgainError("TRYAGAIN")
-        assert attempt.decide(tryagain, None) is Rule.TRYAGAIN
-        assert attempt.decide(ClusterDownError("CLUSTERDOWN"), None) is Rule.CLUSTERDOWN
-        assert attempt.decide(tryagain, None) is Rule.RAISE
+        assert await attempt.decide(tryagain, None) is Rule.TRYAGAIN
+        assert await attempt.decide(ClusterDownError("CLUSTERDOWN"), None) is Rule.CLUSTERDOWN
+        assert await attempt.decide(tryagain, None) is Rule.RAISE
         assert policy.retries == {"TryAgainError": 1, "ClusterDownError": 1}
 
 
@@ -166,15 +172,15 @@ async def test_transient_and_unsent_retries_are_bounded_by_the_time_budget(
         policy = await _policy(budget=2.0, transient_retries=1000)
         attempt = policy.attempt(readonly=False)
         unsent = _unsent(rex.ConnectionError("refused"))
-        assert attempt.decide(unsent, None) is Rule.RETRY_AFTER  # the budget starts here
+        assert await attempt.decide(unsent, None) is Rule.RETRY_AFTER  # the budget starts here
         await trio.sleep(1.9)
-        assert attempt.decide(TryAgainError("TRYAGAIN"), None) is Rule.TRYAGAIN
-        assert attempt.decide(unsent, None) is Rule.RETRY_AFTER
+        assert await attempt.decide(TryAgainError("TRYAGAIN"), None) is Rule.TRYAGAIN
+        assert await attempt.decide(unsent, None) is Rule.RETRY_AFTER
         await trio.sleep(0.2)
-        assert attempt.decide(unsent, None) is Rule.RAISE
-        assert attempt.decide(TryAgainError("TRYAGAIN"), None) is Rule.RAISE
+        assert await attempt.decide(unsent, None) is Rule.RAISE
+        assert await attempt.decide(TryAgainError("TRYAGAIN"), None) is Rule.RAISE
         # Redirects do not spend time budget.
-        assert attempt.decide(MovedError("1 10.0.0.2:7000"), None) is Rule.MOVED
+        assert await attempt.decide(MovedError("1 10.0.0.2:7000"), None) is Rule.MOVED
         assert policy.retries == {"unsent": 2, "TryAgainError": 1}
 
 
@@ -185,13 +191,13 @@ async def test_reads_with_unknown_outcome_are_bounded_by_count_writes_never_retr
         policy = await _policy(retries=2)
         read = policy.attempt(readonly=True)
         timeout = ReadTimeoutError("late")
-        assert [read.decide(timeout, None) for _ in range(3)] == [
+        assert [await read.decide(timeout, None) for _ in range(3)] == [
             Rule.RETRY_AFTER,
             Rule.RETRY_AFTER,
             Rule.RAISE,
         ]
         write = policy.attempt(readonly=False)
-        assert write.decide(timeout, None) is Rule.RAISE
+        assert await write.decide(timeout, None) is Rule.RAISE
         assert policy.retries == {"read": 2}
 
 
@@ -202,9 +208,9 @@ async def test_a_closed_client_retries_nothing_but_still_follows_redirects(
         policy = await _policy()
         policy.closed = True
         attempt = policy.attempt(readonly=True)
-        assert attempt.decide(_unsent(rex.ConnectionError("refused")), None) is Rule.RAISE
-        assert attempt.decide(TryAgainError("TRYAGAIN"), None) is Rule.RAISE
-        assert attempt.decide(MovedError("1 10.0.0.2:7000"), None) is Rule.MOVED
+        assert await attempt.decide(_unsent(rex.ConnectionError("refused")), None) is Rule.RAISE
+        assert await attempt.decide(TryAgainError("TRYAGAIN"), None) is Rule.RAISE
+        assert await attempt.decide(MovedError("1 10.0.0.2:7000"), None) is Rule.MOVED
 
 
 async def test_a_failed_replica_falls_back_without_spending_a_budget(
@@ -214,8 +220,8 @@ async def test_a_failed_replica_falls_back_without_spending_a_budget(
         policy = await _policy(retries=0, budget=0.0)
         attempt = policy.attempt(readonly=True)
         reset = rex.ConnectionError("reset")
-        assert attempt.decide(reset, None, replica=True) is Rule.RETRY_AFTER
-        assert attempt.decide(reset, None) is Rule.RAISE  # on the primary: no read retries
+        assert await attempt.decide(reset, None, replica=True) is Rule.RETRY_AFTER
+        assert await attempt.decide(reset, None) is Rule.RAISE  # on the primary: no read retries
         assert policy.retries == {"replica_fallback": 1}
 
 
@@ -231,10 +237,10 @@ async def test_moved_is_applied_by_the_slot_map_and_ask_changes_nothing(
         owner = slots.primary(5)
         attempt = policy.attempt(readonly=False)
         ask = AskError("5 10.0.0.2:7000")
-        target = await attempt.redirect(attempt.decide(ask, owner), ask, owner)
+        target = await attempt.redirect(await attempt.decide(ask, owner), ask, owner)
         assert target.address == B and slots.primary(5) is owner
         moved = MovedError("5 10.0.0.2:7000")
-        target = await attempt.redirect(attempt.decide(moved, owner), moved, owner)
+        target = await attempt.redirect(await attempt.decide(moved, owner), moved, owner)
         assert target.address == B and slots.primary(5) is target
         assert (slots.moved, slots.ask) == (1, 1)
 

@@ -148,3 +148,22 @@ async def test_a_map_without_slots_is_passed_over_and_failures_are_named(
             await refresher.once()
         assert "10.0.0.1:7000: " in str(raised.value) and "10.0.0.2:7000: " in str(raised.value)
         assert installed.current().primaries == [B]  # the old map stays
+
+
+async def test_nodes_known_bad_are_asked_last(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        dialer, installed = Dialer(), Installed()
+        dialer.maps[A] = dialer.maps[B] = _shards(A, [0, 16383])
+        refresher = Refresher(
+            dialer=dialer,  # type: ignore[arg-type]
+            startup=[A, B],
+            remap=None,
+            current=installed.current,
+            install=installed.install,
+            interval=30.0,
+            min_interval=0.1,
+            known_bad=lambda address: address == A,  # a hung node would hold the refresh
+        )
+        for _ in range(10):  # whatever the random order
+            await refresher.once()
+        assert set(dialer.opened) == {B}

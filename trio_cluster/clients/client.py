@@ -45,10 +45,13 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     """A client for one Redis/Valkey node.
 
     Keyword arguments configure the connections (see
-    :class:`~trio_cluster.config.ConnectionConfig`) and ``pool`` the pool
-    (:class:`~trio_cluster.pooling.pool.PoolOptions`).  ``protocol=None`` speaks RESP3 and returns
-    redis-py's default reply shapes; ``protocol=3`` returns RESP3 shapes; ``protocol=2``
-    speaks RESP2.  Command methods take no ``timeout=``: wrap a call in ``trio.move_on_after``.
+    :class:`~trio_cluster.config.ConnectionConfig`), ``pool`` the pool
+    (:class:`~trio_cluster.pooling.pool.PoolOptions`) and ``breaker`` the node's circuit
+    breaker (:class:`~trio_cluster.pooling.breaker.BreakerOptions`: a node that keeps failing
+    is known bad, and commands fail at once until a probe readmits it).  ``protocol=None``
+    speaks RESP3 and returns redis-py's default reply shapes; ``protocol=3`` returns RESP3
+    shapes; ``protocol=2`` speaks RESP2.  Command methods take no ``timeout=``: wrap a call
+    in ``trio.move_on_after``.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         credentials: CredentialSource | None = None,
         maint_notifications: str | MaintNotificationsOptions = "auto",
         max_pubsub_connections: int = 64,
+        breaker: BreakerOptions | None = None,
         **connection: Any,
     ) -> None:
         maint = (
@@ -92,10 +96,12 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         self._replies = self._encoding.reply_parser(protocol)
         self._specs = CommandSpecs(self._replies)
         self._errors: Counter[str] = Counter()
-        # The node-call path wants a node; the standalone client's breaker is off.
-        self._node = Node(
-            (host, port), self._pool, CircuitBreaker(config.address, _NO_BREAKER), self._dialer
-        )
+        #: The node's circuit breaker: once the node is known bad, commands fail at once
+        #: (``CircuitOpenError``) until one probe succeeds (see ``BreakerOptions``).
+        self.breaker = CircuitBreaker(config.address, breaker or BreakerOptions())
+        if self._pool.autopipeliner is not None:
+            self._pool.autopipeliner.breaker = self.breaker  # batches go past it
+        self._node = Node((host, port), self._pool, self.breaker, self._dialer)
         self._shown_url: str | None = None
         self._pubsub_registry = PubSubRegistry(max_pubsub_connections)
 
@@ -248,10 +254,6 @@ async def _run_transaction(
         if "wrong number of results" in str(error):
             conn.broken = True  # out of step with the server: never reuse it
         raise
-
-
-#: The standalone client's breaker options (off).
-_NO_BREAKER = BreakerOptions(enabled=False)
 
 
 def _pool_timeout(options: PoolOptions, config: ConnectionConfig) -> float:

@@ -63,6 +63,9 @@ class ClusterStats:
     breaker_rejections: int
     topology: dict[str, list[str]]
     """Primary -> replicas, as the client currently sees the cluster."""
+    isolated: int = 0
+    """Commands failed at once because their node was known bad (``RetryOptions``'s
+    ``failover_wait``)."""
 
 
 # redis-py's own mixins disagree on command_info's signature once another base is added.
@@ -144,6 +147,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             install=self._install,
             interval=refresh_interval,
             min_interval=refresh_min_interval,
+            known_bad=lambda address: self.slot_map.known_bad(address),
         )
         #: The one owner of nodes, slot owners, the public topology and MOVED/ASK.
         self.slot_map = SlotMap(
@@ -354,6 +358,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             breakers={n.name: n.breaker.state.value for n in nodes},
             breaker_rejections=self._retired_rejections + sum(n.breaker.rejected for n in nodes),
             topology=topology,
+            isolated=self.router.policy.isolated,
         )
 
     def connections(self) -> list[ConnectionInfo]:

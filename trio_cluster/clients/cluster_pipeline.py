@@ -261,7 +261,7 @@ class ClusterPipeline(PipelineBase):
                     readonly = server is not None and server.readonly
                     attempt = attempts[index] = policy.attempt(readonly)
                 node = sent_to[index]
-                rule = attempt.decide(result, node)
+                rule = await attempt.decide(result, node)
                 if rule is Rule.RAISE:
                     continue
                 if rule is Rule.MOVED or rule is Rule.ASK:
@@ -305,7 +305,7 @@ class ClusterPipeline(PipelineBase):
                     raise executed  # the node failed (unsent or not: the policy decides)
                 return transaction_results(stack, multi, queued, executed)
             except Exception as error:
-                rule = attempt.decide(error, node)
+                rule = await attempt.decide(error, node)
                 if rule is Rule.RAISE:
                     raise
                 if rule is Rule.MOVED or rule is Rule.ASK:

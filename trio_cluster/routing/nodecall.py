@@ -21,7 +21,7 @@ from ..config import ConnectionConfig
 from ..conn.connection import Connection, mark_unsent
 from ..errors import NETWORK_ERRORS, PoolClosedError
 from ..jobs.dialer import Dialer
-from ..pooling.breaker import BreakerState
+from ..pooling.breaker import BreakerState, CircuitOpenError
 from ..wire.commands import DATA_TAKING_COMMANDS
 from .slotmap import Node
 from .specs import CommandSpec
@@ -47,7 +47,12 @@ async def take_connection(node: Node) -> Connection:
     ``node.pool`` and reports the call's outcome with :func:`accounted`.
     """
     breaker = node.breaker
-    breaker.before_call()
+    try:
+        breaker.before_call()
+    except CircuitOpenError:
+        # Still a checkpoint: a loop of calls to a known-bad node lets the others run.
+        await trio.lowlevel.checkpoint()
+        raise
     pool = node.pool
     try:
         conn = pool.get_idle()  # the common case, without a coroutine

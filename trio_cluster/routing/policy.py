@@ -23,7 +23,9 @@ The rules (budgets are ``RetryOptions`` fields):
   back off, send again (within ``budget`` if unsent, ``retries`` for reads); a read that
   failed on a replica goes to the primary at once.
 * ``RAISE``: anything else (a pool timeout, a write whose outcome is unknown, an error reply),
-  or a budget spent: the error reaches the caller.
+  or a budget spent: the error reaches the caller.  A failure on a node known bad (its
+  breaker open) is raised at once too, unless a failover may end it soon
+  (:mod:`.isolation`): a sick node costs only its own slots.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ..errors import (
     PoolTimeoutError,
     TryAgainError,
 )
+from .isolation import Isolation, known_bad
 from .slotmap import Node, SlotMap
 
 __all__ = ["Attempt", "RetryPolicy", "Rule", "classify", "longer_wait"]
@@ -96,10 +99,14 @@ class RetryPolicy:
     """The rules' shared state: the options, the slot map the rules act on, the retry
     counters (for stats) and whether the client has closed (then nothing is retried)."""
 
-    def __init__(self, options: RetryOptions, slots: SlotMap) -> None:
+    def __init__(self, options: RetryOptions, slots: SlotMap, isolation: Isolation) -> None:
         self.options = options
         self.slots = slots
+        #: Whether a command for a known-bad node's slots waits for a failover.
+        self.isolation = isolation
         self.closed = False
+        #: Commands failed at once because their node was known bad (isolated).
+        self.isolated = 0
         #: Retries taken, by reason: the error class for replies saying the server did not
         #: run the command, ``unsent``, ``read`` (outcome unknown), ``replica_fallback``.
         self.retries: Counter[str] = Counter()
@@ -137,11 +144,17 @@ class Attempt:
         self.waits = 0
         self.deadline = math.inf
 
-    def decide(self, error: BaseException, node: Node | None, *, replica: bool = False) -> Rule:
+    async def decide(
+        self, error: BaseException, node: Node | None, *, replica: bool = False
+    ) -> Rule:
         """The rule to follow after ``error`` (raised by ``node``; ``replica``: a replica
         serving a read), or ``RAISE`` when none applies or its budget is spent.  A retry
         decided here is counted.  ``RETRY_AFTER`` from a replica means: the primary, at once
-        (a read is safe to repeat there whether or not it reached the replica)."""
+        (a read is safe to repeat there whether or not it reached the replica).
+
+        A node that failed and is known bad (its breaker open or probing) is isolated:
+        ``RAISE`` at once, no refresh wait and no backoff, unless a failover may end its
+        outage soon (:meth:`.isolation.Isolation.rides_out`)."""
         policy = self._policy
         options = policy.options
         rule = classify(error, self.readonly)
@@ -153,6 +166,14 @@ class Attempt:
         if replica and rule is Rule.RETRY_AFTER:
             policy.retries["replica_fallback"] += 1
             return rule
+        if rule is Rule.RETRY_AFTER and node is not None and known_bad(node):
+            isolation = policy.isolation
+            rides_out = isolation.rides_out_now(node)
+            if rides_out is None:
+                rides_out = await isolation.rides_out(node)
+            if not rides_out:
+                policy.isolated += 1
+                return Rule.RAISE
         now = trio.current_time()
         if self.deadline == math.inf:
             self.deadline = now + options.budget

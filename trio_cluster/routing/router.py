@@ -18,6 +18,7 @@ from ..errors import CrossSlotKeysError
 from ..jobs.dialer import Dialer
 from ..wire.encoding import text
 from . import nodecall
+from .isolation import Isolation
 from .policy import Attempt, RetryPolicy, Rule
 from .rules import Target, command_keys, key_slot, needs_getkeys, slot_of
 from .slotmap import Node, ReadFrom, SlotMap
@@ -50,8 +51,9 @@ class Router:
         self.startup = startup
         self.dialer = dialer
         self.specs = specs
+        isolation = Isolation(slots, retry.failover_wait, nodecall.call_batch)
         #: The redirect and retry rules, with their counters.
-        self.policy = RetryPolicy(retry, slots)
+        self.policy = RetryPolicy(retry, slots, isolation)
 
     # --- where a command goes --------------------------------------------------------------
 
@@ -127,7 +129,7 @@ class Router:
             except Exception as error:
                 if attempt is None:
                     attempt = self.policy.attempt(readonly)
-                rule = attempt.decide(error, node, replica=on_replica)
+                rule = await attempt.decide(error, node, replica=on_replica)
                 if rule is Rule.RAISE:
                     raise
                 if rule is Rule.MOVED or rule is Rule.ASK:

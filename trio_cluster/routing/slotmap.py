@@ -18,11 +18,13 @@ import trio
 from ..conn.connection import Connection, mark_unsent
 from ..errors import AskError, ClusterDownError, MovedError
 from ..jobs.dialer import Dialer
-from ..pooling.breaker import CircuitBreaker
+from ..pooling.breaker import BreakerState, CircuitBreaker
 from ..pooling.pool import Pool
 from .topology import SLOTS, Address, AddressRemap, Shard, Topology
 
 __all__ = ["Node", "ReadFrom", "SlotMap"]
+
+_CLOSED = BreakerState.CLOSED
 
 
 class ReadFrom(enum.Enum):
@@ -82,6 +84,7 @@ class SlotMap:
         self._slot_primary: list[Node | None] = [None] * SLOTS
         self._slot_replicas: list[tuple[Node, ...]] = [()] * SLOTS
         self._shard_nodes: list[tuple[Node, tuple[Node, ...]]] = []
+        self._backed: frozenset[Node] = frozenset()  # primaries with a replica
         self._round_robin = itertools.count()
         self._default: Node | None = None
         #: Redirects applied (for stats).
@@ -124,6 +127,16 @@ class SlotMap:
         """Every shard as (primary, replicas)."""
         return list(self._shard_nodes)
 
+    def has_replica(self, node: Node) -> bool:
+        """Whether ``node`` is a primary with at least one replica (a failover can replace
+        it)."""
+        return node in self._backed
+
+    def known_bad(self, address: Address) -> bool:
+        """Whether the node at ``address`` is known bad (its circuit breaker not closed)."""
+        node = self._nodes.get(address)
+        return node is not None and node.breaker.state is not BreakerState.CLOSED
+
     def by_name(self, name: str) -> Node | None:
         """The node called ``host:port``, if the map has it."""
         return next((n for n in self._nodes.values() if n.name == name), None)
@@ -160,6 +173,7 @@ class SlotMap:
         self._slot_primary = slot_primary
         self._slot_replicas = slot_replicas
         self._shard_nodes = shard_nodes
+        self._backed = frozenset(primary for primary, replicas in shard_nodes if replicas)
         self._topology = topology
         current = set(topology.nodes)
         departed = [self._nodes.pop(a) for a in [a for a in self._nodes if a not in current]]
@@ -193,6 +207,13 @@ class SlotMap:
         replicas = self._slot_replicas[slot]
         if not replicas:
             return primary
+        healthy = _CLOSED
+        if any(r.breaker.state is not healthy for r in replicas):
+            replicas = tuple(
+                r for r in replicas if r.breaker.state is healthy
+            )  # known bad: skipped
+            if not replicas:
+                return primary
         strategy = self.read_from
         if strategy is ReadFrom.ROUND_ROBIN:
             candidates = (primary, *replicas)
