@@ -389,7 +389,9 @@ async def test_replica_reads_fall_back_to_primary_and_follow_latency(
                 stats = rc.stats()
                 assert stats.retries.get("replica_fallback", 0) > 0
                 assert stats.errors == {}
-            async with _via(proxies, local_cluster, read_from=ReadFrom.LOWEST_LATENCY) as rc:
+            # No re-probe during the test (its schedule is tested on the mock clock).
+            lowest = {"read_from": ReadFrom.LOWEST_LATENCY, "latency_probe_interval": 600.0}
+            async with _via(proxies, local_cluster, **lowest) as rc:
 
                 def gets(nodes: list[Any]) -> int:
                     per_node = rc.stats().nodes

@@ -255,3 +255,33 @@ async def test_a_batch_turns_a_node_failure_into_each_commands_error(
             replies = await nodecall.call_batch(cluster.node(A), [("GET", "a"), ("GET", "b")])
             assert len(replies) == 2
             assert all(isinstance(r, rex.ConnectionError) and was_unsent(r) for r in replies)
+
+
+async def test_lowest_latency_reads_probe_a_slow_node_again_on_schedule(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        replica = ("10.0.0.11", 7000)
+        shards = [(A, (replica,), ((0, 16383),))]
+        lowest = ReadFrom.LOWEST_LATENCY
+        async with fake_cluster(shards, read_from=lowest) as cluster:
+            cluster.slots.latency_probe_interval = 1.0
+            cluster[A].data[b"k"] = cluster[replica].data[b"k"] = b"1"
+            cluster[A].latency, cluster[replica].latency = 0.001, 0.050  # the replica is slow
+
+            async def reads(seconds: float) -> tuple[int, int]:
+                """GETs for ``seconds``: how many reached the primary, the replica."""
+                before = (len(cluster[A].calls), len(cluster[replica].calls))
+                end = trio.current_time() + seconds
+                while trio.current_time() < end:
+                    assert await cluster.run("GET", "k") == b"1"
+                return len(cluster[A].calls) - before[0], len(cluster[replica].calls) - before[1]
+
+            await reads(0.5)  # each node measured once, then the primary wins
+            on_primary, on_replica = await reads(3.0)
+            assert on_replica in (2, 3, 4) and on_primary > 1000  # one re-probe per second
+            # The replica becomes the faster one: its next re-probe shows it, reads follow.
+            cluster[A].latency, cluster[replica].latency = 0.050, 0.001
+            await reads(1.5)
+            on_primary, on_replica = await reads(3.0)
+            assert on_primary in (2, 3, 4) and on_replica > 1000

@@ -75,7 +75,10 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
     Start from ``host``/``port``, or ``startup_nodes=[(host, port), ...]``, or
     :meth:`from_url`.  Other keywords configure connections
     (:class:`~trio_cluster.config.ConnectionConfig`: timeouts, credentials, TLS...).
-    ``pool`` sizes each node's pool.  ``read_from`` sends read-only commands to replicas.
+    ``pool`` sizes each node's pool.  ``read_from`` sends read-only commands to replicas;
+    with ``ReadFrom.LOWEST_LATENCY`` a node not read from for ``latency_probe_interval``
+    seconds gets one read, to measure it again (a node that once looked slow is not
+    forgotten).
     ``address_remap`` maps every address the cluster announces, in topology replies and in
     MOVED/ASK, before use.
     """
@@ -97,6 +100,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         breaker: BreakerOptions | None = None,
         refresh_interval: float = 30.0,
         refresh_min_interval: float = 0.1,
+        latency_probe_interval: float = 1.0,
         credentials: CredentialSource | None = None,
         maint_notifications: str | MaintNotificationsOptions = "auto",
         max_pubsub_connections: int = 64,
@@ -157,6 +161,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             start=self._start_node,
             request_refresh=self.refresher.request,
             refresh=self.refresher.refresh,
+            latency_probe_interval=latency_probe_interval,
         )
         #: Where each command goes, with the redirect and retry rules.
         self.router = Router(

@@ -147,7 +147,8 @@ async def call(
         node.pool.put(conn)
     breaker.record(None)
     if measure:
-        node.latency = 0.8 * node.latency + 0.2 * (trio.current_time() - started)
+        now = trio.current_time()
+        node.record_latency(now - started, now)
     return reply
 
 

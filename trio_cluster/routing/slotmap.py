@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import random
 from collections.abc import Awaitable, Callable
 
@@ -22,7 +23,7 @@ from ..pooling.breaker import BreakerState, CircuitBreaker
 from ..pooling.pool import Pool
 from .topology import SLOTS, Address, AddressRemap, Shard, Topology
 
-__all__ = ["Node", "ReadFrom", "SlotMap"]
+__all__ = ["LATENCY_MEMORY", "Node", "ReadFrom", "SlotMap"]
 
 _CLOSED = BreakerState.CLOSED
 
@@ -36,6 +37,12 @@ class ReadFrom(enum.Enum):
     LOWEST_LATENCY = "lowest-latency"  # the node with the lowest measured latency
 
 
+#: Seconds over which a node's measured latency forgets its past: a sample taken that long
+#: after the previous one weighs about two thirds (a re-probe of a node that looked slow
+#: replaces most of its old figure); back-to-back samples weigh 0.2 each.
+LATENCY_MEMORY = 1.0
+
+
 class Node:
     """One node: its pool, breaker, dialer and measured latency."""
 
@@ -47,12 +54,25 @@ class Node:
         self.pool = pool
         self.breaker = breaker
         self.dialer = dialer
+        #: Round-trip time (seconds), a moving average of the reads measured for
+        #: ``ReadFrom.LOWEST_LATENCY``; 0 until the first.
         self.latency = 0.0
+        #: When ``latency`` was last measured, and when a read last went to this node to
+        #: measure it again (``SlotMap.for_read``).
+        self.measured_at = -math.inf
+        self.probed_at = -math.inf
         self.started = trio.Event()
         self.retired = False
 
     def __repr__(self) -> str:
         return f"<node {self.name}{' retired' if self.retired else ''}>"
+
+    def record_latency(self, sample: float, now: float) -> None:
+        """Fold one measured round trip into :attr:`latency`: weight 0.2 for back-to-back
+        samples, more the older the figure it updates (see :data:`LATENCY_MEMORY`)."""
+        weight = max(0.2, 1.0 - math.exp(-(now - self.measured_at) / LATENCY_MEMORY))
+        self.latency += weight * (sample - self.latency)
+        self.measured_at = self.probed_at = now
 
 
 class SlotMap:
@@ -72,8 +92,20 @@ class SlotMap:
         start: Callable[[Node], Awaitable[None]],
         request_refresh: Callable[[], None],
         refresh: Callable[[], Awaitable[None]],
+        latency_probe_interval: float = 1.0,
     ) -> None:
+        if (
+            isinstance(latency_probe_interval, bool)
+            or not isinstance(latency_probe_interval, int | float)
+            or not 0 < latency_probe_interval < math.inf
+        ):
+            raise ValueError(
+                "latency_probe_interval must be a finite number of seconds > 0; "
+                f"got {latency_probe_interval!r}"
+            )
         self.read_from = read_from
+        #: ``ReadFrom.LOWEST_LATENCY``: how often a node not read from is measured again.
+        self.latency_probe_interval = float(latency_probe_interval)
         self._remap = remap
         self._create = create
         self._start = start
@@ -220,7 +252,19 @@ class SlotMap:
             return candidates[next(self._round_robin) % len(candidates)]
         if strategy is ReadFrom.RANDOM:
             return random.choice(replicas)
-        return min((primary, *replicas), key=lambda n: n.latency)
+        return self._lowest_latency((primary, *replicas))
+
+    def _lowest_latency(self, candidates: tuple[Node, ...]) -> Node:
+        """The candidate measured fastest, except that a node not measured for
+        ``latency_probe_interval`` seconds gets this one read (a re-probe: a node that once
+        looked slow is measured again on that schedule, one read per interval)."""
+        now = trio.current_time()
+        due = now - self.latency_probe_interval
+        for node in candidates:
+            if node.probed_at <= due:
+                node.probed_at = now
+                return node
+        return min(candidates, key=_latency)
 
     # --- redirects -----------------------------------------------------------------------------
 
@@ -245,6 +289,10 @@ class SlotMap:
         """The node an ASK sends one command to (the map itself does not change)."""
         self.ask += 1
         return await self.node(self.redirect_address(ask, _address(node)))
+
+
+def _latency(node: Node) -> float:
+    return node.latency
 
 
 def _moved(topology: Topology, slot: int, address: Address) -> Topology:
