@@ -212,9 +212,12 @@ async def test_measured_calls_keep_a_moving_average_of_latency(
             cluster[A].latency = 0.1
             get = cluster.specs.get("GET")
             await nodecall.call(node, ("GET", "x"), get, cluster.router.dialer, measure=True)
-            assert node.latency == pytest.approx(0.02)
+            assert node.latency == pytest.approx(0.1)  # the first sample: nothing to average
+            cluster[A].latency = 0.2
+            await nodecall.call(node, ("GET", "x"), get, cluster.router.dialer, measure=True)
+            assert node.latency == pytest.approx(0.8 * 0.1 + 0.2 * 0.2)  # back to back: 0.2
             await nodecall.call(node, ("GET", "x"), get, cluster.router.dialer)
-            assert node.latency == pytest.approx(0.02)  # not measured
+            assert node.latency == pytest.approx(0.12)  # not measured
 
 
 async def test_autopipelined_calls_share_a_batch_unless_the_breaker_is_not_closed(
