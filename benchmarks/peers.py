@@ -2,6 +2,7 @@
 
 Clients: ``raw`` (trio streams + hiredis, one connection per task and node, no pool, no
 timeouts: the ceiling), ``redis-py`` (``redis.asyncio.cluster.RedisCluster`` on asyncio),
+``glide`` (valkey-glide's ``GlideClusterClient`` on trio: a Rust core, multiplexed),
 ``coredis`` (``coredis.RedisCluster`` on trio; only when named with ``--clients``),
 ``trio-cluster`` (``ClusterClient``, one command per round trip) and ``trio-cluster-ap``
 (``ClusterClient`` with ``PoolOptions(autopipeline=True)``).  Workload: 50/50 GET/SET of
@@ -58,9 +59,9 @@ from benchmarks._common import (
     summarize,
 )
 
-CLIENTS = ("raw", "redis-py", "coredis", "trio-cluster", "trio-cluster-ap")
+CLIENTS = ("raw", "redis-py", "glide", "coredis", "trio-cluster", "trio-cluster-ap")
 #: Run unless ``--clients`` says otherwise (coredis is slow and not a target of issue 17).
-DEFAULT_CLIENTS = ("raw", "redis-py", "trio-cluster", "trio-cluster-ap")
+DEFAULT_CLIENTS = ("raw", "redis-py", "glide", "trio-cluster", "trio-cluster-ap")
 #: Pool size per node for the pooled clients: one connection per task at 50 tasks.
 POOL_SIZE = 50
 
@@ -122,6 +123,31 @@ async def coredis_worker(
         return await drive_trio(shape, seconds, warmup, get=client.get, set_=client.set, pipe=pipe)
 
 
+async def glide_worker(
+    shape: Shape, nodes: list[Address], seconds: float, warmup: float
+) -> dict[str, Any]:
+    """valkey-glide's ``GlideClusterClient`` (a Rust core; one multiplexed connection per
+    node) running on trio, with a 3 s request timeout.  Pipelines are non-atomic
+    ``ClusterBatch`` objects."""
+    from glide import ClusterBatch, GlideClusterClient, GlideClusterClientConfiguration, NodeAddress
+
+    config = GlideClusterClientConfiguration(
+        [NodeAddress(host, port) for host, port in nodes], request_timeout=3000
+    )
+    client = await GlideClusterClient.create(config)
+
+    async def pipe(keys: Sequence[bytes]) -> Any:
+        batch = ClusterBatch(is_atomic=False)
+        for key in keys:
+            batch.set(key, VALUE)
+        return await client.exec(batch, raise_on_error=True)
+
+    try:
+        return await drive_trio(shape, seconds, warmup, get=client.get, set_=client.set, pipe=pipe)
+    finally:
+        await client.close()
+
+
 @asynccontextmanager
 async def open_trio_cluster(
     nodes: list[Address], size: int, *, autopipeline: bool = False, read_spin: int | None = None
@@ -175,6 +201,7 @@ def worker_main(args: argparse.Namespace) -> dict[str, Any]:
     workers: dict[str, Callable[[Shape], Any]] = {
         "raw": lambda shape: trio.run(raw_worker, shape, ranges, *timing),
         "redis-py": lambda shape: redis_py_worker(shape, nodes, *timing),
+        "glide": lambda shape: trio.run(glide_worker, shape, nodes, *timing),
         "coredis": lambda shape: trio.run(coredis_worker, shape, nodes, *timing),
         "trio-cluster": lambda shape: trio.run(
             trio_cluster_worker, shape, nodes, *timing, False, spin
@@ -259,6 +286,9 @@ def _ratios(results: dict[str, dict[str, Any]], *, paired: bool = True) -> dict[
             out[f"{label}_over_redis_py_{shape}"] = over(mode, "redis-py", shape)
             out[f"{label}_over_raw_{shape}"] = over(mode, "raw", shape)
             out[f"p99_{label}_over_redis_py_{shape}"] = over(mode, "redis-py", shape, "p99_ms")
+            if "glide" in results:
+                out[f"{label}_over_glide_{shape}"] = over(mode, "glide", shape)
+                out[f"p99_{label}_over_glide_{shape}"] = over(mode, "glide", shape, "p99_ms")
     for shape in shapes:
         out[f"redis_py_over_raw_{shape}"] = over("redis-py", "raw", shape)
         out[f"p99_ms_{shape}"] = {c: figure(results, c, shape, "p99_ms") for c in results}
@@ -284,7 +314,15 @@ def _environment(server: str) -> dict[str, Any]:
         "cpus": len(os.sched_getaffinity(0)),
         "packages": {
             name: version(name)
-            for name in ("trio", "redis", "hiredis", "coredis", "anyio", "trio-cluster")
+            for name in (
+                "trio",
+                "redis",
+                "hiredis",
+                "coredis",
+                "valkey-glide",
+                "anyio",
+                "trio-cluster",
+            )
         },
     }
 

@@ -8,6 +8,7 @@ Secrets are kept out of ``repr()``.
 from __future__ import annotations
 
 import math
+import random
 import ssl
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -16,7 +17,7 @@ import attrs
 
 from .version import __version__
 
-__all__ = ["ConnectionConfig", "parse_url", "redact_url"]
+__all__ = ["ConnectionConfig", "RetryOptions", "parse_url", "redact_url"]
 
 LIB_NAME = "trio-cluster"
 
@@ -140,6 +141,61 @@ class ConnectionConfig:
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
+
+
+#: The values of ``RetryOptions.failover_wait``.
+FAILOVER_WAITS = ("auto", "always", "never")
+
+
+@attrs.frozen(kw_only=True)
+class RetryOptions:
+    """How hard a cluster client tries before an error reaches the caller (the rules are
+    ``routing.policy``'s: one policy for single commands, split commands, pipelines and
+    transactions)."""
+
+    max_redirects: int = 5
+    """MOVED/ASK followed per command."""
+    retries: int = 3
+    """Retries of a read whose outcome is unknown (a timeout or a dropped connection)."""
+    transient_retries: int = 30
+    """Retries of replies saying the server did not run the command (TRYAGAIN, CLUSTERDOWN,
+    MASTERDOWN, LOADING), within ``budget``."""
+    backoff_base: float = 0.025
+    """First backoff (seconds); doubles each retry, with full jitter."""
+    backoff_cap: float = 0.5
+    """Longest single backoff."""
+    budget: float = 10.0
+    """Seconds a command that provably never reached a server keeps being retried."""
+    failover_wait: str = "auto"
+    """What a command for a known-bad node's slots (its circuit breaker open) does:
+    ``"auto"`` waits for a failover (within ``budget``) only when the node has a replica and
+    the cluster itself sees the node failing, and otherwise fails at once with
+    ``CircuitOpenError`` naming the node and why; ``"never"`` always fails at once;
+    ``"always"`` always waits (the behaviour before isolation).  See
+    ``docs/architecture.md``, "A sick node"."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.failover_wait not in FAILOVER_WAITS:
+            raise ValueError(
+                f"failover_wait must be one of {', '.join(FAILOVER_WAITS)}; "
+                f"got {self.failover_wait!r}"
+            )
+        for name in ("max_redirects", "retries", "transient_retries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0; got {value!r}")
+        for name in ("backoff_base", "backoff_cap", "budget"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0; got {value!r}")
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff for the ``attempt``-th retry (0-based)."""
+        return random.uniform(0, min(self.backoff_cap, self.backoff_base * (2**attempt)))
 
 
 def parse_url(url: str) -> dict[str, Any]:

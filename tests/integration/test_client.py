@@ -1,5 +1,6 @@
 """The standalone Client against a real server: commands, pipelines, transactions, blocking
-commands under cancellation, and the cancellation storm."""
+commands under cancellation, the cancellation storm, and a hung server (fail fast once known
+bad, one probe readmits it)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from redis import exceptions as rex
 from storm import Storm
 
 from trio_cluster.clients.client import Client
+from trio_cluster.pooling.breaker import BreakerOptions, BreakerState, CircuitOpenError
 from trio_cluster.pooling.pool import PoolOptions
 from trio_cluster.testing import LocalServer
 
@@ -253,3 +255,49 @@ async def test_read_timeout_through_the_watchdog_closes_the_connection(
             assert r._watchdog.expired == 1
             assert await r.get("wd") == b"v"  # a fresh connection, never the one owing a reply
             assert r.stats().closes.get("broken") == 1
+
+
+@pytest.mark.parametrize("autopipeline", [False, True], ids=["round-trip", "autopipeline"])
+async def test_a_hung_server_fails_fast_once_known_bad_and_one_probe_readmits_it(
+    autopipeline: bool,
+) -> None:
+    with trio.fail_after(30), LocalServer() as server:
+        breaker = BreakerOptions(failure_threshold=3, cooldown=0.3)
+        # Connections ready before the hang (a dial to a hung server waits for its connect
+        # timeout, and the pool retries dials).
+        pool = PoolOptions(size=5, min_idle=5, autopipeline=autopipeline)
+        timeouts = {"read_timeout": 0.5, "connect_timeout": 0.5}
+        async with _client(server, breaker=breaker, pool=pool, **timeouts) as r:
+            await r.set("k", "v")
+            while r.stats().idle_connections < 5:  # noqa: ASYNC110 - min_idle fills in the background
+                await trio.sleep(0.01)
+            server.pause()
+            try:
+                # The first commands fail within their read timeout (together: in flight).
+                async with trio.open_nursery() as nursery:
+                    for _ in range(3):
+                        nursery.start_soon(_expect_timeout, r)
+                # Known bad now: refused at once, naming the server and why.
+                started = trio.current_time()
+                with pytest.raises(CircuitOpenError) as refused:
+                    await r.get("k")
+                assert trio.current_time() - started < 0.1
+                assert refused.value.node == f"{server.host}:{server.port}"
+                assert "failures in a row" in refused.value.reason
+            finally:
+                server.resume()
+            # One probe (after the cool-down) readmits it.
+            while True:
+                try:
+                    assert await r.get("k") == b"v"
+                    break
+                except CircuitOpenError:
+                    await trio.sleep(0.02)
+            assert r.breaker.state is BreakerState.CLOSED
+
+
+async def _expect_timeout(r: Client) -> None:
+    started = trio.current_time()
+    with pytest.raises(rex.TimeoutError):
+        await r.get("k")
+    assert trio.current_time() - started < 0.5 + 0.4  # its read timeout, plus slack

@@ -21,7 +21,7 @@ from faults.embedded import EmbeddedToxiproxy
 from faults.nodes import NodeProxies, latency, node_down
 from trio_cluster import ClusterClient
 from trio_cluster.clients.cluster import ReadFrom, RetryOptions
-from trio_cluster.pooling.breaker import BreakerOptions, BreakerState
+from trio_cluster.pooling.breaker import BreakerOptions, BreakerState, CircuitOpenError
 from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster, LocalServer
 from trio_cluster.wire.encoding import text
@@ -297,8 +297,16 @@ async def test_pipeline_with_one_node_down(local_cluster: LocalCluster) -> None:
                         assert "of pipeline caused error" in str(exc)
                     else:
                         raise AssertionError("raise_on_error=True must raise")
-            # The node is back: the same pipeline succeeds everywhere (commands the breaker
-            # refuses during its cool-down were never sent, so they are retried).
+            # The node is back.  It stays known bad until a probe gets through (one command,
+            # after the breaker's cool-down): until then its commands fail at once, unsent.
+            while True:
+                try:
+                    await rc.get(down_keys[0])
+                    break
+                except CircuitOpenError as refused:
+                    assert refused.node == f"{down_address[0]}:{down_address[1]}"
+                    await trio.sleep(0.02)
+            # Readmitted: the same pipeline succeeds everywhere.
             async with rc.pipeline() as p:
                 for key in order:
                     p.set(key, key)
@@ -381,7 +389,9 @@ async def test_replica_reads_fall_back_to_primary_and_follow_latency(
                 stats = rc.stats()
                 assert stats.retries.get("replica_fallback", 0) > 0
                 assert stats.errors == {}
-            async with _via(proxies, local_cluster, read_from=ReadFrom.LOWEST_LATENCY) as rc:
+            # No re-probe during the test (its schedule is tested on the mock clock).
+            lowest = {"read_from": ReadFrom.LOWEST_LATENCY, "latency_probe_interval": 600.0}
+            async with _via(proxies, local_cluster, **lowest) as rc:
 
                 def gets(nodes: list[Any]) -> int:
                     per_node = rc.stats().nodes

@@ -9,7 +9,7 @@ import trio.testing
 from redis import exceptions as rex
 
 from trio_cluster.conn.connection import was_unsent
-from trio_cluster.errors import PoolClosedError, PoolTimeoutError
+from trio_cluster.errors import PoolClosedError, PoolTimeoutError, ReadTimeoutError
 from trio_cluster.pooling.breaker import (
     BreakerOptions,
     BreakerState,
@@ -155,3 +155,19 @@ async def test_record_classifies_a_calls_outcome(
         b.before_call()  # the half-open probe
         b.record(error)
         assert b.state is state
+
+
+async def test_a_timed_out_batch_counts_once_per_command_a_reset_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        b = _breaker(failure_threshold=5, cooldown=0.5)
+        b.record(rex.ConnectionError("reset"), 10)  # one event, whatever it carried
+        assert b.state is BreakerState.CLOSED
+        b.record(ReadTimeoutError("no reply"), 4)  # four commands unanswered
+        assert b.state is BreakerState.OPEN
+        await trio.sleep(0.4)  # within the cool-down
+        with pytest.raises(CircuitOpenError) as refused:
+            b.before_call()
+        assert refused.value.node == "n:1"
+        assert refused.value.reason == "5 failures in a row, the last ReadTimeoutError: no reply"

@@ -91,8 +91,8 @@ async def test_the_breaker_guards_automatic_pipelining_from_the_start(
 def test_both_clients_make_their_nodes_with_it() -> None:
     client = Client("127.0.0.1", 6390, maint_notifications="disabled")
     assert client._node.pool is client._pool and client._node.dialer is client._dialer
-    # redis-py's Client has no breaker: the node's is off, so it never refuses a call.
-    assert not client._node.breaker.options.enabled
+    # The one node's breaker is the client's: a node known bad fails commands at once.
+    assert client._node.breaker is client.breaker and client.breaker.options.enabled
     cluster = ClusterClient("127.0.0.1", 7000)
     assert isinstance(cluster._make_node, NodeFactory)
     assert cluster._make_node.breaker is cluster.breaker_options

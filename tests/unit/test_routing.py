@@ -9,7 +9,15 @@ import pytest
 
 from trio_cluster.clients.cluster import ClusterClient
 from trio_cluster.errors import ClusterCrossSlotError
-from trio_cluster.routing.rules import CommandTable, Target, key_slot, keyless_target, slot_of
+from trio_cluster.routing.rules import (
+    CommandTable,
+    Target,
+    command_keys,
+    key_slot,
+    keyless_target,
+    needs_getkeys,
+    slot_of,
+)
 
 # ``COMMAND INFO ...`` from Redis 7.0 over RESP2, trimmed to the fields routing reads
 # (name, arity, flags, first key, last key, step; subcommands at index 9).
@@ -163,29 +171,35 @@ def test_slot_of_detects_cross_slot() -> None:
     ],
 )
 def test_keys(table: CommandTable, args: tuple[Any, ...], keys: list[Any]) -> None:
-    assert not table.needs_getkeys(args)
-    assert (table.keys(args) or []) == keys
+    assert not needs_getkeys(table.spec(args))
+    assert (command_keys(table.spec(args), args) or []) == keys
 
 
 def test_movable_keys_without_a_parser_ask_the_server(table: CommandTable) -> None:
     for args in (("MIGRATE", "h", 1, "", 0, 5000, "KEYS", "a", "b"),
                  ("GEORADIUS", "g", 0, 0, 1, "km", "STORE", "dst")):  # fmt: skip
-        assert table.needs_getkeys(args)
-        assert table.keys(args) is None
+        assert needs_getkeys(table.spec(args))
+        assert command_keys(table.spec(args), args) is None
 
 
 def test_keyless_and_unknown(table: CommandTable) -> None:
     for args in (("PING",), ("DBSIZE",), ("SCRIPT", "LOAD", "return 1"), ("NOSUCH", "x")):
-        assert table.keys(args) is None
-    assert table.keys(("EVAL", "x", "notanumber")) is None  # malformed: the server will say
+        assert command_keys(table.spec(args), args) is None
+    malformed = ("EVAL", "x", "notanumber")
+    assert command_keys(table.spec(malformed), malformed) is None  # the server will say
 
 
 def test_readonly_flags(table: CommandTable) -> None:
-    assert table.is_readonly(("GET", "k"))
-    assert table.is_readonly(("MGET", "k"))
-    assert not table.is_readonly(("SET", "k", "v"))
-    assert not table.is_readonly(("EVAL", "return 1", 0))
-    assert not table.is_readonly(("NOSUCH",))
+    def readonly(*args: Any) -> bool:
+        spec = table.spec(args)
+        return spec is not None and spec.readonly
+
+    assert readonly("GET", "k")
+    assert readonly("MGET", "k")
+    assert readonly("OBJECT", "ENCODING", "k")  # the subcommand's flag
+    assert not readonly("SET", "k", "v")
+    assert not readonly("EVAL", "return 1", 0)
+    assert not readonly("NOSUCH")
 
 
 def test_keyless_targets_follow_redis_py() -> None:
@@ -201,19 +215,24 @@ def test_keyless_targets_follow_redis_py() -> None:
 
 def test_client_routes_by_slot_and_refuses_cross_slot(table: CommandTable) -> None:
     rc = ClusterClient("127.0.0.1", 1)  # never opened: routing needs no I/O
-    rc.router.commands = table
-    assert rc.router.slot_for(("GET", "{t}x")) == key_slot(b"t")
-    assert rc.router.slot_for(("MSET", "{t}a", 1, "{t}b", 2)) == key_slot(b"t")
-    assert rc.router.slot_for(("EVAL", "s", 1, "foo")) == 12182
-    assert rc.router.slot_for(("PING",)) is Target.DEFAULT_NODE
-    assert rc.router.slot_for(("DBSIZE",)) is Target.PRIMARIES
-    assert rc.router.slot_for(("SCRIPT", "LOAD", "return 1")) is Target.PRIMARIES
-    assert rc.router.slot_for(("CLUSTER", "COUNTKEYSINSLOT", 42)) == 42
-    assert rc.router.slot_for(("EVALSHA", "abc", 0)) is Target.DEFAULT_NODE
+    rc.router.specs.install(table)
+
+    def slot_for(*args: Any) -> int | Target:
+        return rc.router.slot_for(args, rc.router.specs.get(args[0]))
+
+    assert slot_for("GET", "{t}x") == key_slot(b"t")
+    assert slot_for("MSET", "{t}a", 1, "{t}b", 2) == key_slot(b"t")
+    assert slot_for("EVAL", "s", 1, "foo") == 12182
+    assert slot_for("PING") is Target.DEFAULT_NODE
+    assert slot_for("DBSIZE") is Target.PRIMARIES
+    assert slot_for("SCRIPT", "LOAD", "return 1") is Target.PRIMARIES
+    assert slot_for("CLUSTER", "COUNTKEYSINSLOT", 42) == 42
+    assert slot_for("EVALSHA", "abc", 0) is Target.DEFAULT_NODE
+    assert slot_for("PUBLISH", "news", "hi") == key_slot(b"news")  # the channel's slot
     with pytest.raises(ClusterCrossSlotError):
-        rc.router.slot_for(("EVAL", "s", 2, "a", "b"))
+        slot_for("EVAL", "s", 2, "a", "b")
     with pytest.raises(ClusterCrossSlotError):
-        rc.router.slot_for(("ZUNIONSTORE", "dst", 1, "src"))
+        slot_for("ZUNIONSTORE", "dst", 1, "src")
 
 
 def test_key_slot_matches_redis_py_for_every_key_shape() -> None:

@@ -8,7 +8,8 @@ and closes every connection.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import trio
@@ -17,24 +18,17 @@ from redis.exceptions import ResponseError
 from ..config import ConnectionConfig, connection_options
 from ..conn.connection import Connection
 from ..conn.watchdog import Watchdog
-from ..errors import ArgumentTypeError, PoolClosedError
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.handoff import HandoffManager
 from ..jobs.maint import MaintNotificationsOptions
 from ..lifetime import raise_not_open
-from ..pooling.autopipeline import AutoPipeliner, shares_connection
-from ..pooling.breaker import BreakerOptions
+from ..pooling.breaker import BreakerOptions, CircuitBreaker
 from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
-from ..redispy import EMPTY_RESPONSE, AsyncCoreCommands
-from ..routing.nodecall import run_blocking
+from ..redispy import AsyncCoreCommands
+from ..routing.nodecall import call
 from ..routing.nodes import NodeFactory
-from ..wire.commands import (
-    COMMAND_NAME,
-    blocking_seconds,
-    normalize_args,
-    pipeline_results,
-    transaction_results,
-)
+from ..routing.specs import CommandSpec, CommandSpecs
+from ..wire.commands import pipeline_results, transaction_results
 from ..wire.encoding import Encoding, prepare_args
 from .clientbase import ClientBase
 from .pipelinebase import PipelineBase
@@ -50,10 +44,13 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     """A client for one Redis/Valkey node.
 
     Keyword arguments configure the connections (see
-    :class:`~trio_cluster.config.ConnectionConfig`) and ``pool`` the pool
-    (:class:`~trio_cluster.pooling.pool.PoolOptions`).  ``protocol=None`` speaks RESP3 and returns
-    redis-py's default reply shapes; ``protocol=3`` returns RESP3 shapes; ``protocol=2``
-    speaks RESP2.  Command methods take no ``timeout=``: wrap a call in ``trio.move_on_after``.
+    :class:`~trio_cluster.config.ConnectionConfig`), ``pool`` the pool
+    (:class:`~trio_cluster.pooling.pool.PoolOptions`) and ``breaker`` the node's circuit
+    breaker (:class:`~trio_cluster.pooling.breaker.BreakerOptions`: a node that keeps failing
+    is known bad, and commands fail at once until a probe readmits it).  ``protocol=None``
+    speaks RESP3 and returns redis-py's default reply shapes; ``protocol=3`` returns RESP3
+    shapes; ``protocol=2`` speaks RESP2.  Command methods take no ``timeout=``: wrap a call
+    in ``trio.move_on_after``.
     """
 
     def __init__(
@@ -66,6 +63,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         credentials: CredentialSource | None = None,
         maint_notifications: str | MaintNotificationsOptions = "auto",
         max_pubsub_connections: int = 64,
+        breaker: BreakerOptions | None = None,
         **connection: Any,
     ) -> None:
         maint = (
@@ -86,19 +84,23 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         self.pool_options = pool if pool is not None else PoolOptions()
         self._watchdog = Watchdog()
         self._credentials = CredentialManager(credentials) if credentials is not None else None
-        # One node, made as a cluster's nodes are; its breaker is off (redis-py's Client has
-        # none), so it decides nothing.
+        # One node, made as a cluster's nodes are (the one node factory).
         self._node = NodeFactory(
             config=config,
             pool=self.pool_options,
-            breaker=BreakerOptions(enabled=False),
+            breaker=breaker or BreakerOptions(),
             maint=maint,
             watchdog=self._watchdog,
             credentials=self._credentials,
         )((host, port))
         self._dialer = self._node.dialer
         self._pool: Pool[Connection] = self._node.pool
+        #: The node's circuit breaker: once the node is known bad, commands fail at once
+        #: (``CircuitOpenError``) until one probe succeeds (see ``BreakerOptions``).
+        self.breaker: CircuitBreaker = self._node.breaker
         self._replies = self._encoding.reply_parser(protocol)
+        self._specs = CommandSpecs(self._replies)
+        self._errors: Counter[str] = Counter()
         self._shown_url: str | None = None
         self.pubsub_registry = PubSubRegistry(max_pubsub_connections)
 
@@ -149,67 +151,11 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     # --- running commands --------------------------------------------------------------------
 
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        """Run one command (what every command method calls) and parse its reply."""
-        name = args[0]  # the name redis-py looks the callback up by ("CONFIG GET")
-        args = normalize_args(args)
-        blocks = blocking_seconds(args[0], args)
-        if self._encoding.encodes_str:
-            args = prepare_args(args, self._encoding)
-        pool = self._pool
-        if pool.autopipeliner is not None and blocks is None and shares_connection(name):
-            return await self._execute_pipelined(pool.autopipeliner, args, options)
-        try:
-            conn = await pool.get()
-        except RuntimeError:
-            if self._nursery is None:
-                raise_not_open(self)
-            raise
-        try:
-            if blocks is None:
-                reply = await conn.execute(args)
-            else:
-                reply = await run_blocking(conn, args, blocks, self._dialer)
-        except ResponseError:
-            if options and EMPTY_RESPONSE in options:
-                return options[EMPTY_RESPONSE]
-            raise
-        except ArgumentTypeError:
-            # Refused before anything was sent.  Off the hot path: convert what redis-py
-            # accepts (bytearray...) and try once more, or raise redis-py's DataError.
-            prepared = prepare_args(args, self._encoding)
-            if prepared is args:
-                raise
-            reply = _RETRY
-        finally:
-            pool.put(conn)
-        if reply is _RETRY:
-            if prepared[0] != name:  # split ("CONFIG GET"): parse by the full name
-                options = {**options, COMMAND_NAME: name}
-            return await self.execute_command(*prepared, **options)
-        return self._replies.parse(name, reply, options)
-
-    async def _execute_pipelined(
-        self, pipeliner: AutoPipeliner, args: tuple[Any, ...], options: dict[str, Any]
-    ) -> Any:
-        """``PoolOptions(autopipeline=True)``: the command shares a connection and a write
-        with the other tasks' commands of this scheduler pass (see ``autopipeline``)."""
-        try:
-            reply = await pipeliner.execute(args)
-        except PoolClosedError:
-            if self._nursery is None:
-                raise_not_open(self)
-            raise
-        except ResponseError:
-            if options and EMPTY_RESPONSE in options:
-                return options[EMPTY_RESPONSE]
-            raise
-        except ArgumentTypeError:
-            prepared = prepare_args(args, self._encoding)  # refused before it was queued
-            if prepared is args:
-                raise
-            return await self.execute_command(*prepared, **options)
-        return self._replies.parse(args[0], reply, options)
+    def _route(
+        self, spec: CommandSpec, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Awaitable[Any]:
+        """Every command goes to the one node (:func:`~trio_cluster.routing.nodecall.call`)."""
+        return call(self._node, args, spec, self._dialer)
 
     async def _get_connection(self) -> Connection:
         try:
@@ -242,8 +188,10 @@ class Pipeline(PipelineBase):
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         assert self._conn is not None
-        reply = await self._conn.execute(prepare_args(args, self._client._encoding))
-        return self._client._replies.parse(args[0], reply, options)
+        client = self._client
+        spec = client._specs.queued(args, options)
+        reply = await self._conn.execute(prepare_args(args, client._encoding))
+        return client._replies.apply(spec.callbacks, reply, options)
 
     async def watch(self, *names: Any) -> bool:  # type: ignore[override]
         """WATCH keys on a connection the pipeline keeps until execute() or reset()."""
@@ -287,7 +235,8 @@ class Pipeline(PipelineBase):
             pool.put(conn)
             self.command_stack = []
             self._explicit_multi = False
-        return pipeline_results(self._client._replies, stack, results, raise_on_error)
+        chains = [self._client._specs.queued(*entry).callbacks for entry in stack]
+        return pipeline_results(self._client._replies, chains, stack, results, raise_on_error)
 
 
 async def _run_transaction(
@@ -302,6 +251,3 @@ async def _run_transaction(
         if "wrong number of results" in str(error):
             conn.broken = True  # out of step with the server: never reuse it
         raise
-
-
-_RETRY: Any = object()

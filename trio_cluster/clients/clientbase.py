@@ -1,18 +1,19 @@
-"""What ``Client`` and ``ClusterClient`` share beyond their routing: the lifetime of their
-nursery (:class:`~trio_cluster.lifetime.NurseryOwner`), pub/sub, credential rotation,
-maintenance statistics, response callbacks, and redis-py's helpers: ``transaction``,
-``lock``, ``register_script``/``get_encoder`` and ``monitor``."""
+"""What ``Client`` and ``ClusterClient`` share beyond their routing: the one command entry
+(:meth:`ClientBase.execute_command`), the lifetime of their nursery
+(:class:`~trio_cluster.lifetime.NurseryOwner`), pub/sub, credential rotation, maintenance
+statistics, response callbacks, and redis-py's helpers: ``transaction``, ``lock``,
+``register_script``/``get_encoder`` and ``monitor``."""
 
 from __future__ import annotations
 
 import inspect
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import attrs
 import trio
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 
 from ..config import ConnectionConfig, parse_url, redact_url
 from ..conn.connection import Connection
@@ -20,16 +21,27 @@ from ..conn.dialer import Dialer
 from ..conn.watchdog import Watchdog
 from ..jobs.credentials import CredentialManager
 from ..jobs.handoff import HandoffManager
-from ..lifetime import NurseryOwner
-from ..redispy import Encoder
+from ..lifetime import NurseryOwner, raise_not_open
+from ..redispy import EMPTY_RESPONSE, Encoder
+from ..routing.specs import CommandSpec, CommandSpecs
 from ..wire.commands import ReplyParser
-from ..wire.encoding import Encoding
+from ..wire.encoding import Encoding, prepare_args
 from .lock import Lock
 from .monitor import Monitor
 from .pipelinebase import Script
 from .pubsub import PubSub, PubSubRegistry, PubSubStats, ShardMap
 
-__all__ = ["ClientBase"]
+__all__ = ["ClientBase", "Parsed"]
+
+
+class Parsed:
+    """A reply a route has parsed itself (a command run on several nodes, its replies parsed
+    and combined): the entry returns its ``value`` as it is."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 class ClientBase(NurseryOwner):
@@ -50,6 +62,10 @@ class ClientBase(NurseryOwner):
     """The bound on this client's pub/sub connections and their counters, shared by all its
     PubSubs (``max_pubsub_connections``)."""
     _replies: ReplyParser
+    _specs: CommandSpecs
+    """The command-spec table (``routing.specs``): one look-up per command."""
+    _errors: Counter[str]
+    """Errors that reached callers of :meth:`execute_command`, by class name."""
     _shown_url: str | None
     _watchdog: Watchdog
 
@@ -68,6 +84,41 @@ class ClientBase(NurseryOwner):
             it (here the key is the command's first argument): a dictionary and a list less
             to make and take apart on the most common command."""
             return self.execute_command("GET", name)
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Run one command (what every command method calls) and return its parsed reply.
+
+        The one entry of every command: its name looked up once in the spec table (the
+        spec is passed down), its arguments prepared once (a type redis-py refuses raises
+        its ``DataError`` before anything is sent), the command routed (:meth:`_route`),
+        the reply parsed by the spec's callbacks; an error reply the command method
+        tolerates gives its empty response, and any other error is counted and raised
+        (``ClientNotOpenError`` outside the ``async with`` block).
+        """
+        spec = self._specs.get(args[0])
+        if spec.words is not None:
+            args = (*spec.words, *args[1:])
+        try:
+            args = prepare_args(args, self._encoding)
+            reply = await self._route(spec, args, options)
+        except Exception as error:
+            if options and EMPTY_RESPONSE in options and isinstance(error, ResponseError):
+                return options[EMPTY_RESPONSE]
+            self._errors[type(error).__name__] += 1
+            if self._nursery is None:
+                raise_not_open(self)
+            raise
+        if type(reply) is Parsed:
+            return reply.value
+        return self._replies.apply(spec.callbacks, reply, options)
+
+    def _route(
+        self, spec: CommandSpec, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Awaitable[Any]:
+        """Where and how the command runs: an awaitable of its raw reply, or of a
+        :class:`Parsed` one.  Synchronous, returning the call's own coroutine, so that the
+        common case costs no coroutine frame of its own."""
+        raise NotImplementedError
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
@@ -142,7 +193,7 @@ class ClientBase(NurseryOwner):
 
     def set_response_callback(self, command: str, callback: Callable[..., Any]) -> None:
         """Replace how one command's reply is parsed (as in redis-py)."""
-        self._replies.set_callback(command, callback)
+        self._specs.set_callback(command, callback)
 
     async def transaction(
         self,

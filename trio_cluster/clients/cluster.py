@@ -11,39 +11,34 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
 import attrs
 import trio
-from redis import exceptions as rex
 
-from ..config import ConnectionConfig, connection_options
+from ..config import ConnectionConfig, RetryOptions, connection_options
 from ..conn.dialer import Dialer
 from ..conn.watchdog import Watchdog
-from ..errors import (
-    ArgumentTypeError,
-    PoolClosedError,
-)
+from ..errors import PoolClosedError
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.handoff import HandoffManager
 from ..jobs.maint import MaintNotificationsOptions
-from ..lifetime import raise_not_open
 from ..pooling.breaker import BreakerOptions, BreakerState
 from ..pooling.pool import ConnectionInfo, PoolOptions, PoolStats
-from ..redispy import EMPTY_RESPONSE, AsyncCoreCommands
+from ..redispy import AsyncCoreCommands
 from ..routing.nodes import NodeFactory
 from ..routing.refresher import Refresher
-from ..routing.router import RetryOptions, Router
+from ..routing.router import Router
 from ..routing.rules import CommandTable, key_slot
 from ..routing.slotmap import Node, ReadFrom, SlotMap
+from ..routing.specs import CommandSpec, CommandSpecs
 from ..routing.topology import Address, AddressRemap, Topology
-from ..wire.commands import normalize_args
-from ..wire.encoding import Encoding, prepare_args, reply_decoder
-from .clientbase import ClientBase
+from ..wire.encoding import Encoding, reply_decoder
+from .clientbase import ClientBase, Parsed
 from .cluster_pipeline import ClusterPipeline
 from .clusterhelpers import ClusterHelpers
-from .fanout import NOT_SPLIT, SPLITTABLE, FanOut
+from .fanout import NOT_SPLIT, FanOut
 from .pubsub import PubSubRegistry
 
 __all__ = ["ClusterClient", "ClusterStats", "ReadFrom", "RetryOptions"]
@@ -68,6 +63,9 @@ class ClusterStats:
     breaker_rejections: int
     topology: dict[str, list[str]]
     """Primary -> replicas, as the client currently sees the cluster."""
+    isolated: int = 0
+    """Commands failed at once because their node was known bad (``RetryOptions``'s
+    ``failover_wait``)."""
 
 
 # redis-py's own mixins disagree on command_info's signature once another base is added.
@@ -77,7 +75,10 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
     Start from ``host``/``port``, or ``startup_nodes=[(host, port), ...]``, or
     :meth:`from_url`.  Other keywords configure connections
     (:class:`~trio_cluster.config.ConnectionConfig`: timeouts, credentials, TLS...).
-    ``pool`` sizes each node's pool.  ``read_from`` sends read-only commands to replicas.
+    ``pool`` sizes each node's pool.  ``read_from`` sends read-only commands to replicas;
+    with ``ReadFrom.LOWEST_LATENCY`` a node not read from for ``latency_probe_interval``
+    seconds gets one read, to measure it again (a node that once looked slow is not
+    forgotten).
     ``address_remap`` maps every address the cluster announces, in topology replies and in
     MOVED/ASK, before use.
     """
@@ -99,6 +100,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         breaker: BreakerOptions | None = None,
         refresh_interval: float = 30.0,
         refresh_min_interval: float = 0.1,
+        latency_probe_interval: float = 1.0,
         credentials: CredentialSource | None = None,
         maint_notifications: str | MaintNotificationsOptions = "auto",
         max_pubsub_connections: int = 64,
@@ -138,6 +140,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         self.retry = retry if retry is not None else RetryOptions()
         self.breaker_options = breaker if breaker is not None else BreakerOptions()
         self._replies = self._encoding.reply_parser(protocol, cluster=True)
+        self._specs = CommandSpecs(self._replies)
         self._retired: list[Node] = []
         #: Keeps the topology current, in the background.
         self.refresher = Refresher(
@@ -148,6 +151,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             install=self._install,
             interval=refresh_interval,
             min_interval=refresh_min_interval,
+            known_bad=lambda address: self.slot_map.known_bad(address),
         )
         #: Makes each node: its dialer, breaker, pool and maintenance handoffs.
         self._make_node = NodeFactory(
@@ -167,10 +171,11 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             start=self._start_node,
             request_refresh=self.refresher.request,
             refresh=self.refresher.refresh,
+            latency_probe_interval=latency_probe_interval,
         )
         #: Where each command goes, with the redirect and retry rules.
         self.router = Router(
-            self.slot_map, self.retry, self._dialer, CommandTable(), self.startup_nodes
+            self.slot_map, self.retry, self._dialer, self._specs, self.startup_nodes
         )
         self._fanout = FanOut(self.router, self._replies)
         self._shown_url: str | None = None
@@ -206,7 +211,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         await self._stop()
 
     async def _stop(self) -> None:
-        self.router.closed = True
+        self.router.policy.closed = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
@@ -217,7 +222,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
 
     def _create_node(self, address: Address) -> Node:
         """A node for the slot map (not started), made by the one node factory."""
-        if self.router.closed or self._nursery is None:
+        if self.router.policy.closed or self._nursery is None:
             raise PoolClosedError("the cluster client is closed")
         return self._make_node(address)
 
@@ -230,7 +235,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         """Make ``topology`` (and the command table) current; departed nodes are closed once
         their commands are done."""
         if table is not None:
-            self.router.commands = table
+            self._specs.install(table)
         for node in await self.slot_map.install(topology):
             self._retired_rejections += node.breaker.rejected  # keep the count cumulative
             self._retired.append(node)
@@ -255,58 +260,36 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
 
     # --- running commands ----------------------------------------------------------------------
 
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        """Route and run one command, following redirects and retrying as documented."""
-        name = args[0]  # the name redis-py looks the callback up by ("CONFIG GET")
-        try:
-            readonly = self.router.commands.single_key.get(name) if len(args) > 1 else None
-            if readonly is not None and not (options and "target_nodes" in options):
-                # The hot path (GET, SET, INCR...): the slot is that of the first argument.
-                if self._encoding.encodes_str:
-                    args = prepare_args(args, self._encoding)
-                try:
-                    reply = await self.router.on_slot(
-                        key_slot(args[1]), args, readonly, simple=True
-                    )
-                except ArgumentTypeError:
-                    # Refused before anything was sent.  Convert what redis-py accepts
-                    # (bytearray...) and route again, or raise redis-py's DataError.
-                    prepared = prepare_args(args, self._encoding)
-                    if prepared is args:
-                        raise
-                    reply = _RETRY  # outside this handler: an error is counted once
-            else:
-                args = normalize_args(args)
-                command = args[0]  # the first word, still text (routing reads it)
-                # Checked before anything is sent (a split command sends several).
-                args = prepare_args(args, self._encoding)
-                targets = options.pop("target_nodes", None) if options else None
-                if targets is not None:
-                    return await self._fanout.on_targets(targets, name, args, options)
-                if command in SPLITTABLE and len(args) > 2:
-                    split = await self._fanout.split(command, args, options)
-                    if split is not NOT_SPLIT:
-                        return split
-                # One look-up in the command table serves routing and the retry rules.
-                spec = self.router.commands.spec(args)
-                route = await self.router.route(args, spec)
-                if type(route) is not int:
-                    return await self._fanout.keyless(route, name, args, options)  # type: ignore[arg-type]
-                readonly = spec is not None and spec.readonly
-                reply = await self.router.on_slot(route, args, readonly)
-        except rex.ResponseError as exc:
-            if options and EMPTY_RESPONSE in options:
-                return options[EMPTY_RESPONSE]
-            self._errors[type(exc).__name__] += 1
-            raise
-        except Exception as exc:
-            self._errors[type(exc).__name__] += 1
-            if self._nursery is None:
-                raise_not_open(self)
-            raise
-        if reply is _RETRY:
-            return await self.execute_command(*prepared, **options)
-        return self._replies.parse(name, reply, options)
+    def _route(
+        self, spec: CommandSpec, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Awaitable[Any]:
+        """Where a command goes.  The hot path (GET, SET, INCR...: the only key is the first
+        argument) goes straight to the slot's node, under the retry policy; any other
+        command is routed by :meth:`_route_other`."""
+        if spec.keyed_first and len(args) > 1 and not (options and "target_nodes" in options):
+            return self.router.on_slot(key_slot(args[1]), args, spec, spec.readonly)
+        return self._route_other(spec, args, options)
+
+    async def _route_other(
+        self, spec: CommandSpec, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
+        """``target_nodes=`` and keyless commands go to the nodes they name (fan-out),
+        multi-key commands whose keys span slots are split per slot, the others go to their
+        slot's node under the retry policy."""
+        fanout = self._fanout
+        targets = options.pop("target_nodes", None) if options else None
+        if targets is not None:
+            return Parsed(await fanout.on_targets(targets, spec, args, options))
+        if spec.splittable and len(args) > 2:
+            split = await fanout.split(spec, args, options)
+            if split is not NOT_SPLIT:
+                return Parsed(split)
+        route = await self.router.route(args, spec)
+        if type(route) is not int:
+            return Parsed(await fanout.keyless(route, spec, args, options))  # type: ignore[arg-type]
+        server = spec.on_server(args)
+        readonly = server is not None and server.readonly
+        return await self.router.on_slot(route, args, spec, readonly)
 
     # --- multi-node helpers ------------------------------------------------------------------
 
@@ -319,6 +302,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
     ) -> AsyncIterator[Any]:
         """Every key of every primary, node by node (keys may repeat across a resharding)."""
         decode = reply_decoder(self._replies)
+        scan = self._specs.get("SCAN")
         for node in self.slot_map.primaries():
             cursor: Any = 0
             while True:
@@ -329,7 +313,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
                     args += ["COUNT", count]
                 if _type is not None:
                     args += ["TYPE", _type]
-                cursor, keys = await self.router.call(node, tuple(args))
+                cursor, keys = await self.router.call(node, tuple(args), scan)
                 if decode is not None:
                     keys = decode(keys)
                 for key in keys:
@@ -364,13 +348,14 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             totals=totals,
             moved=self.slot_map.moved,
             ask=self.slot_map.ask,
-            retries=dict(self.router.retries),
+            retries=dict(self.router.policy.retries),
             errors=dict(self._errors),
             refreshes=self.refresher.refreshes,
             refresh_failures=self.refresher.failures,
             breakers={n.name: n.breaker.state.value for n in nodes},
             breaker_rejections=self._retired_rejections + sum(n.breaker.rejected for n in nodes),
             topology=topology,
+            isolated=self.router.policy.isolated,
         )
 
     def connections(self) -> list[ConnectionInfo]:
@@ -397,6 +382,3 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         if node is None:
             raise KeyError(name)
         return node.breaker.state
-
-
-_RETRY: Any = object()

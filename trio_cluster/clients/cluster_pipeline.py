@@ -20,21 +20,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import trio
 from redis.exceptions import ResponseError, WatchError
 
-from ..conn.connection import Connection, mark_unsent, was_unsent
-from ..errors import (
-    AskError,
-    ClusterDownError,
-    CrossSlotTransactionError,
-    MovedError,
-)
+from ..conn.connection import Connection
+from ..errors import NETWORK_ERRORS, AskError, CrossSlotTransactionError, MovedError
 from ..lifetime import open_nursery
 from ..routing.nodecall import accounted, call_batch, take_connection
+from ..routing.policy import Attempt, Rule, classify, longer_wait
 from ..routing.router import Router
 from ..routing.rules import slot_of
 from ..routing.slotmap import Node
+from ..routing.specs import CommandSpec
 from ..wire.commands import ReplyParser, normalize_args, pipeline_results, transaction_results
 from ..wire.encoding import Encoding, prepare_args
 from .pipelinebase import PipelineBase
@@ -66,14 +62,15 @@ class ClusterPipeline(PipelineBase):
         self._client = client
         self._router = router
         self._slots = router.slots
+        self._specs = router.specs
         self._encoding = encoding
         self._replies = replies
         # While WATCHing: where the watched connection comes from, and the slot it serves.
         self._watch_node: Node | None = None
         self._watch_slot: int | None = None
 
-    def _check_watched_slot(self, args: tuple[Any, ...]) -> None:
-        slot = self._slot(args)
+    def _check_watched_slot(self, args: tuple[Any, ...], spec: CommandSpec) -> None:
+        slot = self._slot(args, spec)
         if slot is not None and slot != self._watch_slot:
             raise CrossSlotTransactionError(
                 f"{_ONE_SLOT} ({args[0]} touches slot {slot}, the pipeline watches slot "
@@ -83,9 +80,10 @@ class ClusterPipeline(PipelineBase):
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         conn, node = self._conn, self._watch_node
         assert conn is not None and node is not None
-        self._check_watched_slot(args)
+        spec = self._specs.queued(args, options)
+        self._check_watched_slot(args, spec)
         reply = await self._on_watched(conn, node, prepare_args(args, self._encoding))
-        return self._replies.parse(args[0], reply, options)
+        return self._replies.apply(spec.callbacks, reply, options)
 
     async def _on_watched(self, conn: Connection, node: Node, args: tuple[Any, ...]) -> Any:
         """One command on the watched connection, the outcome told to the node's breaker."""
@@ -106,8 +104,7 @@ class ClusterPipeline(PipelineBase):
         if self._conn is None:
             node = self._slots.primary(slot)
             if node is None:
-                self._slots.request_refresh()
-                raise ClusterDownError(f"CLUSTERDOWN slot {slot} is not served")
+                raise self._slots.not_served(slot)
             self._conn = await take_connection(node)
             self._watch_node, self._watch_slot = node, slot
         assert self._watch_node is not None
@@ -152,12 +149,14 @@ class ClusterPipeline(PipelineBase):
         if self._conn is not None:
             return await self._execute_watched(raise_on_error)
         stack, self.command_stack = self.command_stack, []
-        slots = [self._slot(args) for args, _ in stack]
+        specs = [self._specs.queued(*entry) for entry in stack]
+        slots = [self._slot(args, spec) for (args, _), spec in zip(stack, specs, strict=True)]
         if self.transaction:
             results = await self._transaction(stack, slots)
         else:
-            results = await self._pipeline(stack, slots)
-        return pipeline_results(self._replies, stack, results, raise_on_error)
+            results = await self._pipeline(stack, specs, slots)
+        chains = [spec.callbacks for spec in specs]
+        return pipeline_results(self._replies, chains, stack, results, raise_on_error)
 
     async def _execute_watched(self, raise_on_error: bool) -> list[Any]:
         """The queued commands on the watched connection (MULTI/EXEC for a transaction)."""
@@ -165,9 +164,10 @@ class ClusterPipeline(PipelineBase):
         conn, node = self._conn, self._watch_node
         assert conn is not None and node is not None
         transaction = self.transaction or self._explicit_multi
+        specs = [self._specs.queued(*entry) for entry in stack]
         try:
-            for args, _ in stack:
-                self._check_watched_slot(args)
+            for (args, _), spec in zip(stack, specs, strict=True):
+                self._check_watched_slot(args, spec)
         except BaseException:
             await self.reset()
             raise
@@ -189,7 +189,8 @@ class ClusterPipeline(PipelineBase):
             self.command_stack = []
             self._explicit_multi = False
             self._release()  # EXEC (or its failure) ended the WATCH
-        return pipeline_results(self._replies, stack, results, raise_on_error)
+        chains = [spec.callbacks for spec in specs]
+        return pipeline_results(self._replies, chains, stack, results, raise_on_error)
 
     async def _batch_on_watched(
         self, conn: Connection, node: Node, commands: Sequence[Sequence[Any]]
@@ -197,9 +198,9 @@ class ClusterPipeline(PipelineBase):
         with accounted(node):
             return await conn.execute_many(commands)
 
-    def _slot(self, args: tuple[Any, ...]) -> int | None:
+    def _slot(self, args: tuple[Any, ...], spec: CommandSpec) -> int | None:
         """The command's slot; None for keyless commands (they go to the default node)."""
-        route = self._router.slot_for(args)
+        route = self._router.slot_for(args, spec)
         return route if type(route) is int else None
 
     def _node_for(self, slot: int | None) -> Node | None:
@@ -207,22 +208,26 @@ class ClusterPipeline(PipelineBase):
             return self._slots.default_node
         return self._slots.primary(slot)
 
-    async def _pipeline(self, stack: Sequence[_Command], slots: list[int | None]) -> list[Any]:
-        router, slot_map = self._router, self._slots
+    async def _pipeline(
+        self, stack: Sequence[_Command], specs: Sequence[CommandSpec], slots: list[int | None]
+    ) -> list[Any]:
+        """Each node's commands in one batch, all nodes at once; then the retry policy for
+        each failed command: redirected ones go again at once, waits are taken once per round
+        (the longest any command needs)."""
+        policy = self._router.policy
+        slot_map = self._slots
         results: list[Any] = [None] * len(stack)
         pending = list(range(len(stack)))
         asking: dict[int, Node] = {}
-        rounds = waits = 0  # rounds of redirects followed; back-offs taken
-        deadline = trio.current_time() + router.retry.budget
+        attempts: dict[int, Attempt] = {}
+        waits = 0
         while pending:
             batches: dict[int, tuple[Node, list[int]]] = {}
+            sent_to: dict[int, Node | None] = {}
             for index in pending:
-                node = asking.get(index) or self._node_for(slots[index])
+                node = sent_to[index] = asking.get(index) or self._node_for(slots[index])
                 if node is None:
-                    slot_map.request_refresh()
-                    results[index] = mark_unsent(
-                        ClusterDownError(f"CLUSTERDOWN slot {slots[index]} is not served")
-                    )
+                    results[index] = slot_map.not_served(slots[index])
                     continue
                 batches.setdefault(id(node), (node, []))[1].append(index)
             asking_now, asking = asking, {}
@@ -245,56 +250,70 @@ class ClusterPipeline(PipelineBase):
                 for node, indexes in batches.values():
                     nursery.start_soon(send, node, indexes, asking_now)
             retry: list[int] = []
-            unsent = False
+            wait: Rule | None = None
             for index in pending:
                 result = results[index]
-                node = asking_now.get(index) or self._node_for(slots[index])
-                if isinstance(result, MovedError):
-                    await slot_map.apply_moved(result, node)
-                    retry.append(index)
-                elif isinstance(result, AskError):
-                    asking[index] = await slot_map.ask_target(result, node)
-                    retry.append(index)
-                elif router.may_retry(result, deadline):
-                    # Safe to repeat for any command: the server did not run it.
-                    router.retries[type(result).__name__] += 1
-                    unsent = unsent or was_unsent(result)
-                    retry.append(index)
-            if not retry:
-                break
-            redirects_only = all(isinstance(results[i], MovedError | AskError) for i in retry)
-            rounds = rounds + 1 if redirects_only else rounds
-            if rounds > router.retry.max_redirects:
-                break
-            if unsent:
-                await router.settle_after_failure(waits)  # refresh: the node may be gone
-                waits += 1
-            elif not redirects_only:
-                await trio.sleep(router.retry.backoff(waits))
+                if not isinstance(result, Exception):
+                    continue
+                attempt = attempts.get(index)
+                if attempt is None:
+                    server = specs[index].on_server(stack[index][0])
+                    readonly = server is not None and server.readonly
+                    attempt = attempts[index] = policy.attempt(readonly)
+                node = sent_to[index]
+                rule = await attempt.decide(result, node)
+                if rule is Rule.RAISE:
+                    continue
+                if rule is Rule.MOVED or rule is Rule.ASK:
+                    target = await attempt.redirect(rule, result, node)
+                    if rule is Rule.ASK:
+                        asking[index] = target
+                else:
+                    wait = longer_wait(wait, rule)
+                retry.append(index)
+            if wait is not None:
+                await policy.pause(wait, waits)
                 waits += 1
             pending = retry
         return results
 
     async def _transaction(self, stack: Sequence[_Command], slots: list[int | None]) -> list[Any]:
+        """MULTI, the commands and EXEC in one batch to the slot's node, under the retry
+        policy: a command refused at queue time (MOVED, ASK, TRYAGAIN...: EXEC then runs
+        nothing) or a batch that never left sends the whole transaction again."""
         keyed = {slot for slot in slots if slot is not None}
         if len(keyed) > 1:
             raise CrossSlotTransactionError(_ONE_SLOT)
         slot = keyed.pop() if keyed else None
-        node = self._node_for(slot)
         commands: list[Sequence[Any]] = [("MULTI",), *(args for args, _ in stack), ("EXEC",)]
-        for _ in range(self._router.retry.max_redirects + 1):
-            if node is None:
-                raise ResponseError(f"CLUSTERDOWN slot {slot} is not served")
-            replies = await call_batch(node, commands)
-            first = len(commands) - len(stack) - 2  # MULTI's place (ASKING may come first)
-            multi, queued, executed = replies[first], replies[first + 1 : -1], replies[-1]
-            redirect = next((r for r in queued if isinstance(r, MovedError | AskError)), None)
-            if isinstance(redirect, MovedError):
-                node = await self._slots.apply_moved(redirect, node)
-                continue
-            if isinstance(redirect, AskError):
-                node = await self._slots.ask_target(redirect, node)
-                commands = [("ASKING",), *commands]
-                continue
-            return transaction_results(stack, multi, queued, executed)
-        raise ResponseError("too many redirects for a cluster transaction")
+        attempt = self._router.policy.attempt(readonly=False)
+        asking: Node | None = None
+        while True:
+            asked, asking = asking, None
+            node = asked if asked is not None else self._node_for(slot)
+            try:
+                if node is None:
+                    raise self._slots.not_served(slot)
+                batch = commands if asked is None else [("ASKING",), *commands]
+                replies = await call_batch(node, batch)
+                first = len(batch) - len(stack) - 2  # MULTI's place (ASKING may come first)
+                multi, queued, executed = replies[first], replies[first + 1 : -1], replies[-1]
+                refused = next((r for r in queued if classify(r, False) in _RESEND), None)
+                if refused is not None:
+                    raise refused  # EXEC ran nothing: the policy decides
+                if isinstance(executed, NETWORK_ERRORS):
+                    raise executed  # the node failed (unsent or not: the policy decides)
+                return transaction_results(stack, multi, queued, executed)
+            except Exception as error:
+                rule = await attempt.decide(error, node)
+                if rule is Rule.RAISE:
+                    raise
+                if rule is Rule.MOVED or rule is Rule.ASK:
+                    target = await attempt.redirect(rule, error, node)
+                    asking = target if rule is Rule.ASK else None
+                else:
+                    await attempt.pause(rule)
+
+
+#: Rules under which a transaction refused at queue time is sent again.
+_RESEND = frozenset({Rule.MOVED, Rule.ASK, Rule.TRYAGAIN, Rule.CLUSTERDOWN})

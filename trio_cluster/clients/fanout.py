@@ -17,13 +17,12 @@ from ..redispy import EMPTY_RESPONSE, NEVER_DECODE
 from ..routing.router import Router
 from ..routing.rules import RESULT_CALLBACKS, Target, slot_of
 from ..routing.slotmap import Node
+from ..routing.specs import CommandSpec
 from ..wire.commands import COMMAND_NAME, ReplyParser
 from .clusterhelpers import ClusterNode
 
-__all__ = ["NOT_SPLIT", "SPLITTABLE", "FanOut"]
+__all__ = ["NOT_SPLIT", "FanOut"]
 
-#: Multi-key commands split per slot when their keys span several slots (not atomic).
-SPLITTABLE = frozenset({"MGET", "MSET", "DEL", "EXISTS", "UNLINK", "TOUCH"})
 #: What :meth:`FanOut.split` returns for a command whose keys share one slot.
 NOT_SPLIT: Any = object()
 #: Options the command mixins pass for the client itself, never for a callback.
@@ -47,15 +46,15 @@ class FanOut:
         self._replies = replies
 
     async def on_targets(
-        self, targets: Any, name: str, args: tuple[Any, ...], options: dict[str, Any]
+        self, targets: Any, spec: CommandSpec, args: tuple[Any, ...], options: dict[str, Any]
     ) -> Any:
         """redis-py's ``target_nodes=``: a flag ("primaries", "replicas", "all", "random",
         "default-node"), a :class:`ClusterNode`, a list of them or a dict of them (as
         ``get_primaries()`` and friends return), or node names ``host:port``."""
         if isinstance(targets, str) and targets in _TARGET_NAMES:
-            return await self.keyless(_TARGET_NAMES[targets], name, args, options)
+            return await self.keyless(_TARGET_NAMES[targets], spec, args, options)
         nodes = self._nodes_named(targets)
-        return self._combine(name, await self._on_each(nodes, name, args, options), options)
+        return self._combine(spec, await self._on_each(nodes, spec, args, options), options)
 
     def _nodes_named(self, targets: Any) -> list[Node]:
         """The nodes ``target_nodes=`` names (see :meth:`on_targets`)."""
@@ -79,7 +78,7 @@ class FanOut:
         return [by_name[n] for n in names]
 
     async def keyless(
-        self, target: Target, name: str, args: tuple[Any, ...], options: dict[str, Any]
+        self, target: Target, spec: CommandSpec, args: tuple[Any, ...], options: dict[str, Any]
     ) -> Any:
         """A keyless command where its target says (one node, or several combined)."""
         slots = self._router.slots
@@ -90,21 +89,22 @@ class FanOut:
                 nodes = slots.replicas()
             else:
                 nodes = slots.nodes()
-            return self._combine(name, await self._on_each(nodes, name, args, options), options)
+            return self._combine(spec, await self._on_each(nodes, spec, args, options), options)
         if target is Target.RANDOM:
             node = slots.random_node()
         else:
             node = await self._router.default_node()
-        reply = await self._router.call(node, args)
+        reply = await self._router.call(node, args, spec)
         # As redis-py: a command with a result callback goes through it from one node too
         # (PING -> True, CLIENT UNBLOCK -> 0/1, SCAN -> its cursor shape...).
-        parsed = self._replies.parse(name, reply, dict(options))
-        return self._combine(name, {node.name: parsed}, options)
+        parsed = self._replies.apply(spec.callbacks, reply, dict(options))
+        return self._combine(spec, {node.name: parsed}, options)
 
     @staticmethod
-    def _combine(name: str, results: dict[str, Any], options: dict[str, Any]) -> Any:
+    def _combine(spec: CommandSpec, results: dict[str, Any], options: dict[str, Any]) -> Any:
         """Combine replies from several nodes as redis-py's cluster client does
         (``RedisCluster._process_result``)."""
+        name = spec.name
         callback = RESULT_CALLBACKS.get(str(name).upper())
         if callback is not None:
             extra = {k: v for k, v in options.items() if k not in _INTERNAL_OPTIONS}
@@ -112,7 +112,11 @@ class FanOut:
         return next(iter(results.values())) if len(results) == 1 else results
 
     async def _on_each(
-        self, nodes: Sequence[Node], name: str, args: tuple[Any, ...], options: dict[str, Any]
+        self,
+        nodes: Sequence[Node],
+        spec: CommandSpec,
+        args: tuple[Any, ...],
+        options: dict[str, Any],
     ) -> dict[str, Any]:
         """Run ``args`` on every node concurrently; {node name: parsed reply}.
 
@@ -124,8 +128,8 @@ class FanOut:
 
         async def one(node: Node) -> None:
             try:
-                reply = await self._router.call(node, args)
-                results[node.name] = self._replies.parse(name, reply, dict(options))
+                reply = await self._router.call(node, args, spec)
+                results[node.name] = self._replies.apply(spec.callbacks, reply, dict(options))
             except Exception as error:
                 failures[node.name] = error
 
@@ -136,11 +140,12 @@ class FanOut:
             raise first_error([failures[n.name] for n in nodes if n.name in failures])
         return {n.name: results[n.name] for n in nodes}
 
-    async def split(self, name: str, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
-        """MGET/MSET/DEL/... (``name``) whose keys span slots: one command per slot,
+    async def split(self, spec: CommandSpec, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """MGET/MSET/DEL/... (``spec``) whose keys span slots: one command per slot,
         concurrently, reassembled in the caller's order.  Not atomic across slots.
         :data:`NOT_SPLIT` if every key is in one slot."""
-        wire = args[0]  # ``name`` as sent (encoded when the client encodes str itself)
+        name = spec.command
+        wire = args[0]  # the name as sent (encoded when the client encodes str itself)
         step = 2 if name == "MSET" else 1
         items = args[1:]
         groups: dict[int, list[int]] = {}
@@ -150,11 +155,12 @@ class FanOut:
             return NOT_SPLIT
         replies: dict[int, Any] = {}
         failures: dict[int, Exception] = {}
+        readonly = spec.readonly
 
         async def run(slot: int, indexes: list[int]) -> None:
             part = tuple(x for i in indexes for x in items[i : i + step])
             try:
-                replies[slot] = await self._router.on_slot(slot, (wire, *part))
+                replies[slot] = await self._router.on_slot(slot, (wire, *part), spec, readonly)
             except Exception as error:
                 failures[slot] = error
 
@@ -168,7 +174,7 @@ class FanOut:
             for slot, indexes in groups.items():
                 for index, value in zip(indexes, replies[slot], strict=True):
                     values[index] = value
-            return self._replies.parse(name, values, options)
+            return self._replies.apply(spec.callbacks, values, options)
         if name == "MSET":
-            return self._replies.parse(name, b"OK", options)
+            return self._replies.apply(spec.callbacks, b"OK", options)
         return sum(int(r) for r in replies.values())

@@ -20,11 +20,12 @@ Every guarantee of a command on its own connection holds:
 * Timeouts are the connection's typed ones (``ReadTimeoutError``, ``WriteTimeoutError``).
 * A failure of the connection fails exactly the commands of that batch, each with its own copy
   of the error; when not one byte went out, the error says so (``was_unsent``) and the caller's
-  retry rules resend it.  Queued commands of later batches are untouched.
+  retry rules resend it.  Queued commands of later batches are untouched, unless that failure
+  opened the node's breaker: then they get its refusal at once (never sent).
 
-Only commands that neither block nor depend on connection state come here (the cluster's hot
-path of single-key commands); blocking commands, transactions, ``WATCH`` and pub/sub keep
-connections of their own.
+Only commands that neither block nor depend on connection state come here (the node call
+decides, by the command's spec: ``routing.specs.CommandSpec.shares_connection``); blocking
+commands, transactions, ``WATCH`` and pub/sub keep connections of their own.
 """
 
 from __future__ import annotations
@@ -40,19 +41,10 @@ from redis import exceptions as rex
 from ..conn.connection import mark_unsent
 from ..wire.protocol import EncodableArg, encode_command
 
-__all__ = ["MAX_BATCH", "AutoPipeliner", "BatchBreaker", "BatchPool", "shares_connection"]
+__all__ = ["MAX_BATCH", "AutoPipeliner", "BatchBreaker", "BatchPool"]
 
 #: Most commands written in one batch; the rest wait for the next batch (which starts at once).
 MAX_BATCH = 512
-
-#: Commands that change or depend on the state of their connection: they never share one.
-_CONNECTION_STATE = frozenset(
-    {
-        "AUTH", "HELLO", "SELECT", "CLIENT", "RESET", "QUIT", "READONLY", "READWRITE",
-        "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "ASKING", "MONITOR", "SYNC", "PSYNC",
-        "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE",
-    }
-)  # fmt: skip
 
 _QUEUED = 0
 _SENT = 1
@@ -92,8 +84,8 @@ class BatchBreaker(Protocol):
         """Raise (an unsent ``ConnectionError``) if nothing may be sent now."""
         ...
 
-    def record(self, error: BaseException | None) -> None:
-        """How a call went."""
+    def record(self, error: BaseException | None, commands: int = 1) -> None:
+        """How a call carrying ``commands`` commands went."""
         ...
 
     def record_get_failure(self, error: BaseException) -> None:
@@ -249,7 +241,10 @@ class AutoPipeliner:
             replies = await conn.execute_encoded(b"".join([c.data for c in calls]), len(calls))
         except BaseException as exc:
             if breaker is not None:
-                breaker.record(exc)  # once for the batch, not once per command
+                # Once for the batch (a timeout: once per command it held).
+                breaker.record(exc, len(calls))
+                if self._queue:
+                    self._refuse_queued(breaker)
             # The connection's failure is every command's of this batch, and no other's.
             error: BaseException = exc
             if not isinstance(exc, Exception):
@@ -268,6 +263,17 @@ class AutoPipeliner:
         for call, reply in zip(calls, replies, strict=True):
             _deliver(call, reply)
 
+    def _refuse_queued(self, breaker: BatchBreaker) -> None:
+        """If the breaker refuses calls now (this batch's failure opened it), the commands
+        still queued, never sent, get its refusal at once rather than wait for a connection
+        to a node known bad (a dial into a hung node waits for its timeout)."""
+        try:
+            breaker.before_call()
+        except Exception as refusal:
+            self.fail_queued(refusal)
+        else:
+            breaker.abandon_probe()  # it let a call through: none was made
+
     def _take(self) -> list[_Call]:
         """The live queued calls, at most :data:`MAX_BATCH`; more left over start a new batch."""
         queue, self._queue = self._queue, []
@@ -281,14 +287,6 @@ class AutoPipeliner:
         for call in calls:
             call.state = _SENT
         return calls
-
-
-def shares_connection(name: Any) -> bool:
-    """Whether a command (not a blocking one: the caller checks that) may be autopipelined:
-    anything but the commands that change or depend on their connection's state."""
-    if isinstance(name, bytes):
-        name = name.decode("latin-1")
-    return str(name).upper() not in _CONNECTION_STATE
 
 
 def _deliver(call: _Call, reply: Any) -> None:

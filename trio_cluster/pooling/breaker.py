@@ -1,6 +1,7 @@
 """A per-node circuit breaker: stop sending to a node that keeps failing, then probe it.
 
-CLOSED: calls pass; ``failure_threshold`` consecutive failures open it.  OPEN: calls fail at
+CLOSED: calls pass; ``failure_threshold`` consecutive failures open it (a timeout counts once
+per command it held: a batch that timed out is that many unanswered commands).  OPEN: calls fail at
 once with :class:`CircuitOpenError` (a ``ConnectionError`` that proves nothing was sent, so the
 cluster client retries elsewhere after a topology refresh) until ``cooldown`` seconds pass.
 HALF_OPEN: up to ``half_open_probes`` calls go through; a success closes the breaker, a failure
@@ -24,7 +25,11 @@ __all__ = ["BreakerOptions", "BreakerState", "CircuitBreaker", "CircuitOpenError
 
 
 class CircuitOpenError(rex.ConnectionError):
-    """The node's circuit breaker is open: the call was not sent."""
+    """The node's circuit breaker is open (the node is known bad): the call was not sent.
+    ``node`` names the node (``host:port``), ``reason`` says why it is known bad."""
+
+    node: str = ""
+    reason: str = ""
 
 
 class BreakerState(enum.Enum):
@@ -41,8 +46,11 @@ class BreakerOptions:
 
     enabled: bool = True
     failure_threshold: int = 5
-    cooldown: float = 1.0
+    """Consecutive failed calls (refused, reset, timed out) that open the breaker."""
+    cooldown: float = 0.5
+    """Seconds an open breaker refuses every call before it lets a probe through."""
     half_open_probes: int = 1
+    """Calls let through at once to probe the node; one success closes the breaker."""
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.failure_threshold, int) or self.failure_threshold < 1:
@@ -69,6 +77,10 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = -math.inf
         self._probes = 0
+        #: Why the breaker opened last (named in every refusal).
+        self.reason = ""
+        self._last_failure = ""
+        self._refusal_text = f"circuit breaker for {name} is open; command not sent"
         #: How many times it opened, and how many calls it refused, since creation.
         self.opened = 0
         self.rejected = 0
@@ -92,7 +104,8 @@ class CircuitBreaker:
         self._probes += 1
 
     def _refusal(self) -> CircuitOpenError:
-        error = CircuitOpenError(f"circuit breaker for {self.name} is open; call not sent")
+        error = CircuitOpenError(self._refusal_text)
+        error.node, error.reason = self.name, self.reason
         mark_unsent(error)
         return error
 
@@ -102,22 +115,37 @@ class CircuitBreaker:
         if self.state is not BreakerState.CLOSED:
             self.state = BreakerState.CLOSED
 
-    def record_failure(self) -> None:
-        """A call failed for a reason that says the node is unwell (connection, timeout)."""
+    def record_failure(self, error: BaseException | None = None, count: int = 1) -> None:
+        """A call failed for a reason that says the node is unwell (connection, timeout):
+        ``error``, remembered to say why the breaker opened; ``count`` failures at once
+        (the commands a timed-out batch held)."""
         if not self.options.enabled:
             return
-        self._failures += 1
+        self._failures += count
+        if error is not None:
+            self._last_failure = f"{type(error).__name__}: {error}"
         if self.state is BreakerState.HALF_OPEN or self._failures >= self.options.failure_threshold:
+            if self.state is BreakerState.HALF_OPEN:
+                self.reason = f"its probe failed: {self._last_failure}"
+            else:
+                self.reason = f"{self._failures} failures in a row, the last {self._last_failure}"
+            # Written once per opening: a refusal is on the path of every call while open.
+            self._refusal_text = (
+                f"{self.name} is known bad ({self.reason}); command not sent, its circuit"
+                f" breaker lets one probe through {self.options.cooldown} s after opening"
+            )
             if self.state is not BreakerState.OPEN:
                 self.opened += 1
             self.state = BreakerState.OPEN
             self._opened_at = trio.current_time()
             self._failures = 0
 
-    def record(self, error: BaseException | None) -> None:
-        """How a call went, by one rule (``errors.node_failed``): no error, or an error
-        reply, means the node answered; a network failure counts against it; a cancellation,
-        or a busy or closed pool, says nothing about it."""
+    def record(self, error: BaseException | None, commands: int = 1) -> None:
+        """How a call carrying ``commands`` commands went, by one rule
+        (``errors.node_failed``): no error, or an error reply, means the node answered; a
+        network failure counts against it, once (one event, however many commands the
+        connection carried), but a timeout once per command (each waited its whole timeout
+        unanswered); a cancellation, or a busy or closed pool, says nothing about it."""
         if error is None:
             self.record_success()
         elif isinstance(error, PoolTimeoutError | PoolClosedError) or not isinstance(
@@ -125,7 +153,7 @@ class CircuitBreaker:
         ):
             self.abandon_probe()
         elif node_failed(error):
-            self.record_failure()
+            self.record_failure(error, commands if isinstance(error, rex.TimeoutError) else 1)
         else:
             self.record_success()
 
@@ -133,7 +161,7 @@ class CircuitBreaker:
         """A pool get for a call failed before anything was sent: a failed dial counts
         against the node; a busy or closed pool, or a cancellation, says nothing."""
         if node_failed(error) and not isinstance(error, PoolClosedError):
-            self.record_failure()
+            self.record_failure(error)
         else:
             self.abandon_probe()
 

@@ -1,6 +1,7 @@
-"""The one path of a call to a node: breaker check, pool get, execute, classify the error,
-release.  Single commands, split multi-key commands and pipelines all take it; the rules that
-classify an error (did the server run it? does it count against the node?) live in
+"""The one path of a call to a node: breaker check, pool get, execute, the outcome told to
+the breaker, release.  Single commands (:func:`call`), pipelines and transactions
+(:func:`call_batch`) and a watched connection (:class:`NodeConnection`) all take it; the rules
+that classify an error (did the server run it? does it count against the node?) live in
 :mod:`trio_cluster.errors`.
 
 A blocking command (BLPOP...) goes through :func:`run_blocking`, so that cancelling it never
@@ -20,8 +21,10 @@ from ..config import ConnectionConfig
 from ..conn.connection import Connection, mark_unsent
 from ..conn.dialer import Dialer
 from ..errors import NETWORK_ERRORS, PoolClosedError
-from ..wire.commands import DATA_TAKING_COMMANDS, blocking_seconds
+from ..pooling.breaker import BreakerState, CircuitOpenError
+from ..wire.commands import DATA_TAKING_COMMANDS
 from .slotmap import Node
+from .specs import CommandSpec
 
 __all__ = [
     "NodeConnection",
@@ -44,7 +47,12 @@ async def take_connection(node: Node) -> Connection:
     ``node.pool`` and reports the call's outcome with :func:`accounted`.
     """
     breaker = node.breaker
-    breaker.before_call()
+    try:
+        breaker.before_call()
+    except CircuitOpenError:
+        # Still a checkpoint: a loop of calls to a known-bad node lets the others run.
+        await trio.lowlevel.checkpoint()
+        raise
     pool = node.pool
     try:
         conn = pool.get_idle()  # the common case, without a coroutine
@@ -96,49 +104,51 @@ class NodeConnection:
 async def call(
     node: Node,
     args: tuple[Any, ...],
-    *,
+    spec: CommandSpec,
     dialer: Dialer,
+    *,
     asking: bool = False,
-    simple: bool = False,
     measure: bool = False,
 ) -> Any:
-    """One attempt of one command on one node; errors raised typed.
+    """One attempt of one command (described by ``spec``) on one node; errors raised typed.
 
-    ``asking``: preceded by ASKING (an ASK redirect).  ``simple``: known not to block (skips
-    that check on the hot path).  ``measure``: update the node's latency (lowest-latency
-    reads).  ``dialer`` opens the helper connection that unblocks a cancelled blocking
-    command.
+    With automatic pipelining the command joins the node's shared connection (its batch
+    consults the breaker) unless it may not share one, follows an ASK, is measured, or the
+    breaker is not closed (then the breaker's answer, or its single probe, is this call's
+    own).  Otherwise: :func:`take_connection`, the command (``asking``: preceded by ASKING;
+    a blocking one through :func:`run_blocking`, which unblocks it with a helper from
+    ``dialer`` if cancelled), the outcome told to the breaker, the connection given back.
+    ``measure``: update the node's latency (lowest-latency reads).
     """
-    if simple and not measure:  # measuring times each round trip
-        # The hot path: NodeConnection's steps written out, without its two coroutines.
-        pipeliner = node.pool.autopipeliner
-        if pipeliner is None:
-            conn = await take_connection(node)
-            try:
-                reply = await conn.execute(args)
-            except BaseException as error:
-                node.breaker.record(error)
-                raise
-            finally:
-                node.pool.put(conn)
-            node.breaker.record(None)
-            return reply
-        # Automatic pipelining: a shared connection; its batch consults the breaker.
+    pipeliner = node.pool.autopipeliner
+    breaker = node.breaker
+    if (
+        pipeliner is not None
+        and spec.shares_connection
+        and not (asking or measure)
+        and breaker.state is BreakerState.CLOSED
+    ):
         return await pipeliner.execute(args)
-    async with NodeConnection(node) as conn:
-        started = trio.current_time() if measure else 0.0
-        blocks = None if simple else blocking_seconds(args[0], args)
+    conn = await take_connection(node)
+    started = trio.current_time() if measure else 0.0
+    try:
         if asking:
-            replies = await conn.execute_many([("ASKING",), args])
-            reply = replies[1]
+            reply = (await conn.execute_many([("ASKING",), args]))[1]
             if isinstance(reply, Exception):
                 raise reply
-        elif blocks is not None:
+        elif spec.blocking is not None and (blocks := spec.blocks(args)) is not None:
             reply = await run_blocking(conn, args, blocks, dialer)
         else:
             reply = await conn.execute(args)
-        if measure:
-            node.latency = 0.8 * node.latency + 0.2 * (trio.current_time() - started)
+    except BaseException as error:
+        breaker.record(error)
+        raise
+    finally:
+        node.pool.put(conn)
+    breaker.record(None)
+    if measure:
+        now = trio.current_time()
+        node.record_latency(now - started, now)
     return reply
 
 

@@ -3,8 +3,9 @@
 Single-flight and rate-limited: any number of requests (a MOVED, an SMIGRATED, a node that
 failed) between two refreshes cost one, and a storm of them at most one per
 ``min_interval``; without requests, one every ``interval``.  Each refresh asks the known
-primaries, then replicas, then the startup nodes, in random order, until one answers with a
-map that covers slots; it is fetched on a one-off connection from the client's dialer (a
+primaries, then replicas, then the startup nodes, in random order (nodes known bad last: a
+hung node would hold the refresh for its timeouts), until one answers with a map that covers
+slots; it is fetched on a one-off connection from the client's dialer (a
 saturated pool must not delay it; the newest credentials like every other connection).
 """
 
@@ -32,7 +33,8 @@ Install = Callable[[Topology, CommandTable | None], Awaitable[None]]
 
 
 class Refresher:
-    """Keeps a cluster client's topology current; :meth:`run` is its background task."""
+    """Keeps a cluster client's topology current; :meth:`run` is its background task.
+    ``known_bad(address)`` says which nodes to ask last."""
 
     def __init__(
         self,
@@ -44,6 +46,7 @@ class Refresher:
         install: Install,
         interval: float,
         min_interval: float,
+        known_bad: Callable[[Address], bool] = lambda address: False,
     ) -> None:
         for name, value in (("refresh_interval", interval),
                             ("refresh_min_interval", min_interval)):  # fmt: skip
@@ -56,6 +59,7 @@ class Refresher:
         self._remap = remap
         self._current = current
         self._install = install
+        self._known_bad = known_bad
         self._wanted = trio.Event()
         self._done = trio.Event()
         self._last = -math.inf
@@ -108,6 +112,7 @@ class Refresher:
         random.shuffle(replicas)
         candidates += replicas
         candidates += [a for a in self._startup if a not in candidates]
+        candidates.sort(key=self._known_bad)  # stable: the random order stays among equals
         failures = []
         for address in candidates:
             try:

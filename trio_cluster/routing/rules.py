@@ -18,15 +18,17 @@ from typing import Any
 import attrs
 
 from ..redispy import RedisCluster
-from ..wire.commands import BLOCKING_COMMANDS
 from ..wire.encoding import text
 
 __all__ = [
-    "CommandSpec",
     "CommandTable",
+    "ServerCommand",
     "Target",
+    "command_keys",
+    "invocation",
     "key_slot",
     "keyless_target",
+    "needs_getkeys",
     "slot_of",
 ]
 
@@ -46,6 +48,9 @@ class Target(enum.Enum):
     """Every replica."""
     SLOT_ID = "slot-id"
     """The node owning the slot given as the command's argument."""
+    CHANNEL_SLOT = "channel-slot"
+    """The node owning the slot of the channel (PUBLISH, as redis-py's cluster routes it:
+    where a PubSub subscribing to that channel connects, so the reply counts it)."""
 
 
 _FLAG_TARGETS = {
@@ -64,6 +69,7 @@ _KEYLESS: dict[str, Target] = {
 # Where we differ from redis-py on purpose: these mean "the whole keyspace", so they address
 # every primary and their replies are combined (sum, concatenation) by RESULT_CALLBACKS.
 _KEYLESS.update({"DBSIZE": Target.PRIMARIES, "KEYS": Target.PRIMARIES})
+_KEYLESS["PUBLISH"] = Target.CHANNEL_SLOT
 #: How replies from several nodes are combined: ``callback(command, {node: reply})``.
 RESULT_CALLBACKS: dict[str, Callable[[str, dict[str, Any]], Any]] = {
     name.upper(): callback for name, callback in RedisCluster.RESULT_CALLBACKS.items()
@@ -76,8 +82,8 @@ def keyless_target(name: str) -> Target | None:
 
 
 @attrs.frozen
-class CommandSpec:
-    """What the COMMAND table says about one command (or subcommand)."""
+class ServerCommand:
+    """What the server's COMMAND table says about one command (or subcommand)."""
 
     name: str
     first_key: int
@@ -85,18 +91,18 @@ class CommandSpec:
     step: int
     movable: bool
     readonly: bool
-    subcommands: dict[str, CommandSpec] = attrs.field(factory=dict, repr=False)
+    subcommands: dict[str, ServerCommand] = attrs.field(factory=dict, repr=False)
 
 
-def _spec(entry: Sequence[Any]) -> CommandSpec:
+def _spec(entry: Sequence[Any]) -> ServerCommand:
     name = text(entry[0]).upper()
     flags = {text(f) for f in entry[2]}
-    subcommands: dict[str, CommandSpec] = {}
+    subcommands: dict[str, ServerCommand] = {}
     if len(entry) > 9 and entry[9]:
         for sub in entry[9]:
             spec = _spec(sub)
             subcommands[spec.name.split("|", 1)[-1]] = spec
-    return CommandSpec(
+    return ServerCommand(
         name=name,
         first_key=int(entry[3]),
         last_key=int(entry[4]),
@@ -167,75 +173,57 @@ MOVABLE_KEYS: dict[str, Callable[[Sequence[Any]], list[Any]]] = {
 
 
 class CommandTable:
-    """The server's COMMAND table, indexed for routing."""
+    """The server's COMMAND table, by upper-case name (the client's spec table,
+    ``routing.specs``, reads it once per command name)."""
 
     def __init__(self, command_reply: Sequence[Any] = ()) -> None:
-        self.specs: dict[str, CommandSpec] = {}
+        self.specs: dict[str, ServerCommand] = {}
         for entry in command_reply:
             if entry:
                 spec = _spec(entry)
                 self.specs[spec.name] = spec
-        #: The hot path's shortcut: commands whose only key is their first argument (GET,
-        #: SET, INCR, HGET...), with no subcommands and no blocking: name -> read-only flag.
-        #: Both the name as the command mixins send it and its lower case are present.
-        self.single_key: dict[str, bool] = {}
-        for spec in self.specs.values():
-            if (
-                spec.first_key == 1
-                and spec.last_key == 1
-                and not spec.movable
-                and not spec.subcommands
-                and spec.name not in BLOCKING_COMMANDS
-            ):
-                self.single_key[spec.name] = self.single_key[spec.name.lower()] = spec.readonly
 
     def __len__(self) -> int:
         return len(self.specs)
 
-    def spec(self, args: Sequence[Any]) -> CommandSpec | None:
-        """The spec that describes this invocation (the subcommand's, where it has one)."""
-        spec = self.specs.get(text(args[0]).upper())
-        if spec is not None and spec.subcommands and len(args) > 1:
-            sub = spec.subcommands.get(text(args[1]).upper())
-            if sub is not None:
-                return sub
-        return spec
+    def spec(self, args: Sequence[Any]) -> ServerCommand | None:
+        """The description of this invocation (the subcommand's, where it has one)."""
+        return invocation(self.specs.get(text(args[0]).upper()), args)
 
-    def is_readonly(self, args: Sequence[Any]) -> bool:
-        """Whether the command only reads (so retrying it after an unclear failure is safe)."""
-        spec = self.spec(args)
-        return spec is not None and spec.readonly
 
-    def keys(
-        self, args: Sequence[Any], spec: CommandSpec | bool | None = False
-    ) -> list[Any] | None:
-        """The command's keys; None when it has none or needs the server to tell (movable
-        keys with no local parser: see :meth:`needs_getkeys`).  ``spec``: the invocation's
-        spec if the caller already looked it up (saves a second lookup on the hot path)."""
-        if spec is False:
-            spec = self.spec(args)
-        if not isinstance(spec, CommandSpec):
+def invocation(server: ServerCommand | None, args: Sequence[Any]) -> ServerCommand | None:
+    """``server`` (a command's description), or its subcommand's when ``args[1]`` names one."""
+    if server is not None and server.subcommands and len(args) > 1:
+        sub = server.subcommands.get(text(args[1]).upper())
+        if sub is not None:
+            return sub
+    return server
+
+
+def command_keys(server: ServerCommand | None, args: Sequence[Any]) -> list[Any] | None:
+    """The keys of an invocation the server describes as ``server`` (see
+    :func:`invocation`); None when it has none, or when only the server can find them
+    (movable keys with no local parser: :func:`needs_getkeys`)."""
+    if server is None:
+        return None
+    if server.movable:
+        parser = MOVABLE_KEYS.get(server.name)
+        if parser is None:
             return None
-        if spec.movable:
-            parser = MOVABLE_KEYS.get(spec.name)
-            if parser is None:
-                return None
-            try:
-                return parser(args)
-            except (IndexError, ValueError):
-                return None  # malformed: the server will say so
-        if spec.first_key <= 0:
-            return None
-        last = spec.last_key if spec.last_key >= 0 else len(args) + spec.last_key
-        step = spec.step or 1
-        return list(args[spec.first_key : last + 1 : step])
+        try:
+            return parser(args)
+        except (IndexError, ValueError):
+            return None  # malformed: the server will say so
+    if server.first_key <= 0:
+        return None
+    last = server.last_key if server.last_key >= 0 else len(args) + server.last_key
+    step = server.step or 1
+    return list(args[server.first_key : last + 1 : step])
 
-    def needs_getkeys(self, args: Sequence[Any], spec: CommandSpec | bool | None = False) -> bool:
-        """Movable keys that only the server can find (COMMAND GETKEYS).  ``spec``: the
-        invocation's spec if the caller already looked it up, as for :meth:`keys`."""
-        if spec is False:
-            spec = self.spec(args)
-        return isinstance(spec, CommandSpec) and spec.movable and spec.name not in MOVABLE_KEYS
+
+def needs_getkeys(server: ServerCommand | None) -> bool:
+    """Movable keys that only the server can find (COMMAND GETKEYS)."""
+    return server is not None and server.movable and server.name not in MOVABLE_KEYS
 
 
 def key_slot(key: Any) -> int:

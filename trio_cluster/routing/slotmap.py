@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import random
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..conn.connection import Connection
+from ..conn.connection import Connection, mark_unsent
 from ..conn.dialer import Dialer
-from ..errors import AskError, MovedError
+from ..errors import AskError, ClusterDownError, MovedError
 from ..jobs.handoff import HandoffManager
-from ..pooling.breaker import CircuitBreaker
+from ..pooling.breaker import BreakerState, CircuitBreaker
 from ..pooling.pool import Pool
 from .topology import SLOTS, Address, AddressRemap, Shard, Topology
 
-__all__ = ["Node", "ReadFrom", "SlotMap"]
+__all__ = ["LATENCY_MEMORY", "Node", "ReadFrom", "SlotMap"]
+
+_CLOSED = BreakerState.CLOSED
 
 
 class ReadFrom(enum.Enum):
@@ -33,6 +36,12 @@ class ReadFrom(enum.Enum):
     ROUND_ROBIN = "round-robin"  # primary and replicas in turn
     RANDOM = "random"  # a random replica
     LOWEST_LATENCY = "lowest-latency"  # the node with the lowest measured latency
+
+
+#: Seconds over which a node's measured latency forgets its past: a sample taken that long
+#: after the previous one weighs about two thirds (a re-probe of a node that looked slow
+#: replaces most of its old figure); back-to-back samples weigh 0.2 each.
+LATENCY_MEMORY = 1.0
 
 
 class Node:
@@ -55,7 +64,13 @@ class Node:
         self.breaker = breaker
         self.dialer = dialer
         self.handoffs = handoffs
+        #: Round-trip time (seconds), a moving average of the reads measured for
+        #: ``ReadFrom.LOWEST_LATENCY``; 0 until the first.
         self.latency = 0.0
+        #: When ``latency`` was last measured, and when a read last went to this node to
+        #: measure it again (``SlotMap.for_read``).
+        self.measured_at = -math.inf
+        self.probed_at = -math.inf
         self.started = trio.Event()
         self.retired = False
 
@@ -67,6 +82,13 @@ class Node:
         if self.handoffs is not None:
             self.handoffs.start(nursery)
         await self.pool.start_background(nursery)
+
+    def record_latency(self, sample: float, now: float) -> None:
+        """Fold one measured round trip into :attr:`latency`: weight 0.2 for back-to-back
+        samples, more the older the figure it updates (see :data:`LATENCY_MEMORY`)."""
+        weight = max(0.2, 1.0 - math.exp(-(now - self.measured_at) / LATENCY_MEMORY))
+        self.latency += weight * (sample - self.latency)
+        self.measured_at = self.probed_at = now
 
 
 class SlotMap:
@@ -86,8 +108,20 @@ class SlotMap:
         start: Callable[[Node], Awaitable[None]],
         request_refresh: Callable[[], None],
         refresh: Callable[[], Awaitable[None]],
+        latency_probe_interval: float = 1.0,
     ) -> None:
+        if (
+            isinstance(latency_probe_interval, bool)
+            or not isinstance(latency_probe_interval, int | float)
+            or not 0 < latency_probe_interval < math.inf
+        ):
+            raise ValueError(
+                "latency_probe_interval must be a finite number of seconds > 0; "
+                f"got {latency_probe_interval!r}"
+            )
         self.read_from = read_from
+        #: ``ReadFrom.LOWEST_LATENCY``: how often a node not read from is measured again.
+        self.latency_probe_interval = float(latency_probe_interval)
         self._remap = remap
         self._create = create
         self._start = start
@@ -98,6 +132,7 @@ class SlotMap:
         self._slot_primary: list[Node | None] = [None] * SLOTS
         self._slot_replicas: list[tuple[Node, ...]] = [()] * SLOTS
         self._shard_nodes: list[tuple[Node, tuple[Node, ...]]] = []
+        self._backed: frozenset[Node] = frozenset()  # primaries with a replica
         self._round_robin = itertools.count()
         self._default: Node | None = None
         #: Redirects applied (for stats).
@@ -140,6 +175,16 @@ class SlotMap:
         """Every shard as (primary, replicas)."""
         return list(self._shard_nodes)
 
+    def has_replica(self, node: Node) -> bool:
+        """Whether ``node`` is a primary with at least one replica (a failover can replace
+        it)."""
+        return node in self._backed
+
+    def known_bad(self, address: Address) -> bool:
+        """Whether the node at ``address`` is known bad (its circuit breaker not closed)."""
+        node = self._nodes.get(address)
+        return node is not None and node.breaker.state is not BreakerState.CLOSED
+
     def by_name(self, name: str) -> Node | None:
         """The node called ``host:port``, if the map has it."""
         return next((n for n in self._nodes.values() if n.name == name), None)
@@ -176,6 +221,7 @@ class SlotMap:
         self._slot_primary = slot_primary
         self._slot_replicas = slot_replicas
         self._shard_nodes = shard_nodes
+        self._backed = frozenset(primary for primary, replicas in shard_nodes if replicas)
         self._topology = topology
         current = set(topology.nodes)
         departed = [self._nodes.pop(a) for a in [a for a in self._nodes if a not in current]]
@@ -191,6 +237,15 @@ class SlotMap:
         """The primary serving ``slot``, or None while no node does."""
         return self._slot_primary[slot]
 
+    def not_served(self, slot: int | None) -> ClusterDownError:
+        """The error for a command whose slot no node serves (in the client's map): a
+        ``CLUSTERDOWN`` marked unsent (nothing was sent), with a refresh requested.  The one
+        way "slot not served" is said, by single commands, pipelines and transactions."""
+        self.request_refresh()
+        error = ClusterDownError(f"CLUSTERDOWN slot {slot} is not served")
+        mark_unsent(error)
+        return error
+
     def replicas_of(self, slot: int) -> tuple[Node, ...]:
         """The replicas of ``slot``'s primary."""
         return self._slot_replicas[slot]
@@ -200,13 +255,32 @@ class SlotMap:
         replicas = self._slot_replicas[slot]
         if not replicas:
             return primary
+        healthy = _CLOSED
+        if any(r.breaker.state is not healthy for r in replicas):
+            replicas = tuple(
+                r for r in replicas if r.breaker.state is healthy
+            )  # known bad: skipped
+            if not replicas:
+                return primary
         strategy = self.read_from
         if strategy is ReadFrom.ROUND_ROBIN:
             candidates = (primary, *replicas)
             return candidates[next(self._round_robin) % len(candidates)]
         if strategy is ReadFrom.RANDOM:
             return random.choice(replicas)
-        return min((primary, *replicas), key=lambda n: n.latency)
+        return self._lowest_latency((primary, *replicas))
+
+    def _lowest_latency(self, candidates: tuple[Node, ...]) -> Node:
+        """The candidate measured fastest, except that a node not measured for
+        ``latency_probe_interval`` seconds gets this one read (a re-probe: a node that once
+        looked slow is measured again on that schedule, one read per interval)."""
+        now = trio.current_time()
+        due = now - self.latency_probe_interval
+        for node in candidates:
+            if node.probed_at <= due:
+                node.probed_at = now
+                return node
+        return min(candidates, key=_latency)
 
     # --- redirects -----------------------------------------------------------------------------
 
@@ -231,6 +305,10 @@ class SlotMap:
         """The node an ASK sends one command to (the map itself does not change)."""
         self.ask += 1
         return await self.node(self.redirect_address(ask, _address(node)))
+
+
+def _latency(node: Node) -> float:
+    return node.latency
 
 
 def _moved(topology: Topology, slot: int, address: Address) -> Topology:

@@ -107,12 +107,12 @@ BLOCKING_COMMANDS: dict[str, Callable[[Sequence[Any]], float | None]] = {
 DATA_TAKING_COMMANDS = frozenset(BLOCKING_COMMANDS) - {"WAIT", "WAITAOF"}
 
 
-def blocking_seconds(name: str, args: Sequence[Any]) -> float | None:
-    """How long a blocking command may wait server-side (``math.inf`` for forever), or None
-    if ``name`` is not a blocking command (or XREAD without BLOCK)."""
-    reader = BLOCKING_COMMANDS.get(name.upper())
-    if reader is None:
-        return None
+def blocking_seconds(
+    reader: Callable[[Sequence[Any]], float | None], args: Sequence[Any]
+) -> float | None:
+    """How long a blocking command may wait server-side (``math.inf`` for forever), read by
+    its entry of :data:`BLOCKING_COMMANDS`; None if this invocation does not block (XREAD
+    without BLOCK)."""
     try:
         seconds = reader(args)
     except (IndexError, ValueError, TypeError):
@@ -176,14 +176,27 @@ class ReplyParser:
         """Apply the command's callback to its reply (``options`` as the mixin passed them)."""
         if options:
             name = options.pop(COMMAND_NAME, name)
-            options.pop(NEVER_DECODE, None)
-            options.pop(EMPTY_RESPONSE, None)
-            options.pop("keys", None)
-            options.pop("target_nodes", None)  # routing, not parsing (cluster pipelines)
+        return self.apply(self.chain(name), reply, options)
+
+    def chain(self, name: Any) -> tuple[Callable[..., Any], ...]:
+        """The callbacks of command ``name`` (as the command method passed it), in order."""
         # Only text names are kept (a bytes name is decoded by _chain; any other goes there).
         chain = self._resolved.get(name) if type(name) is str else None
         if chain is None:
             chain = self._chain(name)
+        return chain
+
+    def apply(
+        self, chain: tuple[Callable[..., Any], ...], reply: Any, options: dict[str, Any]
+    ) -> Any:
+        """Apply the callbacks ``chain`` (see :meth:`chain`) to a reply, with the mixin's
+        ``options`` less the client's own."""
+        if options:
+            options.pop(COMMAND_NAME, None)
+            options.pop(NEVER_DECODE, None)
+            options.pop(EMPTY_RESPONSE, None)
+            options.pop("keys", None)
+            options.pop("target_nodes", None)  # routing, not parsing (cluster pipelines)
         for callback in chain:
             reply = callback(reply, **options)
         return reply
@@ -243,9 +256,14 @@ def transaction_results(
 
 
 def pipeline_results(
-    replies: ReplyParser, stack: PipelineStack, results: Sequence[Any], raise_on_error: bool
+    replies: ReplyParser,
+    chains: Sequence[tuple[Callable[..., Any], ...]],
+    stack: PipelineStack,
+    results: Sequence[Any],
+    raise_on_error: bool,
 ) -> list[Any]:
-    """Parse each queued command's result; errors stay values, or the first is raised."""
+    """Parse each queued command's result with its callbacks (``chains``, one per command,
+    see :meth:`ReplyParser.chain`); errors stay values, or the first is raised."""
     out: list[Any] = []
     for position, ((args, options), result) in enumerate(zip(stack, results, strict=True)):
         if isinstance(result, Exception):
@@ -257,5 +275,5 @@ def pipeline_results(
                 raise result
             out.append(result)
         else:
-            out.append(replies.parse(args[0], result, dict(options)))
+            out.append(replies.apply(chains[position], result, dict(options)))
     return out

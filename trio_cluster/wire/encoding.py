@@ -167,11 +167,13 @@ class DecodingReplyParser(ReplyParser):
         self.encoding = encoding
         self.errors = errors
 
-    def parse(self, name: str, reply: Any, options: dict[str, Any]) -> Any:
-        """Decode ``reply`` (unless the command asked for raw bytes), then parse it."""
+    def apply(
+        self, chain: tuple[Callable[..., Any], ...], reply: Any, options: dict[str, Any]
+    ) -> Any:
+        """Decode ``reply`` (unless the command asked for raw bytes), then apply ``chain``."""
         if not (options and NEVER_DECODE in options):
             reply = decode_reply(reply, self.encoding, self.errors)
-        return super().parse(name, reply, options)
+        return super().apply(chain, reply, options)
 
     def decode(self, reply: Any) -> Any:
         """Decode a reply that bypasses :meth:`parse` (SCAN pages read node by node)."""
