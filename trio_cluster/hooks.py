@@ -20,9 +20,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar, Token
 from typing import Any
 
 __all__ = [
+    "CURRENT_CALL",
     "CommandCall",
     "DialCall",
     "Hook",
@@ -49,6 +51,7 @@ class CommandCall:
     """
 
     __slots__ = (
+        "_token",
         "arg_count",
         "blocking",
         "db",
@@ -94,6 +97,7 @@ class CommandCall:
         self.events: list[tuple[int, str, dict[str, Any]]] = []
         """``(time.time_ns(), name, attributes)`` of what happened along the way."""
         self.tokens: list[Any] = []
+        self._token: Token[CommandCall | None] | None = None
 
     def event(self, name: str, **attributes: Any) -> None:
         """Record that ``name`` happened to this command now (the command path calls it)."""
@@ -106,6 +110,12 @@ class CommandCall:
 
     def __repr__(self) -> str:
         return f"<CommandCall {self.name} args={self.arg_count} server={self.server}>"
+
+
+#: The command the running task is executing, while hooks are registered on its client: the
+#: layers below the command entry (the node call, the retry policy) fill in where it went and
+#: what happened to it.  None when no hook is registered: they then do nothing more.
+CURRENT_CALL: ContextVar[CommandCall | None] = ContextVar("trio_cluster_call", default=None)
 
 
 class PipelineCall:
@@ -226,13 +236,18 @@ class Hooks:
         self.hooks = tuple(hooks)
 
     def before_command(self, call: CommandCall) -> None:
-        """Run every ``before_command`` and keep their tokens on the call."""
+        """Run every ``before_command``, keep their tokens on the call, and make it the task's
+        :data:`CURRENT_CALL` until :meth:`after_command`."""
         call.tokens = [_safely(hook, "before_command", call) for hook in self.hooks]
+        call._token = CURRENT_CALL.set(call)
 
     def after_command(self, call: CommandCall, error: BaseException | None = None) -> None:
         """Close the call (its end time and error) and run every ``after_command``."""
         call.ended = time.perf_counter()
         call.error = error
+        if call._token is not None:
+            CURRENT_CALL.reset(call._token)
+            call._token = None
         hooks, tokens = self.hooks, call.tokens
         for index in range(min(len(hooks), len(tokens)) - 1, -1, -1):
             _safely(hooks[index], "after_command", call, tokens[index])

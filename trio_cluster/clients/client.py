@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 from ..config import ConnectionConfig, connection_options
 from ..conn.connection import Connection
 from ..conn.watchdog import Watchdog
+from ..hooks import Hooks, default_hooks
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.handoff import HandoffManager
 from ..jobs.maint import MaintNotificationsOptions
@@ -83,6 +84,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         )
         self.pool_options = pool if pool is not None else PoolOptions()
         self._watchdog = Watchdog()
+        self._hooks = Hooks(default_hooks())
         self._credentials = CredentialManager(credentials) if credentials is not None else None
         # One node, made as a cluster's nodes are (the one node factory).
         self._node = NodeFactory(
@@ -92,6 +94,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             maint=maint,
             watchdog=self._watchdog,
             credentials=self._credentials,
+            hooks=self._hooks,
         )((host, port))
         self._dialer = self._node.dialer
         self._pool: Pool[Connection] = self._node.pool
@@ -120,9 +123,11 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         if self._credentials is not None:
             await self._credentials.start(nursery)
         await self._node.start(nursery)
+        self._opened()
 
     async def _stop(self) -> None:
         await self._pool.aclose()
+        self._closed()
 
     def _connection_config(self) -> ConnectionConfig:
         return self._dialer.config
@@ -214,7 +219,10 @@ class Pipeline(PipelineBase):
         if conn is not None:
             self._client._pool.put(conn)
 
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+    def _server_of(self, args: tuple[Any, ...], options: dict[str, Any]) -> tuple[str, int]:
+        return self._client._node.address  # type: ignore[no-any-return]
+
+    async def _execute(self, raise_on_error: bool) -> list[Any]:
         """Send every queued command in one write and return their results in order."""
         if not self.command_stack and self._conn is None:
             return []

@@ -19,13 +19,15 @@ from ..config import ConnectionConfig, parse_url, redact_url
 from ..conn.connection import Connection
 from ..conn.dialer import Dialer
 from ..conn.watchdog import Watchdog
+from ..hooks import CommandCall, Hook, Hooks
 from ..jobs.credentials import CredentialManager
 from ..jobs.handoff import HandoffManager
 from ..lifetime import NurseryOwner, raise_not_open
+from ..otel.switch import redis_py_hooks
 from ..redispy import EMPTY_RESPONSE, Encoder
 from ..routing.specs import CommandSpec, CommandSpecs
 from ..wire.commands import ReplyParser
-from ..wire.encoding import Encoding, prepare_args
+from ..wire.encoding import Encoding, prepare_args, text
 from .lock import Lock
 from .monitor import Monitor
 from .pipelinebase import Script
@@ -68,6 +70,9 @@ class ClientBase(NurseryOwner):
     """Errors that reached callers of :meth:`execute_command`, by class name."""
     _shown_url: str | None
     _watchdog: Watchdog
+    _hooks: Hooks
+    """The command hooks (``add_hook``), shared with every node's dialer and pool."""
+    _told_open = False
 
     if not TYPE_CHECKING:  # type checkers keep redis-py's signature, which this matches
 
@@ -98,19 +103,71 @@ class ClientBase(NurseryOwner):
         spec = self._specs.get(args[0])
         if spec.words is not None:
             args = (*spec.words, *args[1:])
+        hooks = self._hooks
+        call = self._command_call(spec, args) if hooks else None
         try:
             args = prepare_args(args, self._encoding)
             reply = await self._route(spec, args, options)
+            value = (
+                reply.value
+                if type(reply) is Parsed
+                else self._replies.apply(spec.callbacks, reply, options)
+            )
         except Exception as error:
             if options and EMPTY_RESPONSE in options and isinstance(error, ResponseError):
+                if call is not None:
+                    hooks.after_command(call)
                 return options[EMPTY_RESPONSE]
             self._errors[type(error).__name__] += 1
+            if call is not None:
+                hooks.after_command(call, error)
             if self._nursery is None:
                 raise_not_open(self)
             raise
-        if type(reply) is Parsed:
-            return reply.value
-        return self._replies.apply(spec.callbacks, reply, options)
+        except BaseException as error:  # a cancellation: the hooks see it end too
+            if call is not None:
+                hooks.after_command(call, error)
+            raise
+        if call is not None:
+            hooks.after_command(call)
+        return value
+
+    def _command_call(self, spec: CommandSpec, args: tuple[Any, ...]) -> CommandCall:
+        """The hooks' view of a command about to run (only made when hooks are registered)."""
+        name = spec.name if isinstance(spec.name, str) else text(spec.name)
+        call = CommandCall(
+            name.upper(),
+            len(args) - 1,
+            db=self._connection_config().db,
+            blocking=spec.blocking is not None,
+        )
+        self._hooks.before_command(call)
+        return call
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    def add_hook(self, hook: Hook) -> None:
+        """Run ``hook`` (see :mod:`trio_cluster.hooks`) around every command, pipeline and
+        dial of this client, as go-redis's ``AddHook``."""
+        self._hooks.add(hook)
+
+    def remove_hook(self, hook: Hook) -> None:
+        """Stop running ``hook`` (``ValueError`` if it was not added)."""
+        self._hooks.remove(hook)
+
+    def _opened(self) -> None:
+        """The client is open (end of its start): redis-py's observability switch is read,
+        and the hooks are told."""
+        for hook in redis_py_hooks(self._hooks.hooks):
+            self._hooks.add(hook)
+        self._hooks.client_opened(self)
+        self._told_open = True
+
+    def _closed(self) -> None:
+        """The client is closed (every connection): the hooks are told, once."""
+        if self._told_open:
+            self._told_open = False
+            self._hooks.client_closed(self)
 
     def _route(
         self, spec: CommandSpec, args: tuple[Any, ...], options: dict[str, Any]

@@ -21,6 +21,7 @@ from ..config import ConnectionConfig, RetryOptions, connection_options
 from ..conn.dialer import Dialer
 from ..conn.watchdog import Watchdog
 from ..errors import PoolClosedError
+from ..hooks import Hooks, default_hooks
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.handoff import HandoffManager
 from ..jobs.maint import MaintNotificationsOptions
@@ -132,6 +133,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             **connection,
         )
         self._watchdog = Watchdog()
+        self._hooks = Hooks(default_hooks())
         self._credentials = CredentialManager(credentials) if credentials is not None else None
         # One-off connections to any node (topology fetch, pub/sub, MONITOR); each node's
         # pool has its own dialer (its endpoint may move).
@@ -161,6 +163,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             maint=maint,
             watchdog=self._watchdog,
             credentials=self._credentials,
+            hooks=self._hooks,
             on_smigrated=self.refresher.request,
         )
         #: The one owner of nodes, slot owners, the public topology and MOVED/ASK.
@@ -195,6 +198,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             await self._credentials.start(nursery)
         await self.refresher.once(initial=True)
         nursery.start_soon(self.refresher.run)
+        self._opened()
 
     def _connection_config(self) -> ConnectionConfig:
         node = self.slot_map.default_node
@@ -217,6 +221,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         with trio.CancelScope(shield=True):
             for node in [*self.slot_map.nodes(), *self._retired]:
                 await node.pool.aclose()
+        self._closed()
 
     # --- nodes and topology ------------------------------------------------------------------
 

@@ -139,7 +139,11 @@ class ClusterPipeline(PipelineBase):
         if conn is not None and node is not None:
             node.pool.put(conn)
 
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+    def _server_of(self, args: tuple[Any, ...], options: dict[str, Any]) -> tuple[str, int] | None:
+        node = self._node_for(self._slot(args, self._specs.queued(args, options)))
+        return node.address if node is not None else None
+
+    async def _execute(self, raise_on_error: bool) -> list[Any]:
         """Send every queued command and return the results in the order they were queued."""
         if not self.command_stack and self._conn is None:
             return []

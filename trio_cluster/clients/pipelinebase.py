@@ -7,6 +7,7 @@ pipelines do)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -15,10 +16,11 @@ from redis.exceptions import ResponseError
 
 from ..conn.connection import Connection
 from ..errors import ArgumentTypeError
+from ..hooks import CommandCall, Hooks, PipelineCall
 from ..lifetime import Scoped
 from ..redispy import AsyncCoreCommands, AsyncScript
 from ..wire.commands import queue_entry
-from ..wire.encoding import Encoding, prepare_stack
+from ..wire.encoding import Encoding, prepare_stack, text
 
 if TYPE_CHECKING:
     from ..redispy import Encoder
@@ -42,6 +44,9 @@ class PipelineBase(AsyncCoreCommands, Scoped):  # type: ignore[misc]
     #: redis-py's typing marker, as ``redis.asyncio`` pipelines carry it.
     _is_async_client: Literal[True] = True
 
+    _client: Any
+    """The client the pipeline belongs to (its hooks, its settings)."""
+
     def __init__(self, transaction: bool) -> None:
         self.transaction = transaction
         #: Scripts queued with ``script(..., client=pipe)``: loaded before the pipeline runs.
@@ -49,6 +54,51 @@ class PipelineBase(AsyncCoreCommands, Scoped):  # type: ignore[misc]
         self.command_stack: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         self._conn: Connection | None = None  # held while WATCHing
         self._explicit_multi = False
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Send every queued command and return their results in the order they were queued
+        (an error reply raises, or is returned in its place with ``raise_on_error=False``)."""
+        hooks: Hooks = self._client._hooks
+        if not hooks:
+            return await self._execute(raise_on_error)
+        stack = list(self.command_stack)
+        call = PipelineCall(
+            self.transaction or self._explicit_multi, db=self._client._connection_config().db
+        )
+        call.commands = [
+            CommandCall(text(args[0]).upper(), len(args) - 1, db=call.db, pipeline=call)
+            for args, _ in stack
+        ]
+        hooks.before_pipeline(call)
+        try:
+            results = await self._execute(raise_on_error)
+        except BaseException as error:
+            self._place(call, stack, None)
+            hooks.after_pipeline(call, error)
+            raise
+        self._place(call, stack, results)
+        hooks.after_pipeline(call)
+        return results
+
+    def _place(
+        self, call: PipelineCall, stack: Sequence[_Command], results: Sequence[Any] | None
+    ) -> None:
+        """Fill in each command's node (who owns its slot now, after any redirect) and error
+        (an error reply returned in its place)."""
+        for index, (command, (args, options)) in enumerate(zip(call.commands, stack, strict=True)):
+            command.server = self._server_of(args, options)
+            command.ended = time.perf_counter()
+            result = results[index] if results is not None and index < len(results) else None
+            if isinstance(result, Exception):
+                command.error = result
+
+    async def _execute(self, raise_on_error: bool) -> list[Any]:
+        """Send the queued commands (the subclass's way); see :meth:`execute`."""
+        raise NotImplementedError
+
+    def _server_of(self, args: tuple[Any, ...], options: dict[str, Any]) -> tuple[str, int] | None:
+        """The node a queued command went to, for the hooks."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.command_stack)
@@ -116,7 +166,7 @@ class PipelineBase(AsyncCoreCommands, Scoped):  # type: ignore[misc]
 
     def get_encoder(self) -> Encoder:
         """The client's encoder (redis-py's ``Script`` asks for it)."""
-        encoder: Encoder = self._client.get_encoder()  # type: ignore[attr-defined]
+        encoder: Encoder = self._client.get_encoder()
         return encoder
 
     def register_script(self, script: Any) -> Script:  # type: ignore[override]
@@ -135,7 +185,7 @@ class PipelineBase(AsyncCoreCommands, Scoped):  # type: ignore[misc]
         scripts, self.scripts = list(self.scripts), set()
         if not scripts:
             return
-        client: Any = self._client  # type: ignore[attr-defined]
+        client: Any = self._client
         exists = await client.script_exists(*(s.sha for s in scripts))
         for script, present in zip(scripts, exists, strict=True):
             if not present:

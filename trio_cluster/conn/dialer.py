@@ -19,12 +19,14 @@ from __future__ import annotations
 import errno
 import logging
 import ssl
+import time
 from typing import Any, Protocol
 
 import attrs
 from redis import exceptions as rex
 
 from ..config import ConnectionConfig
+from ..hooks import Hooks
 from ..wire.protocol import PushFrame
 from .connection import Connection
 from .watchdog import Watchdog
@@ -77,12 +79,15 @@ class Dialer:
         watchdog: Watchdog | None,
         credentials: CurrentCredentials | None,
         notices: PushHandlerOwner | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         #: Where new connections go (a MOVING notification may change it) and how they greet.
         self.config = config
         self.watchdog = watchdog
         self.credentials = credentials
         self.notices = notices
+        #: The client's command hooks, told of every dial (``after_dial``).
+        self.hooks = hooks
 
     def move_to(self, endpoint: tuple[str, int]) -> None:
         """New connections go to ``endpoint`` from now on (a MOVING notification)."""
@@ -110,12 +115,24 @@ class Dialer:
         pool: the newest credentials, the client's TLS and timeouts, ``overrides`` (fields of
         :class:`~trio_cluster.config.ConnectionConfig`) applied.  The caller closes it."""
         config, version = await self.settings(address, **overrides)
+        started = time.perf_counter()
         try:
             conn = await Connection.open(config)
         except rex.ConnectionError as error:
-            raise _with_cause(error) from error.__cause__
+            failure = _with_cause(error)
+            self._told(config, started, failure)
+            raise failure from error.__cause__
+        except Exception as error:
+            self._told(config, started, error)
+            raise
+        self._told(config, started, None)
         conn.credentials_version = version
         return conn
+
+    def _told(self, config: ConnectionConfig, started: float, error: Exception | None) -> None:
+        hooks = self.hooks
+        if hooks:
+            hooks.after_dial((config.host, config.port), time.perf_counter() - started, error)
 
     async def handoff(self, conn: Connection, endpoint: tuple[str, int]) -> None:
         """Move ``conn`` (owned by the caller, UNUSABLE) to ``endpoint``: a new connection

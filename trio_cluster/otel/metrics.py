@@ -22,7 +22,7 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from redis.observability.config import MetricGroup, OTelConfig
 
-from ..hooks import CommandCall, DialCall, Hook, WaitCall
+from ..hooks import CommandCall, DialCall, Hook, PipelineCall, WaitCall
 from . import names, readings
 from .readings import Observed, Reading
 
@@ -233,6 +233,26 @@ class MetricsHook(Hook):
             self._duration.record(call.duration, command_attributes(call, error))
         if error is not None and self._errors is not None:
             self._errors.add(1, error_attributes(call.server, error, internal=False))
+
+    def after_pipeline(self, call: PipelineCall, token: Any) -> None:
+        """Record a pipeline or transaction as one operation (``PIPELINE`` / ``MULTI``), as
+        redis-py does, and its error if it raised."""
+        error = call.error
+        if self._duration is not None and self._tracks(call.name):
+            attributes: dict[str, Any] = {
+                **_BASE,
+                names.DB_NAMESPACE: str(call.db),
+                names.DB_OPERATION_NAME: call.name,
+            }
+            servers = {command.server for command in call.commands}
+            if len(servers) == 1 and (server := servers.pop()) is not None:
+                attributes[names.SERVER_ADDRESS] = server[0]
+                attributes[names.SERVER_PORT] = server[1]
+            if error is not None:
+                attributes.update(_error_only(error))
+            self._duration.record(call.duration, attributes)
+        if error is not None and self._errors is not None:
+            self._errors.add(1, error_attributes(None, error, internal=False))
 
     def after_dial(self, call: DialCall) -> None:
         """Record how long opening a connection took (and a failed dial as an internal

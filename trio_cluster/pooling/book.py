@@ -34,6 +34,7 @@ import trio
 
 from ..conn.state import ConnState
 from ..errors import ReleaseError
+from ..hooks import Hooks
 from .background import Background
 from .expiry import Entry, next_check, stale_reason
 from .parking import Timer, Waiting
@@ -67,6 +68,7 @@ class Book(Generic[C]):
         timeout: float,
         dial_timeout: float | None,
         spawn: Callable[..., None],
+        hooks: Hooks | None = None,
     ) -> None:
         self.options = options
         self.node_name = node_name
@@ -83,7 +85,7 @@ class Book(Generic[C]):
         else:
             self._idle = {}
             self._pop_idle = self._idle.popitem
-        self.waiting: Waiting[C] = Waiting(node_name, options.size, timeout)
+        self.waiting: Waiting[C] = Waiting(node_name, options.size, timeout, hooks)
         self._waiters = self.waiting.gets  # the same queue, one lookup less per release
         self._claimants: tuple[Claimant[C], ...] = ()
         #: Dials, closes and drains, as jobs.

@@ -25,6 +25,7 @@ import outcome
 import trio
 
 from ..errors import PoolClosedError, PoolTimeoutError
+from ..hooks import Hooks
 
 __all__ = ["Lot", "Timer", "Waiting"]
 
@@ -143,8 +144,14 @@ class Waiting(Generic[T]):
     connection that comes free); tasks join them only through :meth:`get` and :meth:`claim`.
     """
 
-    def __init__(self, node_name: str, size: int, timeout: float) -> None:
+    def __init__(
+        self, node_name: str, size: int, timeout: float, hooks: Hooks | None = None
+    ) -> None:
         self._node_name = node_name
+        #: The client's command hooks, told of each parked get (``after_pool_wait``).
+        self._hooks = hooks
+        host, _, port = node_name.rpartition(":")
+        self._server = (host, int(port) if port.isdigit() else 0)
         self._size = size
         self._timeout = timeout
         #: Parked gets, in arrival order.
@@ -166,10 +173,17 @@ class Waiting(Generic[T]):
         if not self.gets:
             self.timer.wake_by(deadline)  # this get heads the line
         self.waits += 1
+        timed_out = False
         try:
             return await self.gets.park(deadline)
+        except PoolTimeoutError:
+            timed_out = True
+            raise
         finally:
-            self.wait_time += trio.current_time() - start
+            waited = trio.current_time() - start
+            self.wait_time += waited
+            if self._hooks:
+                self._hooks.after_pool_wait(self._server, waited, timed_out)
 
     async def claim(self, conn_id: int) -> bool:
         """Wait, after the jobs already waiting for it, until connection ``conn_id`` is handed

@@ -23,6 +23,7 @@ import trio
 from ..conn.connection import mark_unsent
 from ..conn.state import ConnState
 from ..errors import PoolClosedError, PoolExhaustedError
+from ..hooks import Hooks
 from ..lifetime import NurseryOwner
 from .autopipeline import AutoPipeliner, BatchBreaker
 from .book import Book
@@ -77,6 +78,7 @@ class Pool(NurseryOwner, Generic[C]):
         timeout: float,
         dial_timeout: float | None = None,
         breaker: BatchBreaker | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise ValueError(
@@ -92,6 +94,7 @@ class Pool(NurseryOwner, Generic[C]):
             timeout=self.timeout,
             dial_timeout=dial_timeout,
             spawn=self._spawn,
+            hooks=hooks,
         )
         #: The nursery of the pool's own jobs (dials, drains, batches) while it runs.
         self._jobs: trio.Nursery | None = None

@@ -21,6 +21,7 @@ from ..config import ConnectionConfig
 from ..conn.connection import Connection, mark_unsent
 from ..conn.dialer import Dialer
 from ..errors import NETWORK_ERRORS, PoolClosedError
+from ..hooks import CURRENT_CALL
 from ..pooling.breaker import BreakerState, CircuitOpenError
 from ..wire.commands import DATA_TAKING_COMMANDS
 from .slotmap import Node
@@ -120,6 +121,9 @@ async def call(
     ``dialer`` if cancelled), the outcome told to the breaker, the connection given back.
     ``measure``: update the node's latency (lowest-latency reads).
     """
+    current = CURRENT_CALL.get()
+    if current is not None:
+        current.server = node.address
     pipeliner = node.pool.autopipeliner
     breaker = node.breaker
     if (

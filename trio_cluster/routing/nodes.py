@@ -24,6 +24,7 @@ from ..config import ConnectionConfig
 from ..conn.connection import Connection
 from ..conn.dialer import Dialer
 from ..conn.watchdog import Watchdog
+from ..hooks import Hooks
 from ..jobs.credentials import CredentialManager
 from ..jobs.handoff import HandoffManager
 from ..jobs.maint import MaintNotices, MaintNotificationsOptions
@@ -57,6 +58,8 @@ class NodeFactory:
     watchdog: Watchdog
     """The client's: it bounds every round trip on a pooled connection."""
     credentials: CredentialManager | None
+    hooks: Hooks = attrs.field(factory=Hooks)
+    """The client's command hooks: told of every dial and every wait for a connection."""
     on_smigrated: Callable[[], None] | None = None
     """Called for each new SMIGRATED notification (the cluster's refresh request)."""
 
@@ -68,7 +71,11 @@ class NodeFactory:
         if self.maint.mode != "disabled":
             notices = MaintNotices(self.maint, on_smigrated=self.on_smigrated)
         dialer = Dialer(
-            config, watchdog=self.watchdog, credentials=self.credentials, notices=notices
+            config,
+            watchdog=self.watchdog,
+            credentials=self.credentials,
+            notices=notices,
+            hooks=self.hooks,
         )
         breaker = CircuitBreaker(name, self.breaker)
         pool: Pool[Connection] = Pool(
@@ -78,6 +85,7 @@ class NodeFactory:
             timeout=pool_timeout(self.pool, config),
             dial_timeout=config.connect_timeout,
             breaker=breaker,
+            hooks=self.hooks,
         )
         handoffs = HandoffManager(notices, pool, dialer) if notices is not None else None
         if self.credentials is not None:

@@ -48,6 +48,7 @@ from ..errors import (
     PoolTimeoutError,
     TryAgainError,
 )
+from ..hooks import CURRENT_CALL, CommandCall
 from .isolation import Isolation, known_bad
 from .slotmap import Node, SlotMap
 
@@ -147,6 +148,14 @@ class Attempt:
     async def decide(
         self, error: BaseException, node: Node | None, *, replica: bool = False
     ) -> Rule:
+        """:meth:`_decide`, told to the command's hooks (a redirect or a retry event)."""
+        rule = await self._decide(error, node, replica)
+        current = CURRENT_CALL.get()
+        if current is not None and rule is not Rule.RAISE:
+            _tell(current, rule, error, node)
+        return rule
+
+    async def _decide(self, error: BaseException, node: Node | None, replica: bool) -> Rule:
         """The rule to follow after ``error`` (raised by ``node``; ``replica``: a replica
         serving a read), or ``RAISE`` when none applies or its budget is spent.  A retry
         decided here is counted.  ``RETRY_AFTER`` from a replica means: the primary, at once
@@ -207,6 +216,25 @@ class Attempt:
         """:meth:`RetryPolicy.pause` for this command's next wait."""
         waits, self.waits = self.waits, self.waits + 1
         await self._policy.pause(rule, waits)
+
+
+def _tell(call: CommandCall, rule: Rule, error: BaseException, node: Node | None) -> None:
+    """Record on the command's hook view what the policy decided (no argument values)."""
+    where = node.name if node is not None else ""
+    if rule is Rule.MOVED or rule is Rule.ASK:
+        target = getattr(error, "node_addr", None)
+        call.event(
+            "redirect",
+            kind=rule.value,
+            slot=getattr(error, "slot_id", -1),
+            **{"from": where},
+            to=f"{target[0]}:{target[1]}" if target else "",
+        )
+        return
+    call.retries += 1
+    call.event("retry", attempt=call.retries, reason=type(error).__name__, node=where)
+    if isinstance(error, NETWORK_ERRORS):
+        call.event("reconnect", node=where)
 
 
 def longer_wait(current: Rule | None, rule: Rule) -> Rule:
