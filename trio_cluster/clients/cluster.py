@@ -29,7 +29,7 @@ from ..errors import (
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.dialer import Dialer
 from ..jobs.maint import MaintenanceManager, MaintNotificationsOptions
-from ..lifetime import raise_not_open
+from ..lifetime import raise_not_open, start_soon
 from ..pooling.breaker import BreakerOptions, BreakerState, CircuitBreaker
 from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from ..redispy import EMPTY_RESPONSE, AsyncCoreCommands
@@ -179,7 +179,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         if self._credentials is not None:
             await self._credentials.start(nursery)
         await self.refresher.once(initial=True)
-        nursery.start_soon(self.refresher.run)
+        start_soon(nursery, self.refresher.run)
 
     def _connection_config(self) -> ConnectionConfig:
         node = self.slot_map.default_node
@@ -243,7 +243,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             self._retired_rejections += node.breaker.rejected  # keep the count cumulative
             self._retired.append(node)
             assert self._nursery is not None
-            self._nursery.start_soon(self._retire, node)
+            start_soon(self._nursery, self._retire, node)
 
     async def _retire(self, node: Node) -> None:
         """Close a departed node's pool once its in-flight commands are done (bounded)."""

@@ -30,7 +30,7 @@ from ..errors import (
     CrossSlotTransactionError,
     MovedError,
 )
-from ..lifetime import open_nursery
+from ..lifetime import open_nursery, start_soon
 from ..routing.nodecall import accounted, call_batch, take_connection
 from ..routing.router import Router
 from ..routing.rules import slot_of
@@ -243,7 +243,7 @@ class ClusterPipeline(PipelineBase):
 
             async with open_nursery() as nursery:
                 for node, indexes in batches.values():
-                    nursery.start_soon(send, node, indexes, asking_now)
+                    start_soon(nursery, send, node, indexes, asking_now)
             retry: list[int] = []
             unsent = False
             for index in pending:

@@ -17,6 +17,7 @@ import trio
 from ..conn.connection import Connection
 from ..conn.state import ConnState
 from ..errors import StateMachineClosed
+from ..lifetime import start_soon
 from ..pooling.pool import Pool
 
 __all__ = ["Claims"]
@@ -52,7 +53,7 @@ class Claims:
         if self._nursery is None or not conn.state.try_transition(_IDLE, ConnState.UNUSABLE):
             return False
         self._pending.add(conn.id)
-        self._nursery.start_soon(self._run, pool, conn, trio.current_time())
+        start_soon(self._nursery, self._run, pool, conn, trio.current_time())
         return True
 
     def schedule(self, pool: Pool[Connection], conn: Connection) -> None:
@@ -61,7 +62,7 @@ class Claims:
         if conn.id in self._pending or self._nursery is None:
             return
         self._pending.add(conn.id)
-        self._nursery.start_soon(self._claim_and_run, pool, conn)
+        start_soon(self._nursery, self._claim_and_run, pool, conn)
 
     async def _claim_and_run(self, pool: Pool[Connection], conn: Connection) -> None:
         try:

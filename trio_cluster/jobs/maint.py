@@ -34,6 +34,7 @@ import trio
 from ..config import ConnectionConfig
 from ..conn.connection import Connection
 from ..conn.state import ConnState
+from ..lifetime import start_soon
 from ..pooling.breaker import BreakerOptions, CircuitBreaker
 from ..pooling.pool import BasePoolHook, Pool
 from ..wire.encoding import text
@@ -203,7 +204,7 @@ class MaintenanceManager(BasePoolHook[Connection]):
         """Jobs run in ``nursery``; a sweep reads pushes that land on idle connections."""
         self._nursery = nursery
         self._claims.start(nursery)
-        nursery.start_soon(self._sweep_idle)
+        start_soon(nursery, self._sweep_idle)
 
     def stand_down(self) -> None:
         """The server sends no notifications (``auto`` mode found it lacks them): leave the
@@ -248,7 +249,7 @@ class MaintenanceManager(BasePoolHook[Connection]):
         self._moving_seen.append(note.seq)
         if note.endpoint is None:
             # No new address: the same one will serve again after half the announced time.
-            self._nursery.start_soon(self._move_later, conn.config.host, conn.config.port, note)
+            start_soon(self._nursery, self._move_later, conn.config.host, conn.config.port, note)
             return
         self._move_all(note.endpoint)
 

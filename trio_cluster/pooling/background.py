@@ -27,6 +27,7 @@ from redis import exceptions as rex
 from ..conn.connection import mark_unsent
 from ..conn.state import ConnState
 from ..errors import PoolClosedError, PoolExhaustedError, PoolTimeoutError
+from ..lifetime import start_soon
 from .autopipeline import AutoPipeliner
 from .pooltypes import C, CloseReason, PoolOptions
 
@@ -200,7 +201,7 @@ class Background(Generic[C]):
             demand += min(max(0, min_idle - len(self._pool._idle)), _MAX_FILL_DIALS)
         for _ in range(min(room, demand - self._pool._dialing)):
             self._pool._dialing += 1
-            self._pool._jobs.start_soon(self.dial_one)
+            start_soon(self._pool._jobs, self.dial_one)
 
     def expiry(self) -> float:
         """When a connection made now must be closed (``max_lifetime``, with jitter)."""
@@ -418,4 +419,4 @@ class Background(Generic[C]):
             async with trio.open_nursery() as nursery:
                 for conn in conns:
                     self._pool._closing[conn.id] = conn
-                    nursery.start_soon(self.close_one, conn)
+                    start_soon(nursery, self.close_one, conn)

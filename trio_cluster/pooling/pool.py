@@ -35,7 +35,7 @@ import trio
 from ..conn.connection import mark_unsent
 from ..conn.state import ConnState
 from ..errors import PoolClosedError, ReleaseError
-from ..lifetime import NurseryOwner
+from ..lifetime import NurseryOwner, start_soon
 from .autopipeline import AutoPipeliner
 from .background import Background, Entry, Place, Waiter
 from .pooltypes import (
@@ -170,8 +170,8 @@ class Pool(NurseryOwner, Generic[C]):
         try:
             async with trio.open_nursery() as nursery:
                 self._jobs = nursery
-                nursery.start_soon(self._bg.maintain)
-                nursery.start_soon(self._bg.expire_waiters)
+                start_soon(nursery, self._bg.maintain)
+                start_soon(nursery, self._bg.expire_waiters)
                 self._bg.schedule_dials()  # pre-warm min_idle
                 task_status.started()
         finally:
@@ -490,11 +490,11 @@ class Pool(NurseryOwner, Generic[C]):
         latest, when the pool is closed.  ``PoolClosedError`` once the pool is closed."""
         if self._closed or self._jobs is None:
             raise mark_unsent(PoolClosedError(f"pool for {self.node_name} is closed"))
-        self._jobs.start_soon(fn)
+        start_soon(self._jobs, fn)
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         if self._jobs is None:
             raise RuntimeError(f"pool for {self.node_name} is not running")
-        self._jobs.start_soon(fn, *args)
+        start_soon(self._jobs, fn, *args)
 
     # --- jobs: the I/O the decisions imply ---------------------------------------------------
