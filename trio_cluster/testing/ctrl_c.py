@@ -9,8 +9,8 @@ the trace function, so it surfaces in that frame at that line, as from the handl
 :func:`each_point` runs a program once per counted point, in a thread of its own so that a
 program the interrupt leaves hanging is reported instead of hanging the caller.
 
-Used by ``tests/unit/test_ctrl_c.py``, ``tests/integration/test_ctrl_c.py`` and
-``scripts/ctrl_c_points.py``.
+Used by ``tests/unit/test_lifetime_ctrl_c.py``, ``tests/integration/test_cluster_ctrl_c.py``
+and ``scripts/ctrl_c_points.py``.
 """
 
 from __future__ import annotations
