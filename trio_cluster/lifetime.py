@@ -13,27 +13,36 @@ trio's nurseries always wrap what leaves them in an ``ExceptionGroup``.  A redis
 may cross the public API: :func:`collapse` picks the one exception a caller expects (a
 ``KeyboardInterrupt`` first, then the block's own exception, then the first real error) and
 attaches the others to it as notes and as ``other_errors``.
+
+Ctrl-C: under ``trio.run``'s default delivery a KeyboardInterrupt can be raised at any bytecode
+that is not KeyboardInterrupt-protected.  Entering and leaving a nursery, and starting a task in
+one (:func:`start_soon`: trio's own is not protected), are protected here, as trio protects its
+own nursery manager, so a Ctrl-C never leaves trio's bookkeeping half-updated.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
-from typing import NoReturn, Self
+from typing import NoReturn, Self, TypeVarTuple, Unpack
 
 import trio
 
 from .errors import ClientNotOpenError
 
+PosArgT = TypeVarTuple("PosArgT")
+
 __all__ = [
     "BlockingScoped",
+    "FanOutNursery",
     "NurseryOwner",
     "Scoped",
     "collapse",
     "first_error",
     "open_nursery",
     "raise_not_open",
+    "start_soon",
 ]
 
 
@@ -89,18 +98,67 @@ def _same(member: BaseException, preferred: BaseException) -> bool:
     return False
 
 
-@asynccontextmanager
-async def open_nursery() -> AsyncIterator[trio.Nursery]:
+class FanOutNursery:
+    """What :func:`open_nursery` returns: ``async with`` it for a ``trio.Nursery``.
+
+    A class with KeyboardInterrupt-protected ``__aenter__``/``__aexit__``, as trio's own
+    nursery manager, not an ``@asynccontextmanager``: under trio's default Ctrl-C delivery (at
+    any bytecode outside protected code) a KeyboardInterrupt landing in contextlib's
+    ``__aexit__`` before it resumed the generator left trio's nursery open on the task
+    ("Nursery stack corrupted"), and one landing in the weakref callback that drops each
+    finished async generator from trio's registry was swallowed ("Exception ignored"): the
+    Ctrl-C was lost.  Protected, a Ctrl-C arriving meanwhile is raised at the next checkpoint.
+    """
+
+    __slots__ = ("_manager",)
+
+    def __init__(self) -> None:
+        self._manager: AbstractAsyncContextManager[trio.Nursery] | None = None
+
+    @trio.lowlevel.enable_ki_protection
+    async def __aenter__(self) -> trio.Nursery:
+        self._manager = trio.open_nursery()
+        return await self._manager.__aenter__()
+
+    @trio.lowlevel.enable_ki_protection
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._manager is not None, "__aexit__ without __aenter__"
+        try:
+            return bool(await self._manager.__aexit__(exc_type, exc, tb))
+        except BaseExceptionGroup as group:
+            error = collapse(group)
+        raise error  # outside the handler: no "during handling of ExceptionGroup" context
+
+
+def open_nursery() -> FanOutNursery:
     """``trio.open_nursery()`` whose failures leave as one exception (see :func:`collapse`),
     for the library's short-lived fan-out nurseries."""
-    try:
-        async with trio.open_nursery() as nursery:
-            yield nursery
-    except BaseExceptionGroup as group:
-        error = collapse(group)
-    else:
-        return
-    raise error  # outside the handler: no "during handling of ExceptionGroup" context
+    return FanOutNursery()
+
+
+@trio.lowlevel.enable_ki_protection
+def start_soon(
+    nursery: trio.Nursery,
+    async_fn: Callable[[Unpack[PosArgT]], Awaitable[object]],
+    *args: *PosArgT,
+    name: object = None,
+) -> None:
+    """``nursery.start_soon(async_fn, *args)``, safe against Ctrl-C: the library starts its
+    tasks through this.
+
+    trio's own ``start_soon`` is not KeyboardInterrupt-protected (trio 0.25 to 0.35 at least):
+    a KeyboardInterrupt raised inside it by trio's default Ctrl-C delivery can leave a task
+    that the run loop counts and nobody runs (``trio.run`` then ends in ``TrioInternalError``)
+    or a nursery waiting forever for a task that never runs (a hang).  Called from a protected
+    frame, the spawn completes and a Ctrl-C arriving meanwhile is raised at the next
+    checkpoint.  ``scripts/trio_start_soon_ctrl_c.py`` reproduces it with trio alone.
+    """
+    nursery.start_soon(async_fn, *args, name=name)
 
 
 class Scoped:
@@ -164,6 +222,11 @@ class NurseryOwner:
         """Close what the object owns; the nursery is cancelled afterwards."""
         raise NotImplementedError
 
+    # Both KeyboardInterrupt-protected (as trio's own nursery manager): a Ctrl-C raised between
+    # opening the nursery and recording it in the stack, or inside AsyncExitStack's exit,
+    # would leave trio's nursery open on the task.  A Ctrl-C arriving meanwhile is raised at
+    # the next checkpoint (opening and closing both wait on the network).
+    @trio.lowlevel.enable_ki_protection
     async def __aenter__(self) -> Self:
         if self._stack is not None:
             raise RuntimeError(f"{self!r} is already open")
@@ -190,6 +253,7 @@ class NurseryOwner:
             failure = other if isinstance(other, KeyboardInterrupt) else failure
         raise failure
 
+    @trio.lowlevel.enable_ki_protection
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

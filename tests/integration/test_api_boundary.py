@@ -23,6 +23,7 @@ from trio_cluster import Client, ClusterClient
 from trio_cluster.errors import ClientNotOpenError
 from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster, LocalServer, free_port
+from trio_cluster.testing.ctrl_c import CLUSTER_APP
 
 
 class AppError(Exception):
@@ -475,25 +476,6 @@ async def test_a_cluster_outage_logs_a_few_warnings_not_a_stream(
     assert all("network:ConnectionError" not in w for w in warnings)
 
 
-CTRL_C_APP = """
-import sys, trio
-from trio_cluster import ClusterClient
-
-async def main() -> None:
-    async with ClusterClient(host=sys.argv[1], port=int(sys.argv[2])) as rc:
-        await rc.ping()
-        print("ready", flush=True)
-        while True:  # a fan-out command and a keyed one, over and over
-            await rc.dbsize()
-            await rc.get("tb:ctrl-c")
-
-# KeyboardInterrupt at checkpoints (trio's documented mode for code that must stay
-# consistent): a SIGINT landing at an arbitrary bytecode was seen once in ~125 runs to hit a
-# TrioInternalError inside trio's task bookkeeping, which this test is not about.
-trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
-"""
-
-
 async def test_ctrl_c_traceback_is_a_plain_keyboard_interrupt(local_cluster: LocalCluster) -> None:
     import signal
     import subprocess
@@ -501,7 +483,7 @@ async def test_ctrl_c_traceback_is_a_plain_keyboard_interrupt(local_cluster: Loc
 
     host, port = local_cluster.startup_nodes[0]
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-c", CTRL_C_APP, host, str(port)],
+        [sys.executable, "-c", CLUSTER_APP, host, str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -188,7 +188,7 @@ class Pipeline(PipelineBase):
     """
 
     def __init__(self, client: Client, transaction: bool) -> None:
-        super().__init__(transaction)
+        super().__init__(transaction, client._hooks)
         self._client = client
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:

@@ -25,6 +25,7 @@ from ..hooks import Hooks, default_hooks
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.handoff import HandoffManager
 from ..jobs.maint import MaintNotificationsOptions
+from ..lifetime import start_soon
 from ..pooling.breaker import BreakerOptions, BreakerState
 from ..pooling.pool import ConnectionInfo, PoolOptions, PoolStats
 from ..redispy import AsyncCoreCommands
@@ -197,7 +198,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         if self._credentials is not None:
             await self._credentials.start(nursery)
         await self.refresher.once(initial=True)
-        nursery.start_soon(self.refresher.run)
+        start_soon(nursery, self.refresher.run)
         self._opened()
 
     def _connection_config(self) -> ConnectionConfig:
@@ -245,7 +246,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             self._retired_rejections += node.breaker.rejected  # keep the count cumulative
             self._retired.append(node)
             assert self._nursery is not None
-            self._nursery.start_soon(self._retire, node)
+            start_soon(self._nursery, self._retire, node)
 
     async def _retire(self, node: Node) -> None:
         """Close a departed node's pool once its in-flight commands are done (bounded)."""
@@ -330,7 +331,9 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         """A pipeline across nodes (``transaction=True``: MULTI/EXEC within one slot; use
         ``watch()`` for optimistic locking on a connection of the slot's primary).
         ``shard_hint`` is accepted and unused, as in redis-py."""
-        return ClusterPipeline(self, self.router, self._encoding, self._replies, transaction)
+        return ClusterPipeline(
+            self, self.router, self._encoding, self._replies, transaction, self._hooks
+        )
 
     # --- observability -------------------------------------------------------------------------
 

@@ -24,7 +24,8 @@ from redis.exceptions import ResponseError, WatchError
 
 from ..conn.connection import Connection
 from ..errors import NETWORK_ERRORS, AskError, CrossSlotTransactionError, MovedError
-from ..lifetime import open_nursery
+from ..hooks import Hooks
+from ..lifetime import open_nursery, start_soon
 from ..routing.nodecall import accounted, call_batch, take_connection
 from ..routing.policy import Attempt, Rule, classify, longer_wait
 from ..routing.router import Router
@@ -56,8 +57,9 @@ class ClusterPipeline(PipelineBase):
         encoding: Encoding,
         replies: ReplyParser,
         transaction: bool,
+        hooks: Hooks | None = None,
     ) -> None:
-        super().__init__(transaction)
+        super().__init__(transaction, hooks)
         #: The client's public command API: scripts are loaded through it (on every primary).
         self._client = client
         self._router = router
@@ -252,7 +254,7 @@ class ClusterPipeline(PipelineBase):
 
             async with open_nursery() as nursery:
                 for node, indexes in batches.values():
-                    nursery.start_soon(send, node, indexes, asking_now)
+                    start_soon(nursery, send, node, indexes, asking_now)
             retry: list[int] = []
             wait: Rule | None = None
             for index in pending:

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis import exceptions as rex
 
-from ..lifetime import first_error, open_nursery
+from ..lifetime import first_error, open_nursery, start_soon
 from ..redispy import EMPTY_RESPONSE, NEVER_DECODE
 from ..routing.router import Router
 from ..routing.rules import RESULT_CALLBACKS, Target, slot_of
@@ -135,7 +135,7 @@ class FanOut:
 
         async with open_nursery() as nursery:
             for node in nodes:
-                nursery.start_soon(one, node)
+                start_soon(nursery, one, node)
         if failures:
             raise first_error([failures[n.name] for n in nodes if n.name in failures])
         return {n.name: results[n.name] for n in nodes}
@@ -166,7 +166,7 @@ class FanOut:
 
         async with open_nursery() as nursery:
             for slot, indexes in groups.items():
-                nursery.start_soon(run, slot, indexes)
+                start_soon(nursery, run, slot, indexes)
         if failures:
             raise first_error([failures[slot] for slot in groups if slot in failures])
         if name == "MGET":

@@ -47,8 +47,10 @@ class PipelineBase(AsyncCoreCommands, Scoped):  # type: ignore[misc]
     _client: Any
     """The client the pipeline belongs to (its hooks, its settings)."""
 
-    def __init__(self, transaction: bool) -> None:
+    def __init__(self, transaction: bool, hooks: Hooks | None = None) -> None:
         self.transaction = transaction
+        #: The client's command hooks (``before_pipeline``/``after_pipeline``).
+        self._hooks = hooks if hooks is not None else Hooks()
         #: Scripts queued with ``script(..., client=pipe)``: loaded before the pipeline runs.
         self.scripts: set[Script] = set()
         self.command_stack: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
@@ -58,7 +60,7 @@ class PipelineBase(AsyncCoreCommands, Scoped):  # type: ignore[misc]
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command and return their results in the order they were queued
         (an error reply raises, or is returned in its place with ``raise_on_error=False``)."""
-        hooks: Hooks = self._client._hooks
+        hooks = self._hooks
         if not hooks:
             return await self._execute(raise_on_error)
         stack = list(self.command_stack)

@@ -23,6 +23,7 @@ from redis import exceptions as rex
 from ..conn.connection import Connection
 from ..conn.dialer import Dialer
 from ..errors import SERVER_DID_NOT_RUN, ClusterDownError, MovedError
+from ..lifetime import start_soon
 from ..routing.topology import Address, Topology
 from .pubsub_host import ShardMap
 from .pubsub_link import Link, UserPing
@@ -88,7 +89,7 @@ class TaskScopes:
                 if not self._running:
                     self._idle.set()
 
-        nursery.start_soon(run, name=getattr(function, "__qualname__", None))
+        start_soon(nursery, run, name=getattr(function, "__qualname__", None))
 
     async def stop(self) -> None:
         """Cancel every task and wait until all have ended (shielded: each only has a

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..conn.connection import Connection
+from ..lifetime import start_soon
 from ..pooling.pool import Pool
 
 __all__ = ["Claims"]
@@ -53,15 +54,15 @@ class Claims:
             return
         self._pending.add(conn.id)
         if pool.claim_now(conn):
-            self._nursery.start_soon(self._run, pool, conn, trio.current_time())
+            start_soon(self._nursery, self._run, pool, conn, trio.current_time())
         else:
-            self._nursery.start_soon(self._claim_and_run, pool, conn)
+            start_soon(self._nursery, self._claim_and_run, pool, conn)
 
     def _take(self, pool: Pool[Connection], conn: Connection) -> None:
         """``pool`` claimed ``conn`` for this job (a claimant's ``take``): run the job."""
         assert self._nursery is not None  # _Claimant.wants says no until started
         self._pending.add(conn.id)
-        self._nursery.start_soon(self._run, pool, conn, trio.current_time())
+        start_soon(self._nursery, self._run, pool, conn, trio.current_time())
 
     def _may_take(self, conn: Connection) -> bool:
         return self._nursery is not None and conn.id not in self._pending

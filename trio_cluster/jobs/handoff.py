@@ -22,6 +22,7 @@ import trio
 
 from ..conn.connection import Connection
 from ..conn.dialer import Dialer
+from ..lifetime import start_soon
 from ..pooling.breaker import CircuitBreaker
 from ..pooling.pool import Pool
 from .claims import Claims
@@ -58,7 +59,7 @@ class HandoffManager:
         """Follow the node's moves, and read pushes that land on idle connections, as one task
         in ``nursery``; it ends when the node turns out to have no notifications."""
         self._claims.start(nursery)
-        nursery.start_soon(self._run, nursery)
+        start_soon(nursery, self._run, nursery)
 
     def relaxed_connections(self) -> int:
         """Connections whose timeouts are relaxed right now."""
@@ -84,7 +85,7 @@ class HandoffManager:
                 else:
                     # No new address: the same one serves again after half the announced time.
                     config = self._dialer.config
-                    nursery.start_soon(self._move_later, (config.host, config.port), note.seconds)
+                    start_soon(nursery, self._move_later, (config.host, config.port), note.seconds)
                 continue
             # Read the pushes that arrive on idle connections (nobody else reads them).
             for conn in self._pool.idle_connections():

@@ -20,6 +20,7 @@ from redis import exceptions as rex
 
 from ..conn.connection import mark_unsent
 from ..errors import CertificateVerificationError, ConnectTimeoutError
+from ..lifetime import start_soon
 from .pooltypes import C, PoolOptions
 
 __all__ = ["MIN_IDLE_RETRY_DELAY", "Background"]
@@ -184,7 +185,7 @@ class Background(Generic[C]):
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for conn in conns:
-                    nursery.start_soon(self._close_one, conn)
+                    start_soon(nursery, self._close_one, conn)
 
     # --- draining ------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from ..conn.connection import mark_unsent
 from ..conn.state import ConnState
 from ..errors import PoolClosedError, PoolExhaustedError
 from ..hooks import Hooks
-from ..lifetime import NurseryOwner
+from ..lifetime import NurseryOwner, start_soon
 from .autopipeline import AutoPipeliner, BatchBreaker
 from .book import Book
 from .pooltypes import (
@@ -145,8 +145,8 @@ class Pool(NurseryOwner, Generic[C]):
             async with trio.open_nursery() as nursery:
                 self._jobs = nursery
                 book.running = True
-                nursery.start_soon(book.maintenance.run)
-                nursery.start_soon(book.waiting.timer.run)
+                start_soon(nursery, book.maintenance.run)
+                start_soon(nursery, book.waiting.timer.run)
                 book.schedule_dials()  # pre-warm min_idle
                 task_status.started()
         finally:
@@ -168,14 +168,14 @@ class Pool(NurseryOwner, Generic[C]):
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         if self._jobs is None:
             raise RuntimeError(f"pool for {self.node_name} is not running")
-        self._jobs.start_soon(fn, *args)
+        start_soon(self._jobs, fn, *args)
 
     def spawn_job(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run ``fn`` in the pool's nursery (an automatic-pipelining batch): it ends, at the
         latest, when the pool is closed.  ``PoolClosedError`` once the pool is closed."""
         if self._book.closed or self._jobs is None:
             raise mark_unsent(PoolClosedError(f"pool for {self.node_name} is closed"))
-        self._jobs.start_soon(fn)
+        start_soon(self._jobs, fn)
 
     # --- get / put ---------------------------------------------------------------------------
 
