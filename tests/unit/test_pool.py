@@ -471,6 +471,33 @@ async def test_owed_replies_are_drained_then_reused(
             pool.put(conn)
 
 
+async def test_time_held_by_jobs_is_counted(autojump_clock: trio.testing.MockClock) -> None:
+    """``unusable_time_total``: the seconds connections spent UNUSABLE (a drain here, a claim
+    given back, a claimed connection closed), counted when the job lets go."""
+    with trio.fail_after(100):
+        async with make_pool(PoolOptions(size=2), wait=60) as (pool, _):
+            conn = await pool.get()
+            conn.owed_replies = 1
+            conn.drain_gate = trio.Event()
+            pool.put(conn)
+            await trio.sleep(2.5)
+            assert pool.stats().unusable_time_total == 0.0  # still held: counted on release
+            conn.drain_gate.set()
+            await settle()
+            assert pool.stats().unusable_time_total == pytest.approx(2.5)
+            assert pool.claim_now(conn)
+            await trio.sleep(1.0)
+            pool.give_back(conn)
+            assert pool.stats().unusable_time_total == pytest.approx(3.5)
+            other = await pool.get()
+            pool.put(other)
+            assert pool.claim_now(other)
+            await trio.sleep(0.5)
+            other.broken = True
+            pool.give_back(other)  # closed: its time held still counts
+            assert pool.stats().unusable_time_total == pytest.approx(4.0)
+
+
 async def test_failed_drain_closes(autojump_clock: trio.testing.MockClock) -> None:
     with trio.fail_after(100):
         async with make_pool() as (pool, dialer):

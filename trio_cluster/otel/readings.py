@@ -110,9 +110,7 @@ def unusable_time(client: Observed) -> Iterator[Reading]:
     """``trio_cluster.connection.unusable_time``: seconds connections spent UNUSABLE (owned by
     a drain, a handoff or a re-authentication), per pool."""
     for pool in _pools(client):
-        seconds = getattr(pool, "unusable_time_total", None)
-        if seconds is not None:
-            yield _key(**{names.POOL_NAME: pool.node}), seconds
+        yield _key(**{names.POOL_NAME: pool.node}), pool.unusable_time_total
 
 
 def breaker_state(client: Observed) -> Iterator[Reading]:

@@ -109,6 +109,8 @@ class Book(Generic[C]):
         self.hits = 0
         self.misses = 0
         self.closes: collections.Counter[str] = collections.Counter()
+        #: Seconds connections spent held by jobs (UNUSABLE), summed, for those let go.
+        self.unusable_time = 0.0
 
     # --- hand-outs and releases ---------------------------------------------------------------
 
@@ -170,6 +172,8 @@ class Book(Generic[C]):
         conn = entry.conn
         if caller:
             conn.last_used_at = now
+        else:
+            self._from_job(entry, now)
         state = conn.state.state
         if state is _CLOSED:
             self._remove(entry, CloseReason.CLOSED_ELSEWHERE)
@@ -177,7 +181,7 @@ class Book(Generic[C]):
             self._remove(entry, CloseReason.BROKEN)
         elif conn.owed_replies:
             if state is not _UNUSABLE:
-                conn.state.transition(_UNUSABLE)
+                self._to_job(entry, now)
             self.background.drain(conn)
         elif now >= entry.expires_at:
             self._remove(entry, CloseReason.LIFETIME)
@@ -193,7 +197,7 @@ class Book(Generic[C]):
         if entry is None or entry.conn is not conn:
             return False
         del self._idle[conn.id]
-        conn.state.transition(_UNUSABLE)
+        self._to_job(entry, trio.current_time())
         return True
 
     def add_claimant(self, claimant: Claimant[C]) -> None:
@@ -206,15 +210,28 @@ class Book(Generic[C]):
         claimants.remove(claimant)
         self._claimants = tuple(claimants)
 
-    def _claimed_by_claimant(self, conn: C) -> bool:
+    def _claimed_by_claimant(self, entry: Entry[C]) -> bool:
         """Before an IDLE connection is handed out: claim it for the first claimant that
         wants it (IDLE -> UNUSABLE) and hand it over; returns whether one did."""
+        conn = entry.conn
         for claimant in self._claimants:
             if claimant.wants(conn):
-                conn.state.transition(_UNUSABLE)
+                self._to_job(entry, trio.current_time())
                 claimant.take(conn)
                 return True
         return False
+
+    def _to_job(self, entry: Entry[C], now: float) -> None:
+        """IDLE or IN_USE -> UNUSABLE: a job (a drain, a claim) holds it from ``now``."""
+        entry.conn.state.transition(_UNUSABLE)
+        entry.unusable_since = now
+
+    def _from_job(self, entry: Entry[C], now: float) -> None:
+        """A job let go of the connection: its time UNUSABLE is counted."""
+        since = entry.unusable_since
+        if since is not None:
+            entry.unusable_since = None
+            self.unusable_time += now - since
 
     # --- the decisions --------------------------------------------------------------------------
 
@@ -229,7 +246,7 @@ class Book(Generic[C]):
             reason = stale_reason(entry, trio.current_time(), self.options)
             if reason is not None:
                 self._remove(entry, reason)
-            elif not (self._claimants and self._claimed_by_claimant(entry.conn)):
+            elif not (self._claimants and self._claimed_by_claimant(entry)):
                 entry.conn.state.transition(_IN_USE)
                 taken = entry
                 break
@@ -245,11 +262,11 @@ class Book(Generic[C]):
         if claims:
             lot = claims.get(conn.id)
             if lot:
-                conn.state.transition(_UNUSABLE)
+                self._to_job(entry, trio.current_time())
                 lot.hand_first(True)
                 return
         if self._waiters:
-            if self._claimants and self._claimed_by_claimant(conn):
+            if self._claimants and self._claimed_by_claimant(entry):
                 return
             conn.state.transition(_IN_USE)
             if is_new:
@@ -268,6 +285,7 @@ class Book(Generic[C]):
         conn = entry.conn
         del self.entries[conn.id]
         self._idle.pop(conn.id, None)
+        self._from_job(entry, trio.current_time())
         conn.state.transition(_CLOSED)
         self.closes[reason] += 1
         if self.waiting.claims:

@@ -20,13 +20,16 @@ __all__ = ["Entry", "next_check", "stale_reason"]
 
 
 class Entry(Generic[C]):
-    """The pool's record of one connection it owns: the connection, and when its
-    ``max_lifetime`` (with jitter) ends."""
+    """The pool's record of one connection it owns: the connection, when its
+    ``max_lifetime`` (with jitter) ends, and since when a job has held it (UNUSABLE)."""
 
-    __slots__ = ("conn", "expires_at")
+    __slots__ = ("conn", "expires_at", "unusable_since")
 
     def __init__(self, conn: C, options: PoolOptions) -> None:
         self.conn = conn
+        #: When the pool handed the connection to a job (a drain, a claim), while a job
+        #: holds it; None otherwise.
+        self.unusable_since: float | None = None
         lifetime = options.max_lifetime
         if lifetime is None:
             self.expires_at = math.inf

@@ -308,6 +308,7 @@ class Pool(NurseryOwner, Generic[C]):
             dial_errors=bg.dial_errors,
             dials_in_progress=bg.dialing,
             closes=dict(book.closes),
+            unusable_time_total=book.unusable_time,
         )
 
     def live_connections(self) -> list[C]:

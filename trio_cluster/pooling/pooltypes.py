@@ -195,6 +195,9 @@ class PoolStats:
     dials_in_progress: int
     closes: Mapping[str, int]
     """Connections removed, by :class:`CloseReason` value."""
+    unusable_time_total: float = 0.0
+    """Seconds connections spent UNUSABLE (held by a drain, a handoff or a re-authentication),
+    summed over the jobs that have let go of them."""
 
 
 @attrs.frozen
