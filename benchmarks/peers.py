@@ -5,7 +5,10 @@ timeouts: the ceiling), ``redis-py`` (``redis.asyncio.cluster.RedisCluster`` on 
 ``glide`` (valkey-glide's ``GlideClusterClient`` on trio: a Rust core, multiplexed),
 ``coredis`` (``coredis.RedisCluster`` on trio; only when named with ``--clients``),
 ``trio-cluster`` (``ClusterClient``, one command per round trip) and ``trio-cluster-ap``
-(``ClusterClient`` with ``PoolOptions(autopipeline=True)``).  Workload: 50/50 GET/SET of
+(``ClusterClient`` with ``PoolOptions(autopipeline=True)``); when named, ``trio-cluster-metrics``
+and ``trio-cluster-otel`` are the default mode with OpenTelemetry metrics on, and with metrics
+and a span per command (the SDK's providers; ratios ``metrics_on_over_off_*``,
+``otel_on_over_off_*``).  Workload: 50/50 GET/SET of
 64-byte values over 10,000 keys, at 1, 10, 50, 200 and 1,000 tasks, and 4 tasks x pipelines
 of 10, 100 and 1,000 SETs.  Each measurement runs in its own subprocess; the parent
 interleaves clients and shapes over ``--rounds`` rounds and prints one JSON document with the
@@ -59,7 +62,16 @@ from benchmarks._common import (
     summarize,
 )
 
-CLIENTS = ("raw", "redis-py", "glide", "coredis", "trio-cluster", "trio-cluster-ap")
+CLIENTS = (
+    "raw",
+    "redis-py",
+    "glide",
+    "coredis",
+    "trio-cluster",
+    "trio-cluster-ap",
+    "trio-cluster-metrics",  # OpenTelemetry metrics on (only when named)
+    "trio-cluster-otel",  # metrics and a span per command (only when named)
+)
 #: Run unless ``--clients`` says otherwise (coredis is slow and not a target of issue 17).
 DEFAULT_CLIENTS = ("raw", "redis-py", "glide", "trio-cluster", "trio-cluster-ap")
 #: Pool size per node for the pooled clients: one connection per task at 50 tasks.
@@ -150,21 +162,59 @@ async def glide_worker(
 
 @asynccontextmanager
 async def open_trio_cluster(
-    nodes: list[Address], size: int, *, autopipeline: bool = False, read_spin: int | None = None
+    nodes: list[Address],
+    size: int,
+    *,
+    autopipeline: bool = False,
+    read_spin: int | None = None,
+    telemetry: str | None = None,
 ) -> AsyncIterator[Any]:
     """``ClusterClient`` with pools of ``size`` per node and 3 s read/write timeouts
-    (``read_spin``: the client's option, its default when None)."""
+    (``read_spin``: the client's option, its default when None).  ``telemetry``:
+    ``"metrics"`` records trio-cluster's OpenTelemetry metrics into an SDK MeterProvider (read
+    at the end, as a periodic exporter would between intervals), ``"all"`` also a span per
+    command through the SDK's batch processor into an exporter that drops them."""
     from trio_cluster import ClusterClient, PoolOptions
 
     spin: dict[str, Any] = {} if read_spin is None else {"read_spin": read_spin}
-    async with ClusterClient(
+    rc = ClusterClient(
         startup_nodes=nodes,
         pool=PoolOptions(size=size, autopipeline=autopipeline),
         read_timeout=3.0,
         write_timeout=3.0,
         **spin,
-    ) as rc:
+    )
+    providers = _instrument(rc, telemetry) if telemetry else None
+    async with rc:
         yield rc
+    if providers is not None:
+        for provider in providers:
+            provider.shutdown()
+
+
+def _instrument(client: Any, telemetry: str) -> list[Any]:
+    """The SDK providers ``client`` records into (see :func:`open_trio_cluster`)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from trio_cluster.otel import instrument_client
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    tracers = TracerProvider()
+    tracers.add_span_processor(BatchSpanProcessor(Drop()))
+    instrument_client(
+        client,
+        meter_provider=meters,
+        tracer_provider=tracers,
+        tracing=telemetry == "all",
+    )
+    return [meters, tracers]
 
 
 async def trio_cluster_worker(
@@ -174,10 +224,12 @@ async def trio_cluster_worker(
     warmup: float,
     autopipeline: bool = False,
     read_spin: int | None = None,
+    telemetry: str | None = None,
 ) -> dict[str, Any]:
-    """``trio_cluster.ClusterClient``, with or without automatic pipelining."""
+    """``trio_cluster.ClusterClient``, with or without automatic pipelining (``telemetry``:
+    see :func:`open_trio_cluster`)."""
     async with open_trio_cluster(
-        nodes, POOL_SIZE, autopipeline=autopipeline, read_spin=read_spin
+        nodes, POOL_SIZE, autopipeline=autopipeline, read_spin=read_spin, telemetry=telemetry
     ) as rc:
         pipe = functools.partial(pipelined_sets, rc)
         return await drive_trio(shape, seconds, warmup, get=rc.get, set_=rc.set, pipe=pipe)
@@ -208,6 +260,12 @@ def worker_main(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "trio-cluster-ap": lambda shape: trio.run(
             trio_cluster_worker, shape, nodes, *timing, True, spin
+        ),
+        "trio-cluster-metrics": lambda shape: trio.run(
+            trio_cluster_worker, shape, nodes, *timing, False, spin, "metrics"
+        ),
+        "trio-cluster-otel": lambda shape: trio.run(
+            trio_cluster_worker, shape, nodes, *timing, False, spin, "all"
         ),
     }
     return measure_worker(
@@ -289,6 +347,10 @@ def _ratios(results: dict[str, dict[str, Any]], *, paired: bool = True) -> dict[
             if "glide" in results:
                 out[f"{label}_over_glide_{shape}"] = over(mode, "glide", shape)
                 out[f"p99_{label}_over_glide_{shape}"] = over(mode, "glide", shape, "p99_ms")
+    for variant, label in (("trio-cluster-metrics", "metrics"), ("trio-cluster-otel", "otel")):
+        if variant in results and "trio-cluster" in results:
+            for shape in shapes:
+                out[f"{label}_on_over_off_{shape}"] = over(variant, "trio-cluster", shape)
     for shape in shapes:
         out[f"redis_py_over_raw_{shape}"] = over("redis-py", "raw", shape)
         out[f"p99_ms_{shape}"] = {c: figure(results, c, shape, "p99_ms") for c in results}

@@ -184,6 +184,10 @@ class Hook:
     def after_command(self, call: CommandCall, token: Any) -> None:
         """The command ended: ``call.error`` is None on success."""
 
+    def command_failed(self, call: CommandCall) -> None:
+        """A command raised ``call.error`` (called only then: a hook that needs nothing else
+        costs the commands that succeed nothing)."""
+
     def before_pipeline(self, call: PipelineCall) -> Any:
         """A pipeline or transaction is about to be sent (its commands are in ``call``)."""
         return None
@@ -203,6 +207,26 @@ class Hook:
     def client_closed(self, client: Any) -> None:
         """``client`` left its ``async with`` (every connection closed)."""
 
+    def wants(self, event: str) -> bool:
+        """Whether this hook wants ``event`` (``"command"``: before/after every command;
+        ``"failure"``, ``"pipeline"``, ``"dial"``, ``"wait"``, ``"client"``).  By default,
+        the events whose methods the hook's class overrides; a hook whose needs depend on
+        its configuration says so here, so that nothing is called for it in vain."""
+        return any(
+            getattr(type(self), method) is not getattr(Hook, method) for method in _EVENTS[event]
+        )
+
+
+#: The methods of :class:`Hook` behind each event.
+_EVENTS: dict[str, tuple[str, ...]] = {
+    "command": ("before_command", "after_command"),
+    "failure": ("command_failed",),
+    "pipeline": ("before_pipeline", "after_pipeline"),
+    "dial": ("after_dial",),
+    "wait": ("after_pool_wait",),
+    "client": ("client_opened", "client_closed"),
+}
+
 
 def _safely(hook: Hook, method: str, *args: Any) -> Any:
     try:
@@ -214,76 +238,97 @@ def _safely(hook: Hook, method: str, *args: Any) -> Any:
 
 class Hooks:
     """The hooks of one client, called in registration order (``after_*`` in reverse, as
-    nested middleware would run).  Immutable tuples, so registering a hook while commands
-    run never changes the list a running command iterates."""
+    nested middleware would run).  Kept per event as immutable tuples: the command path tests
+    only :attr:`commands` (empty, hence false, unless a hook wants every command), and
+    registering a hook while commands run never changes a tuple a running command iterates."""
 
-    __slots__ = ("hooks",)
+    __slots__ = ("clients", "commands", "dials", "failures", "hooks", "pipelines", "waits")
 
     def __init__(self, hooks: Sequence[Hook] = ()) -> None:
-        self.hooks: tuple[Hook, ...] = tuple(hooks)
+        self._set(tuple(hooks))
+
+    def _set(self, hooks: tuple[Hook, ...]) -> None:
+        self.hooks = hooks
+        #: The hooks that want each event.
+        self.commands = tuple(h for h in hooks if h.wants("command"))
+        self.failures = tuple(h for h in hooks if h.wants("failure"))
+        self.pipelines = tuple(h for h in hooks if h.wants("pipeline"))
+        self.dials = tuple(h for h in hooks if h.wants("dial"))
+        self.waits = tuple(h for h in hooks if h.wants("wait"))
+        self.clients = tuple(h for h in hooks if h.wants("client"))
 
     def __bool__(self) -> bool:
         return bool(self.hooks)
 
     def add(self, hook: Hook) -> None:
         """Register ``hook`` (a hook registered twice runs twice)."""
-        self.hooks = (*self.hooks, hook)
+        self._set((*self.hooks, hook))
 
     def remove(self, hook: Hook) -> None:
         """Unregister ``hook`` (``ValueError`` if it is not registered)."""
         hooks = list(self.hooks)
         hooks.remove(hook)
-        self.hooks = tuple(hooks)
+        self._set(tuple(hooks))
 
     def before_command(self, call: CommandCall) -> None:
         """Run every ``before_command``, keep their tokens on the call, and make it the task's
         :data:`CURRENT_CALL` until :meth:`after_command`."""
-        call.tokens = [_safely(hook, "before_command", call) for hook in self.hooks]
+        call.tokens = [_safely(hook, "before_command", call) for hook in self.commands]
         call._token = CURRENT_CALL.set(call)
 
     def after_command(self, call: CommandCall, error: BaseException | None = None) -> None:
-        """Close the call (its end time and error) and run every ``after_command``."""
+        """Close the call (its end time and error) and run every ``after_command``, then,
+        if it failed, every ``command_failed``."""
         call.ended = time.perf_counter()
         call.error = error
         if call._token is not None:
             CURRENT_CALL.reset(call._token)
             call._token = None
-        hooks, tokens = self.hooks, call.tokens
+        hooks, tokens = self.commands, call.tokens
         for index in range(min(len(hooks), len(tokens)) - 1, -1, -1):
             _safely(hooks[index], "after_command", call, tokens[index])
+        if error is not None:
+            self.command_failed(call)
+
+    def command_failed(self, call: CommandCall) -> None:
+        """Run every ``command_failed`` for a call that ended in ``call.error``."""
+        for hook in self.failures:
+            _safely(hook, "command_failed", call)
 
     def before_pipeline(self, call: PipelineCall) -> None:
         """Run every ``before_pipeline``."""
-        call.tokens = [_safely(hook, "before_pipeline", call) for hook in self.hooks]
+        call.tokens = [_safely(hook, "before_pipeline", call) for hook in self.pipelines]
 
     def after_pipeline(self, call: PipelineCall, error: BaseException | None = None) -> None:
         """Close the pipeline call and run every ``after_pipeline``."""
         call.ended = time.perf_counter()
         call.error = error
-        hooks, tokens = self.hooks, call.tokens
+        hooks, tokens = self.pipelines, call.tokens
         for index in range(min(len(hooks), len(tokens)) - 1, -1, -1):
             _safely(hooks[index], "after_pipeline", call, tokens[index])
 
     def after_dial(self, server: Address, duration: float, error: BaseException | None) -> None:
-        """Report one dial to every hook."""
-        call = DialCall(server, duration, error)
-        for hook in self.hooks:
-            _safely(hook, "after_dial", call)
+        """Report one dial to every hook that wants dials."""
+        if self.dials:
+            call = DialCall(server, duration, error)
+            for hook in self.dials:
+                _safely(hook, "after_dial", call)
 
     def after_pool_wait(self, server: Address, duration: float, timed_out: bool) -> None:
-        """Report one parked get to every hook."""
-        call = WaitCall(server, duration, timed_out)
-        for hook in self.hooks:
-            _safely(hook, "after_pool_wait", call)
+        """Report one parked get to every hook that wants waits."""
+        if self.waits:
+            call = WaitCall(server, duration, timed_out)
+            for hook in self.waits:
+                _safely(hook, "after_pool_wait", call)
 
     def client_opened(self, client: Any) -> None:
         """Tell every hook that ``client`` opened."""
-        for hook in self.hooks:
+        for hook in self.clients:
             _safely(hook, "client_opened", client)
 
     def client_closed(self, client: Any) -> None:
         """Tell every hook that ``client`` closed."""
-        for hook in self.hooks:
+        for hook in self.clients:
             _safely(hook, "client_closed", client)
 
 

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 import trio
 from redis.exceptions import ResponseError
+from redis.observability.config import OTelConfig
 
 from trio_cluster import BreakerOptions, Client, ClusterClient, PoolOptions, ReadTimeoutError
 from trio_cluster.hooks import CommandCall, Hook
 from trio_cluster.otel import TrioClusterInstrumentor, instrument_client
+from trio_cluster.otel.instrumentor import ALL_GROUPS
 from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster, LocalServer
 
@@ -48,6 +50,7 @@ async def test_commands_pipelines_and_errors_become_spans_and_metrics(
             client,
             tracer_provider=telemetry.tracer_provider,
             meter_provider=telemetry.meter_provider,
+            config=OTelConfig(metric_groups=ALL_GROUPS),
         )
         async with client as r:
             await r.set(SECRET_KEY, SECRET_VALUE)
@@ -117,6 +120,7 @@ async def test_a_read_timeout_shows_in_the_span_and_the_error_counter(
             client,
             tracer_provider=telemetry.tracer_provider,
             meter_provider=telemetry.meter_provider,
+            config=OTelConfig(metric_groups=ALL_GROUPS),
         )
         async with client as r:
             await r.ping()
@@ -179,6 +183,25 @@ async def test_a_moved_is_a_redirect_event_and_a_counted_redirect(telemetry: Tel
     assert events[0].attributes["to"] == f"{new_owner[0]}:{new_owner[1]}"
     assert events[0].attributes["slot"] == key_slot(key.encode())
     assert redirects == 1
+
+
+async def test_by_default_a_command_that_succeeds_costs_nothing(
+    local_server: LocalServer, telemetry: Telemetry
+) -> None:
+    """redis-py's default groups (RESILIENCY, CONNECTION_BASIC): no hook runs for a command
+    that succeeds (no per-command histogram), yet errors and connections are counted."""
+    with trio.fail_after(20):
+        client = Client(local_server.host, local_server.port)
+        instrument_client(client, meter_provider=telemetry.meter_provider, tracing=False)
+        assert client._hooks.commands == () and client._hooks.failures != ()
+        async with client as r:
+            await r.set("otel-default", "text")
+            with pytest.raises(ResponseError):
+                await r.incr("otel-default")
+            assert telemetry.value("db.client.connection.count") >= 1
+    assert telemetry.points("db.client.operation.duration") == []
+    assert telemetry.value("redis.client.errors", **{"error.type": "ResponseError"}) == 1
+    assert telemetry.value("db.client.connection.create_time") >= 1
 
 
 async def test_the_instrumentor_reaches_clients_made_after_it(

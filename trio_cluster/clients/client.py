@@ -85,6 +85,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         self.pool_options = pool if pool is not None else PoolOptions()
         self._watchdog = Watchdog()
         self._hooks = Hooks(default_hooks())
+        self._db = config.db
         self._credentials = CredentialManager(credentials) if credentials is not None else None
         # One node, made as a cluster's nodes are (the one node factory).
         self._node = NodeFactory(

@@ -7,6 +7,7 @@ statistics, response callbacks, and redis-py's helpers: ``transaction``, ``lock`
 from __future__ import annotations
 
 import inspect
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -72,6 +73,8 @@ class ClientBase(NurseryOwner):
     _watchdog: Watchdog
     _hooks: Hooks
     """The command hooks (``add_hook``), shared with every node's dialer and pool."""
+    _db: int
+    """The database index commands run in (``db.namespace``)."""
     _told_open = False
 
     if not TYPE_CHECKING:  # type checkers keep redis-py's signature, which this matches
@@ -104,7 +107,7 @@ class ClientBase(NurseryOwner):
         if spec.words is not None:
             args = (*spec.words, *args[1:])
         hooks = self._hooks
-        call = self._command_call(spec, args) if hooks else None
+        call = self._command_call(spec, args) if hooks.commands else None
         try:
             args = prepare_args(args, self._encoding)
             reply = await self._route(spec, args, options)
@@ -121,28 +124,48 @@ class ClientBase(NurseryOwner):
             self._errors[type(error).__name__] += 1
             if call is not None:
                 hooks.after_command(call, error)
+            elif hooks.failures:
+                hooks.command_failed(self._failed_call(spec, args, error))
             if self._nursery is None:
                 raise_not_open(self)
             raise
         except BaseException as error:  # a cancellation: the hooks see it end too
             if call is not None:
                 hooks.after_command(call, error)
+            elif hooks.failures:
+                hooks.command_failed(self._failed_call(spec, args, error))
             raise
         if call is not None:
             hooks.after_command(call)
         return value
 
     def _command_call(self, spec: CommandSpec, args: tuple[Any, ...]) -> CommandCall:
-        """The hooks' view of a command about to run (only made when hooks are registered)."""
+        """The hooks' view of a command about to run (only made when a hook wants every
+        command)."""
         name = spec.name if isinstance(spec.name, str) else text(spec.name)
         call = CommandCall(
-            name.upper(),
-            len(args) - 1,
-            db=self._connection_config().db,
-            blocking=spec.blocking is not None,
+            name.upper(), len(args) - 1, db=self._db, blocking=spec.blocking is not None
         )
         self._hooks.before_command(call)
         return call
+
+    def _failed_call(
+        self, spec: CommandSpec, args: tuple[Any, ...], error: BaseException
+    ) -> CommandCall:
+        """The hooks' view of a command that failed, made only then (for hooks that want
+        failures alone: nothing is made for the commands that succeed)."""
+        name = spec.name if isinstance(spec.name, str) else text(spec.name)
+        call = CommandCall(
+            name.upper(), len(args) - 1, db=self._db, blocking=spec.blocking is not None
+        )
+        call.ended = time.perf_counter()
+        call.error = error
+        return call
+
+    @property
+    def command_errors(self) -> dict[str, int]:
+        """Errors that reached callers of commands, by exception class name (cumulative)."""
+        return dict(self._errors)
 
     # --- hooks -------------------------------------------------------------------------------
 

@@ -135,6 +135,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         )
         self._watchdog = Watchdog()
         self._hooks = Hooks(default_hooks())
+        self._db = self._base_config.db
         self._credentials = CredentialManager(credentials) if credentials is not None else None
         # One-off connections to any node (topology fetch, pub/sub, MONITOR); each node's
         # pool has its own dialer (its endpoint may move).

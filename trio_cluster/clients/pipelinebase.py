@@ -61,12 +61,10 @@ class PipelineBase(AsyncCoreCommands, Scoped):  # type: ignore[misc]
         """Send every queued command and return their results in the order they were queued
         (an error reply raises, or is returned in its place with ``raise_on_error=False``)."""
         hooks = self._hooks
-        if not hooks:
+        if not hooks.pipelines:
             return await self._execute(raise_on_error)
         stack = list(self.command_stack)
-        call = PipelineCall(
-            self.transaction or self._explicit_multi, db=self._client._connection_config().db
-        )
+        call = PipelineCall(self.transaction or self._explicit_multi, db=self._client._db)
         call.commands = [
             CommandCall(text(args[0]).upper(), len(args) - 1, db=call.db, pipeline=call)
             for args, _ in stack

@@ -226,13 +226,30 @@ class MetricsHook(Hook):
             tracked = self._tracked[command] = self.config.should_track_command(command)
         return tracked
 
+    def wants(self, event: str) -> bool:
+        """Only what the configured groups need: without the COMMAND group (redis-py's
+        default), nothing is done for a command that succeeds."""
+        if event == "command":
+            return self._duration is not None
+        if event == "failure":
+            return self._errors is not None
+        if event == "pipeline":
+            return self._duration is not None or self._errors is not None
+        if event == "dial":
+            return self._create_time is not None or self._errors is not None
+        if event == "wait":
+            return self._wait_time is not None
+        return event == "client"
+
     def after_command(self, call: CommandCall, token: Any) -> None:
-        """Record the command's duration, and its error if it failed."""
-        error = call.error
+        """Record the command's duration (the COMMAND group)."""
         if self._duration is not None and self._tracks(call.name):
-            self._duration.record(call.duration, command_attributes(call, error))
-        if error is not None and self._errors is not None:
-            self._errors.add(1, error_attributes(call.server, error, internal=False))
+            self._duration.record(call.duration, command_attributes(call, call.error))
+
+    def command_failed(self, call: CommandCall) -> None:
+        """Count an error that reached a caller (the RESILIENCY group)."""
+        if self._errors is not None and call.error is not None:
+            self._errors.add(1, error_attributes(call.server, call.error, internal=False))
 
     def after_pipeline(self, call: PipelineCall, token: Any) -> None:
         """Record a pipeline or transaction as one operation (``PIPELINE`` / ``MULTI``), as
