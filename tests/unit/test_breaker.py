@@ -69,6 +69,39 @@ async def test_failed_probe_reopens_for_a_full_cooldown(
         assert b.state is BreakerState.HALF_OPEN
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        rex.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        rex.BusyLoadingError("LOADING Redis is loading the dataset in memory"),
+        rex.MasterDownError("MASTERDOWN Link with MASTER is down"),
+    ],
+    ids=["clusterdown", "loading", "masterdown"],
+)
+async def test_a_probe_answered_not_serving_keeps_the_node_out(
+    autojump_clock: trio.testing.MockClock, reply: Exception
+) -> None:
+    """A restarted node answers CLUSTERDOWN until it is part of the cluster again (about 2 s
+    for Redis): a probe that gets that answer fails, so the node stays known bad instead of
+    drawing every command into retries; outside a probe the same reply counts neither way."""
+    with trio.fail_after(60):
+        b = _breaker(failure_threshold=2, cooldown=0.5)
+        b.record(reply)
+        b.record(reply)
+        assert b.state is BreakerState.CLOSED  # a cluster-wide CLUSTERDOWN is no node's fault
+        b.record(rex.ConnectionError("refused"))
+        b.record(rex.ConnectionError("refused"))
+        assert b.state is BreakerState.OPEN
+        await trio.sleep(0.5)
+        b.before_call()
+        b.record(reply)
+        assert b.state is BreakerState.OPEN and "probe failed" in b.reason
+        await trio.sleep(0.5)
+        b.before_call()
+        b.record(None)  # the node serves: readmitted
+        assert b.state is BreakerState.CLOSED
+
+
 async def test_cancelled_probe_frees_its_place(autojump_clock: trio.testing.MockClock) -> None:
     with trio.fail_after(60):
         b = _breaker(failure_threshold=1, cooldown=1.0, half_open_probes=1)

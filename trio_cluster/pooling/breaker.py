@@ -21,6 +21,12 @@ from redis import exceptions as rex
 from ..conn.connection import mark_unsent
 from ..errors import PoolClosedError, PoolTimeoutError, node_failed
 
+#: Replies of a node that answers but cannot serve its slots yet (restarted and not yet
+#: part of a healthy cluster, loading its data): they fail a probe, so a node is readmitted
+#: only once it serves.  Outside a probe they count neither way (a whole cluster saying
+#: CLUSTERDOWN during a failover is not one node's fault).
+NOT_SERVING = (rex.ClusterDownError, rex.BusyLoadingError, rex.MasterDownError)
+
 __all__ = ["BreakerOptions", "BreakerState", "CircuitBreaker", "CircuitOpenError"]
 
 
@@ -88,6 +94,19 @@ class CircuitBreaker:
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name} {self.state.value} failures={self._failures}>"
 
+    def refusal(self) -> CircuitOpenError | None:
+        """The refusal :meth:`before_call` would raise now (counted), or None when a call
+        may go through (closed, or a probe is due: then :meth:`before_call` decides).  No
+        state changes but the count: the cheap test of a refused command's path."""
+        if (
+            self.state is BreakerState.OPEN
+            and self.options.enabled
+            and trio.current_time() - self._opened_at < self.options.cooldown
+        ):
+            self.rejected += 1
+            return self._refusal()
+        return None
+
     def before_call(self) -> None:
         """Raise :class:`CircuitOpenError` if the call must not be sent."""
         if not self.options.enabled or self.state is BreakerState.CLOSED:
@@ -145,13 +164,18 @@ class CircuitBreaker:
         (``errors.node_failed``): no error, or an error reply, means the node answered; a
         network failure counts against it, once (one event, however many commands the
         connection carried), but a timeout once per command (each waited its whole timeout
-        unanswered); a cancellation, or a busy or closed pool, says nothing about it."""
+        unanswered); a reply saying the node cannot serve yet (:data:`NOT_SERVING`) fails a
+        probe and says nothing otherwise; a cancellation, or a busy or closed pool, says
+        nothing about it."""
         if error is None:
             self.record_success()
         elif isinstance(error, PoolTimeoutError | PoolClosedError) or not isinstance(
             error, Exception
         ):
             self.abandon_probe()
+        elif isinstance(error, NOT_SERVING):
+            if self.state is BreakerState.HALF_OPEN:
+                self.record_failure(error)  # the probe found the node not serving yet
         elif node_failed(error):
             self.record_failure(error, commands if isinstance(error, rex.TimeoutError) else 1)
         else:

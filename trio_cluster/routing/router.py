@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import trio
 from redis.exceptions import ResponseError
 
 from ..config import RetryOptions
 from ..conn.dialer import Dialer
 from ..errors import CrossSlotKeysError
+from ..pooling.breaker import BreakerState, CircuitOpenError
 from ..wire.encoding import text
 from . import nodecall
 from .isolation import Isolation
@@ -100,6 +102,21 @@ class Router:
         measure = self.slots.read_from is ReadFrom.LOWEST_LATENCY
         return await nodecall.call(node, args, spec, self.dialer, measure=measure)
 
+    async def _isolated_refusal(self, node: Node) -> CircuitOpenError | None:
+        """The refusal for a command to a known-bad node's slots when the policy would not
+        wait for the node (no replica, or the cluster finds it healthy), after one
+        checkpoint; None when the full path must decide (a probe is due, or the policy must
+        ask the cluster).  A refused command must cost as little as it can, or the healthy
+        slots pay for it: in a closed loop a third of the commands may be refused (issue
+        23's blast radius), and this skips the node call and the retry policy."""
+        if self.policy.isolation.rides_out_now(node) is not False:
+            return None
+        refusal = node.breaker.refusal()
+        if refusal is not None:
+            self.policy.isolated += 1
+            await trio.lowlevel.checkpoint()  # a loop of refused calls still lets others run
+        return refusal
+
     async def on_slot(
         self, slot: int, args: tuple[Any, ...], spec: CommandSpec, readonly: bool
     ) -> Any:
@@ -112,6 +129,7 @@ class Router:
         use_replica = readonly and slots.read_from is not ReadFrom.PRIMARY
         asking: Node | None = None
         attempt: Attempt | None = None  # made at the first failure: the happy path makes none
+        refused: CircuitOpenError | None = None
         while True:
             node = asking
             on_replica = False
@@ -125,6 +143,10 @@ class Router:
                 if use_replica:
                     primary, node = node, slots.for_read(slot, node)
                     on_replica = node is not primary
+                if node.breaker.state is not BreakerState.CLOSED and not on_replica:
+                    refused = await self._isolated_refusal(node)
+                    if refused is not None:
+                        break
                 return await call(node, args, spec, dialer, measure=measure)
             except Exception as error:
                 if attempt is None:
@@ -139,6 +161,8 @@ class Router:
                     use_replica = False  # the replica failed: its primary, at once
                 else:
                     await attempt.pause(rule)
+        assert refused is not None  # the loop is left only by a fast refusal
+        raise refused
 
 
 def cross_slot_message(args: tuple[Any, ...]) -> str:
