@@ -68,7 +68,9 @@ class UnsolicitedReplyError(ProtocolError):
 
 
 class ReplyTooLargeError(ProtocolError):
-    """A reply declared or accumulated more than ``max_reply_bytes``; the connection is closed."""
+    """A reply declared or accumulated more than ``max_reply_bytes`` bytes, or would hold more
+    than ``max_reply_elements`` elements (the message names which); the connection is
+    closed."""
 
 
 class ReplyTooDeepError(ProtocolError):

@@ -213,6 +213,54 @@ async def test_reply_past_max_reply_bytes_is_refused_and_the_connection_closed(
             assert await client.get("small") == b"v:small"
 
 
+# Issue 27's shapes: a reply declaring 100 million elements, then endless small ones (unchecked,
+# 60 MiB of two-byte strings took the client to 522 MiB).  Each nested shape declares little at
+# every level (999 per aggregate), so only counting what arrives can stop it.
+_MANY = {
+    "two-byte strings": (b"*100000000\r\n", b"$2\r\nxx\r\n"),
+    "integers": (b"*100000000\r\n", b":1\r\n"),
+    "empty arrays": (b"*100000000\r\n", b"*0\r\n"),
+    "nested two-byte strings": (b"*100000\r\n", b"*999\r\n" + b"$2\r\nxx\r\n" * 999),
+    "nested empty arrays": (b"*100000\r\n", b"*999\r\n" + b"*0\r\n" * 999),
+    "nested empty maps": (b"*100000\r\n", b"*999\r\n" + b"%0\r\n" * 999),
+}
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+@pytest.mark.parametrize(("header", "unit"), list(_MANY.values()), ids=list(_MANY))
+async def test_reply_past_max_reply_elements_is_refused_and_the_connection_closed(
+    kind: str, header: bytes, unit: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "trio_cluster.connection")
+
+    async def flood(args: list[bytes], stream: trio.SocketStream) -> None:
+        if args[1] != b"big":
+            await stream.send_all(bulk(b"v:" + args[1]))
+            return
+        await pump_forever(stream, header, unit, max(1, 65536 // len(unit)))
+
+    with trio.fail_after(30):
+        # The read timeout is far off: the refusal comes from the count, not from a deadline.
+        async with connected(kind, stream=flood, read_timeout=25) as (client, server):
+            with pytest.raises(tce.ReplyTooLargeError, match="max_reply_elements=1048576"):
+                await client.get("big")
+            assert any("ReplyTooLargeError" in m for m in violations(caplog))
+            before = server.connections
+            assert await client.get("small") == b"v:small"
+            assert server.connections == before + 1  # the connection was replaced
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+@pytest.mark.parametrize("wire", [b"$-5\r\n", b"*2\r\n:1\r\n$-5\r\n", b"*-5\r\n"])
+async def test_a_negative_length_is_a_protocol_error_naming_it(kind: str, wire: bytes) -> None:
+    with trio.fail_after(20):
+        async with connected(kind, once(get_of(b"a"), wire)) as (client, _):
+            with pytest.raises(tce.ProtocolError, match="length -5 ") as caught:
+                await client.get("a")
+            assert not isinstance(caught.value, tce.ReplyTooLargeError)
+            assert await client.get("b") == b"v:b"
+
+
 @pytest.mark.parametrize("kind", CLIENTS)
 @pytest.mark.parametrize(
     "wire",
@@ -226,7 +274,8 @@ async def test_nesting_past_the_depth_limit_is_typed(kind: str, wire: bytes) -> 
 @pytest.mark.parametrize(
     "options",
     [{"max_reply_bytes": 1000}, {"max_reply_bytes": -1}, {"max_reply_depth": 0},
-     {"max_reply_depth": 5000}, {"max_reply_bytes": 2.5e9}],
+     {"max_reply_depth": 5000}, {"max_reply_bytes": 2.5e9}, {"max_reply_elements": 1000},
+     {"max_reply_elements": 2.0**20}, {"max_reply_elements": True}],
 )  # fmt: skip
 @pytest.mark.parametrize("cls", [Client, ClusterClient])
 async def test_limits_are_validated_at_construction(cls: Any, options: dict[str, Any]) -> None:

@@ -215,7 +215,9 @@ class ReplyStream:
         if parser is None:
             config = self.config
             parser = self._parser = RespParser(
-                max_bytes=config.max_reply_bytes, max_depth=config.max_reply_depth
+                max_bytes=config.max_reply_bytes,
+                max_depth=config.max_reply_depth,
+                max_elements=config.max_reply_elements,
             )
         return parser
 
