@@ -162,6 +162,40 @@ async def test_unsolicited_reply_on_an_idle_connection_closes_it(
 
 
 @pytest.mark.parametrize("kind", CLIENTS)
+async def test_a_connection_closed_for_an_unsolicited_reply_is_counted_as_such(kind: str) -> None:
+    # Wherever the stray reply is caught (at checkout, idle, or after the next caller's own
+    # reply), the pool counts the close under its own reason: not "peer_closed" (the server
+    # never closed anything), not "broken".
+    release, sent = trio.Event(), trio.Event()
+
+    async def stray(args: list[bytes], stream: trio.SocketStream) -> None:
+        await stream.send_all(bulk(b"v:" + args[1]) if args[0].upper() == b"GET" else b"+OK\r\n")
+        if args[1] == b"a":
+            await release.wait()
+            await stream.send_all(b"+STRAY\r\n")
+            sent.set()
+
+    def closes(client: Any) -> dict[str, int]:
+        stats = client.stats()
+        pools = [stats] if kind == "client" else list(stats.nodes.values())
+        total: dict[str, int] = {}
+        for pool in pools:
+            for reason, count in pool.closes.items():
+                total[reason] = total.get(reason, 0) + count
+        return total
+
+    with trio.fail_after(20):
+        async with connected(kind, stream=stray) as (client, _):
+            assert await client.get("a") == b"v:a"
+            release.set()
+            await sent.wait()
+            while not closes(client):  # each command gives the stray a chance to be seen
+                with suppress(tce.UnsolicitedReplyError):
+                    await client.get("b")
+            assert closes(client) == {"unsolicited_reply": 1}
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
 async def test_push_frame_inside_an_array_is_a_protocol_error(
     kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -277,7 +277,9 @@ class Pool(NurseryOwner, Generic[C]):
         if sm.state is not (_IN_USE if from_caller else _IDLE):
             self._settle(entry)  # moved by the connection or a job
         elif conn.broken:
-            self._remove(entry, CloseReason.BROKEN)
+            self._remove(
+                entry, CloseReason.UNSOLICITED_REPLY if conn.out_of_step else CloseReason.BROKEN
+            )
         elif conn.owed_replies:
             self._start_drain(entry)
         elif from_caller and self._hooks and not self._put_hooks_keep(entry):
@@ -387,6 +389,8 @@ class Pool(NurseryOwner, Generic[C]):
         if max_idle_time is not None and now - entry.conn.last_used_at >= max_idle_time:
             return CloseReason.IDLE_TIME
         if entry.conn.peer_closed():
+            if entry.conn.out_of_step:
+                return CloseReason.UNSOLICITED_REPLY
             return CloseReason.PEER_CLOSED
         return None
 
