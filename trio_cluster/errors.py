@@ -11,6 +11,8 @@ import re
 
 from redis import exceptions as rex
 
+from .redispy import RedisClusterUnreachableError
+
 __all__ = [
     "ArgumentTypeError",
     "AskError",
@@ -286,9 +288,10 @@ class CrossSlotKeysError(rex.RedisClusterException, ClusterCrossSlotError):
     before anything is sent, as redis-py's ``RedisClusterException``."""
 
 
-class ClusterUnreachableError(rex.RedisClusterException, rex.ConnectionError):
+class ClusterUnreachableError(RedisClusterUnreachableError, rex.ConnectionError):
     """No startup or known node could give the cluster's topology (redis-py's
-    ``RedisClusterException``, and a ``ConnectionError``); the message names each cause."""
+    ``RedisClusterUnreachableError`` from redis-py 8.2 on, ``RedisClusterException`` before;
+    also a ``ConnectionError``); the message names each cause."""
 
 
 # Error code (first word of the reply) -> exception class.  The classes that parse their
