@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trio
-from fake_resp import FakeRedis, ReplyHook, StreamHook, bulk, pump_forever
+from fake_resp import FakeRedis, ReplyHook, StreamHook, bulk, pump
 from redis import exceptions as rex
 
 from trio_cluster import Client, ClusterClient
@@ -161,6 +161,16 @@ async def test_unsolicited_reply_on_an_idle_connection_closes_it(
             assert any("UnsolicitedReplyError" in m for m in violations(caplog))
 
 
+def _closes(kind: str, client: Any) -> dict[str, int]:
+    """The client's connection closes by reason, over every node's pool."""
+    stats = client.stats()
+    total: dict[str, int] = {}
+    for pool in [stats] if kind == "client" else list(stats.nodes.values()):
+        for reason, count in pool.closes.items():
+            total[reason] = total.get(reason, 0) + count
+    return total
+
+
 @pytest.mark.parametrize("kind", CLIENTS)
 async def test_a_connection_closed_for_an_unsolicited_reply_is_counted_as_such(kind: str) -> None:
     # Wherever the stray reply is caught (at checkout, idle, or after the next caller's own
@@ -175,24 +185,29 @@ async def test_a_connection_closed_for_an_unsolicited_reply_is_counted_as_such(k
             await stream.send_all(b"+STRAY\r\n")
             sent.set()
 
-    def closes(client: Any) -> dict[str, int]:
-        stats = client.stats()
-        pools = [stats] if kind == "client" else list(stats.nodes.values())
-        total: dict[str, int] = {}
-        for pool in pools:
-            for reason, count in pool.closes.items():
-                total[reason] = total.get(reason, 0) + count
-        return total
-
     with trio.fail_after(20):
         async with connected(kind, stream=stray) as (client, _):
             assert await client.get("a") == b"v:a"
             release.set()
             await sent.wait()
-            while not closes(client):  # each command gives the stray a chance to be seen
+            while not _closes(kind, client):  # each command gives the stray a chance to be seen
                 with suppress(tce.UnsolicitedReplyError):
                     await client.get("b")
-            assert closes(client) == {"unsolicited_reply": 1}
+            assert _closes(kind, client) == {"unsolicited_reply": 1}
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+async def test_a_reply_after_the_owed_one_closes_its_connection_as_unsolicited(kind: str) -> None:
+    # Caught while the command is in use (its own reply then a stray one, in one segment).
+    with trio.fail_after(20):
+        async with connected(kind, once(get_of(b"a"), bulk(b"v:a") + b"+EXTRA\r\n")) as (
+            client,
+            _,
+        ):
+            with pytest.raises(tce.UnsolicitedReplyError):
+                await client.get("a")
+            assert await client.get("b") == b"v:b"
+            assert _closes(kind, client) == {"unsolicited_reply": 1}
 
 
 @pytest.mark.parametrize("kind", CLIENTS)
@@ -271,7 +286,7 @@ async def test_reply_past_max_reply_elements_is_refused_and_the_connection_close
         if args[1] != b"big":
             await stream.send_all(bulk(b"v:" + args[1]))
             return
-        await pump_forever(stream, header, unit, max(1, 65536 // len(unit)))
+        await pump(stream, header, unit, max(1, 65536 // len(unit)))
 
     with trio.fail_after(30):
         # The read timeout is far off: the refusal comes from the count, not from a deadline.
@@ -330,7 +345,7 @@ async def _endless(args: list[bytes], stream: trio.SocketStream) -> None:
     if args[1] != b"slow":
         await stream.send_all(bulk(b"v:" + args[1]))
         return
-    await pump_forever(stream, _ENDLESS_HEADER, b"$1\r\nx\r\n", 65536)
+    await pump(stream, _ENDLESS_HEADER, b"$1\r\nx\r\n", 65536)
 
 
 @pytest.mark.parametrize("kind", CLIENTS)

@@ -164,6 +164,24 @@ def test_what_is_built_stays_within_the_bound(unit: bytes, careful_path: bool) -
     assert after < 2**20, after
 
 
+def test_a_reply_refused_by_hiredis_is_freed_though_its_exception_lives() -> None:
+    # max_reply_bytes refuses this one where hiredis holds it (about 100,000 strings built).
+    parser = RespParser(max_bytes=2**20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.ReplyTooLargeError, match="max_reply_bytes") as caught:
+            parser.feed(b"*300000\r\n")
+            for _ in range(200):
+                parser.feed(b"$10\r\n0123456789\r\n" * 1000)
+                _drain(parser)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.__traceback__ is not None
+    assert after < 2**20, after
+
+
 def test_large_legitimate_replies_stay_on_hiredis() -> None:
     # Within the bound, flat and nested large replies are read by hiredis to the end.
     flat = b"*1000000\r\n" + b"$1\r\na\r\n" * 1_000_000

@@ -11,11 +11,18 @@ error may start, the bytes of the replies in progress go to
 stream back to hiredis once it is between replies.
 
 Limits, enforced on both paths: ``max_bytes`` bounds what one reply may declare or accumulate,
-``max_depth`` bounds the nesting of aggregates and attributes; a push frame is allowed only at
-the top level and map keys must be hashable.  Every violation raises a subclass of
-:class:`~trio_cluster.errors.ProtocolError`, after which the parser is poisoned: the connection
-that owns it must be closed.  Like hiredis (and so redis-py), the hot path does not check the
-CRLF after a bulk string's payload, and reads a negative count of any aggregate as a null.
+``max_elements`` what it may hold (counted as :mod:`~trio_cluster.wire.budget` defines it: the
+careful parser counts exactly, the hot path keeps upper bounds and hands the stream over before
+they could be passed), ``max_depth`` the nesting of aggregates and attributes; a push frame is
+allowed only at the top level and map keys must be hashable.  Every violation raises a subclass
+of :class:`~trio_cluster.errors.ProtocolError`, after which the parser is poisoned (and lets go
+of what it held): the connection that owns it must be closed.  A length hiredis refuses as out
+of range (``$-5``) is read again by the careful parser, which names it.  Like hiredis (and so
+redis-py), the hot path does not check the CRLF after a bulk string's payload, and reads a
+count of -1 of any aggregate as a null.
+
+A large top-level map (``HGETALL``) is fed to hiredis as an array and made a ``dict`` when
+complete: hiredis builds maps with a Python method call per entry.
 
 Reply values follow hiredis: bulk and simple strings are ``bytes``; integers ``int``; doubles
 ``float``; nulls ``None``; booleans ``bool``; big numbers ``bytes`` (their decimal digits);
