@@ -132,20 +132,25 @@ def _check(workload: str, reply: Any) -> None:
 # --- timing workers -----------------------------------------------------------------------------
 
 
-async def _time_workloads(client: Any, repeat: int) -> dict[str, list[float]]:
+async def _time_workloads(client: Any, repeat: int) -> dict[str, dict[str, list[float]]]:
     """Seconds each workload took, ``repeat`` times, on ``client`` (either event loop: only
-    ``await``), after a PING that opens the connection; every reply checked."""
+    ``await``), after a PING that opens the connection; every reply checked.  ``wall``: the
+    read's wall-clock time; ``cpu``: this thread's CPU time during it (the client's own work:
+    neither the server's nor the time the OS ran other processes, which on a shared machine
+    moves the wall-clock figure by more than the clients differ)."""
     await client.ping()
     calls = _calls(client)
     times: dict[str, list[float]] = {w: [] for w in WORKLOADS}
+    cpu: dict[str, list[float]] = {w: [] for w in WORKLOADS}
     for _ in range(repeat):
         for workload in WORKLOADS:
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             reply = await calls[workload]()
             times[workload].append(time.perf_counter() - started)
+            cpu[workload].append(time.thread_time() - started_cpu)
             _check(workload, reply)
             del reply
-    return times
+    return {"wall": times, "cpu": cpu}
 
 
 class _Ticker:
@@ -188,13 +193,13 @@ async def trio_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> di
 
     client: Any = Client(*nodes[0]) if api == "client" else ClusterClient(startup_nodes=nodes)
     async with client:
-        times = await _time_workloads(client, repeat)
+        timed = await _time_workloads(client, repeat)
         ticker = _Ticker(trio.current_time, trio.sleep)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ticker.run)
             reply = await ticker.during(_calls(client)["lrange_1m"])
         _check("lrange_1m", reply)
-    return {"times": times, **ticker.result()}
+    return {"times": timed["wall"], "cpu_times": timed["cpu"], **ticker.result()}
 
 
 def redis_py_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict[str, Any]:
@@ -209,7 +214,7 @@ def redis_py_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict
             else RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes])
         )
         try:
-            times = await _time_workloads(client, repeat)
+            timed = await _time_workloads(client, repeat)
             ticker = _Ticker(asyncio.get_running_loop().time, asyncio.sleep)
             task = asyncio.create_task(ticker.run())
             reply = await ticker.during(_calls(client)["lrange_1m"])
@@ -217,7 +222,7 @@ def redis_py_worker(api: str, nodes: list[tuple[str, int]], repeat: int) -> dict
             _check("lrange_1m", reply)
         finally:
             await client.aclose()
-        return {"times": times, **ticker.result()}
+        return {"times": timed["wall"], "cpu_times": timed["cpu"], **ticker.result()}
 
     return asyncio.run(main())
 
@@ -463,6 +468,8 @@ async def _timing(args: argparse.Namespace) -> dict[str, Any]:
         "results": results,
         "ratios_redis_py_time_over_trio_cluster_time": ratios("median_s"),
         "ratios_of_best_reads": ratios("best_s"),
+        # The same ratio of the clients' own CPU time per read (median of each worker's best).
+        "ratios_of_client_cpu": ratios("median_cpu_s"),
         # The longest lateness of a 1 ms ticker in each run (one LRANGE of 1M each): the
         # median over runs, and the worst run (which also counts the OS preempting the
         # process on a busy machine).
@@ -502,8 +509,14 @@ def _summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if good
     }
     best = {w: round(min(t for r in good for t in r["times"][w]), 4) for w in WORKLOADS if good}
+    median_cpu = {
+        w: round(statistics.median(min(r["cpu_times"][w]) for r in good), 4)
+        for w in WORKLOADS
+        if good
+    }
     return {
         "median_s": median_s,
+        "median_cpu_s": median_cpu,
         "median_s_every_read": every_read,
         "best_s": best,
         "max_stall_ms": max((r["stall_ms"] for r in good), default=None),
