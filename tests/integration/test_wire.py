@@ -338,7 +338,9 @@ async def test_limits_are_validated_at_construction(cls: Any, options: dict[str,
 # 100 million one-byte strings declared (one-byte bytes objects are shared, so only the list
 # grows), then sent without end by a child process: the reply never completes, bytes are always
 # waiting in the socket, so reading never has to wait (where a cancel would be noticed anyway).
+# max_reply_elements is raised past that count: these tests are about deadlines.
 _ENDLESS_HEADER = b"*100000000\r\n"
+_ENDLESS_OPTIONS = {"max_reply_elements": 2**40}
 
 
 async def _endless(args: list[bytes], stream: trio.SocketStream) -> None:
@@ -351,7 +353,10 @@ async def _endless(args: list[bytes], stream: trio.SocketStream) -> None:
 @pytest.mark.parametrize("kind", CLIENTS)
 async def test_read_timeout_holds_while_bytes_keep_arriving(kind: str) -> None:
     with trio.fail_after(30):
-        async with connected(kind, stream=_endless, read_timeout=0.2) as (client, _):
+        async with connected(kind, stream=_endless, read_timeout=0.2, **_ENDLESS_OPTIONS) as (
+            client,
+            _,
+        ):
             with pytest.raises(tce.ReadTimeoutError):
                 await client.get("slow")
             assert await client.get("fast") == b"v:fast"
@@ -360,7 +365,10 @@ async def test_read_timeout_holds_while_bytes_keep_arriving(kind: str) -> None:
 @pytest.mark.parametrize("kind", CLIENTS)
 async def test_a_reply_that_keeps_arriving_can_still_be_cancelled(kind: str) -> None:
     with trio.fail_after(30):
-        async with connected(kind, stream=_endless, read_timeout=None) as (client, _):
+        async with connected(kind, stream=_endless, read_timeout=None, **_ENDLESS_OPTIONS) as (
+            client,
+            _,
+        ):
             with trio.move_on_after(0.2) as scope:
                 await client.get("slow")
             assert scope.cancelled_caught

@@ -195,6 +195,26 @@ def test_large_legitimate_replies_stay_on_hiredis() -> None:
         assert len(replies) == 1 and len(replies[0]) == size
 
 
+def test_big_headers_of_replies_already_returned_do_not_count_against_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A busy stream: hiredis never goes idle, so one window holds both replies.  Each fits
+    # (5,006 and 3,006 of 6,000); counted together they would not.  (Had the second one's
+    # header come in the read where the first one ends, before hiredis has found where that
+    # is, both would count: a slower parse, never a wrong verdict.)
+    handed_over = []
+    real = RespParser._to_careful
+    monkeypatch.setattr(RespParser, "_to_careful", lambda self: handed_over.append(1) or real(self))
+    first = b"*1\r\n*5000\r\n" + b":1\r\n" * 5000
+    second = b"*1\r\n*3000\r\n" + b":1\r\n" * 3000
+    wire = first + second
+    # The first reply ends in the second read, which also holds the second one's first line.
+    parser = RespParser(max_elements=6000)
+    replies = _feed_split(parser, wire, [len(first) - 8, 12, len(wire)])
+    assert [len(r[0]) for r in replies] == [5000, 3000]
+    assert not handed_over
+
+
 @pytest.mark.parametrize(
     ("wire", "length"),
     [

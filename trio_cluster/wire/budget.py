@@ -33,12 +33,13 @@ AGGREGATE_COST: Final = 3
 # Fewest bytes a value takes on the wire (``_\r\n``) and an aggregate (``*0\r\n``).
 _MIN_VALUE_BYTES: Final = 3
 _MIN_AGGREGATE_BYTES: Final = 4
-# A nested aggregate header declaring at least 1000 elements (hiredis allocates them all at
-# once) is found by one search per aggregate type byte; smaller ones are bounded by depth:
+# A nested aggregate header declaring at least 1000 elements (hiredis allocates a slot for each
+# at once) is found by one search per aggregate type byte; smaller ones are bounded by depth:
 # at most 1024 aggregates are open at once in hiredis, so those hold fewer than 1024 * 1000
 # slots not yet filled (filled ones are values, counted as such).
+_AGGREGATE_BYTES: Final = b"*%~>"
 _BIG_COUNTS: Final = {
-    kind: re.compile(re.escape(bytes([kind])) + rb"([0-9]{4,})") for kind in b"*%~>"
+    kind: re.compile(re.escape(bytes([kind])) + rb"([0-9]{4,})") for kind in _AGGREGATE_BYTES
 }
 _PAIRED: Final = frozenset(b"%|")
 _COUNTED: Final = frozenset(b"*%~>|")
@@ -80,9 +81,13 @@ class HotBudget:
         self._lines = -1
         self._top_cost = None
 
-    def reply_moved(self) -> None:
-        """A reply completed inside the window: the next one's lines are counted afresh."""
+    def reply_moved(self, window: list[bytes]) -> None:
+        """A reply completed inside the window's last chunk, where the next one starts: that
+        one's lines are counted afresh, and only the big headers from that chunk on count."""
         self._lines = -1
+        if self.declared:  # rare: a big nested header was found earlier in the window
+            self.declared = 0
+            self.scan(window, _AGGREGATE_BYTES)
 
     def scan(self, window: list[bytes], kinds: bytes) -> None:
         """Add the elements declared by nested aggregate headers of at least 1000 in the last
@@ -109,7 +114,8 @@ class HotBudget:
         self, window: list[bytes], floor_chunk: int, reply_bytes: int, aggregates: int, first: bool
     ) -> bool:
         """Whether the reply in progress may hold more than the bound (hand it to the careful
-        parser); raises nothing itself.
+        parser): what may be built so far, or what the big nested headers found declare, past
+        it.  Raises nothing itself.
 
         ``window[floor_chunk:]`` holds every byte of the reply in progress (and maybe the end
         of the one before); ``reply_bytes`` is their count, ``aggregates`` the aggregate type
@@ -126,8 +132,11 @@ class HotBudget:
             self._lines += window[-1].count(b"\n")
         values = min(reply_bytes // _MIN_VALUE_BYTES, self._lines)
         containers = min(aggregates, reply_bytes // _MIN_AGGREGATE_BYTES)
-        bound = values * VALUE_COST + containers * (AGGREGATE_COST - VALUE_COST) + self.declared
-        return bound > limit
+        built = values * VALUE_COST + containers * (AGGREGATE_COST - VALUE_COST)
+        # What is built, and what the big headers make hiredis set aside (one slot each, far
+        # cheaper than a value; once filled, the slots are values counted above), apart: a
+        # reply declaring more than the bound cannot fit, whatever is built so far.
+        return built > limit or self.declared > limit
 
     def top_cost(self, window: list[bytes]) -> int:
         """The first reply's cost as its header declares it (kept once the header is whole):

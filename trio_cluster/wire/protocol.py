@@ -433,7 +433,7 @@ class RespParser:
                 self._returned += 1
                 self._reply_floor = self._window_bytes - len(self._window[-1])
                 self._floor_chunk = len(self._window) - 1
-                self._budget.reply_moved()
+                self._budget.reply_moved(self._window)
                 if self._window_bytes > _MAX_WINDOW:
                     self._to_careful()
             else:
