@@ -1,7 +1,8 @@
 """Large replies: trio-cluster against redis-py asyncio, through ClusterClient and Client.
 
 Workloads (one key each, read whole, on a local server and a local 3-primary cluster):
-``LRANGE`` of 1,000,000 one-byte elements, ``HGETALL`` of 100,000 fields, ``ZRANGE ...
+``LRANGE`` of 1,000,000 one-byte elements (and of its first 100,000), ``HGETALL`` of 100,000
+fields, ``ZRANGE ...
 WITHSCORES`` of 100,000 members, ``GET`` of a 16 MiB value.  Clients: ``trio-cluster``
 (``Client`` / ``ClusterClient``) and ``redis-py`` (``redis.asyncio.Redis`` /
 ``redis.asyncio.cluster.RedisCluster``, hiredis parser), each with its default protocol.  Every
@@ -52,10 +53,11 @@ from benchmarks._common import (
 
 LIBS = ("trio-cluster", "redis-py")
 APIS = ("client", "cluster")
-WORKLOADS = ("lrange_1m", "hgetall_100k", "zrange_withscores_100k", "get_16mib")
+WORKLOADS = ("lrange_1m", "lrange_100k", "hgetall_100k", "zrange_withscores_100k", "get_16mib")
 # One hash tag: on the cluster every key lives on one node, as on the single server.
 KEYS = {
     "lrange_1m": "{lr}:list",
+    "lrange_100k": "{lr}:list",  # the first 100,000 of the same list
     "hgetall_100k": "{lr}:hash",
     "zrange_withscores_100k": "{lr}:zset",
     "get_16mib": "{lr}:string",
@@ -108,6 +110,7 @@ def load(address: tuple[str, int], cluster: bool) -> None:
 def _calls(client: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
     return {
         "lrange_1m": lambda: client.lrange(KEYS["lrange_1m"], 0, -1),
+        "lrange_100k": lambda: client.lrange(KEYS["lrange_100k"], 0, FIELDS - 1),
         "hgetall_100k": lambda: client.hgetall(KEYS["hgetall_100k"]),
         "zrange_withscores_100k": lambda: client.zrange(
             KEYS["zrange_withscores_100k"], 0, -1, withscores=True
@@ -118,6 +121,7 @@ def _calls(client: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
 
 _SIZES = {
     "lrange_1m": LIST_LEN,
+    "lrange_100k": FIELDS,
     "hgetall_100k": FIELDS,
     "zrange_withscores_100k": FIELDS,
     "get_16mib": BIG,
@@ -460,6 +464,7 @@ async def _timing(args: argparse.Namespace) -> dict[str, Any]:
         "server": version,
         "workloads": {
             "lrange_1m": "LRANGE of 1,000,000 one-byte elements",
+            "lrange_100k": "LRANGE of the first 100,000 of them",
             "hgetall_100k": "HGETALL of 100,000 fields",
             "zrange_withscores_100k": "ZRANGE 0 -1 WITHSCORES of 100,000 members",
             "get_16mib": "GET of a 16 MiB value",
