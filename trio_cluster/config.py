@@ -71,8 +71,8 @@ DEFAULT_MAX_REPLY_BYTES = 512 * 1024 * 1024
 #: Smallest ``max_reply_bytes`` accepted (the bound is checked once per socket read).
 MIN_MAX_REPLY_BYTES = 1024 * 1024
 #: Default bound on what one reply may hold, in elements (see ``max_reply_elements``): about
-#: 60 MiB of Python objects at most, and at most about 15 ms to free them or to garbage-collect
-#: them (measured by ``benchmarks/large_replies.py``), yet room for an ``LRANGE`` of a million.
+#: 60 MiB of Python objects at most, yet room for an ``LRANGE`` of a million.  What the worst
+#: shapes cost in memory and event-loop stalls: benchmarks/README.md, issue 27.
 DEFAULT_MAX_REPLY_ELEMENTS = 1024 * 1024
 #: Smallest ``max_reply_elements`` accepted: the client's own replies (``COMMAND``, the cluster
 #: map of a large cluster) must fit.
