@@ -2,8 +2,8 @@
 
 Workloads (one key each, read whole, on a local server and a local 3-primary cluster):
 ``LRANGE`` of 1,000,000 one-byte elements (and of its first 100,000), ``HGETALL`` of 100,000
-fields, ``ZRANGE ... WITHSCORES`` of 100,000 members, ``GET`` of a 16 MiB value.  Clients: ``trio-cluster``
-(``Client`` / ``ClusterClient``) and ``redis-py`` (``redis.asyncio.Redis`` /
+fields, ``ZRANGE ... WITHSCORES`` of 100,000 members, ``GET`` of a 16 MiB value.  Clients:
+``trio-cluster`` (``Client`` / ``ClusterClient``) and ``redis-py`` (``redis.asyncio.Redis`` /
 ``redis.asyncio.cluster.RedisCluster``, hiredis parser), each with its default protocol.  Every
 measurement runs in its own subprocess; rounds interleave the clients (the order rotates).
 

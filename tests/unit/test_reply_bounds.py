@@ -237,6 +237,9 @@ def test_a_negative_length_is_a_protocol_error_naming_it(
         assert not isinstance(caught.value, errors.ReplyTooLargeError)
 
 
+MAP_SIZE = 12_000  # maps of 10,000 entries or more are fed to hiredis as arrays
+
+
 def _map_wire(entries: list[tuple[bytes, Any]]) -> bytes:
     return b"%%%d\r\n" % len(entries) + b"".join(_wire(("$", k)) + v for k, v in entries)
 
@@ -249,7 +252,7 @@ def _map_values() -> list[tuple[bytes, bytes]]:
         b"-ERR no\r\n",
         b"%1\r\n+a\r\n#t\r\n",
     ]
-    return [(b"k%d" % i, values[i % len(values)]) for i in range(3000)]
+    return [(b"k%d" % i, values[i % len(values)]) for i in range(MAP_SIZE)]
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 8, 4096, 65536])
@@ -261,7 +264,7 @@ def test_a_large_map_gives_what_hiredis_and_the_careful_parser_give(chunk: int) 
     (careful_reply,) = _careful_parse(wire, 4096)
     got, after = _feed_all(RespParser(), wire + b"+next\r\n", chunk)
     assert after == b"next"
-    assert type(got) is dict and len(got) == 3000
+    assert type(got) is dict and len(got) == MAP_SIZE
     assert list(got) == list(expected)  # the same keys in the same order
     assert all(_same(a, b) for a, b in zip(got.values(), expected.values(), strict=True))
     assert all(_same(a, b) for a, b in zip(got.values(), careful_reply.values(), strict=True))
@@ -270,18 +273,19 @@ def test_a_large_map_gives_what_hiredis_and_the_careful_parser_give(chunk: int) 
 def test_a_large_map_behind_another_reply_is_read_too() -> None:
     wire = b"+first\r\n" + _map_wire(_map_values())
     first, second = _feed_all(RespParser(), wire, 65536)
-    assert first == b"first" and len(second) == 3000
+    assert first == b"first" and len(second) == MAP_SIZE
 
 
 def test_a_repeated_map_key_keeps_its_last_value_as_the_careful_parser_does() -> None:
-    entries = [(b"k%d" % (i % 1500), b":%d\r\n" % i) for i in range(3000)]
+    half = MAP_SIZE // 2
+    entries = [(b"k%d" % (i % half), b":%d\r\n" % i) for i in range(MAP_SIZE)]
     wire = _map_wire(entries)
     (got,) = _feed_all(RespParser(), wire, 65536)
-    assert got == _careful_parse(wire, 65536)[0] == {b"k%d" % i: 1500 + i for i in range(1500)}
+    assert got == _careful_parse(wire, 65536)[0] == {b"k%d" % i: half + i for i in range(half)}
 
 
 def test_a_large_map_with_an_unhashable_key_is_a_shape_error() -> None:
-    wire = b"%2000\r\n" + b"*1\r\n:1\r\n:2\r\n" + b"$1\r\nk\r\n:3\r\n" * 1999
+    wire = b"%20000\r\n" + b"*1\r\n:1\r\n:2\r\n" + b"$1\r\nk\r\n:3\r\n" * 19999
     with pytest.raises(errors.ReplyShapeError):
         _feed_all(RespParser(), wire, 65536)
 
@@ -292,4 +296,4 @@ def test_the_parser_gives_need_data_until_the_map_is_whole() -> None:
     parser.feed(wire[:-1])
     assert parser.next_reply() is NEED_DATA
     parser.feed(wire[-1:])
-    assert len(parser.next_reply()) == 3000
+    assert len(parser.next_reply()) == MAP_SIZE

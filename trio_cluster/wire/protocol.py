@@ -21,8 +21,8 @@ of range (``$-5``) is read again by the careful parser, which names it.  Like hi
 redis-py), the hot path does not check the CRLF after a bulk string's payload, and reads a
 count of -1 of any aggregate as a null.
 
-A large top-level map (``HGETALL``) is fed to hiredis as an array and made a ``dict`` when
-complete: hiredis builds maps with a Python method call per entry.
+A large top-level map (``HGETALL`` of 10,000 fields or more) is fed to hiredis as an array and
+made a ``dict`` when complete: hiredis builds maps with a Python method call per entry.
 
 Reply values follow hiredis: bulk and simple strings are ``bytes``; integers ``int``; doubles
 ``float``; nulls ``None``; booleans ``bool``; big numbers ``bytes`` (their decimal digits);
@@ -125,9 +125,6 @@ _BLOB_HEADERS: Final = frozenset(b"$=!")
 _COUNT_HEADERS: Final = frozenset(b"*%~>|")
 _MAP: Final = ord("%")
 _PUSH: Final = ord(">")
-# A top-level map header at least this long (``%1000\r\n``: a thousand entries or more) is fed
-# to hiredis as an array (see ``RespParser._map_as_array``).
-_BIG_MAP_HEADER: Final = 5
 
 
 class RespParser:
@@ -143,6 +140,7 @@ class RespParser:
     __slots__ = (
         "_aggregates",
         "_budget",
+        "_budgeted",
         "_careful",
         "_floor_chunk",
         "_held",
@@ -183,6 +181,7 @@ class RespParser:
         self._held = False  # whether hiredis holds bytes not yet part of a returned reply
         self._map_pairs = False  # whether the window's first reply is a map fed as an array
         self._budget = HotBudget(max_elements)
+        self._budgeted = False  # whether the budget counted anything in this window
         self._poisoned = False
 
     @property
@@ -208,20 +207,23 @@ class RespParser:
             self._window_bytes = self._returned = self._reply_floor = self._floor_chunk = 0
             self._aggregates = 0
             self._pushes = self._map_pairs = False
-            self._budget.reset()
+            if self._budgeted:
+                self._budget.reset()
+                self._budgeted = False
             self._held = True
-            if data[0] == _MAP:
-                skip = self._map_as_array(data)
         window.append(data)
-        self._window_bytes += len(data)
+        before = self._window_bytes
+        self._window_bytes = before + len(data)
         try:
-            if self._window_bytes - len(data) < _HEADER_PROBE and not self._returned:
+            if before < _HEADER_PROBE and not self._returned:
                 # The first reply's header is in the first bytes of the window: a length or
                 # count of five digits or more is checked before anything is built (fewer
                 # cannot break either bound: both have a floor).
-                head = data if len(window) == 1 else b"".join(window)
+                head = data if not before else b"".join(window)
                 if head.find(b"\r\n", 0, 7) < 0:
                     self._check_header(head)
+                    if head is data and data[0] == _MAP:
+                        skip = self._map_as_array(data)
             if len(data) < _SMALL_CHUNK:
                 watched = data.translate(None, _NOT_WATCHED)  # one pass, cheapest when small
             else:
@@ -234,12 +236,10 @@ class RespParser:
                     self._to_careful()
                     return
                 nested = found
-            budget = self._budget
-            if nested or len(window) > 1:
-                budget.scan(window, nested)
-            reply_bytes = self._window_bytes - self._reply_floor
-            if (reply_bytes > budget.quiet_bytes or budget.declared) and budget.over(
-                window, self._floor_chunk, reply_bytes, self._aggregates, not self._returned
+            # A one-read reply with no nested aggregate and fewer bytes than any reply needs
+            # to reach max_elements (the common case) needs no accounting.
+            if (nested or before or len(data) > self._budget.quiet_bytes) and self._over_budget(
+                nested
             ):
                 # It may hold more than max_reply_elements: the careful parser counts exactly.
                 self._to_careful()
@@ -252,14 +252,28 @@ class RespParser:
         else:
             self._reader.feed(data)
 
+    def _over_budget(self, nested: bytes) -> bool:
+        """Account for the chunk just added to the window (see :class:`HotBudget`): whether
+        the reply in progress may now hold more than ``max_elements``."""
+        self._budgeted = True
+        budget = self._budget
+        window = self._window
+        if nested or len(window) > 1:
+            budget.scan(window, nested)
+        reply_bytes = self._window_bytes - self._reply_floor
+        return (reply_bytes > budget.quiet_bytes or bool(budget.declared)) and budget.over(
+            window, self._floor_chunk, reply_bytes, self._aggregates, not self._returned
+        )
+
     def _map_as_array(self, data: bytes) -> int:
-        """A large top-level map (``HGETALL``, ``CONFIG GET``) is fed to hiredis as an array of
-        twice the count and made a ``dict`` at C speed when complete: hiredis builds a map
-        with a Python method call per entry, several times slower.  Feeds the array header
-        and returns where the entries start in ``data`` (0: left to hiredis as it is)."""
+        """A large top-level map (``HGETALL``, ``CONFIG GET``: a count of five digits or more)
+        is fed to hiredis as an array of twice the count and made a ``dict`` at C speed when
+        complete: hiredis builds a map with a Python method call per entry, twice as slow.
+        Feeds the array header and returns where the entries start in ``data`` (0: left to
+        hiredis as it is)."""
         eol = data.find(b"\r\n", 1, _HEADER_PROBE)
         text = data[1:eol]
-        if eol < _BIG_MAP_HEADER or not text.isdigit():
+        if eol < 0 or not text.isdigit():
             return 0
         self._reader.feed(b"*%d\r\n" % (int(text) * 2))
         self._map_pairs = True
@@ -299,7 +313,7 @@ class RespParser:
                     nested.append(kind)
                 if found and kind == _PUSH:
                     self._pushes = True
-        return bytes(nested)
+        return bytes(nested) if nested else b""
 
     def _check_header(self, data: bytes) -> None:
         """A reply starts at ``data[0]``: refuse at once a length beyond ``max_bytes`` or a
@@ -433,7 +447,8 @@ class RespParser:
                 self._returned += 1
                 self._reply_floor = self._window_bytes - len(self._window[-1])
                 self._floor_chunk = len(self._window) - 1
-                self._budget.reply_moved(self._window)
+                if self._budgeted:
+                    self._budget.reply_moved(self._window)
                 if self._window_bytes > _MAX_WINDOW:
                     self._to_careful()
             else:
