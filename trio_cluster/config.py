@@ -71,6 +71,13 @@ def _db(instance: object, attribute: attrs.Attribute[Any], value: object) -> Non
 DEFAULT_MAX_REPLY_BYTES = 512 * 1024 * 1024
 #: Smallest ``max_reply_bytes`` accepted (the bound is checked once per socket read).
 MIN_MAX_REPLY_BYTES = 1024 * 1024
+#: Default bound on what one reply may hold, in elements (see ``max_reply_elements``): about
+#: 60 MiB of Python objects at most, yet room for an ``LRANGE`` of a million.  What the worst
+#: shapes cost in memory and event-loop stalls: benchmarks/README.md, issue 27.
+DEFAULT_MAX_REPLY_ELEMENTS = 1024 * 1024
+#: Smallest ``max_reply_elements`` accepted: the client's own replies (``COMMAND``, the cluster
+#: map of a large cluster) must fit.
+MIN_MAX_REPLY_ELEMENTS = 64 * 1024
 #: Default and largest nesting depth of a reply (hiredis itself stops at 1024 levels).
 DEFAULT_MAX_REPLY_DEPTH = 64
 MAX_MAX_REPLY_DEPTH = 1000
@@ -119,6 +126,14 @@ class ConnectionConfig:
     )
     """Most bytes one reply may declare or accumulate; past it the connection is closed with
     :class:`~trio_cluster.errors.ReplyTooLargeError`.  At least 1 MiB."""
+    max_reply_elements: int = attrs.field(
+        default=DEFAULT_MAX_REPLY_ELEMENTS, validator=_int_in(MIN_MAX_REPLY_ELEMENTS, 2**62)
+    )
+    """Most elements one reply may hold, counted at every depth: a string, number, null or
+    boolean (each key and each value of a map) counts 1, an array, map, set or push frame 3 (a
+    container costs about three times as much to build, garbage-collect and free).  An
+    aggregate's declared elements count as soon as its header arrives.  Past it the connection
+    is closed with :class:`~trio_cluster.errors.ReplyTooLargeError`.  At least 65,536."""
     max_reply_depth: int = attrs.field(
         default=DEFAULT_MAX_REPLY_DEPTH, validator=_int_in(1, MAX_MAX_REPLY_DEPTH)
     )

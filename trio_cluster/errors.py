@@ -11,6 +11,8 @@ import re
 
 from redis import exceptions as rex
 
+from .redispy import RedisClusterUnreachableError
+
 __all__ = [
     "ArgumentTypeError",
     "AskError",
@@ -68,7 +70,9 @@ class UnsolicitedReplyError(ProtocolError):
 
 
 class ReplyTooLargeError(ProtocolError):
-    """A reply declared or accumulated more than ``max_reply_bytes``; the connection is closed."""
+    """A reply declared or accumulated more than ``max_reply_bytes`` bytes, or would hold more
+    than ``max_reply_elements`` elements (the message names which); the connection is
+    closed."""
 
 
 class ReplyTooDeepError(ProtocolError):
@@ -286,9 +290,10 @@ class CrossSlotKeysError(rex.RedisClusterException, ClusterCrossSlotError):
     before anything is sent, as redis-py's ``RedisClusterException``."""
 
 
-class ClusterUnreachableError(rex.RedisClusterException, rex.ConnectionError):
+class ClusterUnreachableError(RedisClusterUnreachableError, rex.ConnectionError):
     """No startup or known node could give the cluster's topology (redis-py's
-    ``RedisClusterException``, and a ``ConnectionError``); the message names each cause."""
+    ``RedisClusterUnreachableError`` from redis-py 8.2 on, ``RedisClusterException`` before;
+    also a ``ConnectionError``); the message names each cause."""
 
 
 # Error code (first word of the reply) -> exception class.  The classes that parse their

@@ -12,6 +12,8 @@ what they are expected to be.
 
 redis-py 8.0 is the oldest release supported: it introduced the response-callback selector
 (``get_response_callbacks(..., legacy_responses=...)``) whose reply shapes trio-cluster gives.
+Names that newer releases added are imported with a fallback to what the older ones had
+(``RedisClusterUnreachableError``, new in 8.2, is ``RedisClusterException`` before).
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ try:
 except ImportError as error:
     raise _unsupported(f"{error.name or 'a name'} ({error})") from error
 
+try:
+    from redis.exceptions import RedisClusterUnreachableError
+except ImportError:  # redis-py 8.0 and 8.1 raise their base class for the same case
+    from redis.exceptions import (  # type: ignore[assignment]
+        RedisClusterException as RedisClusterUnreachableError,
+    )
+
 #: ``RedisCluster``'s class attributes that the routing tables are built from.
 CLUSTER_ATTRIBUTES = (
     "COMMAND_FLAGS",
@@ -83,6 +92,7 @@ __all__ = [
     "ClusterManagementCommands",
     "Encoder",
     "RedisCluster",
+    "RedisClusterUnreachableError",
     "list_or_args",
     "parse_cluster_shards_with_str_keys",
     "response_callbacks",

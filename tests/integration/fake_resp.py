@@ -107,30 +107,38 @@ class FakeRedis:
 
 
 _PUMP = """
-import socket, sys
+import socket, sys, time
 raw = socket.socket(fileno=int(sys.argv[1]))
 raw.setblocking(True)
 header, chunk = sys.argv[2].encode("latin-1"), sys.argv[3].encode("latin-1") * int(sys.argv[4])
+total = int(sys.argv[5])
 try:
     raw.sendall(header)
-    while True:
+    sent = 0
+    while total < 0 or sent < total:
         raw.sendall(chunk)
+        sent += len(chunk)
+    time.sleep(3600)  # quiet, the connection open: as a server that stopped mid-reply
 except OSError:
     pass
 """
 
 
-async def pump_forever(stream: trio.SocketStream, header: bytes, unit: bytes, times: int) -> None:
-    """Send ``header``, then ``unit * times`` over and over until the client hangs up.
+async def pump(
+    stream: trio.SocketStream, header: bytes, unit: bytes, times: int, total: int | None = None
+) -> None:
+    """Send ``header``, then ``unit * times`` over and over until the client hangs up, or
+    until ``total`` bytes of units went out (then hold the connection open, sending nothing).
 
     The writes happen in a child process on the same socket, so the client's receive buffer
     stays full whatever this process does: bytes are always there to read, and the client
-    never has to wait for them.  Cancelling this call kills the child.
+    never has to wait for them (nor does its event loop share any work with this server's).
+    Cancelling this call kills the child.
     """
     fd = stream.socket.fileno()
     await trio.run_process(
         [sys.executable, "-c", _PUMP, str(fd), header.decode("latin-1"),
-         unit.decode("latin-1"), str(times)],
+         unit.decode("latin-1"), str(times), str(-1 if total is None else total)],
         pass_fds=(fd,),
         check=False,
     )  # fmt: skip

@@ -465,7 +465,9 @@ async def test_expired_deadline_stops_the_read_within_one_receive_while_data_wai
                 prefilled += theirs.send(data)
                 data = b":1\r\n" * 16384
         assert prefilled > 5 * 65536
-        conn = Connection(ConnectionConfig(read_timeout=1e-6), trio.SocketStream(ours))
+        # 100 million elements declared: past max_reply_elements, raised (a deadline test).
+        config = ConnectionConfig(read_timeout=1e-6, max_reply_elements=2**40)
+        conn = Connection(config, trio.SocketStream(ours))
         async with trio.open_nursery() as nursery:
             conn.watchdog = Watchdog()
             await nursery.start(conn.watchdog.run)

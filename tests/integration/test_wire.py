@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trio
-from fake_resp import FakeRedis, ReplyHook, StreamHook, bulk, pump_forever
+from fake_resp import FakeRedis, ReplyHook, StreamHook, bulk, pump
 from redis import exceptions as rex
 
 from trio_cluster import Client, ClusterClient
@@ -133,6 +133,16 @@ async def test_a_partial_push_frame_after_the_reply_is_completed_later(kind: str
             assert await client.get("b") == b"v:b"
 
 
+def _closes(kind: str, client: Any) -> dict[str, int]:
+    """The client's connection closes by reason, over every node's pool."""
+    stats = client.stats()
+    total: dict[str, int] = {}
+    for pool in [stats] if kind == "client" else list(stats.nodes.values()):
+        for reason, count in pool.closes.items():
+            total[reason] = total.get(reason, 0) + count
+    return total
+
+
 @pytest.mark.parametrize("kind", CLIENTS)
 async def test_unsolicited_reply_on_an_idle_connection_closes_it(
     kind: str, caplog: pytest.LogCaptureFixture
@@ -159,6 +169,23 @@ async def test_unsolicited_reply_on_an_idle_connection_closes_it(
                     assert await client.get(key) == b"v:" + key.encode()
             assert await client.get("e") == b"v:e"
             assert any("UnsolicitedReplyError" in m for m in violations(caplog))
+            # Wherever it was caught, the close is counted under its own reason: not
+            # "peer_closed" (the server closed nothing), not "broken".
+            assert _closes(kind, client) == {"unsolicited_reply": 1}
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+async def test_a_reply_after_the_owed_one_closes_its_connection_as_unsolicited(kind: str) -> None:
+    # Caught while the command is in use (its own reply then a stray one, in one segment).
+    with trio.fail_after(20):
+        async with connected(kind, once(get_of(b"a"), bulk(b"v:a") + b"+EXTRA\r\n")) as (
+            client,
+            _,
+        ):
+            with pytest.raises(tce.UnsolicitedReplyError):
+                await client.get("a")
+            assert await client.get("b") == b"v:b"
+            assert _closes(kind, client) == {"unsolicited_reply": 1}
 
 
 @pytest.mark.parametrize("kind", CLIENTS)
@@ -213,6 +240,54 @@ async def test_reply_past_max_reply_bytes_is_refused_and_the_connection_closed(
             assert await client.get("small") == b"v:small"
 
 
+# Issue 27's shapes: a reply declaring 100 million elements, then endless small ones (unchecked,
+# 60 MiB of two-byte strings took the client to 522 MiB).  Each nested shape declares little at
+# every level (999 per aggregate), so only counting what arrives can stop it.
+_MANY = {
+    "two-byte strings": (b"*100000000\r\n", b"$2\r\nxx\r\n"),
+    "integers": (b"*100000000\r\n", b":1\r\n"),
+    "empty arrays": (b"*100000000\r\n", b"*0\r\n"),
+    "nested two-byte strings": (b"*100000\r\n", b"*999\r\n" + b"$2\r\nxx\r\n" * 999),
+    "nested empty arrays": (b"*100000\r\n", b"*999\r\n" + b"*0\r\n" * 999),
+    "nested empty maps": (b"*100000\r\n", b"*999\r\n" + b"%0\r\n" * 999),
+}
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+@pytest.mark.parametrize(("header", "unit"), list(_MANY.values()), ids=list(_MANY))
+async def test_reply_past_max_reply_elements_is_refused_and_the_connection_closed(
+    kind: str, header: bytes, unit: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "trio_cluster.connection")
+
+    async def flood(args: list[bytes], stream: trio.SocketStream) -> None:
+        if args[1] != b"big":
+            await stream.send_all(bulk(b"v:" + args[1]))
+            return
+        await pump(stream, header, unit, max(1, 65536 // len(unit)))
+
+    with trio.fail_after(30):
+        # The read timeout is far off: the refusal comes from the count, not from a deadline.
+        async with connected(kind, stream=flood, read_timeout=25) as (client, server):
+            with pytest.raises(tce.ReplyTooLargeError, match="max_reply_elements=1048576"):
+                await client.get("big")
+            assert any("ReplyTooLargeError" in m for m in violations(caplog))
+            before = server.connections
+            assert await client.get("small") == b"v:small"
+            assert server.connections == before + 1  # the connection was replaced
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+@pytest.mark.parametrize("wire", [b"$-5\r\n", b"*2\r\n:1\r\n$-5\r\n", b"*-5\r\n"])
+async def test_a_negative_length_is_a_protocol_error_naming_it(kind: str, wire: bytes) -> None:
+    with trio.fail_after(20):
+        async with connected(kind, once(get_of(b"a"), wire)) as (client, _):
+            with pytest.raises(tce.ProtocolError, match="length -5 ") as caught:
+                await client.get("a")
+            assert not isinstance(caught.value, tce.ReplyTooLargeError)
+            assert await client.get("b") == b"v:b"
+
+
 @pytest.mark.parametrize("kind", CLIENTS)
 @pytest.mark.parametrize(
     "wire",
@@ -226,7 +301,8 @@ async def test_nesting_past_the_depth_limit_is_typed(kind: str, wire: bytes) -> 
 @pytest.mark.parametrize(
     "options",
     [{"max_reply_bytes": 1000}, {"max_reply_bytes": -1}, {"max_reply_depth": 0},
-     {"max_reply_depth": 5000}, {"max_reply_bytes": 2.5e9}],
+     {"max_reply_depth": 5000}, {"max_reply_bytes": 2.5e9}, {"max_reply_elements": 1000},
+     {"max_reply_elements": 2.0**20}, {"max_reply_elements": True}],
 )  # fmt: skip
 @pytest.mark.parametrize("cls", [Client, ClusterClient])
 async def test_limits_are_validated_at_construction(cls: Any, options: dict[str, Any]) -> None:
@@ -240,20 +316,25 @@ async def test_limits_are_validated_at_construction(cls: Any, options: dict[str,
 # 100 million one-byte strings declared (one-byte bytes objects are shared, so only the list
 # grows), then sent without end by a child process: the reply never completes, bytes are always
 # waiting in the socket, so reading never has to wait (where a cancel would be noticed anyway).
+# max_reply_elements is raised past that count: these tests are about deadlines.
 _ENDLESS_HEADER = b"*100000000\r\n"
+_ENDLESS_OPTIONS = {"max_reply_elements": 2**40}
 
 
 async def _endless(args: list[bytes], stream: trio.SocketStream) -> None:
     if args[1] != b"slow":
         await stream.send_all(bulk(b"v:" + args[1]))
         return
-    await pump_forever(stream, _ENDLESS_HEADER, b"$1\r\nx\r\n", 65536)
+    await pump(stream, _ENDLESS_HEADER, b"$1\r\nx\r\n", 65536)
 
 
 @pytest.mark.parametrize("kind", CLIENTS)
 async def test_read_timeout_holds_while_bytes_keep_arriving(kind: str) -> None:
     with trio.fail_after(30):
-        async with connected(kind, stream=_endless, read_timeout=0.2) as (client, _):
+        async with connected(kind, stream=_endless, read_timeout=0.2, **_ENDLESS_OPTIONS) as (
+            client,
+            _,
+        ):
             with pytest.raises(tce.ReadTimeoutError):
                 await client.get("slow")
             assert await client.get("fast") == b"v:fast"
@@ -262,7 +343,10 @@ async def test_read_timeout_holds_while_bytes_keep_arriving(kind: str) -> None:
 @pytest.mark.parametrize("kind", CLIENTS)
 async def test_a_reply_that_keeps_arriving_can_still_be_cancelled(kind: str) -> None:
     with trio.fail_after(30):
-        async with connected(kind, stream=_endless, read_timeout=None) as (client, _):
+        async with connected(kind, stream=_endless, read_timeout=None, **_ENDLESS_OPTIONS) as (
+            client,
+            _,
+        ):
             with trio.move_on_after(0.2) as scope:
                 await client.get("slow")
             assert scope.cancelled_caught

@@ -166,6 +166,7 @@ class FakeConn:
         self.created_at = self.last_used_at = trio.current_time()
         self.owed_replies = 0
         self.broken = False
+        self.out_of_step = False
         self.client_id: int | None = self.id
         self._queued: list[Any] | None = None  # inside MULTI: the replies EXEC will give
 

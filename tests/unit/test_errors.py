@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import subprocess
+import sys
 
 import pytest
+import redis
 import trio
 from redis import exceptions as rex
 
@@ -18,6 +21,7 @@ from trio_cluster import errors
 from trio_cluster.clients.pubsub import PubSubLimitError
 from trio_cluster.conn.state import ConnState
 from trio_cluster.pooling.breaker import CircuitOpenError
+from trio_cluster.testing import free_port
 
 #: Constructor arguments for the classes that parse or need more than a message.
 SPECIAL_ARGS: dict[type[BaseException], tuple[object, ...]] = {
@@ -112,3 +116,51 @@ def test_cluster_refusals_are_in_both_families() -> None:
     down = errors.ClusterUnreachableError("Redis Cluster cannot be connected.")
     assert isinstance(down, rex.RedisClusterException)
     assert isinstance(down, rex.ConnectionError)
+
+
+# --- an unreachable cluster: redis-py 8.2's class where it exists ---------------------------
+
+
+def test_cluster_unreachable_is_redis_py_s_own_class_where_it_exists() -> None:
+    # redis-py 8.2 added RedisClusterUnreachableError; 8.0 and 8.1 raise its base class.
+    expected = getattr(rex, "RedisClusterUnreachableError", rex.RedisClusterException)
+    assert issubclass(errors.ClusterUnreachableError, expected)
+    assert issubclass(errors.ClusterUnreachableError, rex.RedisClusterException)
+    assert issubclass(errors.ClusterUnreachableError, rex.ConnectionError)
+
+
+def test_without_the_new_class_the_import_falls_back_to_its_base() -> None:
+    # What a redis-py 8.0 or 8.1 looks like to the import (the lowest session runs it for real).
+    script = (
+        "import redis.exceptions as rex\n"
+        "del rex.RedisClusterUnreachableError\n"
+        "from trio_cluster import errors\n"
+        "print(' '.join(c.__name__ for c in errors.ClusterUnreachableError.__mro__))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    if "AttributeError" in result.stderr:  # a redis-py without it: nothing to delete
+        assert not hasattr(rex, "RedisClusterUnreachableError")
+        return
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:3] == [
+        "ClusterUnreachableError", "RedisClusterException", "ConnectionError"
+    ]  # fmt: skip
+
+
+async def test_an_unreachable_cluster_raises_what_redis_py_raises_for_it() -> None:
+    port = free_port("127.0.0.1")  # nothing listens there
+
+    def redis_py() -> BaseException:
+        try:
+            redis.RedisCluster(host="127.0.0.1", port=port, socket_connect_timeout=2)
+        except Exception as exc:
+            return exc
+        raise AssertionError("redis-py connected to a closed port")
+
+    reference = await trio.to_thread.run_sync(redis_py)
+    with trio.fail_after(20), pytest.raises(errors.ClusterUnreachableError) as caught:
+        async with trio_cluster.ClusterClient("127.0.0.1", port, connect_timeout=2.0):
+            pass
+    assert isinstance(caught.value, type(reference)), type(reference)

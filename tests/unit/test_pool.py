@@ -45,6 +45,7 @@ class FakeConn:
         self.created_at = self.last_used_at = trio.current_time()
         self.owed_replies = 0
         self.broken = False
+        self.out_of_step = False
         self.peer_gone = False
         self.stale = False  # for a claimant to want it (tests of claims)
         self.drain_gate: trio.Event | None = None

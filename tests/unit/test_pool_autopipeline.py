@@ -44,6 +44,7 @@ class EchoConn:
         self.created_at = self.last_used_at = trio.current_time()
         self.owed_replies = 0
         self.broken = False
+        self.out_of_step = False
         self.log = log
 
     def peer_closed(self) -> bool:

@@ -328,7 +328,7 @@ def _wire(node: Any) -> bytes:
 
 
 def _careful_parse(wire: bytes, chunk: int) -> list[Any]:
-    parser = CarefulParser(max_bytes=2**30, max_depth=64)
+    parser = CarefulParser(max_bytes=2**30, max_depth=64, max_elements=2**30)
     replies = []
     for i in range(0, len(wire), chunk):
         parser.feed(wire[i : i + chunk])
@@ -367,6 +367,17 @@ def _drain(parser: RespParser) -> list[Any]:
         if reply is not YIELD:
             replies.append(reply)
     return replies
+
+
+def _feed_split(parser: Any, wire: bytes, cuts: list[int]) -> list[Any]:
+    """Feed ``wire`` in pieces of the sizes in ``cuts`` (cycled), draining after each."""
+    got, pos, i = [], 0, 0
+    while pos < len(wire):
+        step = cuts[i % len(cuts)]
+        parser.feed(wire[pos : pos + step])
+        pos, i = pos + step, i + 1
+        got += _drain(parser)
+    return got
 
 
 def _feed_all(parser: RespParser, wire: bytes, chunk: int) -> list[Any]:
@@ -598,12 +609,7 @@ def test_any_stream_any_split_gives_what_the_careful_parser_gives_whole(
 
         old, protocol._MAX_WINDOW = protocol._MAX_WINDOW, 0  # type: ignore[misc]
     try:
-        got, pos, i = [], 0, 0
-        while pos < len(wire):
-            step = cuts[i % len(cuts)]
-            parser.feed(wire[pos : pos + step])
-            pos, i = pos + step, i + 1
-            got += _drain(parser)
+        got = _feed_split(parser, wire, cuts)
     finally:
         if tiny_window:
             protocol._MAX_WINDOW = old  # type: ignore[misc]

@@ -92,6 +92,8 @@ class Connection(ReplyStream):
         self.owed_replies = 0
         #: Set when the connection must never carry another command.
         self.broken = False
+        #: Set (with ``broken``) when the server sent bytes no command was owed.
+        self.out_of_step = False
         #: The RESP version agreed in the handshake (2 or 3).
         self.protocol = 2
         #: The server's CLIENT ID for this connection (None if the server could not say).

@@ -66,6 +66,7 @@ class ReplyStream:
         "broken",
         "config",
         "id",
+        "out_of_step",
         "owed_replies",
         "watchdog",
     )
@@ -76,6 +77,9 @@ class ReplyStream:
     owed_replies: int
     #: Set when the connection must never carry another command.
     broken: bool
+    #: Set (with ``broken``) when the server sent bytes no command was owed: an unsolicited
+    #: reply, or anything but a push frame on an idle connection.
+    out_of_step: bool
     watchdog: Watchdog | None
     _timed_out: bool
     _closed: bool
@@ -215,12 +219,17 @@ class ReplyStream:
         if parser is None:
             config = self.config
             parser = self._parser = RespParser(
-                max_bytes=config.max_reply_bytes, max_depth=config.max_reply_depth
+                max_bytes=config.max_reply_bytes,
+                max_depth=config.max_reply_depth,
+                max_elements=config.max_reply_elements,
             )
         return parser
 
     def _violation(self, error: ProtocolError) -> ProtocolError:
-        """The stream broke the protocol: log it, mark the connection for closing."""
+        """The stream broke the protocol: log it, mark the connection for closing (and as out
+        of step if the bytes were unsolicited)."""
+        if isinstance(error, UnsolicitedReplyError):
+            self.out_of_step = True
         if not self.broken:
             logger.warning(
                 "closing connection %d to %s: %s: %s",
@@ -315,7 +324,8 @@ class ReplyStream:
 
         One ``poll`` call.  An idle connection normally has nothing to read; if it does, the
         bytes are read: push frames are dispatched (maintenance notifications arrive on idle
-        connections), while EOF, an error, garbage or an unsolicited reply mean it is unfit.
+        connections), while EOF, an error, garbage or an unsolicited reply mean it is unfit
+        (the last two also set ``out_of_step``, so the pool counts why it closed it).
 
         The poll uses one ``poll`` object shared by all the connections of a client (the
         watchdog's): a registration, a poll and an unregistration cost less than
@@ -353,6 +363,7 @@ class ReplyStream:
             self._reader().feed(data)
             self._settle()
         except ProtocolError as exc:
+            self.out_of_step = True  # whatever they were, no command was owed those bytes
             self._violation(exc)
             return True
         return False

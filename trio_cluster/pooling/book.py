@@ -178,7 +178,9 @@ class Book(Generic[C]):
         if state is _CLOSED:
             self._remove(entry, CloseReason.CLOSED_ELSEWHERE)
         elif conn.broken:
-            self._remove(entry, CloseReason.BROKEN)
+            self._remove(
+                entry, CloseReason.UNSOLICITED_REPLY if conn.out_of_step else CloseReason.BROKEN
+            )
         elif conn.owed_replies:
             if state is not _UNUSABLE:
                 self._to_job(entry, now)

@@ -49,7 +49,8 @@ def stale_reason(entry: Entry[C], now: float, options: PoolOptions) -> CloseReas
     if max_idle_time is not None and now - entry.conn.last_used_at >= max_idle_time:
         return CloseReason.IDLE_TIME
     if entry.conn.peer_closed():
-        return CloseReason.PEER_CLOSED
+        # Bytes no command was owed (out of step) are not the server closing the socket.
+        return CloseReason.UNSOLICITED_REPLY if entry.conn.out_of_step else CloseReason.PEER_CLOSED
     return None
 
 

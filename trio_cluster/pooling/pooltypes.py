@@ -42,9 +42,13 @@ class PoolableConnection(Protocol):
     """Replies the server still owes (a command was cancelled after its bytes went out)."""
     broken: bool
     """True after a partial write, protocol error or I/O error: close, never reuse."""
+    out_of_step: bool
+    """True (with ``broken``) when the server sent bytes no command was owed: an unsolicited
+    reply, or anything but a push frame on an idle connection."""
 
     def peer_closed(self) -> bool:
-        """Cheap, non-blocking: has the server closed the socket?"""
+        """Cheap, non-blocking: is this idle connection unfit (the server closed the socket,
+        or sent it bytes no command was owed, which sets ``out_of_step``)?"""
         ...
 
     async def drain(self) -> None:
@@ -65,7 +69,8 @@ class CloseReason(enum.StrEnum):
     """Why the pool removed (and closed) a connection; the keys of ``PoolStats.closes``."""
 
     BROKEN = "broken"
-    """Released with ``broken`` set (partial write, protocol or I/O error)."""
+    """Released with ``broken`` set (partial write, protocol or I/O error), unless it was out
+    of step (``unsolicited_reply``)."""
     DRAIN_FAILED = "drain_failed"
     """Reading the replies owed by a cancelled command failed or timed out."""
     IDLE_TIME = "idle_time"
@@ -74,6 +79,9 @@ class CloseReason(enum.StrEnum):
     """Older than ``max_lifetime`` (with jitter)."""
     PEER_CLOSED = "peer_closed"
     """The server closed the socket while the connection sat idle."""
+    UNSOLICITED_REPLY = "unsolicited_reply"
+    """The server sent bytes no command was owed (``out_of_step``): a reply after the last
+    one owed, or anything but a push frame while the connection sat idle."""
     MAX_IDLE = "max_idle"
     """Released while ``max_idle`` connections were already idle."""
     CLOSED_ELSEWHERE = "closed_elsewhere"

@@ -8,8 +8,10 @@ type byte may be present, and takes it back once this parser is between replies 
 It keeps its place across reads (an explicit stack of open aggregates, never recursion), so
 its cost is linear in the bytes received however they are split; it stops after a bounded
 number of elements (:data:`YIELD`) so that its caller can let other tasks run; and it enforces
-the reply size and depth limits and the shape rules (hashable map keys, push frames only at
-the top level).  Values are built exactly as hiredis builds them.
+the reply size, element and depth limits and the shape rules (hashable map keys, push frames
+only at the top level).  Elements are counted exactly, as :mod:`~trio_cluster.wire.budget`
+defines them: every aggregate header reserves what it declares, so the count never runs behind
+what is built.  Values are built exactly as hiredis builds them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..errors import (
     ReplyTooLargeError,
     error_from_reply,
 )
+from .budget import AGGREGATE_COST, VALUE_COST, declared_cost
 
 __all__ = ["NEED_DATA", "YIELD", "CarefulParser", "PushFrame"]
 
@@ -65,6 +68,10 @@ _PAIRED: Final = frozenset(b"%|")
 _ATTRIBUTE: Final = ord("|")
 _PUSH: Final = ord(">")
 _MAP: Final = ord("%")
+_NAMES: Final = {
+    ord("$"): "bulk string", ord("="): "verbatim string", ord("!"): "blob error",
+    ord("*"): "array", ord("%"): "map", ord("~"): "set", ord(">"): "push", ord("|"): "attribute",
+}  # fmt: skip
 
 
 class _Open:
@@ -98,18 +105,24 @@ class CarefulParser:
         "_fed",
         "_max_bytes",
         "_max_depth",
+        "_max_elements",
         "_pending_attributes",
         "_pos",
         "_reply_start",
+        "_reserved",
         "_stack",
     )
 
-    def __init__(self, *, max_bytes: int, max_depth: int) -> None:
+    def __init__(self, *, max_bytes: int, max_depth: int, max_elements: int) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._stack: list[_Open] = []
         self._max_bytes = max_bytes
         self._max_depth = max_depth
+        self._max_elements = max_elements
+        # The cost (see budget) of the reply being read once complete, as far as the headers
+        # read so far declare it: the reply itself, plus what each aggregate header declares.
+        self._reserved = VALUE_COST
         self._fed = 0  # bytes fed in all
         self._reply_start = 0  # where (in bytes fed in all) the reply being read began
         self._pending_attributes: dict[Any, Any] | None = None
@@ -129,6 +142,14 @@ class CarefulParser:
                 self._big_have += len(piece)
                 data = data[need:]
         self._buf += data
+
+    def discard(self) -> None:
+        """Drop everything held (the stream is abandoned): emptied in place, so that a frame
+        of a traceback that still sees this parser holds nothing large."""
+        self._stack.clear()
+        del self._buf[:]
+        self._pos = 0
+        self._big = self._pending_attributes = None
 
     @property
     def idle(self) -> bool:
@@ -151,7 +172,6 @@ class CarefulParser:
     def next_reply(self) -> Any:
         """The next complete reply, :data:`NEED_DATA`, or :data:`YIELD`."""
         buf = self._buf
-        stack = self._stack
         budget = SLICE
         while True:
             budget -= 1
@@ -181,7 +201,10 @@ class CarefulParser:
                 length = _number(line, "blob length")
                 if length < 0:
                     if length != -1 or kind != ord("$"):
-                        raise ProtocolError(f"bad blob length {length}")
+                        raise ProtocolError(
+                            f"bad {_NAMES[kind]} length {length} in reply: only a bulk string "
+                            "may have a negative length, and only -1 (a null)"
+                        )
                     value = None
                     self._pos = eol + 2
                 else:
@@ -205,26 +228,13 @@ class CarefulParser:
                 self._pos = eol + 2
                 if count < 0:
                     if count != -1 or kind != ord("*"):
-                        raise ProtocolError(f"bad aggregate length {count}")
+                        raise ProtocolError(
+                            f"bad {_NAMES[kind]} length {count} in reply: only an array may "
+                            "have a negative length, and only -1 (a null)"
+                        )
                     value = None
-                elif count:
-                    if count * _MIN_ELEMENT > self._max_bytes:
-                        raise ReplyTooLargeError(
-                            f"reply declares {count} elements, "
-                            f"more than max_reply_bytes={self._max_bytes} can hold"
-                        )
-                    if kind == _PUSH and stack:
-                        raise ReplyShapeError("a push frame inside an aggregate")
-                    stack.append(_Open(kind, count))
-                    if len(stack) > self._max_depth:
-                        raise ReplyTooDeepError(
-                            f"reply nested deeper than max_reply_depth={self._max_depth}"
-                        )
+                elif self._open(kind, count):
                     continue
-                elif kind == _ATTRIBUTE:
-                    continue  # an empty attribute: the element it describes follows
-                elif kind == _PUSH and stack:
-                    raise ReplyShapeError("a push frame inside an aggregate")
                 else:
                     value = {} if kind == _MAP else PushFrame([]) if kind == _PUSH else []
             else:
@@ -232,6 +242,35 @@ class CarefulParser:
             reply = self._attach(value)
             if reply is not _MORE:
                 return reply
+
+    def _open(self, kind: int, count: int) -> bool:
+        """An aggregate header declaring ``count`` elements: check it against the limits and,
+        unless it is empty, open it (True: its elements follow; False: it is an empty array,
+        map, set or push, complete already)."""
+        # Its own first unit was reserved by its parent (or by the reply), except an
+        # attribute's: an attribute is not an element of anything.
+        cost = declared_cost(kind, count)
+        self._reserved += cost if kind == _ATTRIBUTE else cost - VALUE_COST
+        if self._reserved > self._max_elements:
+            raise ReplyTooLargeError(
+                f"reply would hold more than max_reply_elements={self._max_elements} "
+                f"elements (an aggregate counts {AGGREGATE_COST}, any other value 1): "
+                f"{_NAMES[kind]} header declaring {count}"
+            )
+        stack = self._stack
+        if kind == _PUSH and stack:
+            raise ReplyShapeError("a push frame inside an aggregate")
+        if not count:
+            return kind == _ATTRIBUTE  # an empty attribute: the element it describes follows
+        if count * _MIN_ELEMENT > self._max_bytes:
+            raise ReplyTooLargeError(
+                f"reply declares {count} elements, "
+                f"more than max_reply_bytes={self._max_bytes} can hold"
+            )
+        stack.append(_Open(kind, count))
+        if len(stack) > self._max_depth:
+            raise ReplyTooDeepError(f"reply nested deeper than max_reply_depth={self._max_depth}")
+        return True
 
     def _attach(self, value: Any) -> Any:
         """One element is complete: put it in its aggregate, closing those it completes.
@@ -267,6 +306,7 @@ class CarefulParser:
             value = PushFrame(top.items) if top.kind == _PUSH else top.items
         self._pending_attributes = None
         self._reply_start = self._fed - (len(self._buf) - self._pos)
+        self._reserved = VALUE_COST
         return value
 
     def _start_big(self, kind: int, length: int, start: int) -> None:
