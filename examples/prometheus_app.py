@@ -20,9 +20,11 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import start_http_server
 from redis.exceptions import ResponseError
+from redis.observability.config import OTelConfig
 
 from trio_cluster import Client, ClusterClient
 from trio_cluster.otel import TrioClusterInstrumentor
+from trio_cluster.otel.instrumentor import ALL_GROUPS
 
 
 async def workload(url: str, cluster: bool, seconds: float | None) -> None:
@@ -49,7 +51,9 @@ def main() -> None:
     args = parser.parse_args()
     start_http_server(args.port, addr="127.0.0.1")
     provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
-    TrioClusterInstrumentor().instrument(meter_provider=provider, tracing=False)
+    # Every metric group, command durations included (redis-py's default leaves them out).
+    config = OTelConfig(metric_groups=ALL_GROUPS)
+    TrioClusterInstrumentor().instrument(meter_provider=provider, config=config, tracing=False)
     print(f"serving metrics on http://127.0.0.1:{args.port}/metrics", flush=True)
     trio.run(workload, args.url, args.cluster, args.seconds)
 
