@@ -321,7 +321,10 @@ class Connection(ReplyStream):
         except (rex.ConnectionError, trio.ClosedResourceError):
             if not self._timed_out:
                 raise
-            raise self._timeout_error(writing, write_timeout, read_timeout) from None
+            self.broken = True
+            raise _timeout_error(
+                self.config.address, writing, write_timeout, read_timeout
+            ) from None
         finally:
             watchdog.unwatch(self)
         if self._timed_out:
@@ -354,18 +357,9 @@ class Connection(ReplyStream):
             for _ in range(count):
                 replies.append(await self._read_reply())
         if scope.cancelled_caught:
-            raise self._timeout_error(writing, write_timeout, read_timeout)
+            self.broken = True
+            raise _timeout_error(self.config.address, writing, write_timeout, read_timeout)
         return replies
-
-    def _timeout_error(
-        self, writing: bool, write_timeout: float | None, read_timeout: float | None
-    ) -> Exception:
-        self.broken = True
-        if writing:
-            return WriteTimeoutError(
-                f"writing to {self.config.address} took longer than {write_timeout} s"
-            )
-        return ReadTimeoutError(f"no reply from {self.config.address} within {read_timeout} s")
 
     def expire(self) -> None:
         """Called by the watchdog when the deadline passed with a command in flight."""
@@ -461,6 +455,15 @@ class Connection(ReplyStream):
             self._closed = True
             self.state.transition(ConnState.CLOSED)
             await close_quietly(self._stream)
+
+
+def _timeout_error(
+    address: str, writing: bool, write_timeout: float | None, read_timeout: float | None
+) -> Exception:
+    """The typed timeout of a round trip that ran out of time while writing or reading."""
+    if writing:
+        return WriteTimeoutError(f"writing to {address} took longer than {write_timeout} s")
+    return ReadTimeoutError(f"no reply from {address} within {read_timeout} s")
 
 
 def _hello_unsupported(exc: Exception) -> bool:
