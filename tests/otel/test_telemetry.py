@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -183,6 +184,70 @@ async def test_a_moved_is_a_redirect_event_and_a_counted_redirect(telemetry: Tel
     assert events[0].attributes["to"] == f"{new_owner[0]}:{new_owner[1]}"
     assert events[0].attributes["slot"] == key_slot(key.encode())
     assert redirects == 1
+
+
+async def test_metrics_collected_on_the_exporters_thread_read_each_client_on_its_own(
+    local_server: LocalServer,
+) -> None:
+    """A periodic exporter collects on a thread of its own, while the client lives on its trio
+    thread: every instrument is still read (the maintenance ones need trio's clock)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        MetricExporter,
+        MetricExportResult,
+        PeriodicExportingMetricReader,
+    )
+
+    class Names(MetricExporter):
+        """Remembers the names of the instruments exported, and on which thread."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+            self.threads: set[int] = set()
+
+        def export(self, metrics_data: Any, timeout_millis: float = 0, **kwargs: Any) -> Any:
+            self.threads.add(threading.get_ident())
+            for resource in metrics_data.resource_metrics:
+                for scope in resource.scope_metrics:
+                    self.names.update(metric.name for metric in scope.metrics)
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 0) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 0, **kwargs: Any) -> None:
+            pass
+
+    exporter = Names()
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=50)
+    provider = MeterProvider(metric_readers=[reader])
+    main_thread = threading.get_ident()
+    try:
+        with trio.fail_after(20):
+            client = Client(local_server.host, local_server.port)
+            instrument_client(
+                client,
+                meter_provider=provider,
+                tracing=False,
+                config=OTelConfig(metric_groups=ALL_GROUPS),
+            )
+            async with client as r:
+                await r.ping()
+                while "redis.client.connection.relaxed_timeout" not in exporter.names:  # noqa: ASYNC110 - the exporter's thread sets no trio event
+                    await trio.sleep(0.05)
+                seen = set(exporter.names)
+                threads = set(exporter.threads)
+    finally:
+        provider.shutdown()
+    assert main_thread not in threads  # collected elsewhere
+    assert {
+        "db.client.connection.count",
+        "redis.client.connection.handoff",
+        "trio_cluster.connection.handoff_failures",
+        "trio_cluster.reauths",
+        "trio_cluster.connection.states",
+    } <= seen
 
 
 async def test_by_default_a_command_that_succeeds_costs_nothing(

@@ -8,17 +8,20 @@ keeps (connections per state, closes, redirects, breakers...) when the collector
 metric groups and the command filter are redis-py's ``OTelConfig``: the same switch, the same
 meaning.
 
-A client that closes leaves its cumulative counts behind in the hook (``_Retired``), so that
-every counter stays monotonic when clients come and go.
+A client that closes leaves its cumulative counts behind in the hook (``_Observed``), so
+that every counter stays monotonic when clients come and go; a client is read on its own trio
+thread, whichever thread the exporter collects from.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import trio
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from redis.observability.config import MetricGroup, OTelConfig
 
@@ -104,32 +107,67 @@ OBSERVABLE: dict[str, tuple[str, str, MetricGroup, Reader, bool, str]] = {
 
 
 class _Observed:
-    """The clients a hook watches, and the cumulative counts of those that closed."""
+    """The clients a hook watches, and the cumulative counts of those that closed.
+
+    Collection runs on the exporter's thread (a periodic reader's, or the Prometheus HTTP
+    server's), while the clients live on their trio thread: a client is read on its own
+    thread (``trio.from_thread``, the collector's thread waiting meanwhile), so that nothing
+    is read while trio changes it and nothing that needs trio's clock runs off it.  A client
+    read from its own thread (an in-memory reader collected from trio code) is read directly.
+    """
 
     def __init__(self) -> None:
-        self.open: weakref.WeakSet[Any] = weakref.WeakSet()
-        self.retired: dict[str, dict[tuple[tuple[str, Any], ...], float]] = defaultdict(
+        self._lock = threading.Lock()
+        self._open: dict[int, tuple[weakref.ref[Any], trio.lowlevel.TrioToken, int]] = {}
+        self._retired: dict[str, dict[tuple[tuple[str, Any], ...], float]] = defaultdict(
             lambda: defaultdict(float)
         )
+
+    def add(self, client: Any) -> None:
+        """Start reading ``client`` (called on its trio thread, as it opens)."""
+        entry = (weakref.ref(client), trio.lowlevel.current_trio_token(), threading.get_ident())
+        with self._lock:
+            self._open[id(client)] = entry
 
     def read(self, name: str, reader: Reader, cumulative: bool) -> dict[Any, float]:
         """The summed readings of every open client (plus, for counters, closed ones)."""
         totals: dict[Any, float] = defaultdict(float)
-        if cumulative:
-            for key, value in self.retired[name].items():
-                totals[key] += value
-        for client in list(self.open):
-            for key, value in reader(client):
-                totals[key] += value
+        with self._lock:
+            entries = list(self._open.values())
+            if cumulative:
+                for key, value in self._retired[name].items():
+                    totals[key] += value
+        for ref, token, thread in entries:
+            client = ref()
+            if client is not None:
+                for key, value in _read(client, reader, token, thread):
+                    totals[key] += value
         return totals
 
     def retire(self, client: Any) -> None:
-        """Keep what ``client`` counted, then stop reading it."""
-        for name, (_kind, _unit, _group, reader, cumulative, _doc) in OBSERVABLE.items():
-            if cumulative:
-                for key, value in reader(client):
-                    self.retired[name][key] += value
-        self.open.discard(client)
+        """Keep what ``client`` counted, then stop reading it (called on its trio thread)."""
+        final = {
+            name: list(reader(client))
+            for name, (_kind, _unit, _group, reader, cumulative, _doc) in OBSERVABLE.items()
+            if cumulative
+        }
+        with self._lock:
+            for name, readings_ in final.items():
+                for key, value in readings_:
+                    self._retired[name][key] += value
+            self._open.pop(id(client), None)
+
+
+def _read(
+    client: Any, reader: Reader, token: trio.lowlevel.TrioToken, thread: int
+) -> list[Reading]:
+    """``reader(client)`` on the client's own trio thread; nothing if its run has ended."""
+    if threading.get_ident() == thread:
+        return list(reader(client))
+    try:
+        return trio.from_thread.run_sync(lambda: list(reader(client)), trio_token=token)
+    except trio.RunFinishedError:
+        return []
 
 
 class MetricsHook(Hook):
@@ -214,7 +252,7 @@ class MetricsHook(Hook):
 
     def client_opened(self, client: Any) -> None:
         """Start reading ``client``'s counters."""
-        self._clients.open.add(client)
+        self._clients.add(client)
 
     def client_closed(self, client: Any) -> None:
         """Keep ``client``'s final counts; stop reading it."""
