@@ -20,7 +20,9 @@ from typing import Final
 
 from faults.version import VERSION
 
-log = logging.getLogger("faults.server")
+# Not ``__name__``: under ``python -m faults`` that is ``__main__``, outside the ``faults``
+# hierarchy whose records ``faults.logs.configure`` prints.
+log = logging.getLogger("faults.__main__")
 
 
 def _serve_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ __all__ = [
     "remove_default_hook",
 ]
 
-logger = logging.getLogger("trio_cluster.hooks")
+logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 

@@ -33,7 +33,7 @@ from .watchdog import Watchdog
 
 __all__ = ["CurrentCredentials", "Dialer", "PushHandlerOwner"]
 
-logger = logging.getLogger("trio_cluster.dialer")
+logger = logging.getLogger(__name__)
 
 
 class CurrentCredentials(Protocol):

@@ -36,7 +36,7 @@ __all__ = [
     "take_connection",
 ]
 
-logger = logging.getLogger("trio_cluster.nodecall")
+logger = logging.getLogger(__name__)
 
 
 async def take_connection(node: Node) -> Connection:
