@@ -5,8 +5,11 @@
     curl -s localhost:9464/metrics | grep db_client_operation_duration
 
 OpenTelemetry's Prometheus exporter serves every instrument in Prometheus' text format
-(``db.client.operation.duration`` becomes ``db_client_operation_duration_seconds``);
-``--cluster`` uses a ``ClusterClient``.  It runs until interrupted, or for ``--seconds``.
+(``db.client.operation.duration`` becomes ``db_client_operation_duration_seconds``).  Every
+metric group is turned on, the per-command histogram (the COMMAND group) included: without a
+``config`` only redis-py's default groups are.  ``--cluster`` uses a ``ClusterClient``.  It
+runs until interrupted, or for ``--seconds``; ``tests/otel/test_prometheus.py`` runs it and
+scrapes it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import start_http_server
 from redis.exceptions import ResponseError
+from redis.observability.config import MetricGroup, OTelConfig
 
 from trio_cluster import Client, ClusterClient
 from trio_cluster.otel import TrioClusterInstrumentor
@@ -49,7 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     start_http_server(args.port, addr="127.0.0.1")
     provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
-    TrioClusterInstrumentor().instrument(meter_provider=provider, tracing=False)
+    every_group = OTelConfig(metric_groups=list(MetricGroup))
+    TrioClusterInstrumentor().instrument(meter_provider=provider, config=every_group, tracing=False)
     print(f"serving metrics on http://127.0.0.1:{args.port}/metrics", flush=True)
     trio.run(workload, args.url, args.cluster, args.seconds)
 
