@@ -192,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         from faults import cli
 
         return cli.main(rest)
+    if rest:  # version takes no flags: --help shows its help, anything else is refused
+        try:
+            parser.parse_args(args)
+        except SystemExit as exit:
+            return exit.code if isinstance(exit.code, int) else 2
     print(VERSION)
     return 0
 
