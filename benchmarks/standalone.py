@@ -223,7 +223,8 @@ _COMPONENTS: list[tuple[str, Any]] = [
     ("socket syscalls (os.write, recv)",
      lambda f, n: "posix.write" in n or "'recv" in n or "'send" in n),
     ("encoding (encode_command, normalize_args)",
-     lambda f, n: ("protocol.py" in f and "encode" in n) or n == "normalize_args"
+     lambda f, n: ("protocol.py" in f and "encode" in n) or f.endswith("wire/encoding.py")
+     or n == "normalize_args"
      or "_raise_for_bad_argument" in n or "pack_command" in n),
     ("parsing (RespParser + hiredis)",
      lambda f, n: "protocol.py" in f or "hiredis" in n or "Reader" in n),
@@ -231,9 +232,12 @@ _COMPONENTS: list[tuple[str, Any]] = [
      lambda f, n: ("commands.py" in f and "trio_cluster" in f)
      or "redis/_parsers" in f or "helpers.py" in f),
     ("redis-py command methods (get/set)", lambda f, n: "redis/commands" in f),
-    ("pool get/put + state machine", lambda f, n: f.endswith(("pool.py", "state.py"))),
-    ("client.execute_command", lambda f, n: f.endswith("trio_cluster/client.py")),
-    ("connection (execute_many/_send/_read_reply)", lambda f, n: f.endswith("connection.py")),
+    ("pool get/put + state machine",
+     lambda f, n: f.endswith(("pooling/pool.py", "pooling/book.py", "conn/state.py"))),
+    ("client.execute_command",
+     lambda f, n: f.endswith(("clients/client.py", "clients/clientbase.py"))),
+    ("connection (execute_many/_send/_read_reply)",
+     lambda f, n: f.endswith(("conn/connection.py", "conn/stream.py"))),
     ("cancel scopes (trio CancelScope + contextlib)",
      lambda f, n: "contextlib.py" in f or "builtins.next" in n
      or ("_run.py" in f and n in ("__init__", "__enter__", "__exit__", "_close", "deadline",

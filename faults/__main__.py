@@ -20,7 +20,9 @@ from typing import Final
 
 from faults.version import VERSION
 
-log = logging.getLogger("faults.server")
+# Not ``__name__``: under ``python -m faults`` that is ``__main__``, outside the ``faults``
+# hierarchy whose records ``faults.logs.configure`` prints.
+log = logging.getLogger("faults.__main__")
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -190,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         from faults import cli
 
         return cli.main(rest)
+    if rest:  # version takes no flags: --help shows its help, anything else is refused
+        try:
+            parser.parse_args(args)
+        except SystemExit as exit:
+            return exit.code if isinstance(exit.code, int) else 2
     print(VERSION)
     return 0
 

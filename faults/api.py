@@ -29,7 +29,7 @@ __all__ = ["VERSION", "Api", "Response"]
 _JSON: Final = "application/json"
 _TEXT: Final = "text/plain; charset=utf-8"
 _ALPHABET: Final = "0123456789abcdefghijklmnopqrstuv"
-log = logging.getLogger("faults.api")
+log = logging.getLogger(__name__)
 
 
 @dataclass

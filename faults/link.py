@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["QUEUE_SIZE", "RECV_SIZE", "Connection", "Link"]
 
-log = logging.getLogger("faults.proxy")
+log = logging.getLogger(__name__)
 
 RECV_SIZE: Final = 65536
 QUEUE_SIZE: Final = 1024  # Go buffers 1024 chunks in front of latency; we do it for all toxics.

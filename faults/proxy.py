@@ -26,7 +26,7 @@ from faults.sockets import DialError, accept, bind_listener, dial, display
 
 __all__ = ["Proxy"]
 
-log = logging.getLogger("faults.proxy")
+log = logging.getLogger(__name__)
 
 _LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 

@@ -41,7 +41,7 @@ _TIMEOUT_BODY: Final = (
     b"<html><head><title>Timeout</title></head><body><h1>Timeout</h1></body></html>"
 )
 _HTML: Final = "text/html; charset=utf-8"
-log = logging.getLogger("faults.api")
+log = logging.getLogger(__name__)
 
 
 def _reason(status: int) -> bytes:

@@ -1,7 +1,8 @@
 """Shared fixtures: real servers (one standalone, one 3+3 cluster) for the whole session.
 
-The server binary is chosen as DESIGN.md says (``TRIO_CLUSTER_SERVER``, then PATH, then the
-bundled Valkey); the report header names it so every run says which server it used.
+The server binary is the one ``trio_cluster.testing.find_server_binary`` picks
+(``TRIO_CLUSTER_SERVER``, then ``redis-server`` or ``valkey-server`` on PATH, then the bundled
+Valkey); the report header names it so every run says which server it used.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ and expose ``stats()`` and ``connections()``.  Errors subclass redis-py's.
 ``MaintNotificationsOptions`` configures ``maint_notifications=``; ``parse_url`` turns a
 ``redis://`` URL into the clients' keywords (what ``from_url`` does, for tools that parse a
 URL once and open several clients from it) and ``redact_url`` shows a URL without its password.
+``Lock`` (what ``client.lock()`` gives) and ``Script`` (what ``client.register_script()``
+gives) are exported for annotations and for ``lock(..., lock_class=...)`` subclasses.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import logging as _logging
 from .clients.client import Client, Pipeline
 from .clients.cluster import ClusterClient, ClusterStats, ReadFrom, RetryOptions
 from .clients.cluster_pipeline import ClusterPipeline
+from .clients.lock import Lock
+from .clients.pipelinebase import Script
 from .clients.pubsub import PubSub, PubSubLimitError, PubSubStats
 from .config import ConnectionConfig, parse_url, redact_url
 from .conn.state import ConnState
@@ -54,6 +58,7 @@ __all__ = [
     "ConnectionConfig",
     "ConnectionInfo",
     "InvalidTransition",
+    "Lock",
     "MaintNotificationsOptions",
     "MovedError",
     "Pipeline",
@@ -69,6 +74,7 @@ __all__ = [
     "ReadFrom",
     "ReadTimeoutError",
     "RetryOptions",
+    "Script",
     "WriteTimeoutError",
     "__version__",
     "parse_url",

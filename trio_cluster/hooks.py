@@ -12,7 +12,9 @@ actually answered (after any redirect), timing, retries and the outcome.  Hooks 
 synchronously on the command's task: they must be quick and must not block or raise (an
 exception from a hook is logged and dropped, so instrumentation can never fail a command).
 
-The cost when no hook is registered is one attribute test per command.
+The cost when no hook wants every command is one attribute test per command
+(:attr:`Hooks.commands`); a hook that wants only failures (``command_failed``) costs the
+commands that succeed nothing more.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ __all__ = [
     "remove_default_hook",
 ]
 
-logger = logging.getLogger("trio_cluster.hooks")
+logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 

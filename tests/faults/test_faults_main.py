@@ -56,6 +56,16 @@ def test_help_describes_the_commands() -> None:
         assert f"    {command} " in result.stdout
 
 
+def test_version_has_its_own_help_and_takes_no_flags() -> None:
+    shown = _run("-m", "faults", "version", "--help")
+    assert shown.returncode == 0, shown.stderr
+    assert "print the Toxiproxy version" in shown.stdout and "2.12.0" not in shown.stdout
+    assert _run("-m", "faults", "version").stdout == "2.12.0\n"
+    refused = _run("-m", "faults", "version", "--bogus")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert "--bogus" in refused.stderr
+
+
 def test_no_command_prints_the_help_and_exits_2() -> None:
     result = _run("-m", "faults")
     assert (result.returncode, result.stdout) == (2, "")

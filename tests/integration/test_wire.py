@@ -73,7 +73,7 @@ def violations(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "trio_cluster.connection" and r.levelno == logging.WARNING
+        if r.name == "trio_cluster.conn.stream" and r.levelno == logging.WARNING
     ]
 
 
@@ -93,7 +93,7 @@ def violations(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_bytes_after_the_owed_reply_are_never_delivered(
     kind: str, wire: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "trio_cluster.connection")
+    caplog.set_level(logging.WARNING, "trio_cluster.conn.stream")
     with trio.fail_after(20):
         async with connected(kind, once(get_of(b"a"), wire)) as (client, server):
             with pytest.raises(tce.UnsolicitedReplyError) as caught:
@@ -147,7 +147,7 @@ def _closes(kind: str, client: Any) -> dict[str, int]:
 async def test_unsolicited_reply_on_an_idle_connection_closes_it(
     kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "trio_cluster.connection")
+    caplog.set_level(logging.WARNING, "trio_cluster.conn.stream")
     release, sent = trio.Event(), trio.Event()
 
     async def stray(args: list[bytes], stream: trio.SocketStream) -> None:
@@ -192,7 +192,7 @@ async def test_a_reply_after_the_owed_one_closes_its_connection_as_unsolicited(k
 async def test_push_frame_inside_an_array_is_a_protocol_error(
     kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "trio_cluster.connection")
+    caplog.set_level(logging.WARNING, "trio_cluster.conn.stream")
     wire = b"*2\r\n>1\r\n$1\r\nb\r\n$1\r\nb\r\n"  # the case: it left "$1 b" behind
     await _get_fails_then_next_works(kind, wire, tce.ReplyShapeError)
     assert any("ReplyShapeError" in m for m in violations(caplog))
@@ -227,7 +227,7 @@ async def _flood(args: list[bytes], stream: trio.SocketStream, header: bytes) ->
 async def test_reply_past_max_reply_bytes_is_refused_and_the_connection_closed(
     kind: str, header: bytes, options: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "trio_cluster.connection")
+    caplog.set_level(logging.WARNING, "trio_cluster.conn.stream")
 
     async def flood(args: list[bytes], stream: trio.SocketStream) -> None:
         await _flood(args, stream, header)
@@ -258,7 +258,7 @@ _MANY = {
 async def test_reply_past_max_reply_elements_is_refused_and_the_connection_closed(
     kind: str, header: bytes, unit: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "trio_cluster.connection")
+    caplog.set_level(logging.WARNING, "trio_cluster.conn.stream")
 
     async def flood(args: list[bytes], stream: trio.SocketStream) -> None:
         if args[1] != b"big":

@@ -17,13 +17,14 @@ from trio_cluster import (
     ClusterPipeline,
     ClusterStats,
     ConnectionInfo,
+    Lock,
     Pipeline,
     PoolOptions,
     PoolStats,
     PubSub,
+    Script,
 )
 from trio_cluster.clients.clusterhelpers import ClusterNode
-from trio_cluster.clients.lock import Lock
 
 
 async def strings_and_keys(r: Client | ClusterClient) -> None:
@@ -58,6 +59,7 @@ async def scripts(r: Client | ClusterClient) -> None:
     sha = await r.script_load("return 1")
     assert_type(sha, str)
     assert_type(await r.script_exists(sha), list[bool])
+    assert_type(r.register_script("return 1"), Script)
 
 
 async def pipelines(rc: ClusterClient, r: Client) -> list[Any]:

@@ -134,7 +134,7 @@ async def test_retries_back_off_then_report_the_failure(
 ) -> None:
     refused = [rex.ConnectionError(f"refused {n}") for n in range(3)]
     dial, started = script(*refused, Conn(7))
-    caplog.set_level(logging.DEBUG, logger="trio_cluster.pool")
+    caplog.set_level(logging.DEBUG, logger="trio_cluster.pooling.background")
     with trio.fail_after(100):
         async with background(dial, dial_retries=2, dial_backoff=0.5) as (bg, reports):
             bg.dial(1)

@@ -20,7 +20,7 @@ from ..lifetime import Scoped
 
 __all__ = ["Lock"]
 
-logger = logging.getLogger("trio_cluster.lock")
+logger = logging.getLogger(__name__)
 
 # The scripts of redis-py's Lock (same behaviour, so both clients interoperate).
 _RELEASE = """

@@ -39,7 +39,7 @@ from .pubsub_registry import Tally
 
 __all__ = ["LINK_ERRORS", "Link", "LinkOwner", "UserPing"]
 
-logger = logging.getLogger("trio_cluster.pubsub")
+logger = logging.getLogger(__name__)
 
 #: What ends a link (its owner then places what it carried on a new one).
 LINK_ERRORS = (

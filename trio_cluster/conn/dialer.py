@@ -1,4 +1,4 @@
-"""Opening connections the way their client wants them: the one place a connection is opened.
+"""Opening connections the way their client wants them: the one place a client opens one.
 
 Every connection a client opens comes from a ``Dialer``: the pools' connections, the one-off
 ones (topology fetch, pub/sub links, the ``CLIENT UNBLOCK`` helper, MONITOR) and the new stream
@@ -33,7 +33,7 @@ from .watchdog import Watchdog
 
 __all__ = ["CurrentCredentials", "Dialer", "PushHandlerOwner"]
 
-logger = logging.getLogger("trio_cluster.dialer")
+logger = logging.getLogger(__name__)
 
 
 class CurrentCredentials(Protocol):

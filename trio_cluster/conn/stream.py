@@ -39,7 +39,7 @@ from ..wire.protocol import (
 )
 from .watchdog import Watchdog
 
-logger = logging.getLogger("trio_cluster.connection")
+logger = logging.getLogger(__name__)
 
 _RECEIVE_SIZE = 65536
 _LARGE_RECEIVE_SIZE = 262144

@@ -1,2 +1,3 @@
 """Background jobs on pooled connections: maintenance notifications (handoff, relaxed
-timeouts), credential rotation, and the dialer that opens every connection with both."""
+timeouts) and credential rotation, each run on a connection claimed through its pool
+(``claims.py``).  The dialer they open connections with is below the pool, in ``conn``."""

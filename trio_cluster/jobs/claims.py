@@ -1,7 +1,7 @@
 """Claims: running a job on a pooled connection that no caller may see while the job runs.
 
 Re-authentication after a credential rotation (``credentials.py``) and the MOVING handoff
-(``maint.py``) both work this way. The pool moves the connection, never the job: the job asks
+(``handoff.py``) both work this way. The pool moves the connection, never the job: the job asks
 the pool to claim it (:meth:`Pool.claim_now` if it is idle, else :meth:`Pool.claim_when_idle`,
 served the moment its caller gives it back, waiting at most ``wait_limit``); a connection whose
 wait ran out is caught before any caller gets it, by the claimant this module registers with

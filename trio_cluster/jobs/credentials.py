@@ -34,7 +34,7 @@ from .claims import Claims
 
 __all__ = ["CredentialManager", "CredentialSource", "Credentials"]
 
-logger = logging.getLogger("trio_cluster.credentials")
+logger = logging.getLogger(__name__)
 
 Credentials: TypeAlias = tuple[str | None, str]
 CredentialSource: TypeAlias = (

@@ -30,7 +30,7 @@ from .maint import MaintNotices
 
 __all__ = ["HandoffManager"]
 
-logger = logging.getLogger("trio_cluster.maint")
+logger = logging.getLogger(__name__)
 
 #: How often pushes that land on idle connections are read (nobody else reads them).
 _SWEEP_INTERVAL = 0.05

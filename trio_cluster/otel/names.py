@@ -1,7 +1,7 @@
 """The names trio-cluster's telemetry uses: redis-py 8's instrument and attribute names where
 redis-py has one (so a dashboard built for redis-py works unchanged), documented
 ``trio_cluster.*`` names for what only an explicit state machine can show.  The table in
-``docs/observability.md`` lists every one; ``tests/unit/test_otel_names.py`` checks the two
+``docs/observability.md`` lists every one; ``tests/otel/test_names.py`` checks the two
 agree, and that the shared names are redis-py's own.
 """
 

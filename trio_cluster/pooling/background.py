@@ -25,7 +25,7 @@ from .pooltypes import C, PoolOptions
 
 __all__ = ["MIN_IDLE_RETRY_DELAY", "Background"]
 
-logger = logging.getLogger("trio_cluster.pool")
+logger = logging.getLogger(__name__)
 
 # A close is a socket close (maybe a TLS goodbye); bound it so a stuck peer cannot hold up pool
 # shutdown. It runs shielded, hence the explicit deadline.

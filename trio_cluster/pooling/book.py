@@ -42,7 +42,7 @@ from .pooltypes import C, Claimant, CloseReason, PoolOptions
 
 __all__ = ["Book"]
 
-logger = logging.getLogger("trio_cluster.pool")
+logger = logging.getLogger(__name__)
 
 _IDLE = ConnState.IDLE
 _IN_USE = ConnState.IN_USE

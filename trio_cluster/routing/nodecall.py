@@ -1,6 +1,7 @@
 """The one path of a call to a node: breaker check, pool get, execute, the outcome told to
-the breaker, release.  Single commands (:func:`call`), pipelines and transactions
-(:func:`call_batch`) and a watched connection (:class:`NodeConnection`) all take it; the rules
+the breaker, release.  Single commands (:func:`call`), a cluster client's pipelines and
+transactions (:func:`call_batch`, through :class:`NodeConnection`) and its watched connection
+(:func:`take_connection`, then :func:`accounted` around each command) all take it; the rules
 that classify an error (did the server run it? does it count against the node?) live in
 :mod:`trio_cluster.errors`.
 
@@ -36,7 +37,7 @@ __all__ = [
     "take_connection",
 ]
 
-logger = logging.getLogger("trio_cluster.nodecall")
+logger = logging.getLogger(__name__)
 
 
 async def take_connection(node: Node) -> Connection:

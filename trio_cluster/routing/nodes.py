@@ -6,7 +6,7 @@ other, each complete when made, and nothing is attached or patched afterwards:
 
 1. the maintenance notices (``jobs.maint.MaintNotices``: needs nothing);
 2. the dialer (``conn.dialer``: the settings, the watchdog, the credentials, the notices);
-3. the breaker (``CircuitBreaker``; ``Client`` has a disabled one);
+3. the breaker (``CircuitBreaker``, with the client's ``BreakerOptions``);
 4. the pool (``Pool``: the dialer is its ``dial``; the breaker guards its automatic
    pipelining; the connect timeout bounds each dial, retries included);
 5. the handoff manager (``jobs.handoff``: the notices, the pool, the dialer), which registers

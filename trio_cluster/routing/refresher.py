@@ -26,7 +26,7 @@ from .topology import Address, AddressRemap, Topology, parse_shards, parse_slots
 
 __all__ = ["Refresher"]
 
-logger = logging.getLogger("trio_cluster.cluster")
+logger = logging.getLogger(__name__)
 
 #: Installs a fetched topology (and, on the first refresh, the server's command table).
 Install = Callable[[Topology, CommandTable | None], Awaitable[None]]

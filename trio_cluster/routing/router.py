@@ -2,8 +2,10 @@
 
 How a command travels: its keys give a slot (:mod:`.rules`), the slot gives a node (the
 :class:`~.slotmap.SlotMap`), the node call (:mod:`.nodecall`) checks the breaker, borrows a
-connection and classifies the outcome, and the one retry policy (:mod:`.policy`) says what
-follows: done, a redirect, a wait and another try, or the error raised.
+connection and tells the breaker how the call went, and the one retry policy (:mod:`.policy`)
+classifies the outcome and says what follows: done, a redirect, a wait and another try, or
+the error raised.  A command for a known-bad node that the policy would not wait for is
+refused here, before the node call (:meth:`Router._isolated_refusal`).
 """
 
 from __future__ import annotations

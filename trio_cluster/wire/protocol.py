@@ -7,7 +7,7 @@ ordinary aggregate (every later reply would shift by one) and refuses blob error
 each chunk is first checked, at C speed, for the type bytes that need care (one
 ``bytes.translate`` pass; a byte matters only right after a CRLF).  When an attribute or a blob
 error may start, the bytes of the replies in progress go to
-:class:`~trio_cluster.careful.CarefulParser` (pure Python, also incremental), which gives the
+:class:`~trio_cluster.wire.careful.CarefulParser` (pure Python, also incremental), which gives the
 stream back to hiredis once it is between replies.
 
 Limits, enforced on both paths: ``max_bytes`` bounds what one reply may declare or accumulate,
