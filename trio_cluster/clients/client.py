@@ -172,11 +172,11 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     # --- pipelines -----------------------------------------------------------------------------
 
-    def pipeline(self, transaction: bool = False, shard_hint: Any = None) -> Pipeline:
-        """Queue commands and send them in one round trip; ``transaction=True`` wraps them in
-        MULTI/EXEC (redis-py's default; here, as for ``ClusterClient``, the default is a
-        plain pipeline).  Use ``watch()`` for optimistic locking (on a dedicated
-        connection).  ``shard_hint`` is accepted and unused, as in redis-py."""
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        """Queue commands and send them in one round trip, wrapped in MULTI/EXEC unless
+        ``transaction=False`` (redis-py's ``Redis.pipeline()`` default: atomic).  Use
+        ``watch()`` for optimistic locking (on a dedicated connection).  ``shard_hint`` is
+        accepted and unused, as in redis-py."""
         return Pipeline(self, transaction)
 
 

@@ -200,8 +200,10 @@ class ClientBase(NurseryOwner):
         maintenance notifications; each reads its node's notices)."""
         raise NotImplementedError
 
-    def pipeline(self, transaction: bool = False, shard_hint: Any = None) -> Any:
-        """Queue commands, sent together (``transaction=True``: MULTI/EXEC)."""
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        """Queue commands, sent together; the default follows redis-py's client of the same
+        kind (``Client``: MULTI/EXEC, as ``Redis``; ``ClusterClient``: not, as
+        ``RedisCluster``)."""
         raise NotImplementedError
 
     @property
