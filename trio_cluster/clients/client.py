@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 from ..config import ConnectionConfig, connection_options
 from ..conn.connection import Connection
 from ..conn.watchdog import Watchdog
+from ..errors import AskError, MovedError
 from ..hooks import Hooks, default_hooks
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.handoff import HandoffManager
@@ -162,6 +163,9 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         """Every command goes to the one node (:func:`~trio_cluster.routing.nodecall.call`)."""
         return call(self._node, args, spec, self._dialer)
 
+    def _explain(self, error: Exception) -> None:
+        hint_redirect(error)
+
     async def _get_connection(self) -> Connection:
         try:
             return await self._pool.get()
@@ -243,8 +247,25 @@ class Pipeline(PipelineBase):
             pool.put(conn)
             self.command_stack = []
             self._explicit_multi = False
+        for result in results:
+            hint_redirect(result)
         chains = [self._client._specs.queued(*entry).callbacks for entry in stack]
         return pipeline_results(self._client._replies, chains, stack, results, raise_on_error)
+
+
+#: Added to a MOVED or ASK that reaches a ``Client``'s caller.
+REDIRECT_HINT = (
+    " (this node is part of a Redis Cluster and another node serves this key's slot: use "
+    "trio_cluster.ClusterClient, as redis-py's RedisCluster, which follows redirects)"
+)
+
+
+def hint_redirect(error: object) -> None:
+    """Say, in the message of a MOVED or ASK error a ``Client`` got, that the node belongs to
+    a cluster and ``ClusterClient`` is the client for it (the class stays redis-py's)."""
+    if isinstance(error, MovedError | AskError) and not error.message.endswith(REDIRECT_HINT):
+        error.message += REDIRECT_HINT
+        error.args = (error.message,)
 
 
 async def _run_transaction(

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from ..conn.dialer import Dialer
-from ..errors import ClusterUnreachableError, UnknownCommandError
+from ..errors import AuthenticationError, ClusterUnreachableError, UnknownCommandError
 from ..logs import LogLimiter
 from .rules import CommandTable
 from .topology import Address, AddressRemap, Topology, parse_shards, parse_slots
@@ -114,11 +114,16 @@ class Refresher:
         candidates += [a for a in self._startup if a not in candidates]
         candidates.sort(key=self._known_bad)  # stable: the random order stays among equals
         failures = []
+        refused: AuthenticationError | None = None
         for address in candidates:
             try:
                 topology, table = await self._fetch(address, load_commands=initial)
             except Exception as exc:
                 failures.append(f"{address[0]}:{address[1]}: {exc}")
+                if isinstance(exc, AuthenticationError) and refused is None:
+                    refused = AuthenticationError(
+                        f"{address[0]}:{address[1]} refused the credentials: {exc}"
+                    )
                 continue
             if not topology.covered:
                 failures.append(f"{address[0]}:{address[1]}: no slot is assigned")
@@ -126,6 +131,12 @@ class Refresher:
             await self._install(topology, table)
             self.refreshes += 1
             return
+        if refused is not None:
+            # A node answered and refused the credentials: that, not reachability, is what to
+            # fix (the other nodes' failures follow).
+            if len(failures) > 1:
+                refused.args = (f"{refused}; every node failed: {'; '.join(failures)}",)
+            raise refused
         raise ClusterUnreachableError(
             "Redis Cluster cannot be connected. Please provide at least one reachable node: "
             + "; ".join(failures)
