@@ -106,8 +106,23 @@ class ConnectionConfig:
     db: int = attrs.field(default=0, validator=_db)
     protocol: int = attrs.field(default=3, validator=_protocol)
     connect_timeout: float | None = attrs.field(default=5.0, validator=_positive_or_none)
-    read_timeout: float | None = attrs.field(default=3.0, validator=_positive_or_none)
-    write_timeout: float | None = attrs.field(default=3.0, validator=_positive_or_none)
+    """Bounds a whole dial (TCP, TLS, handshake); redis-py's ``socket_connect_timeout`` and
+    its default, 5 s."""
+    read_timeout: float | None = attrs.field(default=5.0, validator=_positive_or_none)
+    """Bounds the wait for a reply; redis-py's ``socket_timeout`` and its default, 5 s
+    (``None``: no bound, and a hung node then holds its callers forever).  A blocking
+    command waits its own timeout on top (none for a timeout of 0, "forever"), and a script
+    or function ``script_timeout`` instead."""
+    write_timeout: float | None = attrs.field(default=5.0, validator=_positive_or_none)
+    """Bounds sending a command; redis-py's ``socket_timeout`` bounds writes too."""
+    script_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
+    """Bounds the wait for the reply of a script or function (``EVAL``, ``EVALSHA``,
+    ``EVAL_RO``, ``EVALSHA_RO``, ``FCALL``, ``FCALL_RO``) in place of ``read_timeout``:
+    ``None`` (the default), no bound: a script runs as long as its code does, which says
+    nothing about the node's health.  Past it the call raises
+    :class:`~trio_cluster.errors.ScriptTimeoutError`, which does not count against the
+    node's circuit breaker; the server may still be running the script (``SCRIPT KILL``).
+    Only bounded when ``read_timeout`` is."""
     readonly: bool = False
     maint_notifications: str = attrs.field(default="disabled", validator=_maint_mode)
     """Ask for maintenance push notifications (RESP3 only): "disabled", "auto" (an error

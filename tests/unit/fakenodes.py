@@ -236,7 +236,10 @@ class FakeConn:
 
 
 class FakeDialer:
-    """The router's dialer (for the helper that unblocks a blocking command); unused here."""
+    """The router's dialer (for the helper that unblocks a blocking command); unused here,
+    but for its ``config`` (pipelines read the script and read timeouts there)."""
+
+    config = ConnectionConfig()
 
     async def open(self, address: Address, **_: Any) -> Any:
         raise AssertionError("the fakes do not open one-off connections")

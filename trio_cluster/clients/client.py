@@ -29,7 +29,7 @@ from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
 from ..redispy import AsyncCoreCommands
 from ..routing.nodecall import call
 from ..routing.nodes import NodeFactory
-from ..routing.specs import CommandSpec, CommandSpecs
+from ..routing.specs import CommandSpec, CommandSpecs, batch_wait, script_wait
 from ..wire.commands import pipeline_results, transaction_results
 from ..wire.encoding import Encoding, prepare_args
 from .clientbase import ClientBase
@@ -238,18 +238,27 @@ class Pipeline(PipelineBase):
         self._conn = None
         if conn is None:
             conn = await self._client._get_connection()
+        specs = [self._client._specs.queued(*entry) for entry in stack]
+        config = conn.config
         try:
-            if transaction:
-                results = await _run_transaction(conn, stack)
+            if transaction:  # blocking commands do not block inside MULTI; scripts run
+                wait = batch_wait([script_wait(config) for spec in specs if spec.script])
+                results = await _run_transaction(conn, stack, wait)
             else:
-                results = await conn.execute_many([args for args, _ in stack])
+                wait = batch_wait(
+                    [
+                        spec.extra_wait(args, config)
+                        for spec, (args, _) in zip(specs, stack, strict=True)
+                    ]
+                )
+                results = await conn.execute_many([args for args, _ in stack], blocks_for=wait)
         finally:
             pool.put(conn)
             self.command_stack = []
             self._explicit_multi = False
         for result in results:
             hint_redirect(result)
-        chains = [self._client._specs.queued(*entry).callbacks for entry in stack]
+        chains = [spec.callbacks for spec in specs]
         return pipeline_results(self._client._replies, chains, stack, results, raise_on_error)
 
 
@@ -269,11 +278,12 @@ def hint_redirect(error: object) -> None:
 
 
 async def _run_transaction(
-    conn: Connection, stack: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
+    conn: Connection, stack: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], wait: float
 ) -> list[Any]:
-    """MULTI, the commands, EXEC in one write; returns EXEC's results (errors as values)."""
+    """MULTI, the commands, EXEC in one write; returns EXEC's results (errors as values).
+    ``wait``: seconds beyond the read timeout EXEC may take (its scripts)."""
     commands: list[Sequence[Any]] = [("MULTI",), *(args for args, _ in stack), ("EXEC",)]
-    replies = await conn.execute_many(commands)
+    replies = await conn.execute_many(commands, blocks_for=wait)
     try:
         return transaction_results(stack, replies[0], replies[1:-1], replies[-1])
     except ResponseError as error:
