@@ -293,7 +293,7 @@ class FakeCluster:
         assert found is not None
         return found
 
-    def _create(self, address: Address) -> Node:
+    def _create(self, address: Address, replica: bool = False) -> Node:
         fake = self.fakes.setdefault(address, FakeNode(address))
         config = ConnectionConfig(host=address[0], port=address[1], read_timeout=self.read_timeout)
 

@@ -12,7 +12,7 @@ from trio_cluster.routing.topology import Address, Shard, Topology
 
 
 def _slot_map(refreshes: list[str]) -> SlotMap:
-    def create(address: Address) -> Node:
+    def create(address: Address, replica: bool = False) -> Node:
         # Never started: the slot map only needs the node objects (no I/O here).
         dialer = Dialer(
             ConnectionConfig(host=address[0], port=address[1]), watchdog=None, credentials=None

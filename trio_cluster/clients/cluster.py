@@ -166,6 +166,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             credentials=self._credentials,
             hooks=self._hooks,
             on_smigrated=self.refresher.request,
+            reads_replicas=self.read_from is not ReadFrom.PRIMARY,
         )
         #: The one owner of nodes, slot owners, the public topology and MOVED/ASK.
         self.slot_map = SlotMap(
@@ -226,11 +227,11 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
 
     # --- nodes and topology ------------------------------------------------------------------
 
-    def _create_node(self, address: Address) -> Node:
+    def _create_node(self, address: Address, replica: bool) -> Node:
         """A node for the slot map (not started), made by the one node factory."""
         if self.router.policy.closed or self._nursery is None:
             raise PoolClosedError("the cluster client is closed")
-        return self._make_node(address)
+        return self._make_node(address, replica)
 
     async def _start_node(self, node: Node) -> None:
         """Start a new node's background work in the client's nursery."""

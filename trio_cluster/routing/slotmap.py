@@ -94,7 +94,8 @@ class Node:
 class SlotMap:
     """Nodes by address, slot owners, and the choice of a node for a command.
 
-    ``create(address)`` builds a node (its pool not started), ``start(node)`` starts it:
+    ``create(address, replica)`` builds a node (its pool not started; ``replica``: the
+    topology names it a replica), ``start(node)`` starts it:
     both belong to the client, which owns the nursery.  ``request_refresh`` asks for a new
     topology (a MOVED means the map is stale) and ``refresh`` waits for one.
     """
@@ -104,7 +105,7 @@ class SlotMap:
         *,
         read_from: ReadFrom,
         remap: AddressRemap | None,
-        create: Callable[[Address], Node],
+        create: Callable[[Address, bool], Node],
         start: Callable[[Node], Awaitable[None]],
         request_refresh: Callable[[], None],
         refresh: Callable[[], Awaitable[None]],
@@ -145,11 +146,12 @@ class SlotMap:
         """``address`` as the client must reach it (the caller's ``address_remap``)."""
         return self._remap(address) if self._remap is not None else address
 
-    async def node(self, address: Address) -> Node:
-        """The node at ``address`` (already remapped), created and started on first use."""
+    async def node(self, address: Address, *, replica: bool = False) -> Node:
+        """The node at ``address`` (already remapped), created and started on first use
+        (``replica``: as the replica the topology says it is)."""
         node = self._nodes.get(address)
         if node is None:
-            node = self._create(address)
+            node = self._create(address, replica)
             self._nodes[address] = node
             try:
                 await self._start(node)
@@ -211,7 +213,7 @@ class SlotMap:
         shard_nodes = []
         for shard in topology.shards:
             primary = await self.node(shard.primary)
-            replicas = tuple([await self.node(r) for r in shard.replicas])
+            replicas = tuple([await self.node(r, replica=True) for r in shard.replicas])
             shard_nodes.append((primary, replicas))
         slot_primary: list[Node | None] = [None] * SLOTS
         slot_replicas: list[tuple[Node, ...]] = [()] * SLOTS
