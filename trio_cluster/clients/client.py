@@ -15,7 +15,7 @@ from typing import Any
 import trio
 from redis.exceptions import ResponseError
 
-from ..config import ConnectionConfig, connection_options
+from ..config import ConnectionConfig, RetryOptions, connection_options
 from ..conn.connection import Connection
 from ..conn.watchdog import Watchdog
 from ..errors import AskError, MovedError
@@ -26,13 +26,15 @@ from ..jobs.maint import MaintNotificationsOptions
 from ..lifetime import raise_not_open
 from ..pooling.breaker import BreakerOptions, CircuitBreaker
 from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
-from ..redispy import AsyncCoreCommands
+from ..redispy import AbstractRetry, AsyncCoreCommands
 from ..routing.nodecall import call
 from ..routing.nodes import NodeFactory
+from ..routing.policy import Rule, classify
 from ..routing.specs import CommandSpec, CommandSpecs, batch_wait, script_wait
 from ..wire.commands import pipeline_results, transaction_results
 from ..wire.encoding import Encoding, prepare_args
 from .clientbase import ClientBase
+from .options import take_redis_py_options
 from .pipelinebase import PipelineBase
 from .pubsub import PubSubRegistry
 
@@ -52,7 +54,11 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     is known bad, and commands fail at once until a probe readmits it).  ``protocol=None``
     speaks RESP3 and returns redis-py's default reply shapes; ``protocol=3`` returns RESP3
     shapes; ``protocol=2`` speaks RESP2.  Command methods take no ``timeout=``: wrap a call
-    in ``trio.move_on_after``.
+    in ``trio.move_on_after``.  ``retry`` (``RetryOptions`` or a redis-py ``Retry``) sends
+    reads and commands that provably never reached the server again; by default nothing
+    is retried.  redis-py's other options (``max_connections``,
+    ``single_connection_client``, ``ssl_*``, ``retry_on_timeout``...) are mapped by
+    :mod:`trio_cluster.clients.options`.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         maint_notifications: str | MaintNotificationsOptions = "auto",
         max_pubsub_connections: int = 64,
         breaker: BreakerOptions | None = None,
+        retry: RetryOptions | AbstractRetry[Any] | None = None,
         **connection: Any,
     ) -> None:
         maint = (
@@ -73,7 +80,14 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             if isinstance(maint_notifications, MaintNotificationsOptions)
             else MaintNotificationsOptions(mode=maint_notifications)
         )
-        connection = connection_options(type(self).__name__, connection)
+        owner = type(self).__name__
+        connection = dict(connection)
+        redis_py = take_redis_py_options(owner, connection, pool=pool, retry=retry, cluster=False)
+        pool = redis_py.pool
+        #: How commands are retried (``None``: not at all, the default): see ``RetryOptions``;
+        #: only reads and commands that provably were not sent are ever sent again.
+        self.retry = redis_py.retry
+        connection = connection_options(owner, connection)
         self._encoding = Encoding.take_from(connection)
         config = ConnectionConfig(
             host=host,
@@ -160,8 +174,30 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     def _route(
         self, spec: CommandSpec, args: tuple[Any, ...], options: dict[str, Any]
     ) -> Awaitable[Any]:
-        """Every command goes to the one node (:func:`~trio_cluster.routing.nodecall.call`)."""
-        return call(self._node, args, spec, self._dialer)
+        """Every command goes to the one node (:func:`~trio_cluster.routing.nodecall.call`),
+        under the retry rules when ``retry`` is set."""
+        if self.retry is None:
+            return call(self._node, args, spec, self._dialer)
+        return self._call_retrying(self.retry, spec, args)
+
+    async def _call_retrying(
+        self, retry: RetryOptions, spec: CommandSpec, args: tuple[Any, ...]
+    ) -> Any:
+        """The command, sent again after a failure that the cluster client's rule would
+        retry (``routing.policy.classify``: a read whose outcome is unknown, or a command
+        that provably never reached the server), up to ``retry.retries`` times, with its
+        backoff."""
+        server = spec.on_server(args)
+        readonly = server is not None and server.readonly
+        failures = 0
+        while True:
+            try:
+                return await call(self._node, args, spec, self._dialer)
+            except Exception as error:
+                if failures >= retry.retries or classify(error, readonly) is not Rule.RETRY_AFTER:
+                    raise
+            await trio.sleep(retry.backoff(failures))
+            failures += 1
 
     def _explain(self, error: Exception) -> None:
         hint_redirect(error)

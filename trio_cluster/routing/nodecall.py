@@ -23,6 +23,7 @@ from ..conn.dialer import Dialer
 from ..errors import NETWORK_ERRORS, PoolClosedError, ReadTimeoutError, ScriptTimeoutError
 from ..hooks import CURRENT_CALL
 from ..pooling.breaker import BreakerState, CircuitOpenError
+from ..pooling.pool import Pool
 from ..wire.commands import DATA_TAKING_COMMANDS
 from .slotmap import Node
 from .specs import CommandSpec, script_wait
@@ -58,12 +59,32 @@ async def take_connection(node: Node) -> Connection:
     pool = node.pool
     try:
         conn = pool.get_idle()  # the common case, without a coroutine
-        return conn if conn is not None else await pool.get()
+        if conn is None:
+            conn = await pool.get()
+        interval = conn.config.health_check_interval
+        if interval and trio.current_time() - conn.last_used_at > interval:
+            conn = await _health_checked(pool, conn)
+        return conn
     except BaseException as error:
         breaker.record_get_failure(error)
         if isinstance(error, PoolClosedError):
             raise mark_unsent(error) from None  # the node left the map: nothing was sent
         raise
+
+
+async def _health_checked(pool: Pool[Connection], conn: Connection) -> Connection:
+    """redis-py's ``health_check_interval``: a connection idle that long is sent a ``PING``
+    first; one that fails it is closed and another taken from the pool (once)."""
+    try:
+        await conn.execute(("PING",))
+        return conn
+    except NETWORK_ERRORS:
+        conn.broken = True  # closed by the pool
+        pool.put(conn)
+    except BaseException:
+        pool.put(conn)
+        raise
+    return await pool.get()
 
 
 @contextmanager

@@ -33,8 +33,10 @@ class ReadFrom(enum.Enum):
     """Where read-only commands go."""
 
     PRIMARY = "primary"
-    ROUND_ROBIN = "round-robin"  # primary and replicas in turn
-    RANDOM = "random"  # a random replica
+    ROUND_ROBIN = "round-robin"  # primary and replicas in turn (redis-py's ROUND_ROBIN)
+    ROUND_ROBIN_REPLICAS = "round-robin-replicas"  # the replicas in turn
+    RANDOM = "random"  # a random replica (redis-py's RANDOM_REPLICA)
+    RANDOM_NODE = "random-node"  # the primary or a replica, at random (redis-py's RANDOM)
     LOWEST_LATENCY = "lowest-latency"  # the node with the lowest measured latency
 
 
@@ -110,6 +112,7 @@ class SlotMap:
         request_refresh: Callable[[], None],
         refresh: Callable[[], Awaitable[None]],
         latency_probe_interval: float = 1.0,
+        reinitialize_steps: int = 1,
     ) -> None:
         if (
             isinstance(latency_probe_interval, bool)
@@ -120,7 +123,12 @@ class SlotMap:
                 "latency_probe_interval must be a finite number of seconds > 0; "
                 f"got {latency_probe_interval!r}"
             )
+        if isinstance(reinitialize_steps, bool) or not isinstance(reinitialize_steps, int):
+            raise ValueError(f"reinitialize_steps must be an integer; got {reinitialize_steps!r}")
         self.read_from = read_from
+        #: redis-py's ``reinitialize_steps``: every how many MOVED replies a full refresh is
+        #: requested (0: never; a MOVED always patches its own slot).
+        self.reinitialize_steps = abs(reinitialize_steps)
         #: ``ReadFrom.LOWEST_LATENCY``: how often a node not read from is measured again.
         self.latency_probe_interval = float(latency_probe_interval)
         self._remap = remap
@@ -268,8 +276,12 @@ class SlotMap:
         if strategy is ReadFrom.ROUND_ROBIN:
             candidates = (primary, *replicas)
             return candidates[next(self._round_robin) % len(candidates)]
+        if strategy is ReadFrom.ROUND_ROBIN_REPLICAS:
+            return replicas[next(self._round_robin) % len(replicas)]
         if strategy is ReadFrom.RANDOM:
             return random.choice(replicas)
+        if strategy is ReadFrom.RANDOM_NODE:
+            return random.choice((primary, *replicas))
         return self._lowest_latency((primary, *replicas))
 
     def _lowest_latency(self, candidates: tuple[Node, ...]) -> Node:
@@ -294,13 +306,15 @@ class SlotMap:
 
     async def apply_moved(self, moved: MovedError, node: Node | None) -> Node:
         """The one place a MOVED is applied: the slot now belongs to the node it names, in
-        the routing table and in the public topology, and a full refresh is requested.
-        Returns that node."""
+        the routing table and in the public topology, and a full refresh is requested
+        (every ``reinitialize_steps`` MOVED replies).  Returns that node."""
         self.moved += 1
         target = await self.node(self.redirect_address(moved, _address(node)))
         self._slot_primary[moved.slot] = target
         self._topology = _moved(self._topology, moved.slot, target.address)
-        self.request_refresh()
+        steps = self.reinitialize_steps
+        if steps and self.moved % steps == 0:
+            self.request_refresh()
         return target
 
     async def ask_target(self, ask: AskError, node: Node | None) -> Node:
