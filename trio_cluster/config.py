@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -47,6 +48,22 @@ def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: obje
         raise ValueError(
             f"{attribute.name} must be a finite number of seconds >= 0 (0: off); got {value!r}"
         )
+
+
+def _tcp_option(*names: str) -> int | None:
+    return next((getattr(socket, n) for n in names if hasattr(socket, n)), None)
+
+
+#: redis-py's default TCP keepalive settings, on the platforms that have each option.
+DEFAULT_KEEPALIVE_OPTIONS = {
+    option: setting
+    for option, setting in (
+        (_tcp_option("TCP_KEEPIDLE", "TCP_KEEPALIVE"), 30),
+        (_tcp_option("TCP_KEEPINTVL"), 5),
+        (_tcp_option("TCP_KEEPCNT"), 3),
+    )
+    if option is not None
+}
 
 
 def _keepalive_options(value: object) -> tuple[tuple[int, int], ...]:
@@ -158,10 +175,12 @@ class ConnectionConfig:
     socket_keepalive: bool = True
     """TCP keepalive (``SO_KEEPALIVE``) on TCP connections; on by default, as redis-py's."""
     socket_keepalive_options: tuple[tuple[int, int], ...] = attrs.field(
-        default=(), converter=_keepalive_options
+        factory=lambda: _keepalive_options(DEFAULT_KEEPALIVE_OPTIONS), converter=_keepalive_options
     )
-    """TCP keepalive settings, redis-py's ``{socket.TCP_KEEPIDLE: 30, ...}`` (options of
-    ``IPPROTO_TCP``), applied when ``socket_keepalive`` is on; kept as sorted pairs."""
+    """TCP keepalive settings, as redis-py's ``{socket.TCP_KEEPIDLE: 30, ...}`` (options of
+    ``IPPROTO_TCP``), applied when ``socket_keepalive`` is on; kept as sorted pairs.  By
+    default redis-py's: idle 30 s, then 3 probes 5 s apart (a silent peer is noticed after
+    about 45 s); ``{}`` leaves the system's."""
     readonly: bool = False
     maint_notifications: str = attrs.field(default="disabled", validator=_maint_mode)
     """Ask for maintenance push notifications (RESP3 only): "disabled", "auto" (an error

@@ -30,6 +30,7 @@ from ..redispy import AbstractRetry, AsyncCoreCommands
 from ..routing.nodecall import call
 from ..routing.nodes import NodeFactory
 from ..routing.policy import Rule, classify
+from ..routing.rules import CommandTable
 from ..routing.specs import CommandSpec, CommandSpecs, batch_wait, script_wait
 from ..wire.commands import pipeline_results, transaction_results
 from ..wire.encoding import Encoding, prepare_args
@@ -138,6 +139,11 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         if self._credentials is not None:
             await self._credentials.start(nursery)
         await self._node.start(nursery)
+        if self.retry is not None:
+            # Which commands only read (so that one whose outcome is unknown may be sent
+            # again) is the server's COMMAND table's say, as for a cluster client.
+            reply = await call(self._node, ("COMMAND",), self._specs.get("COMMAND"), self._dialer)
+            self._specs.install(CommandTable(reply))
         self._opened()
 
     async def _stop(self) -> None:
