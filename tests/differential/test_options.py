@@ -400,3 +400,43 @@ async def test_reads_from_replicas(
             assert primary_gets == 0
         else:
             assert primary_gets > 0 and replica_gets > 0
+
+
+@pytest.mark.parametrize("required", [True, False])
+async def test_require_full_coverage(required: bool) -> None:
+    """A cluster with one slot unassigned (its servers still serving the others): redis-py and
+    ours both refuse to start when full coverage is required, and both serve a covered slot
+    when it is not."""
+    extra = ("--cluster-require-full-coverage", "no")
+    with trio.fail_after(60):
+        async with LocalCluster(masters=3, replicas_per_master=0, extra_args=extra) as cluster:
+            host, port = cluster.startup_nodes[0]
+            async with ClusterClient(host, port) as admin:
+                zero = admin.slot_map.primary(0)
+                assert zero is not None
+            owner = redis.Redis(*zero.address)
+            await trio.to_thread.run_sync(owner.execute_command, "CLUSTER", "DELSLOTS", 0)
+            owner.close()
+
+            def theirs() -> Any:
+                try:
+                    client = redis.RedisCluster(host, port, require_full_coverage=required)
+                except Exception as error:
+                    return error
+                try:
+                    return client.set("{x}", "covered")
+                finally:
+                    client.close()
+
+            their_outcome = await trio.to_thread.run_sync(theirs)
+            try:
+                async with ClusterClient(host, port, require_full_coverage=required) as ours:
+                    my_outcome: Any = await ours.set("{x}", "covered")
+            except Exception as error:
+                my_outcome = error
+    if required:
+        assert isinstance(their_outcome, rex.RedisClusterException), their_outcome
+        assert isinstance(my_outcome, type(their_outcome)), my_outcome
+        assert "16383 of 16384 slots" in str(my_outcome)
+    else:
+        assert their_outcome is my_outcome is True
