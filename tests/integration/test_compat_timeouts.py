@@ -40,14 +40,29 @@ def busy_server() -> Iterator[LocalServer]:
         yield server
 
 
-def test_timeout_defaults_are_redis_py_8s() -> None:
-    """redis-py 8's ``socket_timeout`` and ``socket_connect_timeout`` (5 s each; the first
-    bounds writes too), read from redis-py itself."""
+def test_connection_defaults_are_redis_py_8s() -> None:
+    """redis-py 8's defaults, read from redis-py itself: ``socket_timeout`` and
+    ``socket_connect_timeout`` (5 s each; the first bounds writes too), the address, the
+    database, TCP keepalive, the health check and the client name."""
     reference = redis.Redis().connection_pool.connection_kwargs
     config = Client().config
     assert config.read_timeout == config.write_timeout == reference["socket_timeout"]
     assert config.connect_timeout == reference["socket_connect_timeout"]
     assert config.script_timeout is None
+    assert (config.host, config.port, config.db) == (
+        reference["host"],
+        reference["port"],
+        reference["db"],
+    )
+    assert config.socket_keepalive is reference["socket_keepalive"]
+    assert config.health_check_interval == reference["health_check_interval"]
+    assert config.client_name == reference["client_name"]
+    encoder = Client().get_encoder()
+    assert (encoder.encoding, encoder.encoding_errors, encoder.decode_responses) == (
+        reference["encoding"],
+        reference["encoding_errors"],
+        reference["decode_responses"],
+    )
 
 
 async def test_a_script_longer_than_the_read_timeout_completes(busy_server: LocalServer) -> None:

@@ -64,7 +64,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
+        host: str = "localhost",
         port: int = 6379,
         *,
         pool: PoolOptions | None = None,
