@@ -28,6 +28,8 @@ from .errors import (
     PoolTimeoutError,
     ProtocolError,
     ReadTimeoutError,
+    ScriptTimeoutError,
+    TrioRequiredError,
     WriteTimeoutError,
 )
 from .jobs.maint import MaintNotificationsOptions
@@ -69,6 +71,8 @@ __all__ = [
     "ReadFrom",
     "ReadTimeoutError",
     "RetryOptions",
+    "ScriptTimeoutError",
+    "TrioRequiredError",
     "WriteTimeoutError",
     "__version__",
     "parse_url",
