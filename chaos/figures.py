@@ -135,7 +135,7 @@ def node_stats(record: RunRecord) -> dict[str, dict[str, Any]]:
     main = record.client_stats.get("client0") or {}
     out: dict[str, dict[str, Any]] = {}
     for name, st in sorted((main.get("nodes") or {}).items()):
-        # Gets (served or timed out), not dials: min_idle dials every node, replicas included.
+        # Gets (served or timed out), not dials: min_idle dials every node reads may use.
         activity = sum(int(st.get(k, 0)) for k in ("hits", "misses", "timeouts"))
         if not activity:
             continue

@@ -11,7 +11,7 @@ from typing import Any, cast
 import attrs
 import trio
 
-from trio_cluster import ClusterClient, ConnState
+from trio_cluster import ClusterClient, ConnState, ReadFrom
 
 from .clientspec import ClientSpec, blocked_bound, recovery_bound, scheduling_slack
 from .env import Environment
@@ -267,7 +267,13 @@ async def _load_and_verify(settings: _Settings, record: RunRecord, harness: Harn
     filled = trio.Event()
 
     async def fill(rc: ClusterClient) -> None:
-        await _pools_filled(rc, scenario.client.pool.min_idle, len(env.proxies.nodes))
+        # The client keeps min_idle connections only on the nodes its reads use.
+        nodes = (
+            len(env.proxies.nodes)
+            if rc.read_from is not ReadFrom.PRIMARY
+            else len(rc.get_primaries())
+        )
+        await _pools_filled(rc, scenario.client.pool.min_idle, nodes)
         record.warm_at = trio.current_time()
         filled.set()
 

@@ -32,6 +32,8 @@ from .errors import (
     PoolTimeoutError,
     ProtocolError,
     ReadTimeoutError,
+    ScriptTimeoutError,
+    TrioRequiredError,
     WriteTimeoutError,
 )
 from .jobs.maint import MaintNotificationsOptions
@@ -75,6 +77,8 @@ __all__ = [
     "ReadTimeoutError",
     "RetryOptions",
     "Script",
+    "ScriptTimeoutError",
+    "TrioRequiredError",
     "WriteTimeoutError",
     "__version__",
     "parse_url",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import random
+import socket
 import ssl
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -17,7 +19,7 @@ import attrs
 
 from .version import __version__
 
-__all__ = ["ConnectionConfig", "RetryOptions", "parse_url", "redact_url"]
+__all__ = ["URL_OPTIONS", "ConnectionConfig", "RetryOptions", "parse_url", "redact_url"]
 
 LIB_NAME = "trio-cluster"
 
@@ -34,6 +36,49 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
         raise ValueError(
             f"{attribute.name} must be a finite number of seconds > 0, or None; got {value!r}"
         )
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            f"{attribute.name} must be a finite number of seconds >= 0 (0: off); got {value!r}"
+        )
+
+
+def _tcp_option(*names: str) -> int | None:
+    return next((getattr(socket, n) for n in names if hasattr(socket, n)), None)
+
+
+#: redis-py's default TCP keepalive settings, on the platforms that have each option.
+DEFAULT_KEEPALIVE_OPTIONS = {
+    option: setting
+    for option, setting in (
+        (_tcp_option("TCP_KEEPIDLE", "TCP_KEEPALIVE"), 30),
+        (_tcp_option("TCP_KEEPINTVL"), 5),
+        (_tcp_option("TCP_KEEPCNT"), 3),
+    )
+    if option is not None
+}
+
+
+def _keepalive_options(value: object) -> tuple[tuple[int, int], ...]:
+    """redis-py's mapping of TCP keepalive options, as sorted (option, value) pairs."""
+    if value is None or value == ():
+        return ()
+    pairs: Any = value.items() if isinstance(value, Mapping) else value
+    try:
+        checked = [(int(option), int(setting)) for option, setting in pairs]
+    except (TypeError, ValueError):
+        raise ValueError(
+            "socket_keepalive_options must map socket option numbers (socket.TCP_KEEPIDLE, "
+            f"TCP_KEEPINTVL, TCP_KEEPCNT) to integers; got {value!r}"
+        ) from None
+    return tuple(sorted(checked))
 
 
 def _protocol(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -113,8 +158,36 @@ class ConnectionConfig:
     db: int = attrs.field(default=0, validator=_db)
     protocol: int = attrs.field(default=3, validator=_protocol)
     connect_timeout: float | None = attrs.field(default=5.0, validator=_positive_or_none)
-    read_timeout: float | None = attrs.field(default=3.0, validator=_positive_or_none)
-    write_timeout: float | None = attrs.field(default=3.0, validator=_positive_or_none)
+    """Bounds a whole dial (TCP, TLS, handshake); redis-py's ``socket_connect_timeout`` and
+    its default, 5 s."""
+    read_timeout: float | None = attrs.field(default=5.0, validator=_positive_or_none)
+    """Bounds the wait for a reply; redis-py's ``socket_timeout`` and its default, 5 s
+    (``None``: no bound, and a hung node then holds its callers forever).  A blocking
+    command waits its own timeout on top (none for a timeout of 0, "forever"), and a script
+    or function ``script_timeout`` instead."""
+    write_timeout: float | None = attrs.field(default=5.0, validator=_positive_or_none)
+    """Bounds sending a command; redis-py's ``socket_timeout`` bounds writes too."""
+    script_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
+    """Bounds the wait for the reply of a script or function (``EVAL``, ``EVALSHA``,
+    ``EVAL_RO``, ``EVALSHA_RO``, ``FCALL``, ``FCALL_RO``) in place of ``read_timeout``:
+    ``None`` (the default), no bound: a script runs as long as its code does, which says
+    nothing about the node's health.  Past it the call raises
+    :class:`~trio_cluster.errors.ScriptTimeoutError`, which does not count against the
+    node's circuit breaker; the server may still be running the script (``SCRIPT KILL``).
+    Only bounded when ``read_timeout`` is."""
+    health_check_interval: float = attrs.field(default=0, validator=_non_negative)
+    """redis-py's: a pooled connection idle longer than this many seconds is checked with a
+    ``PING`` before its next command (a dead one is replaced); 0 (the default, as redis-py's)
+    checks none that way (every hand-out still notices a connection the server closed)."""
+    socket_keepalive: bool = True
+    """TCP keepalive (``SO_KEEPALIVE``) on TCP connections; on by default, as redis-py's."""
+    socket_keepalive_options: tuple[tuple[int, int], ...] = attrs.field(
+        factory=lambda: _keepalive_options(DEFAULT_KEEPALIVE_OPTIONS), converter=_keepalive_options
+    )
+    """TCP keepalive settings, as redis-py's ``{socket.TCP_KEEPIDLE: 30, ...}`` (options of
+    ``IPPROTO_TCP``), applied when ``socket_keepalive`` is on; kept as sorted pairs.  By
+    default redis-py's: idle 30 s, then 3 probes 5 s apart (a silent peer is noticed after
+    about 45 s); ``{}`` leaves the system's."""
     readonly: bool = False
     maint_notifications: str = attrs.field(default="disabled", validator=_maint_mode)
     """Ask for maintenance push notifications (RESP3 only): "disabled", "auto" (an error
@@ -179,6 +252,10 @@ class RetryOptions:
     """First backoff (seconds); doubles each retry, with full jitter."""
     backoff_cap: float = 0.5
     """Longest single backoff."""
+    backoff_policy: Any = None
+    """A redis-py backoff object (``redis.backoff``: anything with ``compute(failures)``), for
+    instance the one of a redis-py ``Retry`` given as ``retry=``: it replaces
+    ``backoff_base``/``backoff_cap``."""
     budget: float = 10.0
     """Seconds a command that provably never reached a server keeps being retried."""
     failover_wait: str = "auto"
@@ -209,19 +286,23 @@ class RetryOptions:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0; got {value!r}")
 
     def backoff(self, attempt: int) -> float:
-        """Full-jitter exponential backoff for the ``attempt``-th retry (0-based)."""
+        """Full-jitter exponential backoff for the ``attempt``-th retry (0-based), or what
+        ``backoff_policy`` computes for it."""
+        if self.backoff_policy is not None:
+            return float(self.backoff_policy.compute(attempt + 1))
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * (2**attempt)))
 
 
 def parse_url(url: str) -> dict[str, Any]:
-    """Turn a ``redis://``, ``rediss://`` or ``unix://`` URL into ConnectionConfig keywords.
+    """Turn a ``redis://``, ``rediss://`` or ``unix://`` URL into a client's keywords.
 
-    ``rediss://`` turns TLS on with ``ssl.create_default_context()`` (certificates and host
-    names verified).  Query options: ``protocol``, ``client_name``, ``db``,
-    ``connect_timeout``, ``read_timeout``, ``write_timeout``, and redis-py's
-    ``socket_timeout``, ``socket_connect_timeout``, ``decode_responses``, ``encoding``,
-    ``encoding_errors``.  Errors name the URL only in its
-    redacted form.
+    ``rediss://`` turns TLS on (``ssl=True``: certificates and host names verified unless
+    the ``ssl_*`` query options say otherwise, as in redis-py).  Query options: this
+    library's (``read_timeout``, ``write_timeout``, ``connect_timeout``, ``script_timeout``)
+    and redis-py's (:data:`URL_OPTIONS`: ``max_connections``, ``health_check_interval``,
+    ``socket_timeout``, ``retry_on_timeout``, ``client_name``, ``ssl_cert_reqs``, ...),
+    each converted as redis-py's ``from_url`` converts it; an unknown one raises
+    ``ValueError``.  Errors name the URL only in its redacted form.
     """
     parts = urlsplit(url)
     shown = redact_url(url)
@@ -258,32 +339,78 @@ def parse_url(url: str) -> dict[str, Any]:
                 raise ValueError(f"bad database number in {shown}")
             kwargs["db"] = int(path)
         if parts.scheme == "rediss":
-            kwargs["ssl_context"] = ssl.create_default_context()
+            kwargs["ssl"] = True
     for key, values in parse_qs(parts.query).items():
-        value = values[-1]
-        if key in ("connect_timeout", "read_timeout", "write_timeout"):
-            kwargs[key] = float(value)
-        elif key in ("protocol", "db"):
-            kwargs[key] = int(value)
-        elif key == "client_name":
-            kwargs[key] = value
-        elif key in ("socket_timeout", "socket_connect_timeout"):  # redis-py's names
-            kwargs[key] = float(value)
-        elif key in ("encoding", "encoding_errors"):
-            kwargs[key] = value
-        elif key == "decode_responses":
-            kwargs[key] = _url_bool(key, value, shown)
-        else:
-            raise ValueError(f"unknown URL option {key!r} in {shown}")
+        convert = URL_OPTIONS.get(key)
+        if convert is None:
+            raise ValueError(
+                f"unknown URL option {key!r} in {shown}; known: {', '.join(sorted(URL_OPTIONS))}"
+            )
+        try:
+            kwargs[key] = convert(values[-1])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"bad value for URL option {key} in {shown}: {error}") from None
     return kwargs
 
 
-def _url_bool(key: str, value: str, shown: str) -> bool:
+def _url_bool(value: str) -> bool:
     if value.lower() in ("1", "true", "yes", "y", "on"):
         return True
     if value.lower() in ("0", "false", "no", "n", "off", ""):
         return False
-    raise ValueError(f"URL option {key} must be true or false in {shown}; got {value!r}")
+    raise ValueError(f"must be true or false; got {value!r}")
+
+
+def _url_errors(value: str) -> list[type[Exception]]:
+    """redis-py's ``retry_on_error``: names of ``redis.exceptions`` classes, comma-separated."""
+    from redis import exceptions
+
+    classes = []
+    for name in filter(None, (n.strip() for n in value.split(","))):
+        cls = getattr(exceptions, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            raise ValueError(f"{name!r} is not a redis.exceptions class")
+        classes.append(cls)
+    return classes
+
+
+#: Query options a URL may carry -> how the text is converted (redis-py's converters for its
+#: names; numbers that redis-py reads as ``int`` are read as numbers of either kind).
+URL_OPTIONS: dict[str, Any] = {
+    "db": int,
+    "protocol": int,
+    "client_name": str,
+    "connect_timeout": float,
+    "read_timeout": float,
+    "write_timeout": float,
+    "script_timeout": float,
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "socket_keepalive": _url_bool,
+    "socket_read_size": int,
+    "retry_on_timeout": _url_bool,
+    "retry_on_error": _url_errors,
+    "max_connections": int,
+    "single_connection_client": _url_bool,
+    "health_check_interval": float,
+    "decode_responses": _url_bool,
+    "encoding": str,
+    "encoding_errors": str,
+    "legacy_responses": _url_bool,
+    "ssl_cert_reqs": str,
+    "ssl_check_hostname": _url_bool,
+    "ssl_ca_certs": str,
+    "ssl_ca_path": str,
+    "ssl_certfile": str,
+    "ssl_keyfile": str,
+    "ssl_ciphers": str,
+    "ssl_min_version": int,
+    "read_from_replicas": _url_bool,
+    "require_full_coverage": _url_bool,
+    "reinitialize_steps": int,
+    "dynamic_startup_nodes": _url_bool,
+    "cluster_error_retry_attempts": int,
+}
 
 
 def redact_url(url: str) -> str:

@@ -47,6 +47,8 @@ __all__ = [
     "ReplyTooDeepError",
     "ReplyTooLargeError",
     "ResponseError",
+    "ScriptTimeoutError",
+    "TrioRequiredError",
     "TryAgainError",
     "UnknownCommandError",
     "UnsolicitedReplyError",
@@ -100,6 +102,17 @@ class ConnectTimeoutError(rex.TimeoutError):
 
 class ReadTimeoutError(rex.TimeoutError):
     """The server did not send a complete reply within the read timeout."""
+
+
+class ScriptTimeoutError(ReadTimeoutError):
+    """A script or function (EVAL, FCALL...) ran longer than the client's ``script_timeout``:
+    the script's own length, not the node's health, so it does not count against the node's
+    circuit breaker.  The server may still be running it (``SCRIPT KILL`` stops it)."""
+
+
+class TrioRequiredError(RuntimeError):
+    """A client was used outside ``trio.run`` (under asyncio, for instance): trio-cluster
+    runs under trio only."""
 
 
 class WriteTimeoutError(rex.TimeoutError):

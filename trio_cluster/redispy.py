@@ -40,12 +40,18 @@ try:
     from redis._parsers.encoders import Encoder
     from redis._parsers.helpers import zset_score_pairs_resp3_to_resp2_legacy
     from redis._parsers.response_callbacks import get_response_callbacks
+    from redis.backoff import AbstractBackoff, NoBackoff
     from redis.client import EMPTY_RESPONSE, NEVER_DECODE
-    from redis.cluster import RedisCluster, parse_cluster_shards_with_str_keys
+    from redis.cluster import (
+        LoadBalancingStrategy,
+        RedisCluster,
+        parse_cluster_shards_with_str_keys,
+    )
     from redis.commands import AsyncCoreCommands
     from redis.commands.cluster import ClusterManagementCommands
     from redis.commands.core import AsyncScript
     from redis.commands.helpers import list_or_args
+    from redis.retry import AbstractRetry, Retry
     from redis.utils import safe_str, truncate_text
 except ImportError as error:
     raise _unsupported(f"{error.name or 'a name'} ({error})") from error
@@ -73,6 +79,19 @@ for _name in CLUSTER_ATTRIBUTES:
         raise _unsupported(f"RedisCluster.{_name}")
 
 
+#: What a redis-py ``Retry`` (``redis.retry``, ``redis.asyncio.retry``) holds that a client
+#: maps to its own retry options: the count has a getter, the backoff only an attribute.
+for _name in ("get_retries", "_backoff"):
+    if not hasattr(Retry(NoBackoff(), 0), _name):
+        raise _unsupported(f"redis.retry.AbstractRetry.{_name}")
+
+
+def retry_parts(retry: AbstractRetry[Any]) -> tuple[int, AbstractBackoff]:
+    """A redis-py ``Retry``'s retry count and backoff object."""
+    backoff: AbstractBackoff = retry._backoff  # no public getter in redis-py 8
+    return retry.get_retries(), backoff
+
+
 def response_callbacks(protocol: int | None) -> dict[str, Any]:
     """redis-py's response callbacks for ``protocol`` as ``redis.Redis`` chooses them by
     default (``legacy_responses=True``: the reply shapes redis-py users know)."""
@@ -87,15 +106,19 @@ __all__ = [
     "EMPTY_RESPONSE",
     "NEVER_DECODE",
     "SUPPORTED",
+    "AbstractBackoff",
+    "AbstractRetry",
     "AsyncCoreCommands",
     "AsyncScript",
     "ClusterManagementCommands",
     "Encoder",
+    "LoadBalancingStrategy",
     "RedisCluster",
     "RedisClusterUnreachableError",
     "list_or_args",
     "parse_cluster_shards_with_str_keys",
     "response_callbacks",
+    "retry_parts",
     "safe_str",
     "truncate_text",
     "zset_score_pairs_resp3_to_resp2_legacy",

@@ -58,10 +58,6 @@ DIFFERENCES: dict[str, str] = {
         "created with transaction=True; redis-py's cluster pipeline refuses WATCH on a "
         "non-transactional pipeline (RedisClusterException)"
     ),
-    "pipeline-default": (
-        "Client.pipeline() is a plain pipeline unless transaction=True, as ClusterClient's "
-        "(and redis-py's RedisCluster's); redis-py's Redis.pipeline() defaults to MULTI/EXEC"
-    ),
     "pubsub-ping-decoded": (
         "PubSub.ping() with decode_responses gives the decoded pong message; redis-py before "
         "8.2's handle_message indexes the decoded answer (a str) as a list: IndexError, or "

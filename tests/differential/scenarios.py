@@ -217,15 +217,20 @@ async def _(r: Any, k: Resolve) -> Any:
     return [outcome, await r.get(k(K.a)), await r.get(k(K.b))]
 
 
-@scenario("pipelines", targets=STANDALONE, differs={t: "pipeline-default" for t in STANDALONE})
+def _redis_class(value: Any) -> str:
+    """The name of the redis-py class a value is (ours subclass redis-py's exceptions)."""
+    return next(c.__name__ for c in type(value).__mro__ if c.__module__ != "trio_cluster.errors")
+
+
+@scenario("pipelines", targets=STANDALONE)
 def pipeline_default_kind(r: Any, k: Resolve) -> Any:
     with r.pipeline() as pipe:
         pipe.set(k(K.a), 1)
         pipe.execute_command("DIFF-NO-SUCH-COMMAND")
         try:
-            outcome = [type(x).__name__ for x in pipe.execute(raise_on_error=False)]
+            outcome = [_redis_class(x) for x in pipe.execute(raise_on_error=False)]
         except Exception as error:
-            outcome = [type(error).__name__]
+            outcome = [_redis_class(error)]
     return [outcome, r.get(k(K.a))]
 
 
@@ -235,10 +240,42 @@ async def _(r: Any, k: Resolve) -> Any:
         pipe.set(k(K.a), 1)
         pipe.execute_command("DIFF-NO-SUCH-COMMAND")
         try:
-            outcome = [type(x).__name__ for x in await pipe.execute(raise_on_error=False)]
+            outcome = [_redis_class(x) for x in await pipe.execute(raise_on_error=False)]
         except Exception as error:
-            outcome = [type(error).__name__]
+            outcome = [_redis_class(error)]
     return [outcome, await r.get(k(K.a))]
+
+
+def _multi_calls(info: dict[str, Any]) -> int:
+    return int(info.get("cmdstat_multi", {}).get("calls", 0))
+
+
+@scenario("pipelines", targets=STANDALONE)
+def pipeline_default_is_atomic(r: Any, k: Resolve) -> Any:
+    """What the server saw: ``pipeline()`` with no argument sends MULTI/EXEC (INFO
+    commandstats), as redis-py's ``Redis.pipeline()``; ``transaction=False`` does not."""
+    before = _multi_calls(r.info("commandstats"))
+    with r.pipeline() as pipe:
+        pipe.set(k(K.a), 1).incr(k(K.a))
+        atomic = pipe.execute()
+    middle = _multi_calls(r.info("commandstats"))
+    with r.pipeline(transaction=False) as pipe:
+        pipe.incr(k(K.a))
+        plain = pipe.execute()
+    return [atomic, middle - before, plain, _multi_calls(r.info("commandstats")) - middle]
+
+
+@pipeline_default_is_atomic.ours
+async def _(r: Any, k: Resolve) -> Any:
+    before = _multi_calls(await r.info("commandstats"))
+    async with r.pipeline() as pipe:
+        pipe.set(k(K.a), 1).incr(k(K.a))
+        atomic = await pipe.execute()
+    middle = _multi_calls(await r.info("commandstats"))
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.incr(k(K.a))
+        plain = await pipe.execute()
+    return [atomic, middle - before, plain, _multi_calls(await r.info("commandstats")) - middle]
 
 
 @scenario("pipelines")

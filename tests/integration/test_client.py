@@ -78,7 +78,7 @@ async def test_pipeline_results_in_order_with_per_command_errors(
 ) -> None:
     with trio.fail_after(10):
         async with _client(local_server) as r:
-            async with r.pipeline() as p:
+            async with r.pipeline(transaction=False) as p:
                 p.set("pipe:a", 1)
                 p.incr("pipe:a")
                 p.lpush("pipe:a", "x")  # WRONGTYPE

@@ -115,3 +115,24 @@ async def main() -> None:
 
 if __name__ == "__main__":
     trio.run(main)
+
+
+def built_as_with_redis_py() -> tuple[Client, ClusterClient]:
+    """redis-py's constructor options, as a redis-py application passes them."""
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.cluster import LoadBalancingStrategy
+    from redis.retry import Retry
+
+    retry = Retry(ExponentialWithJitterBackoff(), 3)
+    client = Client(
+        "localhost", 6379, max_connections=20, retry=retry, health_check_interval=30, ssl=False
+    )
+    cluster = ClusterClient(
+        "localhost",
+        7000,
+        load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN,
+        require_full_coverage=True,
+        reinitialize_steps=5,
+        retry=retry,
+    )
+    return client, cluster

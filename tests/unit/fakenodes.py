@@ -237,7 +237,10 @@ class FakeConn:
 
 
 class FakeDialer:
-    """The router's dialer (for the helper that unblocks a blocking command); unused here."""
+    """The router's dialer (for the helper that unblocks a blocking command); unused here,
+    but for its ``config`` (pipelines read the script and read timeouts there)."""
+
+    config = ConnectionConfig()
 
     async def open(self, address: Address, **_: Any) -> Any:
         raise AssertionError("the fakes do not open one-off connections")
@@ -291,7 +294,7 @@ class FakeCluster:
         assert found is not None
         return found
 
-    def _create(self, address: Address) -> Node:
+    def _create(self, address: Address, replica: bool = False) -> Node:
         fake = self.fakes.setdefault(address, FakeNode(address))
         config = ConnectionConfig(host=address[0], port=address[1], read_timeout=self.read_timeout)
 

@@ -6,6 +6,7 @@ import ssl
 
 import pytest
 
+from trio_cluster import Client
 from trio_cluster.config import ConnectionConfig, parse_url, redact_url
 
 
@@ -55,9 +56,12 @@ def test_parse_full_url() -> None:
 def test_parse_password_only_and_tls() -> None:
     kwargs = parse_url("rediss://:tok@host")
     assert kwargs["password"] == "tok" and "username" not in kwargs
-    context = kwargs["ssl_context"]
+    assert kwargs["ssl"] is True  # the client builds the context, as redis-py does
+    context = Client.from_url("rediss://:tok@host").config.ssl_context
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    relaxed = Client.from_url("rediss://host?ssl_cert_reqs=none").config.ssl_context
+    assert relaxed is not None and relaxed.verify_mode is ssl.CERT_NONE
     assert parse_url("redis://lonely@host")["password"] == "lonely"
 
 

@@ -34,7 +34,7 @@ A: Address = ("10.0.0.1", 7000)
 B: Address = ("10.0.0.2", 7000)
 
 
-def _node(address: Address) -> Node:
+def _node(address: Address, replica: bool = False) -> Node:
     # Never started: the policy only needs node objects (no I/O here).
     config = ConnectionConfig(host=address[0], port=address[1])
     dialer = Dialer(config, watchdog=None, credentials=None)

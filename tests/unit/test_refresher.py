@@ -167,3 +167,44 @@ async def test_nodes_known_bad_are_asked_last(autojump_clock: trio.testing.MockC
         for _ in range(10):  # whatever the random order
             await refresher.once()
         assert set(dialer.opened) == {B}
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+async def test_dynamic_startup_nodes(dynamic: bool, autojump_clock: trio.testing.MockClock) -> None:
+    """redis-py's ``dynamic_startup_nodes``: later refreshes ask the nodes of the current map
+    (True), or only the startup nodes (False)."""
+    with trio.fail_after(60):
+        dialer, installed = Dialer(), Installed()
+        c: Address = ("10.0.0.3", 7000)
+        dialer.maps[A] = dialer.maps[c] = _shards(c, [0, 16383])  # A says C serves everything
+        dialer.down.add(B)
+        refresher = Refresher(
+            dialer=dialer,  # type: ignore[arg-type]
+            startup=[A, B],
+            remap=None,
+            current=installed.current,
+            install=installed.install,
+            interval=30.0,
+            min_interval=0.1,
+            dynamic_startup_nodes=dynamic,
+        )
+        await refresher.once()
+        dialer.opened.clear()
+        for _ in range(10):  # whatever the random order
+            await refresher.once()
+        assert (c in dialer.opened) is dynamic
+        assert set(dialer.opened) <= ({A, B, c} if dynamic else {A, B})
+
+
+async def test_a_partial_map_is_refused_unless_full_coverage_is_not_required(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        dialer, installed = Dialer(), Installed()
+        dialer.maps[A] = dialer.maps[B] = _shards(A, [0, 99])
+        with pytest.raises(ClusterUnreachableError, match="only 100 of 16384 slots"):
+            await _refresher(dialer, installed).once()
+        partial = _refresher(dialer, installed)
+        partial.require_full_coverage = False
+        await partial.once()
+        assert installed.current().covered == 100

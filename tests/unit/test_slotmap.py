@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from trio_cluster.config import ConnectionConfig
 from trio_cluster.conn.dialer import Dialer
 from trio_cluster.errors import AskError, MovedError
@@ -11,8 +13,8 @@ from trio_cluster.routing.slotmap import Node, ReadFrom, SlotMap
 from trio_cluster.routing.topology import Address, Shard, Topology
 
 
-def _slot_map(refreshes: list[str]) -> SlotMap:
-    def create(address: Address) -> Node:
+def _slot_map(refreshes: list[str], reinitialize_steps: int = 1) -> SlotMap:
+    def create(address: Address, replica: bool = False) -> Node:
         # Never started: the slot map only needs the node objects (no I/O here).
         dialer = Dialer(
             ConnectionConfig(host=address[0], port=address[1]), watchdog=None, credentials=None
@@ -33,6 +35,7 @@ def _slot_map(refreshes: list[str]) -> SlotMap:
         start=start,
         request_refresh=lambda: refreshes.append("request"),
         refresh=refresh,
+        reinitialize_steps=reinitialize_steps,
     )
 
 
@@ -64,3 +67,20 @@ async def test_an_ask_changes_nothing_and_an_empty_host_means_the_asked_node() -
     assert slots.ask == 1
     departed = await slots.install(Topology.from_shards([Shard(target.address, (), ((0, 16383),))]))
     assert departed == [owner] and owner.retired and slots.nodes() == [target]
+
+
+@pytest.mark.parametrize(("steps", "requests"), [(1, 6), (3, 2), (5, 1), (0, 0), (-3, 2)])
+async def test_reinitialize_steps_spaces_the_refreshes_moved_replies_ask_for(
+    steps: int, requests: int
+) -> None:
+    """redis-py's ``reinitialize_steps``: a full refresh every that many MOVED replies (0:
+    never; a negative count as its absolute value); each MOVED still patches its slot."""
+    refreshes: list[str] = []
+    slots = _slot_map(refreshes, reinitialize_steps=steps)
+    a = ("10.0.0.1", 7000)
+    await slots.install(Topology.from_shards([Shard(a, (), ((0, 16383),))]))
+    for slot in range(6):
+        owner = slots.primary(slot)
+        target = await slots.apply_moved(MovedError(f"{slot} 10.0.0.2:6000"), owner)
+        assert slots.primary(slot) is target
+    assert refreshes == ["request"] * requests

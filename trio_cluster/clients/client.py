@@ -15,9 +15,10 @@ from typing import Any
 import trio
 from redis.exceptions import ResponseError
 
-from ..config import ConnectionConfig, connection_options
+from ..config import ConnectionConfig, RetryOptions, connection_options
 from ..conn.connection import Connection
 from ..conn.watchdog import Watchdog
+from ..errors import AskError, MovedError
 from ..hooks import Hooks, default_hooks
 from ..jobs.credentials import CredentialManager, CredentialSource
 from ..jobs.handoff import HandoffManager
@@ -25,13 +26,16 @@ from ..jobs.maint import MaintNotificationsOptions
 from ..lifetime import raise_not_open
 from ..pooling.breaker import BreakerOptions, CircuitBreaker
 from ..pooling.pool import ConnectionInfo, Pool, PoolOptions, PoolStats
-from ..redispy import AsyncCoreCommands
+from ..redispy import AbstractRetry, AsyncCoreCommands
 from ..routing.nodecall import call
 from ..routing.nodes import NodeFactory
-from ..routing.specs import CommandSpec, CommandSpecs
+from ..routing.policy import Rule, classify
+from ..routing.rules import CommandTable
+from ..routing.specs import CommandSpec, CommandSpecs, batch_wait, script_wait
 from ..wire.commands import pipeline_results, transaction_results
 from ..wire.encoding import Encoding, prepare_args
 from .clientbase import ClientBase
+from .options import take_redis_py_options
 from .pipelinebase import PipelineBase
 from .pubsub import PubSubRegistry
 
@@ -51,12 +55,16 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     is known bad, and commands fail at once until a probe readmits it).  ``protocol=None``
     speaks RESP3 and returns redis-py's default reply shapes; ``protocol=3`` returns RESP3
     shapes; ``protocol=2`` speaks RESP2.  Command methods take no ``timeout=``: wrap a call
-    in ``trio.move_on_after``.
+    in ``trio.move_on_after``.  ``retry`` (``RetryOptions`` or a redis-py ``Retry``) sends
+    reads and commands that provably never reached the server again; by default nothing
+    is retried.  redis-py's other options (``max_connections``,
+    ``single_connection_client``, ``ssl_*``, ``retry_on_timeout``...) are mapped by
+    :mod:`trio_cluster.clients.options`.
     """
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
+        host: str = "localhost",
         port: int = 6379,
         *,
         pool: PoolOptions | None = None,
@@ -65,6 +73,7 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         maint_notifications: str | MaintNotificationsOptions = "auto",
         max_pubsub_connections: int = 64,
         breaker: BreakerOptions | None = None,
+        retry: RetryOptions | AbstractRetry[Any] | None = None,
         **connection: Any,
     ) -> None:
         maint = (
@@ -72,7 +81,14 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
             if isinstance(maint_notifications, MaintNotificationsOptions)
             else MaintNotificationsOptions(mode=maint_notifications)
         )
-        connection = connection_options(type(self).__name__, connection)
+        owner = type(self).__name__
+        connection = dict(connection)
+        redis_py = take_redis_py_options(owner, connection, pool=pool, retry=retry, cluster=False)
+        pool = redis_py.pool
+        #: How commands are retried (``None``: not at all, the default): see ``RetryOptions``;
+        #: only reads and commands that provably were not sent are ever sent again.
+        self.retry = redis_py.retry
+        connection = connection_options(owner, connection)
         self._encoding = Encoding.take_from(connection)
         config = ConnectionConfig(
             host=host,
@@ -124,6 +140,11 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
         if self._credentials is not None:
             await self._credentials.start(nursery)
         await self._node.start(nursery)
+        if self.retry is not None:
+            # Which commands only read (so that one whose outcome is unknown may be sent
+            # again) is the server's COMMAND table's say, as for a cluster client.
+            reply = await call(self._node, ("COMMAND",), self._specs.get("COMMAND"), self._dialer)
+            self._specs.install(CommandTable(reply))
         self._opened()
 
     async def _stop(self) -> None:
@@ -160,8 +181,33 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
     def _route(
         self, spec: CommandSpec, args: tuple[Any, ...], options: dict[str, Any]
     ) -> Awaitable[Any]:
-        """Every command goes to the one node (:func:`~trio_cluster.routing.nodecall.call`)."""
-        return call(self._node, args, spec, self._dialer)
+        """Every command goes to the one node (:func:`~trio_cluster.routing.nodecall.call`),
+        under the retry rules when ``retry`` is set."""
+        if self.retry is None:
+            return call(self._node, args, spec, self._dialer)
+        return self._call_retrying(self.retry, spec, args)
+
+    async def _call_retrying(
+        self, retry: RetryOptions, spec: CommandSpec, args: tuple[Any, ...]
+    ) -> Any:
+        """The command, sent again after a failure that the cluster client's rule would
+        retry (``routing.policy.classify``: a read whose outcome is unknown, or a command
+        that provably never reached the server), up to ``retry.retries`` times, with its
+        backoff."""
+        server = spec.on_server(args)
+        readonly = server is not None and server.readonly
+        failures = 0
+        while True:
+            try:
+                return await call(self._node, args, spec, self._dialer)
+            except Exception as error:
+                if failures >= retry.retries or classify(error, readonly) is not Rule.RETRY_AFTER:
+                    raise
+            await trio.sleep(retry.backoff(failures))
+            failures += 1
+
+    def _explain(self, error: Exception) -> None:
+        hint_redirect(error)
 
     async def _get_connection(self) -> Connection:
         try:
@@ -173,11 +219,11 @@ class Client(ClientBase, AsyncCoreCommands):  # type: ignore[misc]
 
     # --- pipelines -----------------------------------------------------------------------------
 
-    def pipeline(self, transaction: bool = False, shard_hint: Any = None) -> Pipeline:
-        """Queue commands and send them in one round trip; ``transaction=True`` wraps them in
-        MULTI/EXEC (redis-py's default; here, as for ``ClusterClient``, the default is a
-        plain pipeline).  Use ``watch()`` for optimistic locking (on a dedicated
-        connection).  ``shard_hint`` is accepted and unused, as in redis-py."""
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        """Queue commands and send them in one round trip, wrapped in MULTI/EXEC unless
+        ``transaction=False`` (redis-py's ``Redis.pipeline()`` default: atomic).  Use
+        ``watch()`` for optimistic locking (on a dedicated connection).  ``shard_hint`` is
+        accepted and unused, as in redis-py."""
         return Pipeline(self, transaction)
 
 
@@ -235,25 +281,52 @@ class Pipeline(PipelineBase):
         self._conn = None
         if conn is None:
             conn = await self._client._get_connection()
+        specs = [self._client._specs.queued(*entry) for entry in stack]
+        config = conn.config
         try:
-            if transaction:
-                results = await _run_transaction(conn, stack)
+            if transaction:  # blocking commands do not block inside MULTI; scripts run
+                wait = batch_wait([script_wait(config) for spec in specs if spec.script])
+                results = await _run_transaction(conn, stack, wait)
             else:
-                results = await conn.execute_many([args for args, _ in stack])
+                wait = batch_wait(
+                    [
+                        spec.extra_wait(args, config)
+                        for spec, (args, _) in zip(specs, stack, strict=True)
+                    ]
+                )
+                results = await conn.execute_many([args for args, _ in stack], blocks_for=wait)
         finally:
             pool.put(conn)
             self.command_stack = []
             self._explicit_multi = False
-        chains = [self._client._specs.queued(*entry).callbacks for entry in stack]
+        for result in results:
+            hint_redirect(result)
+        chains = [spec.callbacks for spec in specs]
         return pipeline_results(self._client._replies, chains, stack, results, raise_on_error)
 
 
+#: Added to a MOVED or ASK that reaches a ``Client``'s caller.
+REDIRECT_HINT = (
+    " (this node is part of a Redis Cluster and another node serves this key's slot: use "
+    "trio_cluster.ClusterClient, as redis-py's RedisCluster, which follows redirects)"
+)
+
+
+def hint_redirect(error: object) -> None:
+    """Say, in the message of a MOVED or ASK error a ``Client`` got, that the node belongs to
+    a cluster and ``ClusterClient`` is the client for it (the class stays redis-py's)."""
+    if isinstance(error, MovedError | AskError) and not error.message.endswith(REDIRECT_HINT):
+        error.message += REDIRECT_HINT
+        error.args = (error.message,)
+
+
 async def _run_transaction(
-    conn: Connection, stack: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
+    conn: Connection, stack: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], wait: float
 ) -> list[Any]:
-    """MULTI, the commands, EXEC in one write; returns EXEC's results (errors as values)."""
+    """MULTI, the commands, EXEC in one write; returns EXEC's results (errors as values).
+    ``wait``: seconds beyond the read timeout EXEC may take (its scripts)."""
     commands: list[Sequence[Any]] = [("MULTI",), *(args for args, _ in stack), ("EXEC",)]
-    replies = await conn.execute_many(commands)
+    replies = await conn.execute_many(commands, blocks_for=wait)
     try:
         return transaction_results(stack, replies[0], replies[1:-1], replies[-1])
     except ResponseError as error:

@@ -20,6 +20,7 @@ from ..config import ConnectionConfig, parse_url, redact_url
 from ..conn.connection import Connection
 from ..conn.dialer import Dialer
 from ..conn.watchdog import Watchdog
+from ..errors import TrioRequiredError
 from ..hooks import CommandCall, Hook, Hooks
 from ..jobs.credentials import CredentialManager
 from ..jobs.handoff import HandoffManager
@@ -34,7 +35,31 @@ from .monitor import Monitor
 from .pipelinebase import Script
 from .pubsub import PubSub, PubSubRegistry, PubSubStats, ShardMap
 
-__all__ = ["ClientBase", "Parsed"]
+__all__ = ["ClientBase", "Parsed", "require_trio"]
+
+
+def require_trio(owner: object) -> None:
+    """Raise :class:`~trio_cluster.errors.TrioRequiredError` unless called inside
+    ``trio.run``: used from asyncio, trio's own failure is an ``AttributeError`` deep in its
+    internals, which names neither the cause nor the way out."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        pass
+    else:
+        return
+    try:
+        import sniffio
+
+        library = sniffio.current_async_library()
+    except Exception:  # sniffio missing, or no async library running at all
+        library = None
+    where = f"under {library}" if library else "outside trio.run"
+    raise TrioRequiredError(
+        f"{type(owner).__name__} runs under trio only, and was used {where}: run your code "
+        "with trio.run(main) (https://trio.readthedocs.io), or, to call it from an asyncio "
+        "program, through trio-asyncio (https://trio-asyncio.readthedocs.io)"
+    )
 
 
 class Parsed:
@@ -76,6 +101,11 @@ class ClientBase(NurseryOwner):
     _db: int
     """The database index commands run in (``db.namespace``)."""
     _told_open = False
+
+    async def __aenter__(self) -> Self:
+        """Open the client (its nursery, its pools' background work): ``async with``."""
+        require_trio(self)
+        return await super().__aenter__()
 
     if not TYPE_CHECKING:  # type checkers keep redis-py's signature, which this matches
 
@@ -122,11 +152,13 @@ class ClientBase(NurseryOwner):
                     hooks.after_command(call)
                 return options[EMPTY_RESPONSE]
             self._errors[type(error).__name__] += 1
+            self._explain(error)
             if call is not None:
                 hooks.after_command(call, error)
             elif hooks.failures:
                 hooks.command_failed(self._failed_call(spec, args, error))
             if self._nursery is None:
+                require_trio(self)
                 raise_not_open(self)
             raise
         except BaseException as error:  # a cancellation: the hooks see it end too
@@ -138,6 +170,10 @@ class ClientBase(NurseryOwner):
         if call is not None:
             hooks.after_command(call)
         return value
+
+    def _explain(self, error: Exception) -> None:
+        """Add to an error about to reach the caller what this kind of client knows of its
+        cause (``Client``: a MOVED means the node belongs to a cluster)."""
 
     def _command_call(self, spec: CommandSpec, args: tuple[Any, ...]) -> CommandCall:
         """The hooks' view of a command about to run (only made when a hook wants every
@@ -223,8 +259,10 @@ class ClientBase(NurseryOwner):
         maintenance notifications; each reads its node's notices)."""
         raise NotImplementedError
 
-    def pipeline(self, transaction: bool = False, shard_hint: Any = None) -> Any:
-        """Queue commands, sent together (``transaction=True``: MULTI/EXEC)."""
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        """Queue commands, sent together; the default follows redis-py's client of the same
+        kind (``Client``: MULTI/EXEC, as ``Redis``; ``ClusterClient``: not, as
+        ``RedisCluster``)."""
         raise NotImplementedError
 
     @property

@@ -28,7 +28,7 @@ from ..jobs.maint import MaintNotificationsOptions
 from ..lifetime import start_soon
 from ..pooling.breaker import BreakerOptions, BreakerState
 from ..pooling.pool import ConnectionInfo, PoolOptions, PoolStats
-from ..redispy import AsyncCoreCommands
+from ..redispy import AbstractRetry, AsyncCoreCommands
 from ..routing.nodes import NodeFactory
 from ..routing.refresher import Refresher
 from ..routing.router import Router
@@ -41,6 +41,7 @@ from .clientbase import ClientBase, Parsed
 from .cluster_pipeline import ClusterPipeline
 from .clusterhelpers import ClusterHelpers
 from .fanout import NOT_SPLIT, FanOut
+from .options import take_redis_py_options
 from .pubsub import PubSubRegistry
 
 __all__ = ["ClusterClient", "ClusterStats", "ReadFrom", "RetryOptions"]
@@ -82,7 +83,14 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
     seconds gets one read, to measure it again (a node that once looked slow is not
     forgotten).
     ``address_remap`` maps every address the cluster announces, in topology replies and in
-    MOVED/ASK, before use.
+    MOVED/ASK, before use.  ``require_full_coverage`` (as redis-py's, on by default) refuses
+    a slot map with a slot no node serves; ``reinitialize_steps``: every how many MOVED
+    replies a full refresh is asked for (1 by default, redis-py's is 5; 0: never, a MOVED
+    always patches its own slot); ``dynamic_startup_nodes=False`` refreshes from the startup
+    nodes only.  redis-py's other options (``read_from_replicas``,
+    ``load_balancing_strategy``, ``max_connections``, ``retry=Retry(...)``,
+    ``cluster_error_retry_attempts``, ``ssl_*``...) are mapped by
+    :mod:`trio_cluster.clients.options`.
     """
 
     # redis-py's command protocol declares it; nothing here dispatches redis-py events.
@@ -96,9 +104,9 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         startup_nodes: Sequence[Address] | None = None,
         pool: PoolOptions | None = None,
         protocol: int | None = None,
-        read_from: ReadFrom | str = ReadFrom.PRIMARY,
+        read_from: ReadFrom | str | None = None,
         address_remap: AddressRemap | None = None,
-        retry: RetryOptions | None = None,
+        retry: RetryOptions | AbstractRetry[Any] | None = None,
         breaker: BreakerOptions | None = None,
         refresh_interval: float = 30.0,
         refresh_min_interval: float = 0.1,
@@ -106,6 +114,9 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         credentials: CredentialSource | None = None,
         maint_notifications: str | MaintNotificationsOptions = "auto",
         max_pubsub_connections: int = 64,
+        require_full_coverage: bool = True,
+        reinitialize_steps: int = 1,
+        dynamic_startup_nodes: bool = True,
         **connection: Any,
     ) -> None:
         nodes = list(startup_nodes or [])
@@ -113,7 +124,17 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             nodes.insert(0, (host or "127.0.0.1", port or 6379))
         if not nodes:
             raise ValueError("give host/port or startup_nodes: at least one node to start from")
-        self.read_from = ReadFrom(read_from)
+        owner = type(self).__name__
+        connection = dict(connection)
+        redis_py = take_redis_py_options(owner, connection, pool=pool, retry=retry, cluster=True)
+        if redis_py.read_from is not None and read_from is not None:
+            raise TypeError(
+                f"give {owner}() read_from= or redis-py's read_from_replicas/"
+                "load_balancing_strategy, not both"
+            )
+        pool, retry_options = redis_py.pool, redis_py.retry
+        refresh_min_interval = redis_py.cluster.get("refresh_min_interval", refresh_min_interval)
+        self.read_from = ReadFrom(redis_py.read_from or read_from or ReadFrom.PRIMARY)
         self.startup_nodes: list[Address] = [
             address_remap((n[0], n[1])) if address_remap else (n[0], n[1]) for n in nodes
         ]
@@ -122,7 +143,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             if isinstance(maint_notifications, MaintNotificationsOptions)
             else MaintNotificationsOptions(mode=maint_notifications)
         )
-        connection = connection_options(type(self).__name__, connection)
+        connection = connection_options(owner, connection)
         self._encoding = Encoding.take_from(connection)
         self._base_config = ConnectionConfig(
             host=self.startup_nodes[0][0],
@@ -141,7 +162,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
         # pool has its own dialer (its endpoint may move).
         self._dialer = Dialer(self._base_config, watchdog=None, credentials=self._credentials)
         self.pool_options = pool if pool is not None else PoolOptions()
-        self.retry = retry if retry is not None else RetryOptions()
+        self.retry = retry_options if retry_options is not None else RetryOptions()
         self.breaker_options = breaker if breaker is not None else BreakerOptions()
         self._replies = self._encoding.reply_parser(protocol, cluster=True)
         self._specs = CommandSpecs(self._replies)
@@ -156,6 +177,8 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             interval=refresh_interval,
             min_interval=refresh_min_interval,
             known_bad=lambda address: self.slot_map.known_bad(address),
+            require_full_coverage=require_full_coverage,
+            dynamic_startup_nodes=dynamic_startup_nodes,
         )
         #: Makes each node: its dialer, breaker, pool and maintenance handoffs.
         self._make_node = NodeFactory(
@@ -167,6 +190,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             credentials=self._credentials,
             hooks=self._hooks,
             on_smigrated=self.refresher.request,
+            reads_replicas=self.read_from is not ReadFrom.PRIMARY,
         )
         #: The one owner of nodes, slot owners, the public topology and MOVED/ASK.
         self.slot_map = SlotMap(
@@ -177,6 +201,7 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
             request_refresh=self.refresher.request,
             refresh=self.refresher.refresh,
             latency_probe_interval=latency_probe_interval,
+            reinitialize_steps=reinitialize_steps,
         )
         #: Where each command goes, with the redirect and retry rules.
         self.router = Router(
@@ -227,11 +252,11 @@ class ClusterClient(ClientBase, ClusterHelpers, AsyncCoreCommands):  # type: ign
 
     # --- nodes and topology ------------------------------------------------------------------
 
-    def _create_node(self, address: Address) -> Node:
+    def _create_node(self, address: Address, replica: bool) -> Node:
         """A node for the slot map (not started), made by the one node factory."""
         if self.router.policy.closed or self._nursery is None:
             raise PoolClosedError("the cluster client is closed")
-        return self._make_node(address)
+        return self._make_node(address, replica)
 
     async def _start_node(self, node: Node) -> None:
         """Start a new node's background work in the client's nursery."""

@@ -31,7 +31,7 @@ from ..routing.policy import Attempt, Rule, classify, longer_wait
 from ..routing.router import Router
 from ..routing.rules import slot_of
 from ..routing.slotmap import Node
-from ..routing.specs import CommandSpec
+from ..routing.specs import CommandSpec, batch_wait, script_wait
 from ..wire.commands import ReplyParser, normalize_args, pipeline_results, transaction_results
 from ..wire.encoding import Encoding, prepare_args
 from .pipelinebase import PipelineBase
@@ -158,7 +158,8 @@ class ClusterPipeline(PipelineBase):
         specs = [self._specs.queued(*entry) for entry in stack]
         slots = [self._slot(args, spec) for (args, _), spec in zip(stack, specs, strict=True)]
         if self.transaction:
-            results = await self._transaction(stack, slots)
+            scripts = sum(1 for spec in specs if spec.script)
+            results = await self._transaction(stack, slots, scripts)
         else:
             results = await self._pipeline(stack, specs, slots)
         chains = [spec.callbacks for spec in specs]
@@ -244,7 +245,9 @@ class ClusterPipeline(PipelineBase):
                     if index in asks:
                         commands.append(("ASKING",))
                     commands.append(stack[index][0])
-                replies = await call_batch(node, commands)
+                config = node.dialer.config
+                wait = batch_wait([specs[i].extra_wait(stack[i][0], config) for i in indexes])
+                replies = await call_batch(node, commands, blocks_for=wait)
                 cursor = 0
                 for index in indexes:
                     if index in asks:
@@ -283,10 +286,14 @@ class ClusterPipeline(PipelineBase):
             pending = retry
         return results
 
-    async def _transaction(self, stack: Sequence[_Command], slots: list[int | None]) -> list[Any]:
+    async def _transaction(
+        self, stack: Sequence[_Command], slots: list[int | None], scripts: int
+    ) -> list[Any]:
         """MULTI, the commands and EXEC in one batch to the slot's node, under the retry
         policy: a command refused at queue time (MOVED, ASK, TRYAGAIN...: EXEC then runs
-        nothing) or a batch that never left sends the whole transaction again."""
+        nothing) or a batch that never left sends the whole transaction again.  EXEC's
+        reply waits the ``scripts`` scripts' time too (blocking commands do not block
+        inside MULTI)."""
         keyed = {slot for slot in slots if slot is not None}
         if len(keyed) > 1:
             raise CrossSlotTransactionError(_ONE_SLOT)
@@ -301,7 +308,8 @@ class ClusterPipeline(PipelineBase):
                 if node is None:
                     raise self._slots.not_served(slot)
                 batch = commands if asked is None else [("ASKING",), *commands]
-                replies = await call_batch(node, batch)
+                wait = batch_wait([script_wait(node.dialer.config)] * scripts)
+                replies = await call_batch(node, batch, blocks_for=wait)
                 first = len(batch) - len(stack) - 2  # MULTI's place (ASKING may come first)
                 multi, queued, executed = replies[first], replies[first + 1 : -1], replies[-1]
                 refused = next((r for r in queued if classify(r, False) in _RESEND), None)

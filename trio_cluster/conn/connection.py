@@ -478,6 +478,10 @@ async def _open_stream(config: ConnectionConfig) -> trio.abc.Stream:
     else:
         stream = await trio.open_tcp_stream(config.host, config.port)
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        if config.socket_keepalive:
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+            for option, setting in config.socket_keepalive_options:
+                stream.setsockopt(socket.IPPROTO_TCP, option, setting)
     if config.ssl_context is not None:
         hostname = config.server_hostname or (
             None if config.unix_socket_path is not None else config.host

@@ -277,16 +277,20 @@ class ReplyStream:
                         data = os.read(self._fd, _LARGE_RECEIVE_SIZE if reads else _RECEIVE_SIZE)
                         break
                     except BlockingIOError:
-                        if self._timed_out:  # the watchdog fired while we were not waiting
-                            raise trio.ClosedResourceError("deadline passed") from None
-                        if spin:
-                            # Not there yet: let the other tasks run once more and try again
-                            # rather than sleep (``read_spin``; see _spin_missed).
-                            spin -= 1
-                            await trio.lowlevel.cancel_shielded_checkpoint()
-                            continue
-                        slept = True
-                        await trio.lowlevel.wait_readable(self._fd)
+                        pass
+                    # Nothing to read yet.  The waits are outside the ``except`` block: an
+                    # exception raised while waiting (a cancellation, Ctrl-C, a timeout)
+                    # would otherwise carry the BlockingIOError as its context.
+                    if self._timed_out:  # the watchdog fired while we were not waiting
+                        raise trio.ClosedResourceError("deadline passed")
+                    if spin:
+                        # Not there yet: let the other tasks run once more and try again
+                        # rather than sleep (``read_spin``; see _spin_missed).
+                        spin -= 1
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        continue
+                    slept = True
+                    await trio.lowlevel.wait_readable(self._fd)
                 if slept:
                     if not reads:
                         self._spin_missed()

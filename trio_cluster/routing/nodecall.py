@@ -21,12 +21,13 @@ import trio
 from ..config import ConnectionConfig
 from ..conn.connection import Connection, mark_unsent
 from ..conn.dialer import Dialer
-from ..errors import NETWORK_ERRORS, PoolClosedError
+from ..errors import NETWORK_ERRORS, PoolClosedError, ReadTimeoutError, ScriptTimeoutError
 from ..hooks import CURRENT_CALL
 from ..pooling.breaker import BreakerState, CircuitOpenError
+from ..pooling.pool import Pool
 from ..wire.commands import DATA_TAKING_COMMANDS
 from .slotmap import Node
-from .specs import CommandSpec
+from .specs import CommandSpec, script_wait
 
 __all__ = [
     "NodeConnection",
@@ -34,6 +35,7 @@ __all__ = [
     "call",
     "call_batch",
     "run_blocking",
+    "run_script",
     "take_connection",
 ]
 
@@ -58,12 +60,32 @@ async def take_connection(node: Node) -> Connection:
     pool = node.pool
     try:
         conn = pool.get_idle()  # the common case, without a coroutine
-        return conn if conn is not None else await pool.get()
+        if conn is None:
+            conn = await pool.get()
+        interval = conn.config.health_check_interval
+        if interval and trio.current_time() - conn.last_used_at > interval:
+            conn = await _health_checked(pool, conn)
+        return conn
     except BaseException as error:
         breaker.record_get_failure(error)
         if isinstance(error, PoolClosedError):
             raise mark_unsent(error) from None  # the node left the map: nothing was sent
         raise
+
+
+async def _health_checked(pool: Pool[Connection], conn: Connection) -> Connection:
+    """redis-py's ``health_check_interval``: a connection idle that long is sent a ``PING``
+    first; one that fails it is closed and another taken from the pool (once)."""
+    try:
+        await conn.execute(("PING",))
+        return conn
+    except NETWORK_ERRORS:
+        conn.broken = True  # closed by the pool
+        pool.put(conn)
+    except BaseException:
+        pool.put(conn)
+        raise
+    return await pool.get()
 
 
 @contextmanager
@@ -143,8 +165,13 @@ async def call(
                 raise reply
         elif spec.blocking is not None and (blocks := spec.blocks(args)) is not None:
             reply = await run_blocking(conn, args, blocks, dialer)
+        elif spec.script:
+            reply = await run_script(conn, args)
         else:
             reply = await conn.execute(args)
+    except ScriptTimeoutError:
+        breaker.abandon_probe()  # the script's length, not the node's health
+        raise
     except BaseException as error:
         breaker.record(error)
         raise
@@ -157,15 +184,19 @@ async def call(
     return reply
 
 
-async def call_batch(node: Node, commands: Sequence[Sequence[Any]]) -> list[Any]:
+async def call_batch(
+    node: Node, commands: Sequence[Sequence[Any]], *, blocks_for: float = 0.0
+) -> list[Any]:
     """Send ``commands`` to one node in one write; replies in order, errors as values.
 
-    A failure of the node itself (breaker open, pool closed or busy, dial or link failure)
-    becomes that error for every command of the batch.
+    ``blocks_for``: seconds beyond the read timeout the server may take (the batch's blocking
+    commands and scripts, ``specs.batch_wait``).  A failure of the node itself (breaker open,
+    pool closed or busy, dial or link failure) becomes that error for every command of the
+    batch.
     """
     try:
         async with NodeConnection(node) as conn:
-            return await conn.execute_many(commands)
+            return await conn.execute_many(commands, blocks_for=blocks_for)
     except NETWORK_ERRORS as error:
         return [error] * len(commands)
 
@@ -202,6 +233,21 @@ async def run_blocking(
         if reply is None or isinstance(reply, Exception) or not _takes_data(args[0]):
             raise
         return reply
+
+
+async def run_script(conn: Connection, args: tuple[Any, ...]) -> Any:
+    """Run a script or function: its reply waits ``script_timeout`` (no bound by default)
+    instead of the read timeout, and running past it raises :class:`ScriptTimeoutError`
+    (the connection, which still owes the reply, is closed)."""
+    try:
+        return await conn.execute(args, blocks_for=script_wait(conn.config))
+    except ReadTimeoutError:
+        limit = conn.config.script_timeout
+        message = (
+            f"{args[0]} on {conn.config.address} ran longer than script_timeout ({limit} s); "
+            "the server may still be running it (SCRIPT KILL or FUNCTION KILL stops it)"
+        )
+    raise ScriptTimeoutError(message)
 
 
 async def _unblock(conn: Connection, dialer: Dialer) -> Any:

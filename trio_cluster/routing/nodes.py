@@ -62,10 +62,18 @@ class NodeFactory:
     """The client's command hooks: told of every dial and every wait for a connection."""
     on_smigrated: Callable[[], None] | None = None
     """Called for each new SMIGRATED notification (the cluster's refresh request)."""
+    reads_replicas: bool = True
+    """Whether commands go to replicas by default (a cluster client's ``read_from``); if not,
+    a replica's pool keeps no idle connections (``min_idle`` 0): it dials only for the
+    commands sent to it by name (``target_nodes=``)."""
 
-    def __call__(self, address: Address) -> Node:
-        """A new node at ``address``, not started (:meth:`Node.start`)."""
+    def __call__(self, address: Address, replica: bool = False) -> Node:
+        """A new node at ``address``, not started (:meth:`Node.start`); ``replica``: the
+        topology names it a replica."""
         config = attrs.evolve(self.config, host=address[0], port=address[1])
+        options = self.pool
+        if replica and not self.reads_replicas and options.min_idle:
+            options = attrs.evolve(options, min_idle=0)
         name = config.address
         notices = None
         if self.maint.mode != "disabled":
@@ -80,9 +88,9 @@ class NodeFactory:
         breaker = CircuitBreaker(name, self.breaker)
         pool: Pool[Connection] = Pool(
             dialer,
-            self.pool,
+            options,
             node_name=name,
-            timeout=pool_timeout(self.pool, config),
+            timeout=pool_timeout(options, config),
             dial_timeout=config.connect_timeout,
             breaker=breaker,
             hooks=self.hooks,

@@ -46,6 +46,7 @@ from ..errors import (
     MasterDownError,
     MovedError,
     PoolTimeoutError,
+    ScriptTimeoutError,
     TryAgainError,
 )
 from ..hooks import CURRENT_CALL, CommandCall
@@ -88,8 +89,9 @@ def classify(error: BaseException | None, readonly: bool) -> Rule:
         return Rule.TRYAGAIN
     if (
         isinstance(error, NETWORK_ERRORS)
-        # Waiting again would break the caller's bound on a pool wait.
-        and not isinstance(error, PoolTimeoutError)
+        # Waiting again would break the caller's bound on a pool wait (or on a script,
+        # which would run again from the start).
+        and not isinstance(error, PoolTimeoutError | ScriptTimeoutError)
         and (readonly or was_unsent(error))
     ):
         return Rule.RETRY_AFTER

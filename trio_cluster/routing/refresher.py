@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from ..conn.dialer import Dialer
-from ..errors import ClusterUnreachableError, UnknownCommandError
+from ..errors import AuthenticationError, ClusterUnreachableError, UnknownCommandError
 from ..logs import LogLimiter
 from .rules import CommandTable
-from .topology import Address, AddressRemap, Topology, parse_shards, parse_slots
+from .topology import SLOTS, Address, AddressRemap, Topology, parse_shards, parse_slots
 
 __all__ = ["Refresher"]
 
@@ -47,6 +47,8 @@ class Refresher:
         interval: float,
         min_interval: float,
         known_bad: Callable[[Address], bool] = lambda address: False,
+        require_full_coverage: bool = True,
+        dynamic_startup_nodes: bool = True,
     ) -> None:
         for name, value in (("refresh_interval", interval),
                             ("refresh_min_interval", min_interval)):  # fmt: skip
@@ -60,6 +62,12 @@ class Refresher:
         self._current = current
         self._install = install
         self._known_bad = known_bad
+        #: redis-py's ``require_full_coverage``: a slot map with a slot no node serves is
+        #: refused (the next node is asked; the map in use is kept).
+        self.require_full_coverage = require_full_coverage
+        #: redis-py's ``dynamic_startup_nodes``: ask the nodes of the current map, not only
+        #: the startup nodes.
+        self.dynamic_startup_nodes = dynamic_startup_nodes
         self._wanted = trio.Event()
         self._done = trio.Event()
         self._last = -math.inf
@@ -106,26 +114,43 @@ class Refresher:
         command table too when ``initial``)."""
         self._last = trio.current_time()
         known = self._current()
-        candidates = list(known.primaries)
+        candidates = list(known.primaries) if self.dynamic_startup_nodes else []
         random.shuffle(candidates)
         replicas = [a for a in known.nodes if a not in candidates]
         random.shuffle(replicas)
-        candidates += replicas
+        candidates += replicas if self.dynamic_startup_nodes else []
         candidates += [a for a in self._startup if a not in candidates]
         candidates.sort(key=self._known_bad)  # stable: the random order stays among equals
         failures = []
+        refused: AuthenticationError | None = None
         for address in candidates:
             try:
                 topology, table = await self._fetch(address, load_commands=initial)
             except Exception as exc:
                 failures.append(f"{address[0]}:{address[1]}: {exc}")
+                if isinstance(exc, AuthenticationError) and refused is None:
+                    refused = AuthenticationError(
+                        f"{address[0]}:{address[1]} refused the credentials: {exc}"
+                    )
                 continue
             if not topology.covered:
                 failures.append(f"{address[0]}:{address[1]}: no slot is assigned")
                 continue
+            if self.require_full_coverage and topology.covered < SLOTS:
+                failures.append(
+                    f"{address[0]}:{address[1]}: only {topology.covered} of {SLOTS} slots are "
+                    "served (require_full_coverage=False accepts a partial map)"
+                )
+                continue
             await self._install(topology, table)
             self.refreshes += 1
             return
+        if refused is not None:
+            # A node answered and refused the credentials: that, not reachability, is what to
+            # fix (the other nodes' failures follow).
+            if len(failures) > 1:
+                refused.args = (f"{refused}; every node failed: {'; '.join(failures)}",)
+            raise refused
         raise ClusterUnreachableError(
             "Redis Cluster cannot be connected. Please provide at least one reachable node: "
             + "; ".join(failures)

@@ -33,8 +33,10 @@ class ReadFrom(enum.Enum):
     """Where read-only commands go."""
 
     PRIMARY = "primary"
-    ROUND_ROBIN = "round-robin"  # primary and replicas in turn
-    RANDOM = "random"  # a random replica
+    ROUND_ROBIN = "round-robin"  # primary and replicas in turn (redis-py's ROUND_ROBIN)
+    ROUND_ROBIN_REPLICAS = "round-robin-replicas"  # the replicas in turn
+    RANDOM = "random"  # a random replica (redis-py's RANDOM_REPLICA)
+    RANDOM_NODE = "random-node"  # the primary or a replica, at random (redis-py's RANDOM)
     LOWEST_LATENCY = "lowest-latency"  # the node with the lowest measured latency
 
 
@@ -94,7 +96,8 @@ class Node:
 class SlotMap:
     """Nodes by address, slot owners, and the choice of a node for a command.
 
-    ``create(address)`` builds a node (its pool not started), ``start(node)`` starts it:
+    ``create(address, replica)`` builds a node (its pool not started; ``replica``: the
+    topology names it a replica), ``start(node)`` starts it:
     both belong to the client, which owns the nursery.  ``request_refresh`` asks for a new
     topology (a MOVED means the map is stale) and ``refresh`` waits for one.
     """
@@ -104,11 +107,12 @@ class SlotMap:
         *,
         read_from: ReadFrom,
         remap: AddressRemap | None,
-        create: Callable[[Address], Node],
+        create: Callable[[Address, bool], Node],
         start: Callable[[Node], Awaitable[None]],
         request_refresh: Callable[[], None],
         refresh: Callable[[], Awaitable[None]],
         latency_probe_interval: float = 1.0,
+        reinitialize_steps: int = 1,
     ) -> None:
         if (
             isinstance(latency_probe_interval, bool)
@@ -119,7 +123,12 @@ class SlotMap:
                 "latency_probe_interval must be a finite number of seconds > 0; "
                 f"got {latency_probe_interval!r}"
             )
+        if isinstance(reinitialize_steps, bool) or not isinstance(reinitialize_steps, int):
+            raise ValueError(f"reinitialize_steps must be an integer; got {reinitialize_steps!r}")
         self.read_from = read_from
+        #: redis-py's ``reinitialize_steps``: every how many MOVED replies a full refresh is
+        #: requested (0: never; a MOVED always patches its own slot).
+        self.reinitialize_steps = abs(reinitialize_steps)
         #: ``ReadFrom.LOWEST_LATENCY``: how often a node not read from is measured again.
         self.latency_probe_interval = float(latency_probe_interval)
         self._remap = remap
@@ -145,11 +154,12 @@ class SlotMap:
         """``address`` as the client must reach it (the caller's ``address_remap``)."""
         return self._remap(address) if self._remap is not None else address
 
-    async def node(self, address: Address) -> Node:
-        """The node at ``address`` (already remapped), created and started on first use."""
+    async def node(self, address: Address, *, replica: bool = False) -> Node:
+        """The node at ``address`` (already remapped), created and started on first use
+        (``replica``: as the replica the topology says it is)."""
         node = self._nodes.get(address)
         if node is None:
-            node = self._create(address)
+            node = self._create(address, replica)
             self._nodes[address] = node
             try:
                 await self._start(node)
@@ -211,7 +221,7 @@ class SlotMap:
         shard_nodes = []
         for shard in topology.shards:
             primary = await self.node(shard.primary)
-            replicas = tuple([await self.node(r) for r in shard.replicas])
+            replicas = tuple([await self.node(r, replica=True) for r in shard.replicas])
             shard_nodes.append((primary, replicas))
         slot_primary: list[Node | None] = [None] * SLOTS
         slot_replicas: list[tuple[Node, ...]] = [()] * SLOTS
@@ -266,8 +276,12 @@ class SlotMap:
         if strategy is ReadFrom.ROUND_ROBIN:
             candidates = (primary, *replicas)
             return candidates[next(self._round_robin) % len(candidates)]
+        if strategy is ReadFrom.ROUND_ROBIN_REPLICAS:
+            return replicas[next(self._round_robin) % len(replicas)]
         if strategy is ReadFrom.RANDOM:
             return random.choice(replicas)
+        if strategy is ReadFrom.RANDOM_NODE:
+            return random.choice((primary, *replicas))
         return self._lowest_latency((primary, *replicas))
 
     def _lowest_latency(self, candidates: tuple[Node, ...]) -> Node:
@@ -292,13 +306,15 @@ class SlotMap:
 
     async def apply_moved(self, moved: MovedError, node: Node | None) -> Node:
         """The one place a MOVED is applied: the slot now belongs to the node it names, in
-        the routing table and in the public topology, and a full refresh is requested.
-        Returns that node."""
+        the routing table and in the public topology, and a full refresh is requested
+        (every ``reinitialize_steps`` MOVED replies).  Returns that node."""
         self.moved += 1
         target = await self.node(self.redirect_address(moved, _address(node)))
         self._slot_primary[moved.slot] = target
         self._topology = _moved(self._topology, moved.slot, target.address)
-        self.request_refresh()
+        steps = self.reinitialize_steps
+        if steps and self.moved % steps == 0:
+            self.request_refresh()
         return target
 
     async def ask_target(self, ask: AskError, node: Node | None) -> Node:

@@ -20,14 +20,25 @@ server's table is installed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..config import ConnectionConfig
 from ..wire.commands import BLOCKING_COMMANDS, COMMAND_NAME, ReplyParser, blocking_seconds
 from ..wire.encoding import text
 from .rules import CommandTable, ServerCommand, Target, invocation, keyless_target
 
-__all__ = ["CONNECTION_STATE", "MAX_NAMES", "SPLITTABLE", "CommandSpec", "CommandSpecs"]
+__all__ = [
+    "CONNECTION_STATE",
+    "MAX_NAMES",
+    "SCRIPT_COMMANDS",
+    "SPLITTABLE",
+    "CommandSpec",
+    "CommandSpecs",
+    "batch_wait",
+    "script_wait",
+]
 
 #: Commands that change or depend on the state of their connection: never automatically
 #: pipelined on a shared connection.
@@ -42,6 +53,27 @@ CONNECTION_STATE = frozenset(
 #: Multi-key commands a cluster client splits per slot when their keys span several slots
 #: (not atomic across slots).
 SPLITTABLE = frozenset({"MGET", "MSET", "DEL", "EXISTS", "UNLINK", "TOUCH"})
+
+#: Scripts and functions: they run on the server as long as their code does, which says
+#: nothing about the node's health, so their replies wait ``script_timeout`` (no bound by
+#: default) instead of the read timeout, and never share a connection.
+SCRIPT_COMMANDS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
+
+
+def script_wait(config: ConnectionConfig) -> float:
+    """How much longer than the read timeout a script's reply may take: no bound without
+    ``script_timeout`` (``math.inf``), else the difference, so that the reply's deadline is
+    ``script_timeout`` itself (it may be shorter than the read timeout)."""
+    if config.script_timeout is None:
+        return math.inf
+    return config.script_timeout - (config.read_timeout or 0.0)
+
+
+def batch_wait(waits: Sequence[float]) -> float:
+    """How much longer than the read timeout a batch's replies may take: the commands run
+    one after the other, so their extra waits add up (only the positive ones)."""
+    return sum(wait for wait in waits if wait > 0)
+
 
 #: Most names whose specs are kept.
 MAX_NAMES = 4096
@@ -58,6 +90,7 @@ class CommandSpec:
         "keyed_first",
         "name",
         "readonly",
+        "script",
         "server",
         "shares_connection",
         "splittable",
@@ -91,9 +124,13 @@ class CommandSpec:
         self.target = target
         #: Whether it only reads (so repeating it after an unclear failure is harmless).
         self.readonly = server is not None and server.readonly
-        #: Whether automatic pipelining may share a connection with it (not blocking, no
-        #: connection state).
-        self.shares_connection = blocking is None and first_word not in CONNECTION_STATE
+        #: Whether it runs a script or function (``SCRIPT_COMMANDS``).
+        self.script = first_word in SCRIPT_COMMANDS
+        #: Whether automatic pipelining may share a connection with it (not blocking, not a
+        #: script, no connection state).
+        self.shares_connection = (
+            blocking is None and not self.script and first_word not in CONNECTION_STATE
+        )
         #: Whether a cluster client splits it per slot when its keys span slots.
         self.splittable = first_word in SPLITTABLE
         #: The hot path: its only key is its first argument (GET, SET, INCR, HGET...), with
@@ -128,6 +165,15 @@ class CommandSpec:
         """How long the server may hold this invocation (``math.inf``: forever), or None
         if it does not block (XREAD without BLOCK)."""
         return None if self.blocking is None else blocking_seconds(self.blocking, args)
+
+    def extra_wait(self, args: Sequence[Any], config: ConnectionConfig) -> float:
+        """Seconds beyond the read timeout the server may legitimately take to answer this
+        invocation: a blocking command's own timeout (``math.inf`` for 0, "forever"), a
+        script's :func:`script_wait`, else 0."""
+        if self.script:
+            return script_wait(config)
+        blocks = self.blocks(args)
+        return 0.0 if blocks is None else blocks
 
 
 class CommandSpecs:
