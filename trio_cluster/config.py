@@ -260,11 +260,16 @@ class RetryOptions:
     """Seconds a command that provably never reached a server keeps being retried."""
     failover_wait: str = "auto"
     """What a command for a known-bad node's slots (its circuit breaker open) does:
-    ``"auto"`` waits for a failover (within ``budget``) only when the node has a replica and
-    the cluster itself sees the node failing, and otherwise fails at once with
-    ``CircuitOpenError`` naming the node and why; ``"never"`` always fails at once;
-    ``"always"`` always waits (the behaviour before isolation).  See
-    ``docs/architecture.md``, "A sick node"."""
+    ``"auto"`` waits for a failover (within ``budget``) only when the node has a replica,
+    the cluster itself sees the node failing and expects to promote the replica within
+    ``failover_wait_max`` seconds, and otherwise fails at once with ``CircuitOpenError``
+    naming the node and why; ``"never"`` always fails at once; ``"always"`` always waits
+    (the behaviour before isolation).  See ``docs/architecture.md``, "A sick node"."""
+    failover_wait_max: float = 2.0
+    """Under ``failover_wait="auto"``: how soon (seconds) the cluster must expect to promote
+    a replica for a command to wait for it (its node timeout since the node went silent,
+    plus about a second of election); a failover further off, or overdue by more than
+    this, is not waited for."""
 
     def __attrs_post_init__(self) -> None:
         if self.failover_wait not in FAILOVER_WAITS:
@@ -276,7 +281,7 @@ class RetryOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0; got {value!r}")
-        for name in ("backoff_base", "backoff_cap", "budget"):
+        for name in ("backoff_base", "backoff_cap", "budget", "failover_wait_max"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)

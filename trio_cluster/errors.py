@@ -379,5 +379,5 @@ def node_failed(error: BaseException) -> bool:
     against its circuit breaker): a network failure, but not a loading server (it answered)
     nor a busy pool (that says nothing about the node)."""
     return isinstance(error, NETWORK_ERRORS) and not isinstance(
-        error, BusyLoadingError | PoolTimeoutError
+        error, BusyLoadingError | PoolTimeoutError | PoolExhaustedError
     )

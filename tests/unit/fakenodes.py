@@ -23,8 +23,9 @@ from trio_cluster.config import ConnectionConfig, RetryOptions
 from trio_cluster.conn.connection import mark_unsent
 from trio_cluster.conn.state import ConnState, ConnStateMachine
 from trio_cluster.errors import ExecAbortError, ReadTimeoutError
-from trio_cluster.pooling.breaker import BreakerOptions, CircuitBreaker
-from trio_cluster.pooling.pool import Pool, PoolOptions
+from trio_cluster.pooling.breaker import BreakerOptions, Peers
+from trio_cluster.pooling.pool import PoolOptions
+from trio_cluster.routing.nodes import guarded_pool
 from trio_cluster.routing.router import Router
 from trio_cluster.routing.rules import CommandTable, key_slot
 from trio_cluster.routing.slotmap import Node, ReadFrom, SlotMap
@@ -80,6 +81,9 @@ class FakeNode:
         self.dials = 0
         #: What CLUSTER NODES answers (the cluster's view of its nodes, as this node has it).
         self.cluster_nodes = ""
+        #: What CONFIG GET cluster-node-timeout answers (None: CONFIG refused, as managed
+        #: services may).
+        self.node_timeout_ms: int | None = 1000
         self.down = False
         self.latency = 0.0
         self._resumed: trio.Event | None = None
@@ -144,6 +148,13 @@ class FakeNode:
             return b"OK"
         if name == "CLUSTER" and len(args) > 1 and _text(args[1]).upper() == "NODES":
             return self.cluster_nodes.encode()
+        if name == "CONFIG" and [_text(a).lower() for a in args[1:]] == [
+            "get",
+            "cluster-node-timeout",
+        ]:
+            if self.node_timeout_ms is None:
+                return rex.ResponseError("ERR unknown command 'CONFIG'")
+            return [b"cluster-node-timeout", str(self.node_timeout_ms).encode()]
         if name == "TIME":
             now = trio.current_time()
             return [str(int(now)).encode(), str(int(now % 1 * 1e6)).encode()]
@@ -269,6 +280,7 @@ class FakeCluster:
             Shard(primary, tuple(replicas), tuple(ranges)) for primary, replicas, ranges in shards
         )
         self.breaker = breaker
+        self.peers = Peers()
         self.pool_options = pool
         self.read_timeout = read_timeout
         self.refreshes = 0
@@ -305,9 +317,14 @@ class FakeCluster:
                 raise mark_unsent(rex.ConnectionError(f"cannot connect to {fake.name}: refused"))
             return FakeConn(fake, config)
 
-        breaker = CircuitBreaker(fake.name, self.breaker)
-        pool: Pool[Any] = Pool(
-            dial, self.pool_options, node_name=fake.name, timeout=5.0, breaker=breaker
+        breaker, pool = guarded_pool(
+            fake.name,
+            dial,
+            self.pool_options,
+            self.breaker,
+            peers=self.peers,
+            read_timeout=self.read_timeout,
+            timeout=5.0,
         )
         return Node(address, pool, breaker, FakeDialer())  # type: ignore[arg-type]
 

@@ -5,6 +5,7 @@ a failover is waited for only when a replica exists and the cluster sees the nod
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -17,7 +18,12 @@ from trio_cluster.config import RetryOptions
 from trio_cluster.errors import ReadTimeoutError
 from trio_cluster.pooling.breaker import BreakerOptions, BreakerState, CircuitOpenError
 from trio_cluster.pooling.pool import PoolOptions
-from trio_cluster.routing.isolation import PING_OVERDUE, cluster_sees_failing
+from trio_cluster.routing.isolation import (
+    ELECTION,
+    PING_OVERDUE,
+    cluster_sees_failing,
+    failover_eta,
+)
 from trio_cluster.routing.topology import Shard, Topology
 
 A, B, C = (shard[0] for shard in THREE)
@@ -201,7 +207,7 @@ async def test_a_node_the_cluster_finds_healthy_is_isolated_despite_its_replica(
             # The pool's own dial retries (0.05 + 0.1 s), then one question to a witness.
             assert trio.current_time() - started == pytest.approx(0.15)
             asked = len(cluster[B].calls) + len(cluster[C].calls)
-            assert asked == 2  # CLUSTER NODES and TIME, once
+            assert asked == 3  # CLUSTER NODES, TIME and CONFIG GET cluster-node-timeout, once
             with pytest.raises(CircuitOpenError):
                 await cluster.run("SET", sick, "v")
             assert len(cluster[B].calls) + len(cluster[C].calls) == asked  # the verdict kept
@@ -220,6 +226,48 @@ async def test_failover_wait_never_and_always(
             with pytest.raises(rex.ConnectionError):
                 await cluster.run("GET", key_on(0))
             assert (trio.current_time() - started >= 2.0) is waits
+
+
+async def test_a_failover_far_off_is_not_waited_for_until_it_is_near(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 5 s node timeout: the dead primary's slots fail at once while its promotion is
+    more than ``failover_wait_max`` away, and wait for it once it is near."""
+    with trio.fail_after(60):
+        breaker = BreakerOptions(failure_threshold=1, cooldown=0.5)
+        async with fake_cluster(WITH_REPLICA, breaker=breaker) as cluster:
+            sick = key_on(0)
+            for witness in (B, C):  # the bus link down since t=0, a ping pending since then
+                cluster[witness].node_timeout_ms = 5000
+                cluster[witness].cluster_nodes = _nodes_line(
+                    A, "master", "disconnected", ping=int(trio.current_time() * 1000) or 1
+                )
+            cluster[A].down = True
+            with pytest.raises(rex.ConnectionError):  # its own call's error, first
+                await cluster.run("SET", sick, "v")
+            refused_until = 5.0 + ELECTION - 2.0  # the promotion 2 s (failover_wait_max) away
+            while trio.current_time() < refused_until - 1.0:  # VERDICT_TTL: kept 1 s
+                started = trio.current_time()
+                with pytest.raises(rex.ConnectionError):  # refused, or a probe's own error
+                    await cluster.run("SET", sick, "v")
+                # No wait for the failover: at most a probe's dial retries (0.05 + 0.1 s).
+                assert trio.current_time() - started <= 0.15 + 1e-9
+                await trio.sleep(0.25)
+            isolated = cluster.router.policy.isolated
+            assert isolated >= 4
+            await trio.sleep_until(refused_until + 0.01)
+
+            async def promote() -> None:
+                await trio.sleep_until(5.0 + ELECTION)
+                cluster.topology = Topology.from_shards(
+                    [Shard(REPLICA, (), ((0, 5460),)), *cluster.topology.shards[1:]]
+                )
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(promote)
+                assert await cluster.run("SET", sick, "v") is True  # it waited
+            assert trio.current_time() >= 5.0 + ELECTION
+            assert cluster.router.policy.isolated == isolated
 
 
 def test_failover_wait_is_validated() -> None:
@@ -263,3 +311,164 @@ def test_the_cluster_view_matches_hostnames_and_remapped_addresses() -> None:
     assert cluster_sees_failing(line, ("127.0.0.1", 9001), remap, now=0.0)
     assert cluster_sees_failing(line, ("10.9.9.9", 6379), lambda a: a, now=0.0)
     assert not cluster_sees_failing(line, ("127.0.0.1", 9002), remap, now=0.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "link", "silent", "timeout", "eta"),
+    [
+        ("master", "connected", None, 15.0, None),  # healthy: no failover coming
+        ("master", "disconnected", None, 15.0, 15.0 + ELECTION),  # no ping pending yet
+        ("master", "disconnected", 4.0, 5.0, 1.0 + ELECTION),
+        ("master,fail?", "connected", 14.0, 15.0, 1.0 + ELECTION),
+        ("master,fail?", "connected", 20.0, 15.0, -5.0 + ELECTION),  # overdue
+        ("master,fail", "connected", 3.0, 15.0, ELECTION),  # agreed failed: election next
+        ("master,fail", "connected", 3.0, None, ELECTION),
+        ("master,fail?", "connected", 3.0, None, float("inf")),  # node timeout unknown
+    ],
+)
+def test_failover_eta(
+    flags: str, link: str, silent: float | None, timeout: float | None, eta: float | None
+) -> None:
+    ping = 0 if silent is None else _ms_ago(silent)
+    line = _nodes_line(A, flags, link, ping=ping)
+    found = failover_eta(line, A, lambda a: a, now=100.0, node_timeout=timeout)
+    assert found == (pytest.approx(eta) if eta is not None else None)
+
+
+# --- a slow node: an outlier -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("autopipeline", [False, True])
+async def test_a_node_much_slower_than_the_others_is_isolated(
+    autojump_clock: trio.testing.MockClock, autopipeline: bool
+) -> None:
+    with trio.fail_after(60):
+        breaker = BreakerOptions(failure_threshold=3, cooldown=0.5)
+        pool = PoolOptions(autopipeline=autopipeline)
+        async with fake_cluster(THREE, breaker=breaker, pool=pool, read_timeout=1.0) as cluster:
+            slow, healthy = key_on(0), key_on(1)
+            cluster[A].latency = 0.5  # under the 1 s read timeout, over its quarter
+            cluster[B].latency = 0.001
+            node = cluster.node(A)
+            assert node.breaker.slow_after == 0.25
+
+            async def healthy_load() -> None:
+                while True:
+                    await cluster.run("GET", healthy)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(healthy_load)
+                for _ in range(3):  # each reply comes, slowly, while B answers fast
+                    assert await cluster.run("SET", slow, "v") is True
+                assert node.breaker.state is BreakerState.OPEN
+                assert node.breaker.slow == 3
+                started = trio.current_time()
+                with pytest.raises(CircuitOpenError) as refused:
+                    await cluster.run("GET", slow)
+                assert trio.current_time() == started
+                assert "slow_reply 0.25 s" in refused.value.reason
+                # Readmitted by one probe once it is fast again.
+                cluster[A].latency = 0.0
+                await trio.sleep(0.5)
+                assert await cluster.run("GET", slow) == b"v"
+                assert node.breaker.state is BreakerState.CLOSED
+                nursery.cancel_scope.cancel()
+
+
+async def test_a_whole_client_slow_together_isolates_nobody(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        breaker = BreakerOptions(failure_threshold=1)
+        async with fake_cluster(THREE, breaker=breaker, read_timeout=1.0) as cluster:
+            for address in (A, B, C):
+                cluster[address].latency = 0.5
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    for _ in range(4):
+                        nursery.start_soon(cluster.run, "SET", key_on(i), "v")
+            for address in (A, B, C):
+                assert cluster.node(address).breaker.state is BreakerState.CLOSED
+
+
+async def test_slow_reply_off(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        breaker = BreakerOptions(failure_threshold=1, slow_reply=math.inf)
+        async with fake_cluster(THREE, breaker=breaker, read_timeout=1.0) as cluster:
+            cluster[A].latency = 0.9
+            cluster[B].latency = 0.001  # so that the mock clock moves
+
+            async def healthy_load() -> None:
+                while True:
+                    await cluster.run("GET", key_on(1))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(healthy_load)
+                for _ in range(3):
+                    assert await cluster.run("SET", key_on(0), "v") is True
+                nursery.cancel_scope.cancel()
+            assert cluster.node(A).breaker.state is BreakerState.CLOSED
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, True, "1"])
+def test_slow_reply_is_validated(bad: Any) -> None:
+    with pytest.raises(ValueError, match="slow_reply must be a number of seconds > 0"):
+        BreakerOptions(slow_reply=bad)
+
+
+# --- calls parked for a connection ---------------------------------------------------------
+
+
+async def test_calls_parked_on_the_pool_are_refused_when_the_breaker_opens(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Ten calls for a hung node, two connections: two are sent and time out (opening the
+    breaker); the eight parked for a connection are refused then, not sent later."""
+    with trio.fail_after(60):
+        breaker = BreakerOptions(failure_threshold=2, cooldown=5.0)
+        pool = PoolOptions(size=2, min_idle=0)
+        async with fake_cluster(THREE, breaker=breaker, pool=pool, read_timeout=1.0) as cluster:
+            cluster[A].hang()
+            outcomes: list[tuple[float, str]] = []
+
+            async def one() -> None:
+                try:
+                    await cluster.run("GET", key_on(0))
+                except Exception as error:
+                    outcomes.append((trio.current_time(), type(error).__name__))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(one)
+            kinds = [kind for _, kind in outcomes]
+            # The parked eight refused when the second timeout opened the breaker (and the
+            # first timed-out read, retried, refused too); nothing more reached the node.
+            assert kinds.count("CircuitOpenError") >= 8 and len(kinds) == 10
+            assert set(kinds) == {"CircuitOpenError", "ReadTimeoutError"}
+            assert cluster[A].received == 2
+            assert max(t for t, _ in outcomes) < 1.1  # no second read timeout for anyone
+
+
+async def test_a_pool_at_max_active_says_nothing_about_the_node(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """redis-py's ``max_connections``: a burst past it fails at once (PoolExhaustedError,
+    a MaxConnectionsError), and the node stays readmitted: a busy pool is not a sick node."""
+    with trio.fail_after(60):
+        breaker = BreakerOptions(failure_threshold=1)
+        pool = PoolOptions(size=1, max_active=1, min_idle=0)
+        async with fake_cluster(THREE, breaker=breaker, pool=pool) as cluster:
+            cluster[A].latency = 0.1
+            errors: list[BaseException] = []
+
+            async def one() -> None:
+                try:
+                    await cluster.run("GET", key_on(0))
+                except rex.MaxConnectionsError as error:
+                    errors.append(error)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(one)
+            assert errors  # (an unsent one may be retried, after a backoff, and succeed)
+            assert cluster.node(A).breaker.state is BreakerState.CLOSED

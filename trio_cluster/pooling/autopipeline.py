@@ -88,6 +88,11 @@ class BatchBreaker(Protocol):
         """How a call carrying ``commands`` commands went."""
         ...
 
+    def record_reply(self, sent_at: float, commands: int = 1) -> bool:
+        """Replies came for a call sent at ``sent_at``; True if they were too slow (then
+        counted as failures)."""
+        ...
+
     def record_get_failure(self, error: BaseException) -> None:
         """A pool get failed before anything was sent."""
         ...
@@ -237,6 +242,7 @@ class AutoPipeliner:
             return
         self.batches += 1
         self.commands += len(calls)
+        sent_at = trio.current_time()
         try:
             replies = await conn.execute_encoded(b"".join([c.data for c in calls]), len(calls))
         except BaseException as exc:
@@ -258,8 +264,8 @@ class AutoPipeliner:
             return
         finally:
             pool.put(conn)
-        if breaker is not None:
-            breaker.record(None)
+        if breaker is not None and breaker.record_reply(sent_at, len(calls)) and self._queue:
+            self._refuse_queued(breaker)  # too slow: it may have opened the breaker
         for call, reply in zip(calls, replies, strict=True):
             _deliver(call, reply)
 

@@ -1,7 +1,10 @@
 """A per-node circuit breaker: stop sending to a node that keeps failing, then probe it.
 
 CLOSED: calls pass; ``failure_threshold`` consecutive failures open it (a timeout counts once
-per command it held: a batch that timed out is that many unanswered commands).  OPEN: calls fail at
+per command it held: a batch that timed out is that many unanswered commands; a reply slower
+than ``slow_reply`` counts as a failure while another node of the client answered faster since
+the call was sent: an outlier, in the manner of Envoy's outlier detection).  Opening it fails
+the calls parked for one of the node's connections (``on_open``).  OPEN: calls fail at
 once with :class:`CircuitOpenError` (a ``ConnectionError`` that proves nothing was sent, so the
 cluster client retries elsewhere after a topology refresh) until ``cooldown`` seconds pass.
 HALF_OPEN: up to ``half_open_probes`` calls go through; a success closes the breaker, a failure
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import enum
 import math
+import weakref
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -27,7 +32,7 @@ from ..errors import PoolClosedError, PoolTimeoutError, node_failed
 #: CLUSTERDOWN during a failover is not one node's fault).
 NOT_SERVING = (rex.ClusterDownError, rex.BusyLoadingError, rex.MasterDownError)
 
-__all__ = ["BreakerOptions", "BreakerState", "CircuitBreaker", "CircuitOpenError"]
+__all__ = ["BreakerOptions", "BreakerState", "CircuitBreaker", "CircuitOpenError", "Peers"]
 
 
 class CircuitOpenError(rex.ConnectionError):
@@ -57,6 +62,12 @@ class BreakerOptions:
     """Seconds an open breaker refuses every call before it lets a probe through."""
     half_open_probes: int = 1
     """Calls let through at once to probe the node; one success closes the breaker."""
+    slow_reply: float | None = None
+    """Seconds after which a reply counts as a failure, if another node of the same client
+    answered in less since the call was sent (a node much slower than its peers: starved of
+    bandwidth, swapping, overloaded).  None: a quarter of the read timeout (none without a
+    read timeout); ``math.inf``: off.  Blocking commands, scripts and explicit pipelines are
+    never counted slow: their length is the caller's."""
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.failure_threshold, int) or self.failure_threshold < 1:
@@ -71,14 +82,51 @@ class BreakerOptions:
             )
         if not isinstance(self.half_open_probes, int) or self.half_open_probes < 1:
             raise ValueError(f"half_open_probes must be an int >= 1; got {self.half_open_probes!r}")
+        if self.slow_reply is not None and (
+            isinstance(self.slow_reply, bool)
+            or not isinstance(self.slow_reply, int | float)
+            or not self.slow_reply > 0
+        ):
+            raise ValueError(
+                f"slow_reply must be a number of seconds > 0 (math.inf: off) or None (a quarter"
+                f" of the read timeout); got {self.slow_reply!r}"
+            )
+
+    def slow_after(self, read_timeout: float | None) -> float:
+        """The resolved :attr:`slow_reply` for connections with ``read_timeout``."""
+        if self.slow_reply is not None:
+            return float(self.slow_reply)
+        return math.inf if read_timeout is None else read_timeout / 4
+
+
+#: The breakers of one client's nodes: a slow reply is an outlier only beside a faster peer.
+Peers = weakref.WeakSet["CircuitBreaker"]
 
 
 class CircuitBreaker:
-    """The breaker of one node."""
+    """The breaker of one node.  ``slow_after``: :meth:`BreakerOptions.slow_after` resolved;
+    ``peers``: the client's breakers (this one is added); ``on_open``: called each time it
+    opens (the node factory fails the pool's parked gets with it)."""
 
-    def __init__(self, name: str, options: BreakerOptions) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: BreakerOptions,
+        *,
+        slow_after: float = math.inf,
+        peers: Peers | None = None,
+        on_open: Callable[[], object] | None = None,
+    ) -> None:
         self.name = name
         self.options = options
+        self.slow_after = slow_after
+        self._peers = peers if peers is not None else Peers()
+        self._peers.add(self)
+        self._on_open = on_open
+        #: When a reply faster than ``slow_after`` last came from this node.
+        self.last_fast = -math.inf
+        #: Replies counted as failures for being slow, since creation.
+        self.slow = 0
         self.state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = -math.inf
@@ -122,6 +170,12 @@ class CircuitBreaker:
             raise self._refusal()
         self._probes += 1
 
+    def refusal_error(self) -> CircuitOpenError:
+        """A new refusal (counted): what a call parked for a connection gets when the
+        breaker opens."""
+        self.rejected += 1
+        return self._refusal()
+
     def _refusal(self) -> CircuitOpenError:
         error = CircuitOpenError(self._refusal_text)
         error.node, error.reason = self.name, self.reason
@@ -134,15 +188,40 @@ class CircuitBreaker:
         if self.state is not BreakerState.CLOSED:
             self.state = BreakerState.CLOSED
 
+    def record_reply(self, sent_at: float, commands: int = 1) -> bool:
+        """Replies (or error replies) came for a call carrying ``commands`` commands sent at
+        ``sent_at``: a success, unless they took longer than ``slow_after`` while another
+        node answered faster since: then an outlier, counted as a failure (once per
+        command), and True returned."""
+        now = trio.current_time()
+        if now - sent_at <= self.slow_after:
+            self.last_fast = now
+            self.record_success()
+            return False
+        if not any(peer.last_fast > sent_at for peer in self._peers if peer is not self):
+            self.record_success()  # every node is this slow: the client's load, not the node
+            return False
+        self.slow += commands
+        self._failure(
+            f"replies took {now - sent_at:.2f} s (slow_reply {self.slow_after:g} s) while"
+            " other nodes answered faster",
+            commands,
+        )
+        return True
+
     def record_failure(self, error: BaseException | None = None, count: int = 1) -> None:
         """A call failed for a reason that says the node is unwell (connection, timeout):
         ``error``, remembered to say why the breaker opened; ``count`` failures at once
         (the commands a timed-out batch held)."""
+        self._failure(f"{type(error).__name__}: {error}" if error is not None else None, count)
+
+    def _failure(self, what: str | None, count: int) -> None:
+        """:meth:`record_failure`, with ``what`` failed said in words."""
         if not self.options.enabled:
             return
         self._failures += count
-        if error is not None:
-            self._last_failure = f"{type(error).__name__}: {error}"
+        if what is not None:
+            self._last_failure = what
         if self.state is BreakerState.HALF_OPEN or self._failures >= self.options.failure_threshold:
             if self.state is BreakerState.HALF_OPEN:
                 self.reason = f"its probe failed: {self._last_failure}"
@@ -158,6 +237,8 @@ class CircuitBreaker:
             self.state = BreakerState.OPEN
             self._opened_at = trio.current_time()
             self._failures = 0
+            if self._on_open is not None:
+                self._on_open()
 
     def record(self, error: BaseException | None, commands: int = 1) -> None:
         """How a call carrying ``commands`` commands went, by one rule
@@ -183,7 +264,10 @@ class CircuitBreaker:
 
     def record_get_failure(self, error: BaseException) -> None:
         """A pool get for a call failed before anything was sent: a failed dial counts
-        against the node; a busy or closed pool, or a cancellation, says nothing."""
+        against the node; a busy or closed pool, a cancellation, or this breaker's own
+        refusal of the parked gets (``on_open``), says nothing."""
+        if isinstance(error, CircuitOpenError):
+            return
         if node_failed(error) and not isinstance(error, PoolClosedError):
             self.record_failure(error)
         else:

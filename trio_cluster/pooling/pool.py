@@ -222,6 +222,12 @@ class Pool(NurseryOwner, Generic[C]):
         book.schedule_dials(parking=1)  # the dials start after this caller has parked
         return await book.waiting.get()
 
+    def refuse_parked(self, error: Callable[[], BaseException]) -> int:
+        """Fail every parked get, each with an error of its own (``error()``); returns how
+        many.  For the node's breaker, when it opens: a connection handed to them later would
+        only carry their commands to a node known bad."""
+        return self._book.waiting.gets.fail_all(error)
+
     def put(self, conn: C) -> None:
         """Give back a connection that :meth:`get` returned. Synchronous.
 

@@ -157,15 +157,18 @@ async def call(
     ):
         return await pipeliner.execute(args)
     conn = await take_connection(node)
-    started = trio.current_time() if measure else 0.0
+    started = trio.current_time()
+    timed = True  # whether the reply's time says something about the node
     try:
         if asking:
             reply = (await conn.execute_many([("ASKING",), args]))[1]
             if isinstance(reply, Exception):
                 raise reply
         elif spec.blocking is not None and (blocks := spec.blocks(args)) is not None:
+            timed = False
             reply = await run_blocking(conn, args, blocks, dialer)
         elif spec.script:
+            timed = False
             reply = await run_script(conn, args)
         else:
             reply = await conn.execute(args)
@@ -177,7 +180,10 @@ async def call(
         raise
     finally:
         node.pool.put(conn)
-    breaker.record(None)
+    if timed:
+        breaker.record_reply(started)
+    else:
+        breaker.record(None)
     if measure:
         now = trio.current_time()
         node.record_latency(now - started, now)

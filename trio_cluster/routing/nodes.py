@@ -6,7 +6,9 @@ other, each complete when made, and nothing is attached or patched afterwards:
 
 1. the maintenance notices (``jobs.maint.MaintNotices``: needs nothing);
 2. the dialer (``conn.dialer``: the settings, the watchdog, the credentials, the notices);
-3. the breaker (``CircuitBreaker``, with the client's ``BreakerOptions``);
+3. the breaker (``CircuitBreaker``, with the client's ``BreakerOptions``, among the breakers
+   of the client's other nodes, which a slow reply is compared with; when it opens it fails
+   the gets parked on the pool made next);
 4. the pool (``Pool``: the dialer is its ``dial``; the breaker guards its automatic
    pipelining; the connect timeout bounds each dial, retries included);
 5. the handoff manager (``jobs.handoff``: the notices, the pool, the dialer), which registers
@@ -16,24 +18,24 @@ other, each complete when made, and nothing is attached or patched afterwards:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 
 from ..config import ConnectionConfig
-from ..conn.connection import Connection
 from ..conn.dialer import Dialer
 from ..conn.watchdog import Watchdog
 from ..hooks import Hooks
 from ..jobs.credentials import CredentialManager
 from ..jobs.handoff import HandoffManager
 from ..jobs.maint import MaintNotices, MaintNotificationsOptions
-from ..pooling.breaker import BreakerOptions, CircuitBreaker
+from ..pooling.breaker import BreakerOptions, CircuitBreaker, Peers
 from ..pooling.pool import Pool, PoolOptions
+from ..pooling.pooltypes import C
 from .slotmap import Node
 from .topology import Address
 
-__all__ = ["NodeFactory", "pool_timeout"]
+__all__ = ["NodeFactory", "guarded_pool", "pool_timeout"]
 
 
 def pool_timeout(options: PoolOptions, config: ConnectionConfig) -> float:
@@ -44,6 +46,45 @@ def pool_timeout(options: PoolOptions, config: ConnectionConfig) -> float:
     if config.read_timeout is None:
         return math.inf
     return config.read_timeout + 1.0
+
+
+def guarded_pool(
+    name: str,
+    dial: Callable[[], Awaitable[C]],
+    options: PoolOptions,
+    breaker_options: BreakerOptions,
+    *,
+    peers: Peers,
+    read_timeout: float | None,
+    timeout: float,
+    dial_timeout: float | None = None,
+    hooks: Hooks | None = None,
+) -> tuple[CircuitBreaker, Pool[C]]:
+    """A node's breaker (among ``peers``, its slow replies judged against ``read_timeout``)
+    and its pool (``dial``; the breaker guards its automatic pipelining), wired so that the
+    breaker opening fails the gets parked on the pool."""
+
+    def refuse_parked() -> None:
+        # ``pool`` is the one made below: the breaker can only open once calls run.
+        pool.refuse_parked(breaker.refusal_error)
+
+    breaker = CircuitBreaker(
+        name,
+        breaker_options,
+        slow_after=breaker_options.slow_after(read_timeout),
+        peers=peers,
+        on_open=refuse_parked,
+    )
+    pool: Pool[C] = Pool(
+        dial,
+        options,
+        node_name=name,
+        timeout=timeout,
+        dial_timeout=dial_timeout,
+        breaker=breaker,
+        hooks=hooks,
+    )
+    return breaker, pool
 
 
 @attrs.frozen(kw_only=True)
@@ -62,6 +103,9 @@ class NodeFactory:
     """The client's command hooks: told of every dial and every wait for a connection."""
     on_smigrated: Callable[[], None] | None = None
     """Called for each new SMIGRATED notification (the cluster's refresh request)."""
+    peers: Peers = attrs.field(factory=Peers)
+    """The breakers of this client's nodes (a slow reply is an outlier only beside a faster
+    one)."""
     reads_replicas: bool = True
     """Whether commands go to replicas by default (a cluster client's ``read_from``); if not,
     a replica's pool keeps no idle connections (``min_idle`` 0): it dials only for the
@@ -85,14 +129,16 @@ class NodeFactory:
             notices=notices,
             hooks=self.hooks,
         )
-        breaker = CircuitBreaker(name, self.breaker)
-        pool: Pool[Connection] = Pool(
+
+        breaker, pool = guarded_pool(
+            name,
             dialer,
             options,
-            node_name=name,
+            self.breaker,
+            peers=self.peers,
+            read_timeout=config.read_timeout,
             timeout=pool_timeout(options, config),
             dial_timeout=config.connect_timeout,
-            breaker=breaker,
             hooks=self.hooks,
         )
         handoffs = HandoffManager(notices, pool, dialer) if notices is not None else None

@@ -55,7 +55,9 @@ class Router:
         self.startup = startup
         self.dialer = dialer
         self.specs = specs
-        isolation = Isolation(slots, retry.failover_wait, nodecall.call_batch)
+        isolation = Isolation(
+            slots, retry.failover_wait, nodecall.call_batch, retry.failover_wait_max
+        )
         #: The redirect and retry rules, with their counters.
         self.policy = RetryPolicy(retry, slots, isolation)
 
