@@ -10,7 +10,6 @@ timeout: what is asserted is that no timeout happens, whatever the machine's spe
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Iterator
 
 import pytest
