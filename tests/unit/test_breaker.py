@@ -15,6 +15,7 @@ from trio_cluster.pooling.breaker import (
     BreakerState,
     CircuitBreaker,
     CircuitOpenError,
+    Peers,
 )
 
 
@@ -204,3 +205,63 @@ async def test_a_timed_out_batch_counts_once_per_command_a_reset_once(
             b.before_call()
         assert refused.value.node == "n:1"
         assert refused.value.reason == "5 failures in a row, the last ReadTimeoutError: no reply"
+
+
+async def test_a_reply_sent_before_the_breaker_opened_does_not_close_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Calls in flight when the breaker opens may still succeed (a slow node's short
+    replies): only a probe, after the cooldown, readmits the node."""
+    with trio.fail_after(60):
+        b = _breaker(failure_threshold=1, cooldown=1.0)
+        b.before_call()
+        b.record_failure(ReadTimeoutError("slow"))
+        assert b.state is BreakerState.OPEN
+        b.record_success()  # the reply of a call sent earlier
+        assert b.state is BreakerState.OPEN
+        with pytest.raises(CircuitOpenError):
+            b.before_call()
+        await trio.sleep(1.0)
+        b.before_call()  # the probe
+        b.record_success()
+        assert b.state is BreakerState.CLOSED
+
+
+async def test_a_node_relapsing_into_slow_replies_waits_longer_each_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Readmitted by a fast probe, then slow again at once: the cooldown doubles, up to
+    eight times; an opening of another kind starts again from the configured one."""
+    with trio.fail_after(600):
+        peers = Peers()
+        fast = CircuitBreaker("fast:1", BreakerOptions(), peers=peers)
+        slow = CircuitBreaker(
+            "slow:1", BreakerOptions(failure_threshold=1, cooldown=1.0), slow_after=0.1, peers=peers
+        )
+
+        async def slow_reply() -> None:
+            sent = trio.current_time()
+            await trio.sleep(0.5)
+            fast.record_reply(trio.current_time())  # meanwhile the peer answers at once
+            assert slow.record_reply(sent) is True
+
+        async def cooldown() -> float:
+            opened = trio.current_time()
+            for _ in range(200):  # the breaker is a clock, not a task: poll it
+                if slow.refusal() is None:
+                    break
+                await trio.sleep(0.1)
+            slow.before_call()  # the probe
+            slow.record_success()  # a short reply: fast
+            assert slow.state is BreakerState.CLOSED
+            return round(trio.current_time() - opened, 1)
+
+        cooldowns = []
+        for _ in range(5):
+            await slow_reply()
+            assert slow.state is BreakerState.OPEN
+            cooldowns.append(await cooldown())
+        assert cooldowns == pytest.approx([1.0, 2.0, 4.0, 8.0, 8.0], abs=0.11)
+        slow.before_call()
+        slow.record_failure(ReadTimeoutError("timed out"))  # not slow: failed
+        assert await cooldown() == pytest.approx(1.0, abs=0.11)

@@ -367,12 +367,41 @@ async def test_a_node_much_slower_than_the_others_is_isolated(
                     await cluster.run("GET", slow)
                 assert trio.current_time() == started
                 assert "slow_reply 0.25 s" in refused.value.reason
-                # Readmitted by one probe once it is fast again.
+                # Readmitted once it is fast again, by three fast probes in a row (one fast
+                # reply proves little about a slow node: it may have been a short one).
                 cluster[A].latency = 0.0
                 await trio.sleep(0.5)
+                for _ in range(2):
+                    assert await cluster.run("GET", slow) == b"v"
+                    assert node.breaker.state is BreakerState.HALF_OPEN
                 assert await cluster.run("GET", slow) == b"v"
                 assert node.breaker.state is BreakerState.CLOSED
                 nursery.cancel_scope.cancel()
+
+
+async def test_fast_replies_between_slow_ones_do_not_hide_a_slow_node(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node starved of bandwidth answers short replies fast and long ones slowly: its
+    outliers are counted in a window (4 x slow_reply), not in a row."""
+    with trio.fail_after(60):
+        breaker = BreakerOptions(failure_threshold=2, cooldown=5.0)
+        async with fake_cluster(THREE, breaker=breaker, read_timeout=1.0) as cluster:
+            cluster[B].latency = 0.001
+
+            async def healthy_load() -> None:
+                while True:
+                    await cluster.run("GET", key_on(1))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(healthy_load)
+                for latency in (0.4, 0.0, 0.0, 0.4):  # 2 outliers within 1 s, fast between
+                    cluster[A].latency = latency
+                    await cluster.run("SET", key_on(0), "v")
+                nursery.cancel_scope.cancel()
+            breaker_a = cluster.node(A).breaker
+            assert breaker_a.state is BreakerState.OPEN
+            assert "2 slow replies within 1 s" in breaker_a.reason
 
 
 async def test_a_whole_client_slow_together_isolates_nobody(

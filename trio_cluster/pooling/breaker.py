@@ -2,14 +2,17 @@
 
 CLOSED: calls pass; ``failure_threshold`` consecutive failures open it (a timeout counts once
 per command it held: a batch that timed out is that many unanswered commands; a reply slower
-than ``slow_reply`` counts as a failure while another node of the client answered faster since
-the call was sent: an outlier, in the manner of Envoy's outlier detection).  Opening it fails
-the calls parked for one of the node's connections (``on_open``).  OPEN: calls fail at
+than ``slow_reply`` counts as a failure while another node of the client answers faster: an
+outlier, in the manner of Envoy's outlier detection; ``failure_threshold`` outliers within
+four times ``slow_reply`` open it).  Opening it fails the calls parked for one of the node's
+connections (``on_open``).  OPEN: calls fail at
 once with :class:`CircuitOpenError` (a ``ConnectionError`` that proves nothing was sent, so the
-cluster client retries elsewhere after a topology refresh) until ``cooldown`` seconds pass.
-HALF_OPEN: up to ``half_open_probes`` calls go through; a success closes the breaker, a failure
-opens it again.  Synchronous and clock-driven (``trio.current_time``), so it costs a comparison
-per call and is tested on the mock clock.
+cluster client retries elsewhere after a topology refresh) until ``cooldown`` seconds pass
+(doubled, up to 8 times, for a node that relapses into slow replies right after a probe).
+HALF_OPEN: up to ``half_open_probes`` calls go through; a success closes the breaker (after
+slow replies: ``failure_threshold`` fast ones in a row), a failure opens it again.
+Synchronous and clock-driven (``trio.current_time``), so it costs a comparison per call and
+is tested on the mock clock.
 """
 
 from __future__ import annotations
@@ -99,6 +102,9 @@ class BreakerOptions:
         return math.inf if read_timeout is None else read_timeout / 4
 
 
+#: How many times ``cooldown`` a node that keeps relapsing into slow replies waits at most.
+MAX_BACKOFF = 8
+
 #: The breakers of one client's nodes: a slow reply is an outlier only beside a faster peer.
 Peers = weakref.WeakSet["CircuitBreaker"]
 
@@ -123,10 +129,19 @@ class CircuitBreaker:
         self._peers = peers if peers is not None else Peers()
         self._peers.add(self)
         self._on_open = on_open
-        #: When a reply faster than ``slow_after`` last came from this node.
+        #: When a reply faster than ``slow_after`` last came from this node, and a slower one.
         self.last_fast = -math.inf
-        #: Replies counted as failures for being slow, since creation.
+        self.last_slow = -math.inf
+        #: Replies that were outliers (too slow), since creation.
         self.slow = 0
+        self._slow_since = -math.inf
+        self._slow_in_window = 0
+        #: The cooldown of the current (or last) opening, and when it last closed.
+        self._cooldown = options.cooldown
+        self._closed_at = -math.inf
+        #: Probes passed since it last began probing, and how many readmit the node.
+        self._passes = 0
+        self._passes_needed = 1
         self.state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = -math.inf
@@ -149,7 +164,7 @@ class CircuitBreaker:
         if (
             self.state is BreakerState.OPEN
             and self.options.enabled
-            and trio.current_time() - self._opened_at < self.options.cooldown
+            and trio.current_time() - self._opened_at < self._cooldown
         ):
             self.rejected += 1
             return self._refusal()
@@ -160,11 +175,11 @@ class CircuitBreaker:
         if not self.options.enabled or self.state is BreakerState.CLOSED:
             return
         if self.state is BreakerState.OPEN:
-            if trio.current_time() - self._opened_at < self.options.cooldown:
+            if trio.current_time() - self._opened_at < self._cooldown:
                 self.rejected += 1
                 raise self._refusal()
             self.state = BreakerState.HALF_OPEN
-            self._probes = 0
+            self._probes = self._passes = 0
         if self._probes >= self.options.half_open_probes:
             self.rejected += 1
             raise self._refusal()
@@ -183,62 +198,108 @@ class CircuitBreaker:
         return error
 
     def record_success(self) -> None:
-        """A call to the node succeeded (an error reply counts: the node answered)."""
+        """A call to the node succeeded (an error reply counts: the node answered).  It
+        closes a probing breaker; an open one stays open: the call was sent before it
+        opened (a fast reply of a node found slow, or a reply that beat the failures)."""
         self._failures = 0
-        if self.state is not BreakerState.CLOSED:
+        if self.state is BreakerState.HALF_OPEN:
+            self._passes += 1
+            if self._passes < self._passes_needed:
+                self.abandon_probe()  # passed: the next call probes
+                return
+            self._closed_at = trio.current_time()
             self.state = BreakerState.CLOSED
 
     def record_reply(self, sent_at: float, commands: int = 1) -> bool:
         """Replies (or error replies) came for a call carrying ``commands`` commands sent at
         ``sent_at``: a success, unless they took longer than ``slow_after`` while another
-        node answered faster since: then an outlier, counted as a failure (once per
-        command), and True returned."""
+        node's latest reply was faster and came within a window (below) of this call: then
+        an outlier (True returned).  A stall of the whole client makes every node's replies
+        slow at once: after the first, no peer's latest reply is fast.  Outliers are counted
+        in a window of ``4 x slow_after`` (a read timeout, by default), not in a row: a
+        starved node's short replies still come fast between its slow ones.
+        ``failure_threshold`` outliers in one window open the breaker; a probe that is one
+        reopens it."""
         now = trio.current_time()
         if now - sent_at <= self.slow_after:
             self.last_fast = now
             self.record_success()
             return False
-        if not any(peer.last_fast > sent_at for peer in self._peers if peer is not self):
+        self.last_slow = now
+        window = 4 * self.slow_after
+        if not any(
+            # A peer whose latest reply was fast, and came within a window of this call:
+            # it may be idle since (every caller waiting here), but it was not slow.
+            peer.last_fast > peer.last_slow and peer.last_fast > sent_at - window
+            for peer in self._peers
+            if peer is not self
+        ):
             self.record_success()  # every node is this slow: the client's load, not the node
             return False
         self.slow += commands
-        self._failure(
+        if not self.options.enabled:
+            return True
+        if now - self._slow_since > window:
+            self._slow_since, self._slow_in_window = now, 0
+        self._slow_in_window += commands
+        self._last_failure = (
             f"replies took {now - sent_at:.2f} s (slow_reply {self.slow_after:g} s) while"
-            " other nodes answered faster",
-            commands,
+            " other nodes answered faster"
         )
+        if self.state is BreakerState.HALF_OPEN:
+            self._open(f"its probe failed: {self._last_failure}", slow=True)
+        elif self._slow_in_window >= self.options.failure_threshold:
+            self._open(
+                f"{self._slow_in_window} slow replies within {4 * self.slow_after:g} s, the"
+                f" last {self._last_failure}",
+                slow=True,
+            )
         return True
 
     def record_failure(self, error: BaseException | None = None, count: int = 1) -> None:
         """A call failed for a reason that says the node is unwell (connection, timeout):
         ``error``, remembered to say why the breaker opened; ``count`` failures at once
         (the commands a timed-out batch held)."""
-        self._failure(f"{type(error).__name__}: {error}" if error is not None else None, count)
-
-    def _failure(self, what: str | None, count: int) -> None:
-        """:meth:`record_failure`, with ``what`` failed said in words."""
         if not self.options.enabled:
             return
         self._failures += count
-        if what is not None:
-            self._last_failure = what
-        if self.state is BreakerState.HALF_OPEN or self._failures >= self.options.failure_threshold:
-            if self.state is BreakerState.HALF_OPEN:
-                self.reason = f"its probe failed: {self._last_failure}"
-            else:
-                self.reason = f"{self._failures} failures in a row, the last {self._last_failure}"
-            # Written once per opening: a refusal is on the path of every call while open.
-            self._refusal_text = (
-                f"{self.name} is known bad ({self.reason}); command not sent, its circuit"
-                f" breaker lets one probe through {self.options.cooldown} s after opening"
-            )
-            if self.state is not BreakerState.OPEN:
-                self.opened += 1
-            self.state = BreakerState.OPEN
-            self._opened_at = trio.current_time()
-            self._failures = 0
-            if self._on_open is not None:
-                self._on_open()
+        if error is not None:
+            self._last_failure = f"{type(error).__name__}: {error}"
+        if self.state is BreakerState.HALF_OPEN:
+            self._open(f"its probe failed: {self._last_failure}")
+        elif self._failures >= self.options.failure_threshold:
+            self._open(f"{self._failures} failures in a row, the last {self._last_failure}")
+
+    def _open(self, reason: str, slow: bool = False) -> None:
+        """Open (again), saying why; the gets parked on the node's pool are refused.
+
+        ``slow``: for slow replies.  Then the node is readmitted only after
+        ``failure_threshold`` fast probes in a row, and a node found slow again within two
+        windows of its readmission was readmitted too early: its cooldown doubles, up to
+        :data:`MAX_BACKOFF` times ``cooldown`` (Envoy's ejection time grows likewise).  Any
+        other opening starts again from ``cooldown``, and one probe readmits the node.
+        """
+        now = trio.current_time()
+        base = self.options.cooldown
+        relapsed = slow and now - self._closed_at <= 8 * self.slow_after
+        self._cooldown = min(2 * self._cooldown, MAX_BACKOFF * base) if relapsed else base
+        # One fast reply proves little about a slow node (it may have been a short one):
+        # readmitted after ``failure_threshold`` probes in a row, one at a time.
+        self._passes_needed = self.options.failure_threshold if slow else 1
+        self.reason = reason
+        # Written once per opening: a refusal is on the path of every call while open.
+        self._refusal_text = (
+            f"{self.name} is known bad ({reason}); command not sent, its circuit breaker lets"
+            f" one probe through {self._cooldown:g} s after opening"
+        )
+        if self.state is not BreakerState.OPEN:
+            self.opened += 1
+        self.state = BreakerState.OPEN
+        self._opened_at = now
+        self._failures = 0
+        self._slow_in_window = 0
+        if self._on_open is not None:
+            self._on_open()
 
     def record(self, error: BaseException | None, commands: int = 1) -> None:
         """How a call carrying ``commands`` commands went, by one rule
