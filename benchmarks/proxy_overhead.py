@@ -6,12 +6,12 @@ interleaved (ABBA order) in one run so that the machine's background noise hits 
 The client side is kept cheap so it does not starve the proxy of CPU: plain trio sockets read
 and written with ``os.read``/``os.write``, hiredis to parse, one connection per task,
 pre-built 50/50 GET/SET commands of 64-byte values over 10,000 keys.  The proxy server runs in
-its own process (``python -m faults serve``), as it would in a chaos run.
+its own process (``python -m trio_cluster.faults serve``), as it would in a chaos run.
 
     python benchmarks/proxy_overhead.py [--tasks 50] [--seconds 2] [--rounds 6] [--warmup 0.5]
 
-``--faults-path DIR`` runs the proxy from another copy of the ``faults`` package (``DIR`` holds
-``faults/``), to compare two versions with the same client.
+``--faults-path DIR`` runs the proxy from another checkout of trio-cluster (``DIR`` holds
+``trio_cluster/faults/``), to compare two versions of the fault server with the same client.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument(
         "--faults-path",
         default=str(Path(__file__).resolve().parents[1]),
-        help="directory holding the faults package the proxy runs from",
+        help="checkout whose trio_cluster.faults the proxy runs from",
     )
     args = parser.parse_args()
     redis_port, api_port = free_port(), free_port()
@@ -231,7 +231,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "faults",
+                    "trio_cluster.faults",
                     "serve",
                     "--host",
                     "127.0.0.1",

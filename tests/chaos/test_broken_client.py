@@ -11,15 +11,15 @@ import pytest
 import redis.exceptions as rex
 import trio
 
-from chaos import faultlib
-from chaos.clientspec import ClientSpec
-from chaos.env import Environment
-from chaos.runner import ScenarioResult, run_scenario
-from chaos.scenarios import Scenario
-from chaos.workload import Workload
-from faults import EmbeddedToxiproxy
-from faults.nodes import NodeProxies
 from trio_cluster import ClusterClient
+from trio_cluster.chaos import faultlib
+from trio_cluster.chaos.clientspec import ClientSpec
+from trio_cluster.chaos.env import Environment
+from trio_cluster.chaos.runner import ScenarioResult, run_scenario
+from trio_cluster.chaos.scenarios import Scenario
+from trio_cluster.chaos.workload import Workload
+from trio_cluster.faults import EmbeddedToxiproxy
+from trio_cluster.faults.nodes import NodeProxies
 from trio_cluster.testing import LocalCluster
 
 SCENARIO = Scenario(

@@ -9,14 +9,14 @@ from typing import cast
 
 import pytest
 
-from chaos.busy import main as busy
-from chaos.cli import count, main, parser
-from chaos.clientspec import CHAOS_RETRY, SLACK, ClientSpec, blocked_bound
-from chaos.env import Environment
-from chaos.runner import run_scenario
-from chaos.scenarios import SCENARIOS, select
-from faults.nodes import NodeProxies
 from trio_cluster import MaintNotificationsOptions
+from trio_cluster.chaos.busy import main as busy
+from trio_cluster.chaos.cli import count, main, parser
+from trio_cluster.chaos.clientspec import CHAOS_RETRY, SLACK, ClientSpec, blocked_bound
+from trio_cluster.chaos.env import Environment
+from trio_cluster.chaos.runner import run_scenario
+from trio_cluster.chaos.scenarios import SCENARIOS, select
+from trio_cluster.faults.nodes import NodeProxies
 
 
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,7 +145,7 @@ def test_help_is_plain_text_and_says_every_exit_status(
     if argv[0] != "list":
         for status in ("0 ", "1 ", "2 ", "3 ", "130 "):
             assert f"\n  {status}" in out
-    assert main(["--help"]) == 0 and "python -m chaos list" in capsys.readouterr().out
+    assert main(["--help"]) == 0 and "trio-cluster-chaos list" in capsys.readouterr().out
 
 
 def test_every_option_and_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:

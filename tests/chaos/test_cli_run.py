@@ -1,4 +1,4 @@
-"""``python -m chaos run`` end to end against real clusters: exit statuses, no secret anywhere,
+"""``trio-cluster-chaos run`` end to end against real clusters: exit statuses, no secret anywhere,
 the JSON document and JUnit XML, and Ctrl-C cleanup."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from xml.etree import ElementTree as ET
 import pytest
 import trio
 
-from chaos.cli import main
-from chaos.document import SCHEMA_VERSION
+from trio_cluster.chaos.cli import main
+from trio_cluster.chaos.document import SCHEMA_VERSION
 from trio_cluster.testing import LocalCluster, free_port
 
 SECRET = "s3cret-chaos-pw"
@@ -36,7 +36,7 @@ def secured() -> Iterator[LocalCluster]:
 def _logger_levels() -> Iterator[None]:
     """``main`` sets the library loggers' levels as a CLI process does; later tests in this
     process get theirs back."""
-    loggers = [logging.getLogger(name) for name in ("faults", "trio_cluster")]
+    loggers = [logging.getLogger(name) for name in ("trio_cluster.faults", "trio_cluster")]
     levels = [logger.level for logger in loggers]
     yield
     for logger, level in zip(loggers, levels, strict=True):
@@ -82,7 +82,7 @@ def test_a_run_on_a_password_protected_cluster_writes_no_secret(
     noise = [
         r.getMessage()
         for r in caplog.records
-        if r.name.split(".")[0] in ("faults", "trio_cluster") and r.levelno < logging.ERROR
+        if r.name.split(".")[0] == "trio_cluster" and r.levelno < logging.ERROR
     ]
     assert noise == []
     doc: dict[str, Any] = json.loads(doc_path.read_text())
@@ -167,7 +167,8 @@ def test_ctrl_c_cleans_up_and_writes_a_partial_report(
     api = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "faults", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "trio_cluster.faults", "serve", "--host", "127.0.0.1", "--port",
+         str(port)],
         stderr=subprocess.DEVNULL, env=env,  # it logs every client, as Go's does
     )  # fmt: skip
     doc_path, junit = tmp_path / "r.json", tmp_path / "r.xml"
@@ -177,9 +178,9 @@ def test_ctrl_c_cleans_up_and_writes_a_partial_report(
             while not _answers(f"{api}/version"):
                 pass
         run = subprocess.Popen(
-            [sys.executable, "-m", "chaos", "run", "basic-concurrent", "basic-pool-load",
-             "node-down", "--cluster", secured.url(), "--toxiproxy", api, "--json",
-             str(doc_path), "--junit", str(junit)],
+            [sys.executable, "-m", "trio_cluster.chaos", "run", "basic-concurrent",
+             "basic-pool-load", "node-down", "--cluster", secured.url(), "--toxiproxy", api,
+             "--json", str(doc_path), "--junit", str(junit)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )  # fmt: skip
         assert run.stdout is not None

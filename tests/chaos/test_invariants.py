@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from chaos.address import Address
-from chaos.invariants import (
+from trio_cluster.chaos.address import Address
+from trio_cluster.chaos.invariants import (
     CANCELLED,
     Bounds,
     baseline_of,
@@ -30,7 +30,7 @@ from chaos.invariants import (
     run_baseline,
     steadiness,
 )
-from chaos.records import (
+from trio_cluster.chaos.records import (
     AuthCheck,
     HandoffCheck,
     Observation,

@@ -10,14 +10,14 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from chaos.address import Address
-from chaos.metrics import ChaosMetrics, serve_metrics
-from chaos.monitor import Hit
-from chaos.records import CANCELLED, Op
-from chaos.redact import Redactor
-from chaos.scenarios import SCENARIOS
-from chaos.session import UI, RunPlan, execute
-from chaos.target import ClusterTarget
+from trio_cluster.chaos.address import Address
+from trio_cluster.chaos.metrics import ChaosMetrics, serve_metrics
+from trio_cluster.chaos.monitor import Hit
+from trio_cluster.chaos.records import CANCELLED, Op
+from trio_cluster.chaos.redact import Redactor
+from trio_cluster.chaos.scenarios import SCENARIOS
+from trio_cluster.chaos.session import UI, RunPlan, execute
+from trio_cluster.chaos.target import ClusterTarget
 
 NODE = Address("127.0.0.1", 7000)
 

@@ -10,13 +10,13 @@ import random
 import pytest
 import trio
 
-from chaos.figures import metrics
-from chaos.monitor import PROGRESS_EVERY, Monitor, Snapshot
-from chaos.progress import Eta, LiveUI
-from chaos.records import CANCELLED, Op, RunRecord
-from chaos.redact import Redactor
-from chaos.runner import judge
-from chaos.scenarios import SCENARIOS, Planned, select
+from trio_cluster.chaos.figures import metrics
+from trio_cluster.chaos.monitor import PROGRESS_EVERY, Monitor, Snapshot
+from trio_cluster.chaos.progress import Eta, LiveUI
+from trio_cluster.chaos.records import CANCELLED, Op, RunRecord
+from trio_cluster.chaos.redact import Redactor
+from trio_cluster.chaos.runner import judge
+from trio_cluster.chaos.scenarios import SCENARIOS, Planned, select
 
 STEP = 0.25
 

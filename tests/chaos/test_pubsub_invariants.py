@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from chaos.invariants import (
+from trio_cluster.chaos.invariants import (
     GAP_SLACK,
     Bounds,
     check_all,
@@ -17,8 +17,8 @@ from chaos.invariants import (
     in_flight,
     pubsub_tally,
 )
-from chaos.pubsubload import PubSubLoad, PubSubRunner
-from chaos.records import (
+from trio_cluster.chaos.pubsubload import PubSubLoad, PubSubRunner
+from trio_cluster.chaos.records import (
     Delivery,
     Op,
     Publish,

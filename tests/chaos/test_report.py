@@ -9,15 +9,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from chaos.address import Address
-from chaos.figures import BUCKETS, metrics, node_stats, series
-from chaos.plot import plot
-from chaos.progress import summary_table
-from chaos.records import ConnSample, Op, RunRecord, Window
-from chaos.redact import Redactor, secrets_of_url
-from chaos.report import render_text, to_json
-from chaos.runner import ScenarioResult, judge
-from chaos.scenarios import SCENARIOS
+from trio_cluster.chaos.address import Address
+from trio_cluster.chaos.figures import BUCKETS, metrics, node_stats, series
+from trio_cluster.chaos.plot import plot
+from trio_cluster.chaos.progress import summary_table
+from trio_cluster.chaos.records import ConnSample, Op, RunRecord, Window
+from trio_cluster.chaos.redact import Redactor, secrets_of_url
+from trio_cluster.chaos.report import render_text, to_json
+from trio_cluster.chaos.runner import ScenarioResult, judge
+from trio_cluster.chaos.scenarios import SCENARIOS
 
 PROXY, REAL = Address("127.0.0.1", 40001), Address("127.0.0.1", 7000)
 IDLE_REPLICA = Address("127.0.0.1", 40002)

@@ -18,7 +18,7 @@ import h11
 import pytest
 import trio
 
-from faults import EmbeddedToxiproxy, Toxiproxy
+from trio_cluster.faults import EmbeddedToxiproxy, Toxiproxy
 from trio_cluster.testing import LocalServer
 
 HERE = str(Path(__file__).parent)
@@ -109,8 +109,8 @@ def _limit_fds(count: int) -> None:
 
 class ServerProcess:
     """A Toxiproxy server in its own process: the Go binary when the suite runs against the
-    real one, else ``python -m faults serve`` (same flags); its stdout lines are its log.
-    ``max_fds`` runs it under that limit of open files (``ulimit -n``)."""
+    real one, else ``python -m trio_cluster.faults serve`` (same flags); its stdout lines are its
+    log.  ``max_fds`` runs it under that limit of open files (``ulimit -n``)."""
 
     def __init__(
         self,
@@ -122,7 +122,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["-host", "127.0.0.1", "-port", str(self.port), *flags]
-        ours = [sys.executable, "-m", "faults", "serve"]
+        ours = [sys.executable, "-m", "trio_cluster.faults", "serve"]
         command = [binary, *args] if binary else [*ours, *args]
         self.log_path = Path(tempfile.mkstemp(prefix="toxiproxy-", suffix=".log")[1])
         self._log = self.log_path.open("wb")

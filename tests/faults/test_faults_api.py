@@ -11,7 +11,7 @@ import toxiproxy.api
 import trio
 from faults_helpers import Backend, embedded_only, http
 
-from faults import Toxiproxy, ToxiproxyError
+from trio_cluster.faults import Toxiproxy, ToxiproxyError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -339,7 +339,7 @@ async def test_async_client_errors(toxi: Toxiproxy) -> None:
 
 @embedded_only("builds its own embedded server to read its collection")
 async def test_wildcard_listen_reported() -> None:
-    from faults import EmbeddedToxiproxy
+    from trio_cluster.faults import EmbeddedToxiproxy
 
     async with EmbeddedToxiproxy() as tp:
         doc = await make(tp, listen=":0")

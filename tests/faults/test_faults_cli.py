@@ -1,5 +1,5 @@
 # ruff: noqa: E501 -- the transcript is recorded verbatim from the Go CLI
-"""``python -m faults cli``: toxiproxy-cli's verbs, flags, output and errors.
+"""``trio-cluster-faults cli``: toxiproxy-cli's verbs, flags, output and errors.
 
 One scripted session runs with our CLI against the server under test (embedded or Go) and
 must print exactly what Go's ``toxiproxy-cli`` 2.12.0 printed for it (the transcript below was
@@ -19,7 +19,7 @@ import pytest
 import trio
 from faults_helpers import HERE, REAL_CLI, Backend, deadline
 
-from faults import Toxiproxy
+from trio_cluster.faults import Toxiproxy
 
 _SHARED_CLI = Path(HERE).parents[2] / "shared" / "tools" / "toxiproxy-2.12.0" / "toxiproxy-cli"
 GO_CLI = REAL_CLI if REAL_CLI and Path(REAL_CLI).exists() else None
@@ -172,7 +172,7 @@ async def _session(command: list[str], url: str, backend: Backend) -> None:
 
 @deadline(50)  # 40 CLI processes, each starting trio
 async def test_cli_session_prints_what_go_cli_prints(toxi: Toxiproxy, backend: Backend) -> None:
-    await _session([sys.executable, "-m", "faults", "cli"], toxi.url, backend)
+    await _session([sys.executable, "-m", "trio_cluster.faults", "cli"], toxi.url, backend)
 
 
 @pytest.mark.skipif(GO_CLI is None, reason="the Go toxiproxy-cli binary is not at hand")
@@ -184,7 +184,7 @@ async def test_go_cli_session_matches_the_transcript(toxi: Toxiproxy, backend: B
 
 async def test_cli_reports_an_unreachable_server() -> None:
     status, stdout, stderr = await _run(
-        [sys.executable, "-m", "faults", "cli"], "http://127.0.0.1:1", ["list"]
+        [sys.executable, "-m", "trio_cluster.faults", "cli"], "http://127.0.0.1:1", ["list"]
     )
     assert (status, stdout) == (1, "")
     assert stderr == (
@@ -195,7 +195,10 @@ async def test_cli_reports_an_unreachable_server() -> None:
 
 async def test_cli_reports_an_answer_that_is_not_toxiproxys(toxi: Toxiproxy) -> None:
     # A path the server does not serve: its plain-text 404 is not an API error body.
-    commands = [[sys.executable, "-m", "faults", "cli"], *([[GO_CLI]] if GO_CLI else [])]
+    commands = [
+        [sys.executable, "-m", "trio_cluster.faults", "cli"],
+        *([[GO_CLI]] if GO_CLI else []),
+    ]
     for command in commands:
         status, stdout, stderr = await _run(command, toxi.url + "/elsewhere", ["list"])
         assert (status, stdout, stderr) == (
@@ -286,7 +289,7 @@ async def _tty_session(command: list[str], url: str, backend: Backend) -> None:
 async def test_cli_on_a_terminal_prints_what_go_cli_prints(
     toxi: Toxiproxy, backend: Backend
 ) -> None:
-    await _tty_session([sys.executable, "-m", "faults", "cli"], toxi.url, backend)
+    await _tty_session([sys.executable, "-m", "trio_cluster.faults", "cli"], toxi.url, backend)
 
 
 @pytest.mark.skipif(GO_CLI is None, reason="the Go toxiproxy-cli binary is not at hand")

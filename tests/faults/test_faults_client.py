@@ -1,5 +1,6 @@
-"""``faults.Toxiproxy``, the trio client of the API: every call, checked with raw HTTP against
-the server under test (embedded or Go), and its one error class for every way a call fails."""
+"""``trio_cluster.faults.Toxiproxy``, the trio client of the API: every call, checked with raw
+HTTP against the server under test (embedded or Go), and its one error class for every way a
+call fails."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import trio
 from faults_helpers import Backend, http
 
-from faults import EmbeddedToxiproxy, Toxiproxy, ToxiproxyError
+from trio_cluster.faults import EmbeddedToxiproxy, Toxiproxy, ToxiproxyError
 
 
 async def test_every_call_does_what_the_api_shows(toxi: Toxiproxy, backend: Backend) -> None:

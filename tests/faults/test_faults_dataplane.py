@@ -15,7 +15,7 @@ from faults_helpers import (
     roundtrip,
 )
 
-from faults import Toxiproxy
+from trio_cluster.faults import Toxiproxy
 
 BOTH = pytest.mark.parametrize("stream", ["upstream", "downstream"])
 

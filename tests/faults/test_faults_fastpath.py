@@ -8,7 +8,7 @@ import functools
 import trio
 from faults_helpers import Backend, read_exactly, read_until_eof, roundtrip
 
-from faults import Toxiproxy
+from trio_cluster.faults import Toxiproxy
 
 
 async def test_backpressure_short_writes_lose_nothing(toxi: Toxiproxy, backend: Backend) -> None:

@@ -8,7 +8,7 @@ import pytest
 import trio
 from faults_helpers import Backend, ServerProcess, embedded_only, http, read_exactly
 
-from faults import Toxiproxy
+from trio_cluster.faults import Toxiproxy
 
 MAX_FDS = 64
 EMFILE_ANSWER = {"error": "listen tcp 127.0.0.1:0: socket: too many open files", "status": 500}

@@ -17,7 +17,7 @@ import pytest
 import trio
 from faults_helpers import GO_SERVER, Backend, ServerProcess, deadline, embedded_only, http
 
-from faults import EmbeddedToxiproxy, Toxiproxy
+from trio_cluster.faults import EmbeddedToxiproxy, Toxiproxy
 
 # (path, body, status, Go's exact answer body); the listen port of the proxy is random.
 GO_ANSWERS = [

@@ -7,8 +7,8 @@ from typing import Any
 import hiredis
 import trio
 
-from faults.inject import MaintInjector
-from faults.resp import frame_end, push
+from trio_cluster.faults.inject import MaintInjector
+from trio_cluster.faults.resp import frame_end, push
 
 
 def cmd(*args: str | bytes) -> bytes:

@@ -1,11 +1,12 @@
-"""``faults.lifetime.TaskOwner``: nothing outlives the block, and errors leave as themselves."""
+"""``trio_cluster.faults.lifetime.TaskOwner``: nothing outlives the block, and errors leave as
+themselves."""
 
 from __future__ import annotations
 
 import pytest
 import trio
 
-from faults.lifetime import TaskOwner
+from trio_cluster.faults.lifetime import TaskOwner
 
 
 class Worker(TaskOwner):

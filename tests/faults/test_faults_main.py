@@ -1,4 +1,5 @@
-"""``python -m faults``: its help, and a clear exit when the ``chaos`` extra is missing."""
+"""``trio-cluster-faults`` (``python -m trio_cluster.faults``): its help, and a clear exit when
+the ``chaos`` extra is missing."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 from faults_helpers import HERE
 
-from faults import __main__ as entry
-from faults import cli
+from trio_cluster.faults import __main__ as entry
+from trio_cluster.faults import cli
 
 ROOT = str(Path(HERE).parents[1])
 EXTRA_HINT = "pip install 'trio-cluster[chaos]'"
@@ -49,7 +50,7 @@ def test_every_command_and_flag_has_a_help_text(build: object) -> None:
 
 
 def test_help_describes_the_commands() -> None:
-    result = _run("-m", "faults", "--help")
+    result = _run("-m", "trio_cluster.faults", "--help")
     assert result.returncode == 0
     assert "Toxiproxy 2.12-compatible server" in result.stdout
     for command in ("serve", "cli", "version"):
@@ -57,17 +58,17 @@ def test_help_describes_the_commands() -> None:
 
 
 def test_version_has_its_own_help_and_takes_no_flags() -> None:
-    shown = _run("-m", "faults", "version", "--help")
+    shown = _run("-m", "trio_cluster.faults", "version", "--help")
     assert shown.returncode == 0, shown.stderr
     assert "print the Toxiproxy version" in shown.stdout and "2.12.0" not in shown.stdout
-    assert _run("-m", "faults", "version").stdout == "2.12.0\n"
-    refused = _run("-m", "faults", "version", "--bogus")
+    assert _run("-m", "trio_cluster.faults", "version").stdout == "2.12.0\n"
+    refused = _run("-m", "trio_cluster.faults", "version", "--bogus")
     assert (refused.returncode, refused.stdout) == (2, "")
     assert "--bogus" in refused.stderr
 
 
 def test_no_command_prints_the_help_and_exits_2() -> None:
-    result = _run("-m", "faults")
+    result = _run("-m", "trio_cluster.faults")
     assert (result.returncode, result.stdout) == (2, "")
     assert "COMMAND" in result.stderr
 
@@ -79,21 +80,25 @@ def test_serve_without_prometheus_client_says_what_to_install(tmp_path: Path) ->
         "raise ModuleNotFoundError(\"No module named 'prometheus_client'\", "
         "name='prometheus_client')\n"
     )
-    result = _run("-m", "faults", "serve", "-port", "0", path=[str(tmp_path)])
+    result = _run("-m", "trio_cluster.faults", "serve", "-port", "0", path=[str(tmp_path)])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.splitlines()
-    assert line.startswith("python -m faults serve: cannot import prometheus_client")
-    assert line.endswith(EXTRA_HINT)
+    assert line == (
+        "python -m trio_cluster.faults serve needs the 'chaos' extra "
+        f"(prometheus_client is not installed): {EXTRA_HINT}"
+    )
 
 
 def test_cli_without_h11_says_what_to_install() -> None:
     shim = (
-        "import sys; sys.modules['h11'] = None; sys.argv[0] = 'faults'; "
-        "from faults.__main__ import main; sys.exit(main(['cli', 'list']))"
+        "import sys; sys.modules['h11'] = None; sys.argv[0] = 'trio-cluster-faults'; "
+        "from trio_cluster.faults.__main__ import main; sys.exit(main(['cli', 'list']))"
     )
     result = _run("-c", shim)
     assert (result.returncode, result.stdout) == (2, "")
     (line,) = result.stderr.splitlines()
-    assert line.startswith("faults cli: cannot import h11")
-    assert line.endswith(EXTRA_HINT)
+    assert (
+        line
+        == f"trio-cluster-faults cli needs the 'chaos' extra (h11 is not installed): {EXTRA_HINT}"
+    )

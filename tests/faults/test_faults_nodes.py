@@ -6,8 +6,8 @@ import pytest
 import trio
 from faults_helpers import Backend, read_exactly, read_until_eof
 
-from faults import Toxiproxy
-from faults.nodes import (
+from trio_cluster.faults import Toxiproxy
+from trio_cluster.faults.nodes import (
     NodeProxies,
     bandwidth,
     hang,

@@ -1,6 +1,7 @@
 """Metrics (``-proxy-metrics``, ``-runtime-metrics``, ``GET /metrics``) and log lines as Go's
 server has them.  Each test starts its own server process with the flags it needs: the Go
-binary when the suite runs against it (TOXIPROXY_SERVER), else ``python -m faults serve``.
+binary when the suite runs against it (TOXIPROXY_SERVER), else ``python -m trio_cluster.faults
+serve``.
 """
 
 from __future__ import annotations

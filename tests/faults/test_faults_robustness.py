@@ -21,12 +21,12 @@ import trio
 import trio.testing
 from faults_helpers import Backend, embedded_only, http, read_exactly
 
-from faults import EmbeddedToxiproxy, Toxiproxy, link
-from faults.api import Api
-from faults.link import Connection
-from faults.proxy import Proxy
-from faults.server import ToxiproxyServer
-from faults.toxics import HANDLERS
+from trio_cluster.faults import EmbeddedToxiproxy, Toxiproxy, link
+from trio_cluster.faults.api import Api
+from trio_cluster.faults.link import Connection
+from trio_cluster.faults.proxy import Proxy
+from trio_cluster.faults.server import ToxiproxyServer
+from trio_cluster.faults.toxics import HANDLERS
 
 CHURN_SECONDS = 4.0
 CLIENTS = 24
@@ -240,7 +240,7 @@ async def _only_the_bad_one_closes(
 ) -> None:
     """``bad`` sends and hits ``bug``: the proxy closes that connection only and logs the
     bug; ``good`` still round-trips and proxy ``p`` stays enabled."""
-    with caplog.at_level(logging.ERROR, logger="faults"):
+    with caplog.at_level(logging.ERROR, logger="trio_cluster.faults"):
         await bad.send_all(b"boom")
         assert await _closed_by_proxy(bad)
     assert bug in caplog.text

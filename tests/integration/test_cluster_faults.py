@@ -17,10 +17,10 @@ import trio
 from failover_load import failover_cluster, kill_primary_under_load
 from redis import exceptions as rex
 
-from faults.embedded import EmbeddedToxiproxy
-from faults.nodes import NodeProxies, latency, node_down
 from trio_cluster import ClusterClient
 from trio_cluster.clients.cluster import ReadFrom, RetryOptions
+from trio_cluster.faults.embedded import EmbeddedToxiproxy
+from trio_cluster.faults.nodes import NodeProxies, latency, node_down
 from trio_cluster.pooling.breaker import BreakerOptions, BreakerState, CircuitOpenError
 from trio_cluster.routing.rules import key_slot
 from trio_cluster.testing import LocalCluster, LocalServer

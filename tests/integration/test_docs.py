@@ -1,6 +1,7 @@
 """Every Python example of the documentation runs as written and prints what the page says.
 
-The pages: ``README.md``, ``docs/*.md`` and every folder's ``README.md``.  Each fenced block
+The pages: ``README.md``, ``docs/*.md``, every folder's ``README.md`` and every subpackage's
+(``trio_cluster/faults/README.md``).  Each fenced block
 names its language; each ```` ```python ```` block is a whole program that starts the server or
 cluster it needs (``trio_cluster.testing``, with the binary these tests use) and is run here,
 unless the line before it (blank lines aside) is ``<!-- not run: REASON -->``: a fragment,
@@ -29,6 +30,7 @@ PAGES = sorted(
         *ROOT.glob("*.md"),
         *ROOT.glob("docs/*.md"),
         *(p for p in ROOT.glob("*/README.md") if not p.parent.name.startswith(".")),
+        *ROOT.glob("trio_cluster/*/README.md"),
     }
 )
 
@@ -101,7 +103,8 @@ def matches(expected: str, printed: str) -> bool:
 
 def test_the_pages_are_found_and_have_examples() -> None:
     names = {str(p.relative_to(ROOT)) for p in PAGES}
-    assert {"README.md", "docs/pubsub.md", "docs/architecture.md", "faults/README.md"} <= names
+    assert {"README.md", "docs/pubsub.md", "docs/architecture.md"} <= names
+    assert "trio_cluster/faults/README.md" in names
     assert len(RUNNABLE) >= 6, [b.name for b in RUNNABLE]
 
 

@@ -10,10 +10,10 @@ import pytest
 import trio
 from redis import exceptions as rex
 
-from faults import EmbeddedToxiproxy
-from faults.inject import InjectedConnection, MaintInjector
-from faults.nodes import NodeProxies, latency
 from trio_cluster import Client, PoolOptions
+from trio_cluster.faults import EmbeddedToxiproxy
+from trio_cluster.faults.inject import InjectedConnection, MaintInjector
+from trio_cluster.faults.nodes import NodeProxies, latency
 from trio_cluster.jobs.maint import (
     Kind,
     MaintNotificationsOptions,

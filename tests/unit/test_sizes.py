@@ -13,17 +13,16 @@ MAX_CLASS_LINES = 400
 
 def _too_big() -> list[str]:
     found = []
-    for package in ("trio_cluster", "faults", "chaos"):
-        for path in sorted((ROOT / package).rglob("*.py")):
-            text = path.read_text()
-            where = path.relative_to(ROOT)
-            if text.count("\n") > MAX_MODULE_LINES:
-                found.append(f"{where}: {text.count(chr(10))} lines")
-            for node in ast.walk(ast.parse(text)):
-                if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
-                    size = node.end_lineno - node.lineno + 1
-                    if size > MAX_CLASS_LINES:
-                        found.append(f"{where}: class {node.name}, {size} lines")
+    for path in sorted((ROOT / "trio_cluster").rglob("*.py")):
+        text = path.read_text()
+        where = path.relative_to(ROOT)
+        if text.count("\n") > MAX_MODULE_LINES:
+            found.append(f"{where}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_CLASS_LINES:
+                    found.append(f"{where}: class {node.name}, {size} lines")
     return found
 
 
@@ -34,4 +33,5 @@ def test_no_module_over_600_lines_and_no_class_over_400() -> None:
 def test_the_check_sees_the_packages() -> None:
     """It would pass vacuously if it looked in the wrong place."""
     assert (ROOT / "trio_cluster" / "clients" / "cluster.py").exists()
-    assert (ROOT / "faults" / "proxy.py").exists() and (ROOT / "chaos" / "runner.py").exists()
+    assert (ROOT / "trio_cluster" / "faults" / "proxy.py").exists()
+    assert (ROOT / "trio_cluster" / "chaos" / "runner.py").exists()

@@ -15,9 +15,17 @@ from typing import Any, Self
 
 import trio
 
-from faults import ToxiproxyError
-from faults.nodes import ProxiedNode, bandwidth, hang, latency, limit_data, node_down, reset_peer
 from trio_cluster import ClusterClient
+from trio_cluster.faults import ToxiproxyError
+from trio_cluster.faults.nodes import (
+    ProxiedNode,
+    bandwidth,
+    hang,
+    latency,
+    limit_data,
+    node_down,
+    reset_peer,
+)
 from trio_cluster.testing import LocalCluster, LocalServer
 
 from .address import Address

@@ -18,7 +18,7 @@ from typing import Final
 
 import trio
 
-from faults.errors import ToxiproxyError
+from .errors import ToxiproxyError
 
 __all__ = [
     "DialError",

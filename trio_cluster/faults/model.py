@@ -1,9 +1,9 @@
 """Toxiproxy state records (proxies, toxics) and their Go-compatible JSON encoding and decoding.
 
-Nothing here does I/O: the HTTP layer (``faults.api``) decodes requests into these records and
-the data plane (``faults.proxy``) reads them.  Decoding mimics Go's ``encoding/json`` closely
-enough that a client cannot tell the difference: keys match case-insensitively, unknown keys are
-ignored, ``null`` leaves a field unchanged, and a value of the wrong type is a 400.
+Nothing here does I/O: the HTTP layer (``api``) decodes requests into these records and the data
+plane (``proxy``) reads them.  Decoding mimics Go's ``encoding/json`` closely enough that a
+client cannot tell the difference: keys match case-insensitively, unknown keys are ignored,
+``null`` leaves a field unchanged, and a value of the wrong type is a 400.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any, Final
 
 import trio
 
-from faults import gojson
-from faults.errors import ToxiproxyError
+from . import gojson
+from .errors import ToxiproxyError
 
 __all__ = [
     "TOXIC_ATTRIBUTES",

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import unquote
 
-from faults.collection import ProxyCollection
-from faults.errors import ToxiproxyError
-from faults.logs import event
-from faults.metrics import CONTENT_TYPE, Metrics
-from faults.model import decode_body, dumps
-from faults.version import VERSION
+from .collection import ProxyCollection
+from .errors import ToxiproxyError
+from .logs import event
+from .metrics import CONTENT_TYPE, Metrics
+from .model import decode_body, dumps
+from .version import VERSION
 
 __all__ = ["VERSION", "Api", "Response"]
 

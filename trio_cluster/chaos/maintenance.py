@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import trio
 
-from faults.inject import InjectedConnection, MaintInjector
-from faults.nodes import latency
 from trio_cluster import ClusterClient
+from trio_cluster.faults.inject import InjectedConnection, MaintInjector
+from trio_cluster.faults.nodes import latency
 from trio_cluster.testing import LocalServer
 
 from .address import Address

@@ -8,7 +8,7 @@ carries JSON (or nothing); any other is an error body ``{"error": ..., "status":
 raised as ``ToxiproxyError``.  A server that cannot be reached, or an error answer that is
 not that JSON, raises ``ToxiproxyError`` with ``status`` None and Go's client text
 (``fail to request: Get "...": dial tcp ...: connect: connection refused``), which
-``python -m faults cli`` (built on this class) prints as ``toxiproxy-cli`` does.
+``python -m trio_cluster.faults cli`` (built on this class) prints as ``toxiproxy-cli`` does.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any, Final
 import h11
 import trio
 
-from faults import gojson
-from faults.errors import ToxiproxyError
-from faults.version import VERSION
+from . import gojson
+from .errors import ToxiproxyError
+from .version import VERSION
 
 __all__ = ["REQUEST_TIMEOUT", "ProxyInfo", "Toxiproxy", "ToxiproxyError", "split_address"]
 

@@ -27,8 +27,8 @@ from typing import Final
 
 import trio
 
-from faults.lifetime import TaskOwner
-from faults.resp import ProtocolError, frame_end, parse_command, push
+from .lifetime import TaskOwner
+from .resp import ProtocolError, frame_end, parse_command, push
 
 __all__ = ["ConnFilter", "InjectedConnection", "MaintInjector"]
 

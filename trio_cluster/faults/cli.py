@@ -1,4 +1,4 @@
-"""``python -m faults cli``: Toxiproxy's ``toxiproxy-cli`` 2.12, verb for verb.
+"""``python -m trio_cluster.faults cli``: Toxiproxy's ``toxiproxy-cli`` 2.12, verb for verb.
 
 Same commands and aliases (``list``, ``inspect``, ``create``, ``toggle``, ``delete``,
 ``toxic add|update|remove``), same flags (``--host``/``-h`` or ``$TOXIPROXY_URL``,
@@ -6,7 +6,7 @@ Same commands and aliases (``list``, ``inspect``, ``create``, ``toggle``, ``dele
 ``--toxicity``/``--tox``, ``--attribute``/``-a key=value``, ``--upstream``/``--downstream``),
 same output on stdout (plain when piped, coloured on a terminal), same error messages on
 stderr and exit status 1.  It talks to any Toxiproxy, embedded or Go, through
-``faults.client.Toxiproxy`` (with ``toxiproxy-cli``'s User-Agent), under ``trio.run``.
+``trio_cluster.faults.client.Toxiproxy`` (with ``toxiproxy-cli``'s User-Agent), under ``trio.run``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import trio
 
-from faults.client import Toxiproxy, ToxiproxyError
-from faults.version import VERSION
+from .client import Toxiproxy, ToxiproxyError
+from .version import VERSION
 
 __all__ = ["CliError", "main"]
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import trio
 
-from faults import EmbeddedToxiproxy, Toxiproxy
-from faults.nodes import NodeProxies, ProxiedNode
 from trio_cluster import ClusterClient, redact_url
+from trio_cluster.faults import EmbeddedToxiproxy, Toxiproxy
+from trio_cluster.faults.nodes import NodeProxies, ProxiedNode
 from trio_cluster.testing import LocalCluster, LocalServer
 
 from .address import Address

@@ -22,7 +22,7 @@ from typing import Final
 
 import trio
 
-from faults.client import Toxiproxy, ToxiproxyError
+from .client import Toxiproxy, ToxiproxyError
 
 __all__ = [
     "UNDO_TIMEOUT",

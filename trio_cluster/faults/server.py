@@ -19,13 +19,13 @@ from typing import Final
 import h11
 import trio
 
-from faults.api import Api, Response, request_id
-from faults.collection import ProxyCollection
-from faults.errors import ToxiproxyError
-from faults.logs import event
-from faults.metrics import Metrics
-from faults.model import decode_body
-from faults.sockets import accept, go_duration_text
+from .api import Api, Response, request_id
+from .collection import ProxyCollection
+from .errors import ToxiproxyError
+from .logs import event
+from .metrics import Metrics
+from .model import decode_body
+from .sockets import accept, go_duration_text
 
 __all__ = ["ToxiproxyServer"]
 

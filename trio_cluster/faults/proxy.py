@@ -3,9 +3,9 @@
 A proxy holds one file descriptor while it runs (its listener) and two per live connection.
 Its accept loop serves in a nursery of its own serving period (``start`` to ``stop``), so a
 connection never outlives the period that accepted it.  Out of file descriptors, the accept
-loop logs Go's warning and waits before it tries again (``faults.sockets.accept``), so the
-proxy serves again once fds are free; an upstream that cannot be dialled closes only that
-client, as in Go.  The data plane of a connection is ``faults.link``.
+loop logs Go's warning and waits before it tries again (``sockets.accept``), so the proxy
+serves again once fds are free; an upstream that cannot be dialled closes only that client, as
+in Go.  The data plane of a connection is ``link``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any, Final
 
 import trio
 
-from faults.link import Connection
-from faults.logs import event
-from faults.metrics import Metrics
-from faults.model import Toxic
-from faults.sockets import DialError, accept, bind_listener, dial, display
+from .link import Connection
+from .logs import event
+from .metrics import Metrics
+from .model import Toxic
+from .sockets import DialError, accept, bind_listener, dial, display
 
 __all__ = ["Proxy"]
 

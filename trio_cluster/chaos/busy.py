@@ -1,5 +1,5 @@
-"""``python -m chaos.busy [--procs 4] [--repeat 3] -- COMMAND...``: run a command beside CPU
-hogs, as on a busy shared CI runner (the help text is :data:`DESCRIPTION`)."""
+"""``python -m trio_cluster.chaos.busy [--procs 4] [--repeat 3] -- COMMAND...``: run a command
+beside CPU hogs, as on a busy shared CI runner (the help text is :data:`DESCRIPTION`)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ and the 1-minute load average are printed.  The exit status is the first failing
 0.  The hogs are killed on every way out (Ctrl-C included).
 
 example:
-  python -m chaos.busy --procs 4 --repeat 3 -- python -m chaos run
+  python -m trio_cluster.chaos.busy --procs 4 --repeat 3 -- trio-cluster-chaos run
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m chaos.busy",
+        prog="python -m trio_cluster.chaos.busy",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

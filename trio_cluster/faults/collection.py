@@ -12,17 +12,17 @@ from typing import Any
 
 import trio
 
-from faults.errors import ToxiproxyError
-from faults.metrics import Metrics
-from faults.model import (
+from .errors import ToxiproxyError
+from .metrics import Metrics
+from .model import (
     ProxyInput,
     Toxic,
     populate_input,
     proxy_input,
     toxic_from_json,
 )
-from faults.proxy import Proxy
-from faults.sockets import resolve_listen
+from .proxy import Proxy
+from .sockets import resolve_listen
 
 __all__ = ["ProxyCollection"]
 

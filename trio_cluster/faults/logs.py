@@ -1,10 +1,11 @@
 """Log lines shaped like Toxiproxy's (zerolog JSON on stdout), through Python's ``logging``.
 
-The server logs on the ``faults`` logger hierarchy with ``event(...)``, which attaches Go's
-structured fields; as a library nothing is printed unless the application configures logging.
-``python -m faults serve`` calls ``configure``, which prints one JSON object per line like
-the Go server: ``level``, the event's fields, ``caller``, ``time`` and ``message``.  Levels are
-zerolog's: trace, debug, info, warn, error (Go's default, as here, prints every level).
+The server logs on the ``trio_cluster.faults`` logger hierarchy with ``event(...)``, which
+attaches Go's structured fields; as a library nothing is printed unless the application
+configures logging.  ``trio-cluster-faults serve`` calls ``configure``, which prints one JSON
+object per line like the Go server: ``level``, the event's fields, ``caller``, ``time`` and
+``message``.  Levels are zerolog's: trace, debug, info, warn, error (Go's default, as here,
+prints every level).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["LEVELS", "TRACE", "JsonLineFormatter", "configure", "event"]
 
 # A library stays silent unless the application configures logging (no "last resort" output
 # of warnings such as Go's "Source terminated" on every closed connection).
-logging.getLogger("faults").addHandler(logging.NullHandler())
+logging.getLogger("trio_cluster.faults").addHandler(logging.NullHandler())
 
 #: Below DEBUG: zerolog's trace level.
 TRACE: Final = 5
@@ -69,7 +70,8 @@ class JsonLineFormatter(logging.Formatter):
 
 
 def configure(level: str = "trace", stream: TextIO | None = None) -> None:
-    """Print the ``faults`` loggers' records as JSON lines on ``stream`` (stdout) at ``level``.
+    """Print the ``trio_cluster.faults`` loggers' records as JSON lines on ``stream`` (stdout)
+    at ``level``.
 
     Raises ``ValueError`` naming the level when it is not one of ``LEVELS``.
     """
@@ -77,7 +79,7 @@ def configure(level: str = "trace", stream: TextIO | None = None) -> None:
         raise ValueError(f"unknown log level {level!r}: choose from {', '.join(LEVELS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
     handler.setFormatter(JsonLineFormatter())
-    root = logging.getLogger("faults")
+    root = logging.getLogger("trio_cluster.faults")
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level.lower()])
     root.propagate = False

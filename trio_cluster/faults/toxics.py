@@ -18,7 +18,7 @@ from typing import Final, Protocol
 
 import trio
 
-from faults.model import Toxic
+from .model import Toxic
 
 __all__ = ["HANDLERS", "MS", "US", "Chunk", "Forward", "LinkContext", "go_seconds", "slice_sizes"]
 

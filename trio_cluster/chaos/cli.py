@@ -1,6 +1,7 @@
-"""The command line: ``python -m chaos list`` and ``python -m chaos run [SCENARIO...]
-[options]``.  The help texts (:data:`DESCRIPTION`, :data:`RUN_DESCRIPTION`, :data:`RUN_EPILOG`)
-are plain text, exit statuses included (:data:`EXIT_STATUSES`).
+"""The command line: ``trio-cluster-chaos list`` and ``trio-cluster-chaos run [SCENARIO...]
+[options]`` (also ``python -m trio_cluster.chaos``).  The help texts (:data:`DESCRIPTION`,
+:data:`RUN_DESCRIPTION`, :data:`RUN_EPILOG`) are plain text, exit statuses included
+(:data:`EXIT_STATUSES`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit
 
 import trio
 from rich.console import Console
+
+from trio_cluster.faults.extra import command_name
 
 from .document import SCHEMA_VERSION, document, junit_xml, render_json
 from .plot import plot
@@ -55,7 +58,7 @@ def _duration(text: str) -> float:
     return value
 
 
-#: What ``python -m chaos --help`` says first (plain text: argparse prints it as it is).
+#: What ``trio-cluster-chaos --help`` says first (plain text: argparse prints it as it is).
 DESCRIPTION = """\
 Chaos drills for a Redis Cluster with trio-cluster: a seeded load that checks every reply,
 faults injected through proxies chaos creates in front of every node (and, on a local
@@ -63,9 +66,9 @@ cluster, process faults: SIGSTOP, kill, restart, failover, resharding), and inva
 checked after each scenario (no misdelivered reply, no acknowledged write lost, pool and
 time bounds derived from the run's own baseline, recovery, blast radius...).
 
-commands:
-  python -m chaos list                      every scenario, its group and what it does
-  python -m chaos run [SCENARIO...] [opts]  run scenarios; see python -m chaos run --help
+commands (trio-cluster-chaos is also python -m trio_cluster.chaos):
+  trio-cluster-chaos list                      every scenario, its group and what it does
+  trio-cluster-chaos run [SCENARIO...] [opts]  run scenarios; see trio-cluster-chaos run --help
 """
 
 #: The exit statuses of ``run`` (also in the module docstring and docs/chaos.md).
@@ -90,10 +93,10 @@ each is explained in one line of the report.
 RUN_EPILOG = f"""\
 {EXIT_STATUSES}
 examples:
-  python -m chaos run node-hang kill-primary --seed 7 --report-dir reports/
-  python -m chaos run --mode detect
-  python -m chaos run --metrics-port 9464   (Prometheus metrics while it runs)
-  python -m chaos run --cluster redis://:PASSWORD@staging:7000 --toxiproxy http://toxiproxy:8474
+  trio-cluster-chaos run node-hang kill-primary --seed 7 --report-dir reports/
+  trio-cluster-chaos run --mode detect
+  trio-cluster-chaos run --metrics-port 9464   (Prometheus metrics while it runs)
+  trio-cluster-chaos run --cluster redis://:PASSWORD@staging:7000 --toxiproxy http://toxiproxy:8474
 
 The JSON document (schema_version {SCHEMA_VERSION}), the JUnit XML and the metrics are
 described in docs/chaos.md.
@@ -113,8 +116,9 @@ def _port(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     """The command line's parser (its help texts are the module's constants)."""
     raw = argparse.RawDescriptionHelpFormatter
-    top = _Parser(prog="python -m chaos", description=DESCRIPTION, epilog=EXIT_STATUSES,
-                     formatter_class=raw)  # fmt: skip
+    top = _Parser(prog=command_name("trio_cluster.chaos", "trio-cluster-chaos"),
+                  description=DESCRIPTION, epilog=EXIT_STATUSES,
+                  formatter_class=raw)  # fmt: skip
     sub = top.add_subparsers(dest="command", required=True, metavar="{list,run}")
     sub.add_parser("list", help="list every scenario, its group and what it does",
                    description="List every scenario: its name, its group (a --mode), what it "
@@ -123,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
                          description=RUN_DESCRIPTION, epilog=RUN_EPILOG,
                          formatter_class=raw)  # fmt: skip
     run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                     help="scenarios to run, in this order (python -m chaos list names them); "
+                     help="scenarios to run, in this order (trio-cluster-chaos list names them); "
                           "default: every scenario of --mode")  # fmt: skip
     run.add_argument(
         "--mode",
@@ -272,7 +276,7 @@ def _validate(args: argparse.Namespace, redactor: Redactor) -> ClusterTarget:
         chosen = select(args.scenarios, args.mode)
     except KeyError as exc:
         raise UsageError(
-            f"unknown scenario(s): {exc.args[0]}; python -m chaos list names them"
+            f"unknown scenario(s): {exc.args[0]}; trio-cluster-chaos list names them"
         ) from None
     unavailable = [s.name for s in chosen if s.unavailable and args.scenarios]
     if unavailable:
@@ -341,7 +345,9 @@ def _logging(redactor: Redactor, debug: bool) -> None:
     # The embedded proxy logs at ERROR what a fault does on purpose (a link to a stopped node
     # cannot open): only with --debug.
     logging.getLogger("trio_cluster").setLevel(logging.WARNING if debug else logging.ERROR)
-    logging.getLogger("faults").setLevel(logging.WARNING if debug else logging.CRITICAL)
+    logging.getLogger("trio_cluster.faults").setLevel(
+        logging.WARNING if debug else logging.CRITICAL
+    )
 
 
 def _run(args: argparse.Namespace, target: ClusterTarget, redactor: Redactor) -> int:

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from faults.logs import event
-from faults.model import Toxic
-from faults.toxics import HANDLERS, MS, Chunk, go_seconds
+from .logs import event
+from .model import Toxic
+from .toxics import HANDLERS, MS, Chunk, go_seconds
 
 if TYPE_CHECKING:
-    from faults.proxy import Proxy
+    from .proxy import Proxy
 
 __all__ = ["QUEUE_SIZE", "RECV_SIZE", "Connection", "Link"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import trio
 
-from faults.client import Toxiproxy
-from faults.lifetime import TaskOwner
-from faults.server import ToxiproxyServer
+from .client import Toxiproxy
+from .lifetime import TaskOwner
+from .server import ToxiproxyServer
 
 __all__ = ["EmbeddedToxiproxy"]
 

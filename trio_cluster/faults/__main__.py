@@ -1,28 +1,28 @@
-"""``python -m faults serve|cli|version`` (also the ``faults`` console script).
+"""``trio-cluster-faults serve|cli|version`` (also ``python -m trio_cluster.faults``).
 
 ``serve`` runs the embedded server with the Go server's flags (``-host``, ``-port``,
 ``-config``, ``-seed``, ``-proxy-metrics``, ``-runtime-metrics``, ``-version``; the
 ``--double-dash`` spellings work too) plus ``-log-level`` (default: Go's ``LOG_LEVEL``
 environment variable, else every level, as Go prints).  ``cli`` is ``toxiproxy-cli``
-(see ``faults.cli``).  Both need the ``chaos`` extra (h11, prometheus_client): without it a
-command exits 2 with one line that says what to install, not a traceback.
+(see ``trio_cluster.faults.cli``).  Both need the ``chaos`` extra (h11, prometheus_client):
+without it a command exits 2 with one line that says what to install, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal
 import sys
 from typing import Final
 
-from faults.version import VERSION
+from .extra import INSTALL, command_name, missing_extra
+from .version import VERSION
 
-# Not ``__name__``: under ``python -m faults`` that is ``__main__``, outside the ``faults``
-# hierarchy whose records ``faults.logs.configure`` prints.
-log = logging.getLogger("faults.__main__")
+# Not ``__name__``: under ``python -m trio_cluster.faults`` that is ``__main__``, outside the
+# ``trio_cluster.faults`` hierarchy whose records ``logs.configure`` prints.
+log = logging.getLogger("trio_cluster.faults.__main__")
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -88,10 +88,10 @@ def serve(argv: list[str]) -> int:
     """Run the server until interrupted."""
     import trio
 
-    from faults import logs
-    from faults.logs import event
-    from faults.metrics import Metrics
-    from faults.server import ToxiproxyServer
+    from . import logs
+    from .logs import event
+    from .metrics import Metrics
+    from .server import ToxiproxyServer
 
     parser = _serve_parser()
     args = parser.parse_args(argv)
@@ -127,8 +127,8 @@ def serve(argv: list[str]) -> int:
 
 
 def _prog() -> str:
-    """``faults`` when run as the console script, else ``python -m faults``."""
-    return "python -m faults" if sys.argv[0].endswith("__main__.py") else "faults"
+    """``trio-cluster-faults`` (the console script), or ``python -m trio_cluster.faults``."""
+    return command_name("trio_cluster.faults", "trio-cluster-faults")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Fault injection for trio-cluster: a Toxiproxy 2.12-compatible server "
         "and a toxiproxy-cli work-alike, interchangeable with Go's Toxiproxy.",
         epilog=f"Run '{_prog()} COMMAND --help' for a command's flags.  The commands need "
-        "the chaos extra: pip install 'trio-cluster[chaos]'.",
+        f"the chaos extra: {INSTALL}.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, text in (
@@ -156,17 +156,6 @@ def _parser() -> argparse.ArgumentParser:
 
 #: The optional dependencies (the ``chaos`` extra) each command imports.
 _NEEDS: Final = {"serve": ("h11", "prometheus_client"), "cli": ("h11",)}
-_EXTRA: Final = "pip install 'trio-cluster[chaos]'"
-
-
-def _missing(command: str) -> str | None:
-    """Why ``command`` cannot run (a dependency that does not import), or None."""
-    for name in _NEEDS.get(command, ()):
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            return f"{_prog()} {command}: cannot import {name} ({exc}); install it: {_EXTRA}"
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,14 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{_prog()}: unknown command {command!r}", file=sys.stderr)
         return 2
-    problem = _missing(command)
+    problem = missing_extra(f"{_prog()} {command}", _NEEDS.get(command, ()))
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2
     if command == "serve":
         return serve(rest)
     if command == "cli":
-        from faults import cli
+        from . import cli
 
         return cli.main(rest)
     if rest:  # version takes no flags: --help shows its help, anything else is refused

@@ -1,7 +1,7 @@
 """``ToxiproxyError``: the one error of the Toxiproxy API, on both of its sides.
 
 The API answers an error as ``{"error": message, "status": code}``.  The embedded server's
-handlers raise a ``ToxiproxyError`` to answer one (``faults.api`` writes it as Go's
+handlers raise a ``ToxiproxyError`` to answer one (``trio_cluster.faults.api`` writes it as Go's
 ``http.Error`` does); the client raises one when it receives such an answer, or when it
 cannot reach the server at all (``status`` None).  Its text is the Go client's
 (``HTTP 404: proxy not found``), which ``toxiproxy-cli`` prints.
