@@ -76,6 +76,15 @@ class ClientSpec:
         return self.maint.handoff_timeout
 
     @property
+    def failover_wait(self) -> float:
+        """Longest a command may wait for a failover the cluster expects soon (seconds):
+        ``failover_wait_max`` under ``"auto"``, the retry budget under ``"always"``."""
+        mode = self.retry.failover_wait
+        if mode == "never":
+            return 0.0
+        return self.retry.failover_wait_max if mode == "auto" else self.retry.budget
+
+    @property
     def pool_limit(self) -> int:
         """Most connections one node's pool may hold."""
         size = self.pool.size

@@ -121,7 +121,8 @@ def derive_bounds(scenario: Scenario, baseline: Baseline | None) -> Bounds:
     blocked = blocked_bound(spec, slack)
     unusable = spec.unusable_limit(slack)
     recovery = recovery_bound(spec, slack, scenario.recovery_extra)
-    held = spec.longest_read_timeout + slack
+    ride_out = spec.failover_wait if scenario.fails_over else 0.0
+    held = spec.longest_read_timeout + ride_out + slack
     base = (
         f"baseline p99 {1000 * p99:.1f} ms -> slack {slack:.2f} s"
         if baseline is not None
@@ -143,8 +144,9 @@ def derive_bounds(scenario: Scenario, baseline: Baseline | None) -> Bounds:
         f"the fault, / the baseline's (all slots) >= healthy share of the baseline x (1 - "
         f"{held:.2f} s / fault length) x steadiness; {held:.2f} s = longest a task may be held "
         f"by the node before the client knows it is bad: read timeout "
-        f"({spec.longest_read_timeout} s) + {base}; steadiness = slowest quarter of the "
-        "baseline / its mean",
+        f"({spec.longest_read_timeout} s)"
+        + (f" + the wait for a failover expected soon ({ride_out} s)" if ride_out else "")
+        + f" + {base}; steadiness = slowest quarter of the baseline / its mean",
     }
     return Bounds(
         pool_size=spec.pool_limit,

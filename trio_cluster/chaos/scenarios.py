@@ -70,6 +70,9 @@ class Scenario:
     """The origin test this reproduces, and how it was scaled."""
     pubsub: PubSubLoad | None = None
     """Subscribers and publishers running beside the workload (``chaos.pubsubload``)."""
+    fails_over: bool = False
+    """The fault ends in a failover the client may wait for in its last seconds
+    (``RetryOptions.failover_wait``): the blast-radius bound allows that wait."""
     extra: float = 0.0
     """Seconds a run takes beyond what its plan fixes (a fixed amount of work, the cluster's
     reaction to a fault, waits): the median of three default runs on a shared 2-core machine,
@@ -221,6 +224,7 @@ def _fault(
     recovery_extra: float = 0.0,
     hold: float = SINGLE_NODE_HOLD,
     extra: float = 0.0,
+    fails_over: bool = False,
 ) -> Scenario:
     return Scenario(
         name,
@@ -228,6 +232,7 @@ def _fault(
         description,
         workload,
         faults=((name, fn),),
+        fails_over=fails_over,
         needs_local=needs_local,
         recovery_extra=recovery_extra,
         hold=hold,
@@ -254,7 +259,7 @@ _FAULTS = [
            workload=Workload(workers=16, think=(0.001, 0.004), value_pad=400)),
     _fault("kill-primary", faultlib.kill_primary,
            f"a primary SIGKILLed; its replica promoted after a {SINGLE_NODE_HOLD:.0f} s node "
-           "timeout", needs_local=True, recovery_extra=2.0, extra=4.5),
+           "timeout", needs_local=True, recovery_extra=2.0, extra=4.5, fails_over=True),
     _fault("failover", faultlib.graceful_failover, "CLUSTER FAILOVER of a shard (lossless)",
            needs_local=True, hold=0.0),
     _fault("restart-primary", faultlib.restart_primary,
