@@ -386,19 +386,25 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def run_worker(module: str, args: Sequence[str], budget: float) -> dict[str, Any]:
-    """Run ``python -m module args...`` and return the JSON of its last stdout line.
+#: The client name of ``trio-cluster`` measured from another checkout (``--baseline``).
+BASELINE = "trio-cluster-baseline"
+
+
+async def run_worker(
+    module: str, args: Sequence[str], budget: float, root: Path = REPO_ROOT
+) -> dict[str, Any]:
+    """Run ``python -m module args...`` in the checkout at ``root`` (its ``trio_cluster`` and
+    its benchmark scripts: another checkout measures an older commit) and return the JSON of
+    its last stdout line.
 
     The process is killed if it outlives ``budget`` seconds; failures come back as
     ``{"error": ...}``.
     """
     command = [sys.executable, "-m", module, *args]
-    env = dict(
-        os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    )
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with trio.move_on_after(budget) as scope:
         done = await trio.run_process(
-            command, capture_stdout=True, capture_stderr=True, check=False, cwd=REPO_ROOT, env=env
+            command, capture_stdout=True, capture_stderr=True, check=False, cwd=root, env=env
         )
     if scope.cancelled_caught:
         return {"error": f"worker timed out after {budget:.0f} s"}
@@ -497,8 +503,11 @@ async def run_rounds(
         for shape in shapes:
             shift = round_ % len(clients)
             for client in clients[shift:] + clients[:shift]:
+                root, worker = REPO_ROOT, client
+                if client == BASELINE:  # the default mode, from the other checkout
+                    root, worker = Path(args.baseline), "trio-cluster"
                 record = await run_worker(
-                    module, ["--worker", client, "--shape", shape, *common], timeout
+                    module, ["--worker", worker, "--shape", shape, *common], timeout, root
                 )
                 samples[client][shape].append(record)
                 shown = record.get("error") or f"{record.get('ops_per_s')} ops/s"

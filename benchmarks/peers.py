@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 from benchmarks._common import (
+    BASELINE,
     SHAPES,
     VALUE,
     Address,
@@ -71,6 +72,7 @@ CLIENTS = (
     "trio-cluster-ap",
     "trio-cluster-metrics",  # OpenTelemetry metrics on (only when named)
     "trio-cluster-otel",  # metrics and a span per command (only when named)
+    BASELINE,  # the default mode from another checkout (--baseline)
 )
 #: Run unless ``--clients`` says otherwise (coredis is slow and not a target of issue 17).
 DEFAULT_CLIENTS = ("raw", "redis-py", "glide", "trio-cluster", "trio-cluster-ap")
@@ -282,6 +284,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
     clients: list[str] = args.clients
     shapes: list[str] = args.shapes
+    if (BASELINE in clients) != bool(args.baseline):
+        raise SystemExit(f"--baseline CHECKOUT and --clients ... {BASELINE} go together")
     started = time.monotonic()
     progress("starting the cluster ...")
     async with LocalCluster(masters=3, replicas_per_master=1) as cluster:
@@ -351,6 +355,9 @@ def _ratios(results: dict[str, dict[str, Any]], *, paired: bool = True) -> dict[
         if variant in results and "trio-cluster" in results:
             for shape in shapes:
                 out[f"{label}_on_over_off_{shape}"] = over(variant, "trio-cluster", shape)
+    if BASELINE in results and "trio-cluster" in results:
+        for shape in shapes:
+            out[f"trio_cluster_over_baseline_{shape}"] = over("trio-cluster", BASELINE, shape)
     for shape in shapes:
         out[f"redis_py_over_raw_{shape}"] = over("redis-py", "raw", shape)
         out[f"p99_ms_{shape}"] = {c: figure(results, c, shape, "p99_ms") for c in results}
@@ -399,6 +406,12 @@ def options() -> argparse.ArgumentParser:
         "--read-spin",
         type=int,
         help="trio-cluster's read_spin option (default: the client's own default)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help=f"a checkout of another commit (e.g. a git worktree): its default mode is measured"
+        f" as {BASELINE} (add it to --clients), to compare two commits in one run",
     )
     parser.add_argument("--nodes", help=argparse.SUPPRESS)
     parser.add_argument("--slots", help=argparse.SUPPRESS)
