@@ -11,6 +11,7 @@ real pool, breaker, slot map, router and policy run on top, only the socket is r
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -178,6 +179,7 @@ class FakeConn:
         self.owed_replies = 0
         self.broken = False
         self.out_of_step = False
+        self.relaxed_until = -math.inf  # no maintenance notice relaxes a fake's timeouts
         self.client_id: int | None = self.id
         self._queued: list[Any] | None = None  # inside MULTI: the replies EXEC will give
 

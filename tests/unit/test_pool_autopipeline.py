@@ -5,6 +5,7 @@ stage, failures confined to one batch, and closing."""
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,6 +39,7 @@ class EchoConn:
 
     def __init__(self, log: list[list[bytes]]) -> None:
         self.id = next(_ids)
+        self.relaxed_until = -math.inf
         self.state = ConnStateMachine()
         self.state.transition(ConnState.INITIALIZING)
         self.state.transition(ConnState.IDLE)

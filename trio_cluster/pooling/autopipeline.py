@@ -54,6 +54,9 @@ _GONE = 2  # cancelled while queued: never sent
 class PipelinedConnection(Protocol):
     """What the pipeliner needs from a pooled connection."""
 
+    relaxed_until: float
+    """Until when a maintenance notice relaxed its timeouts (a slow reply is expected)."""
+
     async def execute_encoded(self, data: bytes, count: int) -> list[Any]:
         """Write ``count`` encoded commands at once; their replies in order (errors as values)."""
         ...
@@ -264,8 +267,11 @@ class AutoPipeliner:
             return
         finally:
             pool.put(conn)
-        if breaker is not None and breaker.record_reply(sent_at, len(calls)) and self._queue:
-            self._refuse_queued(breaker)  # too slow: it may have opened the breaker
+        if breaker is not None:
+            if conn.relaxed_until > sent_at:  # a node under maintenance: slow is expected
+                breaker.record(None)
+            elif breaker.record_reply(sent_at, len(calls)) and self._queue:
+                self._refuse_queued(breaker)  # too slow: it may have opened the breaker
         for call, reply in zip(calls, replies, strict=True):
             _deliver(call, reply)
 

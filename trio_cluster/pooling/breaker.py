@@ -4,7 +4,8 @@ CLOSED: calls pass; ``failure_threshold`` consecutive failures open it (a timeou
 per command it held: a batch that timed out is that many unanswered commands; a reply slower
 than ``slow_reply`` counts as a failure while another node of the client answers faster: an
 outlier, in the manner of Envoy's outlier detection; ``failure_threshold`` outliers within
-four times ``slow_reply`` open it).  Opening it fails the calls parked for one of the node's
+four times ``slow_reply`` open it; not on a connection whose timeouts a maintenance notice
+relaxed).  Opening it fails the calls parked for one of the node's
 connections (``on_open``).  OPEN: calls fail at
 once with :class:`CircuitOpenError` (a ``ConnectionError`` that proves nothing was sent, so the
 cluster client retries elsewhere after a topology refresh) until ``cooldown`` seconds pass

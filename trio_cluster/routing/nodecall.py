@@ -158,7 +158,9 @@ async def call(
         return await pipeliner.execute(args)
     conn = await take_connection(node)
     started = trio.current_time()
-    timed = True  # whether the reply's time says something about the node
+    # Whether the reply's time says something about the node: not under a maintenance
+    # notice (its relaxed timeouts expect slow replies), a blocking command or a script.
+    timed = conn.relaxed_until <= started
     try:
         if asking:
             reply = (await conn.execute_many([("ASKING",), args]))[1]
