@@ -39,6 +39,8 @@ import hiredis
 import trio
 from redis.crc import key_slot
 
+from benchmarks import BASELINE_ENV
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KEY_COUNT = 10_000
 VALUE_SIZE = 64
@@ -144,6 +146,7 @@ class _Run:
         self.commands = 0
         self.window = 0.0
         self.started = 0.0
+        self.cpu_started = self.cpu = 0.0
 
     async def one_by_one(self, seed: int, get: GetFn, set_: SetFn) -> None:
         """One task of the ``tasks*`` shapes: random key, GET or SET with equal odds."""
@@ -177,11 +180,13 @@ class _Run:
         gc.collect()
         self.measuring = True
         self.started = time.perf_counter()
+        self.cpu_started = time.process_time()
 
     def end(self) -> None:
         """End the measured window and tell the tasks to stop."""
         self.measuring, self.stop = False, True
         self.window = time.perf_counter() - self.started
+        self.cpu = time.process_time() - self.cpu_started
 
     def result(self) -> dict[str, Any]:
         """Throughput and latency percentiles of the measured window."""
@@ -194,6 +199,9 @@ class _Run:
             "ops": ops,
             "seconds": round(self.window, 3),
             "ops_per_s": round(ops / self.window, 1) if self.window else 0.0,
+            # The client process's CPU (all its threads) per operation: steadier than ops/s
+            # on a busy machine, and what a client's own overhead adds to.
+            "cpu_us_per_op": round(self.cpu / ops * 1e6, 2) if ops else None,
             "p50_ms": _ms(percentile(ordered, 50)),
             "p99_ms": _ms(percentile(ordered, 99)),
         }
@@ -391,20 +399,24 @@ BASELINE = "trio-cluster-baseline"
 
 
 async def run_worker(
-    module: str, args: Sequence[str], budget: float, root: Path = REPO_ROOT
+    module: str, args: Sequence[str], budget: float, library: Path | None = None
 ) -> dict[str, Any]:
-    """Run ``python -m module args...`` in the checkout at ``root`` (its ``trio_cluster`` and
-    its benchmark scripts: another checkout measures an older commit) and return the JSON of
-    its last stdout line.
+    """Run ``python -m module args...`` and return the JSON of its last stdout line;
+    ``library``: a checkout whose ``trio_cluster`` the worker imports instead of this one
+    (``benchmarks.BASELINE_ENV``).
 
     The process is killed if it outlives ``budget`` seconds; failures come back as
     ``{"error": ...}``.
     """
     command = [sys.executable, "-m", module, *args]
-    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    if library is not None:
+        env[BASELINE_ENV] = str(library)
     with trio.move_on_after(budget) as scope:
         done = await trio.run_process(
-            command, capture_stdout=True, capture_stderr=True, check=False, cwd=root, env=env
+            command, capture_stdout=True, capture_stderr=True, check=False, cwd=REPO_ROOT, env=env
         )
     if scope.cancelled_caught:
         return {"error": f"worker timed out after {budget:.0f} s"}
@@ -479,6 +491,9 @@ def measure(record: dict[str, Any], run: Callable[[], dict[str, Any]]) -> dict[s
     ``error`` (traceback on stderr), so the parent goes on with the other measurements."""
     try:
         record.update(run())
+        library = sys.modules.get("trio_cluster")
+        if library is not None and library.__file__:  # which checkout was measured
+            record["library"] = str(Path(library.__file__).parent.parent)
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         record["error"] = f"{type(exc).__name__}: {exc}"
@@ -503,11 +518,11 @@ async def run_rounds(
         for shape in shapes:
             shift = round_ % len(clients)
             for client in clients[shift:] + clients[:shift]:
-                root, worker = REPO_ROOT, client
-                if client == BASELINE:  # the default mode, from the other checkout
-                    root, worker = Path(args.baseline), "trio-cluster"
+                library, worker = None, client
+                if client == BASELINE:  # the default mode, with the other checkout's library
+                    library, worker = Path(args.baseline), "trio-cluster"
                 record = await run_worker(
-                    module, ["--worker", worker, "--shape", shape, *common], timeout, root
+                    module, ["--worker", worker, "--shape", shape, *common], timeout, library
                 )
                 samples[client][shape].append(record)
                 shown = record.get("error") or f"{record.get('ops_per_s')} ops/s"
@@ -550,7 +565,7 @@ def summarize(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "ops_per_s": round(statistics.median(s["ops_per_s"] for s in good), 1),
         "rounds_ops_per_s": [s["ops_per_s"] for s in good],
     }
-    for field in ("p50_ms", "p99_ms"):
+    for field in ("p50_ms", "p99_ms", "cpu_us_per_op"):
         values = [s[field] for s in good if s.get(field) is not None]
         summary[field] = round(statistics.median(values), 3) if values else None
     summary["rounds_p99_ms"] = [s.get("p99_ms") for s in good]

@@ -358,6 +358,15 @@ def _ratios(results: dict[str, dict[str, Any]], *, paired: bool = True) -> dict[
     if BASELINE in results and "trio-cluster" in results:
         for shape in shapes:
             out[f"trio_cluster_over_baseline_{shape}"] = over("trio-cluster", BASELINE, shape)
+            out[f"cpu_per_op_trio_cluster_over_baseline_{shape}"] = over(
+                "trio-cluster", BASELINE, shape, "cpu_us_per_op"
+            )
+    for variant, label in (("trio-cluster-metrics", "metrics"), ("trio-cluster-otel", "otel")):
+        if variant in results and "trio-cluster" in results:
+            for shape in shapes:
+                out[f"cpu_per_op_{label}_on_over_off_{shape}"] = over(
+                    variant, "trio-cluster", shape, "cpu_us_per_op"
+                )
     for shape in shapes:
         out[f"redis_py_over_raw_{shape}"] = over("redis-py", "raw", shape)
         out[f"p99_ms_{shape}"] = {c: figure(results, c, shape, "p99_ms") for c in results}

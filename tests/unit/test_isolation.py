@@ -24,6 +24,7 @@ from trio_cluster.routing.isolation import (
     cluster_sees_failing,
     failover_eta,
 )
+from trio_cluster.routing.router import REFUSALS_PER_CHECKPOINT
 from trio_cluster.routing.topology import Shard, Topology
 
 A, B, C = (shard[0] for shard in THREE)
@@ -501,3 +502,39 @@ async def test_a_pool_at_max_active_says_nothing_about_the_node(
                     nursery.start_soon(one)
             assert errors  # (an unsent one may be retried, after a backoff, and succeed)
             assert cluster.node(A).breaker.state is BreakerState.CLOSED
+
+
+async def test_a_loop_of_refused_calls_lets_the_others_run_and_can_be_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A refusal skips most checkpoints (they are its largest cost), not all: a task that
+    retries a known-bad node's key in a tight loop neither starves the others nor escapes
+    its cancel scope."""
+    with trio.fail_after(60):
+        breaker = BreakerOptions(failure_threshold=1, cooldown=600.0)
+        async with fake_cluster(THREE, breaker=breaker) as cluster:
+            cluster[A].down = True
+            with pytest.raises(rex.ConnectionError):
+                await cluster.run("GET", key_on(0))
+            others_ran = trio.Event()
+            refused = 0
+
+            async def spin() -> None:
+                nonlocal refused
+                while True:  # no checkpoint of its own
+                    try:
+                        await cluster.run("GET", key_on(0))
+                    except CircuitOpenError:
+                        refused += 1
+
+            async def other() -> None:
+                await trio.lowlevel.checkpoint()
+                others_ran.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(spin)
+                nursery.start_soon(other)
+                await others_ran.wait()
+                assert 0 < refused <= 2 * REFUSALS_PER_CHECKPOINT
+                nursery.cancel_scope.cancel()  # reaches the spinning task: the nursery ends
+            assert nursery.cancel_scope.cancelled_caught

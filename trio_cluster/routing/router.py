@@ -29,7 +29,10 @@ from .slotmap import Node, ReadFrom, SlotMap
 from .specs import CommandSpec, CommandSpecs
 from .topology import Address
 
-__all__ = ["Router", "cross_slot_message"]
+__all__ = ["REFUSALS_PER_CHECKPOINT", "Router", "cross_slot_message"]
+
+#: Refusals of commands for known-bad nodes per checkpoint (see ``Router._isolated_refusal``).
+REFUSALS_PER_CHECKPOINT = 8
 
 
 class Router:
@@ -118,7 +121,12 @@ class Router:
         refusal = node.breaker.refusal()
         if refusal is not None:
             self.policy.isolated += 1
-            await trio.lowlevel.checkpoint()  # a loop of refused calls still lets others run
+            # A call that raises need not checkpoint (trio's own functions may not), but a
+            # loop of refused calls must still let the others run and see its cancellation:
+            # every REFUSALS_PER_CHECKPOINT-th refusal checkpoints.  A checkpoint is a trip
+            # through the scheduler, the largest part of a refusal's cost.
+            if not self.policy.isolated % REFUSALS_PER_CHECKPOINT:
+                await trio.lowlevel.checkpoint()
         return refusal
 
     async def on_slot(
