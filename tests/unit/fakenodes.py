@@ -180,6 +180,7 @@ class FakeConn:
         self.broken = False
         self.out_of_step = False
         self.relaxed_until = -math.inf  # no maintenance notice relaxes a fake's timeouts
+        self.sent_at = 0.0
         self.client_id: int | None = self.id
         self._queued: list[Any] | None = None  # inside MULTI: the replies EXEC will give
 
@@ -213,6 +214,7 @@ class FakeConn:
         slow) raises ``ReadTimeoutError`` and breaks the connection, as a real one does."""
         if self.broken:
             raise mark_unsent(rex.ConnectionError(f"connection {self.id} is closed"))
+        self.sent_at = trio.current_time()
         self.owed_replies += len(commands)
         timeout = self.config.read_timeout
         replies: list[Any] = []

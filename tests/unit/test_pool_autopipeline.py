@@ -40,6 +40,7 @@ class EchoConn:
     def __init__(self, log: list[list[bytes]]) -> None:
         self.id = next(_ids)
         self.relaxed_until = -math.inf
+        self.sent_at = 0.0
         self.state = ConnStateMachine()
         self.state.transition(ConnState.INITIALIZING)
         self.state.transition(ConnState.IDLE)
@@ -65,6 +66,7 @@ class EchoConn:
         reader = hiredis.Reader()
         reader.feed(data)
         commands = [reader.gets() for _ in range(count)]
+        self.sent_at = trio.current_time()
         assert reader.gets() is False  # exactly ``count`` commands were written
         self.log.append([c[1] for c in commands])
         self.owed_replies += count

@@ -79,6 +79,7 @@ class Connection(ReplyStream):
         "protocol",
         "relaxed_timeout",
         "relaxed_until",
+        "sent_at",
         "state",
     )
 
@@ -110,6 +111,8 @@ class Connection(ReplyStream):
         self.watchdog: Watchdog | None = None
         #: When the command in flight times out (trio clock); read by the watchdog.
         self.io_deadline = math.inf
+        #: When the last round trip was written (trio clock): its reply's time counts from here.
+        self.sent_at = 0.0
         self._timed_out = False
         self._spin_misses = 0
         #: Where a pending endpoint handoff should move this connection (set by the handoff
@@ -289,7 +292,7 @@ class Connection(ReplyStream):
                 ConnectionClosedError(f"connection {self.id} to {self.config.address} is closed")
             )
         config = self.config
-        now = trio.current_time()
+        now = self.sent_at = trio.current_time()
         write_timeout = config.write_timeout
         read_timeout = config.read_timeout
         if now < self.relaxed_until:
@@ -307,7 +310,7 @@ class Connection(ReplyStream):
         writing = True
         try:
             if not await self._send(data, count):
-                now = trio.current_time()  # the write had to wait
+                now = self.sent_at = trio.current_time()  # the write had to wait
             writing = False
             if read_timeout is None:
                 self.io_deadline = math.inf
@@ -350,8 +353,9 @@ class Connection(ReplyStream):
         with scope:
             await self._send(data, count)
             writing = False
+            self.sent_at = trio.current_time()
             if read_timeout is not None:
-                scope.deadline = trio.current_time() + read_timeout + blocks_for
+                scope.deadline = self.sent_at + read_timeout + blocks_for
             else:
                 scope.deadline = math.inf
             for _ in range(count):

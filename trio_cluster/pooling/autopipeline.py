@@ -56,6 +56,8 @@ class PipelinedConnection(Protocol):
 
     relaxed_until: float
     """Until when a maintenance notice relaxed its timeouts (a slow reply is expected)."""
+    sent_at: float
+    """When its last round trip was written."""
 
     async def execute_encoded(self, data: bytes, count: int) -> list[Any]:
         """Write ``count`` encoded commands at once; their replies in order (errors as values)."""
@@ -245,7 +247,6 @@ class AutoPipeliner:
             return
         self.batches += 1
         self.commands += len(calls)
-        sent_at = trio.current_time()
         try:
             replies = await conn.execute_encoded(b"".join([c.data for c in calls]), len(calls))
         except BaseException as exc:
@@ -268,9 +269,9 @@ class AutoPipeliner:
         finally:
             pool.put(conn)
         if breaker is not None:
-            if conn.relaxed_until > sent_at:  # a node under maintenance: slow is expected
+            if conn.relaxed_until > conn.sent_at:  # a node under maintenance: slow expected
                 breaker.record(None)
-            elif breaker.record_reply(sent_at, len(calls)) and self._queue:
+            elif breaker.record_reply(conn.sent_at, len(calls)) and self._queue:
                 self._refuse_queued(breaker)  # too slow: it may have opened the breaker
         for call, reply in zip(calls, replies, strict=True):
             _deliver(call, reply)

@@ -157,10 +157,7 @@ async def call(
     ):
         return await pipeliner.execute(args)
     conn = await take_connection(node)
-    started = trio.current_time()
-    # Whether the reply's time says something about the node: not under a maintenance
-    # notice (its relaxed timeouts expect slow replies), a blocking command or a script.
-    timed = conn.relaxed_until <= started
+    timed = True  # whether the reply's time says something about the node
     try:
         if asking:
             reply = (await conn.execute_many([("ASKING",), args]))[1]
@@ -182,13 +179,14 @@ async def call(
         raise
     finally:
         node.pool.put(conn)
-    if timed:
-        breaker.record_reply(started)
+    # Not under a maintenance notice either: its relaxed timeouts expect slow replies.
+    if timed and conn.relaxed_until <= conn.sent_at:
+        breaker.record_reply(conn.sent_at)
     else:
         breaker.record(None)
     if measure:
         now = trio.current_time()
-        node.record_latency(now - started, now)
+        node.record_latency(now - conn.sent_at, now)
     return reply
 
 
