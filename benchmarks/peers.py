@@ -72,7 +72,14 @@ CLIENTS = (
     "trio-cluster-ap",
     "trio-cluster-metrics",  # OpenTelemetry metrics on (only when named)
     "trio-cluster-otel",  # metrics and a span per command (only when named)
+    "trio-cluster-otel-1pct",  # the same, the spans sampled at 1 % (only when named)
     BASELINE,  # the default mode from another checkout (--baseline)
+)
+#: The telemetry variants of the default mode, and their labels in the ratios (on over off).
+VARIANTS = (
+    ("trio-cluster-metrics", "metrics"),
+    ("trio-cluster-otel", "otel"),
+    ("trio-cluster-otel-1pct", "otel_1pct"),
 )
 #: Run unless ``--clients`` says otherwise (coredis is slow and not a target of issue 17).
 DEFAULT_CLIENTS = ("raw", "redis-py", "glide", "trio-cluster", "trio-cluster-ap")
@@ -175,7 +182,8 @@ async def open_trio_cluster(
     (``read_spin``: the client's option, its default when None).  ``telemetry``:
     ``"metrics"`` records trio-cluster's OpenTelemetry metrics into an SDK MeterProvider (read
     at the end, as a periodic exporter would between intervals), ``"all"`` also a span per
-    command through the SDK's batch processor into an exporter that drops them."""
+    command through the SDK's batch processor into an exporter that drops them,
+    ``"sampled"`` the same with 1 % of the traces sampled (``TraceIdRatioBased(0.01)``)."""
     from trio_cluster import ClusterClient, PoolOptions
 
     spin: dict[str, Any] = {} if read_spin is None else {"read_spin": read_spin}
@@ -208,13 +216,18 @@ def _instrument(client: Any, telemetry: str) -> list[Any]:
             return SpanExportResult.SUCCESS
 
     meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    tracers = TracerProvider()
+    if telemetry == "sampled":  # what a busy service runs: 1 % of the traces recorded
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        tracers = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01)))
+    else:
+        tracers = TracerProvider()
     tracers.add_span_processor(BatchSpanProcessor(Drop()))
     instrument_client(
         client,
         meter_provider=meters,
         tracer_provider=tracers,
-        tracing=telemetry == "all",
+        tracing=telemetry in ("all", "sampled"),
     )
     return [meters, tracers]
 
@@ -268,6 +281,9 @@ def worker_main(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "trio-cluster-otel": lambda shape: trio.run(
             trio_cluster_worker, shape, nodes, *timing, False, spin, "all"
+        ),
+        "trio-cluster-otel-1pct": lambda shape: trio.run(
+            trio_cluster_worker, shape, nodes, *timing, False, spin, "sampled"
         ),
     }
     return measure_worker(
@@ -351,7 +367,7 @@ def _ratios(results: dict[str, dict[str, Any]], *, paired: bool = True) -> dict[
             if "glide" in results:
                 out[f"{label}_over_glide_{shape}"] = over(mode, "glide", shape)
                 out[f"p99_{label}_over_glide_{shape}"] = over(mode, "glide", shape, "p99_ms")
-    for variant, label in (("trio-cluster-metrics", "metrics"), ("trio-cluster-otel", "otel")):
+    for variant, label in VARIANTS:
         if variant in results and "trio-cluster" in results:
             for shape in shapes:
                 out[f"{label}_on_over_off_{shape}"] = over(variant, "trio-cluster", shape)
@@ -361,7 +377,7 @@ def _ratios(results: dict[str, dict[str, Any]], *, paired: bool = True) -> dict[
             out[f"cpu_per_op_trio_cluster_over_baseline_{shape}"] = over(
                 "trio-cluster", BASELINE, shape, "cpu_us_per_op"
             )
-    for variant, label in (("trio-cluster-metrics", "metrics"), ("trio-cluster-otel", "otel")):
+    for variant, label in VARIANTS:
         if variant in results and "trio-cluster" in results:
             for shape in shapes:
                 out[f"cpu_per_op_{label}_on_over_off_{shape}"] = over(
