@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from trio_cluster.chaos.invariants import (
     GAP_SLACK,
@@ -17,7 +18,7 @@ from trio_cluster.chaos.invariants import (
     in_flight,
     pubsub_tally,
 )
-from trio_cluster.chaos.pubsubload import PubSubLoad, PubSubRunner
+from trio_cluster.chaos.pubsubload import QUIET, PubSubLoad, PubSubRunner
 from trio_cluster.chaos.records import (
     Delivery,
     Op,
@@ -403,3 +404,47 @@ def test_a_gap_with_no_delivery_since_the_resubscription_counts_from_it() -> Non
     assert _lost_twice(None).names(FAULT) == set()
     # Alive as of a message published at 8.5: one published at 7.0 was not lost with it.
     assert _lost_twice(7.0 + GAP_SLACK + 0.5).names(FAULT) == {"pubsub-after-resubscribe"}
+
+
+async def _drain_while_arriving(spec: PubSubLoad, arrivals: int) -> tuple[PubSubRunner, float]:
+    """Publishing has stopped, 1000 deliveries are due (some were lost) and ``arrivals``
+    more arrive, one every 0.1 s (a consumer that lags): the runner after its drain, and how
+    long the drain took."""
+    runner = PubSubRunner(spec, "p", 1, RunRecord(), lambda: None)  # type: ignore[arg-type,return-value]  # fmt: skip
+    runner._due = 1000
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+
+        async def arrive() -> None:
+            for seq in range(arrivals):
+                await trio.sleep(0.1)
+                runner.data.deliveries.append(Delivery(0, seq, trio.current_time(), "message",
+                                                       A, A, 7, seq))  # fmt: skip
+
+        nursery.start_soon(arrive)
+        await runner._drain()
+        nursery.cancel_scope.cancel()
+    return runner, trio.current_time() - start
+
+
+async def test_drain_waits_for_a_lagging_consumer_to_catch_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Messages still buffered when the subscribers stop count as lost: the drain lasts as
+    long as messages keep arriving (10 s here), and ends QUIET s after the last one."""
+    with trio.fail_after(60):
+        runner, took = await _drain_while_arriving(PubSubLoad(), 100)
+    assert len(runner.data.deliveries) == 100
+    assert 10.0 + QUIET <= took < 10.0 + QUIET + 0.2
+    assert runner.data.notes == []
+
+
+async def test_drain_stops_at_its_bound_and_says_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        runner, took = await _drain_while_arriving(PubSubLoad(drain=3.0), 100)
+    assert took == pytest.approx(3.0, abs=0.1)
+    assert len(runner.data.deliveries) < 100
+    (note,) = runner.data.notes
+    assert "drain stopped after 3 s" in note and "of 1000 due" in note
