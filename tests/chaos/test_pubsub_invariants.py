@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from trio_cluster.chaos.invariants import (
     GAP_SLACK,
@@ -17,7 +18,7 @@ from trio_cluster.chaos.invariants import (
     in_flight,
     pubsub_tally,
 )
-from trio_cluster.chaos.pubsubload import PubSubLoad, PubSubRunner
+from trio_cluster.chaos.pubsubload import QUIET, PubSubLoad, PubSubRunner
 from trio_cluster.chaos.records import (
     Delivery,
     Op,
@@ -338,22 +339,112 @@ def test_pubsub_load_is_validated() -> None:
     assert PubSubLoad(subscribers=10, channels=20).stride == 2
 
 
-def test_slack_before_a_gap_grows_with_the_runs_in_flight_time() -> None:
-    """A message still in flight when the fault cut the connection is lost with it: the
-    slack before the gap is GAP_SLACK plus the p99 delivery time measured before the fault."""
+def _lagging(book: Book) -> None:
+    """Subscriber 0 keeps up (200 messages on s before the fault, 2 ms each: the run's
+    in-flight time stays small); subscriber 1's consumer lags 3.6 s behind on b: it takes the
+    messages published at 4.0 and 4.5 at 8.0 and 8.1, and the gap of the connection the
+    fault cut at 5.0 only at 8.5 (the server's output buffer was lost with it)."""
+    for seq in range(200):
+        book.publish(S, 9, seq, 2.0 + seq / 100)
+        book.deliver(0, S, 9, seq, 2.002 + seq / 100)
+    book.publish(B, 8, 1, 4.0)
+    book.publish(B, 8, 2, 4.5)
+    book.deliver(1, B, 8, 1, 8.0)
+    book.deliver(1, B, 8, 2, 8.1)
+    book.event(1, 8.5, "gap", (A, B))
+    book.event(1, 9.0, "subscribe", (A,))
+    book.event(1, 9.0, "subscribe", (B,))
+
+
+def test_a_gap_taken_late_explains_what_the_server_held_since_the_last_delivery() -> None:
+    """A loss counts from the last message the subscription delivered before its gap (the
+    stream's order), not from when a lagging consumer took the gap event."""
+    book = Book()
+    book.clean()
+    _lagging(book)
+    book.publish(B, 8, 3, 4.6)  # held by the server when the connection was cut
+    book.publish(B, 8, 4, 5.5)  # published while the subscription was down
+    assert in_flight(book.record, FAULT[0].start) < 0.01
+    assert book.names(FAULT) == set()
+    tally = pubsub_tally(book.record)
+    assert len(tally.lost) == len(tally.lost_in_gap) == 2
+    assert tally.down[(1, B)] == [(4.5 - GAP_SLACK, 9.0)]
+
+
+def test_a_loss_older_than_the_last_delivery_before_the_gap_fails() -> None:
+    """One connection delivers in the server's order: a message published more than
+    GAP_SLACK before one the subscription delivered was not lost with it."""
+    book = Book()
+    book.clean()
+    _lagging(book)
+    book.publish(B, 8, 5, 4.5 - GAP_SLACK - 0.2)
+    assert book.names(FAULT) == {"pubsub-gap-for-loss"}
+
+
+def _lost_twice(delivered_at: float | None) -> Book:
+    """Subscriber 1 is down at 5.5, back at 6.5, down again at 9.0 (back at 9.5), and misses
+    a message on b published at 7.0; if ``delivered_at``, it got one published then on b
+    before the second gap."""
     book = Book()
     book.clean()
     _failover(book)
-    early = 5.5 - GAP_SLACK - 0.8  # published 1.8 s before the gap was seen
-    book.publish(B, 7, 80, early)
-    assert book.names(FAULT) == {"pubsub-gap-for-loss"}  # deliveries took 1 ms: no excuse
-    slow = Book()
-    slow.clean()
-    for seq in range(100):  # before the fault, messages took 1.2 s to arrive
-        slow.publish(A, 8, seq, 1.0 + seq / 100)
-        slow.deliver(0, A, 8, seq, 2.2 + seq / 100)
-        slow.deliver(1, A, 8, seq, 2.2 + seq / 100)
-    assert in_flight(slow.record, FAULT[0].start) == pytest.approx(1.2)
-    _failover(slow)
-    slow.publish(B, 7, 80, early)
-    assert slow.names(FAULT) == set()
+    if delivered_at is not None:
+        book.publish(B, 7, 91, delivered_at)
+        book.deliver(1, B, 7, 91, delivered_at + 0.01)
+    book.event(1, 9.0, "gap", (A, B))
+    book.event(1, 9.5, "subscribe", (A,))
+    book.event(1, 9.5, "subscribe", (B,))
+    book.publish(B, 7, 90, 7.0)
+    return book
+
+
+def test_a_gap_with_no_delivery_since_the_resubscription_counts_from_it() -> None:
+    """With no message delivered since its last confirmation, a subscription is known alive
+    only as of that confirmation: the next gap's window starts there."""
+    assert _lost_twice(None).names(FAULT) == set()
+    # Alive as of a message published at 8.5: one published at 7.0 was not lost with it.
+    assert _lost_twice(7.0 + GAP_SLACK + 0.5).names(FAULT) == {"pubsub-after-resubscribe"}
+
+
+async def _drain_while_arriving(spec: PubSubLoad, arrivals: int) -> tuple[PubSubRunner, float]:
+    """Publishing has stopped, 1000 deliveries are due (some were lost) and ``arrivals``
+    more arrive, one every 0.1 s (a consumer that lags): the runner after its drain, and how
+    long the drain took."""
+    runner = PubSubRunner(spec, "p", 1, RunRecord(), lambda: None)  # type: ignore[arg-type,return-value]  # fmt: skip
+    runner._due = 1000
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+
+        async def arrive() -> None:
+            for seq in range(arrivals):
+                await trio.sleep(0.1)
+                runner.data.deliveries.append(Delivery(0, seq, trio.current_time(), "message",
+                                                       A, A, 7, seq))  # fmt: skip
+
+        nursery.start_soon(arrive)
+        await runner._drain()
+        nursery.cancel_scope.cancel()
+    return runner, trio.current_time() - start
+
+
+async def test_drain_waits_for_a_lagging_consumer_to_catch_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Messages still buffered when the subscribers stop count as lost: the drain lasts as
+    long as messages keep arriving (10 s here), and ends QUIET s after the last one."""
+    with trio.fail_after(60):
+        runner, took = await _drain_while_arriving(PubSubLoad(), 100)
+    assert len(runner.data.deliveries) == 100
+    assert 10.0 + QUIET <= took < 10.0 + QUIET + 0.2
+    assert runner.data.notes == []
+
+
+async def test_drain_stops_at_its_bound_and_says_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        runner, took = await _drain_while_arriving(PubSubLoad(drain=3.0), 100)
+    assert took == pytest.approx(3.0, abs=0.1)
+    assert len(runner.data.deliveries) < 100
+    (note,) = runner.data.notes
+    assert "drain stopped after 3 s" in note and "of 1000 due" in note

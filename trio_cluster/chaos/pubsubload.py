@@ -41,7 +41,8 @@ __all__ = ["PubSubLoad", "PubSubRunner"]
 
 #: Longest wait for every subscription to be confirmed before publishing starts anyway.
 SUBSCRIBE_TIMEOUT = 10.0
-#: The drain after the last publish ends once nothing has arrived for this long...
+#: The drain after the last publish ends once nothing has arrived for this long (every
+#: subscriber has caught up: what is missing by then was lost)...
 QUIET = 0.3
 _MESSAGES = frozenset({"message", "smessage", "pmessage"})
 _CONFIRMS = frozenset({"subscribe", "ssubscribe", "psubscribe"})
@@ -65,8 +66,11 @@ class PubSubLoad:
     publishers: int = 100
     interval: float = 0.010
     """Each publisher sleeps this long after each publish."""
-    drain: float = 2.0
-    """...or after this long at most."""
+    drain: float = 30.0
+    """...or after this long at most, even while messages still arrive.  A consumer that
+    lags holds seconds of messages (its PubSub's buffer, then the server's output buffer):
+    on a busy machine they take many seconds to read, and cutting the drain short would
+    count them as lost (a note says so when it happens)."""
     max_connections: int = 64
     """The client's ``max_pubsub_connections``."""
 
@@ -186,8 +190,8 @@ class PubSubRunner:
 
     async def _drain(self) -> None:
         """Wait until every due delivery arrived, nothing arrived for ``QUIET`` s, or
-        ``drain`` s passed."""
-        with trio.move_on_after(self.spec.drain):
+        ``drain`` s passed (noted: what was still buffered then counts as lost)."""
+        with trio.move_on_after(self.spec.drain) as scope:
             seen, since = len(self.data.deliveries), trio.current_time()
             while len(self.data.deliveries) < self._due:
                 await trio.sleep(0.05)
@@ -196,6 +200,12 @@ class PubSubRunner:
                     seen, since = len(self.data.deliveries), now
                 elif now - since >= QUIET:
                     return
+        if scope.cancelled_caught:
+            self.data.notes.append(
+                f"the drain stopped after {self.spec.drain:.0f} s with messages still arriving "
+                f"({len(self.data.deliveries)} deliveries of {self._due} due): those still "
+                "buffered count as lost"
+            )
 
     async def _publisher(self, rc: ClusterClient, k: int, stop: trio.Event) -> None:
         spec = self.spec

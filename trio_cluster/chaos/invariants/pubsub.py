@@ -2,8 +2,14 @@
 (:func:`pubsub_tally`), and checked for misdelivery, duplicates, order, losses outside a
 subscription's gap, gaps outside faults, and connections left open or over the bound.
 
-:func:`pubsub_findings` makes the one tally of a run (with the run's own in-flight time in its
-slacks); the checks and the report both read that tally.
+A subscriber's stream is read in its own order, never by the times its consumer took each
+item: a consumer that lags (the stream's buffer full, the server holding the rest) takes a gap
+event long after the connection was lost, and everything the server still held for that
+connection was lost with it.  What the stream order proves is when the subscription was last
+alive: the publish time of the last message it delivered before the gap.
+
+:func:`pubsub_findings` makes the one tally of a run (with the run's own in-flight time in the
+slack of its fault windows); the checks and the report both read that tally.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..records import Delivery, Publish, PubSubRecord, Window
+from ..records import Delivery, Publish, PubSubEvent, PubSubRecord, Window
 from .base import SHOWN, Violation
 from .timing import percentile
 
@@ -33,9 +39,9 @@ __all__ = [
     "pubsub_tally",
 ]
 
-#: A subscription may have been lost this long before its gap event reached the consumer (the
-#: client learns of a dead connection after the fact, and the consumer may lag a little).
-#: ``check_pubsub`` adds the run's own in-flight time (:func:`in_flight`).
+#: A message lost with a subscription may have been published this long before the last message
+#: that subscription delivered before its gap event: publishes running at once reach the
+#: server in any order, and a classic PUBLISH crosses the cluster bus to the subscriber's node.
 GAP_SLACK = 1.0
 #: Pub/sub losses and gaps may start this long before a fault window (the fault is applied a
 #: moment after its window opens); ``check_pubsub`` adds the run's in-flight time too.
@@ -62,8 +68,8 @@ class PubSubTally:
     lost: list[tuple[int, Publish]] = field(default_factory=list)
     """(subscriber, message) pairs expected and never received."""
     lost_in_gap: list[tuple[int, Publish]] = field(default_factory=list)
-    """Of ``lost``: published while that subscriber's subscription was down (between a gap
-    event, widened by ``GAP_SLACK``, and the confirmation of the resubscription)."""
+    """Of ``lost``: published while that subscriber's subscription may have been down (in
+    one of its ``down`` windows)."""
     gaps: int = 0
     duplicates: list[Delivery] = field(default_factory=list)
     misdelivered: list[tuple[Delivery, str]] = field(default_factory=list)
@@ -71,9 +77,13 @@ class PubSubTally:
     """Deliveries that came after a later message of the same publisher and channel (with
     the seq seen before), in one subscription epoch."""
     confirms: dict[_Key, list[float]] = field(default_factory=dict)
-    gap_times: dict[_Key, list[float]] = field(default_factory=dict)
+    down: dict[_Key, list[tuple[float, float]]] = field(default_factory=dict)
+    """(from, until) per gap event: the subscription was alive until ``from`` (its last sign
+    of life before the gap, less ``GAP_SLACK``) and subscribed again at ``until`` (its next
+    confirmation; infinity if none).  A lost message is explained by a window when it ended
+    at or after ``from`` and started at or before ``until``."""
     in_flight: float = 0.0
-    """The run's in-flight time (:func:`in_flight`) the slacks were widened by."""
+    """The run's in-flight time (:func:`in_flight`) the fault windows were widened by."""
 
 
 def _in_window(
@@ -85,8 +95,8 @@ def _in_window(
 def in_flight(record: PubSubRecord, before: float) -> float:
     """How long a message stays in flight in this run: the p99 of publish-to-delivery times
     of the messages published before ``before`` (the first fault).  A message still in flight
-    when a fault cuts its subscriber's connection is lost with it, so the slacks before a gap
-    and before a fault window grow by this much (on a busy machine it exceeds a second)."""
+    when a fault cuts its subscriber's connection is lost with it, so the slack before a fault
+    window grows by this much (on a busy machine it exceeds a second)."""
     sent = {(p.channel, p.publisher, p.seq): p.start for p in record.publishes if p.ok}
     times = sorted(
         d.at - start
@@ -101,70 +111,107 @@ def _confirmed_after(confirms: Sequence[float], t: float) -> float:
     return next((c for c in confirms if c >= t), math.inf)
 
 
+class _Downtimes:
+    """The ``down`` windows of one record, built while its streams are read in order.
+
+    A subscription shows it is alive by each message it delivers (as of that message's
+    publish time: one connection delivers in the order the server sent, so whatever reached
+    the server before it and was not delivered was not lost with a later cut) and by each
+    confirmation (as of the time the consumer took it: a message published earlier is due
+    only from the previous window, which ends there).  A gap event opens a window from the
+    last sign of life before it, less the slack; the channel's next confirmation closes it.
+    """
+
+    def __init__(self, slack: float) -> None:
+        self.slack = slack
+        self.alive: dict[_Key, float] = {}
+        self.windows: dict[_Key, list[list[float]]] = defaultdict(list)
+
+    def lived(self, key: _Key, t: float) -> None:
+        self.alive[key] = max(self.alive.get(key, -math.inf), t)
+
+    def gap(self, key: _Key) -> None:
+        self.windows[key].append([self.alive.get(key, -math.inf) - self.slack, math.inf])
+
+    def confirmed(self, key: _Key, t: float) -> None:
+        for window in self.windows.get(key, ()):
+            if window[1] == math.inf:
+                window[1] = t
+        self.lived(key, t)
+
+    def result(self) -> dict[_Key, list[tuple[float, float]]]:
+        return {key: [(lo, hi) for lo, hi in found] for key, found in self.windows.items()}
+
+
+def _published(
+    record: PubSubRecord, sent: dict[tuple[str, int, int], Publish], d: Delivery
+) -> Publish | str:
+    """The publish that delivery ``d`` gives, or why ``d`` is a misdelivery."""
+    kind = "smessage" if d.channel in record.sharded else "message"
+    published = sent.get((d.channel, d.publisher, d.seq))
+    if d.named is None:
+        return "not a payload any publisher sent"
+    if d.named != d.channel:
+        return f"its payload names channel {d.named}"
+    if d.channel not in record.subscriptions.get(d.subscriber, ()):
+        return "a channel this subscriber never subscribed to"
+    if d.kind != kind:
+        return f"a {d.kind} where a {kind} was due"
+    if published is None:
+        return f"publisher {d.publisher} never sent seq {d.seq} there"
+    return published
+
+
 def pubsub_tally(record: PubSubRecord, gap_slack: float = GAP_SLACK) -> PubSubTally:
-    """Account for every message of ``record`` (pure; the checkers and the report use it);
-    ``gap_slack``: how long before its gap event a subscription may have been lost."""
+    """Account for every message of ``record`` (pure; the checkers and the report use it),
+    reading each subscriber's stream in its order; ``gap_slack``: how much earlier than a
+    subscription's last sign of life before its gap a message lost with it may have been
+    published (see :class:`_Downtimes`)."""
     tally = PubSubTally()
     subscribers_of: dict[str, list[int]] = defaultdict(list)
     for subscriber, channels in record.subscriptions.items():
         for channel in channels:
             subscribers_of[channel].append(subscriber)
     confirms: dict[_Key, list[float]] = defaultdict(list)
-    gap_times: dict[_Key, list[float]] = defaultdict(list)
-    for event in record.events:
-        if event.kind in ("subscribe", "ssubscribe"):
-            for channel in event.channels:
-                confirms[(event.subscriber, channel)].append(event.at)
-        elif event.kind == "gap":
-            tally.gaps += 1
-            for channel in event.channels:
-                gap_times[(event.subscriber, channel)].append(event.at)
-    for times in (*confirms.values(), *gap_times.values()):
-        times.sort()
-    sent = {(p.channel, p.publisher, p.seq) for p in record.publishes}
+    downtimes = _Downtimes(gap_slack)
+    sent = {(p.channel, p.publisher, p.seq): p for p in record.publishes}
     received: set[tuple[int, str, int, int]] = set()
     tally.received = len(record.deliveries)
-    # Stream order per subscriber: deliveries and gap events share the position numbering.
-    stream: list[tuple[int, int, Delivery | None, tuple[str, ...]]] = [
-        (d.subscriber, d.pos, d, ()) for d in record.deliveries
-    ]
-    stream += [(e.subscriber, e.pos, None, e.channels) for e in record.events if e.kind == "gap"]
-    stream.sort(key=lambda item: (item[0], item[1]))
+    # Stream order per subscriber: deliveries and events share the position numbering.
+    stream: list[Delivery | PubSubEvent] = [*record.deliveries, *record.events]
+    stream.sort(key=lambda item: (item.subscriber, item.pos))
     epoch: Counter[_Key] = Counter()
     last: dict[tuple[int, str, int], tuple[int, int]] = {}
-    for subscriber, _, delivery, gap_channels in stream:
-        if delivery is None:
-            for channel in gap_channels:
-                epoch[(subscriber, channel)] += 1
+    for item in stream:
+        if isinstance(item, PubSubEvent):
+            tally.gaps += 1 if item.kind == "gap" else 0
+            for channel in item.channels:
+                at = (item.subscriber, channel)
+                if item.kind in ("subscribe", "ssubscribe"):
+                    confirms[at].append(item.at)
+                    downtimes.confirmed(at, item.at)
+                elif item.kind == "gap":
+                    epoch[at] += 1
+                    downtimes.gap(at)
             continue
-        d = delivery
-        wanted = record.subscriptions.get(subscriber, ())
-        kind = "smessage" if d.channel in record.sharded else "message"
-        reason = None
-        if d.named is None:
-            reason = "not a payload any publisher sent"
-        elif d.named != d.channel:
-            reason = f"its payload names channel {d.named}"
-        elif d.channel not in wanted:
-            reason = "a channel this subscriber never subscribed to"
-        elif d.kind != kind:
-            reason = f"a {d.kind} where a {kind} was due"
-        elif (d.channel, d.publisher, d.seq) not in sent:
-            reason = f"publisher {d.publisher} never sent seq {d.seq} there"
-        if reason is not None:
-            tally.misdelivered.append((d, reason))
+        d = item
+        published = _published(record, sent, d)
+        if isinstance(published, str):
+            tally.misdelivered.append((d, published))
             continue
-        key = (subscriber, d.channel, d.publisher, d.seq)
+        downtimes.lived((d.subscriber, d.channel), published.start)
+        key = (d.subscriber, d.channel, d.publisher, d.seq)
         if key in received:
             tally.duplicates.append(d)
             continue
         received.add(key)
-        current = epoch[(subscriber, d.channel)]
-        previous = last.get((subscriber, d.channel, d.publisher))
+        current = epoch[(d.subscriber, d.channel)]
+        previous = last.get((d.subscriber, d.channel, d.publisher))
         if previous is not None and previous[0] == current and d.seq < previous[1]:
             tally.reordered.append((d, previous[1]))
         else:
-            last[(subscriber, d.channel, d.publisher)] = (current, d.seq)
+            last[(d.subscriber, d.channel, d.publisher)] = (current, d.seq)
+    tally.down = downtimes.result()
     for p in record.publishes:
         if not p.ok:
             tally.failed_publishes += 1
@@ -179,15 +226,10 @@ def pubsub_tally(record: PubSubRecord, gap_slack: float = GAP_SLACK) -> PubSubTa
                 tally.received_due += 1
                 continue
             tally.lost.append((subscriber, p))
-            key2 = (subscriber, p.channel)
-            down = [
-                (g - gap_slack, _confirmed_after(confirms.get(key2, []), g))
-                for g in gap_times.get(key2, [])
-            ]
-            if any(lo <= p.start <= hi for lo, hi in down):
+            windows = tally.down.get((subscriber, p.channel), ())
+            if any(lo <= p.end and p.start <= hi for lo, hi in windows):
                 tally.lost_in_gap.append((subscriber, p))
     tally.confirms = dict(confirms)
-    tally.gap_times = dict(gap_times)
     return tally
 
 
@@ -244,18 +286,19 @@ def check_pubsub_losses(
     before: float = PUBSUB_WINDOW_SLACK,
 ) -> list[Violation]:
     """Every acknowledged message reached every subscriber of its channel, except messages
-    published while that subscriber's subscription was down: after a gap event it was sent
-    (widened by ``GAP_SLACK``) and before its resubscription was confirmed.  Such losses must
-    also fall in a fault window (widened by ``PUBSUB_WINDOW_SLACK`` before it and ``recovery``
-    after it).  Without faults nothing may be lost."""
+    published while that subscriber's subscription may have been down: after its last sign of
+    life before a gap event (widened by ``GAP_SLACK``) and before its resubscription was
+    confirmed (``PubSubTally.down``).  Such losses must also fall in a fault window (widened by
+    ``PUBSUB_WINDOW_SLACK`` before it and ``recovery`` after it).  Without faults nothing may
+    be lost."""
     in_gap = {(s, id(p)) for s, p in tally.lost_in_gap}
     no_gap: list[tuple[int, Publish]] = []
     after_resubscribe: list[tuple[int, Publish]] = []
     outside: list[tuple[int, Publish]] = []
     for subscriber, p in tally.lost:
         if (subscriber, id(p)) not in in_gap:
-            gaps = tally.gap_times.get((subscriber, p.channel), [])
-            (after_resubscribe if any(g <= p.start for g in gaps) else no_gap).append(
+            windows = tally.down.get((subscriber, p.channel), [])
+            (after_resubscribe if any(hi < p.start for _, hi in windows) else no_gap).append(
                 (subscriber, p)
             )
         elif _in_window(p.start, faults, recovery, before) is None:
@@ -359,11 +402,10 @@ def check_pubsub_connections(record: PubSubRecord) -> list[Violation]:
 
 
 def pubsub_findings(record: PubSubRecord, faults: Sequence[Window]) -> PubSubTally:
-    """The tally of a run: its in-flight time measured before the first fault, and the gap
-    slack widened by it."""
-    flight = in_flight(record, min((w.start for w in faults), default=math.inf))
-    tally = pubsub_tally(record, GAP_SLACK + flight)
-    tally.in_flight = flight
+    """The tally of a run, with its in-flight time measured before the first fault (which
+    widens the fault windows, not the gaps: those start from the stream's own evidence)."""
+    tally = pubsub_tally(record)
+    tally.in_flight = in_flight(record, min((w.start for w in faults), default=math.inf))
     return tally
 
 
@@ -374,7 +416,7 @@ def check_pubsub(
     tally: PubSubTally | None = None,
 ) -> list[Violation]:
     """Every pub/sub invariant; messages were published and every subscriber received some.
-    The slacks before gaps and fault windows grow by the run's own in-flight time.  ``tally``:
+    The slack before fault windows grows by the run's own in-flight time.  ``tally``:
     the run's :func:`pubsub_findings` (made here when not given)."""
     if tally is None:
         tally = pubsub_findings(record, faults)
