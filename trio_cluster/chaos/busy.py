@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             code = subprocess.call(command)
             took = time.monotonic() - started
             load = os.getloadavg()[0]
-            print(f"chaos.busy: run {run}/{args.repeat} beside {args.procs} CPU hogs on "
-                  f"{os.cpu_count()} cores: exit {code} in {took:.1f} s (load average "
+            print(f"trio_cluster.chaos.busy: run {run}/{args.repeat} beside {args.procs} CPU "
+                  f"hogs on {os.cpu_count()} cores: exit {code} in {took:.1f} s (load average "
                   f"{load:.1f})", file=sys.stderr, flush=True)  # fmt: skip
             if code != 0:
                 return code

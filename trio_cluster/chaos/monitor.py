@@ -79,7 +79,7 @@ class MetricsSink(Protocol):
 
     def observe(self, scenario: str, ops: Sequence[tuple[Op, str | None]]) -> None:
         """Operations that ended since the last call, each with its part (``healthy``,
-        ``faulted``, or None without a key: see ``chaos.invariants.Partition``)."""
+        ``faulted``, or None without a key: see ``trio_cluster.chaos.invariants.Partition``)."""
 
     def fault(self, scenario: str, name: str, hit: Hit, active: bool) -> None:
         """A fault is in progress (``active``), or has ended."""

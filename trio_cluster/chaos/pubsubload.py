@@ -1,6 +1,6 @@
 """The pub/sub load: subscribers (one ``PubSub`` each, on one client) and publishers whose
 every message names its channel, its publisher and the publisher's sequence number, so that
-each subscriber's stream can be checked exactly (``chaos.invariants.check_pubsub``).
+each subscriber's stream can be checked exactly (``trio_cluster.chaos.invariants.check_pubsub``).
 
 Some channels are shard channels (SSUBSCRIBE/SPUBLISH), chosen so that every primary owns at
 least one; the others are classic (SUBSCRIBE/PUBLISH).  Subscriber ``i`` takes

@@ -1,7 +1,7 @@
 """What a run records: one ``Op`` per command, read observations, windows and samples.
 
-These are plain data, so the invariant checkers (``chaos.invariants``) are pure functions over
-them and tests can feed them synthetic records.
+These are plain data, so the invariant checkers (``trio_cluster.chaos.invariants``) are pure
+functions over them and tests can feed them synthetic records.
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ class PubSubEvent:
 
 @dataclass
 class PubSubRecord:
-    """What the pub/sub load did and saw (``chaos.pubsubload``)."""
+    """What the pub/sub load did and saw (``trio_cluster.chaos.pubsubload``)."""
 
     subscriptions: dict[int, tuple[str, ...]] = field(default_factory=dict)
     """Subscriber -> the channels it subscribed to."""

@@ -57,7 +57,7 @@ class Scenario:
     """Load time for a steady workload with no faults and no op count."""
     recovery_extra: float = 0.0
     """Seconds added to the recovery bound the client's options imply
-    (``chaos.clientspec.recovery_bound``): the cluster's own reaction, e.g. gossiping a
+    (``trio_cluster.chaos.clientspec.recovery_bound``): the cluster's own reaction, e.g. gossiping a
     promotion."""
     needs_local: bool = False
     harness: Callable[[Environment], Harness] = Harness
@@ -69,7 +69,8 @@ class Scenario:
     origin: str = ""
     """The origin test this reproduces, and how it was scaled."""
     pubsub: PubSubLoad | None = None
-    """Subscribers and publishers running beside the workload (``chaos.pubsubload``)."""
+    """Subscribers and publishers running beside the workload
+    (``trio_cluster.chaos.pubsubload``)."""
     fails_over: bool = False
     """The fault ends in a failover the client may wait for in its last seconds
     (``RetryOptions.failover_wait``): the blast-radius bound allows that wait."""
@@ -110,8 +111,8 @@ SETS = (("set", 1.0),)
 #: beside it.
 SINGLE_NODE_HOLD = 5.0
 #: Load before the first fault: the baseline the fault is measured against (its first 0.2 s
-#: excluded; see ``chaos.invariants.timing.BASELINE_SKIP``).  Two seconds, so that a stall of
-#: this busy machine is a small part of it.
+#: excluded; see ``trio_cluster.chaos.invariants.timing.BASELINE_SKIP``).  Two seconds, so
+#: that a stall of this busy machine is a small part of it.
 FAULT_WARMUP = 2.0
 #: Maintenance notifications for the handoff scenario: a handoff timeout short enough to be a
 #: meaningful UNUSABLE bound, and a post-handoff relaxation over before the MIGRATING part.

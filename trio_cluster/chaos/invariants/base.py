@@ -1,5 +1,5 @@
 """What every checker shares: a :class:`Violation` (what broke), and the :class:`Bounds` a run
-is checked against (derived per run by ``chaos.runner.derive_bounds``)."""
+is checked against (derived per run by ``trio_cluster.chaos.runner.derive_bounds``)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ class Bounds:
     unusable: float
     """Longest a connection may stay UNUSABLE (read timeout + slack)."""
     blocked: float
-    """Longest a caller may be blocked in one command (see ``chaos.clientspec.blocked_bound``)."""
+    """Longest a caller may be blocked in one command (see
+    ``trio_cluster.chaos.clientspec.blocked_bound``)."""
     recovery: float
     """Seconds after a fault clears by which throughput and success rate must be back within
     the margins of the baseline (see :func:`recoveries`)."""
@@ -44,6 +45,7 @@ class Bounds:
     """Scheduling slack included in the time bounds (derived from the baseline's p99)."""
     held: float = 0.0
     """Longest a task may be held by a faulted node before the client knows it is bad: the
-    longest read timeout + slack (the blast-radius bound; see ``chaos.invariants.timing``)."""
+    longest read timeout (plus the wait for a failover expected soon, in a scenario that ends
+    in one) + slack (the blast-radius bound; see ``trio_cluster.chaos.invariants.timing``)."""
     explain: dict[str, str] = field(default_factory=dict)
     """One line per bound: where its figure comes from."""

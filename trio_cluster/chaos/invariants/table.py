@@ -139,7 +139,7 @@ def _failures(e: Evidence) -> list[Violation]:
 
 def _failures_unchecked(e: Evidence) -> str | None:
     """Timeouts excused because the machine, not the client, was too slow (see
-    ``Evidence.machine_too_slow`` and ``chaos.invariants.data.starved``)."""
+    ``Evidence.machine_too_slow`` and ``trio_cluster.chaos.invariants.data.starved``)."""
     r, b = e.record, e.bounds
     timeouts = sum(1 for op in r.ops if not op.ok and op.error in TIMEOUT_ERRORS)
     if e.machine_too_slow and timeouts:
