@@ -7,12 +7,20 @@ Valkey); the report header names it so every run says which server it used.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from importlib.metadata import version
 
 import pytest
 
 from trio_cluster.testing import LocalCluster, LocalServer, find_server_binary, server_version
+
+# Started in the background by a shell (``nohup ... &``), a process inherits SIGINT ignored, and
+# so would every child that a test interrupts with Ctrl-C: they would never see it.  A handler
+# of pytest's own is not inherited across exec: the children start with the default, as they
+# would from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -535,6 +535,7 @@ async def test_a_loop_of_refused_calls_lets_the_others_run_and_can_be_cancelled(
                 nursery.start_soon(spin)
                 nursery.start_soon(other)
                 await others_ran.wait()
-                assert 0 < refused <= 2 * REFUSALS_PER_CHECKPOINT
+                # Each task ran a few times in turn: the spinning one was not left alone.
+                assert 0 < refused <= 4 * REFUSALS_PER_CHECKPOINT
                 nursery.cancel_scope.cancel()  # reaches the spinning task: the nursery ends
             assert nursery.cancel_scope.cancelled_caught
