@@ -150,6 +150,10 @@ def _normalise(text: str) -> str:
     return re.sub(r"127\.0\.0\.1:\d+", "ADDR", text)
 
 
+#: Seconds a session of CLI processes may take (see its tests).
+CLI_SESSION_DEADLINE = 240
+
+
 async def _run(command: list[str], url: str, args: list[str]) -> tuple[int, str, str]:
     env = {**os.environ, "PYTHONPATH": str(Path(HERE).parents[1])}
     env.pop("TOXIPROXY_URL", None)
@@ -170,13 +174,18 @@ async def _session(command: list[str], url: str, backend: Backend) -> None:
             assert _normalise(got_stdout) == stdout, args
 
 
-@deadline(50)  # 40 CLI processes, each starting trio
+# 40 CLI processes, each starting Python and importing trio_cluster (about a second of CPU
+# each): a bound against a hang, not a speed check; a machine busy with four other processes
+# took more than 50 s.
+@deadline(CLI_SESSION_DEADLINE)
+@pytest.mark.timeout(CLI_SESSION_DEADLINE + 20)
 async def test_cli_session_prints_what_go_cli_prints(toxi: Toxiproxy, backend: Backend) -> None:
     await _session([sys.executable, "-m", "trio_cluster.faults", "cli"], toxi.url, backend)
 
 
 @pytest.mark.skipif(GO_CLI is None, reason="the Go toxiproxy-cli binary is not at hand")
-@deadline(50)
+@deadline(CLI_SESSION_DEADLINE)
+@pytest.mark.timeout(CLI_SESSION_DEADLINE + 20)
 async def test_go_cli_session_matches_the_transcript(toxi: Toxiproxy, backend: Backend) -> None:
     assert GO_CLI is not None
     await _session([GO_CLI], toxi.url, backend)
@@ -286,6 +295,8 @@ async def _tty_session(command: list[str], url: str, backend: Backend) -> None:
         assert got == expected, args
 
 
+@deadline(CLI_SESSION_DEADLINE)  # a CLI process per step, as above
+@pytest.mark.timeout(CLI_SESSION_DEADLINE + 20)
 async def test_cli_on_a_terminal_prints_what_go_cli_prints(
     toxi: Toxiproxy, backend: Backend
 ) -> None:
