@@ -152,7 +152,10 @@ async def _move_slot(cluster: LocalCluster, slot: int) -> tuple[str, int]:
     source = cluster.node(next(iter(owners)))
     target = next(p for p in cluster.primaries if p is not source)
     target_id = cluster.node_ids[target.port]
-    for primary in cluster.primaries:
+    # The target first, as Redis's resharding does: it takes a new config epoch, so gossip
+    # from a node not told yet cannot give the slot back to the source meanwhile (a busy
+    # machine let that happen: MOVED answered by both nodes, back and forth).
+    for primary in [target, *(p for p in cluster.primaries if p is not target)]:
         await primary.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
     return target.host, target.port
 

@@ -161,7 +161,8 @@ def _tail(window: list[bytes]) -> bytes:
     """The last :data:`_JOINT` bytes before the window's last chunk (fewer at its start)."""
     parts: list[bytes] = []
     have = 0
-    for chunk in reversed(window[:-1]):
+    for index in range(len(window) - 2, -1, -1):  # no copy of the window: it may be long
+        chunk = window[index]
         parts.append(chunk[-(_JOINT - have) :])
         have += len(parts[-1])
         if have >= _JOINT:
