@@ -29,12 +29,14 @@ SCENARIO = Scenario(
     Workload(workers=4, think=(0.0, 0.002), keys_per_worker=2),
     duration=1.0,
 )
-#: A primary hangs for 5 s under single-key GET/SET (what the isolating wrapper below covers).
+#: A primary hangs for 5 s under single-key GET/SET.  The workers think long enough that the
+#: load, not the CPU, sets the rate: beside CPU-bound processes a CPU-bound rate wanders by a
+#: third between the baseline and the fault, which no bound derived from the baseline sees.
 HANG = Scenario(
     "hang",
     "faults",
     "a primary swallows all data for 5 s",
-    Workload(workers=16, mix=(("get", 0.5), ("set", 0.5)), think=(0.001, 0.004)),
+    Workload(workers=16, mix=(("get", 0.5), ("set", 0.5)), think=(0.01, 0.03)),
     ClientSpec(),
     faults=(("node-hang", faultlib.node_hang),),
     hold=5.0,
@@ -65,50 +67,15 @@ class ForgetfulClient(ClusterClient):
         return await super().execute_command(*args, **options)
 
 
-class IsolatingClient(ClusterClient):
-    """What issue 23 asks of the client, sketched as a wrapper over single-key commands: no
-    command waits on a node longer than the read timeout; a node that timed out (or refused)
-    is isolated for a second, its commands failing at once; then one probe at a time gets
-    through, and a success readmits it.  Not a fix: the yardstick that shows the blast-radius
-    bound can be met."""
-
-    def __init__(self, *args: Any, **options: Any) -> None:
-        super().__init__(*args, **options)
-        self._read_timeout = float(options["read_timeout"])
-        self._sick_until: dict[str, float] = {}
-        self._probing: set[str] = set()
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        node = self.get_node_from_key(args[1]) if len(args) > 1 else None
-        if node is None:
-            return await super().execute_command(*args, **options)
-        name = node.name
-        sick = name in self._sick_until
-        if sick and (trio.current_time() < self._sick_until[name] or name in self._probing):
-            raise rex.ConnectionError(f"{name} is isolated")
-        if sick:
-            self._probing.add(name)
-        try:
-            with trio.fail_after(self._read_timeout):
-                reply = await super().execute_command(*args, **options)
-        except (trio.TooSlowError, rex.ConnectionError, rex.TimeoutError) as exc:
-            self._sick_until[name] = trio.current_time() + 1.0
-            raise rex.ConnectionError(f"{name} isolated after {type(exc).__name__}") from exc
-        finally:
-            self._probing.discard(name)
-        self._sick_until.pop(name, None)
-        return reply
-
-
-class WaitingClient(IsolatingClient):
-    """Broken: the isolating client, but a caller retries a failed command until its node
-    answers, so every task ends up waiting on the hung node."""
+class WaitingClient(ClusterClient):
+    """Broken: a caller retries a failed command until its node answers, so every task ends
+    up waiting on the hung node, however fast the client itself refuses it."""
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         while True:
             try:
                 return await super().execute_command(*args, **options)
-            except rex.ConnectionError:
+            except (rex.ConnectionError, rex.TimeoutError):
                 await trio.sleep(0.01)
 
 
@@ -155,9 +122,10 @@ async def test_lost_write_is_caught(env: _Env) -> None:
     assert "no-acknowledged-write-lost" in {v.invariant for v in result.violations}
 
 
-async def test_a_client_that_isolates_a_hung_node_keeps_the_blast_radius(env: _Env) -> None:
-    result = await _run(env, IsolatingClient, HANG)
+async def test_the_client_keeps_the_blast_radius_of_a_hung_node(env: _Env) -> None:
+    result = await _run(env, ClusterClient, HANG)
     assert result.checks["blast-radius"] == "passed", result.violations
+    assert result.checks["recovery"] == "passed", result.violations
     (blast,) = result.blast
     assert blast.unchecked is None and blast.ratio >= blast.bound > 0
 
