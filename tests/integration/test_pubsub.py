@@ -17,7 +17,7 @@ import trio.testing
 from trio_cluster import Client, ClusterClient
 from trio_cluster.clients.pubsub import PubSub, PubSubLimitError, PubSubRegistry
 from trio_cluster.routing.rules import key_slot
-from trio_cluster.testing import LocalCluster, LocalServer
+from trio_cluster.testing import LocalCluster, LocalServer, live_tasks
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +78,6 @@ async def _pubsub_clients(server: LocalServer) -> int:
     """Connections in subscribed mode on ``server`` (CLIENT LIST TYPE pubsub)."""
     listing = (await server.execute("CLIENT", "LIST", "TYPE", "pubsub")).decode()
     return len([line for line in listing.splitlines() if line.strip()])
-
-
-def _task_count() -> int:
-    """Every live task in this trio run (to prove none leaked)."""
-    count = 0
-    pending = [trio.lowlevel.current_root_task()]
-    while pending:
-        task = pending.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            pending.extend(nursery.child_tasks)
-    return count
 
 
 # --- standalone ------------------------------------------------------------------------------
@@ -294,7 +282,7 @@ async def test_cancelled_consumer_leaves_nothing_subscribed(own_server: LocalSer
             # Counted once the client is connected: a background task that ends when the first
             # connection shows the server lacks a feature (maintenance notifications) is no leak.
             assert await r.ping() is True
-            tasks_before = _task_count()
+            tasks_before = live_tasks()
 
             async def consumer() -> None:
                 nonlocal received
@@ -323,7 +311,7 @@ async def test_cancelled_consumer_leaves_nothing_subscribed(own_server: LocalSer
             # machine may not have run yet.  Once it is done, no task may be left over.
             while r.stats().unusable_connections:  # noqa: ASYNC110 - polls the pool's drain
                 await trio.sleep(0.01)
-            assert _task_count() == tasks_before
+            assert live_tasks() == tasks_before
             # The server closes a client's subscriptions when it reads the close, a moment
             # after our side closed: poll its state (there is no event to wait for).
             while await _pubsub_clients(own_server) or (  # noqa: ASYNC110 - polls the server

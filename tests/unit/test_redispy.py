@@ -9,9 +9,20 @@ import subprocess
 import sys
 from importlib.metadata import version
 
+from redis import exceptions as rex
+
 from trio_cluster import redispy
 
 REDIS_PY = f"redis-py {version('redis')}"
+
+
+def _python(*lines: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``lines`` in a fresh interpreter: how an import under a changed redis-py looks
+    (the lines change it, then import trio_cluster)."""
+    return subprocess.run(
+        [sys.executable, "-c", "\n".join(lines)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def test_every_internal_is_present_and_of_its_kind() -> None:
@@ -57,13 +68,10 @@ def test_the_cluster_routing_tables_are_still_where_they_were() -> None:
 def test_a_moved_internal_fails_the_import_with_one_clear_error() -> None:
     """A redis-py without one of the internals (simulated by deleting it before the import):
     one ImportError naming the missing piece, the installed release and the supported range."""
-    script = (
-        "import redis._parsers.helpers as helpers\n"
-        "del helpers.zset_score_pairs_resp3_to_resp2_legacy\n"
-        "import trio_cluster\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    result = _python(
+        "import redis._parsers.helpers as helpers",
+        "del helpers.zset_score_pairs_resp3_to_resp2_legacy",
+        "import trio_cluster",
     )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
@@ -73,15 +81,29 @@ def test_a_moved_internal_fails_the_import_with_one_clear_error() -> None:
 
 
 def test_a_missing_cluster_attribute_fails_the_import_too() -> None:
-    script = (
-        "from redis.cluster import RedisCluster\n"
-        "for cls in RedisCluster.__mro__:\n"
-        "    if 'COMMAND_FLAGS' in vars(cls):\n"
-        "        delattr(cls, 'COMMAND_FLAGS')\n"
-        "import trio_cluster\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    result = _python(
+        "from redis.cluster import RedisCluster",
+        "for cls in RedisCluster.__mro__:",
+        "    if 'COMMAND_FLAGS' in vars(cls):",
+        "        delattr(cls, 'COMMAND_FLAGS')",
+        "import trio_cluster",
     )
     last = result.stderr.strip().splitlines()[-1]
     assert "RedisCluster.COMMAND_FLAGS" in last and REDIS_PY in last, last
+
+
+def test_without_the_new_class_the_import_falls_back_to_its_base() -> None:
+    # What a redis-py 8.0 or 8.1 looks like to the import (the lowest session runs it for real).
+    result = _python(
+        "import redis.exceptions as rex",
+        "del rex.RedisClusterUnreachableError",
+        "from trio_cluster import errors",
+        "print(' '.join(c.__name__ for c in errors.ClusterUnreachableError.__mro__))",
+    )
+    if "AttributeError" in result.stderr:  # a redis-py without it: nothing to delete
+        assert not hasattr(rex, "RedisClusterUnreachableError")
+        return
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:3] == [
+        "ClusterUnreachableError", "RedisClusterException", "ConnectionError"
+    ]  # fmt: skip

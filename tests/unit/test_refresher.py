@@ -75,15 +75,16 @@ class Installed:
         self.tables.append(table)
 
 
-def _refresher(dialer: Dialer, installed: Installed, **timing: float) -> Refresher:
+def _refresher(dialer: Dialer, installed: Installed, **options: Any) -> Refresher:
+    """A refresher over the fakes, starting from A and B; ``options`` override the defaults."""
+    settings: dict[str, Any] = {
+        "startup": [A, B], "remap": None, "interval": 30.0, "min_interval": 0.1, **options
+    }  # fmt: skip
     return Refresher(
         dialer=dialer,  # type: ignore[arg-type]
-        startup=[A, B],
-        remap=None,
         current=installed.current,
         install=installed.install,
-        interval=timing.get("interval", 30.0),
-        min_interval=timing.get("min_interval", 0.1),
+        **settings,
     )
 
 
@@ -154,16 +155,8 @@ async def test_nodes_known_bad_are_asked_last(autojump_clock: trio.testing.MockC
     with trio.fail_after(60):
         dialer, installed = Dialer(), Installed()
         dialer.maps[A] = dialer.maps[B] = _shards(A, [0, 16383])
-        refresher = Refresher(
-            dialer=dialer,  # type: ignore[arg-type]
-            startup=[A, B],
-            remap=None,
-            current=installed.current,
-            install=installed.install,
-            interval=30.0,
-            min_interval=0.1,
-            known_bad=lambda address: address == A,  # a hung node would hold the refresh
-        )
+        # A is known bad: a hung node would hold the refresh.
+        refresher = _refresher(dialer, installed, known_bad=lambda address: address == A)
         for _ in range(10):  # whatever the random order
             await refresher.once()
         assert set(dialer.opened) == {B}
@@ -178,16 +171,7 @@ async def test_dynamic_startup_nodes(dynamic: bool, autojump_clock: trio.testing
         c: Address = ("10.0.0.3", 7000)
         dialer.maps[A] = dialer.maps[c] = _shards(c, [0, 16383])  # A says C serves everything
         dialer.down.add(B)
-        refresher = Refresher(
-            dialer=dialer,  # type: ignore[arg-type]
-            startup=[A, B],
-            remap=None,
-            current=installed.current,
-            install=installed.install,
-            interval=30.0,
-            min_interval=0.1,
-            dynamic_startup_nodes=dynamic,
-        )
+        refresher = _refresher(dialer, installed, dynamic_startup_nodes=dynamic)
         await refresher.once()
         dialer.opened.clear()
         for _ in range(10):  # whatever the random order

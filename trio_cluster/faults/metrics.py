@@ -17,7 +17,6 @@ import threading
 from collections.abc import Iterator
 from typing import Final
 
-import trio
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -28,6 +27,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from trio_cluster.testing import live_tasks
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -102,27 +103,12 @@ def _is_created(line: bytes) -> bool:
     return name.split(b"{")[0].endswith(b"_created")
 
 
-def _count_tasks() -> int:
-    """Live trio tasks (0 outside trio): the goroutines of this runtime."""
-    try:
-        root = trio.lowlevel.current_root_task()
-    except RuntimeError:
-        return 0
-    count, stack = 0, [root] if root is not None else []
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
-
-
 class _RuntimeCollector(Collector):
     """``go_goroutines``, ``go_threads`` and ``go_info``, measured on this runtime."""
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
-            "go_goroutines", "Number of goroutines that currently exist.", value=_count_tasks()
+            "go_goroutines", "Number of goroutines that currently exist.", value=live_tasks()
         )
         yield GaugeMetricFamily(
             "go_threads", "Number of OS threads created.", value=threading.active_count()

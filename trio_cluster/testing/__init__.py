@@ -12,6 +12,7 @@ from .servers import (
     parse_info,
     server_version,
 )
+from .tasks import live_tasks
 
 __all__ = [
     "LocalCluster",
@@ -22,6 +23,7 @@ __all__ = [
     "bundled_server_binary",
     "find_server_binary",
     "free_port",
+    "live_tasks",
     "parse_info",
     "server_version",
 ]
