@@ -344,16 +344,10 @@ class _Scalar(GoType):
         if value is None:
             return current
         kind = _kind(value)
-        if self.name == "string":
-            if kind != "string":
-                raise ctx.error(kind, self.name)
-            return value
-        if self.name == "bool":
-            if kind != "bool":
-                raise ctx.error(kind, self.name)
-            return value
-        if kind != "number":
+        if kind != (self.name if self.name in ("string", "bool") else "number"):
             raise ctx.error(kind, self.name)
+        if self.name in ("string", "bool"):
+            return value
         if self.name == "float32":
             number = to_float32(float(value))
             if math.isinf(number):
