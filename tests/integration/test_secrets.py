@@ -108,6 +108,29 @@ async def test_later_error_replies_are_masked_in_exceptions_and_pipelines() -> N
             assert str(replies[1]) == "your password is ***"
 
 
+async def test_a_pubsub_error_reply_is_masked() -> None:
+    """A refused SUBSCRIBE reaches the consumer from ``get_message``, as redis-py raises it:
+    with the password masked, as on every other connection."""
+
+    def echo_on_subscribe(args: list[bytes]) -> bytes | None:
+        if args[0].upper() == b"SUBSCRIBE":
+            return b"-NOPERM your password %s may not read %s\r\n" % (SECRET.encode(), args[1])
+        return None
+
+    with trio.fail_after(20):
+        async with (
+            fake(echo_on_subscribe) as server,
+            Client("127.0.0.1", server.port, password=SECRET) as client,
+            client.pubsub() as pubsub,
+        ):
+            await pubsub.subscribe("ch")
+            with pytest.raises(rex.ResponseError) as info:
+                await pubsub.get_message(timeout=10)
+    assert any(a[0].upper() == b"SUBSCRIBE" for a in server.commands)
+    assert SECRET not in "".join(traceback.format_exception(info.value))
+    assert str(info.value) == "NOPERM your password *** may not read ch"
+
+
 async def test_a_malformed_reply_quoting_the_secret_is_masked(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -376,6 +376,11 @@ class Connection(ReplyStream):
         # It may quote the server's bytes: mask the password before it is logged and raised.
         return super()._violation(redact(error, self.config.password))
 
+    async def read_push(self, *, send: Sequence[Sequence[EncodableArg]] = ()) -> Any:
+        """See :meth:`ReplyStream.read_push`; an error reply has the configured password masked."""
+        frame = await super().read_push(send=send)
+        return redact(frame, self.config.password) if isinstance(frame, Exception) else frame
+
     def _dispatch_push(self, frame: PushFrame) -> None:
         handler = self.on_push
         if handler is not None:
