@@ -11,7 +11,7 @@ import re
 
 from redis import exceptions as rex
 
-from .redispy import RedisClusterUnreachableError
+from .redispy import ERR_REPLY_CLASSES, RedisClusterUnreachableError
 
 __all__ = [
     "ArgumentTypeError",
@@ -331,13 +331,16 @@ _BY_CODE: dict[str, type[Exception]] = {
 _REDIRECTS = (MovedError, AskError)
 
 
-# ``ERR`` replies that redis-py raises as a more precise class (the text after ``ERR``).
+# ``ERR`` replies that redis-py raises as a more precise class (the text after ``ERR``): its
+# parser's table, with this library's subclass where it has one.
 _ERR_EXACT: dict[str, type[Exception]] = {
-    "max number of clients reached": rex.ConnectionError,
-    "invalid password": AuthenticationError,
-    "wrong number of arguments for 'auth' command": rex.AuthenticationWrongNumberOfArgsError,
-    "wrong number of arguments for 'AUTH' command": rex.AuthenticationWrongNumberOfArgsError,
+    text: AuthenticationError if cls is rex.AuthenticationError else cls
+    for text, cls in ERR_REPLY_CLASSES.items()
 }
+
+
+#: What redis-py 8.2 takes for an error code (its ``status_code``): the reply's first word.
+_STATUS_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
 def error_from_reply(message: str) -> Exception:
@@ -345,9 +348,17 @@ def error_from_reply(message: str) -> Exception:
 
     Returns (does not raise) the exception: replies inside arrays (EXEC, pipelines) carry
     errors as values, and the caller decides when to raise.  As redis-py does, ``str()`` of
-    an ``ERR`` reply's exception leaves the ``ERR `` prefix out.
+    an ``ERR`` reply's exception leaves the ``ERR `` prefix out, and ``status_code`` is the
+    reply's first word when it looks like a code (``"NOSCRIPT"``, ``"ERR"``...), else None;
+    OpenTelemetry's ``db.response.status_code`` reads it.
     """
     code, _, rest = message.partition(" ")
+    error = _typed_error(message, code, rest)
+    error.status_code = code if _STATUS_CODE.fullmatch(code) else None  # type: ignore[attr-defined]
+    return error
+
+
+def _typed_error(message: str, code: str, rest: str) -> Exception:
     cls = _BY_CODE.get(code)
     if cls is None:
         if code == "ERR":

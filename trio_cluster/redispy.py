@@ -37,6 +37,7 @@ def _unsupported(missing: str) -> ImportError:
 
 
 try:
+    from redis._parsers.base import BaseParser
     from redis._parsers.encoders import Encoder
     from redis._parsers.helpers import zset_score_pairs_resp3_to_resp2_legacy
     from redis._parsers.response_callbacks import get_response_callbacks
@@ -86,6 +87,15 @@ for _name in ("get_retries", "_backoff"):
         raise _unsupported(f"redis.retry.AbstractRetry.{_name}")
 
 
+#: ``ERR`` replies redis-py raises as a class of their own, by the text after ``ERR `` (module
+#: load errors, AUTH without a password set...): its parser's table.
+ERR_REPLY_CLASSES: dict[str, type[Exception]] = {}
+_err_classes = getattr(BaseParser, "EXCEPTION_CLASSES", {}).get("ERR")
+if not isinstance(_err_classes, dict):
+    raise _unsupported("BaseParser.EXCEPTION_CLASSES['ERR'] (redis._parsers.base)")
+ERR_REPLY_CLASSES.update(_err_classes)
+
+
 def retry_parts(retry: AbstractRetry[Any]) -> tuple[int, AbstractBackoff]:
     """A redis-py ``Retry``'s retry count and backoff object."""
     backoff: AbstractBackoff = retry._backoff  # no public getter in redis-py 8
@@ -104,6 +114,7 @@ def response_callbacks(protocol: int | None) -> dict[str, Any]:
 __all__ = [
     "CLUSTER_ATTRIBUTES",
     "EMPTY_RESPONSE",
+    "ERR_REPLY_CLASSES",
     "NEVER_DECODE",
     "SUPPORTED",
     "AbstractBackoff",

@@ -350,7 +350,9 @@ def dict_keys(value: Any) -> Any:
 def outcome_text(outcome: Outcome) -> str:
     kind, value = outcome
     if kind == "error":
-        return f"{type(value).__module__}.{type(value).__name__}: {value}"
+        code = getattr(value, "status_code", None)
+        shown = f" (status_code {code!r})" if code is not None else ""
+        return f"{type(value).__module__}.{type(value).__name__}{shown}: {value}"
     return f"{type(value).__name__} {value!r}"[:400]
 
 
@@ -401,8 +403,12 @@ def agree(case: Case, reference: Outcome, ours: Outcome) -> bool:
         return False
     if reference[0] == "error":
         # A subclass is caught by the same ``except`` clause (e.g. ArgumentTypeError is a
-        # DataError that is also a TypeError).
-        return isinstance(ours[1], type(reference[1]))
+        # DataError that is also a TypeError).  redis-py 8.2 on gives an error reply's code
+        # as ``status_code`` (what code reads, and what OpenTelemetry reports).
+        return isinstance(ours[1], type(reference[1])) and (
+            getattr(reference[1], "status_code", None) is None
+            or getattr(ours[1], "status_code", None) == reference[1].status_code
+        )
     a, b = reference[1], ours[1]
     if case.compare is not None:
         try:

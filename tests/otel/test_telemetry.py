@@ -97,6 +97,8 @@ async def test_commands_pipelines_and_errors_become_spans_and_metrics(
         )
         == 1
     )
+    # The error reply's code, as redis-py 8.2 reports it ("ERR value is not an integer...").
+    assert telemetry.value("redis.client.errors", **{"db.response.status_code": "ERR"}) == 1
     assert telemetry.value("db.client.connection.create_time") >= 1
     # While open: the connection gauges had the client's pool; once closed, they are empty.
     pool = f"{local_server.host}:{local_server.port}"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import inspect
 import pickle
+from importlib.metadata import version
 
 import pytest
 import redis
 import trio
+from packaging.version import Version
 from redis import exceptions as rex
 
 import trio_cluster
@@ -20,6 +22,8 @@ from trio_cluster.clients.pubsub import PubSubLimitError
 from trio_cluster.conn.state import ConnState
 from trio_cluster.pooling.breaker import CircuitOpenError
 from trio_cluster.testing import free_port
+
+_REDIS_PY = Version(version("redis"))
 
 #: Constructor arguments for the classes that parse or need more than a message.
 SPECIAL_ARGS: dict[type[BaseException], tuple[object, ...]] = {
@@ -142,3 +146,29 @@ async def test_an_unreachable_cluster_raises_what_redis_py_raises_for_it() -> No
         async with trio_cluster.ClusterClient("127.0.0.1", port, connect_timeout=2.0):
             pass
     assert isinstance(caught.value, type(reference)), type(reference)
+
+
+def _redis_py_error_replies() -> list[str]:
+    """Every error reply redis-py's parser gives a class of its own, and a few it does not."""
+    from redis._parsers.base import BaseParser
+
+    replies = ["WRONGTYPE Operation against a key", "BUSY Redis is busy", "weird reply", "E"]
+    for code, cls in BaseParser.EXCEPTION_CLASSES.items():
+        if isinstance(cls, dict):
+            replies += [f"{code} {message}" for message in cls]
+        replies.append(f"{code} 3999 127.0.0.1:6381" if code in ("MOVED", "ASK") else f"{code} x")
+    return replies
+
+
+@pytest.mark.parametrize("reply", _redis_py_error_replies())
+def test_an_error_reply_gets_redis_py_s_class_and_status_code(reply: str) -> None:
+    """redis-py's own parser is the oracle: the same ``except`` clause catches ours, and
+    ``status_code`` is the same (ours follows redis-py 8.2, which gives any first word that
+    looks like a code; 8.0 gives only the codes it has a class for)."""
+    from redis._parsers.base import BaseParser
+
+    theirs, ours = BaseParser.parse_error(reply), errors.error_from_reply(reply)
+    assert isinstance(ours, type(theirs)), (type(theirs), type(ours))
+    code = getattr(theirs, "status_code", None)
+    if code is not None or Version("8.2") <= _REDIS_PY:  # 8.0 names only the codes it knows
+        assert getattr(ours, "status_code", None) == code

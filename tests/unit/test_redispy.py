@@ -31,6 +31,7 @@ def test_every_internal_is_present_and_of_its_kind() -> None:
         "NEVER_DECODE": str,
         "SUPPORTED": str,
         "CLUSTER_ATTRIBUTES": tuple,
+        "ERR_REPLY_CLASSES": dict,
     }
     for name in redispy.__all__:
         value = getattr(redispy, name, None)
