@@ -184,6 +184,10 @@ async def _churn_while_streaming(toxi: Toxiproxy, backend: Backend, change: Chan
         assert await read_exactly(stream, 11) == b"still alive"
 
 
+@embedded_only(
+    "Go 2.12.0 locks up under this churn beside CPU-bound processes (its API answers 503 "
+    "Timeout to every request from then on: 6 of 29 runs); see the README's differences"
+)
 @pytest.mark.slow
 @pytest.mark.usefixtures("cpu_contention")
 async def test_churn_toxics_and_enable_over_http_while_streaming_under_load(
