@@ -34,7 +34,6 @@ from ..errors import (
     CertificateVerificationError,
     ConnectionClosedError,
     ConnectTimeoutError,
-    ProtocolError,
     ReadTimeoutError,
     UnknownCommandError,
     WriteTimeoutError,
@@ -371,15 +370,6 @@ class Connection(ReplyStream):
         self.broken = True
         if self._fd >= 0:
             trio.lowlevel.notify_closing(self._fd)
-
-    def _violation(self, error: ProtocolError) -> ProtocolError:
-        # It may quote the server's bytes: mask the password before it is logged and raised.
-        return super()._violation(redact(error, self.config.password))
-
-    async def read_push(self, *, send: Sequence[Sequence[EncodableArg]] = ()) -> Any:
-        """See :meth:`ReplyStream.read_push`; an error reply has the configured password masked."""
-        frame = await super().read_push(send=send)
-        return redact(frame, self.config.password) if isinstance(frame, Exception) else frame
 
     def _dispatch_push(self, frame: PushFrame) -> None:
         handler = self.on_push

@@ -37,6 +37,7 @@ from ..wire.protocol import (
     encode_command,
     is_push,
 )
+from .redact import redact
 from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
@@ -227,7 +228,9 @@ class ReplyStream:
 
     def _violation(self, error: ProtocolError) -> ProtocolError:
         """The stream broke the protocol: log it, mark the connection for closing (and as out
-        of step if the bytes were unsolicited)."""
+        of step if the bytes were unsolicited).  The error may quote the server's bytes: the
+        password is masked before it is logged and raised."""
+        redact(error, self.config.password)
         if isinstance(error, UnsolicitedReplyError):
             self.out_of_step = True
         if not self.broken:
@@ -380,7 +383,8 @@ class ReplyStream:
         For a connection that one task owns outside every pool (a pub/sub connection).  The
         server answers subscribe commands with push frames, so nothing is booked in
         ``owed_replies``: the caller matches answers itself.  Push frames are returned (not
-        given to ``on_push``), and so are plain replies (``PONG``, error replies as values).
+        given to ``on_push``), and so are plain replies (``PONG``, error replies as values, with
+        the configured password masked).
         No read timeout: it waits as long as the caller's cancel scope allows, and a cancel
         while waiting for bytes loses nothing (a later call returns the frame).
         """
@@ -388,7 +392,8 @@ class ReplyStream:
             raise ConnectionClosedError(f"connection {self.id} to {self.config.address} is closed")
         if send:
             await self._send(b"".join([encode_command(args) for args in send]), 0)
-        return await self._read_reply(subscribed=True)
+        frame = await self._read_reply(subscribed=True)
+        return redact(frame, self.config.password) if isinstance(frame, Exception) else frame
 
 
 def network_error(
