@@ -70,7 +70,11 @@ class CtrlCProbe:
         if event != "line" or self.where is not None:
             return self._local
         # Called from ``frame``: trio walks up from here, as from its handler's frame.
-        if trio.lowlevel.currently_ki_protected() or not _signal_can_land(frame):
+        if (
+            trio.lowlevel.currently_ki_protected()
+            or not _signal_can_land(frame)
+            or _exception_is_dropped(frame)
+        ):
             return self._local
         if self.counts_in is not None and not self.counts_in(frame):
             return self._local
@@ -130,6 +134,26 @@ def _signal_can_land(frame: FrameType) -> bool:
         )
         _LANDS[key] = lands
     return lands
+
+
+#: Callbacks CPython runs when an object dies (from the garbage collector, at whatever line the
+#: program was on): a weak set's or weak dictionary's entry removal, and finalizers.
+_DEATH_CALLBACKS = frozenset({("_weakrefset.py", "_remove"), ("weakref.py", "remove")})
+
+
+def _exception_is_dropped(frame: FrameType) -> bool:
+    """Whether ``frame`` runs inside a callback of an object's death.  CPython prints an
+    exception raised there as "Exception ignored in ..." and drops it, so a Ctrl-C landing
+    there is lost whatever the program does: no point to test (the probe once counted one, on
+    a busy machine whose garbage collector happened to run mid-program)."""
+    current: FrameType | None = frame
+    while current is not None:
+        code = current.f_code
+        name = code.co_filename.rpartition("/")[2]
+        if code.co_name == "__del__" or (name, code.co_name) in _DEATH_CALLBACKS:
+            return True
+        current = current.f_back
+    return False
 
 
 def _short(filename: str) -> str:
