@@ -87,13 +87,12 @@ for _name in ("get_retries", "_backoff"):
         raise _unsupported(f"redis.retry.AbstractRetry.{_name}")
 
 
-#: ``ERR`` replies redis-py raises as a class of their own, by the text after ``ERR `` (module
-#: load errors, AUTH without a password set...): its parser's table.
-ERR_REPLY_CLASSES: dict[str, type[Exception]] = {}
 _err_classes = getattr(BaseParser, "EXCEPTION_CLASSES", {}).get("ERR")
 if not isinstance(_err_classes, dict):
     raise _unsupported("BaseParser.EXCEPTION_CLASSES['ERR'] (redis._parsers.base)")
-ERR_REPLY_CLASSES.update(_err_classes)
+#: ``ERR`` replies redis-py raises as a class of their own, by the text after ``ERR `` (module
+#: load errors, AUTH without a password set...): its parser's table.
+ERR_REPLY_CLASSES: dict[str, type[Exception]] = dict(_err_classes)
 
 
 def retry_parts(retry: AbstractRetry[Any]) -> tuple[int, AbstractBackoff]:
