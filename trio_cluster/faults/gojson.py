@@ -344,9 +344,10 @@ class _Scalar(GoType):
         if value is None:
             return current
         kind = _kind(value)
-        if kind != (self.name if self.name in ("string", "bool") else "number"):
+        textual = self.name in ("string", "bool")
+        if kind != (self.name if textual else "number"):
             raise ctx.error(kind, self.name)
-        if self.name in ("string", "bool"):
+        if textual:
             return value
         if self.name == "float32":
             number = to_float32(float(value))
